@@ -1,0 +1,1 @@
+"""Denoisers: f(z, t) -> x_hat. Networks hold no training logic."""

@@ -1,0 +1,228 @@
+"""The sweep driver: owns the Tuner and every MLflow run's lifecycle (docs/architecture.md).
+
+Flow: validated SweepPlan -> MLflow sweep run + one SCHEDULED child run per trial -> shared assets
+(eval reference, teacher curve, warm start; cached) -> Ray Tune, one trial per planned config, each
+trial a small train driver that fits a TorchTrainer -> results table + plot from MLflow (the system
+of record) -> artifacts on the sweep run -> exit code.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import datetime
+from pathlib import Path
+
+from multistep.config import SweepPlan, TrialCfg
+from multistep.sweep import results as res
+from multistep.sweep.assets import content_hash, prepare
+from multistep.metrics.evaluate import metric_names
+from multistep.train.build import method_label
+from multistep.tracking import mlflow_layout as ml
+
+RAY_ENV_DEFAULTS = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",   # ray.train.report blocks ~1 poll; 0.1 s keeps reports cheap
+    "RAY_TRAIN_V2_ENABLED": "1",
+}
+
+
+def trial_driver(config: dict, ctx: dict) -> None:
+    """One Tune trial: build and fit a TorchTrainer; its reports reach Tune via TuneReportCallback."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from multistep.sweep.worker import worker_main
+
+    i = config["trial_index"]
+    r = ctx["resources"]
+    per_worker = {"CPU": r["cpus_per_worker"]} | ({"GPU": r["gpus_per_worker"] or 1} if r["use_gpu"] else {})
+    trainer = TorchTrainer(
+        worker_main,
+        train_loop_config={"trial": ctx["trials"][i]["config"], "run_id": ctx["run_ids"][i],
+                           "tracking_uri": ctx["tracking_uri"], "threads": r["cpus_per_worker"],
+                           **ctx["assets"][ctx["asset_keys"][i]]},
+        scaling_config=ray.train.ScalingConfig(num_workers=r["num_workers"], use_gpu=r["use_gpu"], resources_per_worker=per_worker),
+        run_config=ray.train.RunConfig(
+            name=f"trial-{i:03d}", storage_path=ctx["storage"], callbacks=[TuneReportCallback()],
+            failure_config=ray.train.FailureConfig(max_failures=r["max_failures"], controller_failure_limit=3),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+    )
+    trainer.fit()
+
+
+def _status_callback(client, run_ids: list[str], n: int, say):
+    from ray import tune
+
+    class MlflowStatus(tune.Callback):
+        """Moves each trial's MLflow run through RUNNING -> FINISHED / FAILED / KILLED (early stop)."""
+
+        def __init__(self):
+            self.t0: dict[int, float] = {}
+            self.failed: list[int] = []
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            i = trial.config["trial_index"]
+            self.t0[i] = time.time()
+            client.set_tag(run_ids[i], "ray.trial_id", trial.trial_id)
+            client.update_run(run_ids[i], status="RUNNING")
+            say(f"[trial {i + 1}/{n}] started ({trial.trial_id})")
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            i = trial.config["trial_index"]
+            if "final" not in result and "iteration" in result:
+                say(f"[trial {i + 1}/{n}] iteration {result['iteration']}")
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            i = trial.config["trial_index"]
+            done = bool((trial.last_result or {}).get("final"))
+            client.set_terminated(run_ids[i], status="FINISHED" if done else "KILLED")
+            say(f"[trial {i + 1}/{n}] {'finished' if done else 'stopped early'} in {time.time() - self.t0.get(i, time.time()):.0f} s")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            i = trial.config["trial_index"]
+            self.failed.append(i)
+            client.set_tag(run_ids[i], "multistep.error", str(getattr(trial, "error_file", "") or "see Ray logs")[:5000])
+            client.set_terminated(run_ids[i], status="FAILED")
+            say(f"[trial {i + 1}/{n}] FAILED")
+
+    return MlflowStatus()
+
+
+def _init_ray(say) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    for k, v in RAY_ENV_DEFAULTS.items():
+        os.environ.setdefault(k, v)
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        say(f"starting a local Ray instance ({os.cpu_count()} CPUs)")
+        ray.init(num_cpus=os.cpu_count(), resources={"train_driver": 1000}, include_dashboard=True,
+                 log_to_driver=True, configure_logging=True, logging_level="WARNING")
+
+
+def run_sweep(plan: SweepPlan, tracking_uri: str, storage: str, say=print) -> int:
+    """Run a validated sweep end to end. Returns the exit code: 0 all trials finished, 1 a trial failed."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+    from ray import tune
+
+    cfg = plan.cfg
+    storage_dir = Path(storage).resolve()
+    sweep_id = f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    out_dir = storage_dir / sweep_id
+    out_dir.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(tracking_uri)
+    exp_id = ml.ensure_experiment(client, cfg.experiment, tracking_uri)
+
+    # -- MLflow: the sweep run and one SCHEDULED child run per trial ------------------------------
+    sweep_run = client.create_run(exp_id, run_name=sweep_id, tags={
+        "multistep.kind": "sweep", "multistep.sweep_name": cfg.name, "multistep.sweep_id": sweep_id,
+        "multistep.dataset": f"{cfg.data.kind}{cfg.data.shape}", "multistep.teacher": cfg.teacher.kind,
+        "multistep.git_commit": ml.git_commit(), "multistep.storage": str(out_dir),
+        "mlflow.note.content": cfg.description})
+    srid = sweep_run.info.run_id
+    ml.log_params(client, srid, ml.env_secrets_free(ml.flatten({k: v for k, v in plan.doc.items() if k != "search"})))
+    client.log_artifact(srid, plan.path)
+    run_ids = []
+    for i, trial in enumerate(plan.trials):
+        tc = TrialCfg.model_validate(trial["config"])
+        label = method_label(tc)
+        r = client.create_run(exp_id, run_name=f"{label}-S{tc.method.student_steps}-{i:03d}",
+                              tags={t.key: t.value for t in ml.trial_tags(srid, i, label, cfg.name)})
+        ml.log_params(client, r.info.run_id, ml.env_secrets_free(ml.flatten(trial["config"]) | {f"search.{k}": str(v) for k, v in trial["overrides"].items()}))
+        client.update_run(r.info.run_id, status="SCHEDULED")
+        run_ids.append(r.info.run_id)
+    say(f"MLflow: experiment '{cfg.experiment}', sweep run {srid} with {len(run_ids)} trial runs ({tracking_uri})")
+
+    t_start = time.time()
+    try:
+        # -- shared assets: computed once per distinct (data, teacher, student, eval) ---------------
+        assets, asset_keys = {}, []
+        for trial in plan.trials:
+            tc = TrialCfg.model_validate(trial["config"])
+            key = content_hash({k: trial["config"][k] for k in ("data", "teacher", "student", "eval")} | {"seed": tc.train.seed})
+            if key not in assets:
+                assets[key] = prepare(tc, storage_dir / "cache", log=say)
+            asset_keys.append(key)
+        first = assets[asset_keys[0]]
+        names = metric_names(plan.trial_cfg(0).eval.samples)
+        teacher_rows = first["teacher_rows"]
+        for row in teacher_rows:
+            ml.log_curve(client, srid, f"{row['metric']}/{row['method']}", [(row["student_steps"], row["value"])])
+        client.set_tag(srid, "multistep.eval_ref_hash", first["eval_ref_hash"])
+        ml.log_params(client, srid, {f"noise_floor.{k}": f"{v:.6g}" for k, v in first["eval_ref"]["floor"].items()})
+
+        # -- Ray Tune: one trial per planned config --------------------------------------------------
+        _init_ray(say)
+        import ray
+
+        r = cfg.resources
+        ctx = {"trials": plan.trials, "run_ids": run_ids, "tracking_uri": tracking_uri, "storage": str(out_dir),
+               "resources": r.model_dump(), "assets": assets, "asset_keys": asset_keys}
+        driver_res = {"CPU": 0, "train_driver": 1} if ray.cluster_resources().get("train_driver") else {"CPU": 1}
+        trainable = tune.with_resources(tune.with_parameters(trial_driver, ctx=ctx), driver_res)
+        status = _status_callback(client, run_ids, len(run_ids), say)
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"trial_index": tune.grid_search(list(range(len(plan.trials))))},
+            tune_config=tune.TuneConfig(max_concurrent_trials=r.max_concurrent_trials),
+            run_config=tune.RunConfig(name=sweep_id, storage_path=str(storage_dir), callbacks=[status], verbose=0,
+                                      failure_config=tune.FailureConfig(max_failures=1)),
+        )
+        say(f"running {len(run_ids)} trials, at most {r.max_concurrent_trials} at a time; Tune state in {out_dir}")
+        tuner.fit()
+
+        # -- results: from MLflow, the system of record ----------------------------------------------
+        rows = collect_rows(client, plan, run_ids, names) + [
+            {**row, "trial_id": "", "run_id": srid, "anneal": "", "learning_rate": None, "train_iterations": None,
+             "wall_seconds": None} for row in teacher_rows]
+        for metric in names.values():
+            for method, pts in res.best_by_steps(rows, metric).items():
+                if not method.startswith("teacher"):
+                    ml.log_curve(client, srid, f"{metric}/{method}", sorted(pts.items()))
+        paths = res.write_table(rows, out_dir)
+        png = res.plot(rows, list(names.values()), first["eval_ref"]["floor"], out_dir / "metric_vs_steps.png",
+                       f"{cfg.name}: metric versus sampling steps")
+        for p in [*paths.values(), png]:
+            client.log_artifact(srid, str(p))
+        say("")
+        say(res.format_table(rows, list(names.values())))
+        say(f"\nnoise floor (two data sample sets): " + ", ".join(f"{k} {v:.5f}" for k, v in first["eval_ref"]["floor"].items() if v))
+        say(f"results: {paths['parquet']}, {paths['csv']}, {png}")
+        failed = sorted(status.failed)
+        client.log_metric(srid, "wall_seconds", time.time() - t_start)
+        client.set_terminated(srid, status="FAILED" if failed else "FINISHED")
+        if failed:
+            say(f"{len(failed)} trial(s) failed: " + ", ".join(f"#{i + 1} (run {run_ids[i]})" for i in failed))
+            return 1
+        say(f"sweep finished in {time.time() - t_start:.0f} s; MLflow UI: mlflow ui --backend-store-uri {tracking_uri}")
+        return 0
+    except BaseException:
+        client.set_terminated(srid, status="FAILED")
+        for rid in run_ids:
+            if client.get_run(rid).info.status in ("RUNNING", "SCHEDULED"):
+                client.set_terminated(rid, status="KILLED")
+        raise
+
+
+def collect_rows(client, plan: SweepPlan, run_ids: list[str], names: dict[str, str]) -> list[dict]:
+    rows = []
+    for i, rid in enumerate(run_ids):
+        run = client.get_run(rid)
+        tc = plan.trial_cfg(i)
+        wall = run.data.metrics.get("wall_seconds")
+        anneal = tc.method.anneal.model_dump()
+        for metric in names.values():
+            for m in client.get_metric_history(rid, metric):
+                rows.append({"method": method_label(tc), "student_steps": m.step, "nfe": m.step, "metric": metric,
+                             "value": m.value, "trial_id": run.data.tags.get("ray.trial_id", ""), "run_id": rid,
+                             "anneal": " ".join(f"{k}={v}" for k, v in anneal.items()),
+                             "learning_rate": tc.train.learning_rate, "train_iterations": tc.train.iterations,
+                             "wall_seconds": wall})
+    return rows

@@ -1,0 +1,80 @@
+"""The Ray Train worker function: build, (resume,) train, evaluate, report.
+
+Rank 0 logs per-interval training metrics and the evaluation curve into the trial's MLflow run;
+every rank reports to Ray Train (only rank 0's metrics reach Tune). Checkpoints go through
+ray.train.report, so a restarted worker group resumes from ray.train.get_checkpoint().
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import torch
+
+CKPT_FILE = "state.pt"
+CKPT_VERSION = 1
+
+
+def worker_main(cfg: dict) -> dict:
+    import ray.train
+
+    from multistep.config import TrialCfg
+    from multistep.metrics.evaluate import EvalRef, evaluate, metric_names
+    from multistep.train.build import build, make_method
+    from multistep.train.loop import Hooks, fit, new_state
+    from multistep.tracking.mlflow_layout import RunLogger
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(max(1, int(cfg["threads"])))
+    tc = TrialCfg.model_validate(cfg["trial"])
+    comps = build(tc)
+    if cfg.get("init") is not None:
+        comps.student.net.load_state_dict(cfg["init"])
+    method = make_method(tc, comps)
+    state = new_state(comps.student, tc.train.learning_rate, tc.train.seed + 1000 * rank)
+    logger = RunLogger(cfg["tracking_uri"], cfg["run_id"]) if rank == 0 else None
+
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:  # a restarted worker group continues the same curve
+        with ckpt.as_directory() as d:
+            sd = torch.load(os.path.join(d, CKPT_FILE), weights_only=True)
+        if sd.get("version") != CKPT_VERSION:
+            raise RuntimeError(f"checkpoint version {sd.get('version')} is not {CKPT_VERSION}")
+        state.load_state_dict(sd["state"])
+        if logger:
+            logger.client.set_tag(cfg["run_id"], "multistep.resumed_from_iteration", str(state.iteration))
+
+    local_batch = tc.train.batch_size // world
+    sample = lambda g: comps.data.sample(local_batch, g)  # noqa: E731
+
+    def log(it: int, means: dict[str, float]) -> None:
+        if logger:
+            logger.metrics(it, {f"train/{k}": v for k, v in means.items()} | {"train/wall_seconds": state.wall_seconds})
+
+    def checkpoint(it: int, sd: dict) -> None:
+        with tempfile.TemporaryDirectory() as d:
+            if rank == 0:
+                tmp = os.path.join(d, CKPT_FILE + ".tmp")
+                torch.save({"version": CKPT_VERSION, "state": sd}, tmp)
+                os.replace(tmp, os.path.join(d, CKPT_FILE))  # atomic within the directory
+                ray.train.report({"iteration": it}, checkpoint=ray.train.Checkpoint.from_directory(d))
+            else:
+                ray.train.report({"iteration": it})
+
+    t = tc.train
+    fit(state, method, sample, t.iterations, t.grad_clip, t.eval_ema, t.log_every, t.checkpoint_every, Hooks(log, checkpoint))
+
+    # Evaluation at the trial's own step count, with the eval-EMA weights, on the sweep's fixed noise.
+    ref = EvalRef.from_dict(cfg["eval_ref"])
+    names = metric_names(len(ref.data))
+    state.ema.eval()
+    x, nfe = method.sample(state.ema, ref.noise)
+    metrics = evaluate(x, ref, names)
+    final = {**metrics, "nfe": nfe, "iteration": state.iteration, "wall_seconds": state.wall_seconds, "final": 1}
+    if logger:
+        logger.metrics(tc.method.student_steps, metrics)     # step = number of sampling steps
+        logger.metrics(state.iteration, {"wall_seconds": state.wall_seconds, "nfe": nfe})
+    ray.train.report(final)
+    return final

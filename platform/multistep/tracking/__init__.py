@@ -1,0 +1,1 @@
+"""MLflow layout: sweep run, nested trial runs, curves keyed by steps, artifacts."""

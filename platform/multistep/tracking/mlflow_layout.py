@@ -1,0 +1,135 @@
+"""The MLflow layout every tool relies on (docs/architecture.md, "Contracts").
+
+One run per sweep; one nested run per trial (tag mlflow.parentRunId); training curves with
+step = iteration; evaluation metrics with step = number of sampling steps, so MLflow's own chart of
+a metric against its step is the metric-versus-steps curve. The sweep driver owns run lifecycles;
+workers only log into the run id they are given (RunLogger).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from multistep.config import ConfigError
+
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+
+
+def default_tracking_uri() -> str:
+    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def absolute_uri(uri: str) -> str:
+    """Make a sqlite or file URI absolute (Train workers change directory); others pass through."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
+    if "://" not in uri:
+        return f"sqlite:///{Path(uri).resolve()}" if uri.endswith(".db") else uri
+    return uri
+
+
+def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
+    """Fail fast (exit 2) when a tracking server cannot be reached, before any training."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as r:
+            r.read()
+    except Exception as e:  # noqa: BLE001 - any failure means unreachable
+        raise ConfigError(f"--tracking-uri {uri}: MLflow tracking server unreachable ({e.__class__.__name__}: {e})") from None
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    artifact_location = None
+    if uri.startswith("sqlite:///"):  # local store: keep artifacts next to the database, absolute
+        artifact_location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts" / name).as_uri()
+    return client.create_experiment(name, artifact_location=artifact_location,
+                                    tags={EXPERIMENT_KIND_TAG: "custom_model_development"})
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = str(v)[:6000]
+    return out
+
+
+def log_params(client: MlflowClient, run_id: str, params: dict[str, str]) -> None:
+    items = [Param(k, v) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i:i + 100])
+
+
+def log_curve(client: MlflowClient, run_id: str, key: str, points: list[tuple[int, float]]) -> None:
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(key, float(v), now, int(step)) for step, v in points])
+
+
+class RunLogger:
+    """What a rank-0 worker uses: logs into a given run id, retrying brief outages with backoff.
+
+    Metrics that cannot be sent are kept and re-sent with the next batch, so a short outage loses
+    nothing; only after `retries` failures in a row does it raise.
+    """
+
+    def __init__(self, uri: str, run_id: str, retries: int = 6):
+        self.client, self.run_id, self.retries = MlflowClient(uri), run_id, retries
+        self.pending: list[Metric] = []
+
+    def metrics(self, step: int, values: dict[str, float]) -> None:
+        now = int(time.time() * 1000)
+        self.pending += [Metric(k, float(v), now, int(step)) for k, v in values.items()]
+        self.flush()
+
+    def flush(self) -> None:
+        delay = 0.5
+        for attempt in range(self.retries):
+            try:
+                for i in range(0, len(self.pending), 1000):
+                    self.client.log_batch(self.run_id, metrics=self.pending[i:i + 1000])
+                self.pending = []
+                return
+            except Exception:  # noqa: BLE001
+                if attempt == self.retries - 1:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 8.0)
+
+    def artifact(self, path: str, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, path, artifact_path)
+
+
+def trial_tags(sweep_run_id: str, index: int, label: str, sweep_name: str) -> list[RunTag]:
+    return [RunTag("mlflow.parentRunId", sweep_run_id), RunTag("multistep.trial_index", str(index)),
+            RunTag("multistep.method", label), RunTag("multistep.sweep_name", sweep_name),
+            RunTag("multistep.kind", "trial")]
+
+
+def env_secrets_free(params: dict[str, str]) -> dict[str, str]:
+    """Drop anything that looks like a credential before it reaches params or tags."""
+    secret_words = ("password", "token", "secret", "credential")
+    return {k: v for k, v in params.items() if not any(w in k.lower() for w in secret_words)
+            and v not in {os.environ.get("MLFLOW_TRACKING_PASSWORD"), os.environ.get("MLFLOW_TRACKING_TOKEN")} - {None}}

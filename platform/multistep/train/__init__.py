@@ -1,0 +1,1 @@
+"""The per-worker training loop (plain PyTorch; runs with or without Ray)."""

@@ -1,0 +1,116 @@
+"""The training loop: infrastructure with a few hooks (vdm style). No Ray, no MLflow.
+
+`fit` runs `method.loss` for `total` iterations with Adam, gradient clipping and an eval EMA,
+calls `hooks.log` every `log_every` iterations with metrics averaged over the interval (one host
+sync per interval, not per step), and `hooks.checkpoint` every `checkpoint_every` iterations.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from multistep.diffusion.loss import v_loss
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+@dataclass
+class Hooks:
+    log: Callable[[int, dict[str, float]], None] = lambda it, m: None
+    checkpoint: Callable[[int, dict], None] = lambda it, state: None
+
+
+@dataclass
+class TrainState:
+    student: nn.Module
+    ema: nn.Module
+    opt: torch.optim.Optimizer
+    iteration: int = 0
+    gen: torch.Generator = field(default_factory=torch.Generator)
+    wall_seconds: float = 0.0
+
+    def state_dict(self) -> dict:
+        return {"student": self.student.state_dict(), "ema": self.ema.state_dict(), "opt": self.opt.state_dict(),
+                "iteration": self.iteration, "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
+                "wall_seconds": self.wall_seconds}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.student.load_state_dict(sd["student"])
+        self.ema.load_state_dict(sd["ema"])
+        self.opt.load_state_dict(sd["opt"])
+        self.iteration, self.wall_seconds = int(sd["iteration"]), float(sd["wall_seconds"])
+        self.gen.set_state(sd["gen"])
+        torch.set_rng_state(sd["torch_rng"])
+
+
+def new_state(student: nn.Module, lr: float, seed: int) -> TrainState:
+    opt = torch.optim.Adam(student.parameters(), lr=lr, foreach=True)
+    ema = copy.deepcopy(student).requires_grad_(False)
+    return TrainState(student, ema, opt, gen=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    e, m = list(ema.parameters()), list(model.parameters())
+    torch._foreach_lerp_(e, m, 1.0 - decay)
+
+
+def fit(state: TrainState, method, sample_batch: Callable[[torch.Generator], torch.Tensor], total: int,
+        grad_clip: float, eval_ema: float, log_every: int, checkpoint_every: int, hooks: Hooks = Hooks()) -> TrainState:
+    student = state.student.train()
+    sums: dict[str, torch.Tensor] = {}
+    n_acc, t0 = 0, time.perf_counter()
+    while state.iteration < total:
+        x = sample_batch(state.gen)
+        loss, logs = method.loss(student, x, state.iteration, total, state.gen)
+        state.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip > 0:
+            logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(student.parameters(), grad_clip)
+        state.opt.step()
+        if hasattr(method, "after_step"):
+            method.after_step(student)
+        ema_update(state.ema, student, eval_ema)
+        state.iteration += 1
+        for k, v in logs.items():
+            sums[k] = sums.get(k, 0) + v.detach().double()
+        n_acc += 1
+        if state.iteration % log_every == 0 or state.iteration == total:
+            means = {k: float(v) / n_acc for k, v in sums.items()}   # one sync per interval
+            if not all(math.isfinite(v) for v in means.values()):
+                bad = [k for k, v in means.items() if not math.isfinite(v)]
+                raise NonFiniteLoss(f"non-finite {', '.join(bad)} in iterations {state.iteration - n_acc + 1}..{state.iteration}")
+            state.wall_seconds += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            hooks.log(state.iteration, means)
+            sums, n_acc = {}, 0
+        if state.iteration % checkpoint_every == 0 or state.iteration == total:
+            hooks.checkpoint(state.iteration, state.state_dict())
+    return state
+
+
+def warm_start(net: nn.Module, sched, teacher, sample_batch, iterations: int, lr: float, seed: int) -> dict:
+    """Train `net` (a v-network) by v-loss regression onto `teacher` for `iterations`; returns its state dict.
+
+    The MCM paper initialises every student from the diffusion model; with an analytic teacher this
+    regression *is* that diffusion model (computed once per sweep and shared by every trial).
+    """
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    sched_lr = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(iterations, 1))
+    for _ in range(iterations):
+        loss = v_loss(net, sched, sample_batch(g), g, teacher)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched_lr.step()
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}

@@ -1,0 +1,34 @@
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Environment for every Ray started by the tests (set before Ray is imported anywhere).
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
+os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+os.environ.pop("RAY_ADDRESS", None)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One small local Ray instance for the whole session (Ray tests run serially on 2 cores)."""
+    import ray
+
+    tmp = tempfile.mkdtemp(prefix="msray", dir="/tmp")
+    ray.init(address="local", num_cpus=2, resources={"train_driver": 100}, object_store_memory=200 * 1024**2,
+             _temp_dir=tmp, include_dashboard=True, log_to_driver=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def tiny_sweep(tmp_path):
+    """A sweep small enough for CI: 2 trials of 60 iterations on an 8-D mixture."""
+    text = (REPO / "tests" / "data" / "tiny_sweep.yaml").read_text()
+    p = tmp_path / "tiny.yaml"
+    p.write_text(text)
+    return p

@@ -1,0 +1,29 @@
+"""Bad input exits 2 with one line naming the problem, before Ray or MLflow start."""
+
+import subprocess
+
+import pytest
+
+BASE = "name: t\nsearch:\n  method.student_steps: {grid: [1, 2]}\n"
+
+
+@pytest.mark.parametrize("text, expect", [
+    (BASE + "bogus: 1\n", "bogus: unknown key"),
+    ("train: {iterations: many}\n", "train.iterations"),
+    ("method: {student_steps: 0}\n", "method.student_steps"),
+    ("train: {learning_rate: -1}\n", "train.learning_rate"),
+])
+def test_bad_sweep_file(tmp_path, text, expect):
+    f = tmp_path / "bad.yaml"
+    f.write_text(text)
+    r = subprocess.run(["multistep", "sweep", str(f)], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and expect in lines[0] and str(f) in lines[0]
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray_results").exists()
+
+
+def test_missing_file(tmp_path):
+    r = subprocess.run(["multistep", "sweep", "nope.yaml"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "nope.yaml: file not found" in r.stderr
+    assert not (tmp_path / "mlflow.db").exists()

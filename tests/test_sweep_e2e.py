@@ -1,0 +1,51 @@
+"""End to end: a real sweep through real Ray Tune + Ray Train into a real SQLite MLflow store."""
+
+import pyarrow.parquet as pq
+import pytest
+from mlflow.tracking import MlflowClient
+
+from multistep.config import load_sweep
+from multistep.sweep.driver import run_sweep
+
+pytestmark = pytest.mark.slow
+
+
+def test_sweep_run_structure(ray_local, tiny_sweep, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    rc = run_sweep(load_sweep(tiny_sweep), uri, str(tmp_path / "ray_results"), say=lambda *_: None)
+    assert rc == 0
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("tests")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = client.search_runs([exp.experiment_id])
+    sweeps = [r for r in runs if r.data.tags.get("multistep.kind") == "sweep"]
+    trials = [r for r in runs if r.data.tags.get("multistep.kind") == "trial"]
+    assert len(sweeps) == 1 and len(trials) == 2
+    sweep = sweeps[0]
+    assert sweep.info.status == "FINISHED"
+    for t in trials:  # nested, finished, with the trial's params and a Ray trial id
+        assert t.data.tags["mlflow.parentRunId"] == sweep.info.run_id
+        assert t.info.status == "FINISHED"
+        assert t.data.tags["ray.trial_id"]
+        S = int(t.data.params["method.student_steps"])
+        hist = client.get_metric_history(t.info.run_id, "fd_identity_400")
+        assert [m.step for m in hist] == [S]          # evaluation keyed by number of sampling steps
+        assert hist[0].value > 0
+        loss = client.get_metric_history(t.info.run_id, "train/loss")
+        assert [m.step for m in loss] == [20, 40, 60]  # training curve keyed by iteration
+    # the teacher's curve and one curve per method on the sweep run
+    teacher = client.get_metric_history(sweep.info.run_id, "fd_identity_400/teacher_addim")
+    assert sorted(m.step for m in teacher) == [1, 2, 4]
+    assert sorted(m.step for m in client.get_metric_history(sweep.info.run_id, "fd_identity_400/mcd")) == [1, 2]
+    arts = {a.path for a in client.list_artifacts(sweep.info.run_id)}
+    assert {"results.parquet", "results.csv", "metric_vs_steps.png", "tiny.yaml"} <= arts
+
+    out_dir = next((tmp_path / "ray_results").glob("tiny-*"))
+    table = pq.read_table(out_dir / "results.parquet").to_pylist()
+    cols = ["method", "student_steps", "nfe", "metric", "value", "trial_id", "run_id", "anneal",
+            "learning_rate", "train_iterations", "wall_seconds"]
+    assert list(table[0]) == cols
+    mcd = [r for r in table if r["method"] == "mcd" and r["metric"] == "fd_identity_400"]
+    assert sorted(r["student_steps"] for r in mcd) == [1, 2]
+    assert (out_dir / "metric_vs_steps.png").stat().st_size > 10_000
