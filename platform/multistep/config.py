@@ -90,16 +90,42 @@ AnnealCfg = Annotated[Union[ConstantAnneal, LogLinearAnneal, CmSqrtAnneal, IctDo
 
 
 class MethodCfg(Strict):
-    name: Literal["mcm"] = "mcm"                  # Multistep Consistency Models (S = 1: CD/CT)
-    mode: Literal["distill", "train"] = "distill"  # distill from the teacher (MCD) or train on data (MCT)
-    student_steps: PosInt = 4                     # S: segments = sampling steps
-    anneal: AnnealCfg = LogLinearAnneal(name="loglinear", start=16, end=256, fraction=0.5)
-    xvar_frac: Annotated[float, Field(ge=0)] = 0.75  # eta of the aDDIM teacher step
-    teacher_integrator: Literal["addim", "ddim"] = "addim"
-    loss_weight: Literal["snr+1", "max(snr,1)", "snr"] = "snr+1"
-    distance: Literal["pseudo_huber", "l2sq"] = "pseudo_huber"
-    huber_eps: PosFloat = 1e-4
-    target_ema: Annotated[float, Field(ge=0, lt=1)] = 0.0  # 0: stop-gradient of the online net
+    name: Literal["mcm", "tract", "progressive"] = "mcm"  # MCM (S = 1: CD/CT), TRACT, progressive distillation
+    mode: Literal["distill", "train"] = "distill"  # mcm: distil the teacher (MCD) or train on data (MCT)
+    student_steps: PosInt = 4                     # S: sampling steps of the (final) student
+    anneal: AnnealCfg = LogLinearAnneal(name="loglinear", start=16, end=256, fraction=0.5)  # mcm: teacher steps N(i)
+    xvar_frac: Annotated[float, Field(ge=0)] = 0.75  # mcm: eta of the aDDIM teacher step
+    teacher_integrator: Literal["addim", "ddim"] = "addim"  # mcm distill: teacher step
+    loss_weight: Literal["snr+1", "max(snr,1)", "snr"] | None = None  # default: snr+1 (mcm), max(snr,1) (tract, progressive)
+    distance: Literal["pseudo_huber", "pseudo_huber_ict", "l2sq", "l2sq_sum"] | None = None  # default: pseudo_huber / l2sq_sum / l2sq
+    huber_eps: PosFloat = 1e-4                    # epsilon of pseudo_huber
+    target_ema: Annotated[float, Field(ge=0, lt=1)] = 0.0  # mcm: 0 = stop-gradient of the online net; >0 EMA target
+    t_sampling: Literal["uniform", "lognormal"] = "uniform"  # mcm: grid positions uniform or iCT lognormal
+    cm_sampler_steps: list[PosInt] = []           # mcm with S = 1: also evaluate the CM stochastic sampler at these steps
+    clip_x: Annotated[float, Field(ge=0)] = 0.0   # clip x_hat to [-c, c] inside target steps (tract; 0 = off)
+    time_schedule: list[PosInt] = [64, 8, 1]      # tract: phases time_schedule[p] -> time_schedule[p+1] steps
+    self_teacher_ema: Annotated[float, Field(ge=0, lt=1)] = 0.5  # tract: mu_S (bias-corrected)
+    pd_start_steps: PosInt = 64                   # progressive: teacher steps of the first phase
+
+    @model_validator(mode="after")
+    def _combinations(self):
+        if self.name == "tract":
+            ts = self.time_schedule
+            if len(ts) < 2 or any(a <= b or a % b for a, b in zip(ts, ts[1:])):
+                raise ValueError(f"time_schedule must decrease and each entry must divide the one before, got {ts}")
+            if ts[-1] != self.student_steps:
+                raise ValueError(f"time_schedule must end at student_steps = {self.student_steps}, got {ts}")
+            if self.mode != "distill":
+                raise ValueError("tract only distils (mode: distill)")
+        if self.name == "progressive":
+            r = self.pd_start_steps / self.student_steps
+            if r < 2 or r != 2 ** round(math.log2(r)):
+                raise ValueError(f"pd_start_steps / student_steps must be a power of 2 >= 2, got {self.pd_start_steps}/{self.student_steps}")
+            if self.mode != "distill":
+                raise ValueError("progressive only distils (mode: distill)")
+        if self.cm_sampler_steps and (self.name != "mcm" or self.student_steps != 1):
+            raise ValueError("cm_sampler_steps needs name: mcm and student_steps: 1")
+        return self
 
 
 class TrainCfg(Strict):

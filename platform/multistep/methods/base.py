@@ -18,8 +18,12 @@ class Method(Protocol):
         """Scalar loss for a data batch x at `iteration` of `total`, plus detached tensors to log."""
         ...
 
-    def sample(self, student: Denoiser, noise: Tensor) -> tuple[Tensor, int]:
-        """The sampler that goes with the method: (samples, nfe)."""
+    def after_step(self, student: nn.Module, ema: nn.Module, iteration: int, total: int) -> None:
+        """Called after every optimizer step (target EMAs, phase changes)."""
+        ...
+
+    def evaluations(self, ema: nn.Module) -> list[tuple[str, int, Callable[[Tensor], tuple[Tensor, int]]]]:
+        """(label, sampling steps, sampler noise -> (samples, nfe)) for every point this run puts on the curve."""
         ...
 
 
@@ -41,10 +45,17 @@ def weight(kind: str, snr: Tensor) -> Tensor:
 def distance(kind: str, diff: Tensor, huber_eps: float) -> Tensor:
     """Per-example distance D(x_diff) (algorithms.md A4).
 
-    pseudo_huber: sqrt(mean_d(diff^2) + eps^2) - eps  (~RMS for small eps, ~mean(diff^2)/2 for eps = 1)
-    l2sq:         mean_d(diff^2)
+    pseudo_huber:     sqrt(mean_d(diff^2) + eps^2) - eps  (~RMS for small eps, ~mean(diff^2)/2 for eps = 1)
+    pseudo_huber_ict: sqrt(||diff||^2 + c^2) - c, c = 0.00054 sqrt(d)  (iCT)
+    l2sq:             mean_d(diff^2);   l2sq_sum: sum_d(diff^2)  (TRACT)
     """
     ms = per_example_mean(diff.pow(2))
+    d = ms.new_tensor(diff[0].numel())
+    if kind == "pseudo_huber_ict":  # iCT: sqrt(||diff||^2 + c^2) - c on the full vector, c = 0.00054 sqrt(d)
+        c = 0.00054 * d.sqrt()
+        return torch.sqrt(ms * d + c**2) - c
+    if kind == "l2sq_sum":  # TRACT: squared l2 summed over dimensions
+        return ms * d
     if kind == "pseudo_huber":
         return torch.sqrt(ms + huber_eps**2) - huber_eps
     if kind == "l2sq":

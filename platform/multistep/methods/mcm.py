@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from multistep.diffusion.ddim import addim_step, bcast, ddim_step, inv_ddim
-from multistep.diffusion.samplers import mcm_sample
+from multistep.diffusion.samplers import cm_stochastic_sample, mcm_sample
 from multistep.diffusion.schedules import Schedule
 from multistep.methods.anneal import teacher_steps
 from multistep.methods.base import Denoiser, distance, per_example_mean, weight
@@ -32,8 +32,13 @@ class MCM:
     distance: str = "pseudo_huber"          # D: "pseudo_huber" | "l2sq"
     huber_eps: float = 1e-4                 # epsilon_H of the pseudo-Huber distance
     target_ema: float = 0.0                 # 0: reference pass = stopgrad(online) (A3); >0: EMA target net
+    target_bias_correction: bool = False    # TRACT-style bias-corrected target EMA (first update copies)
+    clip_x: float = 0.0                     # >0: clip x_tch and x_ref to [-clip_x, clip_x] in target steps (TRACT); 0 = off
+    t_sampling: str = "uniform"             # "uniform" over the grid, or iCT "lognormal" (P_mean -1.1, P_std 2.0)
+    cm_sampler_steps: tuple = ()            # S = 1 only: also evaluate with the CM stochastic sampler at these step counts
     target_dtype: torch.dtype = torch.float64  # dtype of z_t, teacher step, DDIM and invDDIM (A7)
     _target: nn.Module | None = field(default=None, repr=False)
+    _target_updates: int = 0
 
     @property
     def label(self) -> str:
@@ -52,9 +57,31 @@ class MCM:
         return self._target
 
     @torch.no_grad()
-    def after_step(self, student: nn.Module) -> None:
+    def after_step(self, student: nn.Module, ema: nn.Module | None = None, iteration: int = 0, total: int = 1) -> None:
         if self.target_ema > 0 and self._target is not None:
-            torch._foreach_lerp_(list(self._target.parameters()), list(student.parameters()), 1 - self.target_ema)
+            self._target_updates += 1
+            mu, k = self.target_ema, self._target_updates
+            w = (1 - mu) / (1 - mu**k) if self.target_bias_correction else 1 - mu   # bias-corrected: w_1 = 1
+            torch._foreach_lerp_(list(self._target.parameters()), list(student.parameters()), w)
+
+    def state_dict(self) -> dict:
+        return {"target": None if self._target is None else self._target.state_dict(), "updates": self._target_updates}
+
+    def load_state_dict(self, sd: dict, student: nn.Module) -> None:
+        self._target_updates = int(sd["updates"])
+        if sd["target"] is not None:
+            self.reference_net(student).load_state_dict(sd["target"])
+
+    def _positions(self, S: int, n_seg: int, B: int, g: torch.Generator) -> torch.Tensor:
+        """n_rel in {1..N_seg}: uniform (Algorithm 1) or iCT's lognormal weights over the EDM sigma = sigma_t / alpha_t."""
+        if self.t_sampling == "uniform":
+            return torch.randint(1, n_seg + 1, (B,), generator=g)
+        T = S * n_seg
+        a, sig = self.schedule.alpha_sigma(torch.arange(0, T + 1, dtype=torch.float64) / T)
+        log_sigma = torch.log(sig / a.clamp_min(1e-20)).clamp(-30, 30)
+        cdf = torch.special.erf((log_sigma + 1.1) / (2.0**0.5 * 2.0))          # P_mean = -1.1, P_std = 2.0
+        w = (cdf[1:] - cdf[:-1]).clamp_min(0).reshape(S, n_seg).sum(0) + 1e-12   # mass of interval (idx-1, idx], same for all segments' offsets
+        return torch.multinomial(w, B, replacement=True, generator=g) + 1
 
     def targets(self, student: nn.Module, x: torch.Tensor, iteration: int, total: int, g: torch.Generator):
         """Everything up to the x-space target; returns (z_t, t, x_tgt, n_rel, N_seg)."""
@@ -64,7 +91,7 @@ class MCM:
         x = x.to(dt)
         eps = torch.randn(x.shape, generator=g, dtype=dt, device="cpu").to(dev)  # eps ~ N(0, I)
         k = torch.randint(0, S, (B,), generator=g).to(dev)                     # k ~ U{0..S-1}
-        n_rel = torch.randint(1, n_seg + 1, (B,), generator=g).to(dev)        # n_rel ~ U{1..N_seg}
+        n_rel = self._positions(S, n_seg, B, g).to(dev)                        # n_rel ~ U{1..N_seg}
         idx = k * n_seg + n_rel                                                # t on the grid {1/T..1}
         t_step = (k * n_seg).double() / T                                      # t_step = k / S
         t, s = idx.double() / T, (idx - 1).double() / T                         # s = t - 1/T >= t_step
@@ -76,12 +103,16 @@ class MCM:
                 xvar = self.xvar_frac * per_example_mean((x_tch - x) ** 2)     # xvar = eta ||x_tch - x||^2 / d
             else:                                                              # training: x_tch = x, xvar = 0
                 x_tch, xvar = x, torch.zeros(B, dtype=dt, device=dev)
+            if self.clip_x > 0:
+                x_tch = x_tch.clamp(-self.clip_x, self.clip_x)
             if self.teacher_integrator == "addim":
                 z_s = addim_step(sched, x_tch, z_t, t, s, xvar)                 # z_s = aDDIM_{t->s}(x_tch, z_t)
             else:
                 z_s = ddim_step(sched, x_tch, z_t, t, s)
             ref = self.reference_net(student)
             x_ref = ref(z_s, s).to(dt)                                         # x_ref = stopgrad f(z_s, s)
+            if self.clip_x > 0:
+                x_ref = x_ref.clamp(-self.clip_x, self.clip_x)
             z_ref = ddim_step(sched, x_ref, z_s, s, t_step)                    # z_ref = DDIM_{s->t_step}; = z_s when s = t_step
             x_tgt = inv_ddim(sched, z_ref, z_t, t, t_step)                     # x_tgt = invDDIM_{t->t_step}(z_ref, z_t)
         return z_t, t, x_tgt, n_rel, n_seg
@@ -97,5 +128,13 @@ class MCM:
         loss = per_ex.mean()
         return loss, {"loss": loss.detach(), "n_seg": torch.tensor(float(n_seg))}
 
-    def sample(self, student: Denoiser, noise: torch.Tensor):
-        return mcm_sample(student, self.schedule, noise, self.student_steps)   # Algorithm 2
+    def evaluations(self, ema: nn.Module) -> list[tuple[str, int, object]]:
+        """(label, steps, sampler) for every point this trial contributes to the curve."""
+        S, sched = self.student_steps, self.schedule
+        out = [(self.label, S, lambda noise: mcm_sample(ema, sched, noise, S))]          # Algorithm 2
+        if S == 1:  # a consistency model: also its multistep stochastic sampler at uniform times (CM Alg. 1)
+            for n in self.cm_sampler_steps:
+                times = [(n - i) / n for i in range(1, n)]
+                out.append((f"{self.label}_cm_sampler", n, lambda noise, times=times: cm_stochastic_sample(
+                    ema, sched, noise, times, torch.Generator(device=noise.device).manual_seed(0))))
+        return out

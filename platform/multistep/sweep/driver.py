@@ -212,17 +212,23 @@ def run_sweep(plan: SweepPlan, tracking_uri: str, storage: str, say=print) -> in
 
 
 def collect_rows(client, plan: SweepPlan, run_ids: list[str], names: dict[str, str]) -> list[dict]:
+    """Rows of the results table from each trial run's metric histories (step = sampling steps).
+
+    A metric logged as "<name>" belongs to the trial's method; "<name>/<label>" to an extra sampler.
+    """
     rows = []
     for i, rid in enumerate(run_ids):
         run = client.get_run(rid)
         tc = plan.trial_cfg(i)
-        wall = run.data.metrics.get("wall_seconds")
-        anneal = tc.method.anneal.model_dump()
-        for metric in names.values():
-            for m in client.get_metric_history(rid, metric):
-                rows.append({"method": method_label(tc), "student_steps": m.step, "nfe": m.step, "metric": metric,
+        anneal = tc.method.anneal.model_dump() if tc.method.name == "mcm" else {}
+        for key in run.data.metrics:
+            metric, _, label = key.partition("/")
+            if metric not in names.values():
+                continue
+            for m in client.get_metric_history(rid, key):
+                rows.append({"method": label or method_label(tc), "student_steps": m.step, "nfe": m.step, "metric": metric,
                              "value": m.value, "trial_id": run.data.tags.get("ray.trial_id", ""), "run_id": rid,
                              "anneal": " ".join(f"{k}={v}" for k, v in anneal.items()),
                              "learning_rate": tc.train.learning_rate, "train_iterations": tc.train.iterations,
-                             "wall_seconds": wall})
+                             "wall_seconds": run.data.metrics.get("wall_seconds")})
     return rows

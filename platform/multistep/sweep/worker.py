@@ -33,7 +33,7 @@ def worker_main(cfg: dict) -> dict:
     if cfg.get("init") is not None:
         comps.student.net.load_state_dict(cfg["init"])
     method = make_method(tc, comps)
-    state = new_state(comps.student, tc.train.learning_rate, tc.train.seed + 1000 * rank)
+    state = new_state(comps.student, tc.train.learning_rate, tc.train.seed + 1000 * rank, method)
     logger = RunLogger(cfg["tracking_uri"], cfg["run_id"]) if rank == 0 else None
 
     ckpt = ray.train.get_checkpoint()
@@ -66,15 +66,22 @@ def worker_main(cfg: dict) -> dict:
     t = tc.train
     fit(state, method, sample, t.iterations, t.grad_clip, t.eval_ema, t.log_every, t.checkpoint_every, Hooks(log, checkpoint))
 
-    # Evaluation at the trial's own step count, with the eval-EMA weights, on the sweep's fixed noise.
+    # Evaluation at the trial's step count(s), with the eval-EMA weights, on the sweep's fixed noise.
+    # The method's own label logs under the plain metric name; extra samplers under "<metric>/<label>".
     ref = EvalRef.from_dict(cfg["eval_ref"])
     names = metric_names(len(ref.data))
     state.ema.eval()
-    x, nfe = method.sample(state.ema, ref.noise)
-    metrics = evaluate(x, ref, names)
-    final = {**metrics, "nfe": nfe, "iteration": state.iteration, "wall_seconds": state.wall_seconds, "final": 1}
+    final: dict = {}
+    for label, steps, sampler in method.evaluations(state.ema):
+        x, nfe = sampler(ref.noise)
+        metrics = evaluate(x, ref, names)
+        if logger:
+            suffix = "" if label == method.label else f"/{label}"
+            logger.metrics(steps, {f"{k}{suffix}": v for k, v in metrics.items()})   # step = number of sampling steps
+        if steps == tc.method.student_steps and label == method.label:
+            final = {**metrics, "nfe": nfe}
+    final |= {"iteration": state.iteration, "wall_seconds": state.wall_seconds, "final": 1}
     if logger:
-        logger.metrics(tc.method.student_steps, metrics)     # step = number of sampling steps
-        logger.metrics(state.iteration, {"wall_seconds": state.wall_seconds, "nfe": nfe})
+        logger.metrics(state.iteration, {"wall_seconds": state.wall_seconds})
     ray.train.report(final)
     return final

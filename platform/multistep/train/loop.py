@@ -37,11 +37,12 @@ class TrainState:
     iteration: int = 0
     gen: torch.Generator = field(default_factory=torch.Generator)
     wall_seconds: float = 0.0
+    method: object = None  # the method's own state (target EMA, phase, phase teachers) travels in checkpoints
 
     def state_dict(self) -> dict:
         return {"student": self.student.state_dict(), "ema": self.ema.state_dict(), "opt": self.opt.state_dict(),
                 "iteration": self.iteration, "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
-                "wall_seconds": self.wall_seconds}
+                "wall_seconds": self.wall_seconds, "method": self.method.state_dict() if self.method is not None else None}
 
     def load_state_dict(self, sd: dict) -> None:
         self.student.load_state_dict(sd["student"])
@@ -50,12 +51,14 @@ class TrainState:
         self.iteration, self.wall_seconds = int(sd["iteration"]), float(sd["wall_seconds"])
         self.gen.set_state(sd["gen"])
         torch.set_rng_state(sd["torch_rng"])
+        if self.method is not None and sd.get("method") is not None:
+            self.method.load_state_dict(sd["method"], self.student)
 
 
-def new_state(student: nn.Module, lr: float, seed: int) -> TrainState:
+def new_state(student: nn.Module, lr: float, seed: int, method=None) -> TrainState:
     opt = torch.optim.Adam(student.parameters(), lr=lr, foreach=True)
     ema = copy.deepcopy(student).requires_grad_(False)
-    return TrainState(student, ema, opt, gen=torch.Generator().manual_seed(seed))
+    return TrainState(student, ema, opt, gen=torch.Generator().manual_seed(seed), method=method)
 
 
 @torch.no_grad()
@@ -67,6 +70,7 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
 def fit(state: TrainState, method, sample_batch: Callable[[torch.Generator], torch.Tensor], total: int,
         grad_clip: float, eval_ema: float, log_every: int, checkpoint_every: int, hooks: Hooks = Hooks()) -> TrainState:
     student = state.student.train()
+    decay = method.eval_ema_decay(total) if hasattr(method, "eval_ema_decay") else eval_ema  # TRACT / PD set their own
     sums: dict[str, torch.Tensor] = {}
     n_acc, t0 = 0, time.perf_counter()
     while state.iteration < total:
@@ -77,10 +81,9 @@ def fit(state: TrainState, method, sample_batch: Callable[[torch.Generator], tor
         if grad_clip > 0:
             logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(student.parameters(), grad_clip)
         state.opt.step()
-        if hasattr(method, "after_step"):
-            method.after_step(student)
-        ema_update(state.ema, student, eval_ema)
+        ema_update(state.ema, student, decay)
         state.iteration += 1
+        method.after_step(student, state.ema, state.iteration, total)   # target EMAs, phase changes
         for k, v in logs.items():
             sums[k] = sums.get(k, 0) + v.detach().double()
         n_acc += 1
