@@ -103,13 +103,16 @@ class MethodCfg(Strict):
     t_sampling: Literal["uniform", "lognormal"] = "uniform"  # mcm: grid positions uniform or iCT lognormal
     cm_sampler_steps: list[PosInt] = []           # mcm with S = 1: also evaluate the CM stochastic sampler at these steps
     clip_x: Annotated[float, Field(ge=0)] = 0.0   # clip x_hat to [-c, c] inside target steps (tract; 0 = off)
-    time_schedule: list[PosInt] = [64, 8, 1]      # tract: phases time_schedule[p] -> time_schedule[p+1] steps
+    time_schedule: list[PosInt] | None = None     # tract: phases ts[p] -> ts[p+1] steps; default [64, 8S, S] (or [64, S] when 8S >= 64)
     self_teacher_ema: Annotated[float, Field(ge=0, lt=1)] = 0.5  # tract: mu_S (bias-corrected)
     pd_start_steps: PosInt = 64                   # progressive: teacher steps of the first phase
 
     @model_validator(mode="after")
     def _combinations(self):
         if self.name == "tract":
+            if self.time_schedule is None:
+                S = self.student_steps
+                self.time_schedule = [64, 8 * S, S] if 8 * S < 64 else [max(64, 2 * S), S]
             ts = self.time_schedule
             if len(ts) < 2 or any(a <= b or a % b for a, b in zip(ts, ts[1:])):
                 raise ValueError(f"time_schedule must decrease and each entry must divide the one before, got {ts}")
@@ -183,6 +186,7 @@ class Axis(Strict):
 class TrialCfg(Strict):
     """Everything one trial needs (a sweep file minus its search section)."""
 
+    label: str = ""                               # name in tables/plots; default from the method (mcd, mct, tract, pd)
     data: DataCfg = DataCfg()
     teacher: TeacherCfg = TeacherCfg()
     student: StudentCfg = StudentCfg()
@@ -196,7 +200,7 @@ class SweepCfg(TrialCfg):
     experiment: str = "multistep"                 # MLflow experiment
     description: str = ""
     resources: ResourcesCfg = ResourcesCfg()
-    search: dict[str, Axis] = {}                  # dotted config path -> axis, e.g. method.student_steps
+    search: dict[str, Axis] | list[dict[str, Axis]] = {}  # dotted config path -> axis; a list of such blocks = their union
     num_samples: PosInt = 1                       # draws of the random axes (grids are crossed with them)
     max_trials: PosInt = 256                      # refuse sweeps that expand to more trials
 
@@ -277,19 +281,24 @@ class SweepPlan:
 
 
 def expand(cfg: SweepCfg, doc: dict, path: str) -> list[dict]:
-    grid_keys = [k for k, a in cfg.search.items() if a.kind == "grid"]
-    rand_keys = [k for k, a in cfg.search.items() if a.kind != "grid"]
-    n = math.prod(len(cfg.search[k].grid) for k in grid_keys) * cfg.num_samples
+    blocks = cfg.search if isinstance(cfg.search, list) else [cfg.search]
+    n = sum(math.prod(len(a.grid) for a in b.values() if a.kind == "grid") * cfg.num_samples for b in blocks)
     if n > cfg.max_trials:
         raise ConfigError(f"{path}: search expands to {n} trials, more than max_trials = {cfg.max_trials}")
     rng = np.random.default_rng(cfg.train.seed)  # random axes are reproducible from the sweep file
     base = {k: v for k, v in doc.items() if k in TrialCfg.model_fields}
+    return [t for b in blocks for t in _expand_block(b, base, cfg.num_samples, rng, path)]
+
+
+def _expand_block(search: dict, base: dict, num_samples: int, rng, path: str) -> list[dict]:
+    grid_keys = [k for k, a in search.items() if a.kind == "grid"]
+    rand_keys = [k for k, a in search.items() if a.kind != "grid"]
     trials = []
-    for combo in itertools.product(*[cfg.search[k].grid for k in grid_keys]):
-        for _ in range(cfg.num_samples):
+    for combo in itertools.product(*[search[k].grid for k in grid_keys]):
+        for _ in range(num_samples):
             ov: dict[str, Any] = dict(zip(grid_keys, combo))
             for k in rand_keys:
-                a = cfg.search[k]
+                a = search[k]
                 if a.kind == "choice":
                     ov[k] = a.choice[int(rng.integers(len(a.choice)))]
                 elif a.kind == "loguniform":

@@ -38,7 +38,7 @@ def build(cfg: TrialCfg) -> Components:
 def make_method(cfg: TrialCfg, c: Components):
     m = cfg.method
     if m.name == "tract":
-        return TRACT(c.schedule, c.teacher, tuple(m.time_schedule), m.self_teacher_ema, clip_x=m.clip_x,
+        return TRACT(c.schedule, c.teacher, tuple(m.time_schedule or ()), m.self_teacher_ema, clip_x=m.clip_x,
                      loss_weight=m.loss_weight or "max(snr,1)", distance=m.distance or "l2sq_sum")
     if m.name == "progressive":
         return Progressive(c.schedule, c.teacher, m.pd_start_steps, m.student_steps,
@@ -57,4 +57,6 @@ def make_method(cfg: TrialCfg, c: Components):
 def method_label(cfg: TrialCfg) -> str:
     """Short name in tables and MLflow: mcd / mct (MCM distillation / training; S = 1 is CD / CT), tract, pd."""
     m = cfg.method
+    if cfg.label:
+        return cfg.label
     return {"tract": "tract", "progressive": "pd"}.get(m.name, "mcd" if m.mode == "distill" else "mct")
