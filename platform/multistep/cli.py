@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+from multistep.sweep import submit
+
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
@@ -30,6 +32,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--storage", default="./ray_results",
                    help="folder for Ray Tune/Train state, checkpoints, caches and results (default ./ray_results)")
     s.add_argument("--dry-run", action="store_true", help="print the validated config and the trial list; start nothing")
+    s.add_argument("--resume", action="store_true",
+                   help="continue the latest sweep of this name (same MLflow sweep run; finished trials are not re-run, "
+                        "unfinished ones resume from their checkpoints)")
+    submit.add_parser(sub)
     return p
 
 
@@ -55,7 +61,7 @@ def cmd_sweep(args) -> int:
     check_reachable(uri)
     from multistep.sweep.driver import run_sweep
 
-    return run_sweep(plan, uri, storage)
+    return run_sweep(plan, uri, storage, resume=args.resume)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     from multistep.config import ConfigError
 
     try:
-        return {"sweep": cmd_sweep}[args.command](args)
+        return {"sweep": cmd_sweep, "submit": submit.cmd_submit}[args.command](args)
     except ConfigError as e:
         if args.debug:
             raise

@@ -158,6 +158,13 @@ class ResourcesCfg(Strict):
     max_failures: Annotated[int, Field(ge=0)] = 1     # worker-group restarts per trial
 
 
+class SchedulerCfg(Strict):
+    name: Literal["fifo", "asha"] = "fifo"        # asha stops trials whose proxy metric lags at each rung
+    proxy_samples: PosInt = 1000                  # samples of the cheap in-training proxy (logged as proxy_<metric>)
+    grace_checkpoints: PosInt = 1                 # asha: checkpoints every trial runs before it may be stopped
+    reduction_factor: Annotated[float, Field(gt=1)] = 2  # asha: keep 1/reduction_factor of trials per rung
+
+
 class Axis(Strict):
     """One search axis: exactly one of grid / choice / loguniform / uniform."""
 
@@ -200,6 +207,7 @@ class SweepCfg(TrialCfg):
     experiment: str = "multistep"                 # MLflow experiment
     description: str = ""
     resources: ResourcesCfg = ResourcesCfg()
+    scheduler: SchedulerCfg = SchedulerCfg()
     search: dict[str, Axis] | list[dict[str, Axis]] = {}  # dotted config path -> axis; a list of such blocks = their union
     num_samples: PosInt = 1                       # draws of the random axes (grids are crossed with them)
     max_trials: PosInt = 256                      # refuse sweeps that expand to more trials

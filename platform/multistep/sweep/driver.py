@@ -13,7 +13,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from multistep.config import SweepPlan, TrialCfg
+from multistep.config import ConfigError, SweepPlan, TrialCfg
 from multistep.sweep import results as res
 from multistep.sweep.assets import content_hash, prepare
 from multistep.metrics.evaluate import metric_names
@@ -24,6 +24,7 @@ RAY_ENV_DEFAULTS = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",   # ray.train.report blocks ~1 poll; 0.1 s keeps reports cheap
     "RAY_TRAIN_V2_ENABLED": "1",
+    "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",  # error reports of failed trials carry no proxy metric
 }
 
 
@@ -40,7 +41,7 @@ def trial_driver(config: dict, ctx: dict) -> None:
     per_worker = {"CPU": r["cpus_per_worker"]} | ({"GPU": r["gpus_per_worker"] or 1} if r["use_gpu"] else {})
     trainer = TorchTrainer(
         worker_main,
-        train_loop_config={"trial": ctx["trials"][i]["config"], "run_id": ctx["run_ids"][i],
+        train_loop_config={"trial": ctx["trials"][i]["config"], "run_id": ctx["run_ids"][i],  # + eval_ref, init, proxy_samples
                            "tracking_uri": ctx["tracking_uri"], "threads": r["cpus_per_worker"],
                            **ctx["assets"][ctx["asset_keys"][i]]},
         scaling_config=ray.train.ScalingConfig(num_workers=r["num_workers"], use_gpu=r["use_gpu"], resources_per_worker=per_worker),
@@ -49,7 +50,12 @@ def trial_driver(config: dict, ctx: dict) -> None:
             failure_config=ray.train.FailureConfig(max_failures=r["max_failures"], controller_failure_limit=3),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
     )
-    trainer.fit()
+    result = trainer.fit()
+    rv = result.return_value or {}
+    if rv.get("error"):  # e.g. a non-finite loss: fail the trial without retrying it
+        from ray import tune
+
+        tune.report({"error": rv["error"]})
 
 
 def _status_callback(client, run_ids: list[str], n: int, say):
@@ -76,9 +82,16 @@ def _status_callback(client, run_ids: list[str], n: int, say):
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             i = trial.config["trial_index"]
-            done = bool((trial.last_result or {}).get("final"))
-            client.set_terminated(run_ids[i], status="FINISHED" if done else "KILLED")
-            say(f"[trial {i + 1}/{n}] {'finished' if done else 'stopped early'} in {time.time() - self.t0.get(i, time.time()):.0f} s")
+            last = trial.last_result or {}
+            took = f"{time.time() - self.t0.get(i, time.time()):.0f} s"
+            if last.get("error"):
+                self.failed.append(i)
+                client.set_terminated(run_ids[i], status="FAILED")
+                say(f"[trial {i + 1}/{n}] FAILED after {took}: {last['error']}")
+                return
+            done = bool(last.get("final"))
+            client.set_terminated(run_ids[i], status="FINISHED" if done else "KILLED")   # KILLED = stopped early
+            say(f"[trial {i + 1}/{n}] {'finished' if done else 'stopped early by the scheduler'} in {took}")
 
         def on_trial_error(self, iteration, trials, trial, **info):
             i = trial.config["trial_index"]
@@ -106,25 +119,36 @@ def _init_ray(say) -> None:
                  log_to_driver=True, configure_logging=True, logging_level="WARNING")
 
 
-def run_sweep(plan: SweepPlan, tracking_uri: str, storage: str, say=print) -> int:
-    """Run a validated sweep end to end. Returns the exit code: 0 all trials finished, 1 a trial failed."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
-    from ray import tune
+def plan_hash(plan: SweepPlan) -> str:
+    return content_hash(plan.trials)
 
+
+def _open_runs(client, plan: SweepPlan, tracking_uri: str, storage_dir: Path, resume: bool, say):
+    """New sweep: create the sweep run and SCHEDULED trial runs. Resume: find them again (never duplicate)."""
     cfg = plan.cfg
-    storage_dir = Path(storage).resolve()
-    sweep_id = f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    out_dir = storage_dir / sweep_id
-    out_dir.mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(tracking_uri)
     exp_id = ml.ensure_experiment(client, cfg.experiment, tracking_uri)
+    if resume:
+        found = client.search_runs([exp_id], f"tags.`multistep.sweep_name` = '{cfg.name}' and tags.`multistep.kind` = 'sweep'",
+                                   order_by=["attributes.start_time DESC"], max_results=1)
+        if not found:
+            raise ConfigError(f"{plan.path}: --resume: no earlier sweep named '{cfg.name}' in experiment '{cfg.experiment}'")
+        sweep = found[0]
+        if sweep.data.tags.get("multistep.plan_hash") != plan_hash(plan):
+            raise ConfigError(f"{plan.path}: --resume: the file no longer expands to the trials of sweep run {sweep.info.run_id}")
+        srid = sweep.info.run_id
+        children = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{srid}'", max_results=10000)
+        by_index = {int(r.data.tags["multistep.trial_index"]): r.info.run_id for r in children}
+        run_ids = [by_index[i] for i in range(len(plan.trials))]
+        client.update_run(srid, status="RUNNING")
+        say(f"resuming sweep run {srid} ({sweep.data.tags['multistep.sweep_id']})")
+        return srid, sweep.data.tags["multistep.sweep_id"], run_ids
 
-    # -- MLflow: the sweep run and one SCHEDULED child run per trial ------------------------------
+    sweep_id = f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     sweep_run = client.create_run(exp_id, run_name=sweep_id, tags={
         "multistep.kind": "sweep", "multistep.sweep_name": cfg.name, "multistep.sweep_id": sweep_id,
+        "multistep.plan_hash": plan_hash(plan),
         "multistep.dataset": f"{cfg.data.kind}{cfg.data.shape}", "multistep.teacher": cfg.teacher.kind,
-        "multistep.git_commit": ml.git_commit(), "multistep.storage": str(out_dir),
+        "multistep.git_commit": ml.git_commit(), "multistep.storage": str(storage_dir / sweep_id),
         "mlflow.note.content": cfg.description})
     srid = sweep_run.info.run_id
     ml.log_params(client, srid, ml.env_secrets_free(ml.flatten({k: v for k, v in plan.doc.items() if k != "search"})))
@@ -135,9 +159,27 @@ def run_sweep(plan: SweepPlan, tracking_uri: str, storage: str, say=print) -> in
         label = method_label(tc)
         r = client.create_run(exp_id, run_name=f"{label}-S{tc.method.student_steps}-{i:03d}",
                               tags={t.key: t.value for t in ml.trial_tags(srid, i, label, cfg.name)})
-        ml.log_params(client, r.info.run_id, ml.env_secrets_free(ml.flatten(trial["config"]) | {f"search.{k}": str(v) for k, v in trial["overrides"].items()}))
+        ml.log_params(client, r.info.run_id, ml.env_secrets_free(
+            ml.flatten(trial["config"]) | {f"search.{k}": str(v) for k, v in trial["overrides"].items()}))
         client.update_run(r.info.run_id, status="SCHEDULED")
         run_ids.append(r.info.run_id)
+    return srid, sweep_id, run_ids
+
+
+def run_sweep(plan: SweepPlan, tracking_uri: str, storage: str, say=print, resume: bool = False) -> int:
+    """Run (or resume) a validated sweep end to end. Returns the exit code: 0 ok, 1 a trial failed."""
+    from mlflow.tracking import MlflowClient
+
+    for k, v in RAY_ENV_DEFAULTS.items():  # before Ray Tune is imported
+        os.environ.setdefault(k, v)
+    from ray import tune
+
+    cfg = plan.cfg
+    storage_dir = Path(storage).resolve()
+    client = MlflowClient(tracking_uri)
+    srid, sweep_id, run_ids = _open_runs(client, plan, tracking_uri, storage_dir, resume, say)
+    out_dir = storage_dir / sweep_id
+    out_dir.mkdir(parents=True, exist_ok=True)
     say(f"MLflow: experiment '{cfg.experiment}', sweep run {srid} with {len(run_ids)} trial runs ({tracking_uri})")
 
     t_start = time.time()
@@ -148,15 +190,16 @@ def run_sweep(plan: SweepPlan, tracking_uri: str, storage: str, say=print) -> in
             tc = TrialCfg.model_validate(trial["config"])
             key = content_hash({k: trial["config"][k] for k in ("data", "teacher", "student", "eval")} | {"seed": tc.train.seed})
             if key not in assets:
-                assets[key] = prepare(tc, storage_dir / "cache", log=say)
+                assets[key] = prepare(tc, storage_dir / "cache", log=say) | {"proxy_samples": cfg.scheduler.proxy_samples}
             asset_keys.append(key)
         first = assets[asset_keys[0]]
         names = metric_names(plan.trial_cfg(0).eval.samples)
         teacher_rows = first["teacher_rows"]
-        for row in teacher_rows:
-            ml.log_curve(client, srid, f"{row['metric']}/{row['method']}", [(row["student_steps"], row["value"])])
-        client.set_tag(srid, "multistep.eval_ref_hash", first["eval_ref_hash"])
-        ml.log_params(client, srid, {f"noise_floor.{k}": f"{v:.6g}" for k, v in first["eval_ref"]["floor"].items()})
+        if not resume:
+            for row in teacher_rows:
+                ml.log_curve(client, srid, f"{row['metric']}/{row['method']}", [(row["student_steps"], row["value"])])
+            client.set_tag(srid, "multistep.eval_ref_hash", first["eval_ref_hash"])
+            ml.log_params(client, srid, {f"noise_floor.{k}": f"{v:.6g}" for k, v in first["eval_ref"]["floor"].items()})
 
         # -- Ray Tune: one trial per planned config --------------------------------------------------
         _init_ray(say)
@@ -168,47 +211,76 @@ def run_sweep(plan: SweepPlan, tracking_uri: str, storage: str, say=print) -> in
         driver_res = {"CPU": 0, "train_driver": 1} if ray.cluster_resources().get("train_driver") else {"CPU": 1}
         trainable = tune.with_resources(tune.with_parameters(trial_driver, ctx=ctx), driver_res)
         status = _status_callback(client, run_ids, len(run_ids), say)
-        tuner = tune.Tuner(
-            trainable,
-            param_space={"trial_index": tune.grid_search(list(range(len(plan.trials))))},
-            tune_config=tune.TuneConfig(max_concurrent_trials=r.max_concurrent_trials),
-            run_config=tune.RunConfig(name=sweep_id, storage_path=str(storage_dir), callbacks=[status], verbose=0,
-                                      failure_config=tune.FailureConfig(max_failures=1)),
-        )
+        if resume and tune.Tuner.can_restore(str(out_dir)):
+            tuner = tune.Tuner.restore(str(out_dir), trainable, resume_unfinished=True, resume_errored=True)
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                param_space={"trial_index": tune.grid_search(list(range(len(plan.trials))))},
+                tune_config=tune.TuneConfig(max_concurrent_trials=r.max_concurrent_trials, scheduler=_scheduler(plan)),
+                run_config=tune.RunConfig(name=sweep_id, storage_path=str(storage_dir), callbacks=[status], verbose=0,
+                                          failure_config=tune.FailureConfig(max_failures=1)),
+            )
         say(f"running {len(run_ids)} trials, at most {r.max_concurrent_trials} at a time; Tune state in {out_dir}")
-        tuner.fit()
-
-        # -- results: from MLflow, the system of record ----------------------------------------------
-        rows = collect_rows(client, plan, run_ids, names) + [
-            {**row, "trial_id": "", "run_id": srid, "anneal": "", "learning_rate": None, "train_iterations": None,
-             "wall_seconds": None} for row in teacher_rows]
-        for metric in names.values():
-            for method, pts in res.best_by_steps(rows, metric).items():
-                if not method.startswith("teacher"):
-                    ml.log_curve(client, srid, f"{metric}/{method}", sorted(pts.items()))
-        paths = res.write_table(rows, out_dir)
-        png = res.plot(rows, list(names.values()), first["eval_ref"]["floor"], out_dir / "metric_vs_steps.png",
-                       f"{cfg.name}: metric versus sampling steps")
-        for p in [*paths.values(), png]:
-            client.log_artifact(srid, str(p))
-        say("")
-        say(res.format_table(rows, list(names.values())))
-        say(f"\nnoise floor (two data sample sets): " + ", ".join(f"{k} {v:.5f}" for k, v in first["eval_ref"]["floor"].items() if v))
-        say(f"results: {paths['parquet']}, {paths['csv']}, {png}")
-        failed = sorted(status.failed)
-        client.log_metric(srid, "wall_seconds", time.time() - t_start)
-        client.set_terminated(srid, status="FAILED" if failed else "FINISHED")
-        if failed:
-            say(f"{len(failed)} trial(s) failed: " + ", ".join(f"#{i + 1} (run {run_ids[i]})" for i in failed))
-            return 1
-        say(f"sweep finished in {time.time() - t_start:.0f} s; MLflow UI: mlflow ui --backend-store-uri {tracking_uri}")
-        return 0
+        grid = tuner.fit()
+        if resume:  # restored Tuners keep their original callbacks; settle statuses from the results
+            for res_ in grid:
+                i = res_.config["trial_index"]
+                last = res_.metrics or {}
+                if client.get_run(run_ids[i]).info.status in ("RUNNING", "SCHEDULED"):
+                    client.set_terminated(run_ids[i], status="FINISHED" if last.get("final") else "FAILED")
+                    if not last.get("final"):
+                        status.failed.append(i)
+        return _finish(client, plan, srid, run_ids, names, teacher_rows, first, out_dir, status.failed, t_start, tracking_uri, say)
     except BaseException:
         client.set_terminated(srid, status="FAILED")
         for rid in run_ids:
             if client.get_run(rid).info.status in ("RUNNING", "SCHEDULED"):
                 client.set_terminated(rid, status="KILLED")
         raise
+
+
+def _scheduler(plan: SweepPlan):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    sc = plan.cfg.scheduler
+    if sc.name == "fifo":
+        return FIFOScheduler()
+    cfgs = [plan.trial_cfg(i) for i in range(len(plan.trials))]
+    every = min(c.train.checkpoint_every for c in cfgs)
+    proxy = f"proxy_{metric_names(min(sc.proxy_samples, cfgs[0].eval.samples))['fd']}"
+    # max_t one past the end: reaching the last iteration must not stop a trial before its final evaluation
+    return ASHAScheduler(time_attr="iteration", metric=proxy, mode="min", max_t=max(c.train.iterations for c in cfgs) + 1,
+                         grace_period=sc.grace_checkpoints * every, reduction_factor=sc.reduction_factor)
+
+
+def _finish(client, plan, srid, run_ids, names, teacher_rows, first, out_dir, failed, t_start, tracking_uri, say) -> int:
+    """Results from MLflow (the system of record): table, per-method curves, plot, artifacts, exit code."""
+    cfg = plan.cfg
+    rows = collect_rows(client, plan, run_ids, names) + [
+        {**row, "trial_id": "", "run_id": srid, "anneal": "", "learning_rate": None, "train_iterations": None,
+         "wall_seconds": None} for row in teacher_rows]
+    for metric in names.values():
+        for method, pts in res.best_by_steps(rows, metric).items():
+            if not method.startswith("teacher"):
+                ml.log_curve(client, srid, f"{metric}/{method}", sorted(pts.items()))
+    paths = res.write_table(rows, out_dir)
+    floor = first["eval_ref"]["floor"]
+    png = res.plot(rows, list(names.values()), floor, out_dir / "metric_vs_steps.png", f"{cfg.name}: metric versus sampling steps")
+    for p in [*paths.values(), png]:
+        client.log_artifact(srid, str(p))
+    say("")
+    say(res.format_table(rows, list(names.values())))
+    say("\nnoise floor (two data sample sets): " + ", ".join(f"{k} {v:.5f}" for k, v in floor.items() if v))
+    say(f"results: {paths['parquet']}, {paths['csv']}, {png}")
+    failed = sorted(set(failed))
+    client.log_metric(srid, "wall_seconds", time.time() - t_start)
+    client.set_terminated(srid, status="FAILED" if failed else "FINISHED")
+    if failed:
+        say(f"{len(failed)} trial(s) failed: " + ", ".join(f"#{i + 1} (run {run_ids[i]})" for i in failed))
+        return 1
+    say(f"sweep finished in {time.time() - t_start:.0f} s; MLflow UI: mlflow ui --backend-store-uri {tracking_uri}")
+    return 0
 
 
 def collect_rows(client, plan: SweepPlan, run_ids: list[str], names: dict[str, str]) -> list[dict]:

@@ -22,7 +22,7 @@ def worker_main(cfg: dict) -> dict:
     from multistep.config import TrialCfg
     from multistep.metrics.evaluate import EvalRef, evaluate, metric_names
     from multistep.train.build import build, make_method
-    from multistep.train.loop import Hooks, fit, new_state
+    from multistep.train.loop import Hooks, NonFiniteLoss, fit, new_state
     from multistep.tracking.mlflow_layout import RunLogger
 
     ctx = ray.train.get_context()
@@ -53,23 +53,47 @@ def worker_main(cfg: dict) -> dict:
         if logger:
             logger.metrics(it, {f"train/{k}": v for k, v in means.items()} | {"train/wall_seconds": state.wall_seconds})
 
+    ref = EvalRef.from_dict(cfg["eval_ref"])
+    names = metric_names(len(ref.data))
+    n_proxy = min(cfg.get("proxy_samples", 1000), len(ref.data))
+    proxy_ref = EvalRef(ref.data[:n_proxy], ref.noise[:n_proxy], ref.ode[:n_proxy], {})
+    proxy_names = {k: f"proxy_{v}" for k, v in metric_names(n_proxy).items()}
+
+    def proxy() -> dict[str, float]:
+        """Cheap in-training evaluation (few samples, current EMA): what ASHA compares; never the final number."""
+        evals = method.evaluations(state.ema)
+        if not evals:
+            return {}
+        _, _, sampler = evals[0]
+        with torch.no_grad():
+            return evaluate(sampler(proxy_ref.noise)[0], proxy_ref, proxy_names)
+
+    last_proxy: dict[str, float] = {}
+
     def checkpoint(it: int, sd: dict) -> None:
+        last_proxy.update(proxy())
+        metrics = {"iteration": it, **last_proxy}
+        if logger:
+            logger.metrics(it, {k: v for k, v in metrics.items() if k != "iteration"})   # step = iteration
         with tempfile.TemporaryDirectory() as d:
             if rank == 0:
                 tmp = os.path.join(d, CKPT_FILE + ".tmp")
                 torch.save({"version": CKPT_VERSION, "state": sd}, tmp)
                 os.replace(tmp, os.path.join(d, CKPT_FILE))  # atomic within the directory
-                ray.train.report({"iteration": it}, checkpoint=ray.train.Checkpoint.from_directory(d))
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
             else:
-                ray.train.report({"iteration": it})
+                ray.train.report(metrics)
 
     t = tc.train
-    fit(state, method, sample, t.iterations, t.grad_clip, t.eval_ema, t.log_every, t.checkpoint_every, Hooks(log, checkpoint))
+    try:
+        fit(state, method, sample, t.iterations, t.grad_clip, t.eval_ema, t.log_every, t.checkpoint_every, Hooks(log, checkpoint))
+    except NonFiniteLoss as e:  # deterministic: retrying would fail again, so the trial fails with the reason
+        if logger:
+            logger.client.set_tag(cfg["run_id"], "multistep.error", str(e))
+        return {"error": str(e)}
 
     # Evaluation at the trial's step count(s), with the eval-EMA weights, on the sweep's fixed noise.
     # The method's own label logs under the plain metric name; extra samplers under "<metric>/<label>".
-    ref = EvalRef.from_dict(cfg["eval_ref"])
-    names = metric_names(len(ref.data))
     state.ema.eval()
     final: dict = {}
     for label, steps, sampler in method.evaluations(state.ema):
@@ -80,7 +104,7 @@ def worker_main(cfg: dict) -> dict:
             logger.metrics(steps, {f"{k}{suffix}": v for k, v in metrics.items()})   # step = number of sampling steps
         if steps == tc.method.student_steps and label == method.label:
             final = {**metrics, "nfe": nfe}
-    final |= {"iteration": state.iteration, "wall_seconds": state.wall_seconds, "final": 1}
+    final |= {**last_proxy, "iteration": state.iteration, "wall_seconds": state.wall_seconds, "final": 1}
     if logger:
         logger.metrics(state.iteration, {"wall_seconds": state.wall_seconds})
     ray.train.report(final)
