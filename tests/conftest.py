@@ -19,10 +19,23 @@ def ray_local():
     import ray
 
     tmp = tempfile.mkdtemp(prefix="msray", dir="/tmp")
+    # Ray Train's placement-group cleaner finds "its" cluster through the dashboard address; with a second Ray
+    # instance on the host (the submission test starts one) it must be told which one is ours.
+    port = free_port()
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
     ray.init(address="local", num_cpus=2, resources={"train_driver": 100}, object_store_memory=200 * 1024**2,
-             _temp_dir=tmp, include_dashboard=True, log_to_driver=False, logging_level="WARNING")
+             _temp_dir=tmp, include_dashboard=True, dashboard_port=port, log_to_driver=False, logging_level="WARNING")
     yield ray
     ray.shutdown()
+    os.environ.pop("RAY_API_SERVER_ADDRESS", None)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture

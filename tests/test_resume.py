@@ -1,0 +1,62 @@
+"""The sweep driver dies (kill -9 of its whole process group); `multistep sweep FILE --resume` continues the same
+sweep: finished trials are not re-run, the same MLflow sweep run and trial runs are used."""
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.slow
+
+
+def _trials(client, exp_id):
+    runs = client.search_runs([exp_id])
+    return ([r for r in runs if r.data.tags.get("multistep.kind") == "sweep"],
+            sorted((r for r in runs if r.data.tags.get("multistep.kind") == "trial"),
+                   key=lambda r: int(r.data.tags["multistep.trial_index"])))
+
+
+def test_driver_killed_then_resumed(tiny_sweep, tmp_path):
+    doc = yaml.safe_load(tiny_sweep.read_text())
+    doc["train"].update(iterations=400, checkpoint_every=100, log_every=50)
+    doc["resources"] = {"max_concurrent_trials": 1}
+    f = tmp_path / "s.yaml"
+    f.write_text(yaml.safe_dump(doc))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")} | {"RAY_AUTH_MODE": "disabled"}
+    cmd = ["multistep", "sweep", str(f), "--tracking-uri", uri, "--storage", str(tmp_path / "rr")]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = MlflowClient(uri)
+    try:  # wait until the first trial has finished and the second one is under way, then kill everything
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            time.sleep(2)
+            exp = client.get_experiment_by_name("tests") if (tmp_path / "mlflow.db").exists() else None
+            if exp is None:
+                continue
+            _, trials = _trials(client, exp.experiment_id)
+            if len(trials) == 2 and trials[0].info.status == "FINISHED" and "train/loss" in trials[1].data.metrics:
+                break
+        else:
+            pytest.fail("first trial never finished")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    time.sleep(2)
+    first_fd = client.get_metric_history(trials[0].info.run_id, "fd_identity_400")
+
+    r = subprocess.run(cmd + ["--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400,
+                       start_new_session=True)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    sweeps, trials2 = _trials(client, client.get_experiment_by_name("tests").experiment_id)
+    assert len(sweeps) == 1 and len(trials2) == 2                       # same runs, nothing duplicated
+    assert [t.info.run_id for t in trials2] == [t.info.run_id for t in trials]
+    assert [t.info.status for t in trials2] == ["FINISHED", "FINISHED"]
+    assert sweeps[0].info.status == "FINISHED"
+    assert client.get_metric_history(trials[0].info.run_id, "fd_identity_400") == first_fd   # not re-run
+    assert len(client.get_metric_history(trials[1].info.run_id, "fd_identity_400")) == 1
