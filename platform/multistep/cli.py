@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from multistep.data import convert as data_convert
 from multistep.sweep import submit
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -36,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="continue the latest sweep of this name (same MLflow sweep run; finished trials are not re-run, "
                         "unfinished ones resume from their checkpoints)")
     submit.add_parser(sub)
+    data_convert.add_parser(sub)
     return p
 
 
@@ -69,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     from multistep.config import ConfigError
 
     try:
-        return {"sweep": cmd_sweep, "submit": submit.cmd_submit}[args.command](args)
+        return {"sweep": cmd_sweep, "submit": submit.cmd_submit, "data": data_convert.cmd_data_convert}[args.command](args)
     except ConfigError as e:
         if args.debug:
             raise

@@ -16,8 +16,8 @@ def v_loss(net: nn.Module, sched: Schedule, x: torch.Tensor, g: torch.Generator,
     instead of the data point: same minimiser, lower variance (used to warm-start students).
     """
     B = x.shape[0]
-    t = 1.0 - torch.rand(B, generator=g, dtype=torch.float64)  # (0, 1]
-    eps = torch.randn(x.shape, generator=g, dtype=torch.float64)
+    t = (1.0 - torch.rand(B, generator=g, dtype=torch.float64)).to(x.device)  # (0, 1]; CPU generator, any device
+    eps = torch.randn(x.shape, generator=g, dtype=torch.float64).to(x.device)
     xd = x.double()
     a, s = sched.alpha_sigma(t)
     z = bcast(a, xd) * xd + bcast(s, xd) * eps

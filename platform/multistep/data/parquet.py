@@ -1,0 +1,277 @@
+"""Image datasets as Parquet shards (pyarrow), streamed per DDP rank.
+
+Shard layout (schema_version "1"): column `image` binary (raw uint8 bytes of one image, HWC or CHW
+as the `layout` metadata says), optional column `label` int64; file-level metadata schema_version,
+height, width, channels, layout, and optionally num_classes and class_names (JSON list).
+Every problem with a shard (missing, unreadable, empty, wrong schema version, wrong column types,
+wrong image byte size) raises ValueError naming the file.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+SCHEMA_VERSION = "1"
+SHARD_GLOB = "shard-*.parquet"
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    path: Path
+    rows: int
+    height: int
+    width: int
+    channels: int
+    layout: str                  # "HWC" or "CHW": byte order of one image
+    has_labels: bool
+    num_classes: int | None
+    class_names: list[str] | None
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.channels, self.height, self.width
+
+
+# -- writing --------------------------------------------------------------------------------------
+class ShardWriter:
+    """Buffers uint8 NHWC images (+ labels) and writes `shard_size`-row shards atomically (tmp + rename)."""
+
+    def __init__(self, out_dir: str | os.PathLike, shard_size: int, height: int, width: int, channels: int,
+                 labels: bool, num_classes: int | None = None, class_names: Sequence[str] | None = None):
+        if shard_size < 1:
+            raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+        if shard_size * height * width * channels >= 2**31:
+            raise ValueError(f"shard_size {shard_size} makes a shard over 2 GiB of pixels; use a smaller one")
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        if any(self.out.glob(SHARD_GLOB)):
+            raise ValueError(f"{self.out}: already contains {SHARD_GLOB} files; choose an empty folder")
+        self.shard_size, self.hwc, self.labels = shard_size, (height, width, channels), labels
+        meta = {"schema_version": SCHEMA_VERSION, "height": height, "width": width, "channels": channels, "layout": "HWC"}
+        if num_classes is not None:
+            meta["num_classes"] = int(num_classes)
+        if class_names is not None:
+            meta["class_names"] = json.dumps(list(class_names))
+        fields = [pa.field("image", pa.binary())] + ([pa.field("label", pa.int64())] if labels else [])
+        self.schema = pa.schema(fields, metadata={k: str(v) for k, v in meta.items()})
+        self.buf_x: list[np.ndarray] = []
+        self.buf_y: list[np.ndarray] = []
+        self.buffered, self.paths = 0, []
+
+    def add(self, images: np.ndarray, labels: np.ndarray | None = None) -> None:
+        images = np.asarray(images)
+        if images.dtype != np.uint8:
+            raise ValueError(f"images must be uint8, got {images.dtype}")
+        if images.ndim != 4 or images.shape[1:] != self.hwc:
+            raise ValueError(f"images must be (n, {', '.join(map(str, self.hwc))}) NHWC, got {images.shape}")
+        if self.labels:
+            labels = np.asarray(labels)
+            if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer) or (labels < 0).any():
+                raise ValueError(f"labels must be {len(images)} non-negative integers, got shape {labels.shape} dtype {labels.dtype}")
+            self.buf_y.append(labels.astype(np.int64))
+        self.buf_x.append(images)
+        self.buffered += len(images)
+        while self.buffered >= self.shard_size:
+            self._flush(self.shard_size)
+
+    def _flush(self, n: int) -> None:
+        x = np.concatenate(self.buf_x)
+        self.buf_x = [x[n:]]
+        item = int(np.prod(self.hwc))
+        offsets = (np.arange(n + 1, dtype=np.int64) * item).astype(np.int32)
+        cols = [pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(x[:n]))])]
+        if self.labels:
+            y = np.concatenate(self.buf_y)
+            self.buf_y = [y[n:]]
+            cols.append(pa.array(y[:n], pa.int64()))
+        self.buffered -= n
+        path = self.out / f"shard-{len(self.paths):05d}.parquet"
+        tmp = path.with_name(f".{path.name}.tmp")
+        pq.write_table(pa.Table.from_arrays(cols, schema=self.schema), tmp)
+        os.replace(tmp, path)
+        self.paths.append(path)
+
+    def close(self) -> list[Path]:
+        if self.buffered:
+            self._flush(self.buffered)
+        return list(self.paths)
+
+
+def write_shards(images: np.ndarray, labels: np.ndarray | None, out_dir: str | os.PathLike, shard_size: int,
+                 num_classes: int | None = None, class_names: Sequence[str] | None = None) -> list[Path]:
+    """Write uint8 NHWC images (NHW for one channel) and optional int labels as shards of `shard_size` rows."""
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or len(images) == 0:
+        raise ValueError(f"images must be a non-empty (n, H, W, C) array, got shape {images.shape}")
+    if labels is not None and num_classes is None:
+        num_classes = int(np.max(labels)) + 1 if len(np.asarray(labels)) else None
+    w = ShardWriter(out_dir, shard_size, *images.shape[1:], labels=labels is not None, num_classes=num_classes, class_names=class_names)
+    w.add(images, labels)
+    return w.close()
+
+
+# -- reading --------------------------------------------------------------------------------------
+def list_shards(src: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """A folder -> its shard-*.parquet files (sorted); a file or a list of files -> as given."""
+    if isinstance(src, (str, os.PathLike)):
+        p = Path(src)
+        if p.is_dir():
+            paths = sorted(p.glob(SHARD_GLOB))
+            if not paths:
+                raise ValueError(f"{p}: no {SHARD_GLOB} files in this folder")
+            return paths
+        return [p]
+    paths = [Path(s) for s in src]
+    if not paths:
+        raise ValueError("no shard files given")
+    return paths
+
+
+def shard_info(path: str | os.PathLike) -> ShardInfo:
+    """Read and check a shard's schema and metadata (no pixel data)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"{p}: shard file not found")
+    try:
+        f = pq.ParquetFile(p)
+    except Exception as e:  # pyarrow raises ArrowInvalid / OSError for non-Parquet bytes
+        raise ValueError(f"{p}: not a readable Parquet file ({type(e).__name__}: {e})") from None
+    meta = {k.decode(): v.decode() for k, v in (f.schema_arrow.metadata or {}).items()}
+    version = meta.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ValueError(f"{p}: schema_version {version!r}, expected {SCHEMA_VERSION!r}")
+    try:
+        h, w, c = (int(meta[k]) for k in ("height", "width", "channels"))
+        assert min(h, w, c) >= 1
+    except (KeyError, ValueError, AssertionError):
+        raise ValueError(f"{p}: metadata needs positive integers height, width, channels") from None
+    layout = meta.get("layout", "HWC")
+    if layout not in ("HWC", "CHW"):
+        raise ValueError(f"{p}: layout {layout!r}, expected 'HWC' or 'CHW'")
+    schema = f.schema_arrow
+    if "image" not in schema.names or schema.field("image").type not in (pa.binary(), pa.large_binary()):
+        got = schema.field("image").type if "image" in schema.names else "no such column"
+        raise ValueError(f"{p}: column 'image' must be binary (raw uint8 bytes), got {got}")
+    has_labels = "label" in schema.names
+    if has_labels and schema.field("label").type != pa.int64():
+        raise ValueError(f"{p}: column 'label' must be int64, got {schema.field('label').type}")
+    if f.metadata.num_rows == 0:
+        raise ValueError(f"{p}: empty shard (0 rows)")
+    nc = int(meta["num_classes"]) if "num_classes" in meta else None
+    names = json.loads(meta["class_names"]) if "class_names" in meta else None
+    return ShardInfo(p, f.metadata.num_rows, h, w, c, layout, has_labels, nc, names)
+
+
+def read_shard(path: str | os.PathLike, info: ShardInfo | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(images uint8 NHWC, labels int64 or None) of one shard, every image's byte size checked."""
+    info = info or shard_info(path)
+    p = info.path
+    try:
+        table = pq.read_table(p)
+    except Exception as e:
+        raise ValueError(f"{p}: cannot read Parquet data ({type(e).__name__}: {e})") from None
+    col = table.column("image").combine_chunks()
+    item = info.height * info.width * info.channels
+    lengths = pc.binary_length(col)
+    if col.null_count or pc.min(lengths).as_py() != item or pc.max(lengths).as_py() != item:
+        bad = np.flatnonzero(lengths.fill_null(-1).to_numpy(zero_copy_only=False) != item)[0]
+        raise ValueError(f"{p}: row {bad}: image has {lengths[bad].as_py()} bytes, expected {item} "
+                         f"({info.layout} {info.height}x{info.width}x{info.channels} uint8)")
+    n = len(col)
+    odt = np.int64 if col.type == pa.large_binary() else np.int32
+    offsets = np.frombuffer(col.buffers()[1], odt)[col.offset:col.offset + n + 1]
+    data = np.frombuffer(col.buffers()[2], np.uint8)[offsets[0]:offsets[-1]]
+    if info.layout == "HWC":
+        x = data.reshape(n, info.height, info.width, info.channels)
+    else:
+        x = data.reshape(n, info.channels, info.height, info.width).transpose(0, 2, 3, 1)
+    y = table.column("label").to_numpy().astype(np.int64) if info.has_labels else None
+    if y is not None and (y < 0).any():
+        raise ValueError(f"{p}: negative labels")
+    return x, y
+
+
+class ShardStream:
+    """Float32 NCHW batches in [-1, 1] (+ int64 labels or None) for one DDP rank.
+
+    The global row range [0, N) over all shards (in the given order) is cut into `world_size`
+    contiguous slices; rank r reads only the shards overlapping its slice. Every epoch the rank's
+    pieces (one per overlapping shard) are visited in a fresh random order, `window` pieces at a
+    time, whose rows are pooled and permuted (seeded by seed, rank, epoch). When the whole slice fits
+    in one window it is read once and kept in memory.
+    """
+
+    def __init__(self, paths, rank: int = 0, world_size: int = 1, seed: int = 0, batch_size: int = 64,
+                 drop_last: bool = True, window: int = 4):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world_size {world_size}")
+        self.infos = [shard_info(p) for p in list_shards(paths)]
+        first = self.infos[0]
+        for i in self.infos[1:]:
+            if (i.shape, i.has_labels) != (first.shape, first.has_labels):
+                raise ValueError(f"{i.path}: shape {i.shape} labels={i.has_labels} differs from {first.path}: "
+                                 f"shape {first.shape} labels={first.has_labels}")
+        self.shape, self.has_labels = first.shape, first.has_labels
+        self.num_classes = first.num_classes
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.batch_size, self.drop_last, self.window = batch_size, drop_last, max(1, window)
+        starts = np.cumsum([0] + [i.rows for i in self.infos])
+        self.num_rows = int(starts[-1])
+        lo, hi = rank * self.num_rows // world_size, (rank + 1) * self.num_rows // world_size
+        self.rank_rows = hi - lo
+        if self.rank_rows == 0 or (drop_last and self.rank_rows < batch_size):
+            raise ValueError(f"rank {rank} of {world_size} gets {self.rank_rows} rows of {self.num_rows} "
+                             f"(in {first.path.parent}), fewer than batch_size {batch_size}")
+        # (shard index, first row, end row) of every shard overlapping [lo, hi)
+        self.pieces = [(k, max(lo, s) - s, min(hi, e) - s) for k, (s, e) in enumerate(zip(starts[:-1], starts[1:])) if s < hi and e > lo]
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
+
+    def _piece(self, j: int) -> tuple[np.ndarray, np.ndarray | None]:
+        if j in self._cache:
+            return self._cache[j]
+        k, a, b = self.pieces[j]
+        x, y = read_shard(self.infos[k].path, self.infos[k])
+        out = (x[a:b], None if y is None else y[a:b])
+        if len(self.pieces) <= self.window:
+            self._cache[j] = out
+        return out
+
+    def _batch(self, x: np.ndarray, y: np.ndarray | None):
+        xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).float().div_(127.5).sub_(1.0)
+        return xt, (torch.from_numpy(y) if y is not None else None)
+
+    def epoch_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        """One pass over this rank's slice in the order of `epoch`."""
+        rng = np.random.default_rng([self.seed, self.rank, epoch])
+        order = rng.permutation(len(self.pieces))
+        carry_x, carry_y = np.zeros((0, self.shape[1], self.shape[2], self.shape[0]), np.uint8), np.zeros(0, np.int64)
+        for g in range(0, len(order), self.window):
+            parts = [self._piece(int(j)) for j in order[g:g + self.window]]
+            x = np.concatenate([carry_x] + [p[0] for p in parts])  # rows left from the last window join this one
+            perm = rng.permutation(len(x))
+            y = np.concatenate([carry_y] + [p[1] for p in parts])[perm] if self.has_labels else None
+            x = x[perm]
+            full = len(x) // self.batch_size * self.batch_size
+            for i in range(0, full, self.batch_size):
+                yield self._batch(x[i:i + self.batch_size], None if y is None else y[i:i + self.batch_size])
+            carry_x, carry_y = x[full:], (y[full:] if y is not None else carry_y)
+        if len(carry_x) and not self.drop_last:
+            yield self._batch(carry_x, carry_y if self.has_labels else None)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        """Endless batches, epoch after epoch."""
+        for epoch in itertools.count():
+            yield from self.epoch_batches(epoch)
