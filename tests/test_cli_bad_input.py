@@ -27,3 +27,14 @@ def test_missing_file(tmp_path):
     r = subprocess.run(["multistep", "sweep", "nope.yaml"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "nope.yaml: file not found" in r.stderr
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_unreachable_tracking_server_exits_2_naming_the_uri(tmp_path):
+    from conftest import REPO, free_port
+
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    r = subprocess.run(["multistep", "sweep", str(REPO / "tests" / "data" / "tiny_sweep.yaml"), "--tracking-uri", uri,
+                        "--storage", str(tmp_path / "rr")], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and uri in r.stderr and "unreachable" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "rr").exists()

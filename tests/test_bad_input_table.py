@@ -1,0 +1,83 @@
+"""Table-driven bad input: every case is rejected by load_sweep with one line naming the file and the field."""
+
+import pytest
+
+from multistep.config import ConfigError, load_sweep
+
+S = "search:\n  method.student_steps: {grid: [1, 2]}\n"
+CASES = [  # (sweep file text, text the message must contain)
+    ("bogus: 1\n", "bogus: unknown key"),
+    ("data: {kind: gmm, colour: red}\n", "data.colour: unknown key"),
+    ("train: {iterations: many}\n", "train.iterations"),
+    ("train: {iterations: 0}\n", "train.iterations"),
+    ("train: {iterations: 2.5}\n", "train.iterations"),
+    ("train: {learning_rate: -1}\n", "train.learning_rate"),
+    ("train: {learning_rate: 0}\n", "train.learning_rate"),
+    ("train: {batch_size: 0}\n", "train.batch_size"),
+    ("train: {eval_ema: 1.5}\n", "train.eval_ema"),
+    ("method: {student_steps: 0}\n", "method.student_steps"),
+    ("method: {student_steps: -3}\n", "method.student_steps"),
+    ("method: {name: magic}\n", "method.name"),
+    ("method: {mode: guess}\n", "method.mode"),
+    ("method: {anneal: {name: loglinear, start: 0}}\n", "method.anneal.start"),
+    ("method: {anneal: {name: wobbly}}\n", "method.anneal"),
+    ("method: {anneal: {name: constant, m: 3}}\n", "method.anneal.m: unknown key"),
+    ("method: {loss_weight: snr2}\n", "method.loss_weight"),
+    ("method: {distance: l3}\n", "method.distance"),
+    ("method: {name: tract, student_steps: 2, time_schedule: [64, 12, 2]}\n", "time_schedule"),
+    ("method: {name: tract, student_steps: 4, time_schedule: [64, 8, 2]}\n", "time_schedule must end"),
+    ("method: {name: progressive, student_steps: 3, pd_start_steps: 64}\n", "power of 2"),
+    ("method: {name: mcm, student_steps: 2, cm_sampler_steps: [2]}\n", "cm_sampler_steps"),
+    ("data: {shape: [0]}\n", "data.shape.0"),
+    ("data: {components: 0}\n", "data.components"),
+    ("eval: {samples: 0}\n", "eval.samples"),
+    ("eval: {teacher_steps: [1, -2]}\n", "eval.teacher_steps.1"),
+    ("resources: {num_workers: 0}\n", "resources.num_workers"),
+    ("resources: {max_concurrent_trials: 0}\n", "resources.max_concurrent_trials"),
+    ("scheduler: {name: hyperband}\n", "scheduler.name"),
+    ("search:\n  method.student_steps: {}\n", "give exactly one of"),
+    ("search:\n  method.student_steps: {grid: []}\n", "must not be empty"),
+    ("search:\n  train.learning_rate: {loguniform: [1.0e-3, 1.0e-4]}\n", "low < high"),
+    ("search:\n  nothing.here: {grid: [1]}\n", "search.nothing.here: unknown config path"),
+    ("search:\n  method.student_steps: {grid: [1, 0]}\n", "method.student_steps"),
+    ("max_trials: 3\nsearch:\n  method.student_steps: {grid: [1, 2, 4, 8]}\n", "more than max_trials"),
+    ("name: 'bad name!'\n", "name"),
+    ("- just\n- a list\n", "top level must be a mapping"),
+    ("42\n", "top level must be a mapping"),
+    ("train: {iterations: 1, iterations: 2}\n", "duplicate key"),
+    ("train: [unclosed\n", "invalid YAML"),
+    ("train:\n\titerations: 3\n", "invalid YAML"),
+]
+
+
+@pytest.mark.parametrize("text, expect", CASES, ids=[f"case{i:02d}" for i in range(len(CASES))])
+def test_rejected_with_one_line(tmp_path, text, expect):
+    f = tmp_path / "bad.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_sweep(f)
+    msg = str(e.value)
+    assert "\n" not in msg and str(f) in msg and expect in msg, msg
+
+
+def test_huge_file(tmp_path):
+    f = tmp_path / "huge.yaml"
+    f.write_text("# pad\n" * 300_000)
+    with pytest.raises(ConfigError, match="more than the"):
+        load_sweep(f)
+
+
+def test_not_utf8(tmp_path):
+    f = tmp_path / "bin.yaml"
+    f.write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_sweep(f)
+
+
+def test_valid_files_in_repo_load():
+    from conftest import REPO
+
+    for f in (REPO / "sweeps").glob("*.yaml"):
+        if f.name.startswith("teacher"):
+            continue
+        assert load_sweep(f).trials
