@@ -191,6 +191,7 @@ class TinyDetector(torch.nn.Module):
         return f if return_features else f.sum(1, keepdim=True)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 def test_torchscript_extractor(tmp_path):
     path = tmp_path / "tiny-detector.pt"
     torch.jit.script(TinyDetector()).save(str(path))
@@ -242,6 +243,8 @@ def test_classifier_extractor_on_digits(tmp_path):
     np.testing.assert_array_equal(again(x[:300]), f)
     other = make_extractor("classifier", dataset="digits", cache_dir=tmp_path, epochs=1)  # new settings: new file
     assert other.trained and other.key["sha256"] != ext.key["sha256"]
+    other.path.write_bytes(b"truncated")  # an unreadable cached model is retrained, not trusted
+    assert make_extractor("classifier", dataset="digits", cache_dir=tmp_path, epochs=1).trained
     # The features see digits: two halves of the data are far closer than data and noise.
     real = frechet_distance(*gaussian_stats(ext(x[:800])), *gaussian_stats(ext(x[800:1600])))
     noise = frechet_distance(*gaussian_stats(ext(x[:800])), *gaussian_stats(ext(torch.rand(800, 1, 8, 8) * 2 - 1)))
