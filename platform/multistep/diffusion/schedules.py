@@ -109,10 +109,9 @@ class InterpolatedCosine(LogSNRSchedule):
     clip: float = 15.0
 
     def logsnr(self, t: Tensor) -> Tensor:
-        base = Schedule.logsnr(self, t)
-        lo = base + 2 * math.log(self.noise_low / self.image_d)
-        hi = base + 2 * math.log(self.noise_high / self.image_d)
-        return (t * lo + (1 - t) * hi).clamp(-self.clip, self.clip)
+        # = t lambda_shift(lo) + (1 - t) lambda_shift(hi), written so lambda_cos(0) = +inf never meets 0 * inf = nan
+        shift = t * 2 * math.log(self.noise_low / self.image_d) + (1 - t) * 2 * math.log(self.noise_high / self.image_d)
+        return (Schedule.logsnr(self, t) + shift).clamp(-self.clip, self.clip)
 
     def t_from_logsnr(self, lam: Tensor) -> Tensor:
         # Monotone in t: invert by bisection (float64, 60 halvings is exact to machine precision).

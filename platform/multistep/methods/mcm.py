@@ -120,8 +120,11 @@ class MCM:
     def loss(self, student: nn.Module, x: torch.Tensor, iteration: int, total: int, g: torch.Generator):
         # Synchronized dropout (A11): the reference pass replays the RNG state of the online pass.
         rng = torch.get_rng_state()
+        cuda_rng = torch.cuda.get_rng_state(x.device) if x.is_cuda else None  # GPU dropout draws from the CUDA generator
         z_t, t, x_tgt, n_rel, n_seg = self.targets(student, x, iteration, total, g)
         torch.set_rng_state(rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state(cuda_rng, x.device)
         x_hat = student(z_t, t)                                                # x_hat = f(z_t, t)
         w = weight(self.loss_weight, self.schedule.snr(t)).to(x_hat.dtype)   # w(t) = SNR(t) + 1
         per_ex = w * distance(self.distance, x_tgt - x_hat, self.huber_eps)    # L = w(t) D(x_tgt - x_hat)
