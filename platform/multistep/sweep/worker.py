@@ -45,6 +45,7 @@ def worker_main(cfg: dict) -> dict:
         state.load_state_dict(sd["state"])
         if logger:
             logger.client.set_tag(cfg["run_id"], "multistep.resumed_from_iteration", str(state.iteration))
+            logger.resume()
 
     local_batch = tc.train.batch_size // world
     sample = lambda g: comps.data.sample(local_batch, g)  # noqa: E731

@@ -98,10 +98,16 @@ class RunLogger:
     def __init__(self, uri: str, run_id: str, retries: int = 6):
         self.client, self.run_id, self.retries = MlflowClient(uri), run_id, retries
         self.pending: list[Metric] = []
+        self.logged: set[tuple[str, int]] = set()   # (key, step) points already in the run (filled on resume)
+
+    def resume(self) -> None:
+        """A resumed worker redoes work since its last checkpoint: keep the points logged before, skip repeats."""
+        for key in self.client.get_run(self.run_id).data.metrics:
+            self.logged |= {(key, m.step) for m in self.client.get_metric_history(self.run_id, key)}
 
     def metrics(self, step: int, values: dict[str, float]) -> None:
         now = int(time.time() * 1000)
-        self.pending += [Metric(k, float(v), now, int(step)) for k, v in values.items()]
+        self.pending += [Metric(k, float(v), now, int(step)) for k, v in values.items() if (k, int(step)) not in self.logged]
         self.flush()
 
     def flush(self) -> None:
