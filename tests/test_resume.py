@@ -10,7 +10,6 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-pytestmark = pytest.mark.slow
 
 
 def _trials(client, exp_id):
@@ -20,6 +19,7 @@ def _trials(client, exp_id):
                    key=lambda r: int(r.data.tags["multistep.trial_index"])))
 
 
+@pytest.mark.slow
 def test_driver_killed_then_resumed(tiny_sweep, tmp_path):
     doc = yaml.safe_load(tiny_sweep.read_text())
     doc["train"].update(iterations=400, checkpoint_every=100, log_every=50)
@@ -60,3 +60,23 @@ def test_driver_killed_then_resumed(tiny_sweep, tmp_path):
     assert sweeps[0].info.status == "FINISHED"
     assert client.get_metric_history(trials[0].info.run_id, "fd_identity_400") == first_fd   # not re-run
     assert len(client.get_metric_history(trials[1].info.run_id, "fd_identity_400")) == 1
+
+
+def test_resumed_logger_skips_points_already_logged(tmp_path):
+    """A worker killed after its final evaluation redoes it on resume: points it logged before are not repeated."""
+    from multistep.tracking.mlflow_layout import RunLogger
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("x")).info.run_id
+    first = RunLogger(uri, run_id)
+    first.metrics(100, {"train/loss": 1.0})
+    first.metrics(2, {"fd_identity_400": 0.5})
+    again = RunLogger(uri, run_id)
+    again.resume()
+    again.metrics(100, {"train/loss": 1.1})                       # redone since the checkpoint: skipped
+    again.metrics(2, {"fd_identity_400": 0.5, "swd_400": 0.2})    # the final evaluation once more: only the new key
+    again.metrics(200, {"train/loss": 0.9})
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "train/loss")] == [(100, 1.0), (200, 0.9)]
+    assert len(client.get_metric_history(run_id, "fd_identity_400")) == 1
+    assert len(client.get_metric_history(run_id, "swd_400")) == 1
