@@ -45,3 +45,14 @@ def tiny_sweep(tmp_path):
     p = tmp_path / "tiny.yaml"
     p.write_text(text)
     return p
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op torch thread: the budget is per core, and on a shared 2-core box a second thread only spins."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -24,13 +24,7 @@ SCHEDULES = [COS, make_schedule("clipped_cosine"), make_schedule("shifted_cosine
 IDS = [s.name for s in SCHEDULES]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: the budget is per core, and on a shared 2-core box a second thread only spins."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def rand_ts(n, g, lo=0.02, gap=0.01):

@@ -22,13 +22,7 @@ GMM = GaussianMixture.random((4,), 3, 0.6, 0.1, seed=0)
 TEACHER = MixtureDenoiser(GMM, COS)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: the budget is per core, and on a shared 2-core box a second thread only spins."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def student(seed=0, dropout=0.0, sched=COS):

@@ -44,7 +44,7 @@ def test_sweep_run_structure(ray_local, tiny_sweep, tmp_path):
     out_dir = next((tmp_path / "ray_results").glob("tiny-*"))
     table = pq.read_table(out_dir / "results.parquet").to_pylist()
     cols = ["method", "student_steps", "nfe", "metric", "value", "trial_id", "run_id", "anneal",
-            "learning_rate", "train_iterations", "wall_seconds"]
+            "learning_rate", "train_iterations", "wall_seconds", "se"]
     assert list(table[0]) == cols
     mcd = [r for r in table if r["method"] == "mcd" and r["metric"] == "fd_identity_400"]
     assert sorted(r["student_steps"] for r in mcd) == [1, 2]

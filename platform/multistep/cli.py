@@ -8,8 +8,10 @@ import json
 import sys
 from pathlib import Path
 
+from multistep import bench, eval_cmd
+from multistep.cli_common import add_run_options
 from multistep.data import convert as data_convert
-from multistep.sweep import submit
+from multistep.sweep import regress, submit, teacher_job
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -28,16 +30,17 @@ def _parser() -> argparse.ArgumentParser:
                                    "a metric-versus-steps table at the end and writes results.parquet/.csv and a plot "
                                    "under the sweep's output folder.")
     s.add_argument("file", help="sweep file, e.g. sweeps/quickstart.yaml")
-    s.add_argument("--tracking-uri", default=None,
-                   help="MLflow tracking URI (default: sqlite:///<cwd>/mlflow.db; relative sqlite paths are made absolute)")
-    s.add_argument("--storage", default="./ray_results",
-                   help="folder for Ray Tune/Train state, checkpoints, caches and results (default ./ray_results)")
-    s.add_argument("--dry-run", action="store_true", help="print the validated config and the trial list; start nothing")
+    add_run_options(s, "folder for Ray Tune/Train state, checkpoints, caches and results, or a URI pyarrow understands "
+                       "(s3://, gs://: shared storage for multi-node clusters; caches and results then also in ./ray_results)")
     s.add_argument("--resume", action="store_true",
                    help="continue the latest sweep of this name (same MLflow sweep run; finished trials are not re-run, "
                         "unfinished ones resume from their checkpoints)")
     submit.add_parser(sub)
+    teacher_job.add_parser(sub)
     data_convert.add_parser(sub)
+    bench.add_parser(sub)
+    regress.add_parser(sub)
+    eval_cmd.add_parser(sub)
     return p
 
 
@@ -52,7 +55,7 @@ def cmd_sweep(args) -> int:
 
     plan = load_sweep(args.file)
     uri = absolute_uri(args.tracking_uri) if args.tracking_uri else default_tracking_uri()
-    storage = str(Path(args.storage).resolve())
+    storage = args.storage if "://" in args.storage else str(Path(args.storage).resolve())   # URIs: s3://, gs://, file://
     if args.dry_run:
         print(json.dumps({"file": args.file, "tracking_uri": uri, "storage": storage,
                           "config": plan.cfg.model_dump(mode="json")}, indent=2))
@@ -71,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     from multistep.config import ConfigError
 
     try:
-        return {"sweep": cmd_sweep, "submit": submit.cmd_submit, "data": data_convert.cmd_data_convert}[args.command](args)
+        return {"sweep": cmd_sweep, "submit": submit.cmd_submit, "data": data_convert.cmd_data_convert,
+                "teacher": teacher_job.cmd_teacher, "bench": bench.cmd_bench,
+                "regress": regress.cmd_regress, "eval": eval_cmd.cmd_eval}[args.command](args)
     except ConfigError as e:
         if args.debug:
             raise

@@ -15,7 +15,8 @@ from typing import Annotated, Any, Literal, Union
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 MAX_FILE_BYTES = 1 << 20  # sweep files are small; anything larger is a mistake
 
@@ -39,26 +40,86 @@ class ScheduleCfg(Strict):
 
 
 class DataCfg(Strict):
-    kind: Literal["gmm"] = "gmm"                  # Gaussian mixture with an exact denoiser
-    shape: list[PosInt] = [16]                    # shape of one sample (vectors: [d]; images: [C, H, W])
-    components: PosInt = 10                       # number of mixture components
-    mean_std: PosFloat = 0.6                      # component means ~ N(0, mean_std^2)
-    component_std: PosFloat = 0.1                 # isotropic std of every component
-    seed: int = 0                                 # seed of the mixture itself
+    """The data distribution. Fields of other kinds may stay in the file and are ignored
+    (gmm: shape .. seed; digits: size; parquet: path)."""
+
+    kind: Literal["gmm", "digits", "parquet"] = "gmm"  # gmm: mixture with an exact denoiser; digits: sklearn 8x8 digits; parquet: image shards
+    shape: list[PosInt] = [16]                    # gmm: shape of one sample (vectors: [d]; images: [C, H, W])
+    components: PosInt = 10                       # gmm: number of mixture components
+    mean_std: PosFloat = 0.6                      # gmm: component means ~ N(0, mean_std^2)
+    component_std: PosFloat = 0.1                 # gmm: isotropic std of every component
+    seed: int = 0                                 # gmm: seed of the mixture itself
+    size: Literal[8, 16, 32] = 8                  # digits: image side (8 = the real data, 16/32 nearest-upsampled)
+    path: str | None = Field(None, validate_default=True)  # parquet: folder of shard-*.parquet files (`multistep data convert`); relative to the cwd
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v, info):
+        if info.data.get("kind") != "parquet":
+            return v
+        if v is None:
+            raise ValueError("required for kind: parquet (a folder of shard-*.parquet files from `multistep data convert`)")
+        p = Path(v).expanduser().resolve()
+        if not p.exists():
+            raise ValueError(f"{p}: not found")
+        return str(p)
+
+    @property
+    def fd_space(self) -> str:
+        """Features of the Frechet distance: the vectors themselves (identity) for mixtures, pixels for image data."""
+        return "identity" if self.kind == "gmm" else "pixel"
+
+    @property
+    def label(self) -> str:
+        """Short description for tags, e.g. gmm[16], digits8, parquet:cifar10."""
+        return {"gmm": f"gmm{self.shape}", "digits": f"digits{self.size}"}.get(self.kind) or f"parquet:{Path(self.path or '').name}"
+
+
+TEACHER_ARTIFACT = "teacher.pt"                   # artifact path of the checkpoint on a `multistep teacher` run
 
 
 class TeacherCfg(Strict):
-    kind: Literal["analytic"] = "analytic"        # analytic: exact E[x | z_t] of the data mixture
-    schedule: ScheduleCfg = ScheduleCfg()
+    """analytic: exact denoiser of a gmm; checkpoint / mlflow: a network trained by `multistep teacher`.
+    A network teacher brings the schedule it was trained with (`schedule` is then ignored) and the
+    student starts as a copy of it (no warm start)."""
+
+    kind: Literal["analytic", "checkpoint", "mlflow"] = "analytic"
+    schedule: ScheduleCfg = ScheduleCfg()         # analytic: noise schedule
+    path: str | None = Field(None, validate_default=True)  # checkpoint: local teacher file (relative to the cwd); mlflow: the driver sets it to the downloaded copy
+    run_id: str | None = Field(None, validate_default=True)  # mlflow: run id of a `multistep teacher` run
+    artifact_path: str = TEACHER_ARTIFACT         # mlflow: the checkpoint's artifact path on that run
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v, info):
+        if v is None:
+            if info.data.get("kind") == "checkpoint":
+                raise ValueError("required for kind: checkpoint (a teacher file written by `multistep teacher`)")
+            return v
+        p = Path(v).expanduser().resolve()
+        if not p.is_file():
+            raise ValueError(f"{p}: teacher checkpoint not found")
+        if not os.access(p, os.R_OK):
+            raise ValueError(f"{p}: teacher checkpoint not readable")
+        return str(p)
+
+    @field_validator("run_id")
+    @classmethod
+    def _run_id(cls, v, info):
+        if info.data.get("kind") == "mlflow" and not v:
+            raise ValueError("required for kind: mlflow (the run id `multistep teacher` printed)")
+        return v
 
 
 class StudentCfg(Strict):
+    """The student network for an analytic teacher; with a network teacher the student is a copy of it."""
+
     net: Literal["mlp"] = "mlp"
     hidden: PosInt = 256                          # MLP width
     depth: PosInt = 3                             # hidden layers
     time_dim: PosInt = 64                         # sinusoidal time features
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    init_iterations: Annotated[int, Field(ge=0)] = 3000  # warm start: v-loss regression onto the teacher (the paper starts from the diffusion model)
+    init_iterations: Annotated[int, Field(ge=0)] = 3000  # analytic teacher: warm start by v-loss regression onto it (the paper starts from the diffusion model); network teachers: ignored, the student is a copy of the teacher
     init_learning_rate: PosFloat = 1e-3
 
 
@@ -95,6 +156,7 @@ class MethodCfg(Strict):
     student_steps: PosInt = 4                     # S: sampling steps of the (final) student
     anneal: AnnealCfg = LogLinearAnneal(name="loglinear", start=16, end=256, fraction=0.5)  # mcm: teacher steps N(i)
     xvar_frac: Annotated[float, Field(ge=0)] = 0.75  # mcm: eta of the aDDIM teacher step
+    guidance: Annotated[float, Field(ge=0)] = 0.0  # mcm distill: CFG scale w of the teacher step, x_g = x_c + w (x_c - x_u); 0 = none; needs a class-conditional teacher and labels
     teacher_integrator: Literal["addim", "ddim"] = "addim"  # mcm distill: teacher step
     loss_weight: Literal["snr+1", "max(snr,1)", "snr"] | None = None  # default: snr+1 (mcm), max(snr,1) (tract, progressive)
     distance: Literal["pseudo_huber", "pseudo_huber_ict", "l2sq", "l2sq_sum"] | None = None  # default: pseudo_huber / l2sq_sum / l2sq
@@ -106,6 +168,13 @@ class MethodCfg(Strict):
     time_schedule: list[PosInt] | None = None     # tract: phases ts[p] -> ts[p+1] steps; default [64, 8S, S] (or [64, S] when 8S >= 64)
     self_teacher_ema: Annotated[float, Field(ge=0, lt=1)] = 0.5  # tract: mu_S (bias-corrected)
     pd_start_steps: PosInt = 64                   # progressive: teacher steps of the first phase
+
+    @field_validator("guidance")
+    @classmethod
+    def _guidance(cls, w, info):
+        if w > 0 and (info.data.get("name") != "mcm" or info.data.get("mode") != "distill"):
+            raise ValueError("needs name: mcm and mode: distill (it guides the teacher step of MCD)")
+        return w
 
     @model_validator(mode="after")
     def _combinations(self):
@@ -147,6 +216,14 @@ class EvalCfg(Strict):
     teacher_steps: list[PosInt] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]  # teacher curve, once per sweep
     ode_steps: PosInt = 1024                      # teacher DDIM steps for the paired-error reference
     seed: int = 1234
+    bootstrap: Annotated[int, Field(ge=0)] = 0    # resamples for each metric's bootstrap standard error (results column se; 0 = off; regression `ci` tolerances need it)
+
+    @field_validator("bootstrap")
+    @classmethod
+    def _bootstrap(cls, v):
+        if v == 1:
+            raise ValueError("a standard error needs at least 2 resamples (0 turns the bootstrap off)")
+        return v
 
 
 class ResourcesCfg(Strict):
@@ -190,16 +267,55 @@ class Axis(Strict):
         return next(k for k in ("grid", "choice", "loguniform", "uniform") if getattr(self, k) is not None)
 
 
+class ToleranceCfg(Strict):
+    """How much worse (higher) a point may get before it is a regression: the largest of the allowances given."""
+
+    abs: Annotated[float, Field(ge=0)] = 0.0      # in the metric's own units
+    rel: Annotated[float, Field(ge=0)] = 0.0      # as a fraction of the baseline value
+    ci: Annotated[float, Field(gt=0, lt=1)] | None = None  # e.g. 0.95: also within that two-sided bootstrap confidence of the difference (needs eval.bootstrap > 0)
+
+
+class RegressionCfg(Strict):
+    """`multistep regress`: which metrics are compared with the baseline, and how strictly (docs/regression.md)."""
+
+    tolerances: Annotated[dict[Literal["fd", "swd", "ode"], ToleranceCfg], Field(min_length=1)]  # metric family -> tolerance; families left out are not compared
+    teacher: bool = True                          # also compare the teacher's own curve (teacher_ddim / teacher_addim points)
+
+
 class TrialCfg(Strict):
     """Everything one trial needs (a sweep file minus its search section)."""
 
     label: str = ""                               # name in tables/plots; default from the method (mcd, mct, tract, pd)
     data: DataCfg = DataCfg()
-    teacher: TeacherCfg = TeacherCfg()
+    teacher: TeacherCfg = Field(TeacherCfg(), validate_default=True)
     student: StudentCfg = StudentCfg()
     method: MethodCfg = MethodCfg()
     train: TrainCfg = TrainCfg()
     eval: EvalCfg = EvalCfg()
+
+    @field_validator("teacher")
+    @classmethod
+    def _teacher_fits_data(cls, t, info):
+        d = info.data.get("data")
+        if t.kind == "analytic" and d is not None and d.kind != "gmm":
+            raise ValueError(f"the analytic teacher is the exact denoiser of a gmm; data kind {d.kind} needs a trained "
+                             "teacher (kind: checkpoint with path, or kind: mlflow with run_id; see `multistep teacher`)")
+        return t
+
+    @field_validator("method")
+    @classmethod
+    def _guidance_fits_teacher(cls, m, info):
+        t, d = info.data.get("teacher"), info.data.get("data")
+        if m.guidance > 0 and t is not None and d is not None and (t.kind == "analytic" or d.kind == "gmm"):
+            raise _sub_field_error("guidance", m.guidance, "needs a class-conditional network teacher and labelled data "
+                                   f"(teacher.kind: {t.kind}, data.kind: {d.kind} has no class labels)")
+        return m
+
+
+def _sub_field_error(field: str, value, msg: str) -> ValidationError:
+    """An error at a field of the model being validated (e.g. method.guidance), raised from the enclosing model."""
+    return ValidationError.from_exception_data("field", [InitErrorDetails(
+        type=PydanticCustomError("value_error", msg.replace("{", "(").replace("}", ")")), loc=(field,), input=value)])
 
 
 class SweepCfg(TrialCfg):
@@ -211,6 +327,7 @@ class SweepCfg(TrialCfg):
     search: dict[str, Axis] | list[dict[str, Axis]] = {}  # dotted config path -> axis; a list of such blocks = their union
     num_samples: PosInt = 1                       # draws of the random axes (grids are crossed with them)
     max_trials: PosInt = 256                      # refuse sweeps that expand to more trials
+    regression: RegressionCfg | None = None       # tolerances of `multistep regress` (ignored by `multistep sweep`)
 
 
 # -- loading --------------------------------------------------------------------------------------
@@ -253,14 +370,17 @@ def read_yaml(path: str | os.PathLike) -> dict:
     return doc
 
 
+_UNION_TAGS = ("constant", "loglinear", "cm_sqrt", "ict_doubling", "unet", "mlp")  # discriminator values pydantic puts in locations
+
+
 def _describe(err: ValidationError, prefix: str = "") -> str:
     e = err.errors()[0]
-    loc = ".".join(str(x) for x in e["loc"] if not (isinstance(x, str) and x in ("constant", "loglinear", "cm_sqrt", "ict_doubling")))
+    loc = ".".join(str(x) for x in e["loc"] if not (isinstance(x, str) and (x in _UNION_TAGS or x == "[key]")))
     loc = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "(top level)"
-    msg = e["msg"]
+    msg = e["msg"].removeprefix("Value error, ")
     if e["type"] == "extra_forbidden":
         msg = "unknown key"
-    elif "input" in e and e["type"] not in ("missing",) and not isinstance(e["input"], (dict, list)):
+    elif "input" in e and e["type"] not in ("missing", "value_error") and not isinstance(e["input"], (dict, list)):
         msg += f" (got {e['input']!r})"
     return f"{loc}: {msg}"
 
@@ -329,11 +449,89 @@ def _expand_block(search: dict, base: dict, num_samples: int, rng, path: str) ->
     return trials
 
 
-def load_sweep(path: str | os.PathLike) -> SweepPlan:
-    """Read, validate and expand a sweep file; raises ConfigError with a one-line message."""
+def validate_file(model: type[BaseModel], path: str | os.PathLike):
+    """Read a YAML file and validate it as `model`: (config, raw document); ConfigError with a one-line message."""
     doc = read_yaml(path)
     try:
-        cfg = SweepCfg.model_validate(doc)
+        return model.model_validate(doc), doc
     except ValidationError as e:
         raise ConfigError(f"{path}: {_describe(e)}") from None
+
+
+def load_sweep(path: str | os.PathLike) -> SweepPlan:
+    """Read, validate and expand a sweep file; raises ConfigError with a one-line message."""
+    cfg, doc = validate_file(SweepCfg, path)
     return SweepPlan(str(path), cfg, doc, expand(cfg, doc, str(path)))
+
+
+# -- `multistep teacher FILE`: diffusion training of a network teacher -----------------------------
+class UNetCfg(Strict):
+    kind: Literal["unet"]
+    base_ch: PosInt = 32                          # channels at full resolution
+    ch_mult: list[PosInt] = [1, 2]                # channel multiplier per level (len - 1 downsamplings)
+    num_res_blocks: PosInt = 1                    # ResBlocks per level
+    attn_resolutions: list[PosInt] = []           # spatial sizes with self-attention
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    num_classes: PosInt | None = None             # class-conditional (needs labelled data); sweeps condition students on the labels (method.guidance: CFG)
+    time_dim: Annotated[int, Field(ge=2, multiple_of=2)] = 64  # sinusoidal time features
+
+
+class MLPNetCfg(Strict):
+    kind: Literal["mlp"]
+    hidden: PosInt = 256                          # width
+    depth: PosInt = 3                             # hidden layers
+    time_dim: Annotated[int, Field(ge=2, multiple_of=2)] = 64
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+
+NetCfg = Annotated[Union[UNetCfg, MLPNetCfg], Field(discriminator="kind")]
+
+
+class TeacherTrainCfg(Strict):
+    iterations: PosInt = 5000
+    batch_size: PosInt = 128                      # global batch, split over the workers
+    learning_rate: PosFloat = 1e-3                # Adam
+    ema: Annotated[float, Field(ge=0, lt=1)] = 0.999  # EMA of weights: the saved teacher
+    grad_clip: Annotated[float, Field(ge=0)] = 1.0  # 0 disables clipping
+    label_dropout: Annotated[float, Field(ge=0, le=1)] = 0.1  # conditional nets: null-class probability
+    seed: int = 0
+    log_every: PosInt = 100                       # iterations between loss points on the MLflow run
+
+
+class TeacherEvalCfg(Strict):
+    samples: PosInt = 1000                        # DDIM samples per point of the teacher's FD-versus-steps curve
+    steps: list[PosInt] = [1, 2, 4, 8, 16, 32, 64]  # DDIM step counts of that curve
+    seed: int = 1234                              # fixed noise and data sample
+
+
+class TeacherResourcesCfg(Strict):
+    num_workers: PosInt = 1                       # Ray Train workers (gradients averaged across them)
+    use_gpu: bool = False
+    cpus_per_worker: PosFloat = 1
+    gpus_per_worker: Annotated[float, Field(ge=0)] = 0
+    max_failures: Annotated[int, Field(ge=0)] = 0  # worker-group restarts (training starts over)
+
+
+class TeacherFileCfg(Strict):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")] = "teacher"
+    experiment: str = "multistep"                 # MLflow experiment of the teacher run
+    description: str = ""
+    data: DataCfg = DataCfg(kind="digits")
+    net: NetCfg = Field(UNetCfg(kind="unet"), validate_default=True)
+    schedule: ScheduleCfg = ScheduleCfg()
+    train: TeacherTrainCfg = TeacherTrainCfg()
+    eval: TeacherEvalCfg = TeacherEvalCfg()
+    resources: TeacherResourcesCfg = TeacherResourcesCfg()
+
+    @field_validator("net")
+    @classmethod
+    def _net_fits_data(cls, net, info):
+        d = info.data.get("data")
+        if net.kind == "unet" and d is not None and d.kind == "gmm" and len(d.shape) != 3:
+            raise ValueError(f"unet needs image data ([C, H, W]) but data.shape is {d.shape}: use kind: mlp")
+        return net
+
+
+def load_teacher_file(path: str | os.PathLike) -> TeacherFileCfg:
+    """Read and validate a teacher file (`multistep teacher FILE`); raises ConfigError with a one-line message."""
+    return validate_file(TeacherFileCfg, path)[0]

@@ -15,16 +15,27 @@ class Method(Protocol):
     label: str  # short name used in tables and MLflow, e.g. "mcd", "mct"
 
     def loss(self, student: nn.Module, x: Tensor, iteration: int, total: int, g: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
-        """Scalar loss for a data batch x at `iteration` of `total`, plus detached tensors to log."""
+        """Scalar loss for a data batch x (or (x, y), see split_batch) at `iteration` of `total`, plus detached tensors to log."""
         ...
 
     def after_step(self, student: nn.Module, ema: nn.Module, iteration: int, total: int) -> None:
         """Called after every optimizer step (target EMAs, phase changes)."""
         ...
 
-    def evaluations(self, ema: nn.Module) -> list[tuple[str, int, Callable[[Tensor], tuple[Tensor, int]]]]:
-        """(label, sampling steps, sampler noise -> (samples, nfe)) for every point this run puts on the curve."""
+    def evaluations(self, ema: nn.Module, y: Tensor | None = None) -> list[tuple[str, int, Callable[[Tensor], tuple[Tensor, int]]]]:
+        """(label, sampling steps, sampler noise -> (samples, nfe)) for every point this run puts on the curve;
+        y: fixed class labels, one per row of that noise (conditional students), or None."""
         ...
+
+
+def split_batch(batch) -> tuple[Tensor, Tensor | None]:
+    """A training batch is x, or (x, y) with class labels y when the teacher is class-conditional."""
+    return (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
+
+
+def conditioned(f: Callable, y: Tensor | None) -> Denoiser:
+    """f(z, t) conditioned on labels y (one per row of z): z, t -> f(z, t, y); f itself when y is None."""
+    return f if y is None else (lambda z, t: f(z, t, y.to(z.device)))
 
 
 def per_example_mean(a: Tensor) -> Tensor:

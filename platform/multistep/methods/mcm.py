@@ -2,6 +2,12 @@
 
 S = student_steps = 1 is a consistency model (CD/CT, §6.1); one teacher step per segment is
 diffusion (§6.2). Line comments cite the Algorithm 1 pseudocode in algorithms.md §4.3.
+
+Class-conditional teachers (§4.7, A13): batches are (x, y); teacher, reference pass and student all
+see the labels y. With classifier-free guidance scale w > 0 the teacher step uses the guided
+x_g = x_c + w (x_c - x_u) (x_c: label y, x_u: null class; w = 0 is the plain conditional teacher;
+the same combination in x, eps or v since all are affine in the output at fixed z_t), while xvar is
+computed from the conditional, unguided x_c. The student itself is never guided at sampling.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from multistep.diffusion.ddim import addim_step, bcast, ddim_step, inv_ddim
 from multistep.diffusion.samplers import cm_stochastic_sample, mcm_sample
 from multistep.diffusion.schedules import Schedule
 from multistep.methods.anneal import teacher_steps
-from multistep.methods.base import Denoiser, distance, per_example_mean, weight
+from multistep.methods.base import Denoiser, conditioned, distance, per_example_mean, split_batch, weight
 
 
 @dataclass
@@ -27,6 +33,7 @@ class MCM:
     anneal: str = "loglinear"               # N_teacher(i) schedule name (methods/anneal.py)
     anneal_params: dict = field(default_factory=dict)
     xvar_frac: float = 0.75                 # eta: aDDIM teacher step uses xvar = eta ||x_tch - x||^2 / d
+    guidance: float = 0.0                   # w: CFG scale of the teacher step, x_g = x_c + w (x_c - x_u); 0 = unguided
     teacher_integrator: str = "addim"       # "addim" or "ddim" teacher step
     loss_weight: str = "snr+1"              # w(t): "snr+1" | "max(snr,1)" | "snr"
     distance: str = "pseudo_huber"          # D: "pseudo_huber" | "l2sq"
@@ -83,8 +90,29 @@ class MCM:
         w = (cdf[1:] - cdf[:-1]).clamp_min(0).reshape(S, n_seg).sum(0) + 1e-12   # mass of interval (idx-1, idx], same for all segments' offsets
         return torch.multinomial(w, B, replacement=True, generator=g) + 1
 
-    def targets(self, student: nn.Module, x: torch.Tensor, iteration: int, total: int, g: torch.Generator):
-        """Everything up to the x-space target; returns (z_t, t, x_tgt, n_rel, N_seg)."""
+    def teacher_step(self, x: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor, s: torch.Tensor, y: torch.Tensor | None = None):
+        """z_s = aDDIM_{t->s}(x_tch, z_t, xvar); returns (z_s, x_tch, xvar). Call under no_grad."""
+        dt = self.target_dtype
+        if self.teacher is not None:                                           # distillation
+            x_c = conditioned(self.teacher, y)(z_t, t).to(dt)                  # x_tch_cond = f_tch(z_t, t, y)
+            xvar = self.xvar_frac * per_example_mean((x_c - x) ** 2)           # xvar = eta ||x_tch_cond - x||^2 / d: unguided (A13)
+            x_tch = x_c
+            if self.guidance:
+                x_u = self.teacher(z_t, t).to(dt)                              # x_u = f_tch(z_t, t, null class): y = None
+                x_tch = x_c + self.guidance * (x_c - x_u)                      # x_tch = x_c + w (x_c - x_u), guided
+        else:                                                                  # training: x_tch = x, xvar = 0
+            x_tch, xvar = x, torch.zeros(x.shape[0], dtype=dt, device=x.device)
+        if self.clip_x > 0:
+            x_tch = x_tch.clamp(-self.clip_x, self.clip_x)
+        if self.teacher_integrator == "addim":
+            z_s = addim_step(self.schedule, x_tch, z_t, t, s, xvar)            # z_s = aDDIM_{t->s}(x_tch, z_t)
+        else:
+            z_s = ddim_step(self.schedule, x_tch, z_t, t, s)
+        return z_s, x_tch, xvar
+
+    def targets(self, student: nn.Module, x: torch.Tensor, iteration: int, total: int, g: torch.Generator,
+                y: torch.Tensor | None = None):
+        """Everything up to the x-space target; returns (z_t, t, x_tgt, n_rel, N_seg). y: class labels or None."""
         sched, S, dt = self.schedule, self.student_steps, self.target_dtype
         B, dev = x.shape[0], x.device
         n_seg, T = self.grid(iteration, total)                                 # N_seg, T = S N_seg
@@ -98,19 +126,9 @@ class MCM:
         a_t, sig_t = sched.alpha_sigma(t)
         z_t = bcast(a_t, x) * x + bcast(sig_t, x) * eps                        # z_t = alpha_t x + sigma_t eps
         with torch.no_grad():
-            if self.teacher is not None:                                       # distillation
-                x_tch = self.teacher(z_t, t).to(dt)                            # x_tch = f_tch(z_t, t)
-                xvar = self.xvar_frac * per_example_mean((x_tch - x) ** 2)     # xvar = eta ||x_tch - x||^2 / d
-            else:                                                              # training: x_tch = x, xvar = 0
-                x_tch, xvar = x, torch.zeros(B, dtype=dt, device=dev)
-            if self.clip_x > 0:
-                x_tch = x_tch.clamp(-self.clip_x, self.clip_x)
-            if self.teacher_integrator == "addim":
-                z_s = addim_step(sched, x_tch, z_t, t, s, xvar)                 # z_s = aDDIM_{t->s}(x_tch, z_t)
-            else:
-                z_s = ddim_step(sched, x_tch, z_t, t, s)
+            z_s, _, _ = self.teacher_step(x, z_t, t, s, y)                     # z_s = aDDIM_{t->s}(x_tch, z_t)
             ref = self.reference_net(student)
-            x_ref = ref(z_s, s).to(dt)                                         # x_ref = stopgrad f(z_s, s)
+            x_ref = conditioned(ref, y)(z_s, s).to(dt)                         # x_ref = stopgrad f(z_s, s)
             if self.clip_x > 0:
                 x_ref = x_ref.clamp(-self.clip_x, self.clip_x)
             z_ref = ddim_step(sched, x_ref, z_s, s, t_step)                    # z_ref = DDIM_{s->t_step}; = z_s when s = t_step
@@ -118,22 +136,23 @@ class MCM:
         return z_t, t, x_tgt, n_rel, n_seg
 
     def loss(self, student: nn.Module, x: torch.Tensor, iteration: int, total: int, g: torch.Generator):
+        x, y = split_batch(x)                                                  # x, or (x, y) for a conditional teacher
         # Synchronized dropout (A11): the reference pass replays the RNG state of the online pass.
         rng = torch.get_rng_state()
         cuda_rng = torch.cuda.get_rng_state(x.device) if x.is_cuda else None  # GPU dropout draws from the CUDA generator
-        z_t, t, x_tgt, n_rel, n_seg = self.targets(student, x, iteration, total, g)
+        z_t, t, x_tgt, n_rel, n_seg = self.targets(student, x, iteration, total, g, y)
         torch.set_rng_state(rng)
         if cuda_rng is not None:
             torch.cuda.set_rng_state(cuda_rng, x.device)
-        x_hat = student(z_t, t)                                                # x_hat = f(z_t, t)
+        x_hat = conditioned(student, y)(z_t, t)                                # x_hat = f(z_t, t[, y]), never guided
         w = weight(self.loss_weight, self.schedule.snr(t)).to(x_hat.dtype)   # w(t) = SNR(t) + 1
         per_ex = w * distance(self.distance, x_tgt - x_hat, self.huber_eps)    # L = w(t) D(x_tgt - x_hat)
         loss = per_ex.mean()
         return loss, {"loss": loss.detach(), "n_seg": torch.tensor(float(n_seg))}
 
-    def evaluations(self, ema: nn.Module) -> list[tuple[str, int, object]]:
-        """(label, steps, sampler) for every point this trial contributes to the curve."""
-        S, sched = self.student_steps, self.schedule
+    def evaluations(self, ema: nn.Module, y: torch.Tensor | None = None) -> list[tuple[str, int, object]]:
+        """(label, steps, sampler) for every point this trial contributes to the curve; y: labels of the noise rows."""
+        S, sched, ema = self.student_steps, self.schedule, conditioned(ema, y)
         out = [(self.label, S, lambda noise: mcm_sample(ema, sched, noise, S))]          # Algorithm 2
         if S == 1:  # a consistency model: also its multistep stochastic sampler at uniform times (CM Alg. 1)
             for n in self.cm_sampler_steps:

@@ -17,7 +17,7 @@ from torch import nn
 from multistep.diffusion.ddim import bcast, ddim_step, inv_ddim
 from multistep.diffusion.samplers import mcm_sample
 from multistep.diffusion.schedules import Schedule
-from multistep.methods.base import Denoiser, distance, weight
+from multistep.methods.base import Denoiser, conditioned, distance, split_batch, weight
 
 
 @dataclass
@@ -48,9 +48,10 @@ class Progressive:
         return 0.0  # PD keeps no EMA: each phase's student is used as it is
 
     def loss(self, student: nn.Module, x: torch.Tensor, iteration: int, total: int, g: torch.Generator):
+        x, y = split_batch(x)                                                 # (x, y): teacher and student see the labels
         sched, dt, dev = self.schedule, self.target_dtype, x.device
         N, B = self.steps_of(self.phase), x.shape[0]
-        teacher = self._teacher or self.teacher
+        teacher, student_y = conditioned(self._teacher or self.teacher, y), conditioned(student, y)
         x = x.to(dt)
         eps = torch.randn(x.shape, generator=g, dtype=dt).to(dev)
         i = torch.randint(0, N, (B,), generator=g).to(dev)                    # i ~ U{0..N-1}
@@ -62,7 +63,7 @@ class Progressive:
             z_mid = ddim_step(sched, teacher(z_t, t).to(dt), z_t, t, mid)      # 1. teacher half-step u -> u - 0.5/N
             z_tgt = ddim_step(sched, teacher(z_mid, mid).to(dt), z_mid, mid, s)  # 2. teacher half-step -> u - 1/N
             x_tgt = inv_ddim(sched, z_tgt, z_t, t, s)                           # 3. inverse DDIM (4. = x_hat_2 at s = 0)
-        x_hat = student(z_t, t)
+        x_hat = student_y(z_t, t)
         w = weight(self.loss_weight, sched.snr(t)).to(x_hat.dtype)
         loss = (w * distance(self.distance, x_tgt - x_hat, 0.0)).mean()
         return loss, {"loss": loss.detach(), "phase": torch.tensor(float(self.phase))}
@@ -86,10 +87,10 @@ class Progressive:
             self._teacher = copy.deepcopy(student).requires_grad_(False).eval()
             self._teacher.load_state_dict(sd["teacher"])
 
-    def evaluations(self, ema: nn.Module):
-        out = []
+    def evaluations(self, ema: nn.Module, y: torch.Tensor | None = None):
+        out = []   # y: labels of the noise rows (conditional students) or None
         for steps, sd in sorted(self.snapshots.items()):
             model = copy.deepcopy(ema)
             model.load_state_dict(sd)
-            out.append((self.label, steps, lambda noise, m=model, n=steps: mcm_sample(m, self.schedule, noise, n)))
+            out.append((self.label, steps, lambda noise, m=model, n=steps: mcm_sample(conditioned(m, y), self.schedule, noise, n)))
         return out

@@ -21,7 +21,7 @@ from torch import nn
 
 from multistep.diffusion.samplers import mcm_sample
 from multistep.diffusion.schedules import Schedule
-from multistep.methods.base import Denoiser
+from multistep.methods.base import Denoiser, conditioned
 from multistep.methods.mcm import MCM
 
 
@@ -91,6 +91,6 @@ class TRACT:
         self._enter(int(sd["phase"]), teacher)
         self.inner.load_state_dict(sd["inner"], student)
 
-    def evaluations(self, ema: nn.Module):
-        S, sched = self.student_steps, self.schedule
+    def evaluations(self, ema: nn.Module, y: torch.Tensor | None = None):
+        S, sched, ema = self.student_steps, self.schedule, conditioned(ema, y)   # y: labels of the noise rows (conditional)
         return [(self.label, S, lambda noise: mcm_sample(ema, sched, noise, S))]

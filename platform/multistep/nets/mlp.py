@@ -49,6 +49,7 @@ class VDenoiser(nn.Module):
         super().__init__()
         self.net, self.schedule = net, schedule
 
-    def forward(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        v = self.net(z.float(), t).to(z.dtype)
+    def forward(self, z: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        # y: class labels for a class-conditional net (UNet with num_classes); None = unconditional / the null class
+        v = (self.net(z.float(), t) if y is None else self.net(z.float(), t, y)).to(z.dtype)
         return x_from_v(self.schedule, z, t, v)

@@ -1,6 +1,8 @@
 """Per-sweep shared material, computed once and cached on disk by content hash:
 the evaluation reference (data sample, fixed noise, teacher ODE solutions), the teacher's own
-metric-versus-steps curve, and the warm-start weights every student starts from."""
+metric-versus-steps curve, and the warm-start weights every student starts from (analytic teacher;
+a network teacher is its students' starting point). Network teachers are keyed by their file's
+content, so the cache follows a retrained checkpoint and is shared by path and MLflow names of one file."""
 
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ import torch
 
 from multistep.config import TrialCfg
 from multistep.metrics.evaluate import EvalRef, make_eval_ref, teacher_curve
-from multistep.train.build import build
+from multistep.metrics.extractors import file_sha256
+from multistep.train.build import build, fetch_mlflow_teacher, uses_labels
 from multistep.train.loop import warm_start
 
 
@@ -33,26 +36,59 @@ def _cached(path: Path, compute):
     return value
 
 
+def resolve_teachers(trials: list[dict], cache_dir: Path, log=print) -> None:
+    """Download every MLflow teacher (once, from $MLFLOW_TRACKING_URI) and write its local path into the
+    trial configs (replacing any path there), so Ray workers load a file and need no MLflow access."""
+    from multistep.config import TeacherCfg
+
+    seen: set[str] = set()
+    for trial in trials:
+        t = trial["config"]["teacher"]
+        if t["kind"] == "mlflow":
+            t["path"] = fetch_mlflow_teacher(TeacherCfg.model_validate(t), cache_dir)
+            if t["path"] not in seen:
+                seen.add(t["path"])
+                log(f"teacher of MLflow run {t['run_id']}: {t['path']}")
+
+
+def data_identity(cfg: TrialCfg) -> dict:
+    d = cfg.data
+    if d.kind == "gmm":  # the fields a mixture had before other kinds existed: cache keys stay the same
+        return d.model_dump(exclude={"size", "path"})
+    return {"kind": d.kind, "size": d.size} if d.kind == "digits" else {"kind": d.kind, "path": d.path}
+
+
+def teacher_identity(cfg: TrialCfg) -> dict:
+    t = cfg.teacher
+    if t.kind == "analytic":
+        return t.model_dump(include={"kind", "schedule"})
+    return {"kind": "network", "sha256": file_sha256(t.path, 32) if t.path else f"{t.run_id}/{t.artifact_path}"}
+
+
 def prepare(cfg: TrialCfg, cache_dir: Path, log=print) -> dict:
     c = build(cfg)
-    base = {"data": cfg.data.model_dump(), "teacher": cfg.teacher.model_dump()}
+    base = {"data": data_identity(cfg), "teacher": teacher_identity(cfg)}
     ev = cfg.eval
-    ref_key = content_hash({**base, "samples": ev.samples, "ode_steps": ev.ode_steps, "seed": ev.seed})
+    labelled = uses_labels(c.teacher, getattr(c.data, "labels", None) is not None)  # conditional teacher + labels
+    ref_key = content_hash({**base, "samples": ev.samples, "ode_steps": ev.ode_steps, "seed": ev.seed}
+                           | ({"labels": "data-distribution"} if labelled else {}))   # fixed labels are part of the reference
 
     def make_ref():
-        log(f"computing evaluation reference ({ev.samples} samples, {ev.ode_steps}-step teacher ODE)")
-        r = make_eval_ref(c.data, c.teacher, c.schedule, ev.samples, ev.ode_steps, ev.seed)
+        log(f"computing evaluation reference ({ev.samples} samples, {ev.ode_steps}-step teacher ODE"
+            + (", labels drawn from the data)" if labelled else ")"))
+        r = make_eval_ref(c.data, c.teacher, c.schedule, ev.samples, ev.ode_steps, ev.seed, cfg.data.fd_space, labelled)
         return {"data": torch.from_numpy(r.data), "noise": r.noise, "ode": torch.from_numpy(r.ode),
-                "floor": r.floor, "hash": ref_key}
+                "floor": r.floor, "hash": ref_key, "labels": r.labels}
 
     ref_t = _cached(cache_dir / f"evalref-{ref_key}.pt", make_ref)
-    ref = EvalRef(ref_t["data"].numpy(), ref_t["noise"], ref_t["ode"].numpy(), ref_t["floor"])
+    ref = EvalRef(ref_t["data"].numpy(), ref_t["noise"], ref_t["ode"].numpy(), ref_t["floor"], ref_t.get("labels"))
 
-    curve_key = content_hash({"ref": ref_key, "steps": ev.teacher_steps})
+    curve_key = content_hash({"ref": ref_key, "steps": ev.teacher_steps} | ({"bootstrap": ev.bootstrap} if ev.bootstrap else {}))
 
     def make_curve():
         log(f"computing the teacher curve (DDIM and aDDIM at {ev.teacher_steps} steps)")
-        return {"rows": teacher_curve(c.teacher, c.schedule, c.data, ref, ev.teacher_steps)}
+        return {"rows": teacher_curve(c.teacher, c.schedule, c.data, ref, ev.teacher_steps, extractor=cfg.data.fd_space,
+                                     bootstrap=ev.bootstrap)}
 
     curve = _cached(cache_dir / f"teachercurve-{curve_key}.pt", make_curve)["rows"]
 
@@ -64,6 +100,8 @@ def prepare(cfg: TrialCfg, cache_dir: Path, log=print) -> dict:
         sample = lambda g: c.data.sample(cfg.train.batch_size, g)  # noqa: E731
         return warm_start(c.student.net, c.schedule, c.teacher, sample, s.init_iterations, s.init_learning_rate, cfg.train.seed)
 
-    init = _cached(cache_dir / f"init-{init_key}.pt", make_init) if s.init_iterations > 0 else None
-    ref_dict = {"data": ref.data.astype(np.float64), "noise": ref.noise.numpy(), "ode": ref.ode, "floor": ref.floor}
+    warm = s.init_iterations > 0 and cfg.teacher.kind == "analytic"  # a network teacher's students start as its copy
+    init = _cached(cache_dir / f"init-{init_key}.pt", make_init) if warm else None
+    ref_dict = {"data": ref.data.astype(np.float64), "noise": ref.noise.numpy(), "ode": ref.ode, "floor": ref.floor,
+                "labels": None if ref.labels is None else ref.labels.numpy()}
     return {"eval_ref": ref_dict, "eval_ref_hash": ref_key, "teacher_rows": curve, "init": init}

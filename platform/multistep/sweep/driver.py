@@ -15,9 +15,9 @@ from pathlib import Path
 
 from multistep.config import ConfigError, SweepPlan, TrialCfg
 from multistep.sweep import results as res
-from multistep.sweep.assets import content_hash, prepare
+from multistep.sweep.assets import content_hash, prepare, resolve_teachers
 from multistep.metrics.evaluate import metric_names
-from multistep.train.build import method_label
+from multistep.train.build import guidance_error, method_label
 from multistep.tracking import mlflow_layout as ml
 
 RAY_ENV_DEFAULTS = {
@@ -123,7 +123,7 @@ def plan_hash(plan: SweepPlan) -> str:
     return content_hash(plan.trials)
 
 
-def _open_runs(client, plan: SweepPlan, tracking_uri: str, storage_dir: Path, resume: bool, say):
+def _open_runs(client, plan: SweepPlan, tracking_uri: str, storage: str, resume: bool, say):
     """New sweep: create the sweep run and SCHEDULED trial runs. Resume: find them again (never duplicate)."""
     cfg = plan.cfg
     exp_id = ml.ensure_experiment(client, cfg.experiment, tracking_uri)
@@ -147,8 +147,8 @@ def _open_runs(client, plan: SweepPlan, tracking_uri: str, storage_dir: Path, re
     sweep_run = client.create_run(exp_id, run_name=sweep_id, tags={
         "multistep.kind": "sweep", "multistep.sweep_name": cfg.name, "multistep.sweep_id": sweep_id,
         "multistep.plan_hash": plan_hash(plan),
-        "multistep.dataset": f"{cfg.data.kind}{cfg.data.shape}", "multistep.teacher": cfg.teacher.kind,
-        "multistep.git_commit": ml.git_commit(), "multistep.storage": str(storage_dir / sweep_id),
+        "multistep.dataset": cfg.data.label, "multistep.teacher": cfg.teacher.kind,
+        "multistep.git_commit": ml.git_commit(), "multistep.storage": f"{storage}/{sweep_id}",
         "mlflow.note.content": cfg.description})
     srid = sweep_run.info.run_id
     ml.log_params(client, srid, ml.env_secrets_free(ml.flatten({k: v for k, v in plan.doc.items() if k != "search"})))
@@ -166,6 +166,18 @@ def _open_runs(client, plan: SweepPlan, tracking_uri: str, storage_dir: Path, re
     return srid, sweep_id, run_ids
 
 
+def split_storage(storage: str) -> tuple[str, Path]:
+    """(where Ray keeps Tune/Train state and checkpoints, local folder for caches and result files).
+
+    A local path is both. A URI that pyarrow's filesystems understand (s3://, gs://, file://...) is what a
+    multi-node cluster needs: Ray writes there directly; caches and result files are made in ./ray_results
+    and the result files are copied to <URI>/<sweep_id>/ at the end (they are MLflow artifacts as well)."""
+    if "://" in storage:
+        return storage.rstrip("/"), Path("ray_results").resolve()
+    local = Path(storage).resolve()
+    return str(local), local
+
+
 def run_sweep(plan: SweepPlan, tracking_uri: str, storage: str, say=print, resume: bool = False) -> int:
     """Run (or resume) a validated sweep end to end. Returns the exit code: 0 ok, 1 a trial failed."""
     from mlflow.tracking import MlflowClient
@@ -175,10 +187,12 @@ def run_sweep(plan: SweepPlan, tracking_uri: str, storage: str, say=print, resum
     from ray import tune
 
     cfg = plan.cfg
-    storage_dir = Path(storage).resolve()
+    storage, storage_dir = split_storage(storage)
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri  # teachers named by MLflow run come from this store
+    resolve_teachers(plan.trials, storage_dir / "cache", log=say)  # -> local paths in the trial configs
     client = MlflowClient(tracking_uri)
-    srid, sweep_id, run_ids = _open_runs(client, plan, tracking_uri, storage_dir, resume, say)
-    out_dir = storage_dir / sweep_id
+    srid, sweep_id, run_ids = _open_runs(client, plan, tracking_uri, storage, resume, say)
+    out_dir, ray_dir = storage_dir / sweep_id, f"{storage}/{sweep_id}"   # local results; Ray state (path or URI)
     out_dir.mkdir(parents=True, exist_ok=True)
     say(f"MLflow: experiment '{cfg.experiment}', sweep run {srid} with {len(run_ids)} trial runs ({tracking_uri})")
 
@@ -192,8 +206,10 @@ def run_sweep(plan: SweepPlan, tracking_uri: str, storage: str, say=print, resum
             if key not in assets:
                 assets[key] = prepare(tc, storage_dir / "cache", log=say) | {"proxy_samples": cfg.scheduler.proxy_samples}
             asset_keys.append(key)
+            if err := guidance_error(tc, assets[key]["eval_ref"]["labels"] is not None):   # CFG needs a conditional teacher
+                raise ConfigError(f"{plan.path}: {err}")
         first = assets[asset_keys[0]]
-        names = metric_names(plan.trial_cfg(0).eval.samples)
+        names = metric_names(plan.trial_cfg(0).eval.samples, plan.trial_cfg(0).data.fd_space)
         teacher_rows = first["teacher_rows"]
         if not resume:
             for row in teacher_rows:
@@ -206,22 +222,22 @@ def run_sweep(plan: SweepPlan, tracking_uri: str, storage: str, say=print, resum
         import ray
 
         r = cfg.resources
-        ctx = {"trials": plan.trials, "run_ids": run_ids, "tracking_uri": tracking_uri, "storage": str(out_dir),
+        ctx = {"trials": plan.trials, "run_ids": run_ids, "tracking_uri": tracking_uri, "storage": ray_dir,
                "resources": r.model_dump(), "assets": assets, "asset_keys": asset_keys}
         driver_res = {"CPU": 0, "train_driver": 1} if ray.cluster_resources().get("train_driver") else {"CPU": 1}
         trainable = tune.with_resources(tune.with_parameters(trial_driver, ctx=ctx), driver_res)
         status = _status_callback(client, run_ids, len(run_ids), say)
-        if resume and tune.Tuner.can_restore(str(out_dir)):
-            tuner = tune.Tuner.restore(str(out_dir), trainable, resume_unfinished=True, resume_errored=True)
+        if resume and tune.Tuner.can_restore(ray_dir):
+            tuner = tune.Tuner.restore(ray_dir, trainable, resume_unfinished=True, resume_errored=True)
         else:
             tuner = tune.Tuner(
                 trainable,
                 param_space={"trial_index": tune.grid_search(list(range(len(plan.trials))))},
                 tune_config=tune.TuneConfig(max_concurrent_trials=r.max_concurrent_trials, scheduler=_scheduler(plan)),
-                run_config=tune.RunConfig(name=sweep_id, storage_path=str(storage_dir), callbacks=[status], verbose=0,
+                run_config=tune.RunConfig(name=sweep_id, storage_path=storage, callbacks=[status], verbose=0,
                                           failure_config=tune.FailureConfig(max_failures=1)),
             )
-        say(f"running {len(run_ids)} trials, at most {r.max_concurrent_trials} at a time; Tune state in {out_dir}")
+        say(f"running {len(run_ids)} trials, at most {r.max_concurrent_trials} at a time; Tune state in {ray_dir}")
         grid = tuner.fit()
         if resume:  # restored Tuners keep their original callbacks; settle statuses from the results
             for res_ in grid:
@@ -231,13 +247,27 @@ def run_sweep(plan: SweepPlan, tracking_uri: str, storage: str, say=print, resum
                     client.set_terminated(run_ids[i], status="FINISHED" if last.get("final") else "FAILED")
                     if not last.get("final"):
                         status.failed.append(i)
-        return _finish(client, plan, srid, run_ids, names, teacher_rows, first, out_dir, status.failed, t_start, tracking_uri, say)
+        rc = _finish(client, plan, srid, run_ids, names, teacher_rows, first, out_dir, status.failed, t_start, tracking_uri, say)
+        if ray_dir != str(out_dir):
+            _copy_results(out_dir, ray_dir, say)
+        return rc
     except BaseException:
         client.set_terminated(srid, status="FAILED")
         for rid in run_ids:
             if client.get_run(rid).info.status in ("RUNNING", "SCHEDULED"):
                 client.set_terminated(rid, status="KILLED")
         raise
+
+
+def _copy_results(out_dir: Path, uri: str, say) -> None:
+    """The result files next to the sweep's Ray state at a storage URI (each written whole, then complete)."""
+    import pyarrow.fs as pafs
+
+    fs, root = pafs.FileSystem.from_uri(uri)
+    fs.create_dir(root, recursive=True)
+    for f in ("results.parquet", "results.csv", "metric_vs_steps.png"):
+        pafs.copy_files(str(out_dir / f), f"{root}/{f}", source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    say(f"results copied to {uri}/")
 
 
 def _scheduler(plan: SweepPlan):
@@ -248,7 +278,7 @@ def _scheduler(plan: SweepPlan):
         return FIFOScheduler()
     cfgs = [plan.trial_cfg(i) for i in range(len(plan.trials))]
     every = min(c.train.checkpoint_every for c in cfgs)
-    proxy = f"proxy_{metric_names(min(sc.proxy_samples, cfgs[0].eval.samples))['fd']}"
+    proxy = f"proxy_{metric_names(min(sc.proxy_samples, cfgs[0].eval.samples), cfgs[0].data.fd_space)['fd']}"
     # max_t one past the end: reaching the last iteration must not stop a trial before its final evaluation
     return ASHAScheduler(time_attr="iteration", metric=proxy, mode="min", max_t=max(c.train.iterations for c in cfgs) + 1,
                          grace_period=sc.grace_checkpoints * every, reduction_factor=sc.reduction_factor)
@@ -258,7 +288,7 @@ def _finish(client, plan, srid, run_ids, names, teacher_rows, first, out_dir, fa
     """Results from MLflow (the system of record): table, per-method curves, plot, artifacts, exit code."""
     cfg = plan.cfg
     rows = collect_rows(client, plan, run_ids, names) + [
-        {**row, "trial_id": "", "run_id": srid, "anneal": "", "learning_rate": None, "train_iterations": None,
+        {"se": None, **row, "trial_id": "", "run_id": srid, "anneal": "", "learning_rate": None, "train_iterations": None,
          "wall_seconds": None} for row in teacher_rows]
     for metric in names.values():
         for method, pts in res.best_by_steps(rows, metric).items():
@@ -297,10 +327,12 @@ def collect_rows(client, plan: SweepPlan, run_ids: list[str], names: dict[str, s
             metric, _, label = key.partition("/")
             if metric not in names.values():
                 continue
+            se_key = f"{metric}_se" + (f"/{label}" if label else "")  # bootstrap standard errors (eval.bootstrap)
+            se = {m.step: m.value for m in client.get_metric_history(rid, se_key)} if se_key in run.data.metrics else {}
             for m in client.get_metric_history(rid, key):
                 rows.append({"method": label or method_label(tc), "student_steps": m.step, "nfe": m.step, "metric": metric,
                              "value": m.value, "trial_id": run.data.tags.get("ray.trial_id", ""), "run_id": rid,
                              "anneal": " ".join(f"{k}={v}" for k, v in anneal.items()),
                              "learning_rate": tc.train.learning_rate, "train_iterations": tc.train.iterations,
-                             "wall_seconds": run.data.metrics.get("wall_seconds")})
+                             "wall_seconds": run.data.metrics.get("wall_seconds"), "se": se.get(m.step)})
     return rows

@@ -10,7 +10,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 COLUMNS = ["method", "student_steps", "nfe", "metric", "value", "trial_id", "run_id", "anneal",
-           "learning_rate", "train_iterations", "wall_seconds"]
+           "learning_rate", "train_iterations", "wall_seconds", "se"]  # se: bootstrap standard error (eval.bootstrap), else null
 
 
 def _atomic(path: Path, write) -> None:
@@ -25,7 +25,8 @@ def write_table(rows: list[dict], out_dir: Path) -> dict[str, Path]:
     table = pa.table(cols, schema=pa.schema([
         ("method", pa.string()), ("student_steps", pa.int64()), ("nfe", pa.int64()), ("metric", pa.string()),
         ("value", pa.float64()), ("trial_id", pa.string()), ("run_id", pa.string()), ("anneal", pa.string()),
-        ("learning_rate", pa.float64()), ("train_iterations", pa.int64()), ("wall_seconds", pa.float64())]))
+        ("learning_rate", pa.float64()), ("train_iterations", pa.int64()), ("wall_seconds", pa.float64()),
+        ("se", pa.float64())]))
     paths = {"parquet": out_dir / "results.parquet", "csv": out_dir / "results.csv"}
     _atomic(paths["parquet"], lambda p: pq.write_table(table, p))
     _atomic(paths["csv"], lambda p: pacsv.write_csv(table, p))

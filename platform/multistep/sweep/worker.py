@@ -20,18 +20,23 @@ def worker_main(cfg: dict) -> dict:
     import ray.train
 
     from multistep.config import TrialCfg
-    from multistep.metrics.evaluate import EvalRef, evaluate, metric_names
+    from multistep.metrics.evaluate import EvalRef, bootstrap_se, evaluate, metric_names
     from multistep.train.build import build, make_method
     from multistep.train.loop import Hooks, NonFiniteLoss, fit, new_state
+    from multistep.train.replicas import Replicas
     from multistep.tracking.mlflow_layout import RunLogger
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(max(1, int(cfg["threads"])))
     tc = TrialCfg.model_validate(cfg["trial"])
-    comps = build(tc)
+    stream = tc.data.kind == "parquet"  # each rank reads only its slice of the shards (not the whole dataset)
+    comps = build(tc, load_data=not stream)
     if cfg.get("init") is not None:
         comps.student.net.load_state_dict(cfg["init"])
+    replicas = Replicas() if world > 1 else None   # data parallel: averaged gradients, identical replicas
+    if replicas:
+        replicas.broadcast(comps.student.net)
     method = make_method(tc, comps)
     state = new_state(comps.student, tc.train.learning_rate, tc.train.seed + 1000 * rank, method)
     logger = RunLogger(cfg["tracking_uri"], cfg["run_id"]) if rank == 0 else None
@@ -43,26 +48,37 @@ def worker_main(cfg: dict) -> dict:
         if sd.get("version") != CKPT_VERSION:
             raise RuntimeError(f"checkpoint version {sd.get('version')} is not {CKPT_VERSION}")
         state.load_state_dict(sd["state"])
+        if len(sd.get("rng_per_rank", [])) == world:   # each rank its own random stream again, not rank 0's
+            gen, cpu_rng = sd["rng_per_rank"][rank]
+            state.gen.set_state(gen)
+            torch.set_rng_state(cpu_rng)
         if logger:
             logger.client.set_tag(cfg["run_id"], "multistep.resumed_from_iteration", str(state.iteration))
             logger.resume()
 
     local_batch = tc.train.batch_size // world
-    sample = lambda g: comps.data.sample(local_batch, g)  # noqa: E731
+    ref = EvalRef.from_dict(cfg["eval_ref"])
+    labelled = ref.labels is not None  # class-conditional teacher + labelled data: batches (x, y), students conditioned on y
+    if stream:  # reshuffled every epoch; after a restart the stream starts again at epoch 0 (position not checkpointed)
+        from multistep.data.parquet import ShardStream
+
+        batches = iter(ShardStream(tc.data.path, rank, world, seed=tc.train.seed + 1000 * rank, batch_size=local_batch))
+        sample = lambda g: next(batches) if labelled else next(batches)[0]  # noqa: E731
+    else:
+        sample = lambda g: comps.data.sample_labelled(local_batch, g) if labelled else comps.data.sample(local_batch, g)  # noqa: E731
 
     def log(it: int, means: dict[str, float]) -> None:
         if logger:
             logger.metrics(it, {f"train/{k}": v for k, v in means.items()} | {"train/wall_seconds": state.wall_seconds})
 
-    ref = EvalRef.from_dict(cfg["eval_ref"])
-    names = metric_names(len(ref.data))
+    names = metric_names(len(ref.data), tc.data.fd_space)
     n_proxy = min(cfg.get("proxy_samples", 1000), len(ref.data))
-    proxy_ref = EvalRef(ref.data[:n_proxy], ref.noise[:n_proxy], ref.ode[:n_proxy], {})
-    proxy_names = {k: f"proxy_{v}" for k, v in metric_names(n_proxy).items()}
+    proxy_ref = ref.head(n_proxy)
+    proxy_names = {k: f"proxy_{v}" for k, v in metric_names(n_proxy, tc.data.fd_space).items()}
 
     def proxy() -> dict[str, float]:
         """Cheap in-training evaluation (few samples, current EMA): what ASHA compares; never the final number."""
-        evals = method.evaluations(state.ema)
+        evals = method.evaluations(state.ema, proxy_ref.labels)
         if not evals:
             return {}
         _, _, sampler = evals[0]
@@ -73,13 +89,14 @@ def worker_main(cfg: dict) -> dict:
 
     def checkpoint(it: int, sd: dict) -> None:
         last_proxy.update(proxy())
+        rngs = replicas.gather((state.gen.get_state(), torch.get_rng_state())) if replicas else []  # all ranks call it
         metrics = {"iteration": it, **last_proxy}
         if logger:
             logger.metrics(it, {k: v for k, v in metrics.items() if k != "iteration"})   # step = iteration
         with tempfile.TemporaryDirectory() as d:
             if rank == 0:
                 tmp = os.path.join(d, CKPT_FILE + ".tmp")
-                torch.save({"version": CKPT_VERSION, "state": sd}, tmp)
+                torch.save({"version": CKPT_VERSION, "state": sd, "rng_per_rank": rngs, "trial": cfg["trial"]}, tmp)
                 os.replace(tmp, os.path.join(d, CKPT_FILE))  # atomic within the directory
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
             else:
@@ -87,7 +104,8 @@ def worker_main(cfg: dict) -> dict:
 
     t = tc.train
     try:
-        fit(state, method, sample, t.iterations, t.grad_clip, t.eval_ema, t.log_every, t.checkpoint_every, Hooks(log, checkpoint))
+        fit(state, method, sample, t.iterations, t.grad_clip, t.eval_ema, t.log_every, t.checkpoint_every, Hooks(log, checkpoint),
+            replicas)
     except NonFiniteLoss as e:  # deterministic: retrying would fail again, so the trial fails with the reason
         if logger:
             logger.client.set_tag(cfg["run_id"], "multistep.error", str(e))
@@ -97,9 +115,11 @@ def worker_main(cfg: dict) -> dict:
     # The method's own label logs under the plain metric name; extra samplers under "<metric>/<label>".
     state.ema.eval()
     final: dict = {}
-    for label, steps, sampler in method.evaluations(state.ema):
+    for label, steps, sampler in method.evaluations(state.ema, ref.labels):   # conditional students: the reference's fixed labels
         x, nfe = sampler(ref.noise)
         metrics = evaluate(x, ref, names)
+        if tc.eval.bootstrap:  # "<metric>_se": the results table's se column
+            metrics |= bootstrap_se(x, ref, names, tc.eval.bootstrap, tc.eval.seed)
         if logger:
             suffix = "" if label == method.label else f"/{label}"
             logger.metrics(steps, {f"{k}{suffix}": v for k, v in metrics.items()})   # step = number of sampling steps

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import copy
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
-from multistep.config import TrialCfg
+from multistep.config import ConfigError, DataCfg, TeacherCfg, TrialCfg
 from multistep.data.gmm import GaussianMixture
 from multistep.diffusion.schedules import Schedule, make_schedule
 from multistep.methods.mcm import MCM
@@ -15,24 +21,147 @@ from multistep.methods.progressive import Progressive
 from multistep.methods.tract import TRACT
 from multistep.nets.analytic import MixtureDenoiser
 from multistep.nets.mlp import MLP, VDenoiser
+from multistep.train.teacher import load_teacher
+
+DEFAULT_CACHE = Path(os.environ.get("MULTISTEP_CACHE", "~/.cache/multistep")).expanduser()
+
+
+class ImageData:
+    """In-memory images behind the mixture's interface: `.shape` and `.sample(n, generator, dtype)`.
+
+    Rows are drawn with replacement by the generator; uint8 pixels are mapped to [-1, 1] as they are drawn.
+    """
+
+    def __init__(self, x: torch.Tensor, labels: torch.Tensor | None = None):
+        self.x, self.labels = x, labels            # x: (N, C, H, W) uint8 or float in [-1, 1]
+        self.shape = tuple(x.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def sample(self, n: int, generator: torch.Generator | None = None, dtype=torch.float32) -> torch.Tensor:
+        return self.sample_labelled(n, generator, dtype)[0]
+
+    def sample_labelled(self, n: int, generator: torch.Generator | None = None, dtype=torch.float32):
+        """(x, y): the rows `sample` draws (same generator use) and their labels (None for unlabelled data)."""
+        i = torch.randint(len(self.x), (n,), generator=generator)
+        x = self.x[i]
+        x = x.to(dtype).div_(127.5).sub_(1.0) if x.dtype == torch.uint8 else x.to(dtype)
+        return x, None if self.labels is None else self.labels[i].long()
+
+
+def make_data(d: DataCfg):
+    """The data distribution of a config: a GaussianMixture, or ImageData for digits / Parquet shards."""
+    if d.kind == "gmm":
+        return GaussianMixture.random(tuple(d.shape), d.components, d.mean_std, d.component_std, d.seed)
+    if d.kind == "digits":
+        from multistep.data.digits import load_digits
+
+        return ImageData(*load_digits(d.size))
+    from multistep.data.parquet import list_shards, read_shard
+
+    try:
+        parts = [read_shard(p) for p in list_shards(d.path)]
+        x = torch.from_numpy(np.concatenate([a for a, _ in parts]).transpose(0, 3, 1, 2).copy())  # NHWC -> NCHW uint8
+    except ValueError as e:
+        raise ConfigError(f"data.path: {e}") from None
+    labels = [b for _, b in parts]
+    return ImageData(x, torch.from_numpy(np.concatenate(labels)) if all(b is not None for b in labels) else None)
+
+
+def fetch_mlflow_teacher(t: TeacherCfg, cache_dir: str | os.PathLike = DEFAULT_CACHE) -> str:
+    """Download (once) the checkpoint artifact of run `t.run_id` from $MLFLOW_TRACKING_URI; returns the local path."""
+    dst = Path(cache_dir) / "teachers" / t.run_id / t.artifact_path
+    if dst.is_file():  # run artifacts are written once: the cached copy stays valid
+        return str(dst)
+    from mlflow.tracking import MlflowClient
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=dst.parent, prefix=".download-")
+    try:
+        got = MlflowClient(uri).download_artifacts(t.run_id, t.artifact_path, tmp)
+        if not Path(got).is_file():
+            raise ValueError(f"artifact {t.artifact_path!r} is a folder, not a checkpoint file")
+        os.replace(got, dst)
+    except Exception as e:  # noqa: BLE001 - unknown run, missing artifact, unreachable server
+        msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"teacher.run_id: cannot fetch artifact {t.artifact_path!r} of MLflow run {t.run_id} "
+                          f"from {uri or 'the default tracking URI'}: {msg}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(dst)
+
+
+def teacher_file(t: TeacherCfg) -> str:
+    """Local checkpoint of a network teacher (downloading an MLflow one if the driver has not already)."""
+    return t.path if t.path else fetch_mlflow_teacher(t)
+
+
+def load_network_teacher(t: TeacherCfg) -> tuple[nn.Module, dict]:
+    path = teacher_file(t)
+    try:
+        return load_teacher(path)
+    except ValueError as e:
+        raise ConfigError(f"teacher.path: {e}") from None
 
 
 @dataclass
 class Components:
     schedule: Schedule
-    data: GaussianMixture
+    data: object          # GaussianMixture or ImageData: .shape, .sample(n, generator, dtype)
     teacher: nn.Module
     student: VDenoiser
 
 
-def build(cfg: TrialCfg) -> Components:
-    sched = make_schedule(cfg.teacher.schedule.name, **cfg.teacher.schedule.params)
+def build(cfg: TrialCfg, load_data: bool = True) -> Components:
+    """Schedule, data, teacher and student of a trial. `load_data=False` (network teachers only) leaves the
+    data to the caller, e.g. a worker streaming its slice of Parquet shards."""
     d = cfg.data
-    gmm = GaussianMixture.random(tuple(d.shape), d.components, d.mean_std, d.component_std, d.seed)
-    teacher = MixtureDenoiser(gmm, sched)
-    s = cfg.student
-    net = MLP(gmm.dim, s.hidden, s.depth, s.time_dim, s.dropout)
-    return Components(sched, gmm, teacher, VDenoiser(net, sched))
+    if cfg.teacher.kind == "analytic":
+        sched = make_schedule(cfg.teacher.schedule.name, **cfg.teacher.schedule.params)
+        gmm = make_data(d)
+        teacher = MixtureDenoiser(gmm, sched)
+        s = cfg.student
+        with torch.random.fork_rng(devices=[]):   # initial weights from train.seed: re-runs give the same numbers
+            torch.manual_seed(cfg.train.seed)
+            net = MLP(gmm.dim, s.hidden, s.depth, s.time_dim, s.dropout)
+        return Components(sched, gmm, teacher, VDenoiser(net, sched))
+    # A network teacher: its own schedule; the student starts as a copy of it (MCM paper).
+    net, info = load_network_teacher(cfg.teacher)
+    sc = info["meta"].get("schedule") or cfg.teacher.schedule.model_dump()
+    sched = make_schedule(sc["name"], **sc.get("params", {}))
+    data = make_data(d) if load_data else None
+    trained_on = info["meta"].get("shape")
+    if data is not None and trained_on is not None and tuple(trained_on) != tuple(data.shape):
+        raise ConfigError(f"teacher.path: {teacher_file(cfg.teacher)} was trained on samples of shape {tuple(trained_on)}, "
+                          f"but this data ({d.label}) has shape {tuple(data.shape)}")
+    k, labels = getattr(net, "num_classes", None), getattr(data, "labels", None)
+    if k is not None and labels is not None and len(labels) and int(labels.max()) >= k:   # students see the data's labels
+        raise ConfigError(f"teacher.path: {teacher_file(cfg.teacher)} is conditional on {k} classes, but this data "
+                          f"({d.label}) has labels up to {int(labels.max())}")
+    student_net = copy.deepcopy(net).requires_grad_(True).train()
+    return Components(sched, data, VDenoiser(net, sched), VDenoiser(student_net, sched))
+
+
+def teacher_classes(teacher) -> int | None:
+    """Number of classes of a class-conditional network teacher (id num_classes is its null class), else None."""
+    return getattr(getattr(teacher, "net", None), "num_classes", None)
+
+
+def uses_labels(teacher, data_has_labels: bool) -> bool:
+    """Training batches are (x, y) and evaluation is conditioned on fixed labels iff the teacher is
+    class-conditional and the data has labels; otherwise everything is unconditional (null class)."""
+    return teacher_classes(teacher) is not None and data_has_labels
+
+
+def guidance_error(cfg: TrialCfg, labelled: bool) -> str | None:
+    """Why method.guidance cannot be used with this trial's teacher and data (None when it can)."""
+    w = cfg.method.guidance
+    if w > 0 and not labelled:
+        return (f"method.guidance: {w:g} needs a class-conditional network teacher (net.num_classes in "
+                f"`multistep teacher`) and labelled data; {cfg.teacher.path or cfg.teacher.kind} with {cfg.data.label} is not")
+    return None
 
 
 def make_method(cfg: TrialCfg, c: Components):
@@ -48,7 +177,7 @@ def make_method(cfg: TrialCfg, c: Components):
     return MCM(
         schedule=c.schedule, student_steps=m.student_steps,
         teacher=c.teacher if m.mode == "distill" else None,
-        anneal=name, anneal_params=anneal, xvar_frac=m.xvar_frac, teacher_integrator=m.teacher_integrator,
+        anneal=name, anneal_params=anneal, xvar_frac=m.xvar_frac, guidance=m.guidance, teacher_integrator=m.teacher_integrator,
         loss_weight=m.loss_weight or "snr+1", distance=m.distance or "pseudo_huber", huber_eps=m.huber_eps,
         target_ema=m.target_ema, clip_x=m.clip_x, t_sampling=m.t_sampling, cm_sampler_steps=tuple(m.cm_sampler_steps),
     )
@@ -59,4 +188,6 @@ def method_label(cfg: TrialCfg) -> str:
     m = cfg.method
     if cfg.label:
         return cfg.label
+    if m.name == "mcm" and m.guidance > 0:   # guided distillation: its own curve, e.g. mcd_cfg1
+        return f"mcd_cfg{m.guidance:g}"
     return {"tract": "tract", "progressive": "pd"}.get(m.name, "mcd" if m.mode == "distill" else "mct")

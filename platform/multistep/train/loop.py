@@ -68,7 +68,9 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
 
 
 def fit(state: TrainState, method, sample_batch: Callable[[torch.Generator], torch.Tensor], total: int,
-        grad_clip: float, eval_ema: float, log_every: int, checkpoint_every: int, hooks: Hooks = Hooks()) -> TrainState:
+        grad_clip: float, eval_ema: float, log_every: int, checkpoint_every: int, hooks: Hooks = Hooks(),
+        replicas=None) -> TrainState:
+    """`replicas` (train/replicas.py) when several ranks train one model: gradients and logged means are averaged."""
     student = state.student.train()
     decay = method.eval_ema_decay(total) if hasattr(method, "eval_ema_decay") else eval_ema  # TRACT / PD set their own
     sums: dict[str, torch.Tensor] = {}
@@ -78,6 +80,8 @@ def fit(state: TrainState, method, sample_batch: Callable[[torch.Generator], tor
         loss, logs = method.loss(student, x, state.iteration, total, state.gen)
         state.opt.zero_grad(set_to_none=True)
         loss.backward()
+        if replicas is not None:
+            replicas.average_gradients(student)   # every rank now takes the same step
         if grad_clip > 0:
             logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(student.parameters(), grad_clip)
         state.opt.step()
@@ -88,7 +92,11 @@ def fit(state: TrainState, method, sample_batch: Callable[[torch.Generator], tor
             sums[k] = sums.get(k, 0) + v.detach().double()
         n_acc += 1
         if state.iteration % log_every == 0 or state.iteration == total:
-            means = {k: float(v) / n_acc for k, v in sums.items()}   # one sync per interval
+            keys = list(sums)                       # the method's order: the same on every rank
+            vec = torch.stack([sums[k] for k in keys]) / n_acc
+            if replicas is not None:                # before the finiteness check, so every rank stops together
+                vec = replicas.average(vec)
+            means = dict(zip(keys, vec.tolist()))   # one host sync per interval
             if not all(math.isfinite(v) for v in means.values()):
                 bad = [k for k, v in means.items() if not math.isfinite(v)]
                 raise NonFiniteLoss(f"non-finite {', '.join(bad)} in iterations {state.iteration - n_acc + 1}..{state.iteration}")

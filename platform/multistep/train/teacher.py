@@ -50,7 +50,7 @@ def train_teacher(net: nn.Module, sched: Schedule, batches: Iterable, iterations
     for it in range(1, iterations + 1):
         x, y = _split(next(it_batches))
         if null is not None and y is not None:
-            drop = torch.rand(y.shape[0], generator=g) < label_dropout
+            drop = (torch.rand(y.shape[0], generator=g) < label_dropout).to(y.device)
             y = torch.where(drop, torch.full_like(y, null), y)
             fn = lambda z, t, y=y: net(z, t, y)  # noqa: E731
         else:

@@ -1,0 +1,327 @@
+"""`multistep eval CHECKPOINT`: metric-versus-steps of one teacher or student checkpoint, here, without Ray.
+
+A teacher checkpoint (teacher.pt of `multistep teacher`) brings its net, schedule and data line: its DDIM
+and aDDIM are evaluated at each --steps on fixed noise against a sample of that data (Frechet and sliced
+Wasserstein distances; with the teacher run's eval seed and sample count the DDIM numbers are the ones the
+teacher run logged). A student checkpoint (state.pt in a sweep trial's Ray checkpoint folder) records its
+trial config; --config overrides it (older checkpoints need it): a trial config, or the sweep file (the
+trial is then picked by --trial or by the `trial-NNN` folder of the checkpoint). Its EMA weights are sampled with the method's own sampler(s)
+on the reference the sweep used (same data sample, same noise, same teacher ODE solutions), so the numbers
+reproduce the trial's final metrics. Writes results.parquet/.csv, metric_vs_steps.png, eval.json and, with
+--grid, an 8x8 sample grid per (method, steps) for image data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+from datetime import datetime
+from pathlib import Path
+
+from multistep.config import ConfigError
+
+HELP = """\
+Evaluate a teacher checkpoint (teacher.pt from `multistep teacher`) or a student checkpoint (state.pt, or
+the Ray checkpoint folder holding it, from a sweep trial) at several sampling step counts on fixed noise.
+Prints a table and writes results.parquet/.csv (the sweep's columns), metric_vs_steps.png and eval.json
+(checkpoint hash, samples, seed) to --out. Metric names carry the sample count (fd_pixel_1k, swd_1k, ...).
+
+  multistep eval ray_results/teachers/digits/teacher.pt --steps 1,2,4,8 --grid
+  multistep eval ray_results/<sweep_id>/trial-001/checkpoint_000002 --config sweeps/quickstart.yaml
+
+Students are sampled at their own student_steps; an MCM student is also sampled at each --steps it was
+not trained for (rows <label>_S<S>). Exit codes: 0 evaluated, 2 bad input."""
+
+TRIAL_DIR = re.compile(r"^trial-(\d+)$")   # Ray Train run folder of a sweep trial (sweep/driver.py)
+GRID = 8                                   # sample grids are GRID x GRID images
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    s = subparsers.add_parser("eval", help="metric-versus-steps table, plot and sample grids of one checkpoint",
+                              description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("checkpoint", help="teacher.pt, or a trial's state.pt / Ray checkpoint folder")
+    s.add_argument("--steps", default=None,
+                   help="sampling step counts, e.g. 1,2,4,8 (teachers: default 1,2,4,8; MCM students: extra points)")
+    s.add_argument("--samples", type=int, default=None,
+                   help="samples per point (default: the trial's eval.samples; teachers 1000)")
+    s.add_argument("--seed", type=int, default=None, help="seed of the data sample and noise (default: the trial's eval.seed; teachers 1234)")
+    s.add_argument("--config", default=None, help="student checkpoints: the trial config or sweep file (YAML) it was trained with")
+    s.add_argument("--trial", type=int, default=None,
+                   help="with a sweep file as --config: the trial index (default: from the checkpoint's trial-NNN folder)")
+    s.add_argument("--with-teacher", action="store_true", help="students: also the trial teacher's DDIM/aDDIM curve at the same steps")
+    s.add_argument("--out", default=None, help="output folder (default ./eval-<timestamp>)")
+    s.add_argument("--grid", action="store_true", help="also an 8x8 sample grid PNG per method and step count (image data)")
+    return s
+
+
+def parse_steps(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        steps = [int(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        steps = []
+    if not steps or min(steps) < 1:
+        raise ConfigError(f"--steps: expected positive integers separated by commas (e.g. 1,2,4,8), got {text!r}")
+    return sorted(set(steps))
+
+
+def _check_args(args) -> None:
+    if args.samples is not None and args.samples < 2:
+        raise ConfigError(f"--samples: need at least 2 samples for a covariance, got {args.samples}")
+    if args.trial is not None and args.trial < 0:
+        raise ConfigError(f"--trial: expected an index >= 0, got {args.trial}")
+
+
+def _resolve_file(path: str) -> Path:
+    """The checkpoint file: the path itself, or state.pt / teacher.pt inside a folder."""
+    p = Path(path)
+    if p.is_dir():
+        for name in ("state.pt", "teacher.pt"):
+            if (p / name).is_file():
+                return p / name
+        raise ConfigError(f"{p}: folder holds no state.pt or teacher.pt")
+    if not p.is_file():
+        raise ConfigError(f"{p}: checkpoint not found")
+    return p
+
+
+def _load_blob(p: Path) -> dict:
+    import torch
+
+    try:
+        blob = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - truncated zip, foreign pickle, text file, ...
+        why = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+        raise ConfigError(f"{p}: not a readable checkpoint ({type(e).__name__}: {why})") from None
+    if not isinstance(blob, dict):
+        raise ConfigError(f"{p}: not a multistep teacher or trial checkpoint")
+    return blob
+
+
+def _sha256(p: Path) -> str:
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _flat(x):
+    import numpy as np
+
+    x = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+    return x.reshape(len(x), -1).astype(np.float64)
+
+
+# -- teacher checkpoints ----------------------------------------------------------------------------
+def eval_teacher(p: Path, steps: list[int], samples: int, seed: int, say=print):
+    """(rows, floor, metric names, shape, {(method, steps): samples}) of a teacher's DDIM and aDDIM."""
+    import torch
+    from pydantic import ValidationError
+
+    from multistep.config import DataCfg, ScheduleCfg, _describe
+    from multistep.diffusion.samplers import ddim_sample, xvar_table
+    from multistep.diffusion.schedules import make_schedule
+    from multistep.metrics.distances import sliced_wasserstein
+    from multistep.metrics.evaluate import metric_names
+    from multistep.metrics.frechet import frechet_distance, gaussian_stats
+    from multistep.nets.mlp import VDenoiser
+    from multistep.train.build import make_data
+    from multistep.train.teacher import load_teacher
+
+    try:
+        net, info = load_teacher(p)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    meta = info["meta"]
+    if not isinstance(meta.get("data"), dict):
+        raise ConfigError(f"{p}: the checkpoint records no data line (meta.data); it predates `multistep teacher`'s format")
+    try:
+        dcfg = DataCfg.model_validate(meta["data"])
+        sc = ScheduleCfg.model_validate(meta.get("schedule") or {})
+    except ValidationError as e:
+        raise ConfigError(f"{p}: meta.{_describe(e)}") from None
+    if not meta.get("schedule"):
+        say(f"note: {p} records no schedule; using the default ({sc.name})")
+    data = make_data(dcfg)
+    if meta.get("shape") is not None and tuple(meta["shape"]) != tuple(data.shape):
+        raise ConfigError(f"{p}: trained on samples of shape {tuple(meta['shape'])}, but its data ({dcfg.label}) has shape {tuple(data.shape)}")
+    sched = make_schedule(sc.name, **sc.params)
+    f = VDenoiser(net, sched)
+    names = metric_names(samples, dcfg.fd_space)
+    # The same draws, in the same order, as metrics.evaluate.ddim_curve (the teacher run's logged curve).
+    g = torch.Generator().manual_seed(seed)
+    ref = _flat(data.sample(samples, g, dtype=torch.float64))
+    other = _flat(data.sample(samples, g, dtype=torch.float64))
+    noise = torch.randn((samples, *data.shape), generator=g, dtype=torch.float64)
+    mu_r, cov_r = gaussian_stats(ref)
+
+    def dist(s) -> dict[str, float]:
+        return {names["fd"]: frechet_distance(*gaussian_stats(s), mu_r, cov_r), names["swd"]: sliced_wasserstein(s, ref)}
+
+    g_table = torch.Generator().manual_seed(seed)    # aDDIM's empirical xvar table, as metrics.evaluate.teacher_curve
+    table_data = data.sample(2048, g_table, dtype=torch.float64)
+    rows, kept = [], {}
+    for n in steps:
+        for label, xv in (("teacher_ddim", None), ("teacher_addim", xvar_table(f, sched, table_data, n, 0.75, g_table))):
+            x, nfe = ddim_sample(f, sched, noise, n, xvar=xv)
+            kept[(label, n)] = x[:GRID * GRID]
+            rows += [{"method": label, "student_steps": n, "nfe": nfe, "metric": k, "value": v} for k, v in dist(_flat(x)).items()]
+    info = {"kind": "teacher", "data": dcfg.label, "teacher_name": meta.get("name"), "teacher_run_id": meta.get("run_id")}
+    return rows, dist(other), [names["fd"], names["swd"]], tuple(data.shape), kept, info
+
+
+# -- student (trial) checkpoints --------------------------------------------------------------------
+def load_trial_cfg(config: str, ckpt: Path, trial: int | None):
+    """The TrialCfg of --config: a trial config, or a sweep file and the trial (--trial, or the trial-NNN folder)."""
+    from pydantic import ValidationError
+
+    from multistep.config import SweepCfg, TrialCfg, _describe, load_sweep, read_yaml
+
+    doc = read_yaml(config)
+    if not set(doc) & (set(SweepCfg.model_fields) - set(TrialCfg.model_fields)):
+        if trial is not None:
+            raise ConfigError(f"--trial: {config} is a single trial config, not a sweep file")
+        try:
+            return TrialCfg.model_validate(doc), None
+        except ValidationError as e:
+            raise ConfigError(f"{config}: {_describe(e)}") from None
+    plan = load_sweep(config)
+    if trial is None:
+        found = [int(m.group(1)) for part in ckpt.resolve().parts if (m := TRIAL_DIR.match(part))]
+        trial = found[-1] if found else (0 if len(plan.trials) == 1 else None)
+        if trial is None:
+            raise ConfigError(f"--trial: {config} expands to {len(plan.trials)} trials and the checkpoint path "
+                              f"{ckpt} has no trial-NNN folder; give --trial N")
+    if trial >= len(plan.trials):
+        raise ConfigError(f"--trial: {config} expands to {len(plan.trials)} trials, there is no trial {trial}")
+    return plan.trial_cfg(trial), trial
+
+
+def eval_student(p: Path, blob: dict, args, steps: list[int] | None, say=print):
+    import torch
+
+    from multistep.metrics.evaluate import evaluate, make_eval_ref, metric_names, teacher_curve
+    from multistep.diffusion.samplers import mcm_sample
+    from multistep.sweep.worker import CKPT_VERSION
+    from multistep.methods.base import conditioned
+    from multistep.train.build import build, make_method, method_label, uses_labels
+    from multistep.train.loop import new_state
+
+    if blob.get("version") != CKPT_VERSION:
+        raise ConfigError(f"{p}: trial checkpoint version {blob.get('version')!r}, this multistep reads version {CKPT_VERSION}")
+    if args.config is not None:
+        tc, trial = load_trial_cfg(args.config, p, args.trial)
+    elif "trial" in blob:  # checkpoints written since the worker records its trial config
+        from multistep.config import TrialCfg
+
+        tc, trial, args.config = TrialCfg.model_validate(blob["trial"]), None, str(p)
+    else:
+        raise ConfigError(f"--config: {p} is an older trial checkpoint that records no config; "
+                          "give the trial config or the sweep file with --config")
+    c = build(tc)
+    method = make_method(tc, c)
+    state = new_state(c.student, tc.train.learning_rate, tc.train.seed, method)
+    try:
+        state.load_state_dict(blob["state"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        why = " ".join(str(e).split())   # load_state_dict puts the mismatches on later lines
+        raise ConfigError(f"{p}: does not fit the trial config of {args.config} ({type(e).__name__}: "
+                          f"{why[:300] + ('...' if len(why) > 300 else '')})") from None
+    ema = state.ema.eval()
+    samples = args.samples or tc.eval.samples
+    seed = tc.eval.seed if args.seed is None else args.seed
+    say(f"evaluation reference: {samples} samples, seed {seed}, {tc.eval.ode_steps}-step teacher ODE")
+    ref = make_eval_ref(c.data, c.teacher, c.schedule, samples, tc.eval.ode_steps, seed, tc.data.fd_space,
+                        labelled=uses_labels(c.teacher, getattr(c.data, "labels", None) is not None))  # as in sweeps
+    names = metric_names(samples, tc.data.fd_space)
+    label = method_label(tc)
+    anneal = tc.method.anneal.model_dump() if tc.method.name == "mcm" else {}
+    common = {"trial_id": f"trial-{trial:03d}" if trial is not None else "", "run_id": "",
+              "anneal": " ".join(f"{k}={v}" for k, v in anneal.items()), "learning_rate": tc.train.learning_rate,
+              "train_iterations": state.iteration, "wall_seconds": state.wall_seconds}
+    points = [(label if lb == method.label else lb, n, fn) for lb, n, fn in method.evaluations(ema, ref.labels)]
+    S = tc.method.student_steps
+    if steps:
+        if tc.method.name == "mcm":   # Algorithm 2 is defined at any step count; off its training grid: <label>_S<S>
+            points += [(f"{label}_S{S}", n, lambda noise, n=n: mcm_sample(conditioned(ema, ref.labels), c.schedule, noise, n)) for n in steps if n != S]
+        elif not args.with_teacher:
+            say(f"note: {tc.method.name} samples only at the steps it was trained for; --steps is used by --with-teacher only")
+    rows, kept = [], {}
+    with torch.no_grad():
+        for lb, n, sampler in points:
+            x, nfe = sampler(ref.noise)
+            kept[(lb, n)] = x[:GRID * GRID]
+            rows += [{"method": lb, "student_steps": n, "nfe": nfe, "metric": k, "value": v, **common}
+                     for k, v in evaluate(x, ref, names).items()]
+    if args.with_teacher:
+        t_steps = steps or sorted({n for _, n, _ in points})
+        rows += teacher_curve(c.teacher, c.schedule, c.data, ref, t_steps, extractor=tc.data.fd_space)
+    info = {"kind": "student", "data": tc.data.label, "method": label, "student_steps": S, "iteration": state.iteration,
+            "config": str(Path(args.config).resolve()), "trial": trial, "ode_steps": tc.eval.ode_steps}
+    return rows, ref.floor, list(names.values()), tuple(c.data.shape), kept, info, samples, seed
+
+
+# -- outputs ----------------------------------------------------------------------------------------
+def save_grid(x, path: Path) -> Path:
+    """An 8x8 mosaic of the first 64 samples (C, H, W in [-1, 1]) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    x = np.clip((x.detach().cpu().double().numpy() + 1) / 2, 0, 1)[: GRID * GRID]
+    n, C, H, W = x.shape
+    canvas = np.ones((GRID * (H + 1) + 1, GRID * (W + 1) + 1, C))
+    for i in range(n):
+        r, c = divmod(i, GRID)
+        canvas[1 + r * (H + 1): 1 + r * (H + 1) + H, 1 + c * (W + 1): 1 + c * (W + 1) + W] = x[i].transpose(1, 2, 0)
+    scale = max(1, 256 // canvas.shape[0])   # small images upscaled (nearest) so the PNG is viewable
+    canvas = canvas.repeat(scale, 0).repeat(scale, 1)
+    tmp = path.with_name(path.name + ".tmp")
+    plt.imsave(tmp, canvas[..., 0] if C == 1 else canvas[..., :3], cmap="gray" if C == 1 else None, vmin=0, vmax=1, format="png")
+    tmp.replace(path)
+    return path
+
+
+def cmd_eval(args, say=print) -> int:
+    steps = parse_steps(args.steps)
+    _check_args(args)
+    p = _resolve_file(args.checkpoint)
+    blob = _load_blob(p)
+    import torch
+
+    from multistep.sweep import results as res
+    from multistep.train.teacher import TEACHER_FORMAT
+
+    if blob.get("format") == TEACHER_FORMAT:
+        del blob
+        samples, seed = args.samples or 1000, 1234 if args.seed is None else args.seed
+        rows, floor, metrics, shape, kept, info = eval_teacher(p, steps or [1, 2, 4, 8], samples, seed, say)
+        rows = [{"trial_id": "", "run_id": info.get("teacher_run_id") or "", **r} for r in rows]
+    elif "version" in blob and isinstance(blob.get("state"), dict) and "ema" in blob["state"]:
+        rows, floor, metrics, shape, kept, info, samples, seed = eval_student(p, blob, args, steps, say)
+    else:
+        raise ConfigError(f"{p}: not a multistep teacher checkpoint nor a trial checkpoint (state.pt with EMA weights)")
+    out = Path(args.out or f"eval-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    paths = res.write_table(rows, out)
+    png = res.plot(rows, metrics, floor, out / "metric_vs_steps.png", f"{p.name}: metric versus sampling steps")
+    grids = []
+    if args.grid:
+        if len(shape) == 3:
+            grids = [save_grid(x, out / f"grid_{m}_{n}steps.png") for (m, n), x in sorted(kept.items())]
+        else:
+            say(f"--grid: samples of shape {shape} are not images; no sample grids")
+    meta = {**info, "checkpoint": str(p.resolve()), "checkpoint_sha256": _sha256(p), "samples": samples, "seed": seed,
+            "steps": sorted({r["student_steps"] for r in rows}), "metrics": metrics, "noise_floor": floor,
+            "torch": torch.__version__, "created": datetime.now().isoformat(timespec="seconds")}
+    (out / "eval.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    say(res.format_table(rows, metrics))
+    say("\nnoise floor (two data sample sets): " + ", ".join(f"{k} {v:.5f}" for k, v in floor.items() if v))
+    say(f"results: {paths['parquet']}, {paths['csv']}, {png}" + (f", {len(grids)} sample grid(s)" if grids else ""))
+    return 0
+

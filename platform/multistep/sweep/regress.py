@@ -1,0 +1,307 @@
+"""`multistep regress FILE`: run a fixed sweep (or reuse a finished one), compare it with a baseline, say so.
+
+The baseline of a regression sweep is the sweep run that carries the tag multistep.regression_baseline =
+<sweep name> (moved by `multistep regress --promote RUN_ID --reason TEXT`, which records who, when and why on
+the run), or any sweep run or results file given with --baseline. The comparison itself is
+multistep.regression (pure); this module is the MLflow and Ray side. Every regress run becomes an MLflow run
+(multistep.kind = regression) with the report, the plot and the table as artifacts, tagged with the
+baseline it used; its status is FAILED when a point regressed, so the MLflow UI shows the red light.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import math
+import os
+import socket
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from multistep.cli_common import add_run_options
+from multistep.config import ConfigError, load_sweep
+
+BASELINE_TAG = "multistep.regression_baseline"   # on a sweep run; value: the name of the sweep it is the baseline of
+TABLE = "results.parquet"                        # the sweep run's results table artifact (sweep/driver.py)
+
+HELP = """\
+Run the regression sweep FILE (a sweep file with a `regression:` section of tolerances), or reuse a finished
+sweep run of it (--run), and compare every (method, student_steps, metric) point with the baseline: the
+sweep run promoted with --promote, or --baseline RUN_ID|PATH. Prints a table (baseline, current, difference,
+tolerance, verdict) and writes a Markdown report, a PNG of baseline and current curves and a CSV, all logged
+to an MLflow run of kind `regression`. Exit codes: 0 no regression, 1 a point regressed (named in the
+output), 2 bad input or no baseline.
+
+  multistep regress sweeps/regression.yaml                       # nightly: run the sweep, compare, exit 0/1
+  multistep regress sweeps/regression.yaml --run RUN_ID          # compare a finished sweep run instead
+  multistep regress --promote RUN_ID --reason "new sampler"      # make a sweep run the baseline of its name"""
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    s = subparsers.add_parser("regress", help="compare a fixed sweep with its baseline; exit 1 when a curve got worse",
+                              description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("file", nargs="?", help="regression sweep file, e.g. sweeps/regression.yaml (optional with --promote)")
+    s.add_argument("--run", metavar="RUN_ID", help="compare this finished sweep run of FILE instead of running the sweep")
+    s.add_argument("--baseline", metavar="RUN_ID|PATH",
+                   help="compare with this sweep run or results file (.parquet/.csv) instead of the promoted baseline")
+    s.add_argument("--promote", metavar="RUN_ID",
+                   help="make this sweep run (or the sweep run a regression run checked) the baseline of its sweep name")
+    s.add_argument("--reason", help="why the baseline moves (recorded on the run with who and when); needed by --promote")
+    add_run_options(s, "folder for Ray state, caches and the sweep's results")
+    s.add_argument("--out", default=None,
+                   help="folder for the report, plot and table (default <storage>/regress/reports/<regression run name>)")
+    return s
+
+
+def _print(*args) -> None:
+    """print by a module-level name: Ray pickles `say` into its Tune callback, and builtins.print may be patched."""
+    print(*args, flush=True)
+
+
+def who() -> str:
+    """user@host of this process ($MULTISTEP_USER overrides the user, e.g. a CI job's actor)."""
+    try:
+        user = os.environ.get("MULTISTEP_USER") or getpass.getuser()
+    except OSError:  # no passwd entry (some containers)
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# -- runs -------------------------------------------------------------------------------------------
+def sweep_run(client, run_id: str, flag: str):
+    """The sweep run `run_id` names (a regression run stands for the sweep run it checked); bad ids are exit 2."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise ConfigError(f"{flag} {run_id}: no such run in the tracking store") from None
+    kind = run.data.tags.get("multistep.kind")
+    if kind == "regression":
+        return sweep_run(client, run.data.tags["multistep.regress.current_run"], flag)
+    if kind != "sweep":
+        raise ConfigError(f"{flag} {run_id}: a {kind or 'non-multistep'} run, not a sweep run (tag multistep.kind = sweep)")
+    return run
+
+
+def read_run_table(client, run, flag: str) -> list[dict]:
+    from multistep.regression import read_table
+
+    if run.info.status in ("RUNNING", "SCHEDULED"):
+        raise ConfigError(f"{flag} {run.info.run_id}: the sweep is still {run.info.status}")
+    with tempfile.TemporaryDirectory() as d:
+        try:
+            path = client.download_artifacts(run.info.run_id, TABLE, d)
+        except Exception:  # noqa: BLE001 - any failure means there is no table to compare
+            raise ConfigError(f"{flag} {run.info.run_id}: the run has no {TABLE} artifact (the sweep did not finish)") from None
+        return read_table(path)
+
+
+def baselines(client, experiment_id: str, name: str) -> list:
+    """Sweep runs tagged as the baseline of `name`, newest promotion first (normally exactly one)."""
+    runs = client.search_runs([experiment_id], f"tags.`{BASELINE_TAG}` = '{name}'", max_results=100)
+    return sorted(runs, key=lambda r: r.data.tags.get("multistep.baseline.promoted_at", ""), reverse=True)
+
+
+def promote(client, run_id: str, reason: str, file_name: str | None, say=_print) -> int:
+    """Move the baseline tag of the run's sweep name to `run_id`, recording who/when/why; untag the old one."""
+    run = sweep_run(client, run_id, "--promote")
+    rid, name = run.info.run_id, run.data.tags["multistep.sweep_name"]
+    if file_name is not None and file_name != name:
+        raise ConfigError(f"--promote {run_id}: the run is a sweep named '{name}', the file's sweep is '{file_name}'")
+    if run.info.status != "FINISHED":
+        raise ConfigError(f"--promote {run_id}: the sweep run's status is {run.info.status}; only a FINISHED sweep "
+                          "(every trial finished) can be a baseline")
+    read_run_table(client, run, "--promote")  # it must have a readable results table
+    by, at = who(), _now()
+    old = [r for r in baselines(client, run.info.experiment_id, name) if r.info.run_id != rid]
+    for o in old:
+        client.delete_tag(o.info.run_id, BASELINE_TAG)
+        for k, v in {"demoted_by": by, "demoted_at": at, "replaced_by": rid}.items():
+            client.set_tag(o.info.run_id, f"multistep.baseline.{k}", v)
+    tags = {BASELINE_TAG: name, "multistep.baseline.promoted_by": by, "multistep.baseline.promoted_at": at,
+            "multistep.baseline.reason": reason, "multistep.baseline.replaces": ",".join(o.info.run_id for o in old)}
+    for k, v in tags.items():
+        client.set_tag(rid, k, v)
+    was = ", ".join(o.info.run_id for o in old) or "none"
+    say(f"sweep run {rid} ({run.data.tags.get('multistep.sweep_id', '')}) is now the baseline of regression sweep "
+        f"'{name}' (previous: {was}); promoted by {by} at {at}: {reason}")
+    return 0
+
+
+def _no_baseline(file: str, name: str, experiment: str) -> ConfigError:
+    return ConfigError(
+        f"{file}: no baseline for regression sweep '{name}' in experiment '{experiment}'. Promote a finished sweep run "
+        f"of this file: `multistep regress --promote RUN_ID --reason TEXT` (RUN_ID: a run of `multistep sweep {file}` "
+        "or the sweep run of an earlier `multistep regress`), or give one with --baseline RUN_ID|PATH")
+
+
+def resolve_baseline(client, arg: str | None, cfg, file: str) -> tuple[list[dict], dict, dict]:
+    """(rows, report facts, MLflow tags) of the baseline: --baseline PATH or RUN_ID, else the promoted run."""
+    from multistep.regression import read_table
+
+    if arg and Path(arg).exists():
+        try:
+            rows = read_table(arg)
+        except Exception as e:  # noqa: BLE001 - unreadable or not a table: bad input
+            raise ConfigError(f"--baseline {arg}: cannot read a results table ({e.__class__.__name__}: {e})") from None
+        path = str(Path(arg).resolve())
+        return rows, {"baseline": f"results file {path}"}, {"multistep.regress.baseline": f"file:{path}"}
+    if arg:
+        run = sweep_run(client, arg, "--baseline")
+        how = "given with --baseline"
+    else:
+        exp = client.get_experiment_by_name(cfg.experiment)
+        found = baselines(client, exp.experiment_id, cfg.name) if exp else []
+        if not found:
+            raise _no_baseline(file, cfg.name, cfg.experiment)
+        run = found[0]
+        t = run.data.tags
+        how = (f"promoted by {t.get('multistep.baseline.promoted_by', '?')} at {t.get('multistep.baseline.promoted_at', '?')}: "
+               f"{t.get('multistep.baseline.reason', '')}")
+    t = run.data.tags
+    facts = {"baseline": f"sweep run {run.info.run_id} ({t.get('multistep.sweep_id', '')}, git {t.get('multistep.git_commit', '?')[:12]}), {how}"}
+    return read_run_table(client, run, "--baseline"), facts | {"_plan_hash": t.get("multistep.plan_hash", "")}, {
+        "multistep.regress.baseline": f"run:{run.info.run_id}", "multistep.regress.baseline_run": run.info.run_id}
+
+
+def _new_sweep_run(client, cfg, since_ms: int):
+    exp = client.get_experiment_by_name(cfg.experiment)
+    runs = client.search_runs([exp.experiment_id], f"tags.`multistep.kind` = 'sweep' and tags.`multistep.sweep_name` = "
+                              f"'{cfg.name}' and attributes.start_time >= {since_ms}",
+                              order_by=["attributes.start_time DESC"], max_results=1) if exp else []
+    if not runs:
+        raise RuntimeError(f"the sweep '{cfg.name}' ran but its MLflow sweep run was not found")
+    return runs[0]
+
+
+# -- the command ------------------------------------------------------------------------------------
+def check_file(plan, file: str) -> None:
+    """A regression sweep needs a regression section; `ci` tolerances need bootstrap standard errors."""
+    reg = plan.cfg.regression
+    if reg is None:
+        raise ConfigError(f"{file}: regression: missing (a regression sweep needs tolerances, e.g. "
+                          "`regression: {tolerances: {fd: {rel: 0.05}}}`; see docs/regression.md)")
+    for fam, tol in reg.tolerances.items():
+        if tol.ci is not None and not all(plan.trial_cfg(i).eval.bootstrap for i in range(len(plan.trials))):
+            raise ConfigError(f"{file}: regression.tolerances.{fam}.ci: needs eval.bootstrap > 0 (the bootstrap standard "
+                              "error of every point), e.g. eval: {bootstrap: 100}")
+
+
+def cmd_regress(args, say=_print) -> int:
+    from multistep.tracking.mlflow_layout import absolute_uri, check_reachable, default_tracking_uri
+
+    if args.promote:
+        if not args.reason or not args.reason.strip():
+            raise ConfigError("--promote: --reason TEXT is required (recorded on the run with who and when)")
+        if args.run or args.baseline:
+            raise ConfigError("--promote: cannot be combined with --run or --baseline (it only moves the baseline tag)")
+    elif not args.file:
+        raise ConfigError("FILE: a regression sweep file is required (or --promote RUN_ID --reason TEXT)")
+    plan = load_sweep(args.file) if args.file else None
+    if plan is not None and not args.promote:
+        check_file(plan, args.file)
+    uri = absolute_uri(args.tracking_uri) if args.tracking_uri else default_tracking_uri()
+    check_reachable(uri)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    if args.promote:
+        return promote(client, args.promote, args.reason.strip(), plan.cfg.name if plan else None, say)
+    return regress(client, plan, args, uri, say)
+
+
+def regress(client, plan, args, uri: str, say=_print) -> int:
+    from multistep import regression as rg
+    from multistep.tracking import mlflow_layout as ml
+
+    cfg, file = plan.cfg, args.file
+    base_rows, facts, base_tags = resolve_baseline(client, args.baseline, cfg, file)   # before any training
+    if getattr(args, "dry_run", False):
+        say(f"{file}: valid; baseline: {facts['baseline']} ({len(base_rows)} rows); would "
+            + (f"compare sweep run {args.run}" if args.run else f"run {len(plan.trials)} trial(s) and compare them"))
+        return 0
+    if args.run:
+        cur = sweep_run(client, args.run, "--run")
+        if cur.data.tags.get("multistep.sweep_name") != cfg.name:
+            raise ConfigError(f"--run {args.run}: a sweep named '{cur.data.tags.get('multistep.sweep_name')}', "
+                              f"the file's sweep is '{cfg.name}'")
+        sweep_rc = 1 if cur.info.status == "FAILED" else 0
+    else:
+        from multistep.sweep.driver import run_sweep
+
+        since = int(time.time() * 1000) - 1000
+        # a fresh storage folder, so a fresh cache: evaluation reference, teacher curve and warm start are
+        # recomputed by today's code (a cache hit would hide a regression in them)
+        storage = Path(args.storage).resolve() / "regress" / f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+        sweep_rc = run_sweep(plan, uri, str(storage), say=say)
+        cur = _new_sweep_run(client, cfg, since)
+    cur_rows = read_run_table(client, cur, "--run")
+    srid, sweep_id = cur.info.run_id, cur.data.tags.get("multistep.sweep_id", cur.info.run_id)
+
+    points = rg.compare(base_rows, cur_rows, cfg.regression.tolerances, cfg.regression.teacher)
+    base_keys, cur_keys = set(rg.best_points(base_rows)), set(rg.best_points(cur_rows))
+    if not points or (cur_keys and not base_keys & cur_keys):
+        raise ConfigError(f"{file}: the baseline and the current run share no (method, student_steps, metric) point "
+                          "(another sweep file? metric names carry the sample count); promote a new baseline with "
+                          "`multistep regress --promote RUN_ID --reason TEXT`")
+    bad = rg.failing(points)
+    plan_hash = facts.pop("_plan_hash", None)
+    facts = {"sweep": f"{cfg.name} ({file})",
+             "current": f"sweep run {srid} ({sweep_id}, git {cur.data.tags.get('multistep.git_commit', '?')[:12]})"
+                        + (", some trials FAILED" if sweep_rc else ""),
+             **facts,
+             "tolerances": "; ".join(f"{k}: " + ", ".join(f"{a} {v:g}" for a, v in t.model_dump(exclude_none=True).items())
+                                     for k, t in cfg.regression.tolerances.items())}
+    if plan_hash and plan_hash != cur.data.tags.get("multistep.plan_hash"):
+        facts["note"] = ("the baseline ran a different plan (sweep file or defaults changed): differences may come from "
+                         "the configuration, not the code")
+
+    exp_id = ml.ensure_experiment(client, cfg.experiment, uri)
+    run_name = f"regress-{sweep_id}"
+    run = client.create_run(exp_id, run_name=run_name, tags={
+        "multistep.kind": "regression", "multistep.sweep_name": cfg.name, "multistep.regress.current_run": srid,
+        "multistep.regress.verdict": "fail" if bad else "pass", "multistep.git_commit": ml.git_commit(),
+        "multistep.regress.regressed": "; ".join(rg.describe(p) for p in bad)[:5000], **base_tags})
+    out = Path(args.out).resolve() if args.out else Path(args.storage).resolve() / "regress" / "reports" / run_name
+    out.mkdir(parents=True, exist_ok=True)
+    table = rg.format_table(points)
+    png = rg.plot(points, out / "regression.png", f"{cfg.name}: baseline (dashed) vs current (thick)")
+    (out / "regression.md").write_text(rg.markdown(points, facts | {"regression run": run.info.run_id}, png.name))
+    (out / "regression.txt").write_text(table + "\n")
+    _write_csv(rg.to_rows(points), out / "regression.csv")
+    for name in ("regression.md", "regression.png", "regression.csv", "regression.txt"):
+        client.log_artifact(run.info.run_id, str(out / name))
+    client.log_metric(run.info.run_id, "regressed_points", len(bad))
+    client.log_metric(run.info.run_id, "compared_points", sum(p.verdict != "new" for p in points))
+    client.set_terminated(run.info.run_id, status="FAILED" if bad else "FINISHED")
+    client.set_tag(srid, "multistep.regress.verdict", "fail" if bad else "pass")
+    client.set_tag(srid, "multistep.regress.run", run.info.run_id)
+
+    say("")
+    say(table)
+    say(f"\nbaseline: {facts['baseline']}")
+    say(f"report: {out / 'regression.md'}\nplot: {png}\nMLflow regression run: {run.info.run_id} ({uri})")
+    if bad:
+        say(f"\nREGRESSION: {len(bad)} of {len(points)} points got worse than the baseline allows:")
+        for p in bad:
+            say(f"  - {rg.describe(p)}")
+        return 1
+    say(f"\nno regression: {len(points)} points within tolerance of the baseline")
+    return 0
+
+
+def _write_csv(rows: list[dict], path: Path) -> None:
+    import csv
+
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["method"])
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()})

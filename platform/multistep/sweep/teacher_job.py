@@ -1,0 +1,248 @@
+"""`multistep teacher FILE`: train a network teacher through Ray Train and log it to MLflow.
+
+This process (the driver) validates the file, opens the teacher's MLflow run (tag multistep.kind =
+teacher) and fits a TorchTrainer (1 CPU worker by default). Rank 0 logs the loss curve (step =
+iteration), saves the EMA weights with `save_teacher` as <storage>/teachers/<name>/teacher.pt (a
+retrained teacher of the same name replaces it), logs that file as the run's `teacher.pt` artifact, and logs the teacher's DDIM FD-versus-steps curve
+(step = steps). Gradients of several workers are averaged with all-reduce hooks. A sweep then names the
+teacher by path (`kind: checkpoint`) or by run (`kind: mlflow`); see the lines this command prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from datetime import datetime
+from pathlib import Path
+
+import yaml
+
+from multistep.cli_common import add_run_options
+from multistep.config import TEACHER_ARTIFACT, ConfigError, DataCfg, TeacherFileCfg, load_teacher_file
+
+HELP = """\
+Train a diffusion teacher described by FILE (data, net, schedule, train, eval, resources) as a Ray
+Train job, log it to MLflow (loss curve, DDIM FD-versus-steps curve, the checkpoint as an artifact)
+and write the checkpoint under --storage. Prints the checkpoint path, the MLflow run id, and the
+lines to paste into a sweep file. Exit codes: 0 trained, 1 training failed, 2 bad input."""
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    s = subparsers.add_parser("teacher", help="train a network teacher (Ray Train) and log it to MLflow",
+                              description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("file", help="teacher file, e.g. sweeps/teacher_digits.yaml")
+    add_run_options(s, "folder for Ray Train state and the checkpoint (teachers/ beneath it)")
+    return s
+
+
+# -- validation (driver side, before anything starts) ----------------------------------------------
+def data_shape(d: DataCfg) -> tuple[int, ...]:
+    """Shape of one sample without loading the data (Parquet: the first shard's metadata)."""
+    if d.kind == "gmm":
+        return tuple(d.shape)
+    if d.kind == "digits":
+        return (1, d.size, d.size)
+    from multistep.data.parquet import list_shards, shard_info
+
+    try:
+        return shard_info(list_shards(d.path)[0]).shape
+    except ValueError as e:
+        raise ConfigError(f"data.path: {e}") from None
+
+
+def net_config(cfg: TeacherFileCfg, shape: tuple[int, ...]) -> dict:
+    """The `build_net` config of the file's net for samples of `shape`."""
+    n = cfg.net.model_dump()
+    if n["kind"] == "mlp":
+        return {**n, "dim": math.prod(shape)}
+    if len(shape) != 3 or shape[1] != shape[2]:
+        raise ValueError(f"unet needs square images (C, H, H), the data has shape {shape}")
+    return {**n, "in_ch": shape[0], "resolution": shape[1]}
+
+
+def check(cfg: TeacherFileCfg, file: str) -> tuple[dict, int]:
+    """(net config, parameter count); a net that cannot be built for the data is bad input."""
+    from multistep.train.teacher import build_net
+
+    try:
+        net_cfg = net_config(cfg, data_shape(cfg.data))
+        n_params = sum(p.numel() for p in build_net(net_cfg).parameters())
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{file}: net: {e}") from None
+    if cfg.train.batch_size < cfg.resources.num_workers:
+        raise ConfigError(f"{file}: train.batch_size {cfg.train.batch_size} is smaller than resources.num_workers")
+    return net_cfg, n_params
+
+
+def cmd_teacher(args) -> int:
+    from multistep.tracking.mlflow_layout import absolute_uri, check_reachable, default_tracking_uri
+
+    cfg = load_teacher_file(args.file)
+    uri = absolute_uri(args.tracking_uri) if args.tracking_uri else default_tracking_uri()
+    storage = Path(args.storage).resolve()
+    net_cfg, n_params = check(cfg, args.file)
+    if args.dry_run:
+        print(json.dumps({"file": args.file, "tracking_uri": uri, "storage": str(storage), "net": net_cfg,
+                          "parameters": n_params, "config": cfg.model_dump(mode="json")}, indent=2))
+        return 0
+    check_reachable(uri)
+    out = run_teacher(cfg, args.file, net_cfg, uri, storage)
+    return 0 if out.get("status") == "FINISHED" else 1
+
+
+# -- driver: MLflow run lifecycle + TorchTrainer ----------------------------------------------------
+def run_teacher(cfg: TeacherFileCfg, file: str, net_cfg: dict, tracking_uri: str, storage: Path, say=print) -> dict:
+    """Train, log and save one teacher; returns {status, run_id, path, history, curve}."""
+    from mlflow.tracking import MlflowClient
+
+    from multistep.sweep.driver import RAY_ENV_DEFAULTS, _init_ray
+    from multistep.tracking import mlflow_layout as ml
+
+    for k, v in RAY_ENV_DEFAULTS.items():  # before Ray Train is imported
+        os.environ.setdefault(k, v)
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    storage = Path(storage).resolve()
+    client = MlflowClient(tracking_uri)
+    exp_id = ml.ensure_experiment(client, cfg.experiment, tracking_uri)
+    teacher_id = f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    path = storage / "teachers" / cfg.name / TEACHER_ARTIFACT  # stable for sweep files; each run's own copy is its artifact
+    run = client.create_run(exp_id, run_name=teacher_id, tags={
+        "multistep.kind": "teacher", "multistep.teacher_name": cfg.name, "multistep.dataset": cfg.data.label,
+        "multistep.net": net_cfg["kind"], "multistep.git_commit": ml.git_commit(), "multistep.storage": str(path),
+        "mlflow.note.content": cfg.description})
+    rid = run.info.run_id
+    ml.log_params(client, rid, ml.env_secrets_free(ml.flatten(cfg.model_dump(mode="json"))))
+    client.log_artifact(rid, file)
+    say(f"MLflow: experiment '{cfg.experiment}', teacher run {rid} ({tracking_uri})")
+    r = cfg.resources
+    per_worker = {"CPU": r.cpus_per_worker} | ({"GPU": r.gpus_per_worker or 1} if r.use_gpu else {})
+    t0 = time.time()
+    try:
+        _init_ray(say)
+        trainer = TorchTrainer(
+            teacher_worker,
+            train_loop_config={"cfg": cfg.model_dump(mode="json"), "net": net_cfg, "run_id": rid,
+                               "tracking_uri": tracking_uri, "path": str(path), "threads": r.cpus_per_worker},
+            scaling_config=ray.train.ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker=per_worker),
+            run_config=ray.train.RunConfig(name=teacher_id, storage_path=str(storage),
+                                           failure_config=ray.train.FailureConfig(max_failures=r.max_failures)))
+        say(f"training teacher '{cfg.name}' ({cfg.train.iterations} iterations, {r.num_workers} worker(s))")
+        out = trainer.fit().return_value or {}
+    except Exception as e:  # noqa: BLE001 - a failed training is exit 1 with the reason, not a traceback
+        client.set_tag(rid, "multistep.error", f"{type(e).__name__}: {e}"[:5000])
+        client.set_terminated(rid, status="FAILED")
+        say(f"teacher training FAILED: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
+        return {"status": "FAILED", "run_id": rid}
+    except BaseException:
+        client.set_terminated(rid, status="KILLED")
+        raise
+    client.log_metric(rid, "wall_seconds", time.time() - t0)
+    client.set_terminated(rid, status="FINISHED")
+    fd = [row for row in out["curve"] if row["metric"].startswith("fd_")]
+    say("teacher DDIM curve: " + ", ".join(f"{row['steps']} steps {row['value']:.4g}" for row in fd)
+        + f"  ({fd[0]['metric']}; noise floor {out['floor'][fd[0]['metric']]:.4g})")
+    say(f"teacher checkpoint: {path}")
+    say(f"MLflow run id: {rid}")
+    say("to distil it, put these two lines in a sweep file (or name it by run: "
+        f"teacher: {{kind: mlflow, run_id: {rid}}}):")
+    say(f"  data: {yaml.safe_dump(_data_line(cfg.data), default_flow_style=True, width=1000).strip()}")
+    say(f"  teacher: {{kind: checkpoint, path: {path}}}")
+    return {"status": "FINISHED", "run_id": rid, "path": str(path), **out}
+
+
+def _data_line(d: DataCfg) -> dict:
+    keep = {"gmm": ["kind", "shape", "components", "mean_std", "component_std", "seed"], "digits": ["kind", "size"],
+            "parquet": ["kind", "path"]}[d.kind]
+    return {k: v for k, v in d.model_dump(mode="json").items() if k in keep}
+
+
+# -- worker: one Ray Train rank ---------------------------------------------------------------------
+def _batches(cfg: TeacherFileCfg, data, rank: int, world: int, device):
+    """Endless training batches of this rank's share (x or (x, y)) on `device`."""
+    import torch
+
+    b, seed = cfg.train.batch_size // world, cfg.train.seed + 1000 * rank
+    if cfg.data.kind == "parquet":
+        from multistep.data.parquet import ShardStream
+
+        it = iter(ShardStream(cfg.data.path, rank, world, seed=seed, batch_size=b))
+    elif cfg.data.kind == "digits":
+        from multistep.data.digits import batches
+
+        it = batches(data.x, data.labels, b, seed=seed)
+    else:
+        g = torch.Generator().manual_seed(seed)
+        it = iter(lambda: data.sample(b, g), None)
+    for batch in it:
+        if isinstance(batch, tuple):
+            yield batch[0].to(device), (batch[1].to(device) if batch[1] is not None else None)
+        else:
+            yield batch.to(device)
+
+
+def _average_gradients(net, world: int) -> None:
+    """Data parallelism without a wrapper: each gradient is all-reduced (mean) as backward produces it."""
+    import torch.distributed as dist
+
+    def hook(g):
+        g = g.clone()
+        dist.all_reduce(g)
+        return g / world
+
+    for p in net.parameters():
+        p.register_hook(hook)
+
+
+def teacher_worker(config: dict) -> dict:
+    import ray.train
+    import torch
+
+    from multistep.diffusion.schedules import make_schedule
+    from multistep.metrics.evaluate import ddim_curve
+    from multistep.nets.mlp import VDenoiser
+    from multistep.tracking.mlflow_layout import RunLogger, log_curve, log_params
+    from multistep.train.build import make_data
+    from multistep.train.teacher import build_net, save_teacher, train_teacher
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(max(1, int(config["threads"])))
+    cfg = TeacherFileCfg.model_validate(config["cfg"])
+    t = cfg.train
+    device = torch.device("cpu")
+    if cfg.resources.use_gpu:
+        from ray.train.torch import get_device
+
+        device = get_device()
+    sched = make_schedule(cfg.schedule.name, **cfg.schedule.params)
+    torch.manual_seed(t.seed)  # identical initial weights on every rank
+    net = build_net(config["net"]).to(device)
+    if world > 1:
+        _average_gradients(net, world)
+    data = make_data(cfg.data) if cfg.data.kind != "parquet" or rank == 0 else None
+    logger = RunLogger(config["tracking_uri"], config["run_id"]) if rank == 0 else None
+
+    def log(it: int, m: dict) -> None:
+        if logger:
+            logger.metrics(it, {f"train/{k}": v for k, v in m.items()})   # step = iteration
+
+    _, ema_net, history = train_teacher(net, sched, _batches(cfg, data, rank, world, device), t.iterations, t.learning_rate,
+                                        t.ema, t.seed + 1000 * rank, log, t.grad_clip, t.label_dropout, t.log_every)
+    if rank != 0:
+        return {}
+    shape = list(data.shape)
+    meta = {"name": cfg.name, "run_id": config["run_id"], "schedule": cfg.schedule.model_dump(mode="json"),
+            "data": _data_line(cfg.data), "shape": shape, "iterations": t.iterations, "final_loss": history[-1]["loss"]}
+    path = save_teacher(config["path"], config["net"], ema_net.state_dict(), meta)
+    logger.artifact(str(path))                                          # -> artifact "teacher.pt"
+    ev = cfg.eval
+    rows, floor = ddim_curve(VDenoiser(ema_net, sched), sched, data, ev.samples, ev.steps, ev.seed, cfg.data.fd_space, device)
+    for metric in dict.fromkeys(row["metric"] for row in rows):        # step = number of DDIM steps
+        log_curve(logger.client, config["run_id"], metric, [(row["steps"], row["value"]) for row in rows if row["metric"] == metric])
+    log_params(logger.client, config["run_id"], {f"noise_floor.{k}": f"{v:.6g}" for k, v in floor.items()})
+    return {"history": history, "curve": rows, "floor": floor}

@@ -1,0 +1,145 @@
+"""The performance benchmark's CPU path and the GPU fast paths (bf16 autocast, channels_last, compile) on CPU.
+
+Speed goals live in the benchmark's output (docs/performance.md), never in these tests: they check that
+every path runs and reports well-formed, positive figures, and that bf16 never reaches the targets.
+"""
+
+import json
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from multistep import bench
+from multistep.cli import main
+from multistep.train import perf
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_cpu_bench_end_to_end_writes_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    rc = main(["bench", "--size", "cpu", "--threads", "1", "--steps", "2", "--warmup", "1", "--batch", "4",
+               "--sample-batch", "8", "--teacher-steps", "8", "--fd-dim", "48", "--peak-tflops", "2", "--out", str(out)])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert set(res) >= {"machine", "config", "training", "sampling", "evaluation"}
+    tr = res["training"]
+    for kind in ("diffusion", "mcd"):
+        r = tr[kind]
+        for key in ("step_s", "img_per_s", "tflops", "mfu", "peak_memory_bytes"):
+            assert r[key] > 0, (kind, key)
+        assert r["img_per_s"] == pytest.approx(4 / r["step_s"])
+        assert r["mfu"] == pytest.approx(r["tflops"] / 2)
+    assert tr["mcd_over_diffusion"] == pytest.approx(tr["mcd"]["step_s"] / tr["diffusion"]["step_s"])
+    assert tr["flop_ideal_ratio"] == pytest.approx(5 / 3)
+    assert tr["forward_gflop_per_image"] > 0
+    sa = res["sampling"]
+    assert sa["teacher"]["img_per_s"] > 0
+    assert sorted(sa["student"], key=int) == ["1", "2", "4", "8"]
+    for S, r in sa["student"].items():
+        assert r["img_per_s"] > 0 and r["speedup"] > 0
+        assert r["goal"] == pytest.approx(0.9 * 8 / int(S))
+    ev = res["evaluation"]
+    assert ev["d"] == 48 and ev["frechet_s"] > 0 and ev["sqrtm_s"] > 0
+    assert ev["relative_difference"] < 1e-6             # the two formulas agree
+    printed = capsys.readouterr().out
+    assert "MCD / diffusion step" in printed and "speedup" in printed
+
+
+def _unet_with_nonzero_output():
+    net = bench.make_net("cpu")
+    nn.init.normal_(net.out[-1].weight, std=0.1)     # the output conv starts at zero (v = 0): make it say something
+    return net
+
+
+def test_bf16_autocast_and_channels_last_reach_the_network_only():
+    net = _unet_with_nonzero_output()
+    seen = {}
+    net.conv_in.register_forward_hook(lambda m, i, o: seen.update(dtype=o.dtype, cl=i[0].is_contiguous(memory_format=torch.channels_last)))
+    fast = perf.FastNet(net, "cpu", "bf16", memory_channels_last=True)
+    assert net.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    z, t = torch.randn(3, 1, 8, 8, dtype=torch.float64), torch.rand(3, dtype=torch.float64)
+    v = fast(z, t)
+    assert seen == {"dtype": torch.bfloat16, "cl": True}   # the convs ran in bf16 on channels_last input
+    assert v.dtype == torch.float32 and v.shape == z.shape
+    v32 = perf.FastNet(net, "cpu", "fp32")(z, t)
+    assert seen["dtype"] == torch.float32
+    assert torch.allclose(v, v32, atol=0.05 * v32.abs().max().item()) and not torch.equal(v, v32)
+    with pytest.raises(ValueError, match="precision"):
+        perf.autocast("cpu", "fp16")
+
+
+def test_mcd_step_under_bf16_keeps_float64_targets():
+    setup = bench.Setup("cpu", "cpu", precision="bf16", channels_last=True)
+    x = setup.batch(4)
+    g = torch.Generator().manual_seed(0)
+    z_t, t, x_tgt, n_rel, n_seg = setup.method.targets(setup.student, x, 0, 100, g)
+    assert z_t.dtype == torch.float64 and t.dtype == torch.float64 and x_tgt.dtype == torch.float64
+    x_tch = setup.teacher(z_t, t)                        # runs under inference_mode, hands back a normal tensor
+    assert x_tch.dtype == torch.float64 and not x_tch.is_inference() and not x_tch.requires_grad
+    before = [p.detach().clone() for p in setup.student.parameters()]
+    for kind in ("mcd", "diffusion"):
+        setup.step(kind, x)
+    after = list(setup.student.parameters())
+    assert all(torch.isfinite(p).all() for p in after)
+    assert any(not torch.equal(a, b) for a, b in zip(before, after))
+    assert all(not p.requires_grad for p in setup.teacher.parameters())
+    cl = torch.channels_last
+    assert setup.state.ema.conv_in.weight.is_contiguous(memory_format=cl)     # EMA lerps between like layouts
+    assert setup.teacher.f.net.net.conv_in.weight.is_contiguous(memory_format=cl)
+
+
+def test_fused_or_foreach_adam_and_flop_count():
+    p = [nn.Parameter(torch.ones(3))]
+    opt = perf.make_adam(p, 1e-3, "cpu")
+    assert opt.defaults["foreach"] is True and not opt.defaults.get("fused")
+    lin = nn.Linear(8, 4, bias=False)
+    assert perf.flops_per_call(lin, torch.randn(5, 8)) == 2 * 5 * 8 * 4
+    assert perf.peak_memory("cpu") > 0
+
+
+@pytest.mark.parametrize("size, gflop", [("cifar", 12.4), ("imagenet64", 198)])
+def test_gpu_sizes_construct_and_count_flops(size, gflop):
+    """Counted on a meta-device copy: the full-size networks cost nothing to measure."""
+    assert bench.forward_flops_per_image(size) / 1e9 == pytest.approx(gflop, rel=0.01)
+
+
+@pytest.mark.parametrize("size", ["cifar", pytest.param("imagenet64", marks=pytest.mark.slow)])
+def test_gpu_sizes_run_one_step_on_cpu(size):
+    """One diffusion and one MCD step at batch 1 (imagenet64: ~35 s of CPU and ~7 GB, so marked slow)."""
+    setup = bench.Setup(size, "cpu")
+    x = setup.batch(1)
+    assert x.shape[1:] == bench.image_shape(size)
+    before = [p.detach().clone() for p in setup.student.parameters()]
+    for kind in ("diffusion", "mcd"):
+        setup.step(kind, x)
+    assert any(not torch.equal(b, p) for b, p in zip(before, setup.student.parameters()))
+    assert all(torch.isfinite(p).all() for p in setup.student.parameters())
+
+
+def test_compile_runs_on_cpu():
+    why = perf.compile_unavailable("cpu")
+    if why:
+        pytest.skip(f"torch.compile toolchain missing here: {why}")
+    m = nn.Sequential(nn.Linear(8, 16), nn.SiLU(), nn.Linear(16, 8))
+    assert perf.maybe_compile(m, False) is m
+    c = perf.maybe_compile(m, True, "cpu")
+    assert c is not m
+    x = torch.randn(4, 8)
+    with torch.no_grad():
+        assert torch.allclose(c(x), m(x), atol=1e-5)
+
+
+def test_compile_falls_back_with_a_warning_without_a_compiler(monkeypatch):
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/c++",))
+    assert "C++ compiler" in perf.compile_unavailable("cpu")
+    m = nn.Linear(2, 2)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        assert perf.maybe_compile(m, True, "cpu") is m
+    assert any("torch.compile disabled" in str(x.message) for x in w)

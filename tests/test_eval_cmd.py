@@ -1,0 +1,163 @@
+"""`multistep eval CHECKPOINT`: teacher and student checkpoints evaluated without Ray (table, files, grids),
+and bad input exits 2 with one line naming the file or option."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+
+from conftest import REPO
+from multistep.cli import main
+from multistep.sweep.results import COLUMNS
+
+TINY = REPO / "tests" / "data" / "tiny_sweep.yaml"
+UNET = {"kind": "unet", "in_ch": 1, "resolution": 8, "base_ch": 4, "ch_mult": [1], "time_dim": 8}   # 2,777 parameters
+
+
+@pytest.fixture(scope="module")
+def teacher_ckpt(tmp_path_factory):
+    """A few-thousand-parameter UNet teacher for 8x8 digits (untrained weights), saved as `multistep teacher` does."""
+    from multistep.train.teacher import build_net, save_teacher
+
+    torch.manual_seed(0)
+    ema = build_net(UNET)
+    meta = {"name": "tiny", "schedule": {"name": "cosine", "params": {}}, "data": {"kind": "digits", "size": 8}, "shape": [1, 8, 8]}
+    return save_teacher(tmp_path_factory.mktemp("teacher") / "teacher.pt", UNET, ema.state_dict(), meta)
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory):
+    """Trial 1 of the tiny sweep (MCD, S = 2) trained a few iterations; state.pt where a sweep trial keeps it."""
+    from multistep.config import load_sweep
+    from multistep.train.build import build, make_method
+    from multistep.train.loop import fit, new_state
+
+    tc = load_sweep(TINY).trial_cfg(1)
+    c = build(tc)
+    method = make_method(tc, c)
+    state = new_state(c.student, 1e-3, 0, method)
+    fit(state, method, lambda g: c.data.sample(64, g), 8, 1.0, 0.5, 100, 10 ** 6)   # eval EMA 0.5: EMA != online net
+    d = tmp_path_factory.mktemp("sweep") / "tiny-20250101-000000" / "trial-001" / "checkpoint_000000"
+    d.mkdir(parents=True)
+    torch.save({"version": 1, "state": state.state_dict(), "rng_per_rank": []}, d / "state.pt")
+    return d, tc, c, method, state
+
+
+def _pivot(out):
+    t = pq.read_table(out / "results.parquet").to_pylist()
+    return t, {(r["method"], r["student_steps"], r["metric"]): r["value"] for r in t}
+
+
+def test_teacher_checkpoint(teacher_ckpt, tmp_path, capsys):
+    from multistep.config import DataCfg
+    from multistep.diffusion.schedules import make_schedule
+    from multistep.metrics.evaluate import ddim_curve
+    from multistep.nets.mlp import VDenoiser
+    from multistep.train.build import make_data
+    from multistep.train.teacher import load_teacher
+
+    out = tmp_path / "ev"
+    assert main(["eval", str(teacher_ckpt), "--steps", "2,1", "--samples", "200", "--seed", "7", "--out", str(out), "--grid"]) == 0
+    text = capsys.readouterr().out
+    lines = [ln.split() for ln in text.splitlines() if ln.startswith("teacher_")]
+    assert [(m, int(n)) for m, n, *_ in lines] == [(m, n) for m in ("teacher_addim", "teacher_ddim") for n in (1, 2)]
+    assert "fd_pixel_200" in text and "swd_200" in text          # names carry the extractor and the sample count
+    rows, got = _pivot(out)
+    assert list(pq.read_table(out / "results.parquet").column_names) == COLUMNS and len(rows) == 8
+    assert {r["metric"] for r in rows} == {"fd_pixel_200", "swd_200"} and all(math.isfinite(r["value"]) for r in rows)
+    assert (out / "results.csv").read_text().startswith('"method"') and (out / "metric_vs_steps.png").stat().st_size > 5000
+    # The DDIM points are the ones `multistep teacher` logs for the same seed and sample count.
+    net, _ = load_teacher(teacher_ckpt)
+    sched = make_schedule("cosine")
+    ref, _ = ddim_curve(VDenoiser(net, sched), sched, make_data(DataCfg(kind="digits")), 200, [1, 2], 7, "pixel")
+    for r in ref:
+        assert got[("teacher_ddim", r["steps"], r["metric"])] == pytest.approx(r["value"], rel=1e-9)
+    assert got[("teacher_addim", 1, "fd_pixel_200")] != got[("teacher_ddim", 1, "fd_pixel_200")]
+    grids = sorted(p.name for p in out.glob("grid_*.png"))
+    assert grids == sorted(f"grid_{m}_{n}steps.png" for m in ("teacher_ddim", "teacher_addim") for n in (1, 2))
+    import matplotlib.image
+
+    img = matplotlib.image.imread(out / grids[0])
+    assert img.shape[0] >= 8 * 9 and img.shape[0] == img.shape[1] and img.std() > 0.05   # an 8x8 mosaic, not blank
+    meta = json.loads((out / "eval.json").read_text())
+    assert meta["kind"] == "teacher" and meta["samples"] == 200 and meta["seed"] == 7 and meta["steps"] == [1, 2]
+    assert len(meta["checkpoint_sha256"]) == 64 and meta["noise_floor"]["fd_pixel_200"] > 0
+
+
+def test_student_checkpoint(student, tmp_path, capsys):
+    from multistep.metrics.evaluate import evaluate, make_eval_ref, metric_names
+
+    d, tc, c, method, state = student
+    out = tmp_path / "ev"
+    assert main(["eval", str(d), "--config", str(TINY), "--steps", "1,2,4", "--samples", "200", "--out", str(out),
+                 "--grid", "--with-teacher"]) == 0
+    text = capsys.readouterr().out
+    assert "--grid: samples of shape (8,) are not images" in text
+    keys = [(ln.split()[0], int(ln.split()[1])) for ln in text.splitlines() if ln.startswith(("mcd", "teacher_"))]
+    assert keys == [("mcd", 2), ("mcd_S2", 1), ("mcd_S2", 4)] + [(m, n) for m in ("teacher_addim", "teacher_ddim") for n in (1, 2, 4)]
+    rows, got = _pivot(out)
+    assert {r["metric"] for r in rows} == {"fd_identity_200", "swd_200", "ode_l2_200"} and len(rows) == 3 * 9
+    mine = [r for r in rows if r["method"] == "mcd"]
+    assert {r["trial_id"] for r in mine} == {"trial-001"} and {r["train_iterations"] for r in mine} == {8}
+    assert not list(out.glob("grid_*.png"))
+    # The EMA weights on the sweep's reference (same seed: eval.seed), sampled as the worker samples them.
+    ref = make_eval_ref(c.data, c.teacher, c.schedule, 200, tc.eval.ode_steps, tc.eval.seed, "identity")
+    names = metric_names(200)
+    (_, _, sampler), = method.evaluations(state.ema)
+    want = evaluate(sampler(ref.noise)[0], ref, names)
+    assert {k: got[("mcd", 2, k)] for k in want} == pytest.approx(want, rel=1e-9)
+    online = evaluate(method.evaluations(state.student)[0][2](ref.noise)[0], ref, names)
+    assert online[names["fd"]] != pytest.approx(want[names["fd"]], rel=1e-6)    # it was the EMA that got evaluated
+    assert got[("mcd_S2", 4, names["ode"])] != got[("mcd", 2, names["ode"])]
+    assert json.loads((out / "eval.json").read_text())["trial"] == 1
+    # A checkpoint that records its trial config (as the worker writes them) needs no --config.
+    selfdesc = tmp_path / "selfdesc"
+    selfdesc.mkdir()
+    torch.save({**torch.load(d / "state.pt", weights_only=True), "trial": tc.model_dump(mode="json")}, selfdesc / "state.pt")
+    assert main(["eval", str(selfdesc), "--steps", "2", "--samples", "200", "--out", str(tmp_path / "ev2")]) == 0
+    assert _pivot(tmp_path / "ev2")[1][("mcd", 2, names["fd"])] == pytest.approx(want[names["fd"]], rel=1e-9)
+
+
+def test_bad_input_exits_2_with_one_line(teacher_ckpt, student, tmp_path, capsys):
+    d = student[0]
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(teacher_ckpt.read_bytes()[:3000])
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    (tmp_path / "empty").mkdir()
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    shutil.copy(d / "state.pt", loose / "state.pt")
+    narrow = tmp_path / "narrow.yaml"
+    narrow.write_text(yaml.safe_dump({**{k: v for k, v in yaml.safe_load(TINY.read_text()).items()
+                                          if k in ("data", "method", "train", "eval")}, "student": {"hidden": 16}}))
+    cases = [
+        (["nope.pt"], "nope.pt: checkpoint not found"),
+        ([str(corrupt)], f"{corrupt}: not a readable checkpoint"),
+        ([str(foreign)], f"{foreign}: not a multistep teacher checkpoint nor a trial checkpoint"),
+        ([str(tmp_path / "empty")], "empty: folder holds no state.pt or teacher.pt"),
+        ([str(teacher_ckpt), "--steps", "1,x"], "--steps: expected positive integers"),
+        ([str(teacher_ckpt), "--steps", "0,2"], "--steps: expected positive integers"),
+        ([str(teacher_ckpt), "--samples", "1"], "--samples: need at least 2"),
+        ([str(d)], "--config: "),
+        ([str(loose), "--config", str(TINY)], "--trial: "),
+        ([str(d), "--config", str(TINY), "--trial", "5"], "there is no trial 5"),
+        ([str(d), "--config", str(tmp_path / "missing.yaml")], "missing.yaml: file not found"),
+        ([str(d), "--config", str(narrow)], f"{d / 'state.pt'}: does not fit the trial config of {narrow}"),
+    ]
+    for argv, expect in cases:
+        out = tmp_path / "out"
+        assert main(["eval", *argv, "--out", str(out)]) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expect in err[0], (argv, err)
+        assert not out.exists()
+    # The console script, end to end: the same one line and exit code.
+    r = subprocess.run(["multistep", "eval", str(d)], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--config" in r.stderr and str(d) in r.stderr

@@ -1,0 +1,90 @@
+"""A real `mlflow server` on 127.0.0.1 goes away during a sweep and comes back: the sweep finishes and no
+training point, evaluation point or status is lost or written twice (retry with backoff, buffered metrics)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from conftest import free_port
+
+pytestmark = pytest.mark.slow
+
+
+def _start_server(tmp_path, port):
+    """`mlflow server` in its own process group (it forks workers), so the test can stop all of it by PID."""
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+           "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", str(tmp_path / "art")]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            MlflowClient(uri).search_experiments(max_results=1)
+            return proc, uri
+        except Exception:  # noqa: BLE001 - not up yet
+            assert proc.poll() is None, "mlflow server exited at start"
+            time.sleep(0.5)
+    _stop(proc)
+    pytest.fail("mlflow server did not come up in 120 s")
+
+
+def _stop(proc):
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def test_sweep_survives_a_tracking_server_outage(tiny_sweep, tmp_path, monkeypatch):
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")} | {"RAY_AUTH_MODE": "disabled"}
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # this test's own polling fails fast; the sweep keeps the defaults
+    port = free_port()
+    server, uri = _start_server(tmp_path, port)
+    doc = yaml.safe_load(tiny_sweep.read_text())
+    doc["train"].update(iterations=400, log_every=20, checkpoint_every=100)
+    doc["search"] = {"method.student_steps": {"grid": [2]}}
+    f = tmp_path / "s.yaml"
+    f.write_text(yaml.safe_dump(doc))
+    sweep = subprocess.Popen(["multistep", "sweep", str(f), "--tracking-uri", uri, "--storage", str(tmp_path / "rr")],
+                             cwd=tmp_path, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+    try:
+        client = MlflowClient(uri)
+        deadline = time.time() + 300
+        trial = None
+        while trial is None and time.time() < deadline:   # wait for the trial's first training points
+            time.sleep(1)
+            assert sweep.poll() is None, sweep.stdout.read()[-3000:]
+            try:
+                exp = client.get_experiment_by_name("tests")
+                runs = client.search_runs([exp.experiment_id]) if exp else []
+            except Exception:  # noqa: BLE001
+                continue
+            trial = next((r for r in runs if r.data.tags.get("multistep.kind") == "trial"
+                          and "train/loss" in r.data.metrics), None)
+        assert trial is not None, "the trial never logged a training point"
+        _stop(server)                                       # outage: connection refused from now on
+        time.sleep(8)
+        server, _ = _start_server(tmp_path, port)           # same store, same port
+        out, _ = sweep.communicate(timeout=400)
+        assert sweep.returncode == 0, out[-3000:]
+    finally:
+        if sweep.poll() is None:
+            os.killpg(sweep.pid, signal.SIGKILL)
+        _stop(server)
+    server, _ = _start_server(tmp_path, port)
+    try:
+        client = MlflowClient(uri)
+        run = client.get_run(trial.info.run_id)
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+        assert steps == list(range(20, 401, 20))            # every training point once, none lost in the outage
+        assert len(client.get_metric_history(run.info.run_id, "fd_identity_400")) == 1
+        assert run.info.status == "FINISHED"
+        sweep_run = client.get_run(run.data.tags["mlflow.parentRunId"])
+        assert sweep_run.info.status == "FINISHED"
+    finally:
+        _stop(server)
