@@ -143,3 +143,62 @@ def test_compile_falls_back_with_a_warning_without_a_compiler(monkeypatch):
         warnings.simplefilter("always")
         assert perf.maybe_compile(m, True, "cpu") is m
     assert any("torch.compile disabled" in str(x.message) for x in w)
+
+
+def test_sweep_fast_path_switches_on_denoisers():
+    """train.precision / channels_last / compile as applied to a trial's denoisers: bf16 only inside the network
+    (the output keeps z's dtype, close to fp32), channels_last changes no number, the analytic teacher is skipped."""
+    import copy
+
+    from multistep.data.gmm import GaussianMixture
+    from multistep.diffusion.schedules import make_schedule
+    from multistep.nets.analytic import MixtureDenoiser
+    from multistep.nets.mlp import VDenoiser
+    from multistep.train.teacher import build_net
+
+    sched = make_schedule("cosine")
+    torch.manual_seed(0)
+    f = VDenoiser(build_net({"kind": "unet", "base_ch": 8, "ch_mult": [1, 2], "time_dim": 8, "in_ch": 1, "resolution": 8}), sched)
+    with torch.no_grad():
+        for p in f.parameters():                                             # not the zero-initialised output layer
+            p.add_(0.1 * torch.randn_like(p))
+    z, t = torch.randn(4, 1, 8, 8, dtype=torch.float64), torch.rand(4, dtype=torch.float64)
+    ref = f(z, t)
+    fast = copy.deepcopy(f)
+    analytic = MixtureDenoiser(GaussianMixture.random((4,), 2, 0.6, 0.1, seed=0), sched)
+    assert perf.apply_fast_paths([fast, analytic], "cpu", "bf16", True, False) == []
+    assert fast.autocast_dtype == torch.bfloat16 and fast.channels_last and not hasattr(analytic, "autocast_dtype")
+    out = fast(z, t)
+    assert out.dtype == torch.float64 and not torch.equal(out, ref)            # bf16 inside, float64 outside
+    torch.testing.assert_close(out, ref, rtol=0.05, atol=0.05)
+    fast.autocast_dtype = None                                               # channels_last alone: same numbers
+    torch.testing.assert_close(fast(z, t), ref, rtol=1e-5, atol=1e-6)
+    if perf.compile_unavailable("cpu"):
+        assert perf.apply_fast_paths([fast], "cpu", compile=True)[0].startswith("train.compile: disabled")
+
+
+def test_compiled_denoiser_copies_use_their_own_weights():
+    """train.compile: a deep copy of a compiled student (EMA, target net, phase teacher) must run ITS weights."""
+    why = perf.compile_unavailable("cpu")
+    if why:
+        pytest.skip(f"torch.compile toolchain missing here: {why}")
+    import copy
+
+    from multistep.diffusion.schedules import make_schedule
+    from multistep.nets.mlp import MLP, VDenoiser
+
+    torch.manual_seed(0)
+    f = VDenoiser(MLP(4, 16, 1, 8), make_schedule("cosine"))
+    z, t = torch.randn(5, 4), torch.rand(5)
+    with torch.no_grad():
+        eager = f(z, t)
+        f.compiled = True
+        torch.testing.assert_close(f(z, t), eager, rtol=1e-5, atol=1e-5)
+        g = copy.deepcopy(f)
+        for p in g.parameters():
+            p.add_(0.5)
+        g.compiled = False
+        want = g(z, t)
+        g.compiled = True
+        torch.testing.assert_close(g(z, t), want, rtol=1e-5, atol=1e-5)     # not the original's graph and weights
+        assert not torch.allclose(want, eager)

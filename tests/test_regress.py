@@ -247,3 +247,13 @@ def test_rerun_of_the_same_sweep_passes(ray_local, store, capsys, tmp_path):
                                                    str(tmp_path / "cur")))
     key = lambda r: (r["method"], r["student_steps"], r["metric"])  # noqa: E731
     assert {key(r): r["value"] for r in current} == {key(r): r["value"] for r in table}   # same seeds: the same numbers
+
+
+def test_sweep_plot_draws_standard_errors(tmp_path):
+    """The metric-versus-steps plot draws the rows' bootstrap standard errors as error bars."""
+    from multistep.sweep.results import plot
+
+    rows = [{"method": "mcd", "student_steps": s, "metric": "fd", "value": 1 / s, "se": 0.2 / s} for s in (1, 2, 4)]
+    bare = [{**r, "se": None} for r in rows]
+    a, b = plot(rows, ["fd"], {}, tmp_path / "se.png", "t"), plot(bare, ["fd"], {}, tmp_path / "bare.png", "t")
+    assert a.read_bytes() != b.read_bytes()

@@ -209,6 +209,9 @@ class TrainCfg(Strict):
     log_every: PosInt = 100                       # iterations between MLflow metric batches
     checkpoint_every: PosInt = 1000               # iterations between checkpoints
     seed: int = 0
+    precision: Literal["fp32", "bf16"] = "fp32"   # bf16: networks under autocast (GPU); targets stay float32/64
+    channels_last: bool = False                   # image networks in channels_last memory format (GPU)
+    compile: bool = False                         # torch.compile the networks (paid once per trial; needs a toolchain)
 
 
 class EvalCfg(Strict):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import weakref
 
 import torch
 from torch import nn
@@ -48,8 +50,27 @@ class VDenoiser(nn.Module):
     def __init__(self, net: nn.Module, schedule: Schedule):
         super().__init__()
         self.net, self.schedule = net, schedule
+        self.autocast_dtype: torch.dtype | None = None  # e.g. torch.bfloat16: the network forward only under autocast (A7)
+        self.channels_last = False                      # 4-D inputs in channels_last memory format (weights: the caller)
+        self.compiled = False                           # run the network through torch.compile (compiled once per net)
 
     def forward(self, z: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         # y: class labels for a class-conditional net (UNet with num_classes); None = unconditional / the null class
-        v = (self.net(z.float(), t) if y is None else self.net(z.float(), t, y)).to(z.dtype)
-        return x_from_v(self.schedule, z, t, v)
+        zf = z.float()
+        if self.channels_last and zf.dim() == 4:
+            zf = zf.contiguous(memory_format=torch.channels_last)
+        net = compiled(self.net) if self.compiled else self.net
+        with torch.autocast(z.device.type, self.autocast_dtype) if self.autocast_dtype else contextlib.nullcontext():
+            v = net(zf, t) if y is None else net(zf, t, y)
+        return x_from_v(self.schedule, z, t, v.to(z.dtype))   # target maths in z's dtype, never bf16
+
+
+_COMPILED: "weakref.WeakKeyDictionary[nn.Module, nn.Module]" = weakref.WeakKeyDictionary()
+
+
+def compiled(net: nn.Module) -> nn.Module:
+    """torch.compile(net), made once per network object. Kept outside the module, so a deep copy (the EMA, a
+    target network, a phase teacher) compiles its own weights instead of calling the original's graph."""
+    if net not in _COMPILED:
+        _COMPILED[net] = torch.compile(net)
+    return _COMPILED[net]

@@ -44,6 +44,7 @@ def best_by_steps(rows: list[dict], metric: str) -> dict[str, dict[int, float]]:
 
 
 def plot(rows: list[dict], metrics: list[str], floor: dict[str, float], path: Path, title: str) -> Path:
+    """Metric versus steps (log-log), one line per method, teacher dashed, error bars where rows carry `se`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -51,10 +52,13 @@ def plot(rows: list[dict], metrics: list[str], floor: dict[str, float], path: Pa
 
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4.2), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
+        se = {(r["method"], r["student_steps"], r["value"]): r.get("se") for r in rows if r["metric"] == metric}
         for method, pts in sorted(best_by_steps(rows, metric).items()):
             xs = sorted(pts)
             teacher = method.startswith("teacher")
-            ax.plot(xs, [pts[x] for x in xs], "--" if teacher else "-o", label=method, alpha=0.7 if teacher else 1.0)
+            yerr = [se.get((method, x, pts[x])) or 0.0 for x in xs]   # bootstrap standard error (eval.bootstrap)
+            ax.errorbar(xs, [pts[x] for x in xs], yerr=yerr if any(yerr) else None, fmt="--" if teacher else "-o",
+                        capsize=3, label=method, alpha=0.7 if teacher else 1.0)
         if floor.get(metric):
             ax.axhline(floor[metric], color="grey", ls=":", label="two-sample floor")
         ax.set_xscale("log", base=2)

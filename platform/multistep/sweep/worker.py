@@ -16,6 +16,13 @@ CKPT_FILE = "state.pt"
 CKPT_VERSION = 1
 
 
+def on_device(batch, device):
+    """A batch (x, (x, y) or None) on the trial's device."""
+    if isinstance(batch, tuple):
+        return tuple(on_device(b, device) for b in batch)
+    return None if batch is None else batch.to(device, non_blocking=True)
+
+
 def worker_main(cfg: dict) -> dict:
     import ray.train
 
@@ -23,7 +30,9 @@ def worker_main(cfg: dict) -> dict:
     from multistep.metrics.evaluate import EvalRef, bootstrap_se, evaluate, metric_names
     from multistep.train.build import build, make_method
     from multistep.train.loop import Hooks, NonFiniteLoss, fit, new_state
+    from multistep.train.perf import apply_fast_paths
     from multistep.train.replicas import Replicas
+    from ray.train.torch import get_device
     from multistep.tracking.mlflow_layout import RunLogger
 
     ctx = ray.train.get_context()
@@ -34,6 +43,12 @@ def worker_main(cfg: dict) -> dict:
     comps = build(tc, load_data=not stream)
     if cfg.get("init") is not None:
         comps.student.net.load_state_dict(cfg["init"])
+    device = get_device()   # cuda:<local rank> when the trial has GPUs (resources.use_gpu), else cpu
+    comps.student.to(device)
+    comps.teacher.to(device)
+    t = tc.train
+    for note in apply_fast_paths([comps.student, comps.teacher], device, t.precision, t.channels_last, t.compile):
+        print(note, flush=True)
     replicas = Replicas() if world > 1 else None   # data parallel: averaged gradients, identical replicas
     if replicas:
         replicas.broadcast(comps.student.net)
@@ -44,7 +59,7 @@ def worker_main(cfg: dict) -> dict:
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:  # a restarted worker group continues the same curve
         with ckpt.as_directory() as d:
-            sd = torch.load(os.path.join(d, CKPT_FILE), weights_only=True)
+            sd = torch.load(os.path.join(d, CKPT_FILE), weights_only=True, map_location="cpu")
         if sd.get("version") != CKPT_VERSION:
             raise RuntimeError(f"checkpoint version {sd.get('version')} is not {CKPT_VERSION}")
         state.load_state_dict(sd["state"])
@@ -63,9 +78,10 @@ def worker_main(cfg: dict) -> dict:
         from multistep.data.parquet import ShardStream
 
         batches = iter(ShardStream(tc.data.path, rank, world, seed=tc.train.seed + 1000 * rank, batch_size=local_batch))
-        sample = lambda g: next(batches) if labelled else next(batches)[0]  # noqa: E731
+        draw = lambda g: next(batches) if labelled else next(batches)[0]  # noqa: E731
     else:
-        sample = lambda g: comps.data.sample_labelled(local_batch, g) if labelled else comps.data.sample(local_batch, g)  # noqa: E731
+        draw = lambda g: comps.data.sample_labelled(local_batch, g) if labelled else comps.data.sample(local_batch, g)  # noqa: E731
+    sample = lambda g: on_device(draw(g), device)  # noqa: E731
 
     def log(it: int, means: dict[str, float]) -> None:
         if logger:
@@ -78,12 +94,12 @@ def worker_main(cfg: dict) -> dict:
 
     def proxy() -> dict[str, float]:
         """Cheap in-training evaluation (few samples, current EMA): what ASHA compares; never the final number."""
-        evals = method.evaluations(state.ema, proxy_ref.labels)
+        evals = method.evaluations(state.ema, on_device(proxy_ref.labels, device))
         if not evals:
             return {}
         _, _, sampler = evals[0]
         with torch.no_grad():
-            return evaluate(sampler(proxy_ref.noise)[0], proxy_ref, proxy_names)
+            return evaluate(sampler(proxy_ref.noise.to(device))[0], proxy_ref, proxy_names)
 
     last_proxy: dict[str, float] = {}
 
@@ -102,7 +118,6 @@ def worker_main(cfg: dict) -> dict:
             else:
                 ray.train.report(metrics)
 
-    t = tc.train
     try:
         fit(state, method, sample, t.iterations, t.grad_clip, t.eval_ema, t.log_every, t.checkpoint_every, Hooks(log, checkpoint),
             replicas)
@@ -115,8 +130,8 @@ def worker_main(cfg: dict) -> dict:
     # The method's own label logs under the plain metric name; extra samplers under "<metric>/<label>".
     state.ema.eval()
     final: dict = {}
-    for label, steps, sampler in method.evaluations(state.ema, ref.labels):   # conditional students: the reference's fixed labels
-        x, nfe = sampler(ref.noise)
+    for label, steps, sampler in method.evaluations(state.ema, on_device(ref.labels, device)):   # conditional: fixed labels
+        x, nfe = sampler(ref.noise.to(device))
         metrics = evaluate(x, ref, names)
         if tc.eval.bootstrap:  # "<metric>_se": the results table's se column
             metrics |= bootstrap_se(x, ref, names, tc.eval.bootstrap, tc.eval.seed)

@@ -144,3 +144,22 @@ def peak_memory(device) -> int:
         return int(torch.cuda.max_memory_allocated(device))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss if sys.platform == "darwin" else rss * 1024)   # Linux reports KiB
+
+
+def apply_fast_paths(denoisers, device, precision: str = "fp32", memory_channels_last: bool = False,
+                     compile: bool = False) -> list[str]:
+    """The sweep file's train.precision / channels_last / compile on the network denoisers of a trial (VDenoiser:
+    students and network teachers; the analytic teacher has no network). Returns notices (e.g. compile disabled)."""
+    notes = []
+    if compile and (why := compile_unavailable(device)):
+        notes.append(f"train.compile: disabled, {why}; running eagerly")
+        compile = False
+    for d in denoisers:
+        if not hasattr(d, "autocast_dtype"):
+            continue
+        d.autocast_dtype = PRECISIONS[precision]
+        d.channels_last = memory_channels_last
+        if memory_channels_last:
+            channels_last(d.net)
+        d.compiled = compile
+    return notes
