@@ -102,3 +102,30 @@ def test_two_worker_trial_through_ray_train(ray_local, tiny_sweep, tmp_path, mon
     assert ckpts
     rngs = torch.load(ckpts[-1], weights_only=True)["rng_per_rank"]
     assert len(rngs) == 2 and not torch.equal(rngs[0][0], rngs[1][0])
+
+
+def _teacher_rank(rank: int, world: int, port: int, out: str) -> None:
+    from multistep.diffusion.schedules import make_schedule
+    from multistep.nets.mlp import MLP
+    from multistep.train.teacher import train_teacher
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)                                 # identical initial weights, as teacher_job seeds them
+        g = torch.Generator().manual_seed(rank)              # each rank its own data
+        net, ema, hist = train_teacher(MLP(3, 16, 1, 8), make_schedule("cosine"), iter(lambda: torch.randn(8, 3, generator=g), None),
+                                       6, 1e-2, seed=rank, log_every=3, replicas=Replicas())
+        torch.save((net.state_dict(), [h["loss"] for h in hist]), f"{out}/teacher{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_teacher_training_on_two_gloo_ranks_stays_in_step(tmp_path, one_thread):
+    """`multistep teacher` with several workers: different data per rank, one averaged step, one averaged loss."""
+    from conftest import free_port
+
+    mp.spawn(_teacher_rank, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    (sd0, loss0), (sd1, loss1) = (torch.load(tmp_path / f"teacher{r}.pt") for r in (0, 1))
+    assert all(torch.equal(sd0[k], sd1[k]) for k in sd0) and loss0 == loss1 and len(loss0) == 2

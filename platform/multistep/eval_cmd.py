@@ -14,7 +14,6 @@ reproduce the trial's final metrics. Writes results.parquet/.csv, metric_vs_step
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import re
 from datetime import datetime
@@ -101,21 +100,6 @@ def _load_blob(p: Path) -> dict:
     return blob
 
 
-def _sha256(p: Path) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _flat(x):
-    import numpy as np
-
-    x = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
-    return x.reshape(len(x), -1).astype(np.float64)
-
-
 # -- teacher checkpoints ----------------------------------------------------------------------------
 def eval_teacher(p: Path, steps: list[int], samples: int, seed: int, say=print):
     """(rows, floor, metric names, shape, {(method, steps): samples}) of a teacher's DDIM and aDDIM."""
@@ -125,9 +109,7 @@ def eval_teacher(p: Path, steps: list[int], samples: int, seed: int, say=print):
     from multistep.config import DataCfg, ScheduleCfg, _describe
     from multistep.diffusion.samplers import ddim_sample, xvar_table
     from multistep.diffusion.schedules import make_schedule
-    from multistep.metrics.distances import sliced_wasserstein
-    from multistep.metrics.evaluate import metric_names
-    from multistep.metrics.frechet import frechet_distance, gaussian_stats
+    from multistep.metrics.evaluate import fixed_draws
     from multistep.nets.mlp import VDenoiser
     from multistep.train.build import make_data
     from multistep.train.teacher import load_teacher
@@ -151,17 +133,7 @@ def eval_teacher(p: Path, steps: list[int], samples: int, seed: int, say=print):
         raise ConfigError(f"{p}: trained on samples of shape {tuple(meta['shape'])}, but its data ({dcfg.label}) has shape {tuple(data.shape)}")
     sched = make_schedule(sc.name, **sc.params)
     f = VDenoiser(net, sched)
-    names = metric_names(samples, dcfg.fd_space)
-    # The same draws, in the same order, as metrics.evaluate.ddim_curve (the teacher run's logged curve).
-    g = torch.Generator().manual_seed(seed)
-    ref = _flat(data.sample(samples, g, dtype=torch.float64))
-    other = _flat(data.sample(samples, g, dtype=torch.float64))
-    noise = torch.randn((samples, *data.shape), generator=g, dtype=torch.float64)
-    mu_r, cov_r = gaussian_stats(ref)
-
-    def dist(s) -> dict[str, float]:
-        return {names["fd"]: frechet_distance(*gaussian_stats(s), mu_r, cov_r), names["swd"]: sliced_wasserstein(s, ref)}
-
+    noise, names, dist, floor = fixed_draws(data, samples, seed, dcfg.fd_space)   # = the teacher run's logged curve
     g_table = torch.Generator().manual_seed(seed)    # aDDIM's empirical xvar table, as metrics.evaluate.teacher_curve
     table_data = data.sample(2048, g_table, dtype=torch.float64)
     rows, kept = [], {}
@@ -169,9 +141,9 @@ def eval_teacher(p: Path, steps: list[int], samples: int, seed: int, say=print):
         for label, xv in (("teacher_ddim", None), ("teacher_addim", xvar_table(f, sched, table_data, n, 0.75, g_table))):
             x, nfe = ddim_sample(f, sched, noise, n, xvar=xv)
             kept[(label, n)] = x[:GRID * GRID]
-            rows += [{"method": label, "student_steps": n, "nfe": nfe, "metric": k, "value": v} for k, v in dist(_flat(x)).items()]
+            rows += [{"method": label, "student_steps": n, "nfe": nfe, "metric": k, "value": v} for k, v in dist(x).items()]
     info = {"kind": "teacher", "data": dcfg.label, "teacher_name": meta.get("name"), "teacher_run_id": meta.get("run_id")}
-    return rows, dist(other), [names["fd"], names["swd"]], tuple(data.shape), kept, info
+    return rows, floor, [names["fd"], names["swd"]], tuple(data.shape), kept, info
 
 
 # -- student (trial) checkpoints --------------------------------------------------------------------
@@ -316,7 +288,9 @@ def cmd_eval(args, say=print) -> int:
             grids = [save_grid(x, out / f"grid_{m}_{n}steps.png") for (m, n), x in sorted(kept.items())]
         else:
             say(f"--grid: samples of shape {shape} are not images; no sample grids")
-    meta = {**info, "checkpoint": str(p.resolve()), "checkpoint_sha256": _sha256(p), "samples": samples, "seed": seed,
+    from multistep.metrics.extractors import file_sha256
+
+    meta = {**info, "checkpoint": str(p.resolve()), "checkpoint_sha256": file_sha256(p, 64), "samples": samples, "seed": seed,
             "steps": sorted({r["student_steps"] for r in rows}), "metrics": metrics, "noise_floor": floor,
             "torch": torch.__version__, "created": datetime.now().isoformat(timespec="seconds")}
     (out / "eval.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")

@@ -120,10 +120,10 @@ def teacher_curve(teacher, sched, data_dist, ref: EvalRef, steps: list[int], eta
     return rows
 
 
-def ddim_curve(teacher, sched, data_dist, samples: int, steps: list[int], seed: int, extractor: str = "identity",
-               device="cpu") -> tuple[list[dict], dict]:
-    """A trained teacher's own DDIM curve from fixed noise: rows {steps, metric, value} of the Frechet and
-    sliced Wasserstein distances to a data sample, and the same distances of a second data sample (the floor)."""
+def fixed_draws(data_dist, samples: int, seed: int, extractor: str = "identity"):
+    """The draws behind a teacher's own curve (teacher runs and `multistep eval` share them, so their numbers
+    agree): (fixed float64 noise, metric names, dist(samples) -> {fd, swd} to a data sample, the same distances
+    of a second data sample: the floor)."""
     g = torch.Generator().manual_seed(seed)
     data = _flat(data_dist.sample(samples, g, dtype=torch.float64))
     other = _flat(data_dist.sample(samples, g, dtype=torch.float64))
@@ -131,11 +131,20 @@ def ddim_curve(teacher, sched, data_dist, samples: int, steps: list[int], seed: 
     names = metric_names(samples, extractor)
     mu_r, cov_r = gaussian_stats(data)
 
-    def dist(s: np.ndarray) -> dict[str, float]:
+    def dist(s) -> dict[str, float]:
+        s = _flat(s)
         return {names["fd"]: frechet_distance(*gaussian_stats(s), mu_r, cov_r), names["swd"]: sliced_wasserstein(s, data)}
 
+    return noise, names, dist, dist(other)
+
+
+def ddim_curve(teacher, sched, data_dist, samples: int, steps: list[int], seed: int, extractor: str = "identity",
+               device="cpu") -> tuple[list[dict], dict]:
+    """A trained teacher's own DDIM curve from fixed noise: rows {steps, metric, value} of the Frechet and
+    sliced Wasserstein distances to a data sample, and the same distances of a second data sample (the floor)."""
+    noise, _, dist, floor = fixed_draws(data_dist, samples, seed, extractor)
     rows = []
     for n in steps:
         x, _ = ddim_sample(teacher, sched, noise.to(device), n)
-        rows += [{"steps": n, "metric": k, "value": v} for k, v in dist(_flat(x)).items()]
-    return rows, dist(other)
+        rows += [{"steps": n, "metric": k, "value": v} for k, v in dist(x).items()]
+    return rows, floor

@@ -4,7 +4,7 @@ This process (the driver) validates the file, opens the teacher's MLflow run (ta
 teacher) and fits a TorchTrainer (1 CPU worker by default). Rank 0 logs the loss curve (step =
 iteration), saves the EMA weights with `save_teacher` as <storage>/teachers/<name>/teacher.pt (a
 retrained teacher of the same name replaces it), logs that file as the run's `teacher.pt` artifact, and logs the teacher's DDIM FD-versus-steps curve
-(step = steps). Gradients of several workers are averaged with all-reduce hooks. A sweep then names the
+(step = steps). Gradients of several workers are averaged (train/replicas.py). A sweep then names the
 teacher by path (`kind: checkpoint`) or by run (`kind: mlflow`); see the lines this command prints.
 """
 
@@ -185,19 +185,6 @@ def _batches(cfg: TeacherFileCfg, data, rank: int, world: int, device):
             yield batch.to(device)
 
 
-def _average_gradients(net, world: int) -> None:
-    """Data parallelism without a wrapper: each gradient is all-reduced (mean) as backward produces it."""
-    import torch.distributed as dist
-
-    def hook(g):
-        g = g.clone()
-        dist.all_reduce(g)
-        return g / world
-
-    for p in net.parameters():
-        p.register_hook(hook)
-
-
 def teacher_worker(config: dict) -> dict:
     import ray.train
     import torch
@@ -207,6 +194,7 @@ def teacher_worker(config: dict) -> dict:
     from multistep.nets.mlp import VDenoiser
     from multistep.tracking.mlflow_layout import RunLogger, log_curve, log_params
     from multistep.train.build import make_data
+    from multistep.train.replicas import Replicas
     from multistep.train.teacher import build_net, save_teacher, train_teacher
 
     ctx = ray.train.get_context()
@@ -222,8 +210,6 @@ def teacher_worker(config: dict) -> dict:
     sched = make_schedule(cfg.schedule.name, **cfg.schedule.params)
     torch.manual_seed(t.seed)  # identical initial weights on every rank
     net = build_net(config["net"]).to(device)
-    if world > 1:
-        _average_gradients(net, world)
     data = make_data(cfg.data) if cfg.data.kind != "parquet" or rank == 0 else None
     logger = RunLogger(config["tracking_uri"], config["run_id"]) if rank == 0 else None
 
@@ -232,7 +218,8 @@ def teacher_worker(config: dict) -> dict:
             logger.metrics(it, {f"train/{k}": v for k, v in m.items()})   # step = iteration
 
     _, ema_net, history = train_teacher(net, sched, _batches(cfg, data, rank, world, device), t.iterations, t.learning_rate,
-                                        t.ema, t.seed + 1000 * rank, log, t.grad_clip, t.label_dropout, t.log_every)
+                                        t.ema, t.seed + 1000 * rank, log, t.grad_clip, t.label_dropout, t.log_every,
+                                        Replicas() if world > 1 else None)   # gradients averaged over ranks
     if rank != 0:
         return {}
     shape = list(data.shape)

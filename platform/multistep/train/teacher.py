@@ -31,12 +31,14 @@ def _split(batch) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 def train_teacher(net: nn.Module, sched: Schedule, batches: Iterable, iterations: int, lr: float = 2e-4,
                   ema: float = 0.999, seed: int = 0, log: Callable[[int, dict], None] | None = None,
-                  grad_clip: float = 1.0, label_dropout: float = 0.1, log_every: int = 100) -> tuple[nn.Module, nn.Module, list[dict]]:
+                  grad_clip: float = 1.0, label_dropout: float = 0.1, log_every: int = 100,
+                  replicas=None) -> tuple[nn.Module, nn.Module, list[dict]]:
     """Train `net` (v-prediction) for `iterations` steps on `batches` (an iterable of x or (x, y)).
 
     lr: Adam learning rate; ema: eval-EMA decay; grad_clip: max grad norm (0 disables);
     label_dropout: probability of the null class for conditional nets; log(it, metrics) every
-    `log_every` iterations with the interval's mean loss. Returns (net, ema_net, history).
+    `log_every` iterations with the interval's mean loss; replicas (train/replicas.py): several ranks train one
+    net (gradients and the logged loss averaged over ranks). Returns (net, ema_net, history).
     """
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout inside the net
@@ -58,13 +60,18 @@ def train_teacher(net: nn.Module, sched: Schedule, batches: Iterable, iterations
         loss = v_loss(fn, sched, x, g)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if replicas is not None:
+            replicas.average_gradients(net)
         if grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
         opt.step()
         ema_update(ema_net, net, min(ema, (1 + it) / (10 + it)))
         acc, n_acc = acc + loss.detach(), n_acc + 1  # summed on device: one sync per log interval
         if it % log_every == 0 or it == iterations:
-            m = {"loss": float(acc) / n_acc, "wall_seconds": time.perf_counter() - t0}
+            mean = (acc / n_acc).double().reshape(1)
+            if replicas is not None:                  # before the finiteness check, so every rank stops together
+                mean = replicas.average(mean)
+            m = {"loss": float(mean), "wall_seconds": time.perf_counter() - t0}
             if not math.isfinite(m["loss"]):
                 raise NonFiniteLoss(f"non-finite teacher loss in iterations {it - n_acc + 1}..{it}")
             history.append({"iteration": it, **m})
