@@ -151,6 +151,14 @@ def test_missing_baseline_exits_2_with_promote_hint(store, capsys):
                                   "tags.`multistep.kind` = 'regression'")
 
 
+def test_storage_uri_is_bad_input_for_regress(store, capsys):
+    """A URI keeps caches in ./ray_results/cache, which regress must not reuse: exit 2 naming --storage."""
+    _, _, common, f = store
+    assert main(["regress", str(f), *common, "--storage", "s3://bucket/x"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--storage s3://bucket/x" in err[0] and "local folder" in err[0]
+
+
 def test_promote_moves_the_tag_and_records_who_when_why(store, capsys):
     client, sweep_run, common, f = store
     first, second, failed = sweep_run(rows()), sweep_run(rows()), sweep_run(rows(), status="FAILED")

@@ -204,6 +204,8 @@ def cmd_regress(args, say=_print) -> int:
             raise ConfigError("--promote: cannot be combined with --run or --baseline (it only moves the baseline tag)")
     elif not args.file:
         raise ConfigError("FILE: a regression sweep file is required (or --promote RUN_ID --reason TEXT)")
+    if "://" in args.storage:  # caches then live in ./ray_results/cache and would be reused, hiding regressions in them
+        raise ConfigError(f"--storage {args.storage}: multistep regress needs a local folder (it runs each check with a fresh cache)")
     plan = load_sweep(args.file) if args.file else None
     if plan is not None and not args.promote:
         check_file(plan, args.file)

@@ -104,7 +104,8 @@ def worker_main(cfg: dict) -> dict:
     last_proxy: dict[str, float] = {}
 
     def checkpoint(it: int, sd: dict) -> None:
-        last_proxy.update(proxy())
+        if rank == 0:   # the replicas are identical: one rank evaluates (only rank 0's metrics reach Tune)
+            last_proxy.update(proxy())
         rngs = replicas.gather((state.gen.get_state(), torch.get_rng_state())) if replicas else []  # all ranks call it
         metrics = {"iteration": it, **last_proxy}
         if logger:
@@ -130,7 +131,8 @@ def worker_main(cfg: dict) -> dict:
     # The method's own label logs under the plain metric name; extra samplers under "<metric>/<label>".
     state.ema.eval()
     final: dict = {}
-    for label, steps, sampler in method.evaluations(state.ema, on_device(ref.labels, device)):   # conditional: fixed labels
+    evals = method.evaluations(state.ema, on_device(ref.labels, device)) if rank == 0 else []   # conditional: fixed labels
+    for label, steps, sampler in evals:
         x, nfe = sampler(ref.noise.to(device))
         metrics = evaluate(x, ref, names)
         if tc.eval.bootstrap:  # "<metric>_se": the results table's se column
