@@ -26,6 +26,7 @@ def test_killed_worker_resumes_from_checkpoint(ray_local, tiny_sweep, tmp_path):
     doc = yaml.safe_load(tiny_sweep.read_text())
     doc["train"].update(iterations=300, checkpoint_every=50, log_every=25)
     doc["search"] = {"method.student_steps": {"grid": [2]}}
+    doc["resources"] = {**doc.get("resources", {}), "runner": "train"}   # a TorchTrainer worker group, killed below
     f = tmp_path / "s.yaml"
     f.write_text(yaml.safe_dump(doc))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -41,7 +42,7 @@ def test_killed_worker_resumes_from_checkpoint(ray_local, tiny_sweep, tmp_path):
                 continue
             runs = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("multistep.kind") == "trial"]
             if runs and any(m.step >= 100 for m in client.get_metric_history(runs[0].info.run_id, "train/loss")):
-                for pid in _train_worker_pids():
+                for pid in _train_worker_pids():  # runner train: the worker group is separate processes
                     os.kill(pid, signal.SIGKILL)
                     killed.append(pid)
 

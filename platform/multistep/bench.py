@@ -70,6 +70,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="comma-separated parts to run: training, sampling, evaluation, orchestration")
     s.add_argument("--orchestration", action="store_true", help="also run the (slow, CPU) orchestration part")
     s.add_argument("--trial-seconds", type=float, default=20.0, help="orchestration: target loop time per trial (default 20)")
+    s.add_argument("--runner", choices=["tune", "train"], default="tune",
+                   help="orchestration: how trials run (resources.runner): tune = in the trial's process, train = TorchTrainer")
     s.add_argument("--work-dir", default=None, help="orchestration: folder for the sweep file, MLflow and Ray state")
     s.add_argument("--out", default="bench.json", help="JSON output file (default bench.json)")
     return s
@@ -315,7 +317,7 @@ def table(res: dict) -> str:
                      f"speedup {ev['speedup']:.1f}x (goal {ev['goal_speedup']:.0f}x), relative difference {ev['relative_difference']:.2e}")
     orc = res.get("orchestration")
     if orc:
-        lines.append(f"\norchestration  4 trials of {orc['iterations']} iterations: sweep {orc['sweep_s']:.1f} s, plain "
+        lines.append(f"\norchestration (runner {orc['runner']})  4 trials of {orc['iterations']} iterations: sweep {orc['sweep_s']:.1f} s, plain "
                      f"{orc['plain_s']:.1f} s, ratio {orc['ratio']:.2f}; per trial overhead {orc['overhead_per_trial_s']:.1f} s "
                      f"(load average {', '.join(f'{k} {v:.1f}' for k, v in orc['load_average_1min'].items())})")
         lines.append(f"  fixed cost per trial (median, all but the loop): {orc['fixed_per_trial_median_s']:.1f} s; "
@@ -368,7 +370,7 @@ def run(args) -> dict:
     if "orchestration" in parts:
         from multistep.bench_orchestration import bench_orchestration
 
-        res["orchestration"] = bench_orchestration(args.trial_seconds, args.work_dir)
+        res["orchestration"] = bench_orchestration(args.trial_seconds, args.work_dir, args.runner)
     return res
 
 

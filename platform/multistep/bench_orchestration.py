@@ -2,8 +2,8 @@
 
 Four short trials (MCD on a 16-D mixture, S = 1, 2, 4, 8; iterations tuned so each loop takes about
 `trial_seconds`) run twice: as the same four `build` + `make_method` + `fit` loops in this process, and
-as a sweep through `run_sweep` (MLflow runs, shared assets, Ray Tune, one Ray Train run per trial,
-final evaluation, results table). The ratio of the wall times is the orchestration overhead. The
+as a sweep through `run_sweep` (MLflow runs, shared assets, Ray Tune, each trial training in its own
+process (runner tune) or one Ray Train run per trial (runner train), final evaluation, results table). The ratio of the wall times is the orchestration overhead. The
 breakdown places every second of a trial on the timeline: the driver's `say` messages (trial start /
 end, from Tune callbacks) and the worker's MLflow metric timestamps (train/wall_seconds gives the
 start and end of its loop). Import costs of the processes a trial starts are measured apart.
@@ -30,7 +30,7 @@ method: {{name: mcm, mode: distill, anneal: {{name: loglinear, start: 16, end: 2
 train: {{iterations: {iterations}, batch_size: 256, log_every: {log_every}, checkpoint_every: {checkpoint_every}}}
 eval: {{samples: 1000, teacher_steps: [1, 2], ode_steps: 64}}
 scheduler: {{proxy_samples: 500}}
-resources: {{num_workers: 1, cpus_per_worker: 1, max_concurrent_trials: 1}}
+resources: {{num_workers: 1, cpus_per_worker: 1, max_concurrent_trials: 1, runner: {runner}}}
 search:
   method.student_steps: {{grid: [1, 2, 4, 8]}}
 """
@@ -45,9 +45,9 @@ IMPORTS = {  # what each kind of process a trial starts imports before it does a
 }
 
 
-def write_sweep(folder: Path, iterations: int) -> Path:
-    p = folder / f"orchestration-{iterations}.yaml"
-    p.write_text(SWEEP.format(iterations=iterations, log_every=LOG_EVERY, checkpoint_every=iterations // 2))
+def write_sweep(folder: Path, iterations: int, runner: str = "auto") -> Path:
+    p = folder / f"orchestration-{iterations}-{runner}.yaml"
+    p.write_text(SWEEP.format(iterations=iterations, log_every=LOG_EVERY, checkpoint_every=iterations // 2, runner=runner))
     return p
 
 
@@ -179,13 +179,14 @@ def import_costs() -> dict:
     return out
 
 
-def bench_orchestration(trial_seconds: float = 20.0, work_dir: str | None = None) -> dict:
+def bench_orchestration(trial_seconds: float = 20.0, work_dir: str | None = None, runner: str = "tune") -> dict:
+    """runner: resources.runner of the sweep (tune: each trial trains in its own process; train: a TorchTrainer)."""
     from multistep.config import load_sweep
 
     folder = Path(work_dir or tempfile.mkdtemp(prefix="msbench-orch-", dir="/tmp")).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     iterations = calibrate(folder, trial_seconds)
-    path = write_sweep(folder, iterations)
+    path = write_sweep(folder, iterations, runner)
     load = {"plain_start": os.getloadavg()[0]}              # 1-minute load average: other users' work shows here
     plain = plain_loops(load_sweep(path))
     load["plain_end"] = os.getloadavg()[0]
@@ -221,7 +222,7 @@ def bench_orchestration(trial_seconds: float = 20.0, work_dir: str | None = None
     return {
         "fixed_per_trial_s": fixed, "fixed_per_trial_median_s": per_trial_fixed,
         "estimated_ratio_30s_trials": (30 + per_trial_fixed + (before + after) / n) / 30,
-        "iterations": iterations, "trial_seconds_target": trial_seconds, "exit_code": sweep["code"],
+        "runner": runner, "iterations": iterations, "trial_seconds_target": trial_seconds, "exit_code": sweep["code"],
         "plain_s": plain["total_s"], "sweep_s": sweep_s, "ratio": sweep_s / plain["total_s"],
         "overhead_per_trial_s": (sweep_s - plain["total_s"]) / n, "goal_ratio": 1.2,
         "ray_init_s": ray_init_s, "load_average_1min": load, "cpu_count": os.cpu_count(),

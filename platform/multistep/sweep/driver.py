@@ -2,7 +2,7 @@
 
 Flow: validated SweepPlan -> MLflow sweep run + one SCHEDULED child run per trial -> shared assets
 (eval reference, teacher curve, warm start; cached) -> Ray Tune, one trial per planned config, each
-trial a small train driver that fits a TorchTrainer -> results table + plot from MLflow (the system
+trial training in its own process (1 worker) or a small train driver that fits a TorchTrainer -> results table + plot from MLflow (the system
 of record) -> artifacts on the sweep run -> exit code.
 """
 
@@ -28,34 +28,47 @@ RAY_ENV_DEFAULTS = {
 }
 
 
+def _worker_resources(r: dict) -> dict:
+    return {"CPU": r["cpus_per_worker"]} | ({"GPU": r["gpus_per_worker"] or 1} if r["use_gpu"] else {})
+
+
 def trial_driver(config: dict, ctx: dict) -> None:
-    """One Tune trial: build and fit a TorchTrainer; its reports reach Tune via TuneReportCallback."""
+    """One Tune trial. runner tune: train here, reporting straight to Tune. runner train: build and fit a
+    TorchTrainer (its workers run the same function; their reports reach Tune via TuneReportCallback)."""
+    from ray import tune
+
+    from multistep.sweep.worker import run_trial, tune_session
+
+    i = config["trial_index"]
+    r = ctx["resources"]
+    loop_cfg = {"trial": ctx["trials"][i]["config"], "run_id": ctx["run_ids"][i],  # + eval_ref, init, proxy_samples
+                "tracking_uri": ctx["tracking_uri"], "threads": r["cpus_per_worker"], **ctx["assets"][ctx["asset_keys"][i]]}
+    if ctx["trains_itself"]:
+        rv = run_trial(loop_cfg, tune_session(r["use_gpu"]))
+    else:
+        rv = _fit_trainer(loop_cfg, r, i, ctx["storage"])
+    if rv.get("error"):  # e.g. a non-finite loss: fail the trial without retrying it
+        tune.report({"error": rv["error"]})
+
+
+def _fit_trainer(loop_cfg: dict, r: dict, i: int, storage: str) -> dict:
+    """Every worker of a TorchTrainer runs worker_main(loop_cfg); rank 0's return value comes back."""
     import ray.train
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from multistep.sweep.worker import worker_main
 
-    i = config["trial_index"]
-    r = ctx["resources"]
-    per_worker = {"CPU": r["cpus_per_worker"]} | ({"GPU": r["gpus_per_worker"] or 1} if r["use_gpu"] else {})
     trainer = TorchTrainer(
         worker_main,
-        train_loop_config={"trial": ctx["trials"][i]["config"], "run_id": ctx["run_ids"][i],  # + eval_ref, init, proxy_samples
-                           "tracking_uri": ctx["tracking_uri"], "threads": r["cpus_per_worker"],
-                           **ctx["assets"][ctx["asset_keys"][i]]},
-        scaling_config=ray.train.ScalingConfig(num_workers=r["num_workers"], use_gpu=r["use_gpu"], resources_per_worker=per_worker),
+        train_loop_config=loop_cfg,
+        scaling_config=ray.train.ScalingConfig(num_workers=r["num_workers"], use_gpu=r["use_gpu"], resources_per_worker=_worker_resources(r)),
         run_config=ray.train.RunConfig(
-            name=f"trial-{i:03d}", storage_path=ctx["storage"], callbacks=[TuneReportCallback()],
+            name=f"trial-{i:03d}", storage_path=storage, callbacks=[TuneReportCallback()],
             failure_config=ray.train.FailureConfig(max_failures=r["max_failures"], controller_failure_limit=3),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
     )
-    result = trainer.fit()
-    rv = result.return_value or {}
-    if rv.get("error"):  # e.g. a non-finite loss: fail the trial without retrying it
-        from ray import tune
-
-        tune.report({"error": rv["error"]})
+    return trainer.fit().return_value or {}
 
 
 def _status_callback(client, run_ids: list[str], n: int, say):
@@ -222,9 +235,13 @@ def run_sweep(plan: SweepPlan, tracking_uri: str, storage: str, say=print, resum
         import ray
 
         r = cfg.resources
+        itself = r.trial_trains_itself   # runner tune: the trial holds the worker's resources and checkpoints itself
         ctx = {"trials": plan.trials, "run_ids": run_ids, "tracking_uri": tracking_uri, "storage": ray_dir,
-               "resources": r.model_dump(), "assets": assets, "asset_keys": asset_keys}
-        driver_res = {"CPU": 0, "train_driver": 1} if ray.cluster_resources().get("train_driver") else {"CPU": 1}
+               "resources": r.model_dump(), "assets": assets, "asset_keys": asset_keys, "trains_itself": itself}
+        if itself:
+            driver_res = _worker_resources(ctx["resources"])
+        else:
+            driver_res = {"CPU": 0, "train_driver": 1} if ray.cluster_resources().get("train_driver") else {"CPU": 1}
         trainable = tune.with_resources(tune.with_parameters(trial_driver, ctx=ctx), driver_res)
         status = _status_callback(client, run_ids, len(run_ids), say)
         if resume and tune.Tuner.can_restore(ray_dir):
@@ -233,9 +250,12 @@ def run_sweep(plan: SweepPlan, tracking_uri: str, storage: str, say=print, resum
             tuner = tune.Tuner(
                 trainable,
                 param_space={"trial_index": tune.grid_search(list(range(len(plan.trials))))},
-                tune_config=tune.TuneConfig(max_concurrent_trials=r.max_concurrent_trials, scheduler=_scheduler(plan)),
+                tune_config=tune.TuneConfig(max_concurrent_trials=r.max_concurrent_trials, scheduler=_scheduler(plan),
+                                            trial_dirname_creator=_trial_dir if itself else None,
+                                            reuse_actors=itself),   # the next trial skips a process start + imports
                 run_config=tune.RunConfig(name=sweep_id, storage_path=storage, callbacks=[status], verbose=0,
-                                          failure_config=tune.FailureConfig(max_failures=1)),
+                                          failure_config=tune.FailureConfig(max_failures=r.max_failures if itself else 1),
+                                          checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
             )
         say(f"running {len(run_ids)} trials, at most {r.max_concurrent_trials} at a time; Tune state in {ray_dir}")
         grid = tuner.fit()
@@ -257,6 +277,11 @@ def run_sweep(plan: SweepPlan, tracking_uri: str, storage: str, say=print, resum
             if client.get_run(rid).info.status in ("RUNNING", "SCHEDULED"):
                 client.set_terminated(rid, status="KILLED")
         raise
+
+
+def _trial_dir(trial) -> str:
+    """trial-NNN: where a self-training trial keeps its checkpoints (a TorchTrainer run has the same name)."""
+    return f"trial-{trial.config['trial_index']:03d}"
 
 
 def _copy_results(out_dir: Path, uri: str, say) -> None:

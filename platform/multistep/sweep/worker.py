@@ -1,8 +1,12 @@
-"""The Ray Train worker function: build, (resume,) train, evaluate, report.
+"""The trial's training function: build, (resume,) train, evaluate, report.
 
-Rank 0 logs per-interval training metrics and the evaluation curve into the trial's MLflow run;
-every rank reports to Ray Train (only rank 0's metrics reach Tune). Checkpoints go through
-ray.train.report, so a restarted worker group resumes from ray.train.get_checkpoint().
+It runs in one of two places (docs/architecture.md, "Trial runners"):
+- on each Ray Train worker of a TorchTrainer (`worker_main`): rank 0 logs to MLflow, every rank
+  reports to Ray Train (only rank 0's metrics reach Tune), a restarted worker group resumes from
+  ray.train.get_checkpoint();
+- in the Tune trial's own process for single-worker trials (`run_trial(cfg, tune_session(...))`): no worker group
+  to start, reports and checkpoints go straight to Tune, a restarted trial resumes from ray.tune.get_checkpoint().
+Rank 0 logs per-interval training metrics and the evaluation curve into the trial's MLflow run either way.
 """
 
 from __future__ import annotations
@@ -23,27 +27,57 @@ def on_device(batch, device):
     return None if batch is None else batch.to(device, non_blocking=True)
 
 
-def worker_main(cfg: dict) -> dict:
-    import ray.train
+class Session:
+    """Where the trial runs: rank, world size, device, and the Ray API (ray.train or ray.tune) that takes its
+    reports and checkpoints and hands back the checkpoint to resume from."""
 
+    def __init__(self, api, rank: int, world: int, device: torch.device):
+        self.api, self.rank, self.world, self.device = api, rank, world, device
+
+    def get_checkpoint(self):
+        return self.api.get_checkpoint()
+
+    def report(self, metrics: dict, checkpoint_dir: str | None = None) -> None:
+        self.api.report(metrics, checkpoint=self.api.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
+
+
+def train_session() -> Session:
+    """A Ray Train worker of a TorchTrainer (device: cuda:<local rank> when the trial has GPUs, else cpu)."""
+    import ray.train
+    from ray.train.torch import get_device
+
+    ctx = ray.train.get_context()
+    return Session(ray.train, ctx.get_world_rank(), ctx.get_world_size(), get_device())
+
+
+def tune_session(use_gpu: bool) -> Session:
+    """The Tune trial's own process, the trial's only worker (Ray sets CUDA_VISIBLE_DEVICES for its GPU)."""
+    from ray import tune
+
+    return Session(tune, 0, 1, torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu"))
+
+
+def worker_main(cfg: dict) -> dict:
+    """The TorchTrainer's train function (every Ray Train worker)."""
+    return run_trial(cfg, train_session())
+
+
+def run_trial(cfg: dict, session: Session) -> dict:
     from multistep.config import TrialCfg
     from multistep.metrics.evaluate import EvalRef, bootstrap_se, evaluate, metric_names
     from multistep.train.build import build, make_method
     from multistep.train.loop import Hooks, NonFiniteLoss, fit, new_state
     from multistep.train.perf import apply_fast_paths
     from multistep.train.replicas import Replicas
-    from ray.train.torch import get_device
     from multistep.tracking.mlflow_layout import RunLogger
 
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rank, world, device = session.rank, session.world, session.device
     torch.set_num_threads(max(1, int(cfg["threads"])))
     tc = TrialCfg.model_validate(cfg["trial"])
     stream = tc.data.kind == "parquet"  # each rank reads only its slice of the shards (not the whole dataset)
     comps = build(tc, load_data=not stream)
     if cfg.get("init") is not None:
         comps.student.net.load_state_dict(cfg["init"])
-    device = get_device()   # cuda:<local rank> when the trial has GPUs (resources.use_gpu), else cpu
     comps.student.to(device)
     comps.teacher.to(device)
     t = tc.train
@@ -56,8 +90,8 @@ def worker_main(cfg: dict) -> dict:
     state = new_state(comps.student, tc.train.learning_rate, tc.train.seed + 1000 * rank, method)
     logger = RunLogger(cfg["tracking_uri"], cfg["run_id"]) if rank == 0 else None
 
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:  # a restarted worker group continues the same curve
+    ckpt = session.get_checkpoint()
+    if ckpt is not None:  # a restarted worker group (or trial) continues the same curve
         with ckpt.as_directory() as d:
             sd = torch.load(os.path.join(d, CKPT_FILE), weights_only=True, map_location="cpu")
         if sd.get("version") != CKPT_VERSION:
@@ -115,9 +149,9 @@ def worker_main(cfg: dict) -> dict:
                 tmp = os.path.join(d, CKPT_FILE + ".tmp")
                 torch.save({"version": CKPT_VERSION, "state": sd, "rng_per_rank": rngs, "trial": cfg["trial"]}, tmp)
                 os.replace(tmp, os.path.join(d, CKPT_FILE))  # atomic within the directory
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+                session.report(metrics, d)
             else:
-                ray.train.report(metrics)
+                session.report(metrics)
 
     try:
         fit(state, method, sample, t.iterations, t.grad_clip, t.eval_ema, t.log_every, t.checkpoint_every, Hooks(log, checkpoint),
@@ -145,5 +179,5 @@ def worker_main(cfg: dict) -> dict:
     final |= {**last_proxy, "iteration": state.iteration, "wall_seconds": state.wall_seconds, "final": 1}
     if logger:
         logger.metrics(state.iteration, {"wall_seconds": state.wall_seconds})
-    ray.train.report(final)
+    session.report(final)
     return final
