@@ -11,6 +11,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.pop("RAY_ADDRESS", None)
+os.environ.setdefault("MULTISTEP_CACHE", tempfile.mkdtemp(prefix="multistep-test-cache-"))   # not the user's ~/.cache
 
 
 @pytest.fixture(scope="session")

@@ -70,8 +70,9 @@ def test_teacher_checkpoint(teacher_ckpt, tmp_path, capsys):
     assert [(m, int(n)) for m, n, *_ in lines] == [(m, n) for m in ("teacher_addim", "teacher_ddim") for n in (1, 2)]
     assert "fd_pixel_200" in text and "swd_200" in text          # names carry the extractor and the sample count
     rows, got = _pivot(out)
-    assert list(pq.read_table(out / "results.parquet").column_names) == COLUMNS and len(rows) == 8
-    assert {r["metric"] for r in rows} == {"fd_pixel_200", "swd_200"} and all(math.isfinite(r["value"]) for r in rows)
+    assert list(pq.read_table(out / "results.parquet").column_names) == COLUMNS and len(rows) == 12
+    assert {r["metric"] for r in rows} == {"fd_pixel_200", "kid_pixel_200", "swd_200"} and all(math.isfinite(r["value"]) for r in rows)
+    assert all(r["se"] > 0 for r in rows if r["metric"] == "kid_pixel_200")            # KID carries its own standard error
     assert (out / "results.csv").read_text().startswith('"method"') and (out / "metric_vs_steps.png").stat().st_size > 5000
     # The DDIM points are the ones `multistep teacher` logs for the same seed and sample count.
     net, _ = load_teacher(teacher_ckpt)
@@ -103,7 +104,7 @@ def test_student_checkpoint(student, tmp_path, capsys):
     keys = [(ln.split()[0], int(ln.split()[1])) for ln in text.splitlines() if ln.startswith(("mcd", "teacher_"))]
     assert keys == [("mcd", 2), ("mcd_S2", 1), ("mcd_S2", 4)] + [(m, n) for m in ("teacher_addim", "teacher_ddim") for n in (1, 2, 4)]
     rows, got = _pivot(out)
-    assert {r["metric"] for r in rows} == {"fd_identity_200", "swd_200", "ode_l2_200"} and len(rows) == 3 * 9
+    assert {r["metric"] for r in rows} == {"fd_identity_200", "kid_identity_200", "swd_200", "ode_l2_200"} and len(rows) == 4 * 9
     mine = [r for r in rows if r["method"] == "mcd"]
     assert {r["trial_id"] for r in mine} == {"trial-001"} and {r["train_iterations"] for r in mine} == {8}
     assert not list(out.glob("grid_*.png"))
@@ -123,6 +124,23 @@ def test_student_checkpoint(student, tmp_path, capsys):
     torch.save({**torch.load(d / "state.pt", weights_only=True), "trial": tc.model_dump(mode="json")}, selfdesc / "state.pt")
     assert main(["eval", str(selfdesc), "--steps", "2", "--samples", "200", "--out", str(tmp_path / "ev2")]) == 0
     assert _pivot(tmp_path / "ev2")[1][("mcd", 2, names["fd"])] == pytest.approx(want[names["fd"]], rel=1e-9)
+
+
+def test_classifier_features(teacher_ckpt, tmp_path, capsys):
+    """--extractor classifier: FD and KID in the features of a classifier trained on digits (cached: a second
+    evaluation reuses it and gives the same numbers); pixel and classifier distances differ."""
+    out1, out2 = tmp_path / "a", tmp_path / "b"
+    args = ["eval", str(teacher_ckpt), "--steps", "1", "--samples", "200", "--extractor", "classifier"]
+    assert main(args + ["--out", str(out1)]) == 0
+    assert "feature classifier trained: held-out accuracy 0.9" in capsys.readouterr().out   # digits: > 90% held out
+    assert main(args + ["--out", str(out2)]) == 0
+    assert "feature classifier from the cache" in capsys.readouterr().out
+    (rows, got), (_, again) = _pivot(out1), _pivot(out2)
+    assert {r["metric"] for r in rows} == {"fd_classifier_200", "kid_classifier_200", "swd_200"} and got == again
+    assert main(["eval", str(teacher_ckpt), "--steps", "1", "--samples", "200", "--out", str(tmp_path / "c")]) == 0
+    pixel = _pivot(tmp_path / "c")[1]
+    assert pixel[("teacher_ddim", 1, "swd_200")] == got[("teacher_ddim", 1, "swd_200")]          # same samples
+    assert pixel[("teacher_ddim", 1, "fd_pixel_200")] != got[("teacher_ddim", 1, "fd_classifier_200")]
 
 
 def test_bad_input_exits_2_with_one_line(teacher_ckpt, student, tmp_path, capsys):

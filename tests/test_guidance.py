@@ -112,6 +112,19 @@ def test_conditional_evaluation_uses_the_fixed_labels():
     assert not torch.allclose(x, mcm_sample(net, COS, noise, 2)[0])
 
 
+def test_batched_evaluation_keeps_each_row_with_its_label():
+    """sample_points in chunks of 2 rows (each with its own labels) gives the one-batch samples, row for row."""
+    from multistep.metrics.evaluate import sample_points
+
+    net = VDenoiser(tiny_unet().eval(), COS)
+    noise = torch.randn((5, 1, 8, 8), generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 2, 0, 1])
+    method = MCM(COS, 2, teacher=net)
+    ((label, steps, x, nfe),) = sample_points(lambda yy: method.evaluations(net, yy), noise, y, batch_size=2)
+    assert (steps, nfe) == (2, 2) and x.shape == noise.shape
+    torch.testing.assert_close(x, mcm_sample(conditioned(net, y), COS, noise, 2)[0], rtol=1e-5, atol=1e-6)
+
+
 def _save(tmp_path, name, num_classes):
     from multistep.train.teacher import save_teacher
 
@@ -172,8 +185,9 @@ def test_unconditional_teacher_with_guidance_exits_2(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_guidance_sweep_axis_end_to_end(ray_local, tmp_path, monkeypatch):
-    """A real sweep (Ray Tune/Train, sqlite MLflow) over method.guidance with a conditional teacher: both trials
-    train on labelled batches, are evaluated on the reference's fixed labels, and get their own curve."""
+    """A real sweep (Ray Tune, sqlite MLflow) over method.guidance with a conditional teacher: both trials
+    train on labelled batches, are evaluated on the reference's fixed labels, and get their own curve; FD and KID
+    are measured in the features of a digits classifier the driver trains once and ships to the trials."""
     from mlflow.tracking import MlflowClient
 
     from multistep.config import load_sweep
@@ -185,7 +199,7 @@ def test_guidance_sweep_axis_end_to_end(ray_local, tmp_path, monkeypatch):
            "teacher": {"kind": "checkpoint", "path": str(cond)},
            "method": {"name": "mcm", "student_steps": 2, "anneal": {"name": "constant", "n": 8}},
            "train": {"iterations": 20, "batch_size": 32, "log_every": 10, "checkpoint_every": 20},
-           "eval": {"samples": 200, "teacher_steps": [2], "ode_steps": 8},
+           "eval": {"samples": 200, "teacher_steps": [2], "ode_steps": 8, "extractor": "classifier"},
            "resources": {"max_concurrent_trials": 2},
            "search": {"method.guidance": {"grid": [0, 1.5]}}}
     f = tmp_path / "sweep.yaml"
@@ -198,9 +212,18 @@ def test_guidance_sweep_axis_end_to_end(ray_local, tmp_path, monkeypatch):
                     key=lambda r: int(r.data.tags["multistep.trial_index"]))
     (sweep_run,) = [r for r in runs if r.data.tags.get("multistep.kind") == "sweep"]
     assert [t.info.status for t in trials] == ["FINISHED", "FINISHED"]
-    fds = [client.get_metric_history(t.info.run_id, "fd_pixel_200") for t in trials]
+    fds = [client.get_metric_history(t.info.run_id, "fd_classifier_200") for t in trials]
     assert all(len(h) == 1 and h[0].step == 2 and h[0].value > 0 for h in fds)
     assert fds[0][0].value != fds[1][0].value                         # same seed and start: only guidance differs
+    assert all("proxy_fd_classifier_200" in t.data.metrics and "kid_classifier_200_se" in t.data.metrics for t in trials)
+    errs = [t.data.metrics["cls_err_200"] for t in trials]             # class-aware: samples off their label
+    assert all(0 <= e <= 1 for e in errs)
     for label in ("mcd", "mcd_cfg1.5"):                                # a curve per guidance scale in the sweep run
-        (pt,) = client.get_metric_history(sweep_run.info.run_id, f"fd_pixel_200/{label}")
+        (pt,) = client.get_metric_history(sweep_run.info.run_id, f"fd_classifier_200/{label}")
         assert pt.step == 2
+    import pyarrow.parquet as pq
+
+    (table,) = (tmp_path / "rr").glob("*/results.parquet")
+    kid_rows = [r for r in pq.read_table(table).to_pylist() if r["metric"] == "kid_classifier_200"]
+    assert {r["method"] for r in kid_rows} == {"mcd", "mcd_cfg1.5", "teacher_ddim", "teacher_addim"}
+    assert all(r["se"] > 0 for r in kid_rows)                          # KID's standard error fills the se column

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from multistep.data.gmm import GaussianMixture
-from multistep.diffusion.ddim import addim_step, ddim_step
+from multistep.diffusion.ddim import addim_step
 from multistep.diffusion.schedules import make_schedule
 from multistep.methods.anneal import cm_sqrt, ict_doubling, loglinear
 from multistep.methods.base import distance, weight

@@ -220,6 +220,19 @@ class EvalCfg(Strict):
     ode_steps: PosInt = 1024                      # teacher DDIM steps for the paired-error reference
     seed: int = 1234
     bootstrap: Annotated[int, Field(ge=0)] = 0    # resamples for each metric's bootstrap standard error (results column se; 0 = off; regression `ci` tolerances need it)
+    extractor: Literal["auto", "identity", "pixel", "classifier", "inception"] = "auto"  # features of FD and KID: auto = identity (gmm) / pixel (images); classifier = a small MLP trained on the labelled data; inception = the FID detector at inception_path (metrics fid_* / kid_*)
+    inception_path: str | None = None             # local TorchScript FID detector (inception-2015-12-05.pt); nothing is downloaded
+    batch_size: PosInt = 2048                     # samples per sampling batch of an evaluation (each batch on the trial's device)
+    kid_subsets: Annotated[int, Field(ge=0)] = 10  # KID (unbiased, cubic kernel): mean over this many disjoint subsets of min(1000, samples / kid_subsets) rows, SE in the se column; 0 = off
+
+    @model_validator(mode="after")
+    def _inception(self):
+        if self.extractor == "inception":
+            if not self.inception_path:
+                raise _sub_field_error("inception_path", None, "extractor: inception needs the local path of the TorchScript detector")
+            if not Path(self.inception_path).expanduser().is_file():
+                raise _sub_field_error("inception_path", self.inception_path, f"file not found: {self.inception_path}")
+        return self
 
     @field_validator("bootstrap")
     @classmethod
@@ -294,7 +307,7 @@ class ToleranceCfg(Strict):
 class RegressionCfg(Strict):
     """`multistep regress`: which metrics are compared with the baseline, and how strictly (docs/regression.md)."""
 
-    tolerances: Annotated[dict[Literal["fd", "swd", "ode"], ToleranceCfg], Field(min_length=1)]  # metric family -> tolerance; families left out are not compared
+    tolerances: Annotated[dict[Literal["fd", "kid", "swd", "ode"], ToleranceCfg], Field(min_length=1)]  # metric family -> tolerance; families left out are not compared
     teacher: bool = True                          # also compare the teacher's own curve (teacher_ddim / teacher_addim points)
 
 
@@ -326,6 +339,27 @@ class TrialCfg(Strict):
             raise _sub_field_error("guidance", m.guidance, "needs a class-conditional network teacher and labelled data "
                                    f"(teacher.kind: {t.kind}, data.kind: {d.kind} has no class labels)")
         return m
+
+    @field_validator("eval")
+    @classmethod
+    def _extractor_fits_data(cls, e, info):
+        d = info.data.get("data")
+        if d is not None and (err := extractor_error(d, e)):
+            raise _sub_field_error("extractor", e.extractor, err)
+        return e
+
+    @property
+    def feature_space(self) -> str:
+        """The resolved eval.extractor: what FD and KID compare (identity, pixel, classifier or inception)."""
+        return self.data.fd_space if self.eval.extractor == "auto" else self.eval.extractor
+
+
+def extractor_error(d: DataCfg, e: EvalCfg) -> str | None:
+    """Why eval.extractor does not fit the data kind, or None."""
+    fits = ("auto", "identity") if d.kind == "gmm" else ("auto", "pixel", "classifier", "inception")
+    if e.extractor not in fits:
+        return f"{e.extractor} does not fit data.kind {d.kind} (gmm: auto or identity; images: auto, pixel, classifier or inception)"
+    return None
 
 
 def _sub_field_error(field: str, value, msg: str) -> ValidationError:

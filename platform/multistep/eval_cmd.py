@@ -49,6 +49,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--config", default=None, help="student checkpoints: the trial config or sweep file (YAML) it was trained with")
     s.add_argument("--trial", type=int, default=None,
                    help="with a sweep file as --config: the trial index (default: from the checkpoint's trial-NNN folder)")
+    s.add_argument("--extractor", choices=["auto", "identity", "pixel", "classifier", "inception"], default=None,
+                   help="features of FD and KID (default: the trial's eval.extractor; teachers auto): auto = identity for "
+                        "mixtures, pixel for images; classifier = a small MLP trained on the labelled data (cached); "
+                        "inception = the FID detector given by --inception (metrics fid_* / kid_*)")
+    s.add_argument("--inception", default=None, metavar="PATH",
+                   help="local TorchScript FID detector (inception-2015-12-05.pt); implies --extractor inception")
     s.add_argument("--with-teacher", action="store_true", help="students: also the trial teacher's DDIM/aDDIM curve at the same steps")
     s.add_argument("--out", default=None, help="output folder (default ./eval-<timestamp>)")
     s.add_argument("--grid", action="store_true", help="also an 8x8 sample grid PNG per method and step count (image data)")
@@ -101,15 +107,15 @@ def _load_blob(p: Path) -> dict:
 
 
 # -- teacher checkpoints ----------------------------------------------------------------------------
-def eval_teacher(p: Path, steps: list[int], samples: int, seed: int, say=print):
+def eval_teacher(p: Path, steps: list[int], samples: int, seed: int, say=print, eval_opts: dict | None = None):
     """(rows, floor, metric names, shape, {(method, steps): samples}) of a teacher's DDIM and aDDIM."""
     import torch
     from pydantic import ValidationError
 
-    from multistep.config import DataCfg, ScheduleCfg, _describe
+    from multistep.config import DataCfg, EvalCfg, ScheduleCfg, TrialCfg, _describe, extractor_error
     from multistep.diffusion.samplers import ddim_sample, xvar_table
     from multistep.diffusion.schedules import make_schedule
-    from multistep.metrics.evaluate import fixed_draws
+    from multistep.metrics.evaluate import fixed_draws, metric_rows
     from multistep.nets.mlp import VDenoiser
     from multistep.train.build import make_data
     from multistep.train.teacher import load_teacher
@@ -133,7 +139,14 @@ def eval_teacher(p: Path, steps: list[int], samples: int, seed: int, say=print):
         raise ConfigError(f"{p}: trained on samples of shape {tuple(meta['shape'])}, but its data ({dcfg.label}) has shape {tuple(data.shape)}")
     sched = make_schedule(sc.name, **sc.params)
     f = VDenoiser(net, sched)
-    noise, names, dist, floor = fixed_draws(data, samples, seed, dcfg.fd_space)   # = the teacher run's logged curve
+    try:
+        ev = EvalCfg.model_validate(eval_opts or {})
+    except ValidationError as e:
+        raise ConfigError(f"--extractor/--inception: {_describe(e)}") from None
+    if err := extractor_error(dcfg, ev):
+        raise ConfigError(f"--extractor: {err}")
+    space, features, _ = feature_setup(TrialCfg.model_construct(data=dcfg, eval=ev), data, say)   # unconditional: no cls_err
+    noise, names, dist, floor = fixed_draws(data, samples, seed, space, features, ev.kid_subsets)   # + KID: the teacher run's curve
     g_table = torch.Generator().manual_seed(seed)    # aDDIM's empirical xvar table, as metrics.evaluate.teacher_curve
     table_data = data.sample(2048, g_table, dtype=torch.float64)
     rows, kept = [], {}
@@ -141,9 +154,9 @@ def eval_teacher(p: Path, steps: list[int], samples: int, seed: int, say=print):
         for label, xv in (("teacher_ddim", None), ("teacher_addim", xvar_table(f, sched, table_data, n, 0.75, g_table))):
             x, nfe = ddim_sample(f, sched, noise, n, xvar=xv)
             kept[(label, n)] = x[:GRID * GRID]
-            rows += [{"method": label, "student_steps": n, "nfe": nfe, "metric": k, "value": v} for k, v in dist(x).items()]
+            rows += [{"method": label, "student_steps": n, "nfe": nfe} | r for r in metric_rows(dist(x), names)]
     info = {"kind": "teacher", "data": dcfg.label, "teacher_name": meta.get("name"), "teacher_run_id": meta.get("run_id")}
-    return rows, floor, [names["fd"], names["swd"]], tuple(data.shape), kept, info
+    return rows, floor, [m for k, m in names.items() if k != "ode" and m in floor], tuple(data.shape), kept, info
 
 
 # -- student (trial) checkpoints --------------------------------------------------------------------
@@ -174,9 +187,7 @@ def load_trial_cfg(config: str, ckpt: Path, trial: int | None):
 
 
 def eval_student(p: Path, blob: dict, args, steps: list[int] | None, say=print):
-    import torch
-
-    from multistep.metrics.evaluate import evaluate, make_eval_ref, metric_names, teacher_curve
+    from multistep.metrics.evaluate import evaluate, make_eval_ref, metric_names, metric_rows, sample_points, teacher_curve
     from multistep.diffusion.samplers import mcm_sample
     from multistep.sweep.worker import CKPT_VERSION
     from multistep.methods.base import conditioned
@@ -194,6 +205,8 @@ def eval_student(p: Path, blob: dict, args, steps: list[int] | None, say=print):
     else:
         raise ConfigError(f"--config: {p} is an older trial checkpoint that records no config; "
                           "give the trial config or the sweep file with --config")
+    if eval_opts(args):
+        tc = _with_eval(tc, eval_opts(args))
     c = build(tc)
     method = make_method(tc, c)
     state = new_state(c.student, tc.train.learning_rate, tc.train.seed, method)
@@ -207,34 +220,74 @@ def eval_student(p: Path, blob: dict, args, steps: list[int] | None, say=print):
     samples = args.samples or tc.eval.samples
     seed = tc.eval.seed if args.seed is None else args.seed
     say(f"evaluation reference: {samples} samples, seed {seed}, {tc.eval.ode_steps}-step teacher ODE")
-    ref = make_eval_ref(c.data, c.teacher, c.schedule, samples, tc.eval.ode_steps, seed, tc.data.fd_space,
-                        labelled=uses_labels(c.teacher, getattr(c.data, "labels", None) is not None))  # as in sweeps
-    names = metric_names(samples, tc.data.fd_space)
+    space, features, predict = feature_setup(tc, c.data, say)
+    kid_subsets = tc.eval.kid_subsets
+    ref = make_eval_ref(c.data, c.teacher, c.schedule, samples, tc.eval.ode_steps, seed, space,
+                        uses_labels(c.teacher, getattr(c.data, "labels", None) is not None), features, kid_subsets)  # as in sweeps
+    names = metric_names(samples, space, ref.labels is not None)
     label = method_label(tc)
     anneal = tc.method.anneal.model_dump() if tc.method.name == "mcm" else {}
     common = {"trial_id": f"trial-{trial:03d}" if trial is not None else "", "run_id": "",
               "anneal": " ".join(f"{k}={v}" for k, v in anneal.items()), "learning_rate": tc.train.learning_rate,
               "train_iterations": state.iteration, "wall_seconds": state.wall_seconds}
-    points = [(label if lb == method.label else lb, n, fn) for lb, n, fn in method.evaluations(ema, ref.labels)]
     S = tc.method.student_steps
+    extra = []
     if steps:
         if tc.method.name == "mcm":   # Algorithm 2 is defined at any step count; off its training grid: <label>_S<S>
-            points += [(f"{label}_S{S}", n, lambda noise, n=n: mcm_sample(conditioned(ema, ref.labels), c.schedule, noise, n)) for n in steps if n != S]
+            extra = [n for n in steps if n != S]
         elif not args.with_teacher:
             say(f"note: {tc.method.name} samples only at the steps it was trained for; --steps is used by --with-teacher only")
+
+    def evaluations(y):
+        own = [(label if lb == method.label else lb, n, fn) for lb, n, fn in method.evaluations(ema, y)]
+        return own + [(f"{label}_S{S}", n, lambda noise, n=n: mcm_sample(conditioned(ema, y), c.schedule, noise, n)) for n in extra]
+
     rows, kept = [], {}
-    with torch.no_grad():
-        for lb, n, sampler in points:
-            x, nfe = sampler(ref.noise)
-            kept[(lb, n)] = x[:GRID * GRID]
-            rows += [{"method": lb, "student_steps": n, "nfe": nfe, "metric": k, "value": v, **common}
-                     for k, v in evaluate(x, ref, names).items()]
+    points = sample_points(evaluations, ref.noise, ref.labels, tc.eval.batch_size)
+    for lb, n, x, nfe in points:
+        kept[(lb, n)] = x[:GRID * GRID]
+        values = evaluate(x, ref, names, None if features is None else features(x), kid_subsets, predict)
+        rows += [{"method": lb, "student_steps": n, "nfe": nfe, **common} | r for r in metric_rows(values, names)]
     if args.with_teacher:
-        t_steps = steps or sorted({n for _, n, _ in points})
-        rows += teacher_curve(c.teacher, c.schedule, c.data, ref, t_steps, extractor=tc.data.fd_space)
+        t_steps = steps or sorted({n for _, n, _, _ in points})
+        rows += teacher_curve(c.teacher, c.schedule, c.data, ref, t_steps, extractor=space, features=features,
+                              kid_subsets=kid_subsets, predict=predict)
     info = {"kind": "student", "data": tc.data.label, "method": label, "student_steps": S, "iteration": state.iteration,
             "config": str(Path(args.config).resolve()), "trial": trial, "ode_steps": tc.eval.ode_steps}
     return rows, ref.floor, list(names.values()), tuple(c.data.shape), kept, info, samples, seed
+
+
+# -- features ---------------------------------------------------------------------------------------
+def eval_opts(args) -> dict:
+    """eval.* overrides from --extractor / --inception."""
+    opts = {"extractor": "inception" if args.inception and not args.extractor else args.extractor,
+            "inception_path": args.inception}
+    return {k: v for k, v in opts.items() if v is not None}
+
+
+def _with_eval(tc, opts: dict):
+    """tc with eval.* replaced by opts, validated (a bad combination is a one-line error naming the option)."""
+    from pydantic import ValidationError
+
+    from multistep.config import TrialCfg, _describe
+
+    doc = tc.model_dump()
+    doc["eval"] |= opts
+    try:
+        return TrialCfg.model_validate(doc)
+    except ValidationError as e:
+        raise ConfigError(f"--extractor/--inception: {_describe(e)}") from None
+
+
+def feature_setup(tc, data, say=print):
+    """(metric space name, features fn or None, class predictor or None) of tc.eval.extractor; the classifier
+    is cached in the user cache."""
+    from multistep.metrics.extractors import features_fn
+    from multistep.sweep.assets import make_extractor_for
+    from multistep.train.build import DEFAULT_CACHE
+
+    ext = make_extractor_for(tc, data, DEFAULT_CACHE, say)
+    return tc.feature_space, None if ext is None else features_fn(ext, data.shape), getattr(ext, "predict", None)
 
 
 # -- outputs ----------------------------------------------------------------------------------------
@@ -273,7 +326,7 @@ def cmd_eval(args, say=print) -> int:
     if blob.get("format") == TEACHER_FORMAT:
         del blob
         samples, seed = args.samples or 1000, 1234 if args.seed is None else args.seed
-        rows, floor, metrics, shape, kept, info = eval_teacher(p, steps or [1, 2, 4, 8], samples, seed, say)
+        rows, floor, metrics, shape, kept, info = eval_teacher(p, steps or [1, 2, 4, 8], samples, seed, say, eval_opts(args))
         rows = [{"trial_id": "", "run_id": info.get("teacher_run_id") or "", **r} for r in rows]
     elif "version" in blob and isinstance(blob.get("state"), dict) and "ema" in blob["state"]:
         rows, floor, metrics, shape, kept, info, samples, seed = eval_student(p, blob, args, steps, say)

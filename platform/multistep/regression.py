@@ -19,12 +19,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from statistics import NormalDist
 
-FAMILY_PREFIX = {"fd": "fd_", "swd": "swd_", "ode": "ode_l2_"}   # metric family -> prefix of its logged names
+FAMILY_PREFIX = {"fd": ("fd_", "fid_"), "kid": ("kid_",), "swd": ("swd_",), "ode": ("ode_l2_",)}   # family -> prefixes of its names
 FAILING = ("REGRESSION", "MISSING")                              # verdicts that fail the check
 
 
 def metric_family(metric: str) -> str | None:
-    """fd_identity_5k -> fd, swd_5k -> swd, ode_l2_5k -> ode; None for anything else."""
+    """fd_identity_5k, fid_50k -> fd; kid_pixel_1k -> kid; swd_5k -> swd; ode_l2_5k -> ode; None for anything else."""
     return next((f for f, p in FAMILY_PREFIX.items() if metric.startswith(p)), None)
 
 

@@ -11,16 +11,22 @@ from multistep.diffusion.samplers import ddim_sample, xvar_table
 from multistep.methods.base import conditioned
 from multistep.metrics.distances import paired_l2, sliced_wasserstein
 from multistep.metrics.frechet import frechet_distance, gaussian_stats
+from multistep.metrics.kid import kid
 
 
 def count_label(n: int) -> str:
     return f"{n // 1000}k" if n % 1000 == 0 else str(n)
 
 
-def metric_names(samples: int, extractor: str = "identity") -> dict[str, str]:
-    """Logged names carry the extractor and the sample count, so a cheap proxy never meets a full evaluation."""
+def metric_names(samples: int, extractor: str = "identity", labelled: bool = False) -> dict[str, str]:
+    """Logged names carry the extractor and the sample count, so a cheap proxy never meets a full evaluation;
+    `fid` / `kid` only with the Inception detector, `fd_<extractor>` / `kid_<extractor>` otherwise. With the
+    classifier and class-conditional samples also `cls_err`: the fraction of samples the classifier does not
+    assign to the label they were conditioned on (what guidance should lower)."""
     c = count_label(samples)
-    return {"fd": f"fd_{extractor}_{c}", "swd": f"swd_{c}", "ode": f"ode_l2_{c}"}
+    fd, kd = ("fid", "kid") if extractor == "inception" else (f"fd_{extractor}", f"kid_{extractor}")
+    names = {"fd": f"{fd}_{c}", "kid": f"{kd}_{c}", "swd": f"swd_{c}", "ode": f"ode_l2_{c}"}
+    return names | ({"cls_err": f"cls_err_{c}"} if labelled and extractor == "classifier" else {})
 
 
 @dataclass
@@ -29,23 +35,45 @@ class EvalRef:
 
     data: np.ndarray    # (n, d) samples of the data distribution
     noise: torch.Tensor  # (n, *shape) float32 starting noise, fixed per sample index
-    ode: np.ndarray     # (n, d) teacher's many-step DDIM solution from `noise` (conditioned on `labels`)
+    ode: np.ndarray | None  # (n, d) teacher's many-step DDIM solution from `noise` (conditioned on `labels`); None: no ode metric
     floor: dict         # metrics of a second independent data sample: the two-sample noise floor
     labels: torch.Tensor | None = None  # (n,) int64 class label per noise row (class-conditional teachers), else None
+    feats: np.ndarray | None = None     # (n, D) float64 extractor features of `data`; None: the flattened data itself
 
     def to_dict(self) -> dict:
         return {"data": self.data, "noise": self.noise.numpy(), "ode": self.ode, "floor": self.floor,
-                "labels": None if self.labels is None else self.labels.numpy()}
+                "labels": None if self.labels is None else self.labels.numpy(), "feats": self.feats}
 
     @classmethod
     def from_dict(cls, d: dict) -> "EvalRef":
-        y = d.get("labels")
-        return cls(np.array(d["data"]), torch.tensor(np.array(d["noise"])), np.array(d["ode"]), dict(d["floor"]),
-                   None if y is None else torch.as_tensor(np.array(y), dtype=torch.long))
+        y, f = d.get("labels"), d.get("feats")
+        return cls(np.array(d["data"]), torch.as_tensor(np.array(d["noise"])), None if d["ode"] is None else np.array(d["ode"]), dict(d["floor"]),
+                   None if y is None else torch.as_tensor(np.array(y), dtype=torch.long),
+                   None if f is None else np.array(f, dtype=np.float64))
+
+    @property
+    def ref_feats(self) -> np.ndarray:
+        return self.data if self.feats is None else self.feats
 
     def head(self, n: int) -> "EvalRef":
-        """The first n rows (data, noise, ODE solutions, labels), without a floor: the proxy evaluation's reference."""
-        return EvalRef(self.data[:n], self.noise[:n], self.ode[:n], {}, None if self.labels is None else self.labels[:n])
+        """The first n rows (data, noise, ODE solutions, labels, features), without a floor: the proxy's reference."""
+        return EvalRef(self.data[:n], self.noise[:n], None if self.ode is None else self.ode[:n], {},
+                       None if self.labels is None else self.labels[:n],
+                       None if self.feats is None else self.feats[:n])
+
+
+def sample_points(evaluations, noise: torch.Tensor, labels: torch.Tensor | None, batch_size: int, device="cpu") -> list:
+    """Every point of a method's curve, sampled from the fixed noise in chunks of `batch_size` rows on `device`
+    (each chunk conditioned on its own rows' labels): [(label, steps, samples on the CPU, nfe per sample)].
+    evaluations(y) -> [(label, steps, sampler)] is the method's `evaluations` bound to its EMA network."""
+    out: dict = {}
+    with torch.no_grad():
+        for i in range(0, len(noise), batch_size):
+            y = None if labels is None else labels[i:i + batch_size].to(device)
+            for label, steps, sampler in evaluations(y):
+                x, nfe = sampler(noise[i:i + batch_size].to(device))
+                out.setdefault((label, steps), ([], nfe))[0].append(x.cpu())
+    return [(label, steps, torch.cat(xs), nfe) for (label, steps), (xs, nfe) in out.items()]
 
 
 def _flat(x) -> np.ndarray:
@@ -53,56 +81,79 @@ def _flat(x) -> np.ndarray:
     return x.reshape(len(x), -1).astype(np.float64)
 
 
-def evaluate(samples, ref: EvalRef, names: dict[str, str]) -> dict[str, float]:
+def evaluate(samples, ref: EvalRef, names: dict[str, str], feats=None, kid_subsets: int = 0, predict=None) -> dict[str, float]:
+    """Frechet distance (and, with kid_subsets > 0, KID with its standard error "<kid>_se") between the features
+    of the samples (`feats`; None: the flattened samples) and the reference's; sliced W2 and the paired error to
+    the teacher's ODE solutions in sample space; with `predict(feats) -> classes`, ref.labels and a "cls_err"
+    name, the fraction of samples not classified as the label of their noise row."""
     s = _flat(samples)
-    mu, cov = gaussian_stats(s)
-    mu_r, cov_r = gaussian_stats(ref.data)
-    return {names["fd"]: frechet_distance(mu, cov, mu_r, cov_r),
-            names["swd"]: sliced_wasserstein(s, ref.data),
-            names["ode"]: paired_l2(s, ref.ode)}
+    f, fr = (s if feats is None else np.asarray(feats, np.float64)), ref.ref_feats
+    out = {names["fd"]: frechet_distance(*gaussian_stats(f), *gaussian_stats(fr)),
+           names["swd"]: sliced_wasserstein(s, ref.data)}
+    if ref.ode is not None:
+        out[names["ode"]] = paired_l2(s, ref.ode)
+    if predict is not None and ref.labels is not None and "cls_err" in names:
+        out[names["cls_err"]] = float(np.mean(predict(f) != ref.labels.numpy()))
+    if kid_subsets:
+        m = max(2, min(1000, len(f) // kid_subsets, len(fr) // kid_subsets))   # disjoint subsets: independent estimates
+        value, se = kid(f, fr, num_subsets=kid_subsets, subset_size=m)
+        out |= {names["kid"]: value, f"{names['kid']}_se": se}
+    return out
 
 
-def bootstrap_se(samples, ref: EvalRef, names: dict[str, str], n_boot: int, seed: int = 0) -> dict[str, float]:
-    """Bootstrap standard error of each metric of `evaluate`, keyed "<metric>_se": the std over `n_boot`
-    resamples (with replacement, seeded) of the generated rows, each with its paired ODE row, and of the
-    reference data rows. The evaluation-noise yardstick of a regression check (docs/regression.md)."""
+def bootstrap_se(samples, ref: EvalRef, names: dict[str, str], n_boot: int, seed: int = 0, feats=None) -> dict[str, float]:
+    """Bootstrap standard error of the FD, sliced W2 and ODE error of `evaluate`, keyed "<metric>_se": the std over
+    `n_boot` resamples (with replacement, seeded) of the generated rows (with their features and paired ODE rows)
+    and of the reference rows. The evaluation-noise yardstick of a regression check (docs/regression.md).
+    (KID brings its own standard error, from its subsets.)"""
     s = _flat(samples)
+    f = s if feats is None else np.asarray(feats, np.float64)
     rng = np.random.default_rng(seed)
-    reps: dict[str, list[float]] = {k: [] for k in names.values()}
+    reps: dict[str, list[float]] = {}
     for _ in range(n_boot):
         i, j = rng.integers(0, len(s), len(s)), rng.integers(0, len(ref.data), len(ref.data))
-        for k, v in evaluate(s[i], EvalRef(ref.data[j], ref.noise, ref.ode[i], {}), names).items():
-            reps[k].append(v)
+        ode = None if ref.ode is None else ref.ode[i]
+        for k, v in evaluate(s[i], EvalRef(ref.data[j], ref.noise, ode, {}, None, ref.ref_feats[j]), names, f[i]).items():
+            reps.setdefault(k, []).append(v)
     return {f"{k}_se": float(np.std(v, ddof=1)) for k, v in reps.items()}
 
 
 def make_eval_ref(data_dist, teacher, sched, samples: int, ode_steps: int, seed: int, extractor: str = "identity",
-                  labelled: bool = False) -> EvalRef:
+                  labelled: bool = False, features=None, kid_subsets: int = 0) -> EvalRef:
     """Data sample, fixed noise and the teacher's `ode_steps`-step DDIM from it; `extractor` names the metrics
-    ("identity" for vectors, "pixel" for images: both are Frechet distances of the flattened samples).
+    ("identity" for vectors, "pixel" for images: Frechet distances of the flattened samples; "classifier",
+    "inception": of the features that `features(rows) -> (n, D)` computes, kept as ref.feats).
     labelled (class-conditional teacher, labelled data): each noise row also gets a fixed class label, drawn
     (after the noise, same seed) as the label of a random data row, i.e. from the data's label distribution,
-    so conditional samples are compared with the unconditional data; the ODE is the conditional teacher's."""
+    so conditional samples are compared with the unconditional data; the ODE is the conditional teacher's.
+    The floor: the metrics of a second, independent data sample (KID's standard error left out)."""
     g = torch.Generator().manual_seed(seed)
     data = _flat(data_dist.sample(samples, g, dtype=torch.float64))
     other = _flat(data_dist.sample(samples, g, dtype=torch.float64))
     noise = torch.randn((samples, *data_dist.shape), generator=g, dtype=torch.float32)
     labels = data_dist.sample_labelled(samples, g)[1] if labelled else None
     ode, _ = ddim_sample(conditioned(teacher, labels), sched, noise.double(), ode_steps)
-    ref = EvalRef(data, noise, _flat(ode), {}, labels)
+    feats = None if features is None else features(data)
+    ref = EvalRef(data, noise, _flat(ode), {}, labels, feats)
     names = metric_names(samples, extractor)
-    floor = evaluate(other, ref, names)
-    floor[names["ode"]] = 0.0
-    ref.floor = floor
+    floor = evaluate(other, ref, names, None if features is None else features(other), kid_subsets)
+    ref.floor = {k: v for k, v in floor.items() if not k.endswith("_se")} | {names["ode"]: 0.0}
     return ref
 
 
+def metric_rows(values: dict[str, float], names: dict[str, str]) -> list[dict]:
+    """{metric, value} (+ se where "<metric>_se" is among the values) for each metric of `names` that has a value."""
+    return [{"metric": m, "value": values[m]} | ({"se": values[f"{m}_se"]} if f"{m}_se" in values else {})
+            for m in names.values() if m in values]
+
+
 def teacher_curve(teacher, sched, data_dist, ref: EvalRef, steps: list[int], eta: float = 0.75, seed: int = 0,
-                  extractor: str = "identity", bootstrap: int = 0) -> list[dict]:
+                  extractor: str = "identity", bootstrap: int = 0, features=None, kid_subsets: int = 0,
+                  predict=None) -> list[dict]:
     """Teacher DDIM and aDDIM (empirical xvar table, eta = 0.75) at each step count: rows of
-    {method, steps, nfe, metric, value} (+ se, the bootstrap standard error, when bootstrap > 0).
+    {method, steps, nfe, metric, value} (+ se: KID's own, the bootstrap's for the others when bootstrap > 0).
     With ref.labels the teacher is conditioned on them (unguided), its xvar table on the table rows' own labels."""
-    names = metric_names(len(ref.data), extractor)
+    names = metric_names(len(ref.data), extractor, ref.labels is not None)
     rows = []
     g = torch.Generator().manual_seed(seed)
     if ref.labels is None:
@@ -113,29 +164,30 @@ def teacher_curve(teacher, sched, data_dist, ref: EvalRef, steps: list[int], eta
     for n in steps:
         for label, xv in (("teacher_ddim", None), ("teacher_addim", xvar_table(conditioned(teacher, table_y), sched, table_data, n, eta, g))):
             x, nfe = ddim_sample(f, sched, ref.noise.double(), n, xvar=xv)
-            se = bootstrap_se(x, ref, names, bootstrap, seed) if bootstrap else {}
-            for metric, value in evaluate(x, ref, names).items():
-                rows.append({"method": label, "student_steps": n, "nfe": nfe, "metric": metric, "value": value}
-                            | ({"se": se[f"{metric}_se"]} if se else {}))
+            feats = None if features is None else features(x)
+            values = evaluate(x, ref, names, feats, kid_subsets, predict)
+            if bootstrap:
+                values |= bootstrap_se(x, ref, names, bootstrap, seed, feats)
+            rows += [{"method": label, "student_steps": n, "nfe": nfe} | r for r in metric_rows(values, names)]
     return rows
 
 
-def fixed_draws(data_dist, samples: int, seed: int, extractor: str = "identity"):
+def fixed_draws(data_dist, samples: int, seed: int, extractor: str = "identity", features=None, kid_subsets: int = 0):
     """The draws behind a teacher's own curve (teacher runs and `multistep eval` share them, so their numbers
-    agree): (fixed float64 noise, metric names, dist(samples) -> {fd, swd} to a data sample, the same distances
-    of a second data sample: the floor)."""
+    agree): (fixed float64 noise, metric names, dist(samples) -> {fd, swd (, kid, kid_se)} to a data sample,
+    the same distances of a second data sample: the floor)."""
     g = torch.Generator().manual_seed(seed)
     data = _flat(data_dist.sample(samples, g, dtype=torch.float64))
     other = _flat(data_dist.sample(samples, g, dtype=torch.float64))
     noise = torch.randn((samples, *data_dist.shape), generator=g, dtype=torch.float64)
     names = metric_names(samples, extractor)
-    mu_r, cov_r = gaussian_stats(data)
+    feats = (lambda x: None) if features is None else features   # noqa: E731
+    ref = EvalRef(data, noise, None, {}, None, feats(data))
 
     def dist(s) -> dict[str, float]:
-        s = _flat(s)
-        return {names["fd"]: frechet_distance(*gaussian_stats(s), mu_r, cov_r), names["swd"]: sliced_wasserstein(s, data)}
+        return evaluate(s, ref, names, feats(s), kid_subsets)
 
-    return noise, names, dist, dist(other)
+    return noise, names, dist, {k: v for k, v in dist(other).items() if not k.endswith("_se")}
 
 
 def ddim_curve(teacher, sched, data_dist, samples: int, steps: list[int], seed: int, extractor: str = "identity",

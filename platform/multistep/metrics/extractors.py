@@ -48,6 +48,10 @@ class Extractor:
     def __call__(self, x) -> np.ndarray:
         raise NotImplementedError
 
+    def spec(self) -> dict:
+        """What rebuilds this extractor in another process or on another node (`from_spec`)."""
+        return {"name": self.name}
+
 
 class IdentityExtractor(Extractor):
     name = "identity"
@@ -86,6 +90,9 @@ class InceptionExtractor(Extractor):
     @property
     def key(self) -> dict:
         return {"name": self.name, "sha256": self.sha256}
+
+    def spec(self) -> dict:
+        return {"name": self.name, "path": str(self.path), "batch_size": self.batch_size}   # the path must exist there too
 
     @torch.no_grad()
     def __call__(self, x) -> np.ndarray:
@@ -207,6 +214,27 @@ class ClassifierExtractor(Extractor):
         return {"name": self.name, **self.settings, "sha256": self.sha256}
 
     @torch.no_grad()
+    def predict(self, feats) -> np.ndarray:
+        """Class predictions (argmax of the head) from this extractor's features."""
+        return self.model.head(_tensor(feats).float().to(self.device)).argmax(1).cpu().numpy()
+
+    def spec(self) -> dict:
+        """The trained weights travel with the spec: other nodes need neither the data nor this cache."""
+        return {"name": self.name, "state": self.model.state_dict(), "settings": self.settings, "in_dim": self.in_dim,
+                "accuracy": self.accuracy, "sha256": self.sha256}
+
+    @classmethod
+    def from_state(cls, spec: dict, device: str = "cpu") -> "ClassifierExtractor":
+        self = cls.__new__(cls)
+        st = self.settings = dict(spec["settings"])
+        self.in_dim, self.accuracy, self.sha256, self.trained, self.path = spec["in_dim"], spec["accuracy"], spec["sha256"], False, None
+        self.model = SmallMLP(self.in_dim, spec["state"]["head.weight"].shape[0], st["width"], st["feat_dim"])
+        self.model.load_state_dict(spec["state"])
+        self.device = torch.device(device)
+        self.model.to(self.device).eval()
+        return self
+
+    @torch.no_grad()
     def __call__(self, x, batch_size: int = 1024) -> np.ndarray:
         x = _tensor(x).float()
         x = x.reshape(len(x), -1)  # images or their flattened pixels
@@ -226,6 +254,23 @@ def _data_hash(x, y) -> str:
 
 
 EXTRACTORS = {"identity": IdentityExtractor, "inception": InceptionExtractor, "classifier": ClassifierExtractor}
+
+
+def from_spec(spec: dict, device: str = "cpu") -> Extractor:
+    """The extractor a `spec()` describes, on `device`."""
+    if spec["name"] == "classifier":
+        return ClassifierExtractor.from_state(spec, device)
+    if spec["name"] == "inception":
+        return InceptionExtractor(spec["path"], device, spec["batch_size"])
+    return make_extractor(spec["name"])
+
+
+def features_fn(extractor: Extractor, shape):
+    """samples (n, *shape) or their flattened rows (n, d) -> (n, D) float64 features (rows are reshaped first)."""
+    def features(x) -> np.ndarray:
+        x = _tensor(x)
+        return extractor(x.reshape(len(x), *shape))
+    return features
 
 
 def make_extractor(name: str, **kw) -> Extractor:

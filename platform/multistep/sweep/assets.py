@@ -11,12 +11,11 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from multistep.config import TrialCfg
+from multistep.config import ConfigError, TrialCfg
 from multistep.metrics.evaluate import EvalRef, make_eval_ref, teacher_curve
-from multistep.metrics.extractors import file_sha256
+from multistep.metrics.extractors import ClassifierExtractor, InceptionExtractor, features_fn, file_sha256
 from multistep.train.build import build, fetch_mlflow_teacher, uses_labels
 from multistep.train.loop import warm_start
 
@@ -65,30 +64,53 @@ def teacher_identity(cfg: TrialCfg) -> dict:
     return {"kind": "network", "sha256": file_sha256(t.path, 32) if t.path else f"{t.run_id}/{t.artifact_path}"}
 
 
+def make_extractor_for(cfg: TrialCfg, data, cache_dir: Path, log=print):
+    """The feature extractor of cfg.eval.extractor (None for identity / pixel: the samples themselves).
+    classifier: a small MLP trained once on the trial's labelled images, cached in cache_dir by data and settings."""
+    space = cfg.feature_space
+    if space == "inception":
+        return InceptionExtractor(cfg.eval.inception_path)
+    if space != "classifier":
+        return None
+    if getattr(data, "labels", None) is None:
+        raise ConfigError(f"eval.extractor: classifier needs labelled data (data.kind {cfg.data.kind} has no class labels)")
+    x = data.x.float().div(127.5).sub(1.0) if data.x.dtype == torch.uint8 else data.x.float()
+    ext = ClassifierExtractor(dataset=cfg.data.kind, data=(x, data.labels), cache_dir=cache_dir)
+    log(f"feature classifier {'trained' if ext.trained else 'from the cache'}: held-out accuracy {ext.accuracy:.3f} ({ext.path})")
+    return ext
+
+
 def prepare(cfg: TrialCfg, cache_dir: Path, log=print) -> dict:
     c = build(cfg)
     base = {"data": data_identity(cfg), "teacher": teacher_identity(cfg)}
     ev = cfg.eval
     labelled = uses_labels(c.teacher, getattr(c.data, "labels", None) is not None)  # conditional teacher + labels
+    ext = make_extractor_for(cfg, c.data, cache_dir, log)
+    features = None if ext is None else features_fn(ext, c.data.shape)
     ref_key = content_hash({**base, "samples": ev.samples, "ode_steps": ev.ode_steps, "seed": ev.seed}
-                           | ({"labels": "data-distribution"} if labelled else {}))   # fixed labels are part of the reference
+                           | ({"labels": "data-distribution"} if labelled else {})   # fixed labels are part of the reference
+                           | ({"features": ext.key} if ext else {}) | ({"kid_subsets": ev.kid_subsets} if ev.kid_subsets else {}))
 
     def make_ref():
         log(f"computing evaluation reference ({ev.samples} samples, {ev.ode_steps}-step teacher ODE"
             + (", labels drawn from the data)" if labelled else ")"))
-        r = make_eval_ref(c.data, c.teacher, c.schedule, ev.samples, ev.ode_steps, ev.seed, cfg.data.fd_space, labelled)
+        r = make_eval_ref(c.data, c.teacher, c.schedule, ev.samples, ev.ode_steps, ev.seed, cfg.feature_space, labelled,
+                          features, ev.kid_subsets)
         return {"data": torch.from_numpy(r.data), "noise": r.noise, "ode": torch.from_numpy(r.ode),
-                "floor": r.floor, "hash": ref_key, "labels": r.labels}
+                "floor": r.floor, "hash": ref_key, "labels": r.labels, "feats": None if r.feats is None else torch.from_numpy(r.feats)}
 
     ref_t = _cached(cache_dir / f"evalref-{ref_key}.pt", make_ref)
-    ref = EvalRef(ref_t["data"].numpy(), ref_t["noise"], ref_t["ode"].numpy(), ref_t["floor"], ref_t.get("labels"))
+    feats = ref_t.get("feats")
+    ref = EvalRef(ref_t["data"].numpy(), ref_t["noise"], ref_t["ode"].numpy(), ref_t["floor"], ref_t.get("labels"),
+                  None if feats is None else feats.numpy())
 
     curve_key = content_hash({"ref": ref_key, "steps": ev.teacher_steps} | ({"bootstrap": ev.bootstrap} if ev.bootstrap else {}))
 
     def make_curve():
         log(f"computing the teacher curve (DDIM and aDDIM at {ev.teacher_steps} steps)")
-        return {"rows": teacher_curve(c.teacher, c.schedule, c.data, ref, ev.teacher_steps, extractor=cfg.data.fd_space,
-                                     bootstrap=ev.bootstrap)}
+        return {"rows": teacher_curve(c.teacher, c.schedule, c.data, ref, ev.teacher_steps, extractor=cfg.feature_space,
+                                     bootstrap=ev.bootstrap, features=features, kid_subsets=ev.kid_subsets,
+                                     predict=getattr(ext, "predict", None))}
 
     curve = _cached(cache_dir / f"teachercurve-{curve_key}.pt", make_curve)["rows"]
 
@@ -102,6 +124,5 @@ def prepare(cfg: TrialCfg, cache_dir: Path, log=print) -> dict:
 
     warm = s.init_iterations > 0 and cfg.teacher.kind == "analytic"  # a network teacher's students start as its copy
     init = _cached(cache_dir / f"init-{init_key}.pt", make_init) if warm else None
-    ref_dict = {"data": ref.data.astype(np.float64), "noise": ref.noise.numpy(), "ode": ref.ode, "floor": ref.floor,
-                "labels": None if ref.labels is None else ref.labels.numpy()}
-    return {"eval_ref": ref_dict, "eval_ref_hash": ref_key, "teacher_rows": curve, "init": init}
+    return {"eval_ref": ref.to_dict(), "eval_ref_hash": ref_key, "teacher_rows": curve, "init": init,
+            "extractor": None if ext is None else ext.spec()}

@@ -222,7 +222,8 @@ def run_sweep(plan: SweepPlan, tracking_uri: str, storage: str, say=print, resum
             if err := guidance_error(tc, assets[key]["eval_ref"]["labels"] is not None):   # CFG needs a conditional teacher
                 raise ConfigError(f"{plan.path}: {err}")
         first = assets[asset_keys[0]]
-        names = metric_names(plan.trial_cfg(0).eval.samples, plan.trial_cfg(0).data.fd_space)
+        names = metric_names(plan.trial_cfg(0).eval.samples, plan.trial_cfg(0).feature_space,
+                             first["eval_ref"]["labels"] is not None)
         teacher_rows = first["teacher_rows"]
         if not resume:
             for row in teacher_rows:
@@ -303,7 +304,7 @@ def _scheduler(plan: SweepPlan):
         return FIFOScheduler()
     cfgs = [plan.trial_cfg(i) for i in range(len(plan.trials))]
     every = min(c.train.checkpoint_every for c in cfgs)
-    proxy = f"proxy_{metric_names(min(sc.proxy_samples, cfgs[0].eval.samples), cfgs[0].data.fd_space)['fd']}"
+    proxy = f"proxy_{metric_names(min(sc.proxy_samples, cfgs[0].eval.samples), cfgs[0].feature_space)['fd']}"
     # max_t one past the end: reaching the last iteration must not stop a trial before its final evaluation
     return ASHAScheduler(time_attr="iteration", metric=proxy, mode="min", max_t=max(c.train.iterations for c in cfgs) + 1,
                          grace_period=sc.grace_checkpoints * every, reduction_factor=sc.reduction_factor)

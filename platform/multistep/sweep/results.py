@@ -62,7 +62,7 @@ def plot(rows: list[dict], metrics: list[str], floor: dict[str, float], path: Pa
         if floor.get(metric):
             ax.axhline(floor[metric], color="grey", ls=":", label="two-sample floor")
         ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
+        ax.set_yscale("linear" if metric.startswith("kid") else "log")   # KID is unbiased: near 0, can be < 0
         ax.set_xlabel("sampling steps (NFE)")
         ax.set_ylabel(metric)
         ax.grid(True, which="both", alpha=0.3)

@@ -52,8 +52,11 @@ def train_session() -> Session:
 
 def tune_session(use_gpu: bool) -> Session:
     """The Tune trial's own process, the trial's only worker (Ray sets CUDA_VISIBLE_DEVICES for its GPU)."""
+    import logging
+
     from ray import tune
 
+    logging.getLogger("ray.train").setLevel(logging.WARNING)   # no "Checkpoint successfully created" line per checkpoint
     return Session(tune, 0, 1, torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu"))
 
 
@@ -64,7 +67,8 @@ def worker_main(cfg: dict) -> dict:
 
 def run_trial(cfg: dict, session: Session) -> dict:
     from multistep.config import TrialCfg
-    from multistep.metrics.evaluate import EvalRef, bootstrap_se, evaluate, metric_names
+    from multistep.metrics.evaluate import EvalRef, bootstrap_se, evaluate, metric_names, sample_points
+    from multistep.metrics.extractors import features_fn, from_spec
     from multistep.train.build import build, make_method
     from multistep.train.loop import Hooks, NonFiniteLoss, fit, new_state
     from multistep.train.perf import apply_fast_paths
@@ -121,19 +125,20 @@ def run_trial(cfg: dict, session: Session) -> dict:
         if logger:
             logger.metrics(it, {f"train/{k}": v for k, v in means.items()} | {"train/wall_seconds": state.wall_seconds})
 
-    names = metric_names(len(ref.data), tc.data.fd_space)
+    names = metric_names(len(ref.data), tc.feature_space, labelled)
+    spec = cfg.get("extractor")   # classifier / inception features (None: the samples themselves)
+    ext = from_spec(spec, device) if spec else None
+    features = features_fn(ext, ref.noise.shape[1:]) if ext else (lambda x: None)
+    predict = getattr(ext, "predict", None)   # classifier: cls_err of conditional samples
     n_proxy = min(cfg.get("proxy_samples", 1000), len(ref.data))
     proxy_ref = ref.head(n_proxy)
-    proxy_names = {k: f"proxy_{v}" for k, v in metric_names(n_proxy, tc.data.fd_space).items()}
+    proxy_names = {k: f"proxy_{v}" for k, v in metric_names(n_proxy, tc.feature_space, labelled).items()}
 
     def proxy() -> dict[str, float]:
         """Cheap in-training evaluation (few samples, current EMA): what ASHA compares; never the final number."""
-        evals = method.evaluations(state.ema, on_device(proxy_ref.labels, device))
-        if not evals:
-            return {}
-        _, _, sampler = evals[0]
-        with torch.no_grad():
-            return evaluate(sampler(proxy_ref.noise.to(device))[0], proxy_ref, proxy_names)
+        first = lambda y: method.evaluations(state.ema, y)[:1]   # noqa: E731 - the method's own sampler
+        points = sample_points(first, proxy_ref.noise, proxy_ref.labels, tc.eval.batch_size, device)
+        return evaluate(points[0][2], proxy_ref, proxy_names, features(points[0][2]), predict=predict) if points else {}
 
     last_proxy: dict[str, float] = {}
 
@@ -165,12 +170,13 @@ def run_trial(cfg: dict, session: Session) -> dict:
     # The method's own label logs under the plain metric name; extra samplers under "<metric>/<label>".
     state.ema.eval()
     final: dict = {}
-    evals = method.evaluations(state.ema, on_device(ref.labels, device)) if rank == 0 else []   # conditional: fixed labels
-    for label, steps, sampler in evals:
-        x, nfe = sampler(ref.noise.to(device))
-        metrics = evaluate(x, ref, names)
-        if tc.eval.bootstrap:  # "<metric>_se": the results table's se column
-            metrics |= bootstrap_se(x, ref, names, tc.eval.bootstrap, tc.eval.seed)
+    points = sample_points(lambda y: method.evaluations(state.ema, y), ref.noise, ref.labels, tc.eval.batch_size,
+                           device) if rank == 0 else []   # conditional students: the reference's fixed labels
+    for label, steps, x, nfe in points:
+        feats = features(x)
+        metrics = evaluate(x, ref, names, feats, tc.eval.kid_subsets, predict)   # + "<kid>_se": the results table's se column
+        if tc.eval.bootstrap:  # "<metric>_se" of the others
+            metrics |= bootstrap_se(x, ref, names, tc.eval.bootstrap, tc.eval.seed, feats)
         if logger:
             suffix = "" if label == method.label else f"/{label}"
             logger.metrics(steps, {f"{k}{suffix}": v for k, v in metrics.items()})   # step = number of sampling steps
