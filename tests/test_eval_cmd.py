@@ -143,6 +143,21 @@ def test_classifier_features(teacher_ckpt, tmp_path, capsys):
     assert pixel[("teacher_ddim", 1, "fd_pixel_200")] != got[("teacher_ddim", 1, "fd_classifier_200")]
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_inception_detector_from_a_local_path(teacher_ckpt, tmp_path, capsys):
+    """--inception PATH: FID and KID (names fid_* / kid_*) in the features of a TorchScript detector on disk."""
+    from test_metrics import TinyDetector
+
+    det = tmp_path / "tiny-detector.pt"
+    torch.jit.script(TinyDetector()).save(str(det))
+    out = tmp_path / "ev"
+    assert main(["eval", str(teacher_ckpt), "--steps", "1", "--samples", "200", "--inception", str(det), "--out", str(out)]) == 0
+    rows, got = _pivot(out)
+    assert {r["metric"] for r in rows} == {"fid_200", "kid_200", "swd_200"} and got[("teacher_ddim", 1, "fid_200")] > 0
+    assert main(["eval", str(teacher_ckpt), "--inception", str(tmp_path / "none.pt"), "--out", str(out)]) == 2
+    assert "none.pt" in capsys.readouterr().err
+
+
 def test_bad_input_exits_2_with_one_line(teacher_ckpt, student, tmp_path, capsys):
     d = student[0]
     corrupt = tmp_path / "corrupt.pt"

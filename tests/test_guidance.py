@@ -218,6 +218,8 @@ def test_guidance_sweep_axis_end_to_end(ray_local, tmp_path, monkeypatch):
     assert all("proxy_fd_classifier_200" in t.data.metrics and "kid_classifier_200_se" in t.data.metrics for t in trials)
     errs = [t.data.metrics["cls_err_200"] for t in trials]             # class-aware: samples off their label
     assert all(0 <= e <= 1 for e in errs)
+    for t, label in zip(trials, ("mcd", "mcd_cfg1.5")):                # an 8x8 sample grid per trial and step count
+        assert [a.path for a in client.list_artifacts(t.info.run_id, "samples")] == [f"samples/{label}_2steps.png"]
     for label in ("mcd", "mcd_cfg1.5"):                                # a curve per guidance scale in the sweep run
         (pt,) = client.get_metric_history(sweep_run.info.run_id, f"fd_classifier_200/{label}")
         assert pt.step == 2

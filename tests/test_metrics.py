@@ -261,3 +261,20 @@ def test_cls_err_counts_samples_off_their_conditioning_label():
     assert names["cls_err"] == "cls_err_4" and "cls_err" not in metric_names(4, "classifier")
     out = evaluate(np.array([[1.0, 0], [0, 1], [1, 0], [1, 0]]), ref, names, predict=lambda f: f.argmax(1))
     assert out["cls_err_4"] == 0.25 and "ode_l2_4" not in out          # predicted 0, 1, 0, 0 against 0, 1, 1, 0
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_extractor_specs_rebuild_the_same_features(tmp_path):
+    """What the sweep driver ships to trials (spec) rebuilds the same extractor there, without data or cache."""
+    from multistep.data.digits import load_digits
+    from multistep.metrics.extractors import from_spec
+
+    x = load_digits(8)[0][:50]
+    clf = make_extractor("classifier", dataset="digits", cache_dir=tmp_path, epochs=1)
+    again = from_spec(clf.spec())
+    np.testing.assert_array_equal(again(x), clf(x))
+    np.testing.assert_array_equal(again.predict(again(x)), clf.model(x.reshape(50, -1)).argmax(1).numpy())
+    path = tmp_path / "tiny-detector.pt"
+    torch.jit.script(TinyDetector()).save(str(path))
+    det = make_extractor("inception", path=path)
+    np.testing.assert_array_equal(from_spec(det.spec())(x), det(x))

@@ -34,7 +34,6 @@ Students are sampled at their own student_steps; an MCM student is also sampled 
 not trained for (rows <label>_S<S>). Exit codes: 0 evaluated, 2 bad input."""
 
 TRIAL_DIR = re.compile(r"^trial-(\d+)$")   # Ray Train run folder of a sweep trial (sweep/driver.py)
-GRID = 8                                   # sample grids are GRID x GRID images
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -116,6 +115,7 @@ def eval_teacher(p: Path, steps: list[int], samples: int, seed: int, say=print, 
     from multistep.diffusion.samplers import ddim_sample, xvar_table
     from multistep.diffusion.schedules import make_schedule
     from multistep.metrics.evaluate import fixed_draws, metric_rows
+    from multistep.sweep.results import GRID
     from multistep.nets.mlp import VDenoiser
     from multistep.train.build import make_data
     from multistep.train.teacher import load_teacher
@@ -153,7 +153,7 @@ def eval_teacher(p: Path, steps: list[int], samples: int, seed: int, say=print, 
     for n in steps:
         for label, xv in (("teacher_ddim", None), ("teacher_addim", xvar_table(f, sched, table_data, n, 0.75, g_table))):
             x, nfe = ddim_sample(f, sched, noise, n, xvar=xv)
-            kept[(label, n)] = x[:GRID * GRID]
+            kept[(label, n)] = x[:GRID ** 2]
             rows += [{"method": label, "student_steps": n, "nfe": nfe} | r for r in metric_rows(dist(x), names)]
     info = {"kind": "teacher", "data": dcfg.label, "teacher_name": meta.get("name"), "teacher_run_id": meta.get("run_id")}
     return rows, floor, [m for k, m in names.items() if k != "ode" and m in floor], tuple(data.shape), kept, info
@@ -188,6 +188,7 @@ def load_trial_cfg(config: str, ckpt: Path, trial: int | None):
 
 def eval_student(p: Path, blob: dict, args, steps: list[int] | None, say=print):
     from multistep.metrics.evaluate import evaluate, make_eval_ref, metric_names, metric_rows, sample_points, teacher_curve
+    from multistep.sweep.results import GRID
     from multistep.diffusion.samplers import mcm_sample
     from multistep.sweep.worker import CKPT_VERSION
     from multistep.methods.base import conditioned
@@ -245,7 +246,7 @@ def eval_student(p: Path, blob: dict, args, steps: list[int] | None, say=print):
     rows, kept = [], {}
     points = sample_points(evaluations, ref.noise, ref.labels, tc.eval.batch_size)
     for lb, n, x, nfe in points:
-        kept[(lb, n)] = x[:GRID * GRID]
+        kept[(lb, n)] = x[:GRID ** 2]
         values = evaluate(x, ref, names, None if features is None else features(x), kid_subsets, predict)
         rows += [{"method": lb, "student_steps": n, "nfe": nfe, **common} | r for r in metric_rows(values, names)]
     if args.with_teacher:
@@ -291,28 +292,6 @@ def feature_setup(tc, data, say=print):
 
 
 # -- outputs ----------------------------------------------------------------------------------------
-def save_grid(x, path: Path) -> Path:
-    """An 8x8 mosaic of the first 64 samples (C, H, W in [-1, 1]) as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    x = np.clip((x.detach().cpu().double().numpy() + 1) / 2, 0, 1)[: GRID * GRID]
-    n, C, H, W = x.shape
-    canvas = np.ones((GRID * (H + 1) + 1, GRID * (W + 1) + 1, C))
-    for i in range(n):
-        r, c = divmod(i, GRID)
-        canvas[1 + r * (H + 1): 1 + r * (H + 1) + H, 1 + c * (W + 1): 1 + c * (W + 1) + W] = x[i].transpose(1, 2, 0)
-    scale = max(1, 256 // canvas.shape[0])   # small images upscaled (nearest) so the PNG is viewable
-    canvas = canvas.repeat(scale, 0).repeat(scale, 1)
-    tmp = path.with_name(path.name + ".tmp")
-    plt.imsave(tmp, canvas[..., 0] if C == 1 else canvas[..., :3], cmap="gray" if C == 1 else None, vmin=0, vmax=1, format="png")
-    tmp.replace(path)
-    return path
-
-
 def cmd_eval(args, say=print) -> int:
     steps = parse_steps(args.steps)
     _check_args(args)
@@ -338,7 +317,7 @@ def cmd_eval(args, say=print) -> int:
     grids = []
     if args.grid:
         if len(shape) == 3:
-            grids = [save_grid(x, out / f"grid_{m}_{n}steps.png") for (m, n), x in sorted(kept.items())]
+            grids = [res.save_grid(x, out / f"grid_{m}_{n}steps.png") for (m, n), x in sorted(kept.items())]
         else:
             say(f"--grid: samples of shape {shape} are not images; no sample grids")
     from multistep.metrics.extractors import file_sha256

@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+GRID = 8   # sample grids are GRID x GRID images
 COLUMNS = ["method", "student_steps", "nfe", "metric", "value", "trial_id", "run_id", "anneal",
            "learning_rate", "train_iterations", "wall_seconds", "se"]  # se: bootstrap standard error (eval.bootstrap), else null
 
@@ -84,3 +85,25 @@ def format_table(rows: list[dict], metrics: list[str]) -> str:
         vals = [best[m].get(method, {}).get(steps) for m in metrics]
         lines.append(f"{method:<15}{steps:>6}" + "".join(f"{v:>18.5f}" if v is not None else f"{'-':>18}" for v in vals))
     return "\n".join(lines)
+
+
+def save_grid(x, path: Path, grid: int = GRID) -> Path:
+    """A grid x grid mosaic of the first grid**2 samples (C, H, W in [-1, 1]) as a PNG (written whole, then renamed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    x = np.clip((x.detach().cpu().double().numpy() + 1) / 2, 0, 1)[: grid * grid]
+    n, C, H, W = x.shape
+    canvas = np.ones((grid * (H + 1) + 1, grid * (W + 1) + 1, C))
+    for i in range(n):
+        r, c = divmod(i, grid)
+        canvas[1 + r * (H + 1): 1 + r * (H + 1) + H, 1 + c * (W + 1): 1 + c * (W + 1) + W] = x[i].transpose(1, 2, 0)
+    scale = max(1, 256 // canvas.shape[0])   # small images upscaled (nearest) so the PNG is viewable
+    canvas = canvas.repeat(scale, 0).repeat(scale, 1)
+    tmp = path.with_name(path.name + ".tmp")
+    plt.imsave(tmp, canvas[..., 0] if C == 1 else canvas[..., :3], cmap="gray" if C == 1 else None, vmin=0, vmax=1, format="png")
+    tmp.replace(path)
+    return path

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from pathlib import Path
 
 import torch
 
@@ -69,7 +70,8 @@ def run_trial(cfg: dict, session: Session) -> dict:
     from multistep.config import TrialCfg
     from multistep.metrics.evaluate import EvalRef, bootstrap_se, evaluate, metric_names, sample_points
     from multistep.metrics.extractors import features_fn, from_spec
-    from multistep.train.build import build, make_method
+    from multistep.sweep.results import save_grid
+    from multistep.train.build import build, make_method, method_label
     from multistep.train.loop import Hooks, NonFiniteLoss, fit, new_state
     from multistep.train.perf import apply_fast_paths
     from multistep.train.replicas import Replicas
@@ -180,6 +182,10 @@ def run_trial(cfg: dict, session: Session) -> dict:
         if logger:
             suffix = "" if label == method.label else f"/{label}"
             logger.metrics(steps, {f"{k}{suffix}": v for k, v in metrics.items()})   # step = number of sampling steps
+            if x.ndim == 4:   # images: an 8x8 grid of the first samples, artifact samples/<label>_<steps>steps.png
+                name = method_label(tc) if label == method.label else label   # as in the results table
+                with tempfile.TemporaryDirectory() as d:
+                    logger.artifact(str(save_grid(x, Path(d) / f"{name}_{steps}steps.png")), "samples")
         if steps == tc.method.student_steps and label == method.label:
             final = {**metrics, "nfe": nfe}
     final |= {**last_proxy, "iteration": state.iteration, "wall_seconds": state.wall_seconds, "final": 1}
