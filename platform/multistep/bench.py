@@ -161,16 +161,15 @@ class Setup:
         from multistep.methods.mcm import MCM
         from multistep.nets.mlp import VDenoiser
         from multistep.train.loop import TrainState
-        from multistep.train.perf import FastNet, InferenceTeacher, make_adam, maybe_compile
+        from multistep.train.perf import InferenceTeacher, apply_fast_paths, make_adam
 
         torch.manual_seed(seed)
         self.size, self.device, self.sched = size, device, make_schedule("cosine")
         net = make_net(size, device)
         tnet = copy.deepcopy(net).requires_grad_(False).eval()     # the teacher: a trained copy in real use
-        # FastNet converts weights to channels_last at once; compiled modules trace lazily, so they see that layout
-        fast = lambda n: FastNet(maybe_compile(n, compile, device), device, precision, channels_last)  # noqa: E731
-        self.student = VDenoiser(fast(net), self.sched)
-        self.teacher = InferenceTeacher(VDenoiser(fast(tnet), self.sched))
+        self.student, teacher = VDenoiser(net, self.sched), VDenoiser(tnet, self.sched)
+        self.notes = apply_fast_paths([self.student, teacher], device, precision, channels_last, compile)   # as sweeps do
+        self.teacher = InferenceTeacher(teacher)
         ema = copy.deepcopy(net).requires_grad_(False)              # eval EMA: the student's parameter order and layout
         self.method = MCM(self.sched, student_steps=4, teacher=self.teacher, anneal="constant", anneal_params={"n": 256})
         opt = make_adam(self.student.parameters(), 2e-4, device)
@@ -191,7 +190,7 @@ class Setup:
 
         st = self.state
         if kind == "diffusion":
-            loss = v_loss(self.student.net, self.sched, x, st.gen)
+            loss = v_loss(self.student.v, self.sched, x, st.gen)   # the network under the same fast paths
         else:
             loss, _ = self.method.loss(self.student, x, 0, 1000, st.gen)
         st.opt.zero_grad(set_to_none=True)
@@ -359,6 +358,9 @@ def run(args) -> dict:
         res["config"]["torch_threads"] = torch.get_num_threads()
         try:
             setup = Setup(args.size, device, args.precision, args.compile, args.channels_last)
+            for note in setup.notes:   # e.g. compile disabled for want of a toolchain: figures are eager ones
+                print(note, file=sys.stderr)
+            res["config"]["notes"] = setup.notes
             if "training" in parts:
                 res["training"] = bench_training(setup, args.batch or preset["batch"], args.warmup, args.steps, peak)
             if "sampling" in parts:

@@ -54,7 +54,8 @@ class VDenoiser(nn.Module):
         self.channels_last = False                      # 4-D inputs in channels_last memory format (weights: the caller)
         self.compiled = False                           # run the network through torch.compile (compiled once per net)
 
-    def forward(self, z: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def v(self, z: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """v_theta(z, t) in float32, the network run under the fast paths (autocast, channels_last, compile)."""
         # y: class labels for a class-conditional net (UNet with num_classes); None = unconditional / the null class
         zf = z.float()
         if self.channels_last and zf.dim() == 4:
@@ -62,7 +63,10 @@ class VDenoiser(nn.Module):
         net = compiled(self.net) if self.compiled else self.net
         with torch.autocast(z.device.type, self.autocast_dtype) if self.autocast_dtype else contextlib.nullcontext():
             v = net(zf, t) if y is None else net(zf, t, y)
-        return x_from_v(self.schedule, z, t, v.to(z.dtype))   # target maths in z's dtype, never bf16
+        return v.float()
+
+    def forward(self, z: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return x_from_v(self.schedule, z, t, self.v(z, t, y).to(z.dtype))   # target maths in z's dtype, never bf16
 
 
 _COMPILED: "weakref.WeakKeyDictionary[nn.Module, nn.Module]" = weakref.WeakKeyDictionary()

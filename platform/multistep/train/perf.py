@@ -1,17 +1,16 @@
 """GPU fast paths that also run on CPU with small shapes (bf16 autocast, channels_last, torch.compile,
 fused Adam), plus the two measurements the benchmark needs: FLOPs of a call and peak memory.
 
-Precision policy (algorithms.md A7): autocast covers the network forward only. `FastNet` runs the
-wrapped v-network under autocast and hands back float32, so everything around it (z_t, the teacher's
-aDDIM step, DDIM, invDDIM, the loss) stays in float32/float64.
+Precision policy (algorithms.md A7): autocast covers the network forward only. `apply_fast_paths` switches
+them on in a `VDenoiser` (nets/mlp.py), whose `v` runs the network under autocast and hands back float32,
+so everything around it (z_t, the teacher's aDDIM step, DDIM, invDDIM, the loss) stays in float32/float64.
+Sweeps (the trial worker) and the benchmark use the same switches.
 """
 
 from __future__ import annotations
 
-import contextlib
 import resource
 import sys
-import warnings
 
 import torch
 from torch import nn
@@ -23,15 +22,6 @@ def device_type(device) -> str:
     return torch.device(device).type
 
 
-def autocast(device, precision: str = "fp32"):
-    """torch.autocast for `precision` on `device` ("fp32": a no-op context)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, not {precision!r}")
-    if PRECISIONS[precision] is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type(device), dtype=PRECISIONS[precision])
-
-
 def channels_last(x):
     """A module's 4-D weights, or a 4-D tensor, in channels_last memory format; anything else unchanged."""
     if isinstance(x, nn.Module):
@@ -39,25 +29,6 @@ def channels_last(x):
     if isinstance(x, torch.Tensor) and x.ndim == 4:
         return x.contiguous(memory_format=torch.channels_last)
     return x
-
-
-class FastNet(nn.Module):
-    """v_theta under the fast paths: input in channels_last (4-D only), forward under autocast, float32 out."""
-
-    def __init__(self, net: nn.Module, device="cpu", precision: str = "fp32", memory_channels_last: bool = False):
-        super().__init__()
-        autocast(device, precision)                       # validates precision
-        self.net, self.device, self.precision, self.memory_channels_last = net, device, precision, memory_channels_last
-        if memory_channels_last:
-            channels_last(net)
-
-    def forward(self, z: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        z = z.float()
-        if self.memory_channels_last:
-            z = channels_last(z)
-        with autocast(self.device, self.precision):
-            out = self.net(z, *args, **kwargs)
-        return out.float()
 
 
 class InferenceTeacher(nn.Module):
@@ -91,20 +62,6 @@ def compile_unavailable(device) -> str | None:
     except Exception as e:  # noqa: BLE001 - InvalidCxxCompiler and import problems alike
         return f"no working C++ compiler for inductor ({type(e).__name__})"
     return None
-
-
-def maybe_compile(module: nn.Module, enabled: bool, device="cpu", **kwargs) -> nn.Module:
-    """torch.compile(module) if enabled and the toolchain is present; otherwise the module, with a warning.
-
-    Compilation happens on the first call (time it separately: it is paid once per trial).
-    """
-    if not enabled:
-        return module
-    why = compile_unavailable(device)
-    if why:
-        warnings.warn(f"torch.compile disabled: {why}; running eagerly", RuntimeWarning, stacklevel=2)
-        return module
-    return torch.compile(module, **kwargs)
 
 
 def make_adam(params, lr: float, device="cpu", **kwargs) -> torch.optim.Adam:
@@ -148,8 +105,12 @@ def peak_memory(device) -> int:
 
 def apply_fast_paths(denoisers, device, precision: str = "fp32", memory_channels_last: bool = False,
                      compile: bool = False) -> list[str]:
-    """The sweep file's train.precision / channels_last / compile on the network denoisers of a trial (VDenoiser:
-    students and network teachers; the analytic teacher has no network). Returns notices (e.g. compile disabled)."""
+    """train.precision / channels_last / compile (sweep file) or --precision / --channels-last / --compile (bench) on
+    network denoisers (VDenoiser: students and network teachers; the analytic teacher has no network). Weights move
+    to channels_last here; compilation happens on the first call (paid once per network). Returns notices (e.g.
+    compile disabled for want of a toolchain)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, not {precision!r}")
     notes = []
     if compile and (why := compile_unavailable(device)):
         notes.append(f"train.compile: disabled, {why}; running eagerly")
