@@ -43,6 +43,7 @@ CASES = [  # (sweep file text, text the message must contain)
     ("data: {kind: digits}\nteacher: {kind: checkpoint, path: /etc/hosts}\neval: {extractor: inception, inception_path: /nope/inception.pt}\n", "eval.inception_path: file not found: /nope"),
     ("data: {kind: digits}\nteacher: {kind: checkpoint, path: /etc/hosts}\neval: {extractor: identity}\n", "eval.extractor: identity does not fit data.kind digits"),
     ("eval: {kid_subsets: -1}\n", "eval.kid_subsets"),
+    ("eval: {kid_subsets: 1}\n", "eval.kid_subsets: a standard error needs at least 2 subsets"),
     ("eval: {batch_size: 0}\n", "eval.batch_size"),
     ("resources: {runner: tune, num_workers: 2}\n", "resources: runner: tune trains in the trial's own process"),
     ("resources: {runner: fast}\n", "resources.runner"),

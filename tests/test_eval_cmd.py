@@ -148,12 +148,15 @@ def test_inception_detector_from_a_local_path(teacher_ckpt, tmp_path, capsys):
     """--inception PATH: FID and KID (names fid_* / kid_*) in the features of a TorchScript detector on disk."""
     from test_metrics import TinyDetector
 
+    from multistep.metrics.extractors import file_sha256
+
     det = tmp_path / "tiny-detector.pt"
     torch.jit.script(TinyDetector()).save(str(det))
     out = tmp_path / "ev"
     assert main(["eval", str(teacher_ckpt), "--steps", "1", "--samples", "200", "--inception", str(det), "--out", str(out)]) == 0
     rows, got = _pivot(out)
     assert {r["metric"] for r in rows} == {"fid_200", "kid_200", "swd_200"} and got[("teacher_ddim", 1, "fid_200")] > 0
+    assert json.loads((out / "eval.json").read_text())["extractor"]["sha256"] == file_sha256(det)   # which detector
     assert main(["eval", str(teacher_ckpt), "--inception", str(tmp_path / "none.pt"), "--out", str(out)]) == 2
     assert "none.pt" in capsys.readouterr().err
 

@@ -120,9 +120,24 @@ def test_batched_evaluation_keeps_each_row_with_its_label():
     noise = torch.randn((5, 1, 8, 8), generator=torch.Generator().manual_seed(0))
     y = torch.tensor([0, 1, 2, 0, 1])
     method = MCM(COS, 2, teacher=net)
-    ((label, steps, x, nfe),) = sample_points(lambda yy: method.evaluations(net, yy), noise, y, batch_size=2)
+    ((label, steps, x, nfe),) = sample_points(lambda yy, s: method.evaluations(net, yy, s), noise, y, batch_size=2)
     assert (steps, nfe) == (2, 2) and x.shape == noise.shape
     torch.testing.assert_close(x, mcm_sample(conditioned(net, y), COS, noise, 2)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_batched_cm_sampler_draws_fresh_noise_per_batch():
+    """The CM stochastic sampler in batches of 2: rows with the same starting noise in different batches get
+    different injected noise (a batch's seed is its first row's index), and the result is reproducible."""
+    from multistep.metrics.evaluate import sample_points
+
+    net = VDenoiser(tiny_unet().eval(), COS)
+    method = MCM(COS, 1, teacher=net, cm_sampler_steps=(2,))
+    noise = torch.randn((2, 1, 8, 8), generator=torch.Generator().manual_seed(0)).repeat(2, 1, 1, 1)   # rows 0,1 = 2,3
+    run = lambda: {lb: x for lb, _, x, _ in sample_points(lambda y, s: method.evaluations(net, y, s), noise, None, 2)}  # noqa: E731
+    out = run()
+    torch.testing.assert_close(out["mcd"][:2], out["mcd"][2:])                 # deterministic one-step map
+    assert not torch.allclose(out["mcd_cm_sampler"][:2], out["mcd_cm_sampler"][2:])   # not the same noise twice
+    torch.testing.assert_close(run()["mcd_cm_sampler"], out["mcd_cm_sampler"])
 
 
 def _save(tmp_path, name, num_classes):

@@ -11,7 +11,6 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 
-
 def _trials(client, exp_id):
     runs = client.search_runs([exp_id])
     return ([r for r in runs if r.data.tags.get("multistep.kind") == "sweep"],
@@ -120,3 +119,22 @@ def test_checkpoint_resume_continues_the_same_curve(tiny_sweep, method, one_thre
     for a, b in zip(full.student.state_dict().values(), resumed.student.state_dict().values()):
         assert torch.equal(a, b)
     assert losses["resumed"] == [p for p in losses["full"] if p[0] > 30]
+
+
+def test_resume_refuses_another_runner(tiny_sweep, tmp_path):
+    """A sweep that ran its trials with runner tune cannot be resumed with runner train (its checkpoints live in the
+    other runner's folders: every trial would start over and log its points twice)."""
+    from multistep.config import ConfigError, load_sweep
+    from multistep.sweep.driver import _open_runs
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    srid, _, _ = _open_runs(client, load_sweep(tiny_sweep), uri, str(tmp_path), False, lambda *_: None)
+    assert client.get_run(srid).data.tags["multistep.runner"] == "tune"            # 1 worker, runner auto
+    doc = yaml.safe_load(tiny_sweep.read_text())
+    doc["resources"] = {**doc.get("resources", {}), "runner": "train"}
+    other = tmp_path / "train.yaml"
+    other.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError, match="resources.runner: sweep run .* runner tune, this file gives train"):
+        _open_runs(client, load_sweep(other), uri, str(tmp_path), True, lambda *_: None)
+    assert _open_runs(client, load_sweep(tiny_sweep), uri, str(tmp_path), True, lambda *_: None)[0] == srid

@@ -1,5 +1,6 @@
-"""A Train worker is killed with SIGKILL mid-trial: Ray Train restarts the worker group from the last checkpoint,
-the trial finishes, and the MLflow trial run is continued, not duplicated."""
+"""The process that trains is killed with SIGKILL mid-trial: a Ray Train worker (runner train: Ray Train restarts
+the worker group) or the Tune trial itself (runner tune: Tune restarts the trial). Either way training resumes
+from the last checkpoint, the trial finishes, and the MLflow trial run is continued, not duplicated."""
 
 import os
 import signal
@@ -17,16 +18,20 @@ from multistep.sweep.driver import run_sweep
 pytestmark = pytest.mark.slow
 
 
-def _train_worker_pids() -> list[int]:
+PROCESS = {"train": "RayTrainWorker", "tune": "ImplicitFunc"}   # Ray's process title of the process that trains
+
+
+def _pids(title: str) -> list[int]:
     out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [int(line.split()[0]) for line in out.splitlines()[1:] if "RayTrainWorker" in line]
+    return [int(line.split()[0]) for line in out.splitlines()[1:] if f"ray::{title}" in line]
 
 
-def test_killed_worker_resumes_from_checkpoint(ray_local, tiny_sweep, tmp_path):
+@pytest.mark.parametrize("runner", ["train", "tune"])
+def test_killed_worker_resumes_from_checkpoint(ray_local, tiny_sweep, tmp_path, runner):
     doc = yaml.safe_load(tiny_sweep.read_text())
     doc["train"].update(iterations=300, checkpoint_every=50, log_every=25)
     doc["search"] = {"method.student_steps": {"grid": [2]}}
-    doc["resources"] = {**doc.get("resources", {}), "runner": "train"}   # a TorchTrainer worker group, killed below
+    doc["resources"] = {**doc.get("resources", {}), "runner": runner}
     f = tmp_path / "s.yaml"
     f.write_text(yaml.safe_dump(doc))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -42,7 +47,7 @@ def test_killed_worker_resumes_from_checkpoint(ray_local, tiny_sweep, tmp_path):
                 continue
             runs = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("multistep.kind") == "trial"]
             if runs and any(m.step >= 100 for m in client.get_metric_history(runs[0].info.run_id, "train/loss")):
-                for pid in _train_worker_pids():  # runner train: the worker group is separate processes
+                for pid in _pids(PROCESS[runner]):
                     os.kill(pid, signal.SIGKILL)
                     killed.append(pid)
 
@@ -50,7 +55,7 @@ def test_killed_worker_resumes_from_checkpoint(ray_local, tiny_sweep, tmp_path):
     t.start()
     rc = run_sweep(load_sweep(f), uri, str(tmp_path / "rr"), say=lambda *_: None)
     t.join(5)
-    assert killed, "no Train worker was found to kill"
+    assert killed, f"no {PROCESS[runner]} process was found to kill"
     assert rc == 0
     exp = client.get_experiment_by_name("tests")
     trials = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("multistep.kind") == "trial"]

@@ -234,11 +234,11 @@ class EvalCfg(Strict):
                 raise _sub_field_error("inception_path", self.inception_path, f"file not found: {self.inception_path}")
         return self
 
-    @field_validator("bootstrap")
+    @field_validator("bootstrap", "kid_subsets")
     @classmethod
-    def _bootstrap(cls, v):
+    def _two_or_none(cls, v, info):
         if v == 1:
-            raise ValueError("a standard error needs at least 2 resamples (0 turns the bootstrap off)")
+            raise ValueError(f"a standard error needs at least 2 {'resamples' if info.field_name == 'bootstrap' else 'subsets'} (0 turns it off)")
         return v
 
 
@@ -301,7 +301,7 @@ class ToleranceCfg(Strict):
 
     abs: Annotated[float, Field(ge=0)] = 0.0      # in the metric's own units
     rel: Annotated[float, Field(ge=0)] = 0.0      # as a fraction of the baseline value
-    ci: Annotated[float, Field(gt=0, lt=1)] | None = None  # e.g. 0.95: also within that two-sided bootstrap confidence of the difference (needs eval.bootstrap > 0)
+    ci: Annotated[float, Field(gt=0, lt=1)] | None = None  # e.g. 0.95: also within that two-sided confidence of the difference (se: eval.bootstrap > 0; kid: its own)
 
 
 class RegressionCfg(Strict):

@@ -145,7 +145,7 @@ def eval_teacher(p: Path, steps: list[int], samples: int, seed: int, say=print, 
         raise ConfigError(f"--extractor/--inception: {_describe(e)}") from None
     if err := extractor_error(dcfg, ev):
         raise ConfigError(f"--extractor: {err}")
-    space, features, _ = feature_setup(TrialCfg.model_construct(data=dcfg, eval=ev), data, say)   # unconditional: no cls_err
+    space, features, _, key = feature_setup(TrialCfg.model_construct(data=dcfg, eval=ev), data, say)   # unconditional: no cls_err
     noise, names, dist, floor = fixed_draws(data, samples, seed, space, features, ev.kid_subsets)   # + KID: the teacher run's curve
     g_table = torch.Generator().manual_seed(seed)    # aDDIM's empirical xvar table, as metrics.evaluate.teacher_curve
     table_data = data.sample(2048, g_table, dtype=torch.float64)
@@ -155,7 +155,8 @@ def eval_teacher(p: Path, steps: list[int], samples: int, seed: int, say=print, 
             x, nfe = ddim_sample(f, sched, noise, n, xvar=xv)
             kept[(label, n)] = x[:GRID ** 2]
             rows += [{"method": label, "student_steps": n, "nfe": nfe} | r for r in metric_rows(dist(x), names)]
-    info = {"kind": "teacher", "data": dcfg.label, "teacher_name": meta.get("name"), "teacher_run_id": meta.get("run_id")}
+    info = {"kind": "teacher", "data": dcfg.label, "teacher_name": meta.get("name"), "teacher_run_id": meta.get("run_id"),
+            "extractor": key}
     return rows, floor, [m for k, m in names.items() if k != "ode" and m in floor], tuple(data.shape), kept, info
 
 
@@ -221,7 +222,7 @@ def eval_student(p: Path, blob: dict, args, steps: list[int] | None, say=print):
     samples = args.samples or tc.eval.samples
     seed = tc.eval.seed if args.seed is None else args.seed
     say(f"evaluation reference: {samples} samples, seed {seed}, {tc.eval.ode_steps}-step teacher ODE")
-    space, features, predict = feature_setup(tc, c.data, say)
+    space, features, predict, key = feature_setup(tc, c.data, say)
     kid_subsets = tc.eval.kid_subsets
     ref = make_eval_ref(c.data, c.teacher, c.schedule, samples, tc.eval.ode_steps, seed, space,
                         uses_labels(c.teacher, getattr(c.data, "labels", None) is not None), features, kid_subsets)  # as in sweeps
@@ -239,8 +240,8 @@ def eval_student(p: Path, blob: dict, args, steps: list[int] | None, say=print):
         elif not args.with_teacher:
             say(f"note: {tc.method.name} samples only at the steps it was trained for; --steps is used by --with-teacher only")
 
-    def evaluations(y):
-        own = [(label if lb == method.label else lb, n, fn) for lb, n, fn in method.evaluations(ema, y)]
+    def evaluations(y, seed):
+        own = [(label if lb == method.label else lb, n, fn) for lb, n, fn in method.evaluations(ema, y, seed)]
         return own + [(f"{label}_S{S}", n, lambda noise, n=n: mcm_sample(conditioned(ema, y), c.schedule, noise, n)) for n in extra]
 
     rows, kept = [], {}
@@ -254,7 +255,7 @@ def eval_student(p: Path, blob: dict, args, steps: list[int] | None, say=print):
         rows += teacher_curve(c.teacher, c.schedule, c.data, ref, t_steps, extractor=space, features=features,
                               kid_subsets=kid_subsets, predict=predict)
     info = {"kind": "student", "data": tc.data.label, "method": label, "student_steps": S, "iteration": state.iteration,
-            "config": str(Path(args.config).resolve()), "trial": trial, "ode_steps": tc.eval.ode_steps}
+            "config": str(Path(args.config).resolve()), "trial": trial, "ode_steps": tc.eval.ode_steps, "extractor": key}
     return rows, ref.floor, list(names.values()), tuple(c.data.shape), kept, info, samples, seed
 
 
@@ -281,14 +282,15 @@ def _with_eval(tc, opts: dict):
 
 
 def feature_setup(tc, data, say=print):
-    """(metric space name, features fn or None, class predictor or None) of tc.eval.extractor; the classifier
-    is cached in the user cache."""
+    """(metric space name, features fn or None, class predictor or None, the extractor's key) of tc.eval.extractor;
+    the classifier is cached in the user cache."""
     from multistep.metrics.extractors import features_fn
     from multistep.sweep.assets import make_extractor_for
     from multistep.train.build import DEFAULT_CACHE
 
     ext = make_extractor_for(tc, data, DEFAULT_CACHE, say)
-    return tc.feature_space, None if ext is None else features_fn(ext, data.shape), getattr(ext, "predict", None)
+    key = ext.key if ext else {"name": tc.feature_space}   # recorded in eval.json (the detector's / weights' hash)
+    return tc.feature_space, None if ext is None else features_fn(ext, data.shape), getattr(ext, "predict", None), key
 
 
 # -- outputs ----------------------------------------------------------------------------------------

@@ -22,9 +22,11 @@ class Method(Protocol):
         """Called after every optimizer step (target EMAs, phase changes)."""
         ...
 
-    def evaluations(self, ema: nn.Module, y: Tensor | None = None) -> list[tuple[str, int, Callable[[Tensor], tuple[Tensor, int]]]]:
+    def evaluations(self, ema: nn.Module, y: Tensor | None = None,
+                    seed: int = 0) -> list[tuple[str, int, Callable[[Tensor], tuple[Tensor, int]]]]:
         """(label, sampling steps, sampler noise -> (samples, nfe)) for every point this run puts on the curve;
-        y: fixed class labels, one per row of that noise (conditional students), or None."""
+        y: fixed class labels, one per row of that noise (conditional students), or None; seed: of the noise a
+        stochastic sampler draws (metrics.evaluate.sample_points gives each batch its own: its first row's index)."""
         ...
 
 

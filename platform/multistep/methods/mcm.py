@@ -150,13 +150,14 @@ class MCM:
         loss = per_ex.mean()
         return loss, {"loss": loss.detach(), "n_seg": torch.tensor(float(n_seg))}
 
-    def evaluations(self, ema: nn.Module, y: torch.Tensor | None = None) -> list[tuple[str, int, object]]:
-        """(label, steps, sampler) for every point this trial contributes to the curve; y: labels of the noise rows."""
+    def evaluations(self, ema: nn.Module, y: torch.Tensor | None = None, seed: int = 0) -> list[tuple[str, int, object]]:
+        """(label, steps, sampler) for every point this trial contributes to the curve; y: labels of the noise rows;
+        seed: of the CM stochastic sampler's fresh noise."""
         S, sched, ema = self.student_steps, self.schedule, conditioned(ema, y)
         out = [(self.label, S, lambda noise: mcm_sample(ema, sched, noise, S))]          # Algorithm 2
         if S == 1:  # a consistency model: also its multistep stochastic sampler at uniform times (CM Alg. 1)
             for n in self.cm_sampler_steps:
                 times = [(n - i) / n for i in range(1, n)]
                 out.append((f"{self.label}_cm_sampler", n, lambda noise, times=times: cm_stochastic_sample(
-                    ema, sched, noise, times, torch.Generator(device=noise.device).manual_seed(0))))
+                    ema, sched, noise, times, torch.Generator(device=noise.device).manual_seed(seed))))
         return out

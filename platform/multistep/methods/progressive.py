@@ -87,7 +87,7 @@ class Progressive:
             self._teacher = copy.deepcopy(student).requires_grad_(False).eval()
             self._teacher.load_state_dict(sd["teacher"])
 
-    def evaluations(self, ema: nn.Module, y: torch.Tensor | None = None):
+    def evaluations(self, ema: nn.Module, y: torch.Tensor | None = None, seed: int = 0):   # deterministic sampler: no seed
         out = []   # y: labels of the noise rows (conditional students) or None
         for steps, sd in sorted(self.snapshots.items()):
             model = copy.deepcopy(ema)

@@ -91,6 +91,6 @@ class TRACT:
         self._enter(int(sd["phase"]), teacher)
         self.inner.load_state_dict(sd["inner"], student)
 
-    def evaluations(self, ema: nn.Module, y: torch.Tensor | None = None):
+    def evaluations(self, ema: nn.Module, y: torch.Tensor | None = None, seed: int = 0):   # deterministic sampler: no seed
         S, sched, ema = self.student_steps, self.schedule, conditioned(ema, y)   # y: labels of the noise rows (conditional)
         return [(self.label, S, lambda noise: mcm_sample(ema, sched, noise, S))]

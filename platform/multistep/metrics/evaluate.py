@@ -65,12 +65,13 @@ class EvalRef:
 def sample_points(evaluations, noise: torch.Tensor, labels: torch.Tensor | None, batch_size: int, device="cpu") -> list:
     """Every point of a method's curve, sampled from the fixed noise in chunks of `batch_size` rows on `device`
     (each chunk conditioned on its own rows' labels): [(label, steps, samples on the CPU, nfe per sample)].
-    evaluations(y) -> [(label, steps, sampler)] is the method's `evaluations` bound to its EMA network."""
+    evaluations(y, seed) -> [(label, steps, sampler)] is the method's `evaluations` bound to its EMA network; each
+    chunk's stochastic samplers are seeded with the chunk's first row index (no two chunks share their noise)."""
     out: dict = {}
     with torch.no_grad():
         for i in range(0, len(noise), batch_size):
             y = None if labels is None else labels[i:i + batch_size].to(device)
-            for label, steps, sampler in evaluations(y):
+            for label, steps, sampler in evaluations(y, i):
                 x, nfe = sampler(noise[i:i + batch_size].to(device))
                 out.setdefault((label, steps), ([], nfe))[0].append(x.cpu())
     return [(label, steps, torch.cat(xs), nfe) for (label, steps), (xs, nfe) in out.items()]

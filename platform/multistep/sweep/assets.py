@@ -68,8 +68,8 @@ def make_extractor_for(cfg: TrialCfg, data, cache_dir: Path, log=print):
     """The feature extractor of cfg.eval.extractor (None for identity / pixel: the samples themselves).
     classifier: a small MLP trained once on the trial's labelled images, cached in cache_dir by data and settings."""
     space = cfg.feature_space
-    if space == "inception":
-        return InceptionExtractor(cfg.eval.inception_path)
+    if space == "inception":   # the reference's and the teacher curve's features: on a GPU when this process has one
+        return InceptionExtractor(cfg.eval.inception_path, "cuda" if torch.cuda.is_available() else "cpu")
     if space != "classifier":
         return None
     if getattr(data, "labels", None) is None:

@@ -132,6 +132,10 @@ def _init_ray(say) -> None:
                  log_to_driver=True, configure_logging=True, logging_level="WARNING")
 
 
+def _runner(cfg) -> str:
+    return "tune" if cfg.resources.trial_trains_itself else "train"
+
+
 def plan_hash(plan: SweepPlan) -> str:
     return content_hash(plan.trials)
 
@@ -148,6 +152,10 @@ def _open_runs(client, plan: SweepPlan, tracking_uri: str, storage: str, resume:
         sweep = found[0]
         if sweep.data.tags.get("multistep.plan_hash") != plan_hash(plan):
             raise ConfigError(f"{plan.path}: --resume: the file no longer expands to the trials of sweep run {sweep.info.run_id}")
+        was = sweep.data.tags.get("multistep.runner")
+        if was and was != _runner(cfg):   # the other runner keeps its checkpoints elsewhere: trials would start over
+            raise ConfigError(f"{plan.path}: resources.runner: sweep run {sweep.info.run_id} ran its trials with runner "
+                              f"{was}, this file gives {_runner(cfg)}; --resume needs the same runner")
         srid = sweep.info.run_id
         children = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{srid}'", max_results=10000)
         by_index = {int(r.data.tags["multistep.trial_index"]): r.info.run_id for r in children}
@@ -159,7 +167,7 @@ def _open_runs(client, plan: SweepPlan, tracking_uri: str, storage: str, resume:
     sweep_id = f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     sweep_run = client.create_run(exp_id, run_name=sweep_id, tags={
         "multistep.kind": "sweep", "multistep.sweep_name": cfg.name, "multistep.sweep_id": sweep_id,
-        "multistep.plan_hash": plan_hash(plan),
+        "multistep.plan_hash": plan_hash(plan), "multistep.runner": _runner(cfg),
         "multistep.dataset": cfg.data.label, "multistep.teacher": cfg.teacher.kind,
         "multistep.git_commit": ml.git_commit(), "multistep.storage": f"{storage}/{sweep_id}",
         "mlflow.note.content": cfg.description})

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 
 GRID = 8   # sample grids are GRID x GRID images
 COLUMNS = ["method", "student_steps", "nfe", "metric", "value", "trial_id", "run_id", "anneal",
-           "learning_rate", "train_iterations", "wall_seconds", "se"]  # se: bootstrap standard error (eval.bootstrap), else null
+           "learning_rate", "train_iterations", "wall_seconds", "se"]  # se: KID's own / bootstrap standard error, else null
 
 
 def _atomic(path: Path, write) -> None:
@@ -45,7 +45,8 @@ def best_by_steps(rows: list[dict], metric: str) -> dict[str, dict[int, float]]:
 
 
 def plot(rows: list[dict], metrics: list[str], floor: dict[str, float], path: Path, title: str) -> Path:
-    """Metric versus steps (log-log), one line per method, teacher dashed, error bars where rows carry `se`."""
+    """Metric versus steps (log steps; log values, linear for KID and cls_err), one line per method, teacher dashed,
+    error bars where rows carry `se` (KID's subset standard error, or the bootstrap's)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -57,13 +58,13 @@ def plot(rows: list[dict], metrics: list[str], floor: dict[str, float], path: Pa
         for method, pts in sorted(best_by_steps(rows, metric).items()):
             xs = sorted(pts)
             teacher = method.startswith("teacher")
-            yerr = [se.get((method, x, pts[x])) or 0.0 for x in xs]   # bootstrap standard error (eval.bootstrap)
+            yerr = [se.get((method, x, pts[x])) or 0.0 for x in xs]   # standard error (KID's, or eval.bootstrap's)
             ax.errorbar(xs, [pts[x] for x in xs], yerr=yerr if any(yerr) else None, fmt="--" if teacher else "-o",
                         capsize=3, label=method, alpha=0.7 if teacher else 1.0)
         if floor.get(metric):
             ax.axhline(floor[metric], color="grey", ls=":", label="two-sample floor")
         ax.set_xscale("log", base=2)
-        ax.set_yscale("linear" if metric.startswith("kid") else "log")   # KID is unbiased: near 0, can be < 0
+        ax.set_yscale("linear" if metric.startswith(("kid", "cls_err")) else "log")   # KID can be < 0, cls_err 0
         ax.set_xlabel("sampling steps (NFE)")
         ax.set_ylabel(metric)
         ax.grid(True, which="both", alpha=0.3)

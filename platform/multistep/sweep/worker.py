@@ -80,6 +80,7 @@ def run_trial(cfg: dict, session: Session) -> dict:
     rank, world, device = session.rank, session.world, session.device
     torch.set_num_threads(max(1, int(cfg["threads"])))
     tc = TrialCfg.model_validate(cfg["trial"])
+    torch.manual_seed(tc.train.seed + 1000 * rank)   # global RNG (e.g. dropout): the same in a fresh or a reused process
     stream = tc.data.kind == "parquet"  # each rank reads only its slice of the shards (not the whole dataset)
     comps = build(tc, load_data=not stream)
     if cfg.get("init") is not None:
@@ -109,7 +110,8 @@ def run_trial(cfg: dict, session: Session) -> dict:
             torch.set_rng_state(cpu_rng)
         if logger:
             logger.client.set_tag(cfg["run_id"], "multistep.resumed_from_iteration", str(state.iteration))
-            logger.resume()
+    if logger:   # a restart (with or without a checkpoint) redoes work: points the run already holds are not logged again
+        logger.resume()
 
     local_batch = tc.train.batch_size // world
     ref = EvalRef.from_dict(cfg["eval_ref"])
@@ -129,7 +131,7 @@ def run_trial(cfg: dict, session: Session) -> dict:
 
     names = metric_names(len(ref.data), tc.feature_space, labelled)
     spec = cfg.get("extractor")   # classifier / inception features (None: the samples themselves)
-    ext = from_spec(spec, device) if spec else None
+    ext = from_spec(spec, device) if spec and rank == 0 else None   # only rank 0 evaluates
     features = features_fn(ext, ref.noise.shape[1:]) if ext else (lambda x: None)
     predict = getattr(ext, "predict", None)   # classifier: cls_err of conditional samples
     n_proxy = min(cfg.get("proxy_samples", 1000), len(ref.data))
@@ -138,7 +140,7 @@ def run_trial(cfg: dict, session: Session) -> dict:
 
     def proxy() -> dict[str, float]:
         """Cheap in-training evaluation (few samples, current EMA): what ASHA compares; never the final number."""
-        first = lambda y: method.evaluations(state.ema, y)[:1]   # noqa: E731 - the method's own sampler
+        first = lambda y, seed: method.evaluations(state.ema, y, seed)[:1]   # noqa: E731 - the method's own sampler
         points = sample_points(first, proxy_ref.noise, proxy_ref.labels, tc.eval.batch_size, device)
         return evaluate(points[0][2], proxy_ref, proxy_names, features(points[0][2]), predict=predict) if points else {}
 
@@ -172,7 +174,7 @@ def run_trial(cfg: dict, session: Session) -> dict:
     # The method's own label logs under the plain metric name; extra samplers under "<metric>/<label>".
     state.ema.eval()
     final: dict = {}
-    points = sample_points(lambda y: method.evaluations(state.ema, y), ref.noise, ref.labels, tc.eval.batch_size,
+    points = sample_points(lambda y, seed: method.evaluations(state.ema, y, seed), ref.noise, ref.labels, tc.eval.batch_size,
                            device) if rank == 0 else []   # conditional students: the reference's fixed labels
     for label, steps, x, nfe in points:
         feats = features(x)
