@@ -1,9 +1,9 @@
 """The sweep driver: owns the Tuner and every MLflow run's lifecycle (docs/architecture.md).
 
 Flow: validated SweepPlan -> MLflow sweep run + one SCHEDULED child run per trial -> shared assets
-(eval reference, teacher curve, warm start; cached) -> Ray Tune, one trial per planned config, each
-trial training in its own process (1 worker) or a small train driver that fits a TorchTrainer -> results table + plot from MLflow (the system
-of record) -> artifacts on the sweep run -> exit code.
+(eval reference, teacher curve, warm start, feature extractor; cached) -> Ray Tune, one trial per planned
+config, each trial training in its own process (1 worker) or a small train driver that fits a TorchTrainer
+-> results table + plot from MLflow (the system of record) -> artifacts on the sweep run -> exit code.
 """
 
 from __future__ import annotations
