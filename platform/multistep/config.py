@@ -31,6 +31,7 @@ class Strict(BaseModel):
 
 PosInt = Annotated[int, Field(ge=1)]
 PosFloat = Annotated[float, Field(gt=0)]
+RunName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]   # a sweep's or a teacher's name (folders, tags)
 
 
 # -- components -----------------------------------------------------------------------------------
@@ -242,11 +243,21 @@ class EvalCfg(Strict):
         return v
 
 
-class ResourcesCfg(Strict):
-    num_workers: PosInt = 1                       # Ray Train workers per trial (DDP)
+class WorkerResourcesCfg(Strict):
+    """The workers of one training run (a sweep trial or a teacher) and what each of them holds."""
+
+    num_workers: PosInt = 1                       # Ray Train workers per run (data parallel, gradients averaged)
     use_gpu: bool = False
     cpus_per_worker: PosFloat = 1
     gpus_per_worker: Annotated[float, Field(ge=0)] = 0  # fractional packs single-worker trials on one GPU
+
+    @property
+    def per_worker(self) -> dict[str, float]:
+        """Ray resources of one worker: its CPUs and, with use_gpu, its GPU (or share of one; 0 means 1)."""
+        return {"CPU": self.cpus_per_worker} | ({"GPU": self.gpus_per_worker or 1} if self.use_gpu else {})
+
+
+class ResourcesCfg(WorkerResourcesCfg):
     max_concurrent_trials: PosInt = 2
     max_failures: Annotated[int, Field(ge=0)] = 1     # worker-group (runner tune: trial) restarts per trial
     runner: Literal["auto", "tune", "train"] = "auto"  # tune: the Tune trial trains itself (1 worker, no worker group
@@ -369,7 +380,7 @@ def _sub_field_error(field: str, value, msg: str) -> ValidationError:
 
 
 class SweepCfg(TrialCfg):
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")] = "sweep"
+    name: RunName = "sweep"
     experiment: str = "multistep"                 # MLflow experiment
     description: str = ""
     resources: ResourcesCfg = ResourcesCfg()
@@ -554,16 +565,12 @@ class TeacherEvalCfg(Strict):
     seed: int = 1234                              # fixed noise and data sample
 
 
-class TeacherResourcesCfg(Strict):
-    num_workers: PosInt = 1                       # Ray Train workers (gradients averaged across them)
-    use_gpu: bool = False
-    cpus_per_worker: PosFloat = 1
-    gpus_per_worker: Annotated[float, Field(ge=0)] = 0
+class TeacherResourcesCfg(WorkerResourcesCfg):
     max_failures: Annotated[int, Field(ge=0)] = 0  # worker-group restarts (training starts over)
 
 
 class TeacherFileCfg(Strict):
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")] = "teacher"
+    name: RunName = "teacher"
     experiment: str = "multistep"                 # MLflow experiment of the teacher run
     description: str = ""
     data: DataCfg = DataCfg(kind="digits")

@@ -108,13 +108,11 @@ def _load_blob(p: Path) -> dict:
 # -- teacher checkpoints ----------------------------------------------------------------------------
 def eval_teacher(p: Path, steps: list[int], samples: int, seed: int, say=print, eval_opts: dict | None = None):
     """(rows, floor, metric names, shape, {(method, steps): samples}) of a teacher's DDIM and aDDIM."""
-    import torch
     from pydantic import ValidationError
 
     from multistep.config import DataCfg, EvalCfg, ScheduleCfg, TrialCfg, _describe, extractor_error
-    from multistep.diffusion.samplers import ddim_sample, xvar_table
     from multistep.diffusion.schedules import make_schedule
-    from multistep.metrics.evaluate import fixed_draws, metric_rows
+    from multistep.metrics.evaluate import fixed_draws, metric_rows, teacher_points
     from multistep.sweep.results import GRID
     from multistep.nets.mlp import VDenoiser
     from multistep.train.build import make_data
@@ -147,14 +145,10 @@ def eval_teacher(p: Path, steps: list[int], samples: int, seed: int, say=print, 
         raise ConfigError(f"--extractor: {err}")
     space, features, _, key = feature_setup(TrialCfg.model_construct(data=dcfg, eval=ev), data, say)   # unconditional: no cls_err
     noise, names, dist, floor = fixed_draws(data, samples, seed, space, features, ev.kid_subsets)   # + KID: the teacher run's curve
-    g_table = torch.Generator().manual_seed(seed)    # aDDIM's empirical xvar table, as metrics.evaluate.teacher_curve
-    table_data = data.sample(2048, g_table, dtype=torch.float64)
     rows, kept = [], {}
-    for n in steps:
-        for label, xv in (("teacher_ddim", None), ("teacher_addim", xvar_table(f, sched, table_data, n, 0.75, g_table))):
-            x, nfe = ddim_sample(f, sched, noise, n, xvar=xv)
-            kept[(label, n)] = x[:GRID ** 2]
-            rows += [{"method": label, "student_steps": n, "nfe": nfe} | r for r in metric_rows(dist(x), names)]
+    for label, n, x, nfe in teacher_points(f, sched, data, noise, steps, seed=seed):   # as the sweeps' teacher curve
+        kept[(label, n)] = x[:GRID ** 2]
+        rows += [{"method": label, "student_steps": n, "nfe": nfe} | r for r in metric_rows(dist(x), names)]
     info = {"kind": "teacher", "data": dcfg.label, "teacher_name": meta.get("name"), "teacher_run_id": meta.get("run_id"),
             "extractor": key}
     return rows, floor, [m for k, m in names.items() if k != "ode" and m in floor], tuple(data.shape), kept, info

@@ -156,21 +156,30 @@ def teacher_curve(teacher, sched, data_dist, ref: EvalRef, steps: list[int], eta
     With ref.labels the teacher is conditioned on them (unguided), its xvar table on the table rows' own labels."""
     names = metric_names(len(ref.data), extractor, ref.labels is not None)
     rows = []
+    for label, n, x, nfe in teacher_points(teacher, sched, data_dist, ref.noise.double(), steps, ref.labels, eta, seed):
+        feats = None if features is None else features(x)
+        values = evaluate(x, ref, names, feats, kid_subsets, predict)
+        if bootstrap:
+            values |= bootstrap_se(x, ref, names, bootstrap, seed, feats)
+        rows += [{"method": label, "student_steps": n, "nfe": nfe} | r for r in metric_rows(values, names)]
+    return rows
+
+
+def teacher_points(teacher, sched, data_dist, noise: torch.Tensor, steps: list[int], labels: torch.Tensor | None = None,
+                   eta: float = 0.75, seed: int = 0):
+    """Yields (teacher_ddim | teacher_addim, steps, samples, nfe): the teacher's DDIM and aDDIM (xvar table from 2048
+    data rows drawn with `seed`, eta) from the fixed `noise` at each step count. With labels the teacher is
+    conditioned on them (unguided), its xvar table on the table rows' own labels."""
     g = torch.Generator().manual_seed(seed)
-    if ref.labels is None:
+    if labels is None:
         table_data, table_y = data_dist.sample(2048, g, dtype=torch.float64), None
     else:
         table_data, table_y = data_dist.sample_labelled(2048, g, dtype=torch.float64)
-    f = conditioned(teacher, ref.labels)
+    f = conditioned(teacher, labels)
     for n in steps:
         for label, xv in (("teacher_ddim", None), ("teacher_addim", xvar_table(conditioned(teacher, table_y), sched, table_data, n, eta, g))):
-            x, nfe = ddim_sample(f, sched, ref.noise.double(), n, xvar=xv)
-            feats = None if features is None else features(x)
-            values = evaluate(x, ref, names, feats, kid_subsets, predict)
-            if bootstrap:
-                values |= bootstrap_se(x, ref, names, bootstrap, seed, feats)
-            rows += [{"method": label, "student_steps": n, "nfe": nfe} | r for r in metric_rows(values, names)]
-    return rows
+            x, nfe = ddim_sample(f, sched, noise, n, xvar=xv)
+            yield label, n, x, nfe
 
 
 def fixed_draws(data_dist, samples: int, seed: int, extractor: str = "identity", features=None, kid_subsets: int = 0):

@@ -16,7 +16,7 @@ import torch
 from multistep.config import ConfigError, TrialCfg
 from multistep.metrics.evaluate import EvalRef, make_eval_ref, teacher_curve
 from multistep.metrics.extractors import ClassifierExtractor, InceptionExtractor, features_fn, file_sha256
-from multistep.train.build import build, fetch_mlflow_teacher, uses_labels
+from multistep.train.build import as_float, build, fetch_mlflow_teacher, uses_labels
 from multistep.train.loop import warm_start
 
 
@@ -74,8 +74,7 @@ def make_extractor_for(cfg: TrialCfg, data, cache_dir: Path, log=print):
         return None
     if getattr(data, "labels", None) is None:
         raise ConfigError(f"eval.extractor: classifier needs labelled data (data.kind {cfg.data.kind} has no class labels)")
-    x = data.x.float().div(127.5).sub(1.0) if data.x.dtype == torch.uint8 else data.x.float()
-    ext = ClassifierExtractor(dataset=cfg.data.kind, data=(x, data.labels), cache_dir=cache_dir)
+    ext = ClassifierExtractor(dataset=cfg.data.kind, data=(as_float(data.x), data.labels), cache_dir=cache_dir)
     log(f"feature classifier {'trained' if ext.trained else 'from the cache'}: held-out accuracy {ext.accuracy:.3f} ({ext.path})")
     return ext
 

@@ -28,10 +28,6 @@ RAY_ENV_DEFAULTS = {
 }
 
 
-def _worker_resources(r: dict) -> dict:
-    return {"CPU": r["cpus_per_worker"]} | ({"GPU": r["gpus_per_worker"] or 1} if r["use_gpu"] else {})
-
-
 def trial_driver(config: dict, ctx: dict) -> None:
     """One Tune trial. runner tune: train here, reporting straight to Tune. runner train: build and fit a
     TorchTrainer (its workers run the same function; their reports reach Tune via TuneReportCallback)."""
@@ -62,7 +58,7 @@ def _fit_trainer(loop_cfg: dict, r: dict, i: int, storage: str) -> dict:
     trainer = TorchTrainer(
         worker_main,
         train_loop_config=loop_cfg,
-        scaling_config=ray.train.ScalingConfig(num_workers=r["num_workers"], use_gpu=r["use_gpu"], resources_per_worker=_worker_resources(r)),
+        scaling_config=ray.train.ScalingConfig(num_workers=r["num_workers"], use_gpu=r["use_gpu"], resources_per_worker=r["per_worker"]),
         run_config=ray.train.RunConfig(
             name=f"trial-{i:03d}", storage_path=storage, callbacks=[TuneReportCallback()],
             failure_config=ray.train.FailureConfig(max_failures=r["max_failures"], controller_failure_limit=3),
@@ -246,9 +242,10 @@ def run_sweep(plan: SweepPlan, tracking_uri: str, storage: str, say=print, resum
         r = cfg.resources
         itself = r.trial_trains_itself   # runner tune: the trial holds the worker's resources and checkpoints itself
         ctx = {"trials": plan.trials, "run_ids": run_ids, "tracking_uri": tracking_uri, "storage": ray_dir,
-               "resources": r.model_dump(), "assets": assets, "asset_keys": asset_keys, "trains_itself": itself}
+               "resources": r.model_dump() | {"per_worker": r.per_worker}, "assets": assets, "asset_keys": asset_keys,
+               "trains_itself": itself}
         if itself:
-            driver_res = _worker_resources(ctx["resources"])
+            driver_res = r.per_worker
         else:
             driver_res = {"CPU": 0, "train_driver": 1} if ray.cluster_resources().get("train_driver") else {"CPU": 1}
         trainable = tune.with_resources(tune.with_parameters(trial_driver, ctx=ctx), driver_res)

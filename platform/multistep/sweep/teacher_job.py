@@ -120,7 +120,6 @@ def run_teacher(cfg: TeacherFileCfg, file: str, net_cfg: dict, tracking_uri: str
     client.log_artifact(rid, file)
     say(f"MLflow: experiment '{cfg.experiment}', teacher run {rid} ({tracking_uri})")
     r = cfg.resources
-    per_worker = {"CPU": r.cpus_per_worker} | ({"GPU": r.gpus_per_worker or 1} if r.use_gpu else {})
     t0 = time.time()
     try:
         _init_ray(say)
@@ -128,7 +127,7 @@ def run_teacher(cfg: TeacherFileCfg, file: str, net_cfg: dict, tracking_uri: str
             teacher_worker,
             train_loop_config={"cfg": cfg.model_dump(mode="json"), "net": net_cfg, "run_id": rid,
                                "tracking_uri": tracking_uri, "path": str(path), "threads": r.cpus_per_worker},
-            scaling_config=ray.train.ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker=per_worker),
+            scaling_config=ray.train.ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker=r.per_worker),
             run_config=ray.train.RunConfig(name=teacher_id, storage_path=str(storage),
                                            failure_config=ray.train.FailureConfig(max_failures=r.max_failures)))
         say(f"training teacher '{cfg.name}' ({cfg.train.iterations} iterations, {r.num_workers} worker(s))")
@@ -166,6 +165,8 @@ def _batches(cfg: TeacherFileCfg, data, rank: int, world: int, device):
     """Endless training batches of this rank's share (x or (x, y)) on `device`."""
     import torch
 
+    from multistep.sweep.worker import on_device
+
     b, seed = cfg.train.batch_size // world, cfg.train.seed + 1000 * rank
     if cfg.data.kind == "parquet":
         from multistep.data.parquet import ShardStream
@@ -179,10 +180,7 @@ def _batches(cfg: TeacherFileCfg, data, rank: int, world: int, device):
         g = torch.Generator().manual_seed(seed)
         it = iter(lambda: data.sample(b, g), None)
     for batch in it:
-        if isinstance(batch, tuple):
-            yield batch[0].to(device), (batch[1].to(device) if batch[1] is not None else None)
-        else:
-            yield batch.to(device)
+        yield on_device(batch, device)
 
 
 def teacher_worker(config: dict) -> dict:

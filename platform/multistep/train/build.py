@@ -45,9 +45,12 @@ class ImageData:
     def sample_labelled(self, n: int, generator: torch.Generator | None = None, dtype=torch.float32):
         """(x, y): the rows `sample` draws (same generator use) and their labels (None for unlabelled data)."""
         i = torch.randint(len(self.x), (n,), generator=generator)
-        x = self.x[i]
-        x = x.to(dtype).div_(127.5).sub_(1.0) if x.dtype == torch.uint8 else x.to(dtype)
-        return x, None if self.labels is None else self.labels[i].long()
+        return as_float(self.x[i], dtype), None if self.labels is None else self.labels[i].long()
+
+
+def as_float(x: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+    """Images in [-1, 1] as `dtype`: uint8 pixels mapped by p / 127.5 - 1, float images as they are."""
+    return x.to(dtype).div_(127.5).sub_(1.0) if x.dtype == torch.uint8 else x.to(dtype)
 
 
 def make_data(d: DataCfg):
