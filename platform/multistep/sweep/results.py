@@ -104,7 +104,6 @@ def save_grid(x, path: Path, grid: int = GRID) -> Path:
         canvas[1 + r * (H + 1): 1 + r * (H + 1) + H, 1 + c * (W + 1): 1 + c * (W + 1) + W] = x[i].transpose(1, 2, 0)
     scale = max(1, 256 // canvas.shape[0])   # small images upscaled (nearest) so the PNG is viewable
     canvas = canvas.repeat(scale, 0).repeat(scale, 1)
-    tmp = path.with_name(path.name + ".tmp")
-    plt.imsave(tmp, canvas[..., 0] if C == 1 else canvas[..., :3], cmap="gray" if C == 1 else None, vmin=0, vmax=1, format="png")
-    tmp.replace(path)
+    _atomic(path, lambda p: plt.imsave(p, canvas[..., 0] if C == 1 else canvas[..., :3], cmap="gray" if C == 1 else None,
+                                       vmin=0, vmax=1, format="png"))
     return path
