@@ -195,49 +195,72 @@ def split_storage(storage: str) -> tuple[str, Path]:
     return str(local), local
 
 
-def run_sweep(plan: SweepPlan, tracking_uri: str, storage: str, say=print, resume: bool = False) -> int:
-    """Run (or resume) a validated sweep end to end. Returns the exit code: 0 ok, 1 a trial failed."""
+def _prepare(plan: SweepPlan, client, tracking_uri: str, storage: str, storage_dir: Path, resume: bool, say, opened: dict) -> dict:
+    """Everything a sweep needs before Ray Tune and that needs no Ray: teachers, MLflow runs, shared assets.
+
+    Fills `opened` (srid, sweep_id, run_ids) as soon as the MLflow runs exist, so a failure after that point can
+    close them; returns the shared assets, computed once per distinct (data, teacher, student, eval)."""
+    from ray import tune  # noqa: F401 - imported here, beside Ray's start, not after it (~2 s)
+
+    resolve_teachers(plan.trials, storage_dir / "cache", log=say)  # -> local paths in the trial configs
+    srid, sweep_id, run_ids = opened["srid"], opened["sweep_id"], opened["run_ids"] = _open_runs(
+        client, plan, tracking_uri, storage, resume, say)
+    say(f"MLflow: experiment '{plan.cfg.experiment}', sweep run {srid} with {len(run_ids)} trial runs ({tracking_uri})")
+    assets, asset_keys = {}, []
+    for trial in plan.trials:
+        tc = TrialCfg.model_validate(trial["config"])
+        key = content_hash({k: trial["config"][k] for k in ("data", "teacher", "student", "eval")} | {"seed": tc.train.seed})
+        if key not in assets:
+            assets[key] = prepare(tc, storage_dir / "cache", log=say) | {"proxy_samples": plan.cfg.scheduler.proxy_samples}
+        asset_keys.append(key)
+        if err := guidance_error(tc, assets[key]["eval_ref"]["labels"] is not None):   # CFG needs a conditional teacher
+            raise ConfigError(f"{plan.path}: {err}")
+    first = assets[asset_keys[0]]
+    if not resume:
+        for row in first["teacher_rows"]:
+            ml.log_curve(client, srid, f"{row['metric']}/{row['method']}", [(row["student_steps"], row["value"])])
+        client.set_tag(srid, "multistep.eval_ref_hash", first["eval_ref_hash"])
+        ml.log_params(client, srid, {f"noise_floor.{k}": f"{v:.6g}" for k, v in first["eval_ref"]["floor"].items()})
+    return {"assets": assets, "asset_keys": asset_keys, "first": first}
+
+
+def run_sweep(plan: SweepPlan, tracking_uri: str, storage: str, say=print, resume: bool = False, start_ray=None) -> int:
+    """Run (or resume) a validated sweep end to end. Returns the exit code: 0 ok, 1 a trial failed.
+
+    start_ray(say): starts or joins Ray in this (the main) thread; default _init_ray. It runs while a second
+    thread prepares the sweep (MLflow runs, shared assets): Ray's ~6 s start-up overlaps that work."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import ray  # noqa: F401 - here, so the two threads below never import the package itself at once
     from mlflow.tracking import MlflowClient
 
     for k, v in RAY_ENV_DEFAULTS.items():  # before Ray Tune is imported
         os.environ.setdefault(k, v)
-    from ray import tune
-
     cfg = plan.cfg
     storage, storage_dir = split_storage(storage)
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri  # teachers named by MLflow run come from this store
-    resolve_teachers(plan.trials, storage_dir / "cache", log=say)  # -> local paths in the trial configs
     client = MlflowClient(tracking_uri)
-    srid, sweep_id, run_ids = _open_runs(client, plan, tracking_uri, storage, resume, say)
+    opened: dict = {}
+    t_start = time.time()
+    with ThreadPoolExecutor(1, thread_name_prefix="sweep-prepare") as pool:
+        prepared = pool.submit(_prepare, plan, client, tracking_uri, storage, storage_dir, resume, say, opened)
+        try:
+            (start_ray or _init_ray)(say)   # Ray needs the main thread (its signal handlers)
+            prep = prepared.result()
+        except BaseException:
+            prepared.exception()   # let the preparation finish, so every run it opened is closed below
+            if "srid" in opened:
+                _close_failed(client, opened["srid"], opened["run_ids"])
+            raise
+    srid, sweep_id, run_ids = opened["srid"], opened["sweep_id"], opened["run_ids"]
+    assets, asset_keys, first = prep["assets"], prep["asset_keys"], prep["first"]
     out_dir, ray_dir = storage_dir / sweep_id, f"{storage}/{sweep_id}"   # local results; Ray state (path or URI)
     out_dir.mkdir(parents=True, exist_ok=True)
-    say(f"MLflow: experiment '{cfg.experiment}', sweep run {srid} with {len(run_ids)} trial runs ({tracking_uri})")
-
-    t_start = time.time()
+    names = metric_names(plan.trial_cfg(0).eval.samples, plan.trial_cfg(0).feature_space, first["eval_ref"]["labels"] is not None)
+    teacher_rows = first["teacher_rows"]
     try:
-        # -- shared assets: computed once per distinct (data, teacher, student, eval) ---------------
-        assets, asset_keys = {}, []
-        for trial in plan.trials:
-            tc = TrialCfg.model_validate(trial["config"])
-            key = content_hash({k: trial["config"][k] for k in ("data", "teacher", "student", "eval")} | {"seed": tc.train.seed})
-            if key not in assets:
-                assets[key] = prepare(tc, storage_dir / "cache", log=say) | {"proxy_samples": cfg.scheduler.proxy_samples}
-            asset_keys.append(key)
-            if err := guidance_error(tc, assets[key]["eval_ref"]["labels"] is not None):   # CFG needs a conditional teacher
-                raise ConfigError(f"{plan.path}: {err}")
-        first = assets[asset_keys[0]]
-        names = metric_names(plan.trial_cfg(0).eval.samples, plan.trial_cfg(0).feature_space,
-                             first["eval_ref"]["labels"] is not None)
-        teacher_rows = first["teacher_rows"]
-        if not resume:
-            for row in teacher_rows:
-                ml.log_curve(client, srid, f"{row['metric']}/{row['method']}", [(row["student_steps"], row["value"])])
-            client.set_tag(srid, "multistep.eval_ref_hash", first["eval_ref_hash"])
-            ml.log_params(client, srid, {f"noise_floor.{k}": f"{v:.6g}" for k, v in first["eval_ref"]["floor"].items()})
-
         # -- Ray Tune: one trial per planned config --------------------------------------------------
-        _init_ray(say)
-        import ray
+        from ray import tune
 
         r = cfg.resources
         itself = r.trial_trains_itself   # runner tune: the trial holds the worker's resources and checkpoints itself
@@ -278,11 +301,16 @@ def run_sweep(plan: SweepPlan, tracking_uri: str, storage: str, say=print, resum
             _copy_results(out_dir, ray_dir, say)
         return rc
     except BaseException:
-        client.set_terminated(srid, status="FAILED")
-        for rid in run_ids:
-            if client.get_run(rid).info.status in ("RUNNING", "SCHEDULED"):
-                client.set_terminated(rid, status="KILLED")
+        _close_failed(client, srid, run_ids)
         raise
+
+
+def _close_failed(client, srid: str, run_ids: list[str]) -> None:
+    """The sweep failed or was interrupted: its run FAILED, every trial run still open KILLED."""
+    client.set_terminated(srid, status="FAILED")
+    for rid in run_ids:
+        if client.get_run(rid).info.status in ("RUNNING", "SCHEDULED"):
+            client.set_terminated(rid, status="KILLED")
 
 
 def _trial_dir(trial) -> str:
