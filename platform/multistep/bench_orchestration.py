@@ -225,7 +225,7 @@ def bench_orchestration(trial_seconds: float = 20.0, work_dir: str | None = None
         "fixed_per_trial_s": fixed, "fixed_per_trial_median_s": per_trial_fixed,
         "estimated_ratio_30s_trials": (30 + per_trial_fixed + (before + after) / n) / 30,
         "runner": runner, "iterations": iterations, "trial_seconds_target": trial_seconds, "exit_code": sweep["code"],
-        "plain_s": plain["total_s"], "sweep_s": sweep_s, "ratio": sweep_s / plain["total_s"],
+        "plain_s": plain["total_s"], "plain_loop_s": plain["loop_s"], "sweep_s": sweep_s, "ratio": sweep_s / plain["total_s"],
         "overhead_per_trial_s": (sweep_s - plain["total_s"]) / n, "goal_ratio": 1.2,
         "ray_init_s": sweep["ray_init_s"], "load_average_1min": load, "cpu_count": os.cpu_count(),
         "before_first_trial_s": before,     # Ray start beside (MLflow runs, shared assets), then Tune start
