@@ -65,6 +65,19 @@ def test_fd_rank_deficient_covariances():
     assert frechet_distance(np.zeros(64), np.zeros((64, 64)), np.ones(64), s1) == pytest.approx(64 + np.trace(s1))
 
 
+def test_fd_factor_takes_plain_cholesky_only_at_full_rank():
+    from multistep.metrics.frechet import _cholesky_factor
+
+    rng = np.random.default_rng(5)
+    _, full = sample_stats(rng, 200, 50)
+    lo, s2, r = _cholesky_factor(full, full)
+    assert r == 50 and np.allclose(lo @ lo.T, full, rtol=0, atol=1e-12) and np.array_equal(s2, full)  # unpermuted
+    _, low = gaussian_stats(rng.standard_normal((20, 50)))   # rank 19: plain Cholesky would keep round-off pivots
+    lo, s2, r = _cholesky_factor(low, full)
+    assert r == 19 and not np.array_equal(s2, full)          # pivoted: S2 permuted to match
+    assert np.all(lo[:, 19:] == 0)
+
+
 def test_fd_identical_inputs_and_guards():
     rng = np.random.default_rng(4)
     mu, s = sample_stats(rng, 200, 50)

@@ -2,12 +2,12 @@
 
 FD = ||mu1 - mu2||^2 + tr(S1) + tr(S2) - 2 tr( (S1 S2)^{1/2} )
 
-Factor S1 = B B^T with a pivoted Cholesky decomposition (LAPACK ?pstrf: B is d x r, r = rank S1,
-so rank-deficient covariances are exact, not regularised). S1 S2 = B B^T S2 has the same non-zero
-eigenvalues as B^T S2 B, which is symmetric positive semi-definite; one symmetric eigenvalue solve
-gives them real and non-negative, so tr((S1 S2)^{1/2}) = sum_i sqrt(lambda_i): no complex numbers,
-no NaN, and no Schur form of a non-symmetric matrix (what makes sqrtm slow and, on singular
-products, only ~sqrt(eps) accurate).
+Factor S1 = B B^T by Cholesky (B is d x r, r = rank S1). S1 S2 = B B^T S2 has the same non-zero eigenvalues
+as B^T S2 B, which is symmetric positive semi-definite; one symmetric eigenvalue solve gives them real and
+non-negative, so tr((S1 S2)^{1/2}) = sum_i sqrt(lambda_i): no complex numbers, no NaN, and no Schur form of
+a non-symmetric matrix (what makes sqrtm slow and, on singular products, only ~sqrt(eps) accurate).
+A numerically full-rank S1 takes plain Cholesky (LAPACK ?potrf); a rank-deficient one the pivoted
+decomposition (?pstrf), which stops at its rank, so rank-deficient covariances are exact, not regularised.
 """
 
 from __future__ import annotations
@@ -17,26 +17,41 @@ import torch
 from scipy.linalg import blas, lapack
 
 
-def trace_sqrt_product(sigma1, sigma2) -> float:
-    """tr((S1 S2)^{1/2}) for symmetric PSD S1, S2 (float64).
+def _rank_tolerance(sigma) -> float:
+    """Pivots at or below this are zero: ?pstrf's default, d * eps * max diag."""
+    return len(sigma) * np.finfo(np.float64).eps * float(np.max(np.diag(sigma)))
 
-    Pivoted Cholesky P^T S1 P = L L^T (it stops at rank r once pivots fall below d * eps * max diag; the
-    columns past r are zeroed), then M = L^T (P^T S2 P) L by two triangular products (half a gemm's work
-    each); M's non-zero block is M[:r, :r], whose eigenvalues are those of S1 S2.
-    """
-    if not np.any(np.diag(sigma1) > 0):
-        return 0.0
-    c, piv, r, info = lapack.dpstrf(sigma1, lower=1)
+
+def _cholesky_factor(sigma1, sigma2) -> tuple[np.ndarray, np.ndarray, int]:
+    """(L, S2', r): S1' = L L^T with L lower triangular, Fortran-ordered, zero past column r = rank S1, and S2'
+    the matching S2 (permuted like S1 where pivoting was needed), also Fortran-ordered and free to overwrite."""
+    tol = _rank_tolerance(sigma1)
+    c, info = lapack.dpotrf(sigma1, lower=1, clean=1)   # S1 = L L^T; c is a fresh Fortran array
+    if info == 0 and np.diag(c).min() ** 2 > tol:        # every pivot above pstrf's threshold: full rank
+        return c, np.array(sigma2, order="F"), len(sigma1)
+    c, piv, r, info = lapack.dpstrf(sigma1, lower=1)     # P^T S1 P = L L^T, stopped at rank r
     if info < 0:
         raise ValueError(f"dpstrf: illegal argument {-info}")
     lo = np.triu(c.T).T  # tril(c), Fortran-ordered for BLAS without a second copy
     lo[:, r:] = 0.0
     p = piv - 1
-    s2p = np.asfortranarray(sigma2[np.ix_(p, p)])
-    x = blas.dtrmm(1.0, lo, s2p, side=1, lower=1, overwrite_b=1)             # (P^T S2 P) L
-    m = blas.dtrmm(1.0, lo, x, side=0, lower=1, trans_a=1, overwrite_b=1)[:r, :r]  # L^T (P^T S2 P) L
-    # Eigenvalues only, through torch's LAPACK (MKL on x86 wheels: about 2x faster than OpenBLAS's dsyevd here).
-    lam = torch.linalg.eigvalsh(torch.from_numpy((m + m.T) / 2)).numpy()
+    return lo, np.asfortranarray(sigma2[np.ix_(p, p)]), r
+
+
+def trace_sqrt_product(sigma1, sigma2) -> float:
+    """tr((S1 S2)^{1/2}) for symmetric PSD S1, S2 (float64).
+
+    S1 = L L^T (see _cholesky_factor), then M = L^T S2 L by two triangular products (half a gemm's work each);
+    M's non-zero block is M[:r, :r], whose eigenvalues are those of S1 S2.
+    """
+    if not np.any(np.diag(sigma1) > 0):
+        return 0.0
+    lo, s2, r = _cholesky_factor(sigma1, sigma2)
+    x = blas.dtrmm(1.0, lo, s2, side=1, lower=1, overwrite_b=1)                    # S2 L
+    m = blas.dtrmm(1.0, lo, x, side=0, lower=1, trans_a=1, overwrite_b=1)[:r, :r]  # L^T S2 L
+    # Eigenvalues only, through torch's LAPACK (MKL on x86 wheels: about 2x faster than OpenBLAS's dsyevd here);
+    # ?syevd reads one triangle, so M needs no symmetrising copy.
+    lam = torch.linalg.eigvalsh(torch.from_numpy(m), UPLO="L").numpy()
     return float(np.sqrt(np.clip(lam, 0.0, None)).sum())
 
 
