@@ -184,8 +184,9 @@ def test_eval_reference_labels_and_cache_key(tmp_path):
     assert (again["eval_ref"]["labels"] == a["eval_ref"]["labels"]).all()
 
 
-def test_unconditional_teacher_with_guidance_exits_2(tmp_path, capsys):
-    """Only the checkpoint knows whether the teacher is conditional: the driver checks every trial before training."""
+def test_unconditional_teacher_with_guidance_exits_2(ray_local, tmp_path, capsys):
+    """Only the checkpoint knows whether the teacher is conditional: the driver checks every trial before training
+    (while Ray starts beside it: ray_local keeps this test from starting a second instance in the test process)."""
     from multistep.cli import main
 
     plain = _save(tmp_path, "plain.pt", None)
@@ -196,6 +197,12 @@ def test_unconditional_teacher_with_guidance_exits_2(tmp_path, capsys):
     rc = main(["sweep", str(f), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--storage", str(tmp_path / "rr")])
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("multistep:")]   # (MLflow logs its own lines)
     assert rc == 2 and len(err) == 1 and str(f) in err[0] and "method.guidance: 1 needs a class-conditional" in err[0], err
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("g").experiment_id])
+    status = {r.data.tags["multistep.kind"]: r.info.status for r in runs}   # the runs opened before the check are closed
+    assert len(runs) == 3 and status == {"sweep": "FAILED", "trial": "KILLED"}, [(r.data.tags, r.info.status) for r in runs]
 
 
 @pytest.mark.slow
