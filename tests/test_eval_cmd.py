@@ -124,6 +124,21 @@ def test_student_checkpoint(student, tmp_path, capsys):
     torch.save({**torch.load(d / "state.pt", weights_only=True), "trial": tc.model_dump(mode="json")}, selfdesc / "state.pt")
     assert main(["eval", str(selfdesc), "--steps", "2", "--samples", "200", "--out", str(tmp_path / "ev2")]) == 0
     assert _pivot(tmp_path / "ev2")[1][("mcd", 2, names["fd"])] == pytest.approx(want[names["fd"]], rel=1e-9)
+    # A trial trained with a detector that is not on this host: --extractor replaces it before the config is checked.
+    away = tmp_path / "away"
+    away.mkdir()
+    far = tc.model_dump(mode="json")
+    far["eval"] |= {"extractor": "inception", "inception_path": "/training-host/inception.pt"}
+    torch.save({**torch.load(d / "state.pt", weights_only=True), "trial": far}, away / "state.pt")
+    assert main(["eval", str(away), "--steps", "2", "--samples", "200", "--out", str(tmp_path / "ev3")]) == 2
+    assert "inception.pt" in capsys.readouterr().err
+    assert main(["eval", str(away), "--steps", "2", "--samples", "200", "--extractor", "identity", "--out", str(tmp_path / "ev3")]) == 0
+    assert _pivot(tmp_path / "ev3")[1][("mcd", 2, names["fd"])] == pytest.approx(want[names["fd"]], rel=1e-9)
+    sweep = yaml.safe_load(TINY.read_text())   # the same through --config with a sweep file
+    sweep["eval"] = {**sweep.get("eval", {}), "extractor": "inception", "inception_path": "/training-host/inception.pt"}
+    (tmp_path / "far.yaml").write_text(yaml.safe_dump(sweep))
+    assert main(["eval", str(d), "--config", str(tmp_path / "far.yaml"), "--steps", "2", "--samples", "200",
+                 "--extractor", "identity", "--out", str(tmp_path / "ev4")]) == 0
 
 
 def test_classifier_features(teacher_ckpt, tmp_path, capsys):

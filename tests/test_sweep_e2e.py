@@ -10,10 +10,17 @@ from multistep.sweep.driver import run_sweep
 pytestmark = pytest.mark.slow
 
 
-def test_sweep_run_structure(ray_local, tiny_sweep, tmp_path):
+def test_sweep_run_structure(ray_local, tiny_sweep, tmp_path, monkeypatch, capsys):
+    import builtins
+
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    rc = run_sweep(load_sweep(tiny_sweep), uri, str(tmp_path / "ray_results"), say=lambda *_: None)
+    # Ray swaps builtins.print for a tqdm-safe one once a worker's log line reaches the driver, which can happen before
+    # the Tuner pickles its callbacks (with the default progress printer in them): do it first, as a slow sweep would.
+    original = builtins.print
+    monkeypatch.setattr(builtins, "print", lambda *a, **k: original(*a, **k))
+    rc = run_sweep(load_sweep(tiny_sweep), uri, str(tmp_path / "ray_results"))   # the default `say`, as the CLI's
     assert rc == 0
+    assert "sweep finished" in capsys.readouterr().out
 
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("tests")

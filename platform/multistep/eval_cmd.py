@@ -155,21 +155,17 @@ def eval_teacher(p: Path, steps: list[int], samples: int, seed: int, say=print, 
 
 
 # -- student (trial) checkpoints --------------------------------------------------------------------
-def load_trial_cfg(config: str, ckpt: Path, trial: int | None):
-    """The TrialCfg of --config: a trial config, or a sweep file and the trial (--trial, or the trial-NNN folder)."""
-    from pydantic import ValidationError
-
-    from multistep.config import SweepCfg, TrialCfg, _describe, load_sweep, read_yaml
+def load_trial_cfg(config: str, ckpt: Path, trial: int | None, opts: dict | None = None):
+    """The TrialCfg of --config: a trial config, or a sweep file and the trial (--trial, or the trial-NNN folder);
+    opts (eval.* from --extractor / --inception) replace the file's before it is validated."""
+    from multistep.config import SweepCfg, TrialCfg, load_sweep, read_yaml, with_eval
 
     doc = read_yaml(config)
     if not set(doc) & (set(SweepCfg.model_fields) - set(TrialCfg.model_fields)):
         if trial is not None:
             raise ConfigError(f"--trial: {config} is a single trial config, not a sweep file")
-        try:
-            return TrialCfg.model_validate(doc), None
-        except ValidationError as e:
-            raise ConfigError(f"{config}: {_describe(e)}") from None
-    plan = load_sweep(config)
+        return _trial_cfg(with_eval(doc, opts), config), None
+    plan = load_sweep(config, opts)
     if trial is None:
         found = [int(m.group(1)) for part in ckpt.resolve().parts if (m := TRIAL_DIR.match(part))]
         trial = found[-1] if found else (0 if len(plan.trials) == 1 else None)
@@ -182,6 +178,7 @@ def load_trial_cfg(config: str, ckpt: Path, trial: int | None):
 
 
 def eval_student(p: Path, blob: dict, args, steps: list[int] | None, say=print):
+    from multistep.config import with_eval
     from multistep.metrics.evaluate import evaluate, make_eval_ref, metric_names, metric_rows, sample_points, teacher_curve
     from multistep.sweep.results import GRID
     from multistep.diffusion.samplers import mcm_sample
@@ -192,17 +189,16 @@ def eval_student(p: Path, blob: dict, args, steps: list[int] | None, say=print):
 
     if blob.get("version") != CKPT_VERSION:
         raise ConfigError(f"{p}: trial checkpoint version {blob.get('version')!r}, this multistep reads version {CKPT_VERSION}")
+    opts = eval_opts(args)
     if args.config is not None:
-        tc, trial = load_trial_cfg(args.config, p, args.trial)
+        tc, trial = load_trial_cfg(args.config, p, args.trial, opts)
     elif "trial" in blob:  # checkpoints written since the worker records its trial config
-        from multistep.config import TrialCfg
-
-        tc, trial, args.config = TrialCfg.model_validate(blob["trial"]), None, str(p)
+        tc, trial, args.config = _trial_cfg(with_eval(blob["trial"], opts), str(p)), None, str(p)
     else:
         raise ConfigError(f"--config: {p} is an older trial checkpoint that records no config; "
                           "give the trial config or the sweep file with --config")
-    if eval_opts(args):
-        tc = _with_eval(tc, eval_opts(args))
+    if opts:   # again after a sweep's search axes, which may set eval.* per trial
+        tc = _trial_cfg(with_eval(tc.model_dump(), opts), "--extractor/--inception")
     c = build(tc)
     method = make_method(tc, c)
     state = new_state(c.student, tc.train.learning_rate, tc.train.seed, method)
@@ -261,18 +257,16 @@ def eval_opts(args) -> dict:
     return {k: v for k, v in opts.items() if v is not None}
 
 
-def _with_eval(tc, opts: dict):
-    """tc with eval.* replaced by opts, validated (a bad combination is a one-line error naming the option)."""
+def _trial_cfg(doc: dict, where: str):
+    """A validated TrialCfg; a bad document is a one-line error naming where it came from."""
     from pydantic import ValidationError
 
     from multistep.config import TrialCfg, _describe
 
-    doc = tc.model_dump()
-    doc["eval"] |= opts
     try:
         return TrialCfg.model_validate(doc)
     except ValidationError as e:
-        raise ConfigError(f"--extractor/--inception: {_describe(e)}") from None
+        raise ConfigError(f"{where}: {_describe(e)}") from None
 
 
 def feature_setup(tc, data, say=print):

@@ -13,6 +13,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from multistep.cli_common import say as cli_say
 from multistep.config import ConfigError, SweepPlan, TrialCfg
 from multistep.sweep import results as res
 from multistep.sweep.assets import content_hash, prepare, resolve_teachers
@@ -224,7 +225,7 @@ def _prepare(plan: SweepPlan, client, tracking_uri: str, storage: str, storage_d
     return {"assets": assets, "asset_keys": asset_keys, "first": first}
 
 
-def run_sweep(plan: SweepPlan, tracking_uri: str, storage: str, say=print, resume: bool = False, start_ray=None) -> int:
+def run_sweep(plan: SweepPlan, tracking_uri: str, storage: str, say=cli_say, resume: bool = False, start_ray=None) -> int:
     """Run (or resume) a validated sweep end to end. Returns the exit code: 0 ok, 1 a trial failed.
 
     start_ray(say): starts or joins Ray in this (the main) thread; default _init_ray. It runs while a second

@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from multistep.cli_common import add_run_options
+from multistep.cli_common import say as cli_say
 from multistep.config import ConfigError, load_sweep
 
 BASELINE_TAG = "multistep.regression_baseline"   # on a sweep run; value: the name of the sweep it is the baseline of
@@ -53,11 +54,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--out", default=None,
                    help="folder for the report, plot and table (default <storage>/regress/reports/<regression run name>)")
     return s
-
-
-def _print(*args) -> None:
-    """print by a module-level name: Ray pickles `say` into its Tune callback, and builtins.print may be patched."""
-    print(*args, flush=True)
 
 
 def who() -> str:
@@ -109,7 +105,7 @@ def baselines(client, experiment_id: str, name: str) -> list:
     return sorted(runs, key=lambda r: r.data.tags.get("multistep.baseline.promoted_at", ""), reverse=True)
 
 
-def promote(client, run_id: str, reason: str, file_name: str | None, say=_print) -> int:
+def promote(client, run_id: str, reason: str, file_name: str | None, say=cli_say) -> int:
     """Move the baseline tag of the run's sweep name to `run_id`, recording who/when/why; untag the old one."""
     run = sweep_run(client, run_id, "--promote")
     rid, name = run.info.run_id, run.data.tags["multistep.sweep_name"]
@@ -194,7 +190,7 @@ def check_file(plan, file: str) -> None:
                               "error of every point), e.g. eval: {bootstrap: 100}")
 
 
-def cmd_regress(args, say=_print) -> int:
+def cmd_regress(args, say=cli_say) -> int:
     from multistep.tracking.mlflow_layout import absolute_uri, check_reachable, default_tracking_uri
 
     if args.promote:
@@ -219,7 +215,7 @@ def cmd_regress(args, say=_print) -> int:
     return regress(client, plan, args, uri, say)
 
 
-def regress(client, plan, args, uri: str, say=_print) -> int:
+def regress(client, plan, args, uri: str, say=cli_say) -> int:
     from multistep import regression as rg
     from multistep.tracking import mlflow_layout as ml
 
