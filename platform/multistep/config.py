@@ -510,28 +510,24 @@ def _expand_block(search: dict, base: dict, num_samples: int, rng, path: str) ->
     return trials
 
 
-def validate_file(model: type[BaseModel], path: str | os.PathLike):
-    """Read a YAML file and validate it as `model`: (config, raw document); ConfigError with a one-line message."""
-    doc = read_yaml(path)
-    try:
-        return model.model_validate(doc), doc
-    except ValidationError as e:
-        raise ConfigError(f"{path}: {_describe(e)}") from None
-
-
 def with_eval(doc: dict, opts: dict | None) -> dict:
     """A copy of a sweep or trial document with eval.* replaced by opts (before validation: an override such as
     `multistep eval --extractor pixel` must not trip over a detector path that exists only on the training host)."""
     return {**doc, "eval": {**(doc.get("eval") or {}), **opts}} if opts else doc
 
 
-def load_sweep(path: str | os.PathLike, eval_overrides: dict | None = None) -> SweepPlan:
-    """Read, validate and expand a sweep file; raises ConfigError with a one-line message."""
+def validate_file(model: type[BaseModel], path: str | os.PathLike, eval_overrides: dict | None = None):
+    """Read a YAML file and validate it as `model`: (config, raw document); ConfigError with a one-line message."""
     doc = with_eval(read_yaml(path), eval_overrides)
     try:
-        cfg = SweepCfg.model_validate(doc)
+        return model.model_validate(doc), doc
     except ValidationError as e:
         raise ConfigError(f"{path}: {_describe(e)}") from None
+
+
+def load_sweep(path: str | os.PathLike, eval_overrides: dict | None = None) -> SweepPlan:
+    """Read, validate and expand a sweep file; raises ConfigError with a one-line message."""
+    cfg, doc = validate_file(SweepCfg, path, eval_overrides)
     return SweepPlan(str(path), cfg, doc, expand(cfg, doc, str(path)))
 
 

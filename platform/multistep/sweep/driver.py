@@ -204,8 +204,8 @@ def _prepare(plan: SweepPlan, client, tracking_uri: str, storage: str, storage_d
     from ray import tune  # noqa: F401 - imported here, beside Ray's start, not after it (~2 s)
 
     resolve_teachers(plan.trials, storage_dir / "cache", log=say)  # -> local paths in the trial configs
-    srid, sweep_id, run_ids = opened["srid"], opened["sweep_id"], opened["run_ids"] = _open_runs(
-        client, plan, tracking_uri, storage, resume, say)
+    opened["srid"], opened["sweep_id"], opened["run_ids"] = _open_runs(client, plan, tracking_uri, storage, resume, say)
+    srid, run_ids = opened["srid"], opened["run_ids"]
     say(f"MLflow: experiment '{plan.cfg.experiment}', sweep run {srid} with {len(run_ids)} trial runs ({tracking_uri})")
     assets, asset_keys = {}, []
     for trial in plan.trials:
