@@ -138,3 +138,35 @@ def test_resume_refuses_another_runner(tiny_sweep, tmp_path):
     with pytest.raises(ConfigError, match="resources.runner: sweep run .* runner tune, this file gives train"):
         _open_runs(client, load_sweep(other), uri, str(tmp_path), True, lambda *_: None)
     assert _open_runs(client, load_sweep(tiny_sweep), uri, str(tmp_path), True, lambda *_: None)[0] == srid
+
+
+@pytest.mark.slow
+def test_interrupt_during_preparation_closes_the_runs_at_once(tiny_sweep, tmp_path):
+    """Ctrl-C while the driver still computes the shared assets (beside Ray's start): exit 130 within seconds, not
+    after the assets, with the sweep run FAILED and its trial runs KILLED (none left SCHEDULED)."""
+    doc = yaml.safe_load(tiny_sweep.read_text())
+    doc["eval"].update(samples=50000, ode_steps=16384)   # an evaluation reference of many minutes on 2 cores
+    f = tmp_path / "s.yaml"
+    f.write_text(yaml.safe_dump(doc))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")} | {"RAY_AUTH_MODE": "disabled"}
+    log = tmp_path / "sweep.log"   # a file, not a pipe: nothing can stall on a full pipe
+    proc = subprocess.Popen(["multistep", "sweep", str(f), "--tracking-uri", uri, "--storage", str(tmp_path / "rr")],
+                            cwd=tmp_path, env=env, start_new_session=True, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 120
+        while "computing evaluation reference" not in log.read_text() and time.time() < deadline:
+            assert proc.poll() is None, log.read_text()[-2000:]
+            time.sleep(0.2)
+        assert time.time() < deadline, log.read_text()[-2000:]
+        os.kill(proc.pid, signal.SIGINT)
+        rc = proc.wait(timeout=30)   # the reference alone would take minutes
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    out = log.read_text()
+    assert rc == 130 and "multistep: interrupted" in out, out[-2000:]
+    client = MlflowClient(uri)
+    sweeps, trials = _trials(client, client.get_experiment_by_name("tests").experiment_id)
+    assert [s.info.status for s in sweeps] == ["FAILED"] and [t.info.status for t in trials] == ["KILLED", "KILLED"]

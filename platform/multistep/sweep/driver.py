@@ -196,17 +196,20 @@ def split_storage(storage: str) -> tuple[str, Path]:
     return str(local), local
 
 
-def _prepare(plan: SweepPlan, client, tracking_uri: str, storage: str, storage_dir: Path, resume: bool, say, opened: dict) -> dict:
-    """Everything a sweep needs before Ray Tune and that needs no Ray: teachers, MLflow runs, shared assets.
-
-    Fills `opened` (srid, sweep_id, run_ids) as soon as the MLflow runs exist, so a failure after that point can
-    close them; returns the shared assets, computed once per distinct (data, teacher, student, eval)."""
+def _open_sweep(plan: SweepPlan, client, tracking_uri: str, storage: str, storage_dir: Path, resume: bool, say):
+    """The part of a sweep's start that needs neither Ray nor much CPU, run beside Ray's start: import Ray Tune,
+    fetch MLflow teachers, open (or find) the sweep and trial runs. Returns (sweep run id, sweep id, trial run ids)."""
     from ray import tune  # noqa: F401 - imported here, beside Ray's start, not after it (~2 s)
 
     resolve_teachers(plan.trials, storage_dir / "cache", log=say)  # -> local paths in the trial configs
-    opened["srid"], opened["sweep_id"], opened["run_ids"] = _open_runs(client, plan, tracking_uri, storage, resume, say)
-    srid, run_ids = opened["srid"], opened["run_ids"]
+    srid, sweep_id, run_ids = _open_runs(client, plan, tracking_uri, storage, resume, say)
     say(f"MLflow: experiment '{plan.cfg.experiment}', sweep run {srid} with {len(run_ids)} trial runs ({tracking_uri})")
+    return srid, sweep_id, run_ids
+
+
+def _shared_assets(plan: SweepPlan, client, srid: str, storage_dir: Path, resume: bool, say):
+    """Shared assets, computed once per distinct (data, teacher, student, eval): (assets, key per trial, the first
+    trial's). In the main thread, so Ctrl-C stops them at once; the teacher curve goes on the sweep run."""
     assets, asset_keys = {}, []
     for trial in plan.trials:
         tc = TrialCfg.model_validate(trial["config"])
@@ -222,14 +225,14 @@ def _prepare(plan: SweepPlan, client, tracking_uri: str, storage: str, storage_d
             ml.log_curve(client, srid, f"{row['metric']}/{row['method']}", [(row["student_steps"], row["value"])])
         client.set_tag(srid, "multistep.eval_ref_hash", first["eval_ref_hash"])
         ml.log_params(client, srid, {f"noise_floor.{k}": f"{v:.6g}" for k, v in first["eval_ref"]["floor"].items()})
-    return {"assets": assets, "asset_keys": asset_keys, "first": first}
+    return assets, asset_keys, first
 
 
 def run_sweep(plan: SweepPlan, tracking_uri: str, storage: str, say=cli_say, resume: bool = False, start_ray=None) -> int:
     """Run (or resume) a validated sweep end to end. Returns the exit code: 0 ok, 1 a trial failed.
 
-    start_ray(say): starts or joins Ray in this (the main) thread; default _init_ray. It runs while a second
-    thread prepares the sweep (MLflow runs, shared assets): Ray's ~6 s start-up overlaps that work."""
+    start_ray(say): starts or joins Ray in this (the main) thread; default _init_ray. A second thread opens the
+    sweep's MLflow runs meanwhile (_open_sweep): Ray's ~5 s start-up overlaps that work."""
     from concurrent.futures import ThreadPoolExecutor
 
     import ray  # noqa: F401 - here, so the two threads below never import the package itself at once
@@ -241,25 +244,24 @@ def run_sweep(plan: SweepPlan, tracking_uri: str, storage: str, say=cli_say, res
     storage, storage_dir = split_storage(storage)
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri  # teachers named by MLflow run come from this store
     client = MlflowClient(tracking_uri)
-    opened: dict = {}
     t_start = time.time()
-    with ThreadPoolExecutor(1, thread_name_prefix="sweep-prepare") as pool:
-        prepared = pool.submit(_prepare, plan, client, tracking_uri, storage, storage_dir, resume, say, opened)
+    with ThreadPoolExecutor(1, thread_name_prefix="sweep-open") as pool:
+        opening = pool.submit(_open_sweep, plan, client, tracking_uri, storage, storage_dir, resume, say)
         try:
             (start_ray or _init_ray)(say)   # Ray needs the main thread (its signal handlers)
-            prep = prepared.result()
+            srid, sweep_id, run_ids = opening.result()
         except BaseException:
-            prepared.exception()   # let the preparation finish, so every run it opened is closed below
-            if "srid" in opened:
-                _close_failed(client, opened["srid"], opened["run_ids"])
+            if opening.exception() is None:   # waits for it (MLflow calls: seconds); the runs exist, close them
+                srid, _, run_ids = opening.result()
+                _close_failed(client, srid, run_ids)
             raise
-    srid, sweep_id, run_ids = opened["srid"], opened["sweep_id"], opened["run_ids"]
-    assets, asset_keys, first = prep["assets"], prep["asset_keys"], prep["first"]
     out_dir, ray_dir = storage_dir / sweep_id, f"{storage}/{sweep_id}"   # local results; Ray state (path or URI)
     out_dir.mkdir(parents=True, exist_ok=True)
-    names = metric_names(plan.trial_cfg(0).eval.samples, plan.trial_cfg(0).feature_space, first["eval_ref"]["labels"] is not None)
-    teacher_rows = first["teacher_rows"]
     try:
+        assets, asset_keys, first = _shared_assets(plan, client, srid, storage_dir, resume, say)
+        names = metric_names(plan.trial_cfg(0).eval.samples, plan.trial_cfg(0).feature_space, first["eval_ref"]["labels"] is not None)
+        teacher_rows = first["teacher_rows"]
+
         # -- Ray Tune: one trial per planned config --------------------------------------------------
         from ray import tune
 
