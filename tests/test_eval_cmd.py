@@ -159,7 +159,7 @@ def test_classifier_features(teacher_ckpt, tmp_path, capsys):
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
-def test_inception_detector_from_a_local_path(teacher_ckpt, tmp_path, capsys):
+def test_inception_detector_from_a_local_path(teacher_ckpt, student, tmp_path, capsys):
     """--inception PATH: FID and KID (names fid_* / kid_*) in the features of a TorchScript detector on disk."""
     from test_metrics import TinyDetector
 
@@ -172,8 +172,9 @@ def test_inception_detector_from_a_local_path(teacher_ckpt, tmp_path, capsys):
     rows, got = _pivot(out)
     assert {r["metric"] for r in rows} == {"fid_200", "kid_200", "swd_200"} and got[("teacher_ddim", 1, "fid_200")] > 0
     assert json.loads((out / "eval.json").read_text())["extractor"]["sha256"] == file_sha256(det)   # which detector
-    assert main(["eval", str(teacher_ckpt), "--inception", str(tmp_path / "none.pt"), "--out", str(out)]) == 2
-    assert "none.pt" in capsys.readouterr().err
+    for ckpt in (teacher_ckpt, student[0]):
+        assert main(["eval", str(ckpt), "--inception", str(tmp_path / "none.pt"), "--out", str(out)]) == 2
+        assert f"--inception: file not found: {tmp_path / 'none.pt'}" in capsys.readouterr().err
 
 
 def test_bad_input_exits_2_with_one_line(teacher_ckpt, student, tmp_path, capsys):

@@ -77,6 +77,8 @@ def _check_args(args) -> None:
         raise ConfigError(f"--samples: need at least 2 samples for a covariance, got {args.samples}")
     if args.trial is not None and args.trial < 0:
         raise ConfigError(f"--trial: expected an index >= 0, got {args.trial}")
+    if args.inception and not Path(args.inception).expanduser().is_file():
+        raise ConfigError(f"--inception: file not found: {args.inception}")
 
 
 def _resolve_file(path: str) -> Path:
@@ -197,7 +199,7 @@ def eval_student(p: Path, blob: dict, args, steps: list[int] | None, say=print):
     else:
         raise ConfigError(f"--config: {p} is an older trial checkpoint that records no config; "
                           "give the trial config or the sweep file with --config")
-    if opts:   # again after a sweep's search axes, which may set eval.* per trial
+    if opts:   # again: a sweep's search axes may have set eval.* of this trial
         tc = _trial_cfg(with_eval(tc.model_dump(), opts), "--extractor/--inception")
     c = build(tc)
     method = make_method(tc, c)

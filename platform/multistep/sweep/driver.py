@@ -196,17 +196,6 @@ def split_storage(storage: str) -> tuple[str, Path]:
     return str(local), local
 
 
-def _open_sweep(plan: SweepPlan, client, tracking_uri: str, storage: str, storage_dir: Path, resume: bool, say):
-    """The part of a sweep's start that needs neither Ray nor much CPU, run beside Ray's start: import Ray Tune,
-    fetch MLflow teachers, open (or find) the sweep and trial runs. Returns (sweep run id, sweep id, trial run ids)."""
-    from ray import tune  # noqa: F401 - imported here, beside Ray's start, not after it (~2 s)
-
-    resolve_teachers(plan.trials, storage_dir / "cache", log=say)  # -> local paths in the trial configs
-    srid, sweep_id, run_ids = _open_runs(client, plan, tracking_uri, storage, resume, say)
-    say(f"MLflow: experiment '{plan.cfg.experiment}', sweep run {srid} with {len(run_ids)} trial runs ({tracking_uri})")
-    return srid, sweep_id, run_ids
-
-
 def _shared_assets(plan: SweepPlan, client, srid: str, storage_dir: Path, resume: bool, say):
     """Shared assets, computed once per distinct (data, teacher, student, eval): (assets, key per trial, the first
     trial's). In the main thread, so Ctrl-C stops them at once; the teacher curve goes on the sweep run."""
@@ -232,10 +221,9 @@ def run_sweep(plan: SweepPlan, tracking_uri: str, storage: str, say=cli_say, res
     """Run (or resume) a validated sweep end to end. Returns the exit code: 0 ok, 1 a trial failed.
 
     start_ray(say): starts or joins Ray in this (the main) thread; default _init_ray. A second thread opens the
-    sweep's MLflow runs meanwhile (_open_sweep): Ray's ~5 s start-up overlaps that work."""
+    sweep's MLflow runs meanwhile: Ray's ~5 s start-up overlaps that work. Only the main thread imports Ray."""
     from concurrent.futures import ThreadPoolExecutor
 
-    import ray  # noqa: F401 - here, so the two threads below never import the package itself at once
     from mlflow.tracking import MlflowClient
 
     for k, v in RAY_ENV_DEFAULTS.items():  # before Ray Tune is imported
@@ -243,18 +231,22 @@ def run_sweep(plan: SweepPlan, tracking_uri: str, storage: str, say=cli_say, res
     cfg = plan.cfg
     storage, storage_dir = split_storage(storage)
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri  # teachers named by MLflow run come from this store
+    resolve_teachers(plan.trials, storage_dir / "cache", log=say)  # -> local paths in the trial configs
     client = MlflowClient(tracking_uri)
     t_start = time.time()
     with ThreadPoolExecutor(1, thread_name_prefix="sweep-open") as pool:
-        opening = pool.submit(_open_sweep, plan, client, tracking_uri, storage, storage_dir, resume, say)
+        opening = pool.submit(_open_runs, client, plan, tracking_uri, storage, resume, say)
         try:
             (start_ray or _init_ray)(say)   # Ray needs the main thread (its signal handlers)
+            import ray
+            from ray import tune            # (~2 s) while the runs are still being opened
             srid, sweep_id, run_ids = opening.result()
         except BaseException:
             if opening.exception() is None:   # waits for it (MLflow calls: seconds); the runs exist, close them
                 srid, _, run_ids = opening.result()
                 _close_failed(client, srid, run_ids)
             raise
+    say(f"MLflow: experiment '{cfg.experiment}', sweep run {srid} with {len(run_ids)} trial runs ({tracking_uri})")
     out_dir, ray_dir = storage_dir / sweep_id, f"{storage}/{sweep_id}"   # local results; Ray state (path or URI)
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -263,8 +255,6 @@ def run_sweep(plan: SweepPlan, tracking_uri: str, storage: str, say=cli_say, res
         teacher_rows = first["teacher_rows"]
 
         # -- Ray Tune: one trial per planned config --------------------------------------------------
-        from ray import tune
-
         r = cfg.resources
         itself = r.trial_trains_itself   # runner tune: the trial holds the worker's resources and checkpoints itself
         ctx = {"trials": plan.trials, "run_ids": run_ids, "tracking_uri": tracking_uri, "storage": ray_dir,
