@@ -169,6 +169,21 @@ def test_parquet_round_trip_rank_slices_and_epochs(tmp_path):
     assert xb.shape == (10, 1, 4, 4) and yb is None
 
 
+def test_parquet_stream_resumes_at_a_batch_number(tmp_path):
+    """ShardStream.batches(n) is the stream without its first n batches, across epochs (what a resumed trial reads)."""
+    from itertools import islice
+
+    x = _images()
+    write_shards(x, np.arange(103), tmp_path / "ids", shard_size=20)   # labels = global row index
+    for drop_last, window in ((True, 1), (True, 4), (False, 2)):
+        s = ShardStream(tmp_path / "ids", 1, 2, seed=5, batch_size=8, drop_last=drop_last, window=window)
+        assert s.batches_per_epoch == sum(1 for _ in s.epoch_batches(0)) == (6 if drop_last else 7)
+        whole = [b[1] for b in islice(s.batches(), 30)]
+        for n in (0, 3, 6, 7, 13, 20):   # inside the first epoch, at and across epoch boundaries
+            tail = [b[1] for b in islice(s.batches(start=n), 30 - n)]
+            assert len(tail) == 30 - n and all(torch.equal(a, b) for a, b in zip(tail, whole[n:])), (drop_last, window, n)
+
+
 def _write_table(path, images: pa.Array, meta: dict, labels: pa.Array | None = None):
     cols, names = [images], ["image"]
     if labels is not None:

@@ -253,11 +253,17 @@ class ShardStream:
         xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).float().div_(127.5).sub_(1.0)
         return xt, (torch.from_numpy(y) if y is not None else None)
 
-    def epoch_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-        """One pass over this rank's slice in the order of `epoch`."""
+    @property
+    def batches_per_epoch(self) -> int:
+        """Rows left over at a window's end join the next window, so an epoch is every full batch of the slice."""
+        return self.rank_rows // self.batch_size + (0 if self.drop_last or self.rank_rows % self.batch_size == 0 else 1)
+
+    def epoch_batches(self, epoch: int, skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        """One pass over this rank's slice in the order of `epoch`, without its first `skip` batches."""
         rng = np.random.default_rng([self.seed, self.rank, epoch])
         order = rng.permutation(len(self.pieces))
         carry_x, carry_y = np.zeros((0, self.shape[1], self.shape[2], self.shape[0]), np.uint8), np.zeros(0, np.int64)
+        n = 0   # batches of this epoch so far
         for g in range(0, len(order), self.window):
             parts = [self._piece(int(j)) for j in order[g:g + self.window]]
             x = np.concatenate([carry_x] + [p[0] for p in parts])  # rows left from the last window join this one
@@ -266,12 +272,20 @@ class ShardStream:
             x = x[perm]
             full = len(x) // self.batch_size * self.batch_size
             for i in range(0, full, self.batch_size):
-                yield self._batch(x[i:i + self.batch_size], None if y is None else y[i:i + self.batch_size])
+                if n >= skip:
+                    yield self._batch(x[i:i + self.batch_size], None if y is None else y[i:i + self.batch_size])
+                n += 1
             carry_x, carry_y = x[full:], (y[full:] if y is not None else carry_y)
-        if len(carry_x) and not self.drop_last:
+        if len(carry_x) and not self.drop_last and n >= skip:
             yield self._batch(carry_x, carry_y if self.has_labels else None)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-        """Endless batches, epoch after epoch."""
-        for epoch in itertools.count():
+    def batches(self, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        """Endless batches, epoch after epoch, from batch number `start` on (what a resumed trial has not seen yet):
+        whole epochs are skipped by count, the rest of the first one without building its batches."""
+        first, skip = divmod(start, self.batches_per_epoch)
+        yield from self.epoch_batches(first, skip)
+        for epoch in itertools.count(first + 1):
             yield from self.epoch_batches(epoch)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        return self.batches()

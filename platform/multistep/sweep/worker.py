@@ -116,10 +116,11 @@ def run_trial(cfg: dict, session: Session) -> dict:
     local_batch = tc.train.batch_size // world
     ref = EvalRef.from_dict(cfg["eval_ref"])
     labelled = ref.labels is not None  # class-conditional teacher + labelled data: batches (x, y), students conditioned on y
-    if stream:  # reshuffled every epoch; after a restart the stream starts again at epoch 0 (position not checkpointed)
+    if stream:  # reshuffled every epoch; a resumed trial continues after the last batch it drew (fit: one per iteration)
         from multistep.data.parquet import ShardStream
 
-        batches = iter(ShardStream(tc.data.path, rank, world, seed=tc.train.seed + 1000 * rank, batch_size=local_batch))
+        shards = ShardStream(tc.data.path, rank, world, seed=tc.train.seed + 1000 * rank, batch_size=local_batch)
+        batches = shards.batches(start=state.iteration)
         draw = lambda g: next(batches) if labelled else next(batches)[0]  # noqa: E731
     else:
         draw = lambda g: comps.data.sample_labelled(local_batch, g) if labelled else comps.data.sample(local_batch, g)  # noqa: E731
