@@ -16,7 +16,6 @@ import math
 import os
 import socket
 import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -167,13 +166,14 @@ def resolve_baseline(client, arg: str | None, cfg, file: str) -> tuple[list[dict
         "multistep.regress.baseline": f"run:{run.info.run_id}", "multistep.regress.baseline_run": run.info.run_id}
 
 
-def _new_sweep_run(client, cfg, since_ms: int):
+def _new_sweep_run(client, cfg, storage: Path):
+    """The sweep run run_sweep just made in `storage`, a folder only this regress job writes (name, time and pid):
+    found by its storage tag, so a concurrent regress job of the same sweep cannot be taken for it."""
     exp = client.get_experiment_by_name(cfg.experiment)
-    runs = client.search_runs([exp.experiment_id], f"tags.`multistep.kind` = 'sweep' and tags.`multistep.sweep_name` = "
-                              f"'{cfg.name}' and attributes.start_time >= {since_ms}",
-                              order_by=["attributes.start_time DESC"], max_results=1) if exp else []
-    if not runs:
-        raise RuntimeError(f"the sweep '{cfg.name}' ran but its MLflow sweep run was not found")
+    runs = client.search_runs([exp.experiment_id], f"tags.`multistep.kind` = 'sweep' and tags.`multistep.storage` LIKE "
+                              f"'{storage}/%'", max_results=2) if exp else []
+    if len(runs) != 1:
+        raise RuntimeError(f"the sweep '{cfg.name}' ran but its MLflow sweep run (storage {storage}) was not found")
     return runs[0]
 
 
@@ -234,12 +234,11 @@ def regress(client, plan, args, uri: str, say=cli_say) -> int:
     else:
         from multistep.sweep.driver import run_sweep
 
-        since = int(time.time() * 1000) - 1000
         # a fresh storage folder, so a fresh cache: evaluation reference, teacher curve and warm start are
         # recomputed by today's code (a cache hit would hide a regression in them)
-        storage = Path(args.storage).resolve() / "regress" / f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+        storage = Path(args.storage).resolve() / "regress" / f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
         sweep_rc = run_sweep(plan, uri, str(storage), say=say)
-        cur = _new_sweep_run(client, cfg, since)
+        cur = _new_sweep_run(client, cfg, storage)
     cur_rows = read_run_table(client, cur, "--run")
     srid, sweep_id = cur.info.run_id, cur.data.tags.get("multistep.sweep_id", cur.info.run_id)
 
