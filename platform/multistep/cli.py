@@ -20,13 +20,14 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="multistep",
         description="Distil diffusion models into few-step generators and compare methods with Ray-orchestrated "
-                    "sweeps tracked in MLflow. Exit codes: 0 success, 1 a trial failed, 2 bad input.")
+                    "sweeps tracked in MLflow. Exit codes: 0 success, 1 a trial failed, 2 bad input, 130 interrupted.")
     p.add_argument("--debug", action="store_true", help="show tracebacks for user errors too")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("sweep", help="run a sweep file (YAML) on Ray and log it to MLflow",
                        description="Validate a sweep file, expand its search space into trials, run each trial as a "
-                                   "Ray Train job inside Ray Tune, and log every trial as a nested MLflow run. Prints "
+                                   "Ray Tune trial (one worker: in the trial's own process; several: a Ray Train worker "
+                                   "group), and log every trial as a nested MLflow run. Prints "
                                    "a metric-versus-steps table at the end and writes results.parquet/.csv and a plot "
                                    "under the sweep's output folder.")
     s.add_argument("file", help="sweep file, e.g. sweeps/quickstart.yaml")
