@@ -178,10 +178,40 @@ def test_parquet_stream_resumes_at_a_batch_number(tmp_path):
     for drop_last, window in ((True, 1), (True, 4), (False, 2)):
         s = ShardStream(tmp_path / "ids", 1, 2, seed=5, batch_size=8, drop_last=drop_last, window=window)
         assert s.batches_per_epoch == sum(1 for _ in s.epoch_batches(0)) == (6 if drop_last else 7)
-        whole = [b[1] for b in islice(s.batches(), 30)]
+        whole = [b for b in islice(s.batches(), 30)]
         for n in (0, 3, 6, 7, 13, 20):   # inside the first epoch, at and across epoch boundaries
-            tail = [b[1] for b in islice(s.batches(start=n), 30 - n)]
-            assert len(tail) == 30 - n and all(torch.equal(a, b) for a, b in zip(tail, whole[n:])), (drop_last, window, n)
+            for prefetch in (0, 2):      # read by a background thread: the same batches in the same order
+                tail = [b for b in islice(s.batches(start=n, prefetch=prefetch), 30 - n)]
+                assert len(tail) == 30 - n, (drop_last, window, n, prefetch)
+                assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(tail, whole[n:])), (
+                    drop_last, window, n, prefetch)
+
+
+def test_prefetch_raises_the_readers_error_and_stops_when_dropped():
+    import gc
+    import threading
+    from itertools import count
+
+    from multistep.data.parquet import Prefetch
+
+    def failing():
+        yield from range(3)
+        raise ValueError("shard-00007.parquet: not a readable Parquet file")
+
+    got = Prefetch(failing(), 2)
+    assert [next(got) for _ in range(3)] == [0, 1, 2]
+    with pytest.raises(ValueError, match="shard-00007"):
+        next(got)
+    assert list(Prefetch(iter(range(5)), 1)) == list(range(5))   # a finite source ends the iteration
+
+    before = set(threading.enumerate())
+    endless = Prefetch(count(), 2)
+    assert next(endless) == 0
+    (reader,) = set(threading.enumerate()) - before
+    del endless
+    gc.collect()
+    reader.join(timeout=10)
+    assert not reader.is_alive()                 # the consumer is gone: the thread stops instead of filling forever
 
 
 def _write_table(path, images: pa.Array, meta: dict, labels: pa.Array | None = None):

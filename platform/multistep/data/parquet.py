@@ -249,17 +249,23 @@ class ShardStream:
             self._cache[j] = out
         return out
 
-    def _batch(self, x: np.ndarray, y: np.ndarray | None):
-        xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).float().div_(127.5).sub_(1.0)
-        return xt, (torch.from_numpy(y) if y is not None else None)
+    @staticmethod
+    def _nchw(x: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+    @staticmethod
+    def _batch(x: np.ndarray, y: np.ndarray | None):
+        """uint8 NCHW (+ labels) -> float32 in [-1, 1] (+ int64 labels)."""
+        return torch.from_numpy(x).float().div_(127.5).sub_(1.0), (torch.from_numpy(y) if y is not None else None)
 
     @property
     def batches_per_epoch(self) -> int:
         """Rows left over at a window's end join the next window, so an epoch is every full batch of the slice."""
         return self.rank_rows // self.batch_size + (0 if self.drop_last or self.rank_rows % self.batch_size == 0 else 1)
 
-    def epoch_batches(self, epoch: int, skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-        """One pass over this rank's slice in the order of `epoch`, without its first `skip` batches."""
+    def epoch_arrays(self, epoch: int, skip: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        """One pass over this rank's slice in the order of `epoch`, without its first `skip` batches, as uint8 NCHW
+        arrays (+ labels): numpy and pyarrow only, so a reader thread can run it beside the training step."""
         rng = np.random.default_rng([self.seed, self.rank, epoch])
         order = rng.permutation(len(self.pieces))
         carry_x, carry_y = np.zeros((0, self.shape[1], self.shape[2], self.shape[0]), np.uint8), np.zeros(0, np.int64)
@@ -273,19 +279,87 @@ class ShardStream:
             full = len(x) // self.batch_size * self.batch_size
             for i in range(0, full, self.batch_size):
                 if n >= skip:
-                    yield self._batch(x[i:i + self.batch_size], None if y is None else y[i:i + self.batch_size])
+                    yield self._nchw(x[i:i + self.batch_size]), None if y is None else y[i:i + self.batch_size]
                 n += 1
             carry_x, carry_y = x[full:], (y[full:] if y is not None else carry_y)
         if len(carry_x) and not self.drop_last and n >= skip:
-            yield self._batch(carry_x, carry_y if self.has_labels else None)
+            yield self._nchw(carry_x), carry_y if self.has_labels else None
 
-    def batches(self, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-        """Endless batches, epoch after epoch, from batch number `start` on (what a resumed trial has not seen yet):
-        whole epochs are skipped by count, the rest of the first one without building its batches."""
+    def epoch_batches(self, epoch: int, skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        """One pass over this rank's slice in the order of `epoch` as float32 NCHW batches in [-1, 1]."""
+        return (self._batch(x, y) for x, y in self.epoch_arrays(epoch, skip))
+
+    def arrays(self, start: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        """Endless uint8 batches, epoch after epoch, from batch number `start` on (what a resumed trial has not seen
+        yet): whole epochs are skipped by count, the rest of the first one without copying its batches."""
         first, skip = divmod(start, self.batches_per_epoch)
-        yield from self.epoch_batches(first, skip)
+        yield from self.epoch_arrays(first, skip)
         for epoch in itertools.count(first + 1):
-            yield from self.epoch_batches(epoch)
+            yield from self.epoch_arrays(epoch)
+
+    def batches(self, start: int = 0, prefetch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        """Endless float32 batches from batch number `start` on; prefetch > 0: a reader thread keeps that many
+        batches ready (shard reads and shuffles beside the training step, so the accelerator does not wait on them)."""
+        source = self.arrays(start)
+        if prefetch > 0:
+            source = Prefetch(source, prefetch)
+        return (self._batch(x, y) for x, y in source)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
         return self.batches()
+
+
+class Prefetch:
+    """Items of `source` made `depth` ahead by a daemon reader thread; an error there is raised here, in order.
+
+    The thread runs only numpy/pyarrow work (no torch: a process must never exit while a torch op runs in a
+    daemon thread) and holds no reference to this object: once the consumer drops it (or calls close()), the
+    thread stops at its next item."""
+
+    _END = object()
+
+    def __init__(self, source, depth: int = 2):
+        import queue
+        import threading
+
+        self._q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        threading.Thread(target=Prefetch._fill, args=(iter(source), self._q, self._stop), name="shard-prefetch",
+                         daemon=True).start()
+
+    @staticmethod
+    def _fill(it, q, stop) -> None:
+        import queue
+
+        def put(item) -> bool:   # False once the consumer has gone
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    pass
+            return False
+
+        try:
+            for item in it:
+                if not put(item):
+                    return
+            put(Prefetch._END)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            put(e)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        item = self._q.get()
+        if item is Prefetch._END:
+            raise StopIteration
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+
+    __del__ = close

@@ -19,6 +19,7 @@ import torch
 
 CKPT_FILE = "state.pt"
 CKPT_VERSION = 1
+PREFETCH_BATCHES = 2   # Parquet data: batches a reader thread keeps ready (shard reads, shuffles) beside the step
 
 
 def on_device(batch, device):
@@ -120,7 +121,7 @@ def run_trial(cfg: dict, session: Session) -> dict:
         from multistep.data.parquet import ShardStream
 
         shards = ShardStream(tc.data.path, rank, world, seed=tc.train.seed + 1000 * rank, batch_size=local_batch)
-        batches = shards.batches(start=state.iteration)
+        batches = shards.batches(start=state.iteration, prefetch=PREFETCH_BATCHES)
         draw = lambda g: next(batches) if labelled else next(batches)[0]  # noqa: E731
     else:
         draw = lambda g: comps.data.sample_labelled(local_batch, g) if labelled else comps.data.sample(local_batch, g)  # noqa: E731
