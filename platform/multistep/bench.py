@@ -8,6 +8,9 @@
 - sampling:   img/s of the S-step student sampler (MCM Algorithm 2) for S in 1, 2, 4, 8 and of the teacher
               at 512 aDDIM steps; speedup versus the goal 0.9 * 512 / S.
 - evaluation: metrics.frechet_distance versus the scipy.linalg.sqrtm formula at d = 2048.
+- data (--parts data): Parquet shards streamed as the trials stream them, with and without the reader thread,
+              beside a stand-in accelerator step (a sleep: the host waits, the GIL is free); time the step
+              waits for its batch.
 - orchestration (--orchestration): a 4-trial sweep through run_sweep versus the same four loops in one
               plain process, with a per-trial breakdown of the difference (multistep/bench_orchestration.py).
 Heavy imports happen inside the functions, so `multistep --help` stays fast.
@@ -68,7 +71,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--peak-tflops", type=float, default=None,
                    help="peak TFLOP/s for MFU (default: 989 on an H100 with bf16, else MFU is not reported)")
     s.add_argument("--parts", default="training,sampling,evaluation",
-                   help="comma-separated parts to run: training, sampling, evaluation, orchestration")
+                   help="comma-separated parts to run: training, sampling, evaluation, data, orchestration")
     s.add_argument("--orchestration", action="store_true", help="also run the (slow, CPU) orchestration part")
     s.add_argument("--trial-seconds", type=float, default=20.0, help="orchestration: target loop time per trial (default 20)")
     s.add_argument("--runner", choices=["tune", "train"], default="tune",
@@ -293,6 +296,42 @@ def bench_evaluation(d: int, seed: int = 0, repeats: int = 3) -> dict:
             "relative_difference": abs(fd - ref) / abs(ref), "goal_speedup": GOAL_FD_SPEEDUP, "goal_agreement": GOAL_FD_AGREEMENT}
 
 
+def bench_data(rows: int = 20000, side: int = 32, batch: int = 128, batches: int = 300, step_ms: float = 5.0,
+               rounds: int = 2) -> dict:
+    """ms per batch the step waits for data, ShardStream without and with its reader thread (worker.PREFETCH_BATCHES),
+    32x32x3 uint8 images in 1000-row shards; rounds alternate the two so a slow spell hits both."""
+    import shutil
+    import tempfile
+
+    import numpy as np
+
+    from multistep.data.parquet import ShardStream, write_shards
+    from multistep.sweep.worker import PREFETCH_BATCHES
+
+    folder = tempfile.mkdtemp(prefix="msbench-data-", dir="/tmp")
+    try:
+        x = np.random.default_rng(0).integers(0, 256, (rows, side, side, 3), dtype=np.uint8)
+        write_shards(x, np.arange(rows) % 10, folder, shard_size=1000)
+        stream = ShardStream(folder, 0, 1, seed=0, batch_size=batch)
+        waits: dict[int, list[float]] = {0: [], PREFETCH_BATCHES: []}
+        for _ in range(rounds):
+            for prefetch in waits:
+                it = stream.batches(prefetch=prefetch)
+                next(it)
+                wait = 0.0
+                for _ in range(batches):
+                    t0 = time.perf_counter()
+                    next(it)
+                    wait += time.perf_counter() - t0
+                    time.sleep(step_ms / 1000)
+                waits[prefetch].append(wait / batches * 1000)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    wait_ms = {str(k): statistics.median(v) for k, v in waits.items()}
+    return {"batch": batch, "image": [3, side, side], "step_ms": step_ms, "batches": batches, "rounds": rounds,
+            "wait_ms_per_batch": wait_ms, "all_wait_ms": {str(k): v for k, v in waits.items()}}
+
+
 # -- report ----------------------------------------------------------------------------------------------
 def _g(v, spec=".3g") -> str:
     return "-" if v is None else format(v, spec)
@@ -321,6 +360,11 @@ def table(res: dict) -> str:
     if ev:
         lines.append(f"\nevaluation  d = {ev['d']}: frechet_distance {ev['frechet_s']:.3f} s (median of {len(ev['frechet_s_all'])}), sqrtm formula {ev['sqrtm_s']:.3f} s, "
                      f"speedup {ev['speedup']:.1f}x (goal {ev['goal_speedup']:.0f}x), relative difference {ev['relative_difference']:.2e}")
+    da = res.get("data")
+    if da:
+        w = da["wait_ms_per_batch"]
+        lines.append(f"\ndata  Parquet, batch {da['batch']} x {da['image']}, beside a {da['step_ms']:g} ms step: the step waits "
+                     + ", ".join(f"{v:.2f} ms/batch with prefetch {k}" for k, v in w.items()))
     orc = res.get("orchestration")
     if orc:
         lines.append(f"\norchestration (runner {orc['runner']})  4 trials of {orc['iterations']} iterations: sweep {orc['sweep_s']:.1f} s, plain "
@@ -351,7 +395,7 @@ def run(args) -> dict:
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {device}: CUDA is not available on this machine")
     parts = {p.strip() for p in args.parts.split(",") if p.strip()} | ({"orchestration"} if args.orchestration else set())
-    unknown = parts - {"training", "sampling", "evaluation", "orchestration"}
+    unknown = parts - {"training", "sampling", "evaluation", "data", "orchestration"}
     if unknown:
         raise ConfigError(f"--parts: unknown part(s) {', '.join(sorted(unknown))}")
     preset = SIZES[args.size]
@@ -376,6 +420,8 @@ def run(args) -> dict:
             torch.set_num_threads(threads)
     if "evaluation" in parts:
         res["evaluation"] = bench_evaluation(args.fd_dim)
+    if "data" in parts:
+        res["data"] = bench_data()
     if "orchestration" in parts:
         from multistep.bench_orchestration import bench_orchestration
 
