@@ -202,12 +202,17 @@ def test_prefetch_raises_the_readers_error_and_stops_when_dropped():
     assert [next(got) for _ in range(3)] == [0, 1, 2]
     with pytest.raises(ValueError, match="shard-00007"):
         next(got)
+    with pytest.raises(StopIteration):           # failed: it ends, it does not wait for a reader that has stopped
+        next(got)
     assert list(Prefetch(iter(range(5)), 1)) == list(range(5))   # a finite source ends the iteration
 
     before = set(threading.enumerate())
     endless = Prefetch(count(), 2)
     assert next(endless) == 0
     (reader,) = set(threading.enumerate()) - before
+    closed = Prefetch(count(), 2)
+    closed.close()
+    assert list(closed) == []                    # closed: ends at once
     del endless
     gc.collect()
     reader.join(timeout=10)

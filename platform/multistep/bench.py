@@ -308,7 +308,7 @@ def bench_data(rows: int = 20000, side: int = 32, batch: int = 128, batches: int
     from multistep.data.parquet import ShardStream, write_shards
     from multistep.sweep.worker import PREFETCH_BATCHES
 
-    folder = tempfile.mkdtemp(prefix="msbench-data-", dir="/tmp")
+    folder = tempfile.mkdtemp(prefix="msbench-data-")
     try:
         x = np.random.default_rng(0).integers(0, 256, (rows, side, side, 3), dtype=np.uint8)
         write_shards(x, np.arange(rows) % 10, folder, shard_size=1000)

@@ -352,10 +352,13 @@ class Prefetch:
         return self
 
     def __next__(self):
-        item = self._q.get()
-        if item is Prefetch._END:
+        if self._stop.is_set():   # closed, ended or failed: the reader puts nothing more
             raise StopIteration
-        if isinstance(item, BaseException):
+        item = self._q.get()
+        if item is Prefetch._END or isinstance(item, BaseException):
+            self._stop.set()
+            if item is Prefetch._END:
+                raise StopIteration
             raise item
         return item
 

@@ -246,10 +246,10 @@ def run_sweep(plan: SweepPlan, tracking_uri: str, storage: str, say=cli_say, res
                 srid, _, run_ids = opening.result()
                 _close_failed(client, srid, run_ids)
             raise
-    say(f"MLflow: experiment '{cfg.experiment}', sweep run {srid} with {len(run_ids)} trial runs ({tracking_uri})")
     out_dir, ray_dir = storage_dir / sweep_id, f"{storage}/{sweep_id}"   # local results; Ray state (path or URI)
-    out_dir.mkdir(parents=True, exist_ok=True)
     try:
+        say(f"MLflow: experiment '{cfg.experiment}', sweep run {srid} with {len(run_ids)} trial runs ({tracking_uri})")
+        out_dir.mkdir(parents=True, exist_ok=True)
         assets, asset_keys, first = _shared_assets(plan, client, srid, storage_dir, resume, say)
         names = metric_names(plan.trial_cfg(0).eval.samples, plan.trial_cfg(0).feature_space, first["eval_ref"]["labels"] is not None)
         teacher_rows = first["teacher_rows"]

@@ -171,6 +171,9 @@ def run_trial(cfg: dict, session: Session) -> dict:
         if logger:
             logger.client.set_tag(cfg["run_id"], "multistep.error", str(e))
         return {"error": str(e)}
+    finally:
+        if stream:
+            batches.close()   # the reader thread stops now, not at the end of the evaluation
 
     # Evaluation at the trial's step count(s), with the eval-EMA weights, on the sweep's fixed noise.
     # The method's own label logs under the plain metric name; extra samplers under "<metric>/<label>".
