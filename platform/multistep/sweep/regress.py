@@ -170,8 +170,9 @@ def _new_sweep_run(client, cfg, storage: Path):
     """The sweep run run_sweep just made in `storage`, a folder only this regress job writes (name, time and pid):
     found by its storage tag, so a concurrent regress job of the same sweep cannot be taken for it."""
     exp = client.get_experiment_by_name(cfg.experiment)
+    pattern = str(storage).replace("'", "_")   # a quote cannot be escaped in the filter; "_" matches any one character
     runs = client.search_runs([exp.experiment_id], f"tags.`multistep.kind` = 'sweep' and tags.`multistep.storage` LIKE "
-                              f"'{storage}/%'", max_results=2) if exp else []
+                              f"'{pattern}/%'", max_results=2) if exp else []
     if len(runs) != 1:
         raise RuntimeError(f"the sweep '{cfg.name}' ran but its MLflow sweep run (storage {storage}) was not found")
     return runs[0]
