@@ -180,8 +180,8 @@ def test_parquet_stream_resumes_at_a_batch_number(tmp_path):
         assert s.batches_per_epoch == sum(1 for _ in s.epoch_batches(0)) == (6 if drop_last else 7)
         whole = [b for b in islice(s.batches(), 30)]
         for n in (0, 3, 6, 7, 13, 20):   # inside the first epoch, at and across epoch boundaries
-            for prefetch in (0, 2):      # read by a background thread: the same batches in the same order
-                tail = [b for b in islice(s.batches(start=n, prefetch=prefetch), 30 - n)]
+            for prefetch, device in ((0, None), (2, "cpu")):   # read by a thread, converted "on the device": the same
+                tail = [b for b in islice(s.batches(start=n, prefetch=prefetch, device=device), 30 - n)]
                 assert len(tail) == 30 - n, (drop_last, window, n, prefetch)
                 assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(tail, whole[n:])), (
                     drop_last, window, n, prefetch)

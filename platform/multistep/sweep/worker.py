@@ -121,7 +121,7 @@ def run_trial(cfg: dict, session: Session) -> dict:
         from multistep.data.parquet import ShardStream
 
         shards = ShardStream(tc.data.path, rank, world, seed=tc.train.seed + 1000 * rank, batch_size=local_batch)
-        batches = shards.batches(start=state.iteration, prefetch=PREFETCH_BATCHES)
+        batches = shards.batches(start=state.iteration, prefetch=PREFETCH_BATCHES, device=device)   # uint8 to the device
         draw = lambda g: next(batches) if labelled else next(batches)[0]  # noqa: E731
     else:
         draw = lambda g: comps.data.sample_labelled(local_batch, g) if labelled else comps.data.sample(local_batch, g)  # noqa: E731
