@@ -176,7 +176,8 @@ def load_trial_cfg(config: str, ckpt: Path, trial: int | None, opts: dict | None
                               f"{ckpt} has no trial-NNN folder; give --trial N")
     if trial >= len(plan.trials):
         raise ConfigError(f"--trial: {config} expands to {len(plan.trials)} trials, there is no trial {trial}")
-    return plan.trial_cfg(trial), trial
+    # opts once more over the expanded trial: the sweep's search axes may have set eval.* of this trial
+    return _trial_cfg(with_eval(plan.trials[trial]["config"], opts), "--extractor/--inception"), trial
 
 
 def eval_student(p: Path, blob: dict, args, steps: list[int] | None, say=print):
@@ -199,8 +200,6 @@ def eval_student(p: Path, blob: dict, args, steps: list[int] | None, say=print):
     else:
         raise ConfigError(f"--config: {p} is an older trial checkpoint that records no config; "
                           "give the trial config or the sweep file with --config")
-    if opts:   # again: a sweep's search axes may have set eval.* of this trial
-        tc = _trial_cfg(with_eval(tc.model_dump(), opts), "--extractor/--inception")
     c = build(tc)
     method = make_method(tc, c)
     state = new_state(c.student, tc.train.learning_rate, tc.train.seed, method)

@@ -287,9 +287,9 @@ class ShardStream:
         if len(carry_x) and not self.drop_last and n >= skip:
             yield self._nchw(carry_x), carry_y if self.has_labels else None
 
-    def epoch_batches(self, epoch: int, skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    def epoch_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
         """One pass over this rank's slice in the order of `epoch` as float32 NCHW batches in [-1, 1]."""
-        return (self._batch(x, y) for x, y in self.epoch_arrays(epoch, skip))
+        return (self._batch(x, y) for x, y in self.epoch_arrays(epoch))
 
     def arrays(self, start: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         """Endless uint8 batches, epoch after epoch, from batch number `start` on (what a resumed trial has not seen

@@ -19,8 +19,7 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from multistep.cli_common import add_run_options
-from multistep.cli_common import say as cli_say
+from multistep.cli_common import add_run_options, say as cli_say
 from multistep.config import ConfigError, load_sweep
 
 BASELINE_TAG = "multistep.regression_baseline"   # on a sweep run; value: the name of the sweep it is the baseline of
