@@ -178,7 +178,7 @@ def record_masks(net):
 
 
 @pytest.mark.parametrize("target_ema", [0.0, 0.5])
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")])])
 def test_synchronized_dropout(target_ema, device):
     m = MCM(COS, 2, teacher=TEACHER if device == "cpu" else None, anneal="constant", anneal_params={"n": 16}, target_ema=target_ema)
     f = student(dropout=0.5).to(device).train()

@@ -70,6 +70,37 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     return max(fd, 0.0)
 
 
+def trace_sqrt_product_torch(sigma1: torch.Tensor, sigma2: torch.Tensor) -> float:
+    """tr((S1 S2)^{1/2}) with torch in float64 on the tensors' device (a GPU: cuSOLVER), as `trace_sqrt_product`.
+
+    S1 = L L^T by Cholesky when S1 is numerically full rank, else S1 = (Q l^{1/2})(Q l^{1/2})^T by eigh (no pivoted
+    Cholesky in torch); either way the eigenvalues of B^T S2 B are those of S1 S2, real and >= 0.
+    """
+    s1, s2 = sigma1.double(), sigma2.double()
+    lo, info = torch.linalg.cholesky_ex(s1)
+    tol = len(s1) * np.finfo(np.float64).eps * float(s1.diagonal().max())   # _rank_tolerance's threshold
+    if int(info) != 0 or float(torch.diagonal(lo).min()) ** 2 <= tol:
+        lam, q = torch.linalg.eigh(s1)
+        lo = q * lam.clamp_min(0).sqrt()
+    lam = torch.linalg.eigvalsh(lo.T @ s2 @ lo)
+    return float(lam.clamp_min(0).sqrt().sum())
+
+
+def frechet_distance_torch(mu1, sigma1, mu2, sigma2, device="cuda") -> float:
+    """`frechet_distance` computed on `device` with torch in float64 (the GPU path of the GPU check)."""
+    t = [torch.as_tensor(np.asarray(a, np.float64), device=device) for a in (mu1, sigma1, mu2, sigma2)]
+    m1, s1, m2, s2 = t[0].reshape(-1), t[1], t[2].reshape(-1), t[3]
+    if m1.shape != m2.shape or s1.shape != s2.shape or s1.shape != (m1.numel(), m1.numel()):
+        raise ValueError(f"shape mismatch: mu {tuple(m1.shape)} vs {tuple(m2.shape)}, sigma {tuple(s1.shape)} vs {tuple(s2.shape)}")
+    if not all(bool(torch.isfinite(a).all()) for a in (m1, s1, m2, s2)):
+        raise ValueError("frechet_distance: non-finite mean or covariance")
+    if torch.equal(m1, m2) and torch.equal(s1, s2):
+        return 0.0
+    s1, s2 = (s1 + s1.T) / 2, (s2 + s2.T) / 2
+    fd = float(((m1 - m2) ** 2).sum() + s1.trace() + s2.trace()) - 2.0 * trace_sqrt_product_torch(s1, s2)
+    return max(fd, 0.0)
+
+
 def gaussian_stats(features) -> tuple[np.ndarray, np.ndarray]:
     """Mean and (unbiased) covariance of an (n, d) feature array, in float64."""
     f = np.asarray(features, np.float64).reshape(len(features), -1)

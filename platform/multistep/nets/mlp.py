@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import weakref
 
 import torch
@@ -74,7 +75,9 @@ _COMPILED: "weakref.WeakKeyDictionary[nn.Module, nn.Module]" = weakref.WeakKeyDi
 
 def compiled(net: nn.Module) -> nn.Module:
     """torch.compile(net), made once per network object. Kept outside the module, so a deep copy (the EMA, a
-    target network, a phase teacher) compiles its own weights instead of calling the original's graph."""
+    target network, a phase teacher) compiles its own weights instead of calling the original's graph.
+    $MULTISTEP_COMPILE_BACKEND picks torch.compile's backend (default inductor; the GPU kit's CPU rehearsal uses
+    aot_eager: the same graph capture and autograd split, without inductor's minutes of C++ codegen)."""
     if net not in _COMPILED:
-        _COMPILED[net] = torch.compile(net)
+        _COMPILED[net] = torch.compile(net, backend=os.environ.get("MULTISTEP_COMPILE_BACKEND", "inductor"))
     return _COMPILED[net]
