@@ -11,7 +11,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.pop("RAY_ADDRESS", None)
-os.environ.setdefault("MULTISTEP_CACHE", tempfile.mkdtemp(prefix="multistep-test-cache-"))   # not the user's ~/.cache
+os.environ.setdefault("MULTISTEP_CACHE", tempfile.mkdtemp(prefix="multistep-test-cache-"))  # not the user's ~/.cache
 
 
 @pytest.fixture(scope="session")
@@ -24,8 +24,17 @@ def ray_local():
     # instance on the host (the submission test starts one) it must be told which one is ours.
     port = free_port()
     os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
-    ray.init(address="local", num_cpus=2, resources={"train_driver": 100}, object_store_memory=200 * 1024**2,
-             _temp_dir=tmp, include_dashboard=True, dashboard_port=port, log_to_driver=False, logging_level="WARNING")
+    ray.init(
+        address="local",
+        num_cpus=2,
+        resources={"train_driver": 100},
+        object_store_memory=200 * 1024**2,
+        _temp_dir=tmp,
+        include_dashboard=True,
+        dashboard_port=port,
+        log_to_driver=False,
+        logging_level="WARNING",
+    )
     yield ray
     ray.shutdown()
     os.environ.pop("RAY_API_SERVER_ADDRESS", None)

@@ -29,7 +29,7 @@ CASES = [  # (sweep file text, text the message must contain)
     ("method: {name: progressive, student_steps: 3, pd_start_steps: 64}\n", "power of 2"),
     ("method: {name: mcm, student_steps: 2, cm_sampler_steps: [2]}\n", "cm_sampler_steps"),
     ("method: {guidance: -1}\n", "method.guidance"),
-    ("method: {guidance: 1}\n", "method.guidance: needs a class-conditional network teacher"),   # analytic teacher, gmm
+    ("method: {guidance: 1}\n", "method.guidance: needs a class-conditional network teacher"),  # analytic teacher, gmm
     ("method: {mode: train, guidance: 1}\n", "method.guidance: needs name: mcm and mode: distill"),
     ("method: {name: tract, student_steps: 2, guidance: 2}\n", "method.guidance: needs name: mcm"),
     ("search:\n  method.guidance: {grid: [0, 1]}\n", "method.guidance: needs a class-conditional"),
@@ -39,9 +39,18 @@ CASES = [  # (sweep file text, text the message must contain)
     ("eval: {teacher_steps: [1, -2]}\n", "eval.teacher_steps.1"),
     ("eval: {extractor: classifier}\n", "eval.extractor: classifier does not fit data.kind gmm"),
     ("eval: {extractor: sift}\n", "eval.extractor"),
-    ("data: {kind: digits}\nteacher: {kind: checkpoint, path: /etc/hosts}\neval: {extractor: inception}\n", "eval.inception_path: extractor: inception needs the local path"),
-    ("data: {kind: digits}\nteacher: {kind: checkpoint, path: /etc/hosts}\neval: {extractor: inception, inception_path: /nope/inception.pt}\n", "eval.inception_path: file not found: /nope"),
-    ("data: {kind: digits}\nteacher: {kind: checkpoint, path: /etc/hosts}\neval: {extractor: identity}\n", "eval.extractor: identity does not fit data.kind digits"),
+    (
+        "data: {kind: digits}\nteacher: {kind: checkpoint, path: /etc/hosts}\neval: {extractor: inception}\n",
+        "eval.inception_path: extractor: inception needs the local path",
+    ),
+    (
+        "data: {kind: digits}\nteacher: {kind: checkpoint, path: /etc/hosts}\neval: {extractor: inception, inception_path: /nope/inception.pt}\n",
+        "eval.inception_path: file not found: /nope",
+    ),
+    (
+        "data: {kind: digits}\nteacher: {kind: checkpoint, path: /etc/hosts}\neval: {extractor: identity}\n",
+        "eval.extractor: identity does not fit data.kind digits",
+    ),
     ("eval: {kid_subsets: -1}\n", "eval.kid_subsets"),
     ("eval: {kid_subsets: 1}\n", "eval.kid_subsets: a standard error needs at least 2 subsets"),
     ("eval: {batch_size: 0}\n", "eval.batch_size"),
@@ -49,6 +58,8 @@ CASES = [  # (sweep file text, text the message must contain)
     ("resources: {runner: fast}\n", "resources.runner"),
     ("resources: {num_workers: 0}\n", "resources.num_workers"),
     ("resources: {max_concurrent_trials: 0}\n", "resources.max_concurrent_trials"),
+    ("eval: {samples: 1}\n", "eval.samples: an evaluation needs at least 2 samples"),
+    ("eval: {samples: 10}\n", "eval.samples: KID's 10 disjoint subsets need at least 20 samples"),
     ("scheduler: {name: hyperband}\n", "scheduler.name"),
     ("search:\n  method.student_steps: {}\n", "give exactly one of"),
     ("search:\n  method.student_steps: {grid: []}\n", "must not be empty"),

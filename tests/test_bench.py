@@ -15,14 +15,36 @@ from multistep import bench
 from multistep.cli import main
 from multistep.train import perf
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_cpu_bench_end_to_end_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    rc = main(["bench", "--size", "cpu", "--threads", "1", "--steps", "2", "--warmup", "1", "--batch", "4",
-               "--sample-batch", "8", "--teacher-steps", "8", "--fd-dim", "48", "--peak-tflops", "2", "--out", str(out)])
+    rc = main(
+        [
+            "bench",
+            "--size",
+            "cpu",
+            "--threads",
+            "1",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--batch",
+            "4",
+            "--sample-batch",
+            "8",
+            "--teacher-steps",
+            "8",
+            "--fd-dim",
+            "48",
+            "--peak-tflops",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     res = json.loads(out.read_text())
     assert set(res) >= {"machine", "config", "training", "sampling", "evaluation"}
@@ -44,7 +66,7 @@ def test_cpu_bench_end_to_end_writes_json(tmp_path, capsys):
         assert r["goal"] == pytest.approx(0.9 * 8 / int(S))
     ev = res["evaluation"]
     assert ev["d"] == 48 and ev["frechet_s"] > 0 and ev["sqrtm_s"] > 0
-    assert ev["relative_difference"] < 1e-6             # the two formulas agree
+    assert ev["relative_difference"] < 1e-6  # the two formulas agree
     printed = capsys.readouterr().out
     assert "MCD / diffusion step" in printed and "speedup" in printed
 
@@ -55,14 +77,18 @@ def test_data_part_times_the_stream_with_and_without_its_reader_thread():
     r = bench.bench_data(rows=600, side=8, batch=32, batches=20, step_ms=1.0, rounds=1)
     assert set(r["wait_ms_per_batch"]) == {"0", str(PREFETCH_BATCHES)}
     assert all(v > 0 and len(r["all_wait_ms"][k]) == 1 for k, v in r["wait_ms_per_batch"].items())
-    assert "the step waits" in bench.table({"machine": {"cpu": "x"}, "config": {"size": "cpu", "precision": "fp32",
-                                                                              "compile": False, "channels_last": False},
-                                             "data": r})
+    assert "the step waits" in bench.table(
+        {
+            "machine": {"cpu": "x"},
+            "config": {"size": "cpu", "precision": "fp32", "compile": False, "channels_last": False},
+            "data": r,
+        }
+    )
 
 
 def _unet_with_nonzero_output():
     net = bench.make_net("cpu")
-    nn.init.normal_(net.out[-1].weight, std=0.1)     # the output conv starts at zero (v = 0): make it say something
+    nn.init.normal_(net.out[-1].weight, std=0.1)  # the output conv starts at zero (v = 0): make it say something
     return net
 
 
@@ -72,13 +98,15 @@ def test_bf16_autocast_and_channels_last_reach_the_network_only():
 
     net = _unet_with_nonzero_output()
     seen = {}
-    net.conv_in.register_forward_hook(lambda m, i, o: seen.update(dtype=o.dtype, cl=i[0].is_contiguous(memory_format=torch.channels_last)))
+    net.conv_in.register_forward_hook(
+        lambda m, i, o: seen.update(dtype=o.dtype, cl=i[0].is_contiguous(memory_format=torch.channels_last))
+    )
     fast = VDenoiser(net, make_schedule("cosine"))
     assert perf.apply_fast_paths([fast], "cpu", "bf16", memory_channels_last=True) == []
     assert net.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     z, t = torch.randn(3, 1, 8, 8, dtype=torch.float64), torch.rand(3, dtype=torch.float64)
     v = fast.v(z, t)
-    assert seen == {"dtype": torch.bfloat16, "cl": True}   # the convs ran in bf16 on channels_last input
+    assert seen == {"dtype": torch.bfloat16, "cl": True}  # the convs ran in bf16 on channels_last input
     assert v.dtype == torch.float32 and v.shape == z.shape
     perf.apply_fast_paths([fast], "cpu", "fp32")
     v32 = fast.v(z, t)
@@ -94,7 +122,7 @@ def test_mcd_step_under_bf16_keeps_float64_targets():
     g = torch.Generator().manual_seed(0)
     z_t, t, x_tgt, n_rel, n_seg = setup.method.targets(setup.student, x, 0, 100, g)
     assert z_t.dtype == torch.float64 and t.dtype == torch.float64 and x_tgt.dtype == torch.float64
-    x_tch = setup.teacher(z_t, t)                        # runs under inference_mode, hands back a normal tensor
+    x_tch = setup.teacher(z_t, t)  # runs under inference_mode, hands back a normal tensor
     assert x_tch.dtype == torch.float64 and not x_tch.is_inference() and not x_tch.requires_grad
     before = [p.detach().clone() for p in setup.student.parameters()]
     for kind in ("mcd", "diffusion"):
@@ -104,7 +132,7 @@ def test_mcd_step_under_bf16_keeps_float64_targets():
     assert any(not torch.equal(a, b) for a, b in zip(before, after))
     assert all(not p.requires_grad for p in setup.teacher.parameters())
     cl = torch.channels_last
-    assert setup.state.ema.conv_in.weight.is_contiguous(memory_format=cl)     # EMA lerps between like layouts
+    assert setup.state.ema.conv_in.weight.is_contiguous(memory_format=cl)  # EMA lerps between like layouts
     assert setup.teacher.f.net.conv_in.weight.is_contiguous(memory_format=cl)
 
 
@@ -123,8 +151,22 @@ def test_gpu_sizes_construct_and_count_flops(size, gflop):
     assert bench.forward_flops_per_image(size) / 1e9 == pytest.approx(gflop, rel=0.01)
 
 
-@pytest.mark.parametrize("size", ["cifar", pytest.param("imagenet64", marks=[pytest.mark.slow, pytest.mark.skipif(
-    not os.environ.get("MULTISTEP_BIG_TESTS"), reason="~55 s and 7 GB on CPU: set MULTISTEP_BIG_TESTS=1 (same code path as cifar)")])])
+@pytest.mark.parametrize(
+    "size",
+    [
+        "cifar",
+        pytest.param(
+            "imagenet64",
+            marks=[
+                pytest.mark.slow,
+                pytest.mark.skipif(
+                    not os.environ.get("MULTISTEP_BIG_TESTS"),
+                    reason="~55 s and 7 GB on CPU: set MULTISTEP_BIG_TESTS=1 (same code path as cifar)",
+                ),
+            ],
+        ),
+    ],
+)
 def test_gpu_sizes_run_one_step_on_cpu(size):
     """One diffusion and one MCD step at batch 1 (imagenet64: ~35 s of CPU and ~7 GB, so marked slow)."""
     setup = bench.Setup(size, "cpu")
@@ -163,9 +205,11 @@ def test_sweep_fast_path_switches_on_denoisers():
 
     sched = make_schedule("cosine")
     torch.manual_seed(0)
-    f = VDenoiser(build_net({"kind": "unet", "base_ch": 8, "ch_mult": [1, 2], "time_dim": 8, "in_ch": 1, "resolution": 8}), sched)
+    f = VDenoiser(
+        build_net({"kind": "unet", "base_ch": 8, "ch_mult": [1, 2], "time_dim": 8, "in_ch": 1, "resolution": 8}), sched
+    )
     with torch.no_grad():
-        for p in f.parameters():                                             # not the zero-initialised output layer
+        for p in f.parameters():  # not the zero-initialised output layer
             p.add_(0.1 * torch.randn_like(p))
     z, t = torch.randn(4, 1, 8, 8, dtype=torch.float64), torch.rand(4, dtype=torch.float64)
     ref = f(z, t)
@@ -174,9 +218,9 @@ def test_sweep_fast_path_switches_on_denoisers():
     assert perf.apply_fast_paths([fast, analytic], "cpu", "bf16", True, False) == []
     assert fast.autocast_dtype == torch.bfloat16 and fast.channels_last and not hasattr(analytic, "autocast_dtype")
     out = fast(z, t)
-    assert out.dtype == torch.float64 and not torch.equal(out, ref)            # bf16 inside, float64 outside
+    assert out.dtype == torch.float64 and not torch.equal(out, ref)  # bf16 inside, float64 outside
     torch.testing.assert_close(out, ref, rtol=0.05, atol=0.05)
-    fast.autocast_dtype = None                                               # channels_last alone: same numbers
+    fast.autocast_dtype = None  # channels_last alone: same numbers
     torch.testing.assert_close(fast(z, t), ref, rtol=1e-5, atol=1e-6)
 
 
@@ -203,5 +247,5 @@ def test_compiled_denoiser_copies_use_their_own_weights():
         g.compiled = False
         want = g(z, t)
         g.compiled = True
-        torch.testing.assert_close(g(z, t), want, rtol=1e-5, atol=1e-5)     # not the original's graph and weights
+        torch.testing.assert_close(g(z, t), want, rtol=1e-5, atol=1e-5)  # not the original's graph and weights
         assert not torch.allclose(want, eager)

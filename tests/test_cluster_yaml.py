@@ -20,8 +20,14 @@ from ray.autoscaler._private.util import prepare_config, validate_config
 REPO = Path(__file__).resolve().parents[1]
 TEXT = (REPO / "cluster.yaml").read_text()
 SCHEMA = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
-COMMAND_LISTS = ["initialization_commands", "setup_commands", "head_setup_commands", "worker_setup_commands",
-                 "head_start_ray_commands", "worker_start_ray_commands"]
+COMMAND_LISTS = [
+    "initialization_commands",
+    "setup_commands",
+    "head_setup_commands",
+    "worker_setup_commands",
+    "head_start_ray_commands",
+    "worker_start_ray_commands",
+]
 
 
 def load() -> dict:
@@ -54,7 +60,7 @@ def test_cluster_yaml_passes_ray_up_checks():
 def test_commands_are_whole_strings_and_dashboard_is_private():
     cfg = load()
     for key in COMMAND_LISTS:
-        assert all(isinstance(c, str) for c in cfg.get(key, [])), key   # unquoted `{...}` would parse as a mapping
+        assert all(isinstance(c, str) for c in cfg.get(key, [])), key  # unquoted `{...}` would parse as a mapping
     (start,) = [c for c in cfg["head_start_ray_commands"] if "ray start --head" in c]
     assert "--dashboard-host=127.0.0.1" in start and "0.0.0.0" not in start
     assert "RAY_AUTH_MODE=token" in start
@@ -68,7 +74,7 @@ def test_no_secrets_in_cluster_yaml():
 
 
 def _unknown_key(c):
-    c["max_worker"] = 3                                        # typo of max_workers
+    c["max_worker"] = 3  # typo of max_workers
 
 
 def _unknown_node_type_key(c):
@@ -91,14 +97,17 @@ def _min_above_max(c):
     c["available_node_types"]["ray.worker.gpu"]["min_workers"] = c["max_workers"] + 1
 
 
-@pytest.mark.parametrize("breakit, error, says", [
-    (_unknown_key, jsonschema.ValidationError, "max_worker"),
-    (_unknown_node_type_key, jsonschema.ValidationError, "min_worker"),
-    (_head_not_a_node_type, ValueError, "head_node_type"),
-    (_wrong_type, jsonschema.ValidationError, "'four'"),
-    (_wrong_resource_type, jsonschema.ValidationError, "'many'"),
-    (_min_above_max, ValueError, "min_workers"),
-])
+@pytest.mark.parametrize(
+    "breakit, error, says",
+    [
+        (_unknown_key, jsonschema.ValidationError, "max_worker"),
+        (_unknown_node_type_key, jsonschema.ValidationError, "min_worker"),
+        (_head_not_a_node_type, ValueError, "head_node_type"),
+        (_wrong_type, jsonschema.ValidationError, "'four'"),
+        (_wrong_resource_type, jsonschema.ValidationError, "'many'"),
+        (_min_above_max, ValueError, "min_workers"),
+    ],
+)
 def test_broken_copies_are_rejected(breakit, error, says):
     cfg = load()
     breakit(cfg)
@@ -110,6 +119,6 @@ def test_validate_config_alone_catches_what_the_schema_misses():
     """The schema accepts a head type missing from the node types; Ray's own validation does not."""
     cfg = load()
     _head_not_a_node_type(cfg)
-    jsonschema.validate(cfg, SCHEMA)                           # passes: a cross-field rule
+    jsonschema.validate(cfg, SCHEMA)  # passes: a cross-field rule
     with pytest.raises(ValueError, match="head_node_type"):
         validate_config(prepare_config(copy.deepcopy(cfg)))

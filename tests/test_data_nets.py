@@ -43,7 +43,19 @@ UNET_CASES = [  # (kwargs, exact parameter count) from tiny to small
     (dict(base_ch=8, ch_mult=(1, 2), time_dim=16), 40745),
     (dict(base_ch=8, ch_mult=(1, 2), time_dim=16, num_classes=10), 40745 + 11 * 32),
     (dict(base_ch=8, ch_mult=(1, 2), time_dim=16, attn_resolutions=(4,)), None),
-    (dict(base_ch=8, ch_mult=(1, 2, 2), num_res_blocks=2, attn_resolutions=(8, 4), resolution=16, in_ch=3, num_classes=10, dropout=0.1), None),
+    (
+        dict(
+            base_ch=8,
+            ch_mult=(1, 2, 2),
+            num_res_blocks=2,
+            attn_resolutions=(8, 4),
+            resolution=16,
+            in_ch=3,
+            num_classes=10,
+            dropout=0.1,
+        ),
+        None,
+    ),
 ]
 
 
@@ -139,7 +151,9 @@ def test_parquet_round_trip_rank_slices_and_epochs(tmp_path):
     info = shard_info(paths[0])
     assert (info.rows, info.height, info.width, info.channels, info.num_classes) == (20, 5, 6, 3, 7)
     back = [read_shard(p) for p in paths]
-    assert np.array_equal(np.concatenate([b[0] for b in back]), x) and np.array_equal(np.concatenate([b[1] for b in back]), y)
+    assert np.array_equal(np.concatenate([b[0] for b in back]), x) and np.array_equal(
+        np.concatenate([b[1] for b in back]), y
+    )
 
     idx = np.arange(103)
     write_shards(x, idx, tmp_path / "ids", shard_size=20)  # labels = global row index
@@ -154,7 +168,14 @@ def test_parquet_round_trip_rank_slices_and_epochs(tmp_path):
             assert torch.allclose(xs, ref, atol=1e-6)  # pixels travel with their labels
             ys1 = torch.cat([b[1] for b in s.epoch_batches(1)])
             assert sorted(ys1.tolist()) == sorted(ys.tolist()) and not torch.equal(ys1, ys)  # reshuffled per epoch
-            again = torch.cat([b[1] for b in ShardStream(tmp_path / "ids", rank, 2, seed=3, batch_size=8, drop_last=False, window=window).epoch_batches(0)])
+            again = torch.cat(
+                [
+                    b[1]
+                    for b in ShardStream(
+                        tmp_path / "ids", rank, 2, seed=3, batch_size=8, drop_last=False, window=window
+                    ).epoch_batches(0)
+                ]
+            )
             assert torch.equal(again, ys)  # seeded
             assert s.rank_rows in (51, 52) and len(s.pieces) <= 4  # reads only the shards overlapping its slice
             seen.append(set(ys.tolist()))
@@ -174,17 +195,21 @@ def test_parquet_stream_resumes_at_a_batch_number(tmp_path):
     from itertools import islice
 
     x = _images()
-    write_shards(x, np.arange(103), tmp_path / "ids", shard_size=20)   # labels = global row index
+    write_shards(x, np.arange(103), tmp_path / "ids", shard_size=20)  # labels = global row index
     for drop_last, window in ((True, 1), (True, 4), (False, 2)):
         s = ShardStream(tmp_path / "ids", 1, 2, seed=5, batch_size=8, drop_last=drop_last, window=window)
         assert s.batches_per_epoch == sum(1 for _ in s.epoch_batches(0)) == (6 if drop_last else 7)
         whole = [b for b in islice(s.batches(), 30)]
-        for n in (0, 3, 6, 7, 13, 20):   # inside the first epoch, at and across epoch boundaries
-            for prefetch, device in ((0, None), (2, "cpu")):   # read by a thread, converted "on the device": the same
+        for n in (0, 3, 6, 7, 13, 20):  # inside the first epoch, at and across epoch boundaries
+            for prefetch, device in ((0, None), (2, "cpu")):  # read by a thread, converted "on the device": the same
                 tail = [b for b in islice(s.batches(start=n, prefetch=prefetch, device=device), 30 - n)]
                 assert len(tail) == 30 - n, (drop_last, window, n, prefetch)
                 assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(tail, whole[n:])), (
-                    drop_last, window, n, prefetch)
+                    drop_last,
+                    window,
+                    n,
+                    prefetch,
+                )
 
 
 def test_prefetch_raises_the_readers_error_and_stops_when_dropped():
@@ -202,9 +227,9 @@ def test_prefetch_raises_the_readers_error_and_stops_when_dropped():
     assert [next(got) for _ in range(3)] == [0, 1, 2]
     with pytest.raises(ValueError, match="shard-00007"):
         next(got)
-    with pytest.raises(StopIteration):           # failed: it ends, it does not wait for a reader that has stopped
+    with pytest.raises(StopIteration):  # failed: it ends, it does not wait for a reader that has stopped
         next(got)
-    assert list(Prefetch(iter(range(5)), 1)) == list(range(5))   # a finite source ends the iteration
+    assert list(Prefetch(iter(range(5)), 1)) == list(range(5))  # a finite source ends the iteration
 
     before = set(threading.enumerate())
     endless = Prefetch(count(), 2)
@@ -212,11 +237,11 @@ def test_prefetch_raises_the_readers_error_and_stops_when_dropped():
     (reader,) = set(threading.enumerate()) - before
     closed = Prefetch(count(), 2)
     closed.close()
-    assert list(closed) == []                    # closed: ends at once
+    assert list(closed) == []  # closed: ends at once
     del endless
     gc.collect()
     reader.join(timeout=10)
-    assert not reader.is_alive()                 # the consumer is gone: the thread stops instead of filling forever
+    assert not reader.is_alive()  # the consumer is gone: the thread stops instead of filling forever
 
 
 def _write_table(path, images: pa.Array, meta: dict, labels: pa.Array | None = None):
@@ -231,17 +256,20 @@ def _write_table(path, images: pa.Array, meta: dict, labels: pa.Array | None = N
 META = {"schema_version": "1", "height": 2, "width": 2, "channels": 3}
 
 
-@pytest.mark.parametrize("case,match", [
-    ("missing", "not found"),
-    ("not_parquet", "not a readable Parquet"),
-    ("empty", "empty shard"),
-    ("version", "schema_version '2'"),
-    ("no_version", "schema_version None"),
-    ("image_dtype", "must be binary"),
-    ("label_dtype", "'label' must be int64"),
-    ("image_shape", "expected 12"),
-    ("mixed_shapes", "differs from"),
-])
+@pytest.mark.parametrize(
+    "case,match",
+    [
+        ("missing", "not found"),
+        ("not_parquet", "not a readable Parquet"),
+        ("empty", "empty shard"),
+        ("version", "schema_version '2'"),
+        ("no_version", "schema_version None"),
+        ("image_dtype", "must be binary"),
+        ("label_dtype", "'label' must be int64"),
+        ("image_shape", "expected 12"),
+        ("mixed_shapes", "differs from"),
+    ],
+)
 def test_bad_shards_name_the_file(tmp_path, case, match):
     good = write_shards(_images(4, 2, 2, 3), [0, 1, 0, 1], tmp_path / "good", shard_size=10)[0]
     bad = tmp_path / f"bad_{case}.parquet"
@@ -259,9 +287,16 @@ def test_bad_shards_name_the_file(tmp_path, case, match):
     elif case == "label_dtype":
         _write_table(bad, pa.array(item, pa.binary()), META, pa.array(["a", "b", "c"]))
     elif case == "image_shape":
-        _write_table(bad, pa.array([bytes(12), bytes(11), bytes(12)], pa.binary()), META, pa.array([0, 1, 2], pa.int64()))
+        _write_table(
+            bad, pa.array([bytes(12), bytes(11), bytes(12)], pa.binary()), META, pa.array([0, 1, 2], pa.int64())
+        )
     elif case == "mixed_shapes":
-        _write_table(bad, pa.array([bytes(27)] * 3, pa.binary()), {**META, "height": 3, "width": 3}, pa.array([0, 1, 2], pa.int64()))
+        _write_table(
+            bad,
+            pa.array([bytes(27)] * 3, pa.binary()),
+            {**META, "height": 3, "width": 3},
+            pa.array([0, 1, 2], pa.int64()),
+        )
     with pytest.raises(ValueError, match=match) as e:
         for _ in ShardStream([good, bad], batch_size=1):
             pass
@@ -287,7 +322,9 @@ def _planes(x_hwc):
 
 def _read_all(out):
     parts = [read_shard(p) for p in list_shards(out)]
-    return np.concatenate([p[0] for p in parts]), (np.concatenate([p[1] for p in parts]) if parts[0][1] is not None else None)
+    return np.concatenate([p[0] for p in parts]), (
+        np.concatenate([p[1] for p in parts]) if parts[0][1] is not None else None
+    )
 
 
 def test_convert_cifar10_batches(tmp_path, capsys):
@@ -297,8 +334,16 @@ def test_convert_cifar10_batches(tmp_path, capsys):
     for k, n in ((1, 7), (2, 5)):
         x, y = _images(n, 32, 32, 3, seed=k), list(np.arange(n) % 10)
         with open(src / f"data_batch_{k}", "wb") as f:  # protocol 2 and bytes keys, as the real files
-            pickle.dump({b"batch_label": b"training batch", b"labels": [int(v) for v in y], b"data": _planes(x),
-                         b"filenames": [b"f.png"] * n}, f, protocol=2)
+            pickle.dump(
+                {
+                    b"batch_label": b"training batch",
+                    b"labels": [int(v) for v in y],
+                    b"data": _planes(x),
+                    b"filenames": [b"f.png"] * n,
+                },
+                f,
+                protocol=2,
+            )
         xs.append(x), ys.append(y)
     (src / "test_batch").write_bytes(b"not read")
     ns = argparse.ArgumentParser()
@@ -313,6 +358,7 @@ def test_convert_cifar10_batches(tmp_path, capsys):
     class Evil:  # a pickle that would run code on load
         def __reduce__(self):
             return (os.system, ("touch pwned",))
+
     evil = tmp_path / "evil" / "data_batch_1"
     evil.parent.mkdir()
     evil.write_bytes(pickle.dumps({b"data": Evil(), b"labels": []}))
@@ -393,7 +439,9 @@ def test_convert_image_folder(tmp_path):
 
 # -- teacher ----------------------------------------------------------------------------------------
 STEPS = (1, 2, 4, 8, 16, 64)
-TINY = dict(kind="unet", in_ch=1, base_ch=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), resolution=8, time_dim=32)
+TINY = dict(
+    kind="unet", in_ch=1, base_ch=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), resolution=8, time_dim=32
+)
 
 
 @pytest.fixture(scope="module")
@@ -403,7 +451,9 @@ def digits_teacher():
     cfg = dict(TINY)
     net = UNet(**{k: v for k, v in cfg.items() if k != "kind"})
     t0 = time.perf_counter()
-    net, ema, hist = train_teacher(net, sched, batches(x, None, 128, seed=0), iterations=300, lr=3e-3, ema=0.99, seed=0, log_every=100)
+    net, ema, hist = train_teacher(
+        net, sched, batches(x, None, 128, seed=0), iterations=300, lr=3e-3, ema=0.99, seed=0, log_every=100
+    )
     return cfg, net, ema, hist, time.perf_counter() - t0, sched, x
 
 
@@ -418,15 +468,19 @@ def test_digits_teacher_curve_falls_with_steps(digits_teacher):
         s, nfe = ddim_sample(f, sched, noise, n)
         assert nfe == n and s.shape == noise.shape
         fd[n] = frechet_distance(*gaussian_stats(s.reshape(len(s), -1).numpy()), mu, cov)
-    print(f"\ndigits teacher ({sum(p.numel() for p in ema.parameters())} params, 300 it, {seconds:.1f} s): "
-          + ", ".join(f"FD@{n}={v:.2f}" for n, v in fd.items()))
+    print(
+        f"\ndigits teacher ({sum(p.numel() for p in ema.parameters())} params, 300 it, {seconds:.1f} s): "
+        + ", ".join(f"FD@{n}={v:.2f}" for n, v in fd.items())
+    )
     assert all(np.isfinite(list(fd.values())))
     assert fd[2] < fd[1] and fd[4] < fd[2] and fd[16] < fd[1] / 3 and fd[64] < fd[1] / 3
 
 
 def test_teacher_checkpoint_round_trip_and_bad_files(digits_teacher, tmp_path):
     cfg, _, ema, _, _, sched, _ = digits_teacher
-    p = save_teacher(tmp_path / "t" / "teacher.pt", cfg, ema.state_dict(), meta={"schedule": "cosine", "data": "digits"})
+    p = save_teacher(
+        tmp_path / "t" / "teacher.pt", cfg, ema.state_dict(), meta={"schedule": "cosine", "data": "digits"}
+    )
     assert not list(p.parent.glob(".*tmp"))
     net, info = load_teacher(p)
     z, t = torch.randn(4, 1, 8, 8), torch.rand(4)
@@ -435,14 +489,21 @@ def test_teacher_checkpoint_round_trip_and_bad_files(digits_teacher, tmp_path):
 
     truncated = tmp_path / "trunc.pt"
     truncated.write_bytes(p.read_bytes()[:200])
-    other = save_teacher(tmp_path / "other.pt", {**cfg, "base_ch": 4}, ema.state_dict())  # weights do not fit the config
+    other = save_teacher(
+        tmp_path / "other.pt", {**cfg, "base_ch": 4}, ema.state_dict()
+    )  # weights do not fit the config
     blob = torch.load(p, weights_only=True)
     newer = tmp_path / "v9.pt"
     torch.save({**blob, "version": 9}, newer)
     foreign = tmp_path / "foreign.pt"
     torch.save({"state_dict": blob["state"]}, foreign)
-    for f, match in ((truncated, "not a readable"), (other, "incompatible"), (newer, "version 9"),
-                     (foreign, "not a multistep teacher"), (tmp_path / "missing.pt", "not found")):
+    for f, match in (
+        (truncated, "not a readable"),
+        (other, "incompatible"),
+        (newer, "version 9"),
+        (foreign, "not a multistep teacher"),
+        (tmp_path / "missing.pt", "not found"),
+    ):
         with pytest.raises(ValueError, match=match) as e:
             load_teacher(f)
         assert f.name in str(e.value)
@@ -453,8 +514,17 @@ def test_conditional_teacher_trains_label_embedding():
     net = UNet(1, 4, (1,), 1, (), 8, 0.0, num_classes=10, time_dim=8)
     before = net.label_emb.weight.detach().clone()
     logged = []
-    net, ema, hist = train_teacher(net, make_schedule("cosine"), batches(x, y, 32, seed=1), iterations=20, lr=1e-3,
-                                   seed=0, log=lambda it, m: logged.append(it), label_dropout=0.5, log_every=10)
+    net, ema, hist = train_teacher(
+        net,
+        make_schedule("cosine"),
+        batches(x, y, 32, seed=1),
+        iterations=20,
+        lr=1e-3,
+        seed=0,
+        log=lambda it, m: logged.append(it),
+        label_dropout=0.5,
+        log_every=10,
+    )
     assert logged == [10, 20] and all(np.isfinite(h["loss"]) for h in hist)
     changed = (net.label_emb.weight - before).abs().sum(1) > 0
     assert changed[:10].any() and changed[10]  # real classes and the null class (CFG dropout) both learn

@@ -10,8 +10,18 @@ import torch
 from scipy import stats
 
 from multistep.data.gmm import GaussianMixture
-from multistep.diffusion.ddim import (addim_step, analytic_xvar, ddim_slope, ddim_step, eps_from_v, eps_from_x,
-                                      inv_ddim, v_from_x, x_from_eps, x_from_v)
+from multistep.diffusion.ddim import (
+    addim_step,
+    analytic_xvar,
+    ddim_slope,
+    ddim_step,
+    eps_from_v,
+    eps_from_x,
+    inv_ddim,
+    v_from_x,
+    x_from_eps,
+    x_from_v,
+)
 from multistep.diffusion.samplers import ddim_sample, xvar_table
 from multistep.diffusion.schedules import make_schedule
 from multistep.metrics import frechet_distance, gaussian_stats, sliced_wasserstein
@@ -19,8 +29,12 @@ from multistep.nets.analytic import MixtureDenoiser
 
 F64 = torch.float64
 COS = make_schedule("cosine")
-SCHEDULES = [COS, make_schedule("clipped_cosine"), make_schedule("shifted_cosine", image_d=64, noise_d=32),
-             make_schedule("interpolated_cosine", image_d=64, noise_low=32, noise_high=64)]
+SCHEDULES = [
+    COS,
+    make_schedule("clipped_cosine"),
+    make_schedule("shifted_cosine", image_d=64, noise_d=32),
+    make_schedule("interpolated_cosine", image_d=64, noise_low=32, noise_high=64),
+]
 IDS = [s.name for s in SCHEDULES]
 
 
@@ -42,15 +56,15 @@ def col(v):
 def test_schedule_vp_and_logsnr_inverse(sch):
     t = torch.linspace(0.0, 1.0, 2001, dtype=F64)
     a, s = sch.alpha_sigma(t)
-    assert torch.allclose(a**2 + s**2, torch.ones_like(t), atol=1e-14, rtol=0)   # alpha^2 + sigma^2 = 1
+    assert torch.allclose(a**2 + s**2, torch.ones_like(t), atol=1e-14, rtol=0)  # alpha^2 + sigma^2 = 1
     lam = sch.logsnr(t)
-    assert (lam[1:] <= lam[:-1]).all()                                           # logSNR decreasing in t
+    assert (lam[1:] <= lam[:-1]).all()  # logSNR decreasing in t
     inner = t[1:-1]
     lam_in = sch.logsnr(inner)
     a_in, s_in = sch.alpha_sigma(inner)
     assert torch.allclose(torch.log(a_in**2 / s_in**2), lam_in, atol=1e-9, rtol=1e-9)  # alpha, sigma match logsnr
     clip = getattr(sch, "clip", math.inf)
-    free = lam_in.abs() < clip - 1e-6                                            # where the +-clip is inactive
+    free = lam_in.abs() < clip - 1e-6  # where the +-clip is inactive
     assert free.sum() > 1500
     assert torch.allclose(sch.t_from_logsnr(lam_in[free]), inner[free], atol=1e-10, rtol=0)
     lam_grid = torch.linspace(-min(clip, 30) + 0.01, min(clip, 30) - 0.01, 501, dtype=F64)
@@ -79,7 +93,7 @@ def test_clipped_cosine_range():
     t = torch.linspace(0, 1, 10001, dtype=F64)
     lam = sch.logsnr(t)
     assert lam.max() <= 20 + 1e-9 and lam.min() >= -20 - 1e-9
-    assert abs(lam[0] - 20) < 1e-9 and abs(lam[-1] + 20) < 1e-9                   # the range is used in full
+    assert abs(lam[0] - 20) < 1e-9 and abs(lam[-1] + 20) < 1e-9  # the range is used in full
 
 
 def test_interpolated_cosine_closed_form():
@@ -104,7 +118,7 @@ def test_v_parametrization(sch):
     a, s = (col(v) for v in sch.alpha_sigma(t))
     z = a * x + s * eps
     v = a * eps - s * x
-    torch.testing.assert_close(x_from_v(sch, z, t, v), x, atol=1e-12, rtol=0)     # x = alpha z - sigma v
+    torch.testing.assert_close(x_from_v(sch, z, t, v), x, atol=1e-12, rtol=0)  # x = alpha z - sigma v
     torch.testing.assert_close(eps_from_v(sch, z, t, v), eps, atol=1e-12, rtol=0)  # eps = sigma z + alpha v
     torch.testing.assert_close(v_from_x(sch, z, t, x), v, atol=1e-10, rtol=0)
     torch.testing.assert_close(eps_from_x(sch, z, t, x), eps, atol=1e-10, rtol=0)
@@ -113,8 +127,8 @@ def test_v_parametrization(sch):
     snr = sch.snr(t)
     ratio_v = (v - v_hat).pow(2).sum(1) / (x - x_hat).pow(2).sum(1)
     ratio_e = (eps - eps_hat).pow(2).sum(1) / (x - x_hat).pow(2).sum(1)
-    torch.testing.assert_close(ratio_v, snr + 1, rtol=1e-9, atol=0)               # v-loss = (SNR + 1) x-loss
-    torch.testing.assert_close(ratio_e, snr, rtol=1e-9, atol=0)                   # eps-loss = SNR x-loss
+    torch.testing.assert_close(ratio_v, snr + 1, rtol=1e-9, atol=0)  # v-loss = (SNR + 1) x-loss
+    torch.testing.assert_close(ratio_e, snr, rtol=1e-9, atol=0)  # eps-loss = SNR x-loss
 
 
 # -- DDIM, inverse DDIM (§2, Appendix B) ------------------------------------------------------------
@@ -129,21 +143,26 @@ def test_ddim_inverse_and_ct_identities(sch):
     z_t = a_t * x + sig_t * eps
     torch.testing.assert_close(inv_ddim(sch, ddim_step(sch, x_hat, z_t, t, s), z_t, t, s), x_hat, atol=1e-9, rtol=0)
     z_s = a_s * x + sig_s * eps
-    torch.testing.assert_close(ddim_step(sch, x, z_t, t, s), z_s, atol=1e-12, rtol=0)   # property 3: same eps
-    torch.testing.assert_close(inv_ddim(sch, z_s, z_t, t, s), x, atol=1e-9, rtol=0)     # S = T limit is diffusion
+    torch.testing.assert_close(ddim_step(sch, x, z_t, t, s), z_s, atol=1e-12, rtol=0)  # property 3: same eps
+    torch.testing.assert_close(inv_ddim(sch, z_s, z_t, t, s), x, atol=1e-9, rtol=0)  # S = T limit is diffusion
     # eq. 4 second form, and §2.3: z-space error = c(t, s) x-space error
     c = col(ddim_slope(sch, t, s))
-    assert (c > 0).all()                                                                 # property 4: slope > 0
+    assert (c > 0).all()  # property 4: slope > 0
     torch.testing.assert_close(ddim_step(sch, x_hat, z_t, t, s), c * x_hat + sig_s / sig_t * z_t, atol=1e-12, rtol=0)
     z_ref = torch.randn(B, d, generator=g, dtype=F64)
-    torch.testing.assert_close(ddim_step(sch, x_hat, z_t, t, s) - z_ref, c * (x_hat - inv_ddim(sch, z_ref, z_t, t, s)),
-                               atol=1e-10, rtol=0)
+    torch.testing.assert_close(
+        ddim_step(sch, x_hat, z_t, t, s) - z_ref, c * (x_hat - inv_ddim(sch, z_ref, z_t, t, s)), atol=1e-10, rtol=0
+    )
     # TRACT / PD gamma form (gamma = alpha^2 = sigmoid(logsnr)) of the same target, and PD's softplus ratio
     gt, gs = col(torch.sigmoid(sch.logsnr(t))), col(torch.sigmoid(sch.logsnr(s)))
-    tract = (z_t * torch.sqrt(1 - gs) - z_ref * torch.sqrt(1 - gt)) / (torch.sqrt(gt * (1 - gs)) - torch.sqrt(gs * (1 - gt)))
+    tract = (z_t * torch.sqrt(1 - gs) - z_ref * torch.sqrt(1 - gt)) / (
+        torch.sqrt(gt * (1 - gs)) - torch.sqrt(gs * (1 - gt))
+    )
     torch.testing.assert_close(tract, inv_ddim(sch, z_ref, z_t, t, s), atol=1e-8, rtol=1e-8)
     sp = torch.nn.functional.softplus
-    torch.testing.assert_close(col(torch.exp(0.5 * (sp(sch.logsnr(t)) - sp(sch.logsnr(s))))), sig_s / sig_t, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(
+        col(torch.exp(0.5 * (sp(sch.logsnr(t)) - sp(sch.logsnr(s))))), sig_s / sig_t, atol=1e-12, rtol=1e-10
+    )
 
 
 @pytest.mark.parametrize("sch", SCHEDULES, ids=IDS)
@@ -154,8 +173,11 @@ def test_s_equals_t_returns_z_for_any_x(sch):
     t = torch.rand(B, generator=g, dtype=F64)
     t[:4] = torch.tensor([0.0, 1.0, 1e-9, 0.5])
     z = torch.randn(B, d, generator=g, dtype=F64)
-    for x_hat in (torch.randn(B, d, generator=g, dtype=F64) * 1e6, torch.full((B, d), math.inf, dtype=F64),
-                  torch.full((B, d), math.nan, dtype=F64)):
+    for x_hat in (
+        torch.randn(B, d, generator=g, dtype=F64) * 1e6,
+        torch.full((B, d), math.inf, dtype=F64),
+        torch.full((B, d), math.nan, dtype=F64),
+    ):
         assert torch.equal(ddim_step(sch, x_hat, z, t, t), z)
         assert torch.equal(addim_step(sch, x_hat, z, t, t, torch.rand(B, generator=g, dtype=F64)), z)
 
@@ -181,7 +203,9 @@ def test_plain_cosine_slope_closed_form():
     c = ddim_slope(COS, t, s)
     torch.testing.assert_close(c, torch.sin(math.pi * (t - s) / 2) / torch.sin(math.pi * t / 2), atol=1e-13, rtol=1e-12)
     x1, x2, z = (torch.randn(B, d, generator=g, dtype=F64) for _ in range(3))
-    torch.testing.assert_close(ddim_step(COS, x1, z, t, s) - ddim_step(COS, x2, z, t, s), col(c) * (x1 - x2), atol=1e-12, rtol=0)
+    torch.testing.assert_close(
+        ddim_step(COS, x1, z, t, s) - ddim_step(COS, x2, z, t, s), col(c) * (x1 - x2), atol=1e-12, rtol=0
+    )
 
 
 def test_inv_ddim_float32_one_teacher_step():
@@ -213,7 +237,7 @@ def test_addim_limits():
     want = x_hat + torch.sqrt(d * col(xvar)) / eps_hat.norm(dim=1, keepdim=True) * eps_hat
     torch.testing.assert_close(addim_step(COS, x_hat, z, t, zero, xvar), want, atol=1e-12, rtol=1e-12)
     z2 = z.clone()
-    z2[1:] *= 3.0                                                       # other examples change, example 0 must not
+    z2[1:] *= 3.0  # other examples change, example 0 must not
     assert torch.equal(addim_step(COS, x_hat, z2, t, s, xvar)[0], addim_step(COS, x_hat, z, t, s, xvar)[0])
     # norm restored: ||z_s||^2 = ||DDIM||^2 + d zvar when x_hat is orthogonal to eps_hat
     x_perp = x_hat - (x_hat * eps_hat).sum(1, keepdim=True) / eps_hat.pow(2).sum(1, keepdim=True) * eps_hat
@@ -228,10 +252,11 @@ def test_analytic_xvar_is_tenth_of_gaussian_posterior():
     posterior variance for a one-component mixture N(0, 0.5)."""
     t = torch.linspace(0.01, 1.0, 100, dtype=F64)
     a, s = COS.alpha_sigma(t)
-    post = 0.5 * s**2 / (a**2 * 0.5 + s**2)                            # Gaussian conditioning
+    post = 0.5 * s**2 / (a**2 * 0.5 + s**2)  # Gaussian conditioning
     torch.testing.assert_close(analytic_xvar(COS, t), 0.1 * post, atol=1e-15, rtol=1e-12)
-    gauss = GaussianMixture(torch.zeros(1, 3, dtype=F64), torch.full((1, 3), math.sqrt(0.5), dtype=F64),
-                            torch.ones(1, dtype=F64), (3,))
+    gauss = GaussianMixture(
+        torch.zeros(1, 3, dtype=F64), torch.full((1, 3), math.sqrt(0.5), dtype=F64), torch.ones(1, dtype=F64), (3,)
+    )
     z = torch.randn(100, 3, dtype=F64)
     pv = MixtureDenoiser(gauss, COS).posterior_var(z, t)
     torch.testing.assert_close(pv, col(post).expand(-1, 3), atol=1e-14, rtol=1e-12)
@@ -248,23 +273,30 @@ def test_addim_gaussian_toy():
     x = torch.randn(n, d, generator=g, dtype=F64) * math.sqrt(v0)
     z_t = a_t * x + s_t * torch.randn(n, d, generator=g, dtype=F64)
     vz = a_t**2 * v0 + s_t**2
-    gain, xvar = a_t * v0 / vz, v0 * s_t**2 / vz                       # E[x|z] = gain z, Var[x|z] = xvar
+    gain, xvar = a_t * v0 / vz, v0 * s_t**2 / vz  # E[x|z] = gain z, Var[x|z] = xvar
     x_hat = gain * z_t
-    out = {"ddim": ddim_step(COS, x_hat, z_t, tt, ss),
-           "addim": addim_step(COS, x_hat, z_t, tt, ss, torch.full((n,), xvar, dtype=F64))}
+    out = {
+        "ddim": ddim_step(COS, x_hat, z_t, tt, ss),
+        "addim": addim_step(COS, x_hat, z_t, tt, ss, torch.full((n,), xvar, dtype=F64)),
+    }
     # exact expectations: z_s = k(q) z_t with q = mean_d(z_t^2) / vz ~ chi2_d / d
     c, e = float(ddim_slope(COS, tt[:1], ss[:1])), (1 - a_t * gain) / s_t
     true = a_s**2 * v0 + s_s**2
-    exact = {"ddim": (c * gain + s_s / s_t) ** 2 * vz,
-             "addim": vz * stats.chi2(d).expect(lambda u: (a_s * gain + e * math.sqrt(s_s**2 + c**2 * xvar / (e**2 * vz * u / d))) ** 2 * u / d)}
+    exact = {
+        "ddim": (c * gain + s_s / s_t) ** 2 * vz,
+        "addim": vz
+        * stats.chi2(d).expect(
+            lambda u: (a_s * gain + e * math.sqrt(s_s**2 + c**2 * xvar / (e**2 * vz * u / d))) ** 2 * u / d
+        ),
+    }
     assert abs(true - 0.750) < 1e-12
     assert abs(exact["ddim"] - 0.736) < 1e-3 and abs(exact["addim"] - 0.756) < 1e-3
     for k, zs in out.items():
-        per_ex = zs.pow(2).mean(1)                                      # E[z_s] = 0: second moment = variance
-        se = float(per_ex.std()) / math.sqrt(n)                          # Monte-Carlo standard error of the mean
+        per_ex = zs.pow(2).mean(1)  # E[z_s] = 0: second moment = variance
+        se = float(per_ex.std()) / math.sqrt(n)  # Monte-Carlo standard error of the mean
         assert se < 1e-3
         assert abs(float(per_ex.mean()) - exact[k]) < 4 * se, (k, float(per_ex.mean()), exact[k], se)
-        assert abs(float(per_ex.mean()) - true) > 8 * se                # both are measurably off the truth...
+        assert abs(float(per_ex.mean()) - true) > 8 * se  # both are measurably off the truth...
     assert abs(exact["addim"] - true) < abs(exact["ddim"] - true) / 2  # ...aDDIM restores most of the missing variance
 
 
@@ -285,14 +317,16 @@ def reference_posterior(gmm, sch, z, t):
     B, d = z.shape[0], gmm.dim
     zf = z.reshape(B, -1).double()
     a, s = (v.reshape(B, 1, 1, 1) for v in sch.alpha_sigma(t.double()))
-    D = torch.diag_embed(gmm.stds**2)[None]                              # (1, K, d, d) Cov x | k
+    D = torch.diag_embed(gmm.stds**2)[None]  # (1, K, d, d) Cov x | k
     eye = torch.eye(d, dtype=F64)
-    czz = a**2 * D + s**2 * eye                                         # Cov z | k
-    cxz = a * D                                                         # Cov(x, z) | k
-    mz = a[..., 0] * gmm.means[None]                                    # (B, K, d) E[z | k]
-    logp = torch.distributions.MultivariateNormal(mz, covariance_matrix=czz).log_prob(zf[:, None]) + torch.log(gmm.weights)
+    czz = a**2 * D + s**2 * eye  # Cov z | k
+    cxz = a * D  # Cov(x, z) | k
+    mz = a[..., 0] * gmm.means[None]  # (B, K, d) E[z | k]
+    logp = torch.distributions.MultivariateNormal(mz, covariance_matrix=czz).log_prob(zf[:, None]) + torch.log(
+        gmm.weights
+    )
     r = torch.softmax(logp, 1)
-    gain = cxz @ torch.linalg.inv(czz)                                  # (B, K, d, d)
+    gain = cxz @ torch.linalg.inv(czz)  # (B, K, d, d)
     m_k = gmm.means[None] + (gain @ (zf[:, None] - mz)[..., None])[..., 0]
     v_k = torch.diagonal(D - gain @ cxz.transpose(-1, -2), dim1=-2, dim2=-1)
     m = (r[..., None] * m_k).sum(1)
@@ -318,8 +352,8 @@ def test_mixture_denoiser_exact(shape, kind, single_t):
     assert out.shape == z.shape and out.dtype == F64
     torch.testing.assert_close(out, m_ref, atol=1e-10, rtol=1e-9)
     torch.testing.assert_close(f.posterior_var(z, t), v_ref, atol=1e-10, rtol=1e-8)
-    torch.testing.assert_close(f(z.float(), t), m_ref.float(), atol=1e-5, rtol=1e-5)   # float32 in, float32 out
-    if not single_t:                                                     # t = 1: the mixture mean
+    torch.testing.assert_close(f(z.float(), t), m_ref.float(), atol=1e-5, rtol=1e-5)  # float32 in, float32 out
+    if not single_t:  # t = 1: the mixture mean
         torch.testing.assert_close(out[0].reshape(-1), gmm.weights @ gmm.means, atol=1e-12, rtol=0)
 
 
@@ -333,7 +367,7 @@ def test_mixture_denoiser_importance_sampling():
     t = torch.linspace(0.45, 0.9, B, dtype=F64)
     a, s = (col(v) for v in COS.alpha_sigma(t))
     z = a * gmm.sample(B, g, dtype=F64) + s * torch.randn(B, 2, generator=g, dtype=F64)
-    logw = -((z[:, None] - a[:, None] * xs[None]) ** 2).sum(-1) / (2 * s**2)   # (B, M)
+    logw = -((z[:, None] - a[:, None] * xs[None]) ** 2).sum(-1) / (2 * s**2)  # (B, M)
     w = torch.softmax(logw, 1)
     est = w @ xs
     ess = 1.0 / w.pow(2).sum(1)
@@ -370,7 +404,7 @@ def test_teacher_addim_512_matches_mixture(shape, kind):
     g = torch.Generator().manual_seed(14)
     n = 3000
     data = [gmm.sample(n, g, dtype=F64).reshape(n, -1).numpy() for _ in range(4)]
-    floor = np.mean([dist_pair(data[i], data[0]) for i in (1, 2, 3)], axis=0)    # two-sample noise floor
+    floor = np.mean([dist_pair(data[i], data[0]) for i in (1, 2, 3)], axis=0)  # two-sample noise floor
     table = xvar_table(f, COS, gmm.sample(2048, g, dtype=F64), 512, 0.75, g)
     noise = torch.randn((n, *shape), generator=g, dtype=F64)
     x, nfe = ddim_sample(f, COS, noise, 512, xvar=table)
@@ -383,7 +417,7 @@ def test_teacher_addim_512_matches_mixture(shape, kind):
     assert worse[0] > 2.5 * floor[0] and worse[1] > 2.5 * floor[1], (worse, floor)
     # mode occupancy: nearest-mean histogram vs weights (4 binomial standard errors per component)
     k = nearest_component(gmm, x)
-    assert torch.equal(nearest_component(gmm, gmm.means), torch.arange(K))    # means are separable
+    assert torch.equal(nearest_component(gmm, gmm.means), torch.arange(K))  # means are separable
     freq = torch.bincount(k, minlength=K).double() / n
     se = torch.sqrt(gmm.weights * (1 - gmm.weights) / n)
     assert ((freq - gmm.weights).abs() < 4 * se).all(), (freq, gmm.weights)
@@ -398,11 +432,11 @@ def test_addim_many_steps_overshoots_then_converges():
     moment, which makes DDIM's (a linear map here) exact and aDDIM's nearly so."""
     v0, n, d = 0.5, 200, 256
 
-    def f(z, t):                                                         # exact E[x | z_t] = gain z
+    def f(z, t):  # exact E[x | z_t] = gain z
         a, s = (col(v) for v in COS.alpha_sigma(t))
         return a * v0 / (a**2 * v0 + s**2) * z
 
-    def exact_xvar(t):                                                   # exact Var[x | z_t], independent of z
+    def exact_xvar(t):  # exact Var[x | z_t], independent of z
         a, s = COS.alpha_sigma(t)
         return v0 * s**2 / (a**2 * v0 + s**2)
 
@@ -414,5 +448,4 @@ def test_addim_many_steps_overshoots_then_converges():
             ratio[lab, N] = float(x.pow(2).mean() / noise.pow(2).mean()) / v0
     assert 1.1 < ratio["addim", 256] < ratio["addim", 64] - 0.1 < ratio["addim", 16] - 0.2, ratio
     assert ratio["ddim", 16] < ratio["ddim", 64] < ratio["ddim", 256] < 1, ratio
-    assert 1 - ratio["ddim", 256] < 0.3 * (1 - ratio["ddim", 64]), ratio                    # O(1/N)
-
+    assert 1 - ratio["ddim", 256] < 0.3 * (1 - ratio["ddim", 64]), ratio  # O(1/N)

@@ -71,14 +71,14 @@ def test_bf16_channels_last_steps_on_the_gpu_keep_float64_targets():
     x = setup.batch(8)
     z_t, t, x_tgt, _, _ = setup.method.targets(setup.student, x.double(), 0, 100, torch.Generator().manual_seed(0))
     assert x_tgt.dtype == torch.float64 and x_tgt.is_cuda
-    assert setup.student.v(z_t, t).dtype == torch.float32            # bf16 inside the network only
+    assert setup.student.v(z_t, t).dtype == torch.float32  # bf16 inside the network only
     before = [p.detach().clone() for p in setup.student.parameters()]
     for kind in ("mcd", "diffusion"):
         setup.step(kind, x)
     after = list(setup.student.parameters())
     assert all(torch.isfinite(p).all() for p in after)
     assert any(not torch.equal(a, b) for a, b in zip(before, after))
-    assert setup.state.opt.defaults.get("fused") is True             # the fused CUDA Adam
+    assert setup.state.opt.defaults.get("fused") is True  # the fused CUDA Adam
     assert setup.student.net.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
 
 
@@ -88,7 +88,7 @@ def test_compiled_unet_matches_eager_on_the_gpu():
     if why:
         pytest.skip(f"torch.compile cannot build CUDA kernels here: {why}")
     setup = Setup("cpu", "cuda")
-    torch.nn.init.normal_(setup.student.net.out[-1].weight, std=0.1)   # the output conv starts at zero
+    torch.nn.init.normal_(setup.student.net.out[-1].weight, std=0.1)  # the output conv starts at zero
     z = torch.randn(8, 1, 8, 8, device="cuda")
     t = torch.rand(8, device="cuda", dtype=torch.float64)
     with torch.no_grad():

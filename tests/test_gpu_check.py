@@ -14,8 +14,13 @@ EXPECTED = json.loads((REPO / "tests" / "expectations" / "gpu_check.json").read_
 
 
 def kit(out, *args, env=None):
-    return subprocess.run(["bash", str(KIT), str(out), "--cpu-rehearsal", *args], capture_output=True, text=True,
-                          env={**os.environ, "PYTHON": sys.executable, **(env or {})}, timeout=300)
+    return subprocess.run(
+        ["bash", str(KIT), str(out), "--cpu-rehearsal", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHON": sys.executable, **(env or {})},
+        timeout=300,
+    )
 
 
 @pytest.mark.slow
@@ -26,19 +31,27 @@ def test_cpu_rehearsal_runs_every_part(tmp_path):
     md = (tmp_path / "out" / "gpu_check.md").read_text()
     assert rep["kind"] == "cpu_rehearsal" and rep["wall_s"] < 120
     parts = rep["parts"]
-    assert list(parts) == ["frechet", "tests", "distil", "train_cifar_fp32", "train_cifar_bf16", "sampling",
-                           "train_imagenet64_bf16_compile", "train_cifar_bf16_compile"]
+    assert list(parts) == [
+        "frechet",
+        "tests",
+        "distil",
+        "train_cifar_fp32",
+        "train_cifar_bf16",
+        "sampling",
+        "train_imagenet64_bf16_compile",
+        "train_cifar_bf16_compile",
+    ]
     assert {name: r["status"] for name, r in parts.items()} == dict.fromkeys(parts, "ok"), md
     for name in parts:
         assert f"| {name} | ok |" in md
     fr = parts["frechet"]["result"]
     assert fr["torch"]["relative_difference_cpu_path"] < 1e-9 and fr["relative_difference"] < 1e-9
     tests = parts["tests"]["result"]
-    assert tests["counts"]["failed"] == 0 and tests["counts"]["skipped"] >= 5          # no GPU here: they skip
+    assert tests["counts"]["failed"] == 0 and tests["counts"]["skipped"] >= 5  # no GPU here: they skip
     assert all(t["message"].startswith("no GPU") for t in tests["tests"].values() if t["status"] == "skipped")
     di = parts["distil"]["result"]
     assert di["config"] == EXPECTED["rehearsal"]["config"]
-    assert di["fd"] == pytest.approx(EXPECTED["rehearsal"]["fd"], rel=1e-3)          # the same run, another CPU's round-off
+    assert di["fd"] == pytest.approx(EXPECTED["rehearsal"]["fd"], rel=1e-3)  # the same run, another CPU's round-off
     for name in ("train_cifar_fp32", "train_cifar_bf16", "train_cifar_bf16_compile", "train_imagenet64_bf16_compile"):
         tr = parts[name]["result"]
         for kind in ("diffusion", "mcd"):
@@ -66,11 +79,10 @@ def test_parts_that_would_run_over_the_budget_are_skipped_with_the_reason(tmp_pa
     assert "the part needs up to 10 s" in parts["frechet"]["reason"]
 
 
-@pytest.mark.parametrize("args, message", [(["--parts", "nope"], "--parts: unknown part(s) nope"),
-                                          ([], "OUT")])
+@pytest.mark.parametrize("args, message", [(["--parts", "nope"], "--parts: unknown part(s) nope"), ([], "OUT")])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     out = tmp_path / "file"
-    out.write_text("")   # an existing regular file cannot be the output folder
+    out.write_text("")  # an existing regular file cannot be the output folder
     proc = kit(out if not args else tmp_path / "out", *args)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1

@@ -7,8 +7,13 @@ from conftest import REPO
 
 
 def test_platform_is_stdlib_from_repo_root():
-    out = subprocess.run([sys.executable, "-c", "import platform; print(platform.system()); print(platform.__file__)"],
-                         cwd=REPO, capture_output=True, text=True, check=True).stdout.split("\n")
+    out = subprocess.run(
+        [sys.executable, "-c", "import platform; print(platform.system()); print(platform.__file__)"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\n")
     assert out[0] in ("Linux", "Darwin", "Windows")
     assert "site-packages" not in out[1] and not out[1].startswith(str(REPO / "platform"))
 

@@ -47,7 +47,11 @@ class Garbage(nn.Module):
 
     def forward(self, z, t):
         out = self.net(z, t)
-        bad = torch.ones_like(t, dtype=torch.bool) if self.on_grid is None else (t * self.on_grid - (t * self.on_grid).round()).abs() < 1e-9
+        bad = (
+            torch.ones_like(t, dtype=torch.bool)
+            if self.on_grid is None
+            else (t * self.on_grid - (t * self.on_grid).round()).abs() < 1e-9
+        )
         self.hits += int(bad.sum())
         return torch.where(col(bad), torch.full_like(out, self.value), out)
 
@@ -59,24 +63,26 @@ def test_s1_is_cm_loss(mode):
     f, x = student(), batch(512)
     z_t, t, x_tgt, n_rel, n_seg = m.targets(f, x, 0, 100, torch.Generator().manual_seed(2))
     assert n_seg == 16 and (n_rel == 1).any() and (n_rel > 1).any()
-    assert torch.allclose(t, n_rel.double() / 16, atol=0, rtol=0)               # S = 1: t = n / T, t_step = 0
+    assert torch.allclose(t, n_rel.double() / 16, atol=0, rtol=0)  # S = 1: t = n / T, t_step = 0
     s = t - 1 / 16
     a_t, sig_t = (col(v) for v in COS.alpha_sigma(t))
     a_s, sig_s = (col(v) for v in COS.alpha_sigma(s))
-    if mode == "distill":                                                       # one aDDIM teacher step
+    if mode == "distill":  # one aDDIM teacher step
         x_tch = TEACHER(z_t, t)
         z_s = addim_step(COS, x_tch, z_t, t, s, 0.75 * (x_tch - x).pow(2).mean(1))
         # n = 1 (s = 0): the aDDIM step lands on x_tch + sqrt(d xvar) eps_hat / ||eps_hat|| (A6), written out here
         eps_hat = (z_t - a_t * x_tch) / sig_t
-        anchor = x_tch + torch.sqrt(GMM.dim * 0.75 * (x_tch - x).pow(2).mean(1, keepdim=True)) * eps_hat / eps_hat.norm(dim=1, keepdim=True)
-    else:                                                                       # CT pair: same eps
+        anchor = x_tch + torch.sqrt(GMM.dim * 0.75 * (x_tch - x).pow(2).mean(1, keepdim=True)) * eps_hat / eps_hat.norm(
+            dim=1, keepdim=True
+        )
+    else:  # CT pair: same eps
         eps = (z_t - a_t * x) / sig_t
         z_s = a_s * x + sig_s * eps
         anchor = x
     one = n_rel == 1
-    torch.testing.assert_close(x_tgt[one], anchor[one], atol=1e-12, rtol=1e-12)   # z_0 = the teacher step itself
+    torch.testing.assert_close(x_tgt[one], anchor[one], atol=1e-12, rtol=1e-12)  # z_0 = the teacher step itself
     with torch.no_grad():
-        ref = f(z_s, s)                                                         # stopgrad f(z_s, s)
+        ref = f(z_s, s)  # stopgrad f(z_s, s)
     torch.testing.assert_close(x_tgt[~one], ref[~one], atol=1e-12, rtol=1e-12)
     # the loss is w(t) D(stopgrad f(z_s, s) - f(z_t, t)), with gradients through the online pass only
     loss, logs = m.loss(f, x, 0, 100, torch.Generator().manual_seed(2))
@@ -99,9 +105,11 @@ def test_ct_one_step_per_segment_target_is_x(S, sched_name):
     sched = make_schedule(sched_name)
     m = MCM(sched, S, teacher=None, anneal="constant", anneal_params={"n": S})
     x = batch(256)
-    z_t, t, x_tgt, n_rel, n_seg = m.targets(Garbage(student(sched=sched), None), x, 0, 10, torch.Generator().manual_seed(3))
+    z_t, t, x_tgt, n_rel, n_seg = m.targets(
+        Garbage(student(sched=sched), None), x, 0, 10, torch.Generator().manual_seed(3)
+    )
     assert n_seg == 1 and (n_rel == 1).all()
-    assert set((t * S).round().long().tolist()) == set(range(1, S + 1))        # every segment, t = 1 included
+    assert set((t * S).round().long().tolist()) == set(range(1, S + 1))  # every segment, t = 1 included
     torch.testing.assert_close(x_tgt, x, atol=1e-12, rtol=1e-12)
 
 
@@ -109,14 +117,14 @@ def test_ct_one_step_per_segment_target_is_x(S, sched_name):
 @pytest.mark.parametrize("mode", ["distill", "train"])
 @pytest.mark.parametrize("value", [math.nan, math.inf, 1e30])
 def test_boundary_rows_ignore_reference(mode, value):
-    S, n = 4, 32                                                                # N_seg = 8, T = 32
+    S, n = 4, 32  # N_seg = 8, T = 32
     m = MCM(COS, S, teacher=TEACHER if mode == "distill" else None, anneal="constant", anneal_params={"n": n})
     f, x = student(), batch(1024)
     _, t, ref_tgt, n_rel, _ = m.targets(f, x, 0, 10, torch.Generator().manual_seed(4))
-    bad = Garbage(f, on_grid=S, value=value)                                   # garbage only where s = k / S
+    bad = Garbage(f, on_grid=S, value=value)  # garbage only where s = k / S
     _, t2, tgt, _, _ = m.targets(bad, x, 0, 10, torch.Generator().manual_seed(4))
     assert torch.equal(t, t2) and bad.hits == int((n_rel == 1).sum()) > 0 and (n_rel > 1).any()
-    assert torch.equal(tgt, ref_tgt)                                            # bitwise: the garbage never enters
+    assert torch.equal(tgt, ref_tgt)  # bitwise: the garbage never enters
     # control: garbage everywhere spoils exactly the rows that do use the reference
     every = Garbage(f, on_grid=None, value=value)
     _, _, tgt3, _, _ = m.targets(every, x, 0, 10, torch.Generator().manual_seed(4))
@@ -131,13 +139,13 @@ def test_boundary_rows_ignore_reference(mode, value):
 def test_targets_finite_on_every_grid_point(S, n, mode, sched_name):
     sched = make_schedule(sched_name)
     teacher = MixtureDenoiser(GMM, sched) if mode == "distill" else None
-    B = 12 * n                                                                  # P(a grid point is missed) ~ T e^-12
+    B = 12 * n  # P(a grid point is missed) ~ T e^-12
     for dtype in (F64, torch.float32):
         m = MCM(sched, S, teacher=teacher, anneal="constant", anneal_params={"n": n}, target_dtype=dtype)
         f = student(sched=sched)
         z_t, t, x_tgt, n_rel, n_seg = m.targets(f, batch(B), 0, 10, torch.Generator().manual_seed(5))
         T = S * n_seg
-        assert set((t * T).round().long().tolist()) == set(range(1, T + 1))      # t = 1/T ... 1, all of them
+        assert set((t * T).round().long().tolist()) == set(range(1, T + 1))  # t = 1/T ... 1, all of them
         assert x_tgt.dtype == dtype and torch.isfinite(z_t).all() and torch.isfinite(x_tgt).all()
         loss, _ = m.loss(f, batch(B), 0, 10, torch.Generator().manual_seed(5))
         assert torch.isfinite(loss)
@@ -178,21 +186,36 @@ def record_masks(net):
 
 
 @pytest.mark.parametrize("target_ema", [0.0, 0.5])
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")])])
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")]
+        ),
+    ],
+)
 def test_synchronized_dropout(target_ema, device):
-    m = MCM(COS, 2, teacher=TEACHER if device == "cpu" else None, anneal="constant", anneal_params={"n": 16}, target_ema=target_ema)
+    m = MCM(
+        COS,
+        2,
+        teacher=TEACHER if device == "cpu" else None,
+        anneal="constant",
+        anneal_params={"n": 16},
+        target_ema=target_ema,
+    )
     f = student(dropout=0.5).to(device).train()
     x = batch(256).to(device)
-    m.reference_net(f)                                                          # build the EMA target (if any) before hooking
+    m.reference_net(f)  # build the EMA target (if any) before hooking
     online = record_masks(f)
     ref = online if target_ema == 0 else record_masks(m.reference_net(f))
     m.loss(f, x, 0, 10, torch.Generator().manual_seed(9))
-    assert len(online) + (0 if target_ema == 0 else len(ref)) == 4               # 2 dropout layers x (reference, online)
+    assert len(online) + (0 if target_ema == 0 else len(ref)) == 4  # 2 dropout layers x (reference, online)
     r_masks, o_masks = (online[:2], online[2:]) if target_ema == 0 else (ref, online)
     for r, o in zip(r_masks, o_masks):
         assert r.shape == o.shape == (256, 32)
-        assert 0.35 < float(o.double().mean()) < 0.65                          # dropout is really on
-        assert torch.equal(r, o)                                                # same mask in both passes
+        assert 0.35 < float(o.double().mean()) < 0.65  # dropout is really on
+        assert torch.equal(r, o)  # same mask in both passes
     # control: without the RNG replay two passes draw different masks, so the check above has power
     online.clear()
     with torch.no_grad():
@@ -202,9 +225,15 @@ def test_synchronized_dropout(target_ema, device):
 
 
 # -- teacher-step annealing (Appendix A) -------------------------------------------------------------------
-A1 = {0: (64.00, [64, 32, 16, 8, 4]), 25_000: (135.34, [135, 68, 34, 17, 8]), 50_000: (286.22, [286, 143, 72, 36, 18]),
-      75_000: (605.27, [605, 303, 151, 76, 38]), 100_000: (1280.0, [1280, 640, 320, 160, 80]),
-      150_000: (1280.0, [1280, 640, 320, 160, 80]), 200_000: (1280.0, [1280, 640, 320, 160, 80])}
+A1 = {
+    0: (64.00, [64, 32, 16, 8, 4]),
+    25_000: (135.34, [135, 68, 34, 17, 8]),
+    50_000: (286.22, [286, 143, 72, 36, 18]),
+    75_000: (605.27, [605, 303, 151, 76, 38]),
+    100_000: (1280.0, [1280, 640, 320, 160, 80]),
+    150_000: (1280.0, [1280, 640, 320, 160, 80]),
+    200_000: (1280.0, [1280, 640, 320, 160, 80]),
+}
 
 
 @pytest.mark.parametrize("i", sorted(A1))
@@ -213,14 +242,26 @@ def test_loglinear_table_a1(i):
     assert abs(loglinear(i, 200_000, 64, 1280, 0.5) - n_teacher) < 0.005
     for S, want in zip([1, 2, 4, 8, 16], n_seg):
         m = MCM(COS, S, anneal="loglinear", anneal_params={"start": 64, "end": 1280, "fraction": 0.5})
-        assert m.grid(i, 200_000) == (want, S * want)                            # N_seg = round(N / S), T = S N_seg
-        assert MCM(COS, S).grid(i, 200_000) == (want, S * want)                  # the defaults are the paper's
-    assert loglinear(i // 100, 2_000) == pytest.approx(loglinear(i, 200_000), rel=1e-12)   # scaled to the run's length
+        assert m.grid(i, 200_000) == (want, S * want)  # N_seg = round(N / S), T = S N_seg
+        assert MCM(COS, S).grid(i, 200_000) == (want, S * want)  # the defaults are the paper's
+    assert loglinear(i // 100, 2_000) == pytest.approx(loglinear(i, 200_000), rel=1e-12)  # scaled to the run's length
 
 
 A2 = {0: 2, 1_000: 8, 10_000: 23, 100_000: 72, 400_000: 143, 800_000: 201}
-A3 = {0: 11, 49_999: 11, 50_000: 21, 100_000: 41, 150_000: 81, 200_000: 161, 250_000: 321, 300_000: 641,
-      349_999: 641, 350_000: 1281, 399_999: 1281, 400_000: 1281}
+A3 = {
+    0: 11,
+    49_999: 11,
+    50_000: 21,
+    100_000: 41,
+    150_000: 81,
+    200_000: 161,
+    250_000: 321,
+    300_000: 641,
+    349_999: 641,
+    350_000: 1281,
+    399_999: 1281,
+    400_000: 1281,
+}
 
 
 @pytest.mark.parametrize("k", sorted(A2))

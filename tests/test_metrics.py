@@ -10,9 +10,9 @@ import pytest
 import scipy.linalg
 import torch
 
-from multistep.metrics import frechet_distance, gaussian_stats, kid, bootstrap_fd_ci, make_extractor
+from multistep.metrics import bootstrap_fd_ci, frechet_distance, gaussian_stats, kid, make_extractor
 from multistep.metrics.kid import mmd2_unbiased
-from multistep.metrics.stats import StatsAccumulator, reference_stats, cache_path
+from multistep.metrics.stats import StatsAccumulator, cache_path, reference_stats
 
 
 def fd_sqrtm(mu1, s1, mu2, s2) -> float:
@@ -28,6 +28,7 @@ def sample_stats(rng, n, d, scale=1.0, shift=0.0):
 
 # ---------- Fréchet distance ----------
 
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_fd_matches_sqrtm_on_random_covariances(seed):
     rng = np.random.default_rng(seed)
@@ -39,7 +40,8 @@ def test_fd_matches_sqrtm_on_random_covariances(seed):
         assert ours == pytest.approx(ref, rel=1e-6)
     b = rng.standard_normal((16, 16))  # a general PSD pair (not from samples), far apart
     assert frechet_distance(np.zeros(16), b @ b.T, np.ones(16), np.eye(16)) == pytest.approx(
-        fd_sqrtm(np.zeros(16), b @ b.T, np.ones(16), np.eye(16)), rel=1e-6)
+        fd_sqrtm(np.zeros(16), b @ b.T, np.ones(16), np.eye(16)), rel=1e-6
+    )
 
 
 def test_fd_rank_deficient_covariances():
@@ -72,9 +74,9 @@ def test_fd_factor_takes_plain_cholesky_only_at_full_rank():
     _, full = sample_stats(rng, 200, 50)
     lo, s2, r = _cholesky_factor(full, full)
     assert r == 50 and np.allclose(lo @ lo.T, full, rtol=0, atol=1e-12) and np.array_equal(s2, full)  # unpermuted
-    _, low = gaussian_stats(rng.standard_normal((20, 50)))   # rank 19: plain Cholesky would keep round-off pivots
+    _, low = gaussian_stats(rng.standard_normal((20, 50)))  # rank 19: plain Cholesky would keep round-off pivots
     lo, s2, r = _cholesky_factor(low, full)
-    assert r == 19 and not np.array_equal(s2, full)          # pivoted: S2 permuted to match
+    assert r == 19 and not np.array_equal(s2, full)  # pivoted: S2 permuted to match
     assert np.all(lo[:, 19:] == 0)
 
 
@@ -93,6 +95,7 @@ def test_fd_identical_inputs_and_guards():
 
 
 # ---------- statistics accumulator and its cache ----------
+
 
 def test_accumulator_merge_equals_stats_of_concatenation():
     rng = np.random.default_rng(5)
@@ -113,6 +116,7 @@ def test_accumulator_merge_equals_stats_of_concatenation():
 
 def _ddp_rank(rank, path, feats, q):
     import torch.distributed as dist
+
     dist.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=2)
     acc = StatsAccumulator().update(feats[rank::2]).all_reduce()
     dist.destroy_process_group()
@@ -166,6 +170,7 @@ def test_reference_stats_cache(tmp_path):
 
 # ---------- KID and bootstrap ----------
 
+
 def test_kid_unbiased_on_same_distribution_and_positive_when_shifted():
     rng = np.random.default_rng(7)
     a, b = rng.standard_normal((1000, 16)), rng.standard_normal((1000, 16))
@@ -192,6 +197,7 @@ def test_bootstrap_fd_ci_covers_the_estimate():
 
 
 # ---------- extractors ----------
+
 
 class TinyDetector(torch.nn.Module):
     """Same call signature as the StyleGAN/EDM Inception file: uint8 NCHW in, features out."""
@@ -273,7 +279,7 @@ def test_cls_err_counts_samples_off_their_conditioning_label():
     names = metric_names(4, "classifier", labelled=True)
     assert names["cls_err"] == "cls_err_4" and "cls_err" not in metric_names(4, "classifier")
     out = evaluate(np.array([[1.0, 0], [0, 1], [1, 0], [1, 0]]), ref, names, predict=lambda f: f.argmax(1))
-    assert out["cls_err_4"] == 0.25 and "ode_l2_4" not in out          # predicted 0, 1, 0, 0 against 0, 1, 1, 0
+    assert out["cls_err_4"] == 0.25 and "ode_l2_4" not in out  # predicted 0, 1, 0, 0 against 0, 1, 1, 0
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")

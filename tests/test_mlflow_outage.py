@@ -18,9 +18,25 @@ pytestmark = pytest.mark.slow
 
 def _start_server(tmp_path, port):
     """`mlflow server` in its own process group (it forks workers), so the test can stop all of it by PID."""
-    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-           "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", str(tmp_path / "art")]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{tmp_path / 'server.db'}",
+        "--artifacts-destination",
+        str(tmp_path / "art"),
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     uri = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -40,8 +56,12 @@ def _stop(proc):
 
 
 def test_sweep_survives_a_tracking_server_outage(tiny_sweep, tmp_path, monkeypatch):
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")} | {"RAY_AUTH_MODE": "disabled"}
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # this test's own polling fails fast; the sweep keeps the defaults
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")} | {
+        "RAY_AUTH_MODE": "disabled"
+    }
+    monkeypatch.setenv(
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0"
+    )  # this test's own polling fails fast; the sweep keeps the defaults
     port = free_port()
     server, uri = _start_server(tmp_path, port)
     doc = yaml.safe_load(tiny_sweep.read_text())
@@ -49,14 +69,20 @@ def test_sweep_survives_a_tracking_server_outage(tiny_sweep, tmp_path, monkeypat
     doc["search"] = {"method.student_steps": {"grid": [2]}}
     f = tmp_path / "s.yaml"
     f.write_text(yaml.safe_dump(doc))
-    log = tmp_path / "sweep.log"                          # a file, not a pipe: a full pipe would stall the sweep
-    sweep = subprocess.Popen(["multistep", "sweep", str(f), "--tracking-uri", uri, "--storage", str(tmp_path / "rr")],
-                             cwd=tmp_path, env=env, start_new_session=True, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    log = tmp_path / "sweep.log"  # a file, not a pipe: a full pipe would stall the sweep
+    sweep = subprocess.Popen(
+        ["multistep", "sweep", str(f), "--tracking-uri", uri, "--storage", str(tmp_path / "rr")],
+        cwd=tmp_path,
+        env=env,
+        start_new_session=True,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
     try:
         client = MlflowClient(uri)
         deadline = time.time() + 300
         trial = None
-        while trial is None and time.time() < deadline:   # wait for the trial's first training points
+        while trial is None and time.time() < deadline:  # wait for the trial's first training points
             time.sleep(1)
             assert sweep.poll() is None, log.read_text()[-3000:]
             try:
@@ -64,16 +90,18 @@ def test_sweep_survives_a_tracking_server_outage(tiny_sweep, tmp_path, monkeypat
                 runs = client.search_runs([exp.experiment_id]) if exp else []
             except Exception:  # noqa: BLE001
                 continue
-            trial = next((r for r in runs if r.data.tags.get("multistep.kind") == "trial"
-                          and "train/loss" in r.data.metrics), None)
+            trial = next(
+                (r for r in runs if r.data.tags.get("multistep.kind") == "trial" and "train/loss" in r.data.metrics),
+                None,
+            )
         assert trial is not None, "the trial never logged a training point"
-        _stop(server)                                       # outage: connection refused from now on
+        _stop(server)  # outage: connection refused from now on
         time.sleep(8)
-        server, _ = _start_server(tmp_path, port)           # same store, same port
+        server, _ = _start_server(tmp_path, port)  # same store, same port
         assert sweep.wait(timeout=400) == 0, log.read_text()[-3000:]
-        run = client.get_run(trial.info.run_id)                 # read back through the restarted server
+        run = client.get_run(trial.info.run_id)  # read back through the restarted server
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
-        assert steps == list(range(20, 401, 20))            # every training point once, none lost in the outage
+        assert steps == list(range(20, 401, 20))  # every training point once, none lost in the outage
         assert len(client.get_metric_history(run.info.run_id, "fd_identity_400")) == 1
         assert run.info.status == "FINISHED"
         assert client.get_run(run.data.tags["mlflow.parentRunId"]).info.status == "FINISHED"

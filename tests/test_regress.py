@@ -37,8 +37,17 @@ def rows(scale: dict | None = None, se: float | None = None, drop=()) -> list[di
             if (method, s, metric) in drop:
                 continue
             v = (0.5 + k) / (s + 1) * (2.0 if method.startswith("teacher") else 1.0)
-            out.append({"method": method, "student_steps": s, "nfe": s, "metric": metric,
-                        "value": v * scale.get((method, s, metric), 1.0), "run_id": "r", "se": se})
+            out.append(
+                {
+                    "method": method,
+                    "student_steps": s,
+                    "nfe": s,
+                    "metric": metric,
+                    "value": v * scale.get((method, s, metric), 1.0),
+                    "run_id": "r",
+                    "se": se,
+                }
+            )
     return out
 
 
@@ -59,7 +68,7 @@ def test_worse_point_beyond_tolerance_regresses_and_is_named():
     assert [(p.method, p.steps, p.metric) for p in failing(pts)] == [bad]
     assert by[bad].verdict == "REGRESSION" and by[bad].basis == "rel"
     assert math.isclose(by[bad].tolerance, 0.05 * by[bad].baseline)
-    assert by[mild].verdict == "ok"                      # 4 % worse: inside rel 0.05
+    assert by[mild].verdict == "ok"  # 4 % worse: inside rel 0.05
     assert by[good].verdict == "better"
     assert describe(by[bad]).startswith("mcd S=2 fd_identity_400: ")
     # teacher: false leaves the teacher's points out; a family without a tolerance is not compared
@@ -70,7 +79,7 @@ def test_worse_point_beyond_tolerance_regresses_and_is_named():
 def test_missing_and_nonfinite_points_regress_new_points_do_not():
     gone = ("mcd", 2, "swd_400")
     cur = rows(drop=[gone]) + [{"method": "mcd", "student_steps": 8, "metric": "swd_400", "value": 9.0}]
-    cur[0]["value"] = float("nan")                       # mcd S=1 fd: a NaN evaluation
+    cur[0]["value"] = float("nan")  # mcd S=1 fd: a NaN evaluation
     pts = compare(rows(), cur, TOL)
     verdicts = {(p.method, p.steps, p.metric): p.verdict for p in pts}
     assert verdicts[gone] == "MISSING" and verdicts[("mcd", 1, "fd_identity_400")] == "REGRESSION"
@@ -81,13 +90,17 @@ def test_missing_and_nonfinite_points_regress_new_points_do_not():
 def test_statistical_tolerance_uses_both_standard_errors():
     key = ("mcd", 1, "fd_identity_400")
     tol = {"fd": ToleranceCfg(abs=0.001, rel=0.01, ci=0.95)}
-    base_v = rows()[0]["value"]                          # 0.25
-    se = 0.01                                            # allowance 1.96 * sqrt(2) * 0.01 = 0.0277
+    base_v = rows()[0]["value"]  # 0.25
+    se = 0.01  # allowance 1.96 * sqrt(2) * 0.01 = 0.0277
     within = compare(rows(se=se), rows({key: (base_v + 0.02) / base_v}, se=se), tol)
     beyond = compare(rows(se=se), rows({key: (base_v + 0.04) / base_v}, se=se), tol)
     p_in = next(p for p in within if (p.method, p.steps, p.metric) == key)
     p_out = next(p for p in beyond if (p.method, p.steps, p.metric) == key)
-    assert p_in.verdict == "ok" and p_in.basis == "ci" and math.isclose(p_in.tolerance, 1.959964 * math.sqrt(2) * se, rel_tol=1e-5)
+    assert (
+        p_in.verdict == "ok"
+        and p_in.basis == "ci"
+        and math.isclose(p_in.tolerance, 1.959964 * math.sqrt(2) * se, rel_tol=1e-5)
+    )
     assert p_out.verdict == "REGRESSION"
     # without standard errors in a table the ci allowance is not available: abs / rel decide
     no_se = compare(rows(), rows({key: (base_v + 0.02) / base_v}, se=se), tol)
@@ -109,28 +122,37 @@ def test_bootstrap_standard_error_is_seeded_and_shrinks_with_samples():
     small, large = se(300), se(2400)
     assert set(small) == {"fd_identity_300_se", "swd_300_se", "ode_l2_300_se"}
     assert all(v > 0 for v in small.values())
-    for k in ("fd_identity", "swd", "ode_l2"):          # 8x the samples: about sqrt(8) = 2.8x smaller
+    for k in ("fd_identity", "swd", "ode_l2"):  # 8x the samples: about sqrt(8) = 2.8x smaller
         ratio = small[f"{k}_300_se"] / large[f"{k}_2400_se"]
         assert 1.5 < ratio < 5.0, (k, ratio)
     rng = np.random.default_rng(1)
     a = se(300, seed=3)
     rng = np.random.default_rng(1)
-    assert se(300, seed=3) == a                        # same data, same seed: the same numbers
+    assert se(300, seed=3) == a  # same data, same seed: the same numbers
 
 
 # -- the command against a real SQLite MLflow store (sweep runs made by hand; no Ray) -----------------------
 @pytest.fixture
 def store(tmp_path, tiny_sweep, monkeypatch):
     monkeypatch.setenv("MULTISTEP_USER", "nightly-bot")
-    tiny_sweep.write_text(tiny_sweep.read_text().replace("eval: {samples: 400, teacher_steps: [1, 2, 4], ode_steps: 64}\n", "")
-                          + REGRESSION)
+    tiny_sweep.write_text(
+        tiny_sweep.read_text().replace("eval: {samples: 400, teacher_steps: [1, 2, 4], ode_steps: 64}\n", "")
+        + REGRESSION
+    )
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     exp = ml.ensure_experiment(client, "tests", uri)
 
     def sweep_run(table, status="FINISHED", name="tiny"):
-        r = client.create_run(exp, tags={"multistep.kind": "sweep", "multistep.sweep_name": name,
-                                         "multistep.sweep_id": f"{name}-x", "multistep.plan_hash": "p"})
+        r = client.create_run(
+            exp,
+            tags={
+                "multistep.kind": "sweep",
+                "multistep.sweep_name": name,
+                "multistep.sweep_id": f"{name}-x",
+                "multistep.plan_hash": "p",
+            },
+        )
         paths = write_table(table, tmp_path / "tables" / r.info.run_id)
         client.log_artifact(r.info.run_id, str(paths["parquet"]))
         client.set_terminated(r.info.run_id, status=status)
@@ -147,8 +169,9 @@ def test_missing_baseline_exits_2_with_promote_hint(store, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(f) in err[0] and "no baseline" in err[0]
     assert "multistep regress --promote RUN_ID --reason" in err[0]
-    assert not client.search_runs([client.get_experiment_by_name("tests").experiment_id],
-                                  "tags.`multistep.kind` = 'regression'")
+    assert not client.search_runs(
+        [client.get_experiment_by_name("tests").experiment_id], "tags.`multistep.kind` = 'regression'"
+    )
 
 
 def test_storage_uri_is_bad_input_for_regress(store, capsys):
@@ -168,12 +191,18 @@ def test_promote_moves_the_tag_and_records_who_when_why(store, capsys):
     old, new = client.get_run(first).data.tags, client.get_run(second).data.tags
     assert BASELINE_TAG not in old and old["multistep.baseline.replaced_by"] == second
     assert new[BASELINE_TAG] == "tiny" and new["multistep.baseline.reason"] == "new sampler"
-    assert new["multistep.baseline.promoted_by"].startswith("nightly-bot@") and new["multistep.baseline.replaces"] == first
+    assert (
+        new["multistep.baseline.promoted_by"].startswith("nightly-bot@") and new["multistep.baseline.replaces"] == first
+    )
     when = datetime.fromisoformat(new["multistep.baseline.promoted_at"])
     assert abs((datetime.now(timezone.utc) - when).total_seconds()) < 120
     capsys.readouterr()
     # bad promotions are exit 2 and change nothing
-    for argv in (["--promote", failed, "--reason", "x"], ["--promote", "0" * 32, "--reason", "x"], ["--promote", second]):
+    for argv in (
+        ["--promote", failed, "--reason", "x"],
+        ["--promote", "0" * 32, "--reason", "x"],
+        ["--promote", second],
+    ):
         assert main(["regress", *argv, *common]) == 2
     assert "status is FAILED" in capsys.readouterr().err
     tagged = client.search_runs([client.get_run(first).info.experiment_id], f"tags.`{BASELINE_TAG}` = 'tiny'")
@@ -192,7 +221,7 @@ def test_worse_run_exits_1_names_points_and_logs_report_plot_table(store, capsys
     assert "REGRESSION: 2 of 15 points" in text
     assert re.search(r"- mcd S=2 fd_identity_400: .* > tolerance", text) and "- mcd S=1 swd_400: " in text
     for line in ("baseline", "current", "difference", "tolerance", "verdict"):
-        assert line in text.splitlines()[text.splitlines().index("") + 1]   # the table's header
+        assert line in text.splitlines()[text.splitlines().index("") + 1]  # the table's header
     # report, plot and table on disk and logged to a regression run tagged with the baseline it used
     assert (out / "regression.png").stat().st_size > 10_000
     md = (out / "regression.md").read_text()
@@ -203,24 +232,46 @@ def test_worse_run_exits_1_names_points_and_logs_report_plot_table(store, capsys
     assert t["multistep.regress.baseline_run"] == base and t["multistep.regress.current_run"] == worse
     assert t["multistep.regress.verdict"] == "fail" and run.info.status == "FAILED"
     assert run.data.metrics["regressed_points"] == 2
-    assert {"regression.md", "regression.png", "regression.csv"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"regression.md", "regression.png", "regression.csv"} <= {
+        a.path for a in client.list_artifacts(run.info.run_id)
+    }
     assert client.get_run(worse).data.tags["multistep.regress.verdict"] == "fail"
     # the same run against the same table given as a file passes
     (tmp_path / "b").mkdir()
-    assert main(["regress", str(f), "--run", worse, "--baseline", str(write_table(rows({("mcd", 2, "fd_identity_400"): 1.5,
-                ("mcd", 1, "swd_400"): 1.3}), tmp_path / "b")["csv"]), *common]) == 0
+    assert (
+        main(
+            [
+                "regress",
+                str(f),
+                "--run",
+                worse,
+                "--baseline",
+                str(
+                    write_table(rows({("mcd", 2, "fd_identity_400"): 1.5, ("mcd", 1, "swd_400"): 1.3}), tmp_path / "b")[
+                        "csv"
+                    ]
+                ),
+                *common,
+            ]
+        )
+        == 0
+    )
     assert len(read_table(tmp_path / "b" / "results.parquet")) == 15
-    (newest,) = client.search_runs([exp], "tags.`multistep.regress.verdict` = 'pass' and tags.`multistep.kind` = 'regression'")
+    (newest,) = client.search_runs(
+        [exp], "tags.`multistep.regress.verdict` = 'pass' and tags.`multistep.kind` = 'regression'"
+    )
     assert newest.data.tags["multistep.regress.baseline"].startswith("file:")
 
 
 def test_bad_regression_sections_exit_2_naming_the_field(store, capsys):
     client, sweep_run, common, f = store
     text = f.read_text()
-    for bad, field in ((text.replace("fd: {abs", "fd: {absolute"), "regression.tolerances.fd.absolute"),
-                       (text.replace("swd: {rel", "fid: {rel"), "regression.tolerances.fid"),
-                       (text.replace("bootstrap: 20", "bootstrap: 0"), "regression.tolerances.fd.ci"),
-                       (text.split("regression:")[0], "regression: missing")):
+    for bad, field in (
+        (text.replace("fd: {abs", "fd: {absolute"), "regression.tolerances.fd.absolute"),
+        (text.replace("swd: {rel", "fid: {rel"), "regression.tolerances.fid"),
+        (text.replace("bootstrap: 20", "bootstrap: 0"), "regression.tolerances.fd.ci"),
+        (text.split("regression:")[0], "regression: missing"),
+    ):
         f.write_text(bad)
         assert main(["regress", str(f), "--run", "x", *common]) == 2
         err = capsys.readouterr().err.strip().splitlines()
@@ -240,21 +291,24 @@ def test_rerun_of_the_same_sweep_passes(ray_local, store, capsys, tmp_path):
     exp = client.get_experiment_by_name("tests").experiment_id
     (first,) = client.search_runs([exp], "tags.`multistep.kind` = 'sweep'")
     table = read_table(client.download_artifacts(first.info.run_id, "results.parquet", str(tmp_path)))
-    assert all(r["se"] > 0 for r in table)                # eval.bootstrap: every point has a standard error
+    assert all(r["se"] > 0 for r in table)  # eval.bootstrap: every point has a standard error
     assert main(["regress", "--promote", first.info.run_id, "--reason", "test", *common]) == 0
 
     capsys.readouterr()
-    assert main(["regress", str(f), *common]) == 0        # runs the sweep again from scratch
+    assert main(["regress", str(f), *common]) == 0  # runs the sweep again from scratch
     text = capsys.readouterr().out
     assert "no regression: 24 points" in text and "REGRESSION" not in text
     (ok,) = client.search_runs([exp], "tags.`multistep.kind` = 'regression'")
     assert ok.data.tags["multistep.regress.baseline_run"] == first.info.run_id and ok.info.status == "FINISHED"
     assert {"regression.md", "regression.png"} <= {a.path for a in client.list_artifacts(ok.info.run_id)}
     (tmp_path / "cur").mkdir()
-    current = read_table(client.download_artifacts(ok.data.tags["multistep.regress.current_run"], "results.parquet",
-                                                   str(tmp_path / "cur")))
+    current = read_table(
+        client.download_artifacts(
+            ok.data.tags["multistep.regress.current_run"], "results.parquet", str(tmp_path / "cur")
+        )
+    )
     key = lambda r: (r["method"], r["student_steps"], r["metric"])  # noqa: E731
-    assert {key(r): r["value"] for r in current} == {key(r): r["value"] for r in table}   # same seeds: the same numbers
+    assert {key(r): r["value"] for r in current} == {key(r): r["value"] for r in table}  # same seeds: the same numbers
 
 
 def test_sweep_plot_draws_standard_errors(tmp_path):

@@ -31,7 +31,7 @@ def _data() -> torch.Tensor:
 
 
 def _train(rank: int, world: int, seed: int) -> tuple[dict, list]:
-    torch.manual_seed(seed)                              # ranks start from DIFFERENT weights: broadcast must fix it
+    torch.manual_seed(seed)  # ranks start from DIFFERENT weights: broadcast must fix it
     net = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 1))
     replicas = Replicas() if world > 1 else None
     if replicas:
@@ -39,9 +39,20 @@ def _train(rank: int, world: int, seed: int) -> tuple[dict, list]:
     state = new_state(net, 1e-2, 0)
     data, per = _data(), BATCH // world
     logged = []
-    fit(state, MeanSquares(), lambda g: data[state.iteration, rank * per:(rank + 1) * per], STEPS, 1.0, 0.9, 1, 10 ** 6,
-        hooks=type("H", (), {"log": lambda self, it, m: logged.append(m["loss"]), "checkpoint": lambda self, it, s: None})(),
-        replicas=replicas)
+    fit(
+        state,
+        MeanSquares(),
+        lambda g: data[state.iteration, rank * per : (rank + 1) * per],
+        STEPS,
+        1.0,
+        0.9,
+        1,
+        10**6,
+        hooks=type(
+            "H", (), {"log": lambda self, it, m: logged.append(m["loss"]), "checkpoint": lambda self, it, s: None}
+        )(),
+        replicas=replicas,
+    )
     return {k: v.detach().clone() for k, v in net.state_dict().items()}, logged
 
 
@@ -62,9 +73,9 @@ def test_two_gloo_ranks_take_the_single_process_step(tmp_path, one_thread):
     (sd0, log0), (sd1, log1) = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     single, log = _train(0, 1, seed=0)
     for k in single:
-        assert torch.equal(sd0[k], sd1[k]), k                               # the replicas never drift apart
+        assert torch.equal(sd0[k], sd1[k]), k  # the replicas never drift apart
         torch.testing.assert_close(sd0[k], single[k], rtol=1e-5, atol=1e-6)  # = one process on the whole batch
-    assert log0 == log1                                                     # logged means are averaged over ranks
+    assert log0 == log1  # logged means are averaged over ranks
     torch.testing.assert_close(torch.tensor(log0), torch.tensor(log), rtol=1e-5, atol=1e-7)
     assert single["0.weight"].ne(_train(0, 1, seed=1)[0]["0.weight"]).any()  # (seeds do matter: the test can fail)
 
@@ -83,15 +94,18 @@ def test_two_worker_trial_through_ray_train(ray_local, tiny_sweep, tmp_path, mon
     doc = yaml.safe_load(tiny_sweep.read_text())
     doc["search"] = {"method.student_steps": {"grid": [2]}}
     doc["resources"] = {"num_workers": 2, "cpus_per_worker": 1, "max_concurrent_trials": 1}
-    doc["train"].update(precision="bf16", channels_last=True)   # the GPU switches' logic, on CPU
+    doc["train"].update(precision="bf16", channels_last=True)  # the GPU switches' logic, on CPU
     f = tmp_path / "s.yaml"
     f.write_text(yaml.safe_dump(doc))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.chdir(tmp_path)                                 # local caches and results: ./ray_results
+    monkeypatch.chdir(tmp_path)  # local caches and results: ./ray_results
     assert run_sweep(load_sweep(f), uri, f"file://{tmp_path / 'rr'}", say=lambda *_: None) == 0
     client = MlflowClient(uri)
-    trial = next(r for r in client.search_runs([client.get_experiment_by_name("tests").experiment_id])
-                 if r.data.tags.get("multistep.kind") == "trial")
+    trial = next(
+        r
+        for r in client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+        if r.data.tags.get("multistep.kind") == "trial"
+    )
     assert [m.step for m in client.get_metric_history(trial.info.run_id, "train/loss")] == [20, 40, 60]
     assert 0 < trial.data.metrics["fd_identity_400"] < float("inf")
     (sweep_dir,) = (tmp_path / "rr").glob("tiny-*")
@@ -113,10 +127,18 @@ def _teacher_rank(rank: int, world: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        torch.manual_seed(0)                                 # identical initial weights, as teacher_job seeds them
-        g = torch.Generator().manual_seed(rank)              # each rank its own data
-        net, ema, hist = train_teacher(MLP(3, 16, 1, 8), make_schedule("cosine"), iter(lambda: torch.randn(8, 3, generator=g), None),
-                                       6, 1e-2, seed=rank, log_every=3, replicas=Replicas())
+        torch.manual_seed(0)  # identical initial weights, as teacher_job seeds them
+        g = torch.Generator().manual_seed(rank)  # each rank its own data
+        net, ema, hist = train_teacher(
+            MLP(3, 16, 1, 8),
+            make_schedule("cosine"),
+            iter(lambda: torch.randn(8, 3, generator=g), None),
+            6,
+            1e-2,
+            seed=rank,
+            log_every=3,
+            replicas=Replicas(),
+        )
         torch.save((net.state_dict(), [h["loss"] for h in hist]), f"{out}/teacher{rank}.pt")
     finally:
         dist.destroy_process_group()

@@ -64,14 +64,29 @@ def _program(pid: int) -> str:
 
 @contextlib.contextmanager
 def local_head():
-    temp_dir = tempfile.mkdtemp(prefix="mssub", dir="/tmp")     # short: Ray's socket paths have a length limit
+    temp_dir = tempfile.mkdtemp(prefix="mssub", dir="/tmp")  # short: Ray's socket paths have a length limit
     gcs, dash, client, agent, agent_grpc, env_agent, metrics, nm, om = _free_ports(9)
-    cmd = [str(BIN / "ray"), "start", "--head", "--block", "--disable-usage-stats", f"--temp-dir={temp_dir}",
-           f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--ray-client-server-port={client}",
-           f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
-           f"--runtime-env-agent-port={env_agent}", f"--metrics-export-port={metrics}", f"--node-manager-port={nm}",
-           f"--object-manager-port={om}", "--num-cpus=2", "--resources=" + json.dumps({"train_driver": 8}),
-           f"--object-store-memory={200 * 1024**2}"]
+    cmd = [
+        str(BIN / "ray"),
+        "start",
+        "--head",
+        "--block",
+        "--disable-usage-stats",
+        f"--temp-dir={temp_dir}",
+        f"--port={gcs}",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dash}",
+        f"--ray-client-server-port={client}",
+        f"--dashboard-agent-listen-port={agent}",
+        f"--dashboard-agent-grpc-port={agent_grpc}",
+        f"--runtime-env-agent-port={env_agent}",
+        f"--metrics-export-port={metrics}",
+        f"--node-manager-port={nm}",
+        f"--object-manager-port={om}",
+        "--num-cpus=2",
+        "--resources=" + json.dumps({"train_driver": 8}),
+        f"--object-store-memory={200 * 1024**2}",
+    ]
     address = f"http://127.0.0.1:{dash}"
     # Ray processes inherit this: their State API clients (e.g. Train's PlacementGroupCleaner) otherwise look
     # for "the" local instance by scanning processes and fail when another Ray instance runs on this host.
@@ -85,7 +100,7 @@ def local_head():
             try:
                 urllib.request.urlopen(f"{address}/api/version", timeout=2).close()
                 break
-            except urllib.error.HTTPError:                      # it answers (e.g. 401 under token auth): up
+            except urllib.error.HTTPError:  # it answers (e.g. 401 under token auth): up
                 break
             except OSError:
                 pass
@@ -94,13 +109,15 @@ def local_head():
         yield address
     finally:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(head.pid, signal.SIGTERM)                 # raylet (and its workers), GCS, dashboard exit on this
-        deadline = time.time() + 5                              # a short grace; `ray start --block` ignores SIGTERM
-        while time.time() < deadline and any(_program(p) in ("raylet", "gcs_server") for p in _processes_under(temp_dir)):
+            os.killpg(head.pid, signal.SIGTERM)  # raylet (and its workers), GCS, dashboard exit on this
+        deadline = time.time() + 5  # a short grace; `ray start --block` ignores SIGTERM
+        while time.time() < deadline and any(
+            _program(p) in ("raylet", "gcs_server") for p in _processes_under(temp_dir)
+        ):
             time.sleep(0.5)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(head.pid, signal.SIGKILL)
-        for pid in _processes_under(temp_dir):                  # stragglers in other process groups
+        for pid in _processes_under(temp_dir):  # stragglers in other process groups
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         head.wait(timeout=10)
@@ -111,23 +128,41 @@ def local_head():
 
 
 def test_submit_follow_runs_sweep_as_ray_job(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"                  # absolute: the job runs in another directory
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # absolute: the job runs in another directory
     job_id = f"multistep-test-{os.getpid()}-{int(time.time())}"
     with local_head() as address:
         t0 = time.time()
-        r = subprocess.run([str(BIN / "multistep"), "submit", "tests/data/tiny_sweep.yaml", "--address", address, "--follow",
-                            "--tracking-uri", uri, "--storage", str(tmp_path / "ray_results"), "--submission-id", job_id],
-                           cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+        r = subprocess.run(
+            [
+                str(BIN / "multistep"),
+                "submit",
+                "tests/data/tiny_sweep.yaml",
+                "--address",
+                address,
+                "--follow",
+                "--tracking-uri",
+                uri,
+                "--storage",
+                str(tmp_path / "ray_results"),
+                "--submission-id",
+                job_id,
+            ],
+            cwd=REPO,
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         took = time.time() - t0
         print(f"submit --follow took {took:.1f} s")
     out = r.stdout.splitlines()
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
-    assert out[0] == job_id                                       # the job id comes first, alone on its line
+    assert out[0] == job_id  # the job id comes first, alone on its line
     assert f"job {job_id}: SUCCEEDED, driver exit code 0" in r.stderr
     # the job ran the code it was sent (the runtime env's copy), not this checkout
     shipped = next(line for line in out if line.startswith("multistep 0.1.0 from "))
     assert "/runtime_resources/" in shipped and str(REPO) not in shipped, shipped
-    assert any("trial 2/2" in line for line in out)               # the job's own log reached us through --follow
+    assert any("trial 2/2" in line for line in out)  # the job's own log reached us through --follow
     assert "Found multiple active Ray instances" not in r.stdout  # the job's Ray processes know their own cluster
 
     client = MlflowClient(uri)

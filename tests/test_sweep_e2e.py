@@ -18,7 +18,7 @@ def test_sweep_run_structure(ray_local, tiny_sweep, tmp_path, monkeypatch, capsy
     # the Tuner pickles its callbacks (with the default progress printer in them): do it first, as a slow sweep would.
     original = builtins.print
     monkeypatch.setattr(builtins, "print", lambda *a, **k: original(*a, **k))
-    rc = run_sweep(load_sweep(tiny_sweep), uri, str(tmp_path / "ray_results"))   # the default `say`, as the CLI's
+    rc = run_sweep(load_sweep(tiny_sweep), uri, str(tmp_path / "ray_results"))  # the default `say`, as the CLI's
     assert rc == 0
     assert "sweep finished" in capsys.readouterr().out
 
@@ -37,7 +37,7 @@ def test_sweep_run_structure(ray_local, tiny_sweep, tmp_path, monkeypatch, capsy
         assert t.data.tags["ray.trial_id"]
         S = int(t.data.params["method.student_steps"])
         hist = client.get_metric_history(t.info.run_id, "fd_identity_400")
-        assert [m.step for m in hist] == [S]          # evaluation keyed by number of sampling steps
+        assert [m.step for m in hist] == [S]  # evaluation keyed by number of sampling steps
         assert hist[0].value > 0
         loss = client.get_metric_history(t.info.run_id, "train/loss")
         assert [m.step for m in loss] == [20, 40, 60]  # training curve keyed by iteration
@@ -50,8 +50,20 @@ def test_sweep_run_structure(ray_local, tiny_sweep, tmp_path, monkeypatch, capsy
 
     out_dir = next((tmp_path / "ray_results").glob("tiny-*"))
     table = pq.read_table(out_dir / "results.parquet").to_pylist()
-    cols = ["method", "student_steps", "nfe", "metric", "value", "trial_id", "run_id", "anneal",
-            "learning_rate", "train_iterations", "wall_seconds", "se"]
+    cols = [
+        "method",
+        "student_steps",
+        "nfe",
+        "metric",
+        "value",
+        "trial_id",
+        "run_id",
+        "anneal",
+        "learning_rate",
+        "train_iterations",
+        "wall_seconds",
+        "se",
+    ]
     assert list(table[0]) == cols
     mcd = [r for r in table if r["method"] == "mcd" and r["metric"] == "fd_identity_400"]
     assert sorted(r["student_steps"] for r in mcd) == [1, 2]

@@ -13,8 +13,10 @@ pytestmark = pytest.mark.slow
 def _runs(uri, exp="tests"):
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name(exp).experiment_id])
-    trials = sorted((r for r in runs if r.data.tags.get("multistep.kind") == "trial"),
-                    key=lambda r: int(r.data.tags["multistep.trial_index"]))
+    trials = sorted(
+        (r for r in runs if r.data.tags.get("multistep.kind") == "trial"),
+        key=lambda r: int(r.data.tags["multistep.trial_index"]),
+    )
     sweep = next(r for r in runs if r.data.tags.get("multistep.kind") == "sweep")
     return client, sweep, trials
 
@@ -31,11 +33,14 @@ def _write(tmp_path, tiny_sweep, **changes):
 def test_asha_stops_bad_trials_marks_them_killed_and_the_sweep_goes_on(ray_local, tiny_sweep, tmp_path):
     # One trial at a time: good, broken, good. The broken one (huge learning rate) are stopped at the
     # first rung; the next trial can only start if the stopped one freed its resources.
-    p = _write(tmp_path, tiny_sweep,
-               train={"iterations": 90, "batch_size": 64, "log_every": 30, "checkpoint_every": 30},
-               scheduler={"name": "asha", "proxy_samples": 200, "grace_checkpoints": 1, "reduction_factor": 2},
-               resources={"max_concurrent_trials": 1},
-               search={"train.learning_rate": {"grid": [1e-3, 0.5, 1e-3]}, "method.student_steps": {"grid": [1]}})
+    p = _write(
+        tmp_path,
+        tiny_sweep,
+        train={"iterations": 90, "batch_size": 64, "log_every": 30, "checkpoint_every": 30},
+        scheduler={"name": "asha", "proxy_samples": 200, "grace_checkpoints": 1, "reduction_factor": 2},
+        resources={"max_concurrent_trials": 1},
+        search={"train.learning_rate": {"grid": [1e-3, 0.5, 1e-3]}, "method.student_steps": {"grid": [1]}},
+    )
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert run_sweep(load_sweep(p), uri, str(tmp_path / "rr"), say=lambda *_: None) == 0
     client, sweep, trials = _runs(uri)
@@ -45,7 +50,9 @@ def test_asha_stops_bad_trials_marks_them_killed_and_the_sweep_goes_on(ray_local
     assert trials[2].info.status in ("FINISHED", "KILLED") and trials[2].data.tags.get("ray.trial_id")
     for t in trials[1:2]:  # the stopped trial keeps the proxy curve they had, and have no final evaluation
         steps = [m.step for m in client.get_metric_history(t.info.run_id, "proxy_fd_identity_200")]
-        assert steps and steps == [30, 60][:len(steps)]  # stopped at a rung (Tune acts on a report while training goes on)
+        assert (
+            steps and steps == [30, 60][: len(steps)]
+        )  # stopped at a rung (Tune acts on a report while training goes on)
         assert "fd_identity_400" not in t.data.metrics
     for t in trials[:1]:
         assert [m.step for m in client.get_metric_history(t.info.run_id, "proxy_fd_identity_200")] == [30, 60, 90]

@@ -13,11 +13,14 @@ from multistep.cli import main
 from multistep.config import ConfigError, load_sweep, load_teacher_file
 from multistep.train.teacher import load_teacher
 
-TEACHER = {"name": "tiny-teacher", "experiment": "teachers",
-           "data": {"kind": "digits"},
-           "net": {"kind": "unet", "base_ch": 4, "ch_mult": [1], "time_dim": 8},   # 2,777 parameters
-           "train": {"iterations": 50, "batch_size": 32, "learning_rate": 2e-3, "log_every": 10},
-           "eval": {"samples": 200, "steps": [1, 4, 16]}}
+TEACHER = {
+    "name": "tiny-teacher",
+    "experiment": "teachers",
+    "data": {"kind": "digits"},
+    "net": {"kind": "unet", "base_ch": 4, "ch_mult": [1], "time_dim": 8},  # 2,777 parameters
+    "train": {"iterations": 50, "batch_size": 32, "learning_rate": 2e-3, "log_every": 10},
+    "eval": {"samples": 200, "steps": [1, 4, 16]},
+}
 
 
 def _write(tmp_path, name: str, doc: dict):
@@ -26,16 +29,28 @@ def _write(tmp_path, name: str, doc: dict):
     return p
 
 
-@pytest.mark.parametrize("doc, expect", [
-    ({"teacher": {"kind": "checkpoint"}}, "teacher.path: required for kind: checkpoint"),
-    ({"teacher": {"kind": "checkpoint", "path": "nope/teacher.pt"}}, "nope/teacher.pt: teacher checkpoint not found"),
-    ({"teacher": {"kind": "hub"}}, "teacher.kind: Input should be 'analytic', 'checkpoint' or 'mlflow'"),
-    ({"teacher": {"kind": "mlflow"}}, "teacher.run_id: required for kind: mlflow"),
-    ({"data": {"kind": "parquet"}, "teacher": {"kind": "mlflow", "run_id": "x"}}, "data.path: required for kind: parquet"),
-    ({"data": {"kind": "parquet", "path": "no/such/dir"}, "teacher": {"kind": "mlflow", "run_id": "x"}}, "data.path: /"),
-    ({"data": {"kind": "digits", "size": 12}}, "data.size"),
-    ({"data": {"kind": "digits"}}, "teacher: the analytic teacher is the exact denoiser of a gmm"),
-])
+@pytest.mark.parametrize(
+    "doc, expect",
+    [
+        ({"teacher": {"kind": "checkpoint"}}, "teacher.path: required for kind: checkpoint"),
+        (
+            {"teacher": {"kind": "checkpoint", "path": "nope/teacher.pt"}},
+            "nope/teacher.pt: teacher checkpoint not found",
+        ),
+        ({"teacher": {"kind": "hub"}}, "teacher.kind: Input should be 'analytic', 'checkpoint' or 'mlflow'"),
+        ({"teacher": {"kind": "mlflow"}}, "teacher.run_id: required for kind: mlflow"),
+        (
+            {"data": {"kind": "parquet"}, "teacher": {"kind": "mlflow", "run_id": "x"}},
+            "data.path: required for kind: parquet",
+        ),
+        (
+            {"data": {"kind": "parquet", "path": "no/such/dir"}, "teacher": {"kind": "mlflow", "run_id": "x"}},
+            "data.path: /",
+        ),
+        ({"data": {"kind": "digits", "size": 12}}, "data.size"),
+        ({"data": {"kind": "digits"}}, "teacher: the analytic teacher is the exact denoiser of a gmm"),
+    ],
+)
 def test_sweep_teacher_and_data_errors(tmp_path, doc, expect):
     f = _write(tmp_path, "bad.yaml", doc)
     with pytest.raises(ConfigError) as e:
@@ -45,11 +60,13 @@ def test_sweep_teacher_and_data_errors(tmp_path, doc, expect):
 
 
 def test_teacher_file_errors_exit_2(tmp_path, capsys):
-    for doc, expect in [({**TEACHER, "bogus": 1}, "bogus: unknown key"),
-                        ({**TEACHER, "net": {"kind": "cnn"}}, "net: Input tag 'cnn'"),
-                        ({**TEACHER, "net": {"kind": "unet", "widht": 3}}, "net.widht: unknown key"),
-                        ({**TEACHER, "data": {"kind": "gmm", "shape": [8]}}, "net: unet needs image data"),
-                        ({**TEACHER, "net": {"kind": "unet", "ch_mult": [1, 2, 2, 2, 2]}}, "net: resolution 8 is not divisible")]:
+    for doc, expect in [
+        ({**TEACHER, "bogus": 1}, "bogus: unknown key"),
+        ({**TEACHER, "net": {"kind": "cnn"}}, "net: Input tag 'cnn'"),
+        ({**TEACHER, "net": {"kind": "unet", "widht": 3}}, "net.widht: unknown key"),
+        ({**TEACHER, "data": {"kind": "gmm", "shape": [8]}}, "net: unet needs image data"),
+        ({**TEACHER, "net": {"kind": "unet", "ch_mult": [1, 2, 2, 2, 2]}}, "net: resolution 8 is not divisible"),
+    ]:
         f = _write(tmp_path, "t.yaml", doc)
         assert main(["teacher", str(f), "--dry-run", "--tracking-uri", str(tmp_path / "m.db")]) == 2
         err = capsys.readouterr().err.strip().splitlines()
@@ -67,7 +84,9 @@ def test_image_data_kinds(tmp_path):
 
     digits = make_data(DataCfg(kind="digits", size=16))
     a, b = (digits.sample(300, torch.Generator().manual_seed(0)) for _ in range(2))
-    assert digits.shape == (1, 16, 16) and a.shape == (300, 1, 16, 16) and torch.equal(a, b)  # rows drawn by the generator
+    assert (
+        digits.shape == (1, 16, 16) and a.shape == (300, 1, 16, 16) and torch.equal(a, b)
+    )  # rows drawn by the generator
     assert a.min() == -1 and a.max() == 1 and a.dtype == torch.float32
     assert make_data(DataCfg(kind="digits")).sample(2, dtype=torch.float64).dtype == torch.float64
     imgs = np.random.default_rng(0).integers(0, 256, (50, 4, 4, 3), dtype=np.uint8)
@@ -77,7 +96,7 @@ def test_image_data_kinds(tmp_path):
     x = data.sample(1000, torch.Generator().manual_seed(1))
     assert data.shape == (3, 4, 4) and cfg.fd_space == "pixel" and cfg.label == "parquet:ds"
     pixels = {tuple(np.round((r.numpy() + 1) * 127.5).astype(np.uint8).transpose(1, 2, 0).ravel()) for r in x}
-    assert pixels <= {tuple(i.ravel()) for i in imgs} and len(pixels) > 40   # real images, NHWC -> NCHW, [-1, 1]
+    assert pixels <= {tuple(i.ravel()) for i in imgs} and len(pixels) > 40  # real images, NHWC -> NCHW, [-1, 1]
 
 
 def test_build_with_checkpoint_teacher(tmp_path):
@@ -90,34 +109,55 @@ def test_build_with_checkpoint_teacher(tmp_path):
 
     torch.manual_seed(0)
     state = {k: v + 0.01 * torch.randn_like(v) for k, v in build_net(net_cfg).state_dict().items()}
-    path = save_teacher(tmp_path / "t.pt", net_cfg, state, {"schedule": {"name": "clipped_cosine", "params": {}}, "shape": [1, 8, 8]})
-    cfg = TrialCfg.model_validate({"data": {"kind": "digits"}, "teacher": {"kind": "checkpoint", "path": str(path)},
-                                   "student": {"init_iterations": 3000}})
+    path = save_teacher(
+        tmp_path / "t.pt", net_cfg, state, {"schedule": {"name": "clipped_cosine", "params": {}}, "shape": [1, 8, 8]}
+    )
+    cfg = TrialCfg.model_validate(
+        {
+            "data": {"kind": "digits"},
+            "teacher": {"kind": "checkpoint", "path": str(path)},
+            "student": {"init_iterations": 3000},
+        }
+    )
     c = build(cfg)
-    assert c.schedule.name == "clipped_cosine"              # the checkpoint's schedule, not the config's default
+    assert c.schedule.name == "clipped_cosine"  # the checkpoint's schedule, not the config's default
     t_params, s_params = list(c.teacher.net.parameters()), list(c.student.net.parameters())
-    assert all(torch.equal(a, b) and a is not b for a, b in zip(t_params, s_params))   # student = a copy of the teacher
+    assert all(torch.equal(a, b) and a is not b for a, b in zip(t_params, s_params))  # student = a copy of the teacher
     assert not any(p.requires_grad for p in t_params) and all(p.requires_grad for p in s_params)
     z, t = torch.randn(3, 1, 8, 8, dtype=torch.float64), torch.rand(3, dtype=torch.float64)
     assert c.teacher(z, t).dtype == torch.float64 and torch.equal(c.teacher(z, t), c.student(z, t))
     with pytest.raises(ConfigError, match=r"teacher.path: .*shape \(1, 8, 8\).*digits16.*\(1, 16, 16\)"):
-        build(TrialCfg.model_validate({"data": {"kind": "digits", "size": 16}, "teacher": {"kind": "checkpoint", "path": str(path)}}))
+        build(
+            TrialCfg.model_validate(
+                {"data": {"kind": "digits", "size": 16}, "teacher": {"kind": "checkpoint", "path": str(path)}}
+            )
+        )
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ConfigError, match="teacher.path: .*junk.pt: not a readable teacher checkpoint"):
-        build(TrialCfg.model_validate({"data": {"kind": "digits"}, "teacher": {"kind": "checkpoint", "path": str(tmp_path / "junk.pt")}}))
+        build(
+            TrialCfg.model_validate(
+                {"data": {"kind": "digits"}, "teacher": {"kind": "checkpoint", "path": str(tmp_path / "junk.pt")}}
+            )
+        )
 
 
 def _sweep_doc(path: str, run_id: str, shards: str) -> dict:
     """3 trials: the same teacher named by local path and by MLflow run id, and by path on the digits as Parquet shards."""
-    return {"name": "tiny-digits", "experiment": "tests-teacher", "data": {"kind": "digits"},
-            "teacher": {"kind": "checkpoint", "path": path},
-            "method": {"name": "mcm", "student_steps": 2, "anneal": {"name": "loglinear", "start": 4, "end": 16}},
-            "train": {"iterations": 30, "batch_size": 32, "log_every": 10, "checkpoint_every": 30},
-            "eval": {"samples": 200, "teacher_steps": [1, 2], "ode_steps": 16},
-            "resources": {"max_concurrent_trials": 2},
-            "search": [{"teacher.kind": {"grid": ["checkpoint"]}},
-                       {"teacher.kind": {"grid": ["mlflow"]}, "teacher.run_id": {"grid": [run_id]}},
-                       {"data.kind": {"grid": ["parquet"]}, "data.path": {"grid": [shards]}}]}
+    return {
+        "name": "tiny-digits",
+        "experiment": "tests-teacher",
+        "data": {"kind": "digits"},
+        "teacher": {"kind": "checkpoint", "path": path},
+        "method": {"name": "mcm", "student_steps": 2, "anneal": {"name": "loglinear", "start": 4, "end": 16}},
+        "train": {"iterations": 30, "batch_size": 32, "log_every": 10, "checkpoint_every": 30},
+        "eval": {"samples": 200, "teacher_steps": [1, 2], "ode_steps": 16},
+        "resources": {"max_concurrent_trials": 2},
+        "search": [
+            {"teacher.kind": {"grid": ["checkpoint"]}},
+            {"teacher.kind": {"grid": ["mlflow"]}, "teacher.run_id": {"grid": [run_id]}},
+            {"data.kind": {"grid": ["parquet"]}, "data.path": {"grid": [shards]}},
+        ],
+    }
 
 
 @pytest.mark.slow
@@ -137,7 +177,7 @@ def test_teacher_job_then_sweep_by_path_and_by_run(ray_local, tmp_path, monkeypa
     assert run.info.status == "FINISHED" and run.data.tags["multistep.kind"] == "teacher"
     loss = client.get_metric_history(rid, "train/loss")
     assert [m.step for m in loss] == [10, 20, 30, 40, 50] and all(m.value > 0 for m in loss)
-    assert loss[-1].value < loss[0].value                      # it learns something in 50 iterations
+    assert loss[-1].value < loss[0].value  # it learns something in 50 iterations
     assert sorted(m.step for m in client.get_metric_history(rid, "fd_pixel_200")) == [1, 4, 16]
     assert {"teacher.pt", "teacher.yaml"} <= {a.path for a in client.list_artifacts(rid)}
     ckpt = tmp_path / "rr" / "teachers" / "tiny-teacher" / "teacher.pt"
@@ -149,20 +189,24 @@ def test_teacher_job_then_sweep_by_path_and_by_run(ray_local, tmp_path, monkeypa
     from multistep.data.parquet import write_shards
     from multistep.train.build import make_data
 
-    digits = make_data(DataCfg(kind="digits"))                # the same images as Parquet shards, streamed by the worker
-    pixels = ((digits.x + 1) * 127.5).round().to(torch.uint8).numpy().transpose(0, 2, 3, 1)   # NCHW [-1, 1] -> NHWC uint8
+    digits = make_data(DataCfg(kind="digits"))  # the same images as Parquet shards, streamed by the worker
+    pixels = (
+        ((digits.x + 1) * 127.5).round().to(torch.uint8).numpy().transpose(0, 2, 3, 1)
+    )  # NCHW [-1, 1] -> NHWC uint8
     write_shards(pixels, None, tmp_path / "shards", shard_size=500)
     sweep = _write(tmp_path, "sweep.yaml", _sweep_doc(str(ckpt), rid, str(tmp_path / "shards")))
     rc = run_sweep(load_sweep(sweep), uri, str(tmp_path / "rr"), say=lambda *_: None)
     assert rc == 0
     exp = client.get_experiment_by_name("tests-teacher")
     runs = client.search_runs([exp.experiment_id])
-    trials = sorted((r for r in runs if r.data.tags.get("multistep.kind") == "trial"),
-                    key=lambda r: int(r.data.tags["multistep.trial_index"]))
+    trials = sorted(
+        (r for r in runs if r.data.tags.get("multistep.kind") == "trial"),
+        key=lambda r: int(r.data.tags["multistep.trial_index"]),
+    )
     (sweep_run,) = [r for r in runs if r.data.tags.get("multistep.kind") == "sweep"]
     assert [t.data.params["teacher.kind"] for t in trials] == ["checkpoint", "mlflow", "checkpoint"]
     assert trials[2].data.params["data.kind"] == "parquet"
-    fetched = trials[1].data.params["teacher.path"]            # the driver downloaded the artifact for the workers
+    fetched = trials[1].data.params["teacher.path"]  # the driver downloaded the artifact for the workers
     assert fetched.startswith(str(tmp_path / "rr" / "cache")) and open(fetched, "rb").read() == ckpt.read_bytes()
     for t in trials:
         assert t.info.status == "FINISHED"

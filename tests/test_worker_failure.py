@@ -18,7 +18,7 @@ from multistep.sweep.driver import run_sweep
 pytestmark = pytest.mark.slow
 
 
-PROCESS = {"train": "RayTrainWorker", "tune": "ImplicitFunc"}   # Ray's process title of the process that trains
+PROCESS = {"train": "RayTrainWorker", "tune": "ImplicitFunc"}  # Ray's process title of the process that trains
 
 
 def _pids(title: str) -> list[int]:
@@ -59,11 +59,11 @@ def test_killed_worker_resumes_from_checkpoint(ray_local, tiny_sweep, tmp_path, 
     assert rc == 0
     exp = client.get_experiment_by_name("tests")
     trials = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("multistep.kind") == "trial"]
-    assert len(trials) == 1 and trials[0].info.status == "FINISHED"               # continued, not duplicated
+    assert len(trials) == 1 and trials[0].info.status == "FINISHED"  # continued, not duplicated
     resumed = int(trials[0].data.tags["multistep.resumed_from_iteration"])
-    assert 50 <= resumed < 300                                                    # restarted from a checkpoint
+    assert 50 <= resumed < 300  # restarted from a checkpoint
     loss_steps = [m.step for m in client.get_metric_history(trials[0].info.run_id, "train/loss")]
     assert max(loss_steps) == 300 and min(loss_steps) == 25
-    redone = [s for s in loss_steps if s > resumed and loss_steps.count(s) > 1]    # at most one interval redone
+    redone = [s for s in loss_steps if s > resumed and loss_steps.count(s) > 1]  # at most one interval redone
     assert all(s <= resumed + 50 for s in redone)
     assert len(client.get_metric_history(trials[0].info.run_id, "fd_identity_400")) == 1

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from multistep import bench, eval_cmd
 from multistep.cli_common import add_run_options
@@ -20,22 +19,32 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="multistep",
         description="Distil diffusion models into few-step generators and compare methods with Ray-orchestrated "
-                    "sweeps tracked in MLflow. Exit codes: 0 success, 1 a trial failed, 2 bad input, 130 interrupted.")
+        "sweeps tracked in MLflow. Exit codes: 0 success, 1 a trial failed, 2 bad input, 130 interrupted.",
+    )
     p.add_argument("--debug", action="store_true", help="show tracebacks for user errors too")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("sweep", help="run a sweep file (YAML) on Ray and log it to MLflow",
-                       description="Validate a sweep file, expand its search space into trials, run each trial as a "
-                                   "Ray Tune trial (one worker: in the trial's own process; several: a Ray Train worker "
-                                   "group), and log every trial as a nested MLflow run. Prints "
-                                   "a metric-versus-steps table at the end and writes results.parquet/.csv and a plot "
-                                   "under the sweep's output folder.")
+    s = sub.add_parser(
+        "sweep",
+        help="run a sweep file (YAML) on Ray and log it to MLflow",
+        description="Validate a sweep file, expand its search space into trials, run each trial as a "
+        "Ray Tune trial (one worker: in the trial's own process; several: a Ray Train worker "
+        "group), and log every trial as a nested MLflow run. Prints "
+        "a metric-versus-steps table at the end and writes results.parquet/.csv and a plot "
+        "under the sweep's output folder.",
+    )
     s.add_argument("file", help="sweep file, e.g. sweeps/quickstart.yaml")
-    add_run_options(s, "folder for Ray Tune/Train state, checkpoints, caches and results, or a URI pyarrow understands "
-                       "(s3://, gs://: shared storage for multi-node clusters; caches and results then also in ./ray_results)")
-    s.add_argument("--resume", action="store_true",
-                   help="continue the latest sweep of this name (same MLflow sweep run; finished trials are not re-run, "
-                        "unfinished ones resume from their checkpoints)")
+    add_run_options(
+        s,
+        "folder for Ray Tune/Train state, checkpoints, caches and results, or a URI pyarrow understands "
+        "(s3://, gs://: shared storage for multi-node clusters; caches and results then also in ./ray_results)",
+    )
+    s.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the latest sweep of this name (same MLflow sweep run; finished trials are not re-run, "
+        "unfinished ones resume from their checkpoints)",
+    )
     submit.add_parser(sub)
     teacher_job.add_parser(sub)
     data_convert.add_parser(sub)
@@ -52,19 +61,27 @@ def _fail(msg: str) -> int:
 
 def cmd_sweep(args) -> int:
     from multistep.config import load_sweep
-    from multistep.tracking.mlflow_layout import absolute_uri, check_reachable, default_tracking_uri
+    from multistep.sweep.preflight import preflight
 
     plan = load_sweep(args.file)
-    uri = absolute_uri(args.tracking_uri) if args.tracking_uri else default_tracking_uri()
-    storage = args.storage if "://" in args.storage else str(Path(args.storage).resolve())   # URIs: s3://, gs://, file://
+    uri, storage = preflight(plan, args.tracking_uri, args.storage, args.resume, args.dry_run)  # before Ray or MLflow
     if args.dry_run:
-        print(json.dumps({"file": args.file, "tracking_uri": uri, "storage": storage,
-                          "config": plan.cfg.model_dump(mode="json")}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "file": args.file,
+                    "tracking_uri": uri,
+                    "storage": storage,
+                    "config": plan.cfg.model_dump(mode="json"),
+                },
+                indent=2,
+            )
+        )
         print(f"\n{len(plan.trials)} trial(s):")
         for i, t in enumerate(plan.trials):
             print(f"  {i + 1:>3}. " + (", ".join(f"{k}={v}" for k, v in t["overrides"].items()) or "(base config)"))
+        print("\npre-flight passed: tracking store, storage, teacher and data checked; nothing started")
         return EXIT_OK
-    check_reachable(uri)
     from multistep.sweep.driver import run_sweep
 
     return run_sweep(plan, uri, storage, resume=args.resume)
@@ -75,9 +92,15 @@ def main(argv: list[str] | None = None) -> int:
     from multistep.config import ConfigError
 
     try:
-        return {"sweep": cmd_sweep, "submit": submit.cmd_submit, "data": data_convert.cmd_data_convert,
-                "teacher": teacher_job.cmd_teacher, "bench": bench.cmd_bench,
-                "regress": regress.cmd_regress, "eval": eval_cmd.cmd_eval}[args.command](args)
+        return {
+            "sweep": cmd_sweep,
+            "submit": submit.cmd_submit,
+            "data": data_convert.cmd_data_convert,
+            "teacher": teacher_job.cmd_teacher,
+            "bench": bench.cmd_bench,
+            "regress": regress.cmd_regress,
+            "eval": eval_cmd.cmd_eval,
+        }[args.command](args)
     except ConfigError as e:
         if args.debug:
             raise

@@ -11,7 +11,7 @@ import itertools
 import math
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import yaml
@@ -31,7 +31,9 @@ class Strict(BaseModel):
 
 PosInt = Annotated[int, Field(ge=1)]
 PosFloat = Annotated[float, Field(gt=0)]
-RunName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]   # a sweep's or a teacher's name (folders, tags)
+RunName = Annotated[
+    str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+]  # a sweep's or a teacher's name (folders, tags)
 
 
 # -- components -----------------------------------------------------------------------------------
@@ -44,14 +46,18 @@ class DataCfg(Strict):
     """The data distribution. Fields of other kinds may stay in the file and are ignored
     (gmm: shape .. seed; digits: size; parquet: path)."""
 
-    kind: Literal["gmm", "digits", "parquet"] = "gmm"  # gmm: mixture with an exact denoiser; digits: sklearn 8x8 digits; parquet: image shards
-    shape: list[PosInt] = [16]                    # gmm: shape of one sample (vectors: [d]; images: [C, H, W])
-    components: PosInt = 10                       # gmm: number of mixture components
-    mean_std: PosFloat = 0.6                      # gmm: component means ~ N(0, mean_std^2)
-    component_std: PosFloat = 0.1                 # gmm: isotropic std of every component
-    seed: int = 0                                 # gmm: seed of the mixture itself
-    size: Literal[8, 16, 32] = 8                  # digits: image side (8 = the real data, 16/32 nearest-upsampled)
-    path: str | None = Field(None, validate_default=True)  # parquet: folder of shard-*.parquet files (`multistep data convert`); relative to the cwd
+    kind: Literal["gmm", "digits", "parquet"] = (
+        "gmm"  # gmm: mixture with an exact denoiser; digits: sklearn 8x8 digits; parquet: image shards
+    )
+    shape: list[PosInt] = [16]  # gmm: shape of one sample (vectors: [d]; images: [C, H, W])
+    components: PosInt = 10  # gmm: number of mixture components
+    mean_std: PosFloat = 0.6  # gmm: component means ~ N(0, mean_std^2)
+    component_std: PosFloat = 0.1  # gmm: isotropic std of every component
+    seed: int = 0  # gmm: seed of the mixture itself
+    size: Literal[8, 16, 32] = 8  # digits: image side (8 = the real data, 16/32 nearest-upsampled)
+    path: str | None = Field(
+        None, validate_default=True
+    )  # parquet: folder of shard-*.parquet files (`multistep data convert`); relative to the cwd
 
     @field_validator("path")
     @classmethod
@@ -59,7 +65,9 @@ class DataCfg(Strict):
         if info.data.get("kind") != "parquet":
             return v
         if v is None:
-            raise ValueError("required for kind: parquet (a folder of shard-*.parquet files from `multistep data convert`)")
+            raise ValueError(
+                "required for kind: parquet (a folder of shard-*.parquet files from `multistep data convert`)"
+            )
         p = Path(v).expanduser().resolve()
         if not p.exists():
             raise ValueError(f"{p}: not found")
@@ -73,10 +81,12 @@ class DataCfg(Strict):
     @property
     def label(self) -> str:
         """Short description for tags, e.g. gmm[16], digits8, parquet:cifar10."""
-        return {"gmm": f"gmm{self.shape}", "digits": f"digits{self.size}"}.get(self.kind) or f"parquet:{Path(self.path or '').name}"
+        return {"gmm": f"gmm{self.shape}", "digits": f"digits{self.size}"}.get(
+            self.kind
+        ) or f"parquet:{Path(self.path or '').name}"
 
 
-TEACHER_ARTIFACT = "teacher.pt"                   # artifact path of the checkpoint on a `multistep teacher` run
+TEACHER_ARTIFACT = "teacher.pt"  # artifact path of the checkpoint on a `multistep teacher` run
 
 
 class TeacherCfg(Strict):
@@ -85,10 +95,12 @@ class TeacherCfg(Strict):
     student starts as a copy of it (no warm start)."""
 
     kind: Literal["analytic", "checkpoint", "mlflow"] = "analytic"
-    schedule: ScheduleCfg = ScheduleCfg()         # analytic: noise schedule
-    path: str | None = Field(None, validate_default=True)  # checkpoint: local teacher file (relative to the cwd); mlflow: the driver sets it to the downloaded copy
+    schedule: ScheduleCfg = ScheduleCfg()  # analytic: noise schedule
+    path: str | None = Field(
+        None, validate_default=True
+    )  # checkpoint: local teacher file (relative to the cwd); mlflow: the driver sets it to the downloaded copy
     run_id: str | None = Field(None, validate_default=True)  # mlflow: run id of a `multistep teacher` run
-    artifact_path: str = TEACHER_ARTIFACT         # mlflow: the checkpoint's artifact path on that run
+    artifact_path: str = TEACHER_ARTIFACT  # mlflow: the checkpoint's artifact path on that run
 
     @field_validator("path")
     @classmethod
@@ -116,23 +128,25 @@ class StudentCfg(Strict):
     """The student network for an analytic teacher; with a network teacher the student is a copy of it."""
 
     net: Literal["mlp"] = "mlp"
-    hidden: PosInt = 256                          # MLP width
-    depth: PosInt = 3                             # hidden layers
-    time_dim: PosInt = 64                         # sinusoidal time features
+    hidden: PosInt = 256  # MLP width
+    depth: PosInt = 3  # hidden layers
+    time_dim: PosInt = 64  # sinusoidal time features
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    init_iterations: Annotated[int, Field(ge=0)] = 3000  # analytic teacher: warm start by v-loss regression onto it (the paper starts from the diffusion model); network teachers: ignored, the student is a copy of the teacher
+    init_iterations: Annotated[int, Field(ge=0)] = (
+        3000  # analytic teacher: warm start by v-loss regression onto it (the paper starts from the diffusion model); network teachers: ignored, the student is a copy of the teacher
+    )
     init_learning_rate: PosFloat = 1e-3
 
 
 class ConstantAnneal(Strict):
     name: Literal["constant"]
-    n: PosFloat = 256                             # teacher steps over [0, 1]
+    n: PosFloat = 256  # teacher steps over [0, 1]
 
 
 class LogLinearAnneal(Strict):
     name: Literal["loglinear"]
-    start: PosFloat = 64                          # teacher steps at iteration 0
-    end: PosFloat = 1280                          # teacher steps after `fraction` of training
+    start: PosFloat = 64  # teacher steps at iteration 0
+    end: PosFloat = 1280  # teacher steps after `fraction` of training
     fraction: Annotated[float, Field(gt=0, le=1)] = 0.5
 
 
@@ -148,27 +162,35 @@ class IctDoublingAnneal(Strict):
     s1: PosFloat = 1280
 
 
-AnnealCfg = Annotated[Union[ConstantAnneal, LogLinearAnneal, CmSqrtAnneal, IctDoublingAnneal], Field(discriminator="name")]
+AnnealCfg = Annotated[ConstantAnneal | LogLinearAnneal | CmSqrtAnneal | IctDoublingAnneal, Field(discriminator="name")]
 
 
 class MethodCfg(Strict):
     name: Literal["mcm", "tract", "progressive"] = "mcm"  # MCM (S = 1: CD/CT), TRACT, progressive distillation
     mode: Literal["distill", "train"] = "distill"  # mcm: distil the teacher (MCD) or train on data (MCT)
-    student_steps: PosInt = 4                     # S: sampling steps of the (final) student
+    student_steps: PosInt = 4  # S: sampling steps of the (final) student
     anneal: AnnealCfg = LogLinearAnneal(name="loglinear", start=16, end=256, fraction=0.5)  # mcm: teacher steps N(i)
     xvar_frac: Annotated[float, Field(ge=0)] = 0.75  # mcm: eta of the aDDIM teacher step
-    guidance: Annotated[float, Field(ge=0)] = 0.0  # mcm distill: CFG scale w of the teacher step, x_g = x_c + w (x_c - x_u); 0 = none; needs a class-conditional teacher and labels
+    guidance: Annotated[float, Field(ge=0)] = (
+        0.0  # mcm distill: CFG scale w of the teacher step, x_g = x_c + w (x_c - x_u); 0 = none; needs a class-conditional teacher and labels
+    )
     teacher_integrator: Literal["addim", "ddim"] = "addim"  # mcm distill: teacher step
-    loss_weight: Literal["snr+1", "max(snr,1)", "snr"] | None = None  # default: snr+1 (mcm), max(snr,1) (tract, progressive)
-    distance: Literal["pseudo_huber", "pseudo_huber_ict", "l2sq", "l2sq_sum"] | None = None  # default: pseudo_huber / l2sq_sum / l2sq
-    huber_eps: PosFloat = 1e-4                    # epsilon of pseudo_huber
+    loss_weight: Literal["snr+1", "max(snr,1)", "snr"] | None = (
+        None  # default: snr+1 (mcm), max(snr,1) (tract, progressive)
+    )
+    distance: Literal["pseudo_huber", "pseudo_huber_ict", "l2sq", "l2sq_sum"] | None = (
+        None  # default: pseudo_huber / l2sq_sum / l2sq
+    )
+    huber_eps: PosFloat = 1e-4  # epsilon of pseudo_huber
     target_ema: Annotated[float, Field(ge=0, lt=1)] = 0.0  # mcm: 0 = stop-gradient of the online net; >0 EMA target
     t_sampling: Literal["uniform", "lognormal"] = "uniform"  # mcm: grid positions uniform or iCT lognormal
-    cm_sampler_steps: list[PosInt] = []           # mcm with S = 1: also evaluate the CM stochastic sampler at these steps
-    clip_x: Annotated[float, Field(ge=0)] = 0.0   # clip x_hat to [-c, c] inside target steps (tract; 0 = off)
-    time_schedule: list[PosInt] | None = None     # tract: phases ts[p] -> ts[p+1] steps; default [64, 8S, S] (or [64, S] when 8S >= 64)
+    cm_sampler_steps: list[PosInt] = []  # mcm with S = 1: also evaluate the CM stochastic sampler at these steps
+    clip_x: Annotated[float, Field(ge=0)] = 0.0  # clip x_hat to [-c, c] inside target steps (tract; 0 = off)
+    time_schedule: list[PosInt] | None = (
+        None  # tract: phases ts[p] -> ts[p+1] steps; default [64, 8S, S] (or [64, S] when 8S >= 64)
+    )
     self_teacher_ema: Annotated[float, Field(ge=0, lt=1)] = 0.5  # tract: mu_S (bias-corrected)
-    pd_start_steps: PosInt = 64                   # progressive: teacher steps of the first phase
+    pd_start_steps: PosInt = 64  # progressive: teacher steps of the first phase
 
     @field_validator("guidance")
     @classmethod
@@ -193,7 +215,9 @@ class MethodCfg(Strict):
         if self.name == "progressive":
             r = self.pd_start_steps / self.student_steps
             if r < 2 or r != 2 ** round(math.log2(r)):
-                raise ValueError(f"pd_start_steps / student_steps must be a power of 2 >= 2, got {self.pd_start_steps}/{self.student_steps}")
+                raise ValueError(
+                    f"pd_start_steps / student_steps must be a power of 2 >= 2, got {self.pd_start_steps}/{self.student_steps}"
+                )
             if self.mode != "distill":
                 raise ValueError("progressive only distils (mode: distill)")
         if self.cm_sampler_steps and (self.name != "mcm" or self.student_steps != 1):
@@ -207,46 +231,69 @@ class TrainCfg(Strict):
     learning_rate: PosFloat = 2e-4
     grad_clip: Annotated[float, Field(ge=0)] = 1.0  # 0 disables clipping
     eval_ema: Annotated[float, Field(ge=0, lt=1)] = 0.999  # EMA of weights used for evaluation
-    log_every: PosInt = 100                       # iterations between MLflow metric batches
-    checkpoint_every: PosInt = 1000               # iterations between checkpoints
+    log_every: PosInt = 100  # iterations between MLflow metric batches
+    checkpoint_every: PosInt = 1000  # iterations between checkpoints
     seed: int = 0
-    precision: Literal["fp32", "bf16"] = "fp32"   # bf16: networks under autocast (GPU); targets stay float32/64
-    channels_last: bool = False                   # image networks in channels_last memory format (GPU)
-    compile: bool = False                         # torch.compile the networks (paid once per trial; needs a toolchain)
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: networks under autocast (GPU); targets stay float32/64
+    channels_last: bool = False  # image networks in channels_last memory format (GPU)
+    compile: bool = False  # torch.compile the networks (paid once per trial; needs a toolchain)
 
 
 class EvalCfg(Strict):
-    samples: PosInt = 5000                        # samples per evaluation (fixed noise per sample index)
+    samples: PosInt = 5000  # samples per evaluation (fixed noise per sample index)
     teacher_steps: list[PosInt] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]  # teacher curve, once per sweep
-    ode_steps: PosInt = 1024                      # teacher DDIM steps for the paired-error reference
+    ode_steps: PosInt = 1024  # teacher DDIM steps for the paired-error reference
     seed: int = 1234
-    bootstrap: Annotated[int, Field(ge=0)] = 0    # resamples for each metric's bootstrap standard error (results column se; 0 = off; regression `ci` tolerances need it)
-    extractor: Literal["auto", "identity", "pixel", "classifier", "inception"] = "auto"  # features of FD and KID: auto = identity (gmm) / pixel (images); classifier = a small MLP trained on the labelled data; inception = the FID detector at inception_path (metrics fid_* / kid_*)
-    inception_path: str | None = None             # local TorchScript FID detector (inception-2015-12-05.pt); nothing is downloaded
-    batch_size: PosInt = 2048                     # samples per sampling batch of an evaluation (each batch on the trial's device)
-    kid_subsets: Annotated[int, Field(ge=0)] = 10  # KID (unbiased, cubic kernel): mean over this many disjoint subsets of min(1000, samples / kid_subsets) rows, SE in the se column; 0 = off
+    bootstrap: Annotated[int, Field(ge=0)] = (
+        0  # resamples for each metric's bootstrap standard error (results column se; 0 = off; regression `ci` tolerances need it)
+    )
+    extractor: Literal["auto", "identity", "pixel", "classifier", "inception"] = (
+        "auto"  # features of FD and KID: auto = identity (gmm) / pixel (images); classifier = a small MLP trained on the labelled data; inception = the FID detector at inception_path (metrics fid_* / kid_*)
+    )
+    inception_path: str | None = None  # local TorchScript FID detector (inception-2015-12-05.pt); nothing is downloaded
+    batch_size: PosInt = 2048  # samples per sampling batch of an evaluation (each batch on the trial's device)
+    kid_subsets: Annotated[int, Field(ge=0)] = (
+        10  # KID (unbiased, cubic kernel): mean over this many disjoint subsets of min(1000, samples / kid_subsets) rows, SE in the se column; 0 = off
+    )
 
     @model_validator(mode="after")
     def _inception(self):
         if self.extractor == "inception":
             if not self.inception_path:
-                raise _sub_field_error("inception_path", None, "extractor: inception needs the local path of the TorchScript detector")
+                raise _sub_field_error(
+                    "inception_path", None, "extractor: inception needs the local path of the TorchScript detector"
+                )
             if not Path(self.inception_path).expanduser().is_file():
                 raise _sub_field_error("inception_path", self.inception_path, f"file not found: {self.inception_path}")
+        return self
+
+    @model_validator(mode="after")
+    def _sizes(self):
+        if self.samples < 2:  # a covariance (FD) needs two samples
+            raise _sub_field_error("samples", self.samples, "an evaluation needs at least 2 samples")
+        if self.kid_subsets and self.samples < 2 * self.kid_subsets:
+            raise _sub_field_error(
+                "samples",
+                self.samples,
+                f"KID's {self.kid_subsets} disjoint subsets need at least {2 * self.kid_subsets} samples "
+                "(or kid_subsets: 0)",
+            )
         return self
 
     @field_validator("bootstrap", "kid_subsets")
     @classmethod
     def _two_or_none(cls, v, info):
         if v == 1:
-            raise ValueError(f"a standard error needs at least 2 {'resamples' if info.field_name == 'bootstrap' else 'subsets'} (0 turns it off)")
+            raise ValueError(
+                f"a standard error needs at least 2 {'resamples' if info.field_name == 'bootstrap' else 'subsets'} (0 turns it off)"
+            )
         return v
 
 
 class WorkerResourcesCfg(Strict):
     """The workers of one training run (a sweep trial or a teacher) and what each of them holds."""
 
-    num_workers: PosInt = 1                       # Ray Train workers per run (data parallel, gradients averaged)
+    num_workers: PosInt = 1  # Ray Train workers per run (data parallel, gradients averaged)
     use_gpu: bool = False
     cpus_per_worker: PosFloat = 1
     gpus_per_worker: Annotated[float, Field(ge=0)] = 0  # fractional packs single-worker trials on one GPU
@@ -259,14 +306,16 @@ class WorkerResourcesCfg(Strict):
 
 class ResourcesCfg(WorkerResourcesCfg):
     max_concurrent_trials: PosInt = 2
-    max_failures: Annotated[int, Field(ge=0)] = 1     # worker-group (runner tune: trial) restarts per trial
+    max_failures: Annotated[int, Field(ge=0)] = 1  # worker-group (runner tune: trial) restarts per trial
     runner: Literal["auto", "tune", "train"] = "auto"  # tune: the Tune trial trains itself (1 worker, no worker group
     #   to start: ~20 s less per trial on 2 cores); train: a TorchTrainer worker group; auto: tune for 1 worker, else train
 
     @model_validator(mode="after")
     def _runner(self):
         if self.runner == "tune" and self.num_workers > 1:
-            raise ValueError("runner: tune trains in the trial's own process (1 worker); use train or auto for num_workers > 1")
+            raise ValueError(
+                "runner: tune trains in the trial's own process (1 worker); use train or auto for num_workers > 1"
+            )
         return self
 
     @property
@@ -276,19 +325,19 @@ class ResourcesCfg(WorkerResourcesCfg):
 
 
 class SchedulerCfg(Strict):
-    name: Literal["fifo", "asha"] = "fifo"        # asha stops trials whose proxy metric lags at each rung
-    proxy_samples: PosInt = 1000                  # samples of the cheap in-training proxy (logged as proxy_<metric>)
-    grace_checkpoints: PosInt = 1                 # asha: checkpoints every trial runs before it may be stopped
+    name: Literal["fifo", "asha"] = "fifo"  # asha stops trials whose proxy metric lags at each rung
+    proxy_samples: PosInt = 1000  # samples of the cheap in-training proxy (logged as proxy_<metric>)
+    grace_checkpoints: PosInt = 1  # asha: checkpoints every trial runs before it may be stopped
     reduction_factor: Annotated[float, Field(gt=1)] = 2  # asha: keep 1/reduction_factor of trials per rung
 
 
 class Axis(Strict):
     """One search axis: exactly one of grid / choice / loguniform / uniform."""
 
-    grid: list[Any] | None = None                 # every value, crossed with the other grids
-    choice: list[Any] | None = None               # one value drawn per sample
-    loguniform: list[PosFloat] | None = None      # [low, high], drawn per sample
-    uniform: list[float] | None = None            # [low, high], drawn per sample
+    grid: list[Any] | None = None  # every value, crossed with the other grids
+    choice: list[Any] | None = None  # one value drawn per sample
+    loguniform: list[PosFloat] | None = None  # [low, high], drawn per sample
+    uniform: list[float] | None = None  # [low, high], drawn per sample
 
     @model_validator(mode="after")
     def _one(self):
@@ -310,22 +359,26 @@ class Axis(Strict):
 class ToleranceCfg(Strict):
     """How much worse (higher) a point may get before it is a regression: the largest of the allowances given."""
 
-    abs: Annotated[float, Field(ge=0)] = 0.0      # in the metric's own units
-    rel: Annotated[float, Field(ge=0)] = 0.0      # as a fraction of the baseline value
-    ci: Annotated[float, Field(gt=0, lt=1)] | None = None  # e.g. 0.95: also within that two-sided confidence of the difference (se: eval.bootstrap > 0; kid: its own)
+    abs: Annotated[float, Field(ge=0)] = 0.0  # in the metric's own units
+    rel: Annotated[float, Field(ge=0)] = 0.0  # as a fraction of the baseline value
+    ci: Annotated[float, Field(gt=0, lt=1)] | None = (
+        None  # e.g. 0.95: also within that two-sided confidence of the difference (se: eval.bootstrap > 0; kid: its own)
+    )
 
 
 class RegressionCfg(Strict):
     """`multistep regress`: which metrics are compared with the baseline, and how strictly (docs/regression.md)."""
 
-    tolerances: Annotated[dict[Literal["fd", "kid", "swd", "ode"], ToleranceCfg], Field(min_length=1)]  # metric family -> tolerance; families left out are not compared
-    teacher: bool = True                          # also compare the teacher's own curve (teacher_ddim / teacher_addim points)
+    tolerances: Annotated[
+        dict[Literal["fd", "kid", "swd", "ode"], ToleranceCfg], Field(min_length=1)
+    ]  # metric family -> tolerance; families left out are not compared
+    teacher: bool = True  # also compare the teacher's own curve (teacher_ddim / teacher_addim points)
 
 
 class TrialCfg(Strict):
     """Everything one trial needs (a sweep file minus its search section)."""
 
-    label: str = ""                               # name in tables/plots; default from the method (mcd, mct, tract, pd)
+    label: str = ""  # name in tables/plots; default from the method (mcd, mct, tract, pd)
     data: DataCfg = DataCfg()
     teacher: TeacherCfg = Field(TeacherCfg(), validate_default=True)
     student: StudentCfg = StudentCfg()
@@ -338,8 +391,10 @@ class TrialCfg(Strict):
     def _teacher_fits_data(cls, t, info):
         d = info.data.get("data")
         if t.kind == "analytic" and d is not None and d.kind != "gmm":
-            raise ValueError(f"the analytic teacher is the exact denoiser of a gmm; data kind {d.kind} needs a trained "
-                             "teacher (kind: checkpoint with path, or kind: mlflow with run_id; see `multistep teacher`)")
+            raise ValueError(
+                f"the analytic teacher is the exact denoiser of a gmm; data kind {d.kind} needs a trained "
+                "teacher (kind: checkpoint with path, or kind: mlflow with run_id; see `multistep teacher`)"
+            )
         return t
 
     @field_validator("method")
@@ -347,8 +402,12 @@ class TrialCfg(Strict):
     def _guidance_fits_teacher(cls, m, info):
         t, d = info.data.get("teacher"), info.data.get("data")
         if m.guidance > 0 and t is not None and d is not None and (t.kind == "analytic" or d.kind == "gmm"):
-            raise _sub_field_error("guidance", m.guidance, "needs a class-conditional network teacher and labelled data "
-                                   f"(teacher.kind: {t.kind}, data.kind: {d.kind} has no class labels)")
+            raise _sub_field_error(
+                "guidance",
+                m.guidance,
+                "needs a class-conditional network teacher and labelled data "
+                f"(teacher.kind: {t.kind}, data.kind: {d.kind} has no class labels)",
+            )
         return m
 
     @field_validator("eval")
@@ -375,20 +434,30 @@ def extractor_error(d: DataCfg, e: EvalCfg) -> str | None:
 
 def _sub_field_error(field: str, value, msg: str) -> ValidationError:
     """An error at a field of the model being validated (e.g. method.guidance), raised from the enclosing model."""
-    return ValidationError.from_exception_data("field", [InitErrorDetails(
-        type=PydanticCustomError("value_error", msg.replace("{", "(").replace("}", ")")), loc=(field,), input=value)])
+    return ValidationError.from_exception_data(
+        "field",
+        [
+            InitErrorDetails(
+                type=PydanticCustomError("value_error", msg.replace("{", "(").replace("}", ")")),
+                loc=(field,),
+                input=value,
+            )
+        ],
+    )
 
 
 class SweepCfg(TrialCfg):
     name: RunName = "sweep"
-    experiment: str = "multistep"                 # MLflow experiment
+    experiment: str = "multistep"  # MLflow experiment
     description: str = ""
     resources: ResourcesCfg = ResourcesCfg()
     scheduler: SchedulerCfg = SchedulerCfg()
-    search: dict[str, Axis] | list[dict[str, Axis]] = {}  # dotted config path -> axis; a list of such blocks = their union
-    num_samples: PosInt = 1                       # draws of the random axes (grids are crossed with them)
-    max_trials: PosInt = 256                      # refuse sweeps that expand to more trials
-    regression: RegressionCfg | None = None       # tolerances of `multistep regress` (ignored by `multistep sweep`)
+    search: (
+        dict[str, Axis] | list[dict[str, Axis]]
+    ) = {}  # dotted config path -> axis; a list of such blocks = their union
+    num_samples: PosInt = 1  # draws of the random axes (grids are crossed with them)
+    max_trials: PosInt = 256  # refuse sweeps that expand to more trials
+    regression: RegressionCfg | None = None  # tolerances of `multistep regress` (ignored by `multistep sweep`)
 
 
 # -- loading --------------------------------------------------------------------------------------
@@ -415,7 +484,9 @@ def read_yaml(path: str | os.PathLike) -> dict:
         raise ConfigError(f"{p}: file not found")
     try:
         if p.stat().st_size > MAX_FILE_BYTES:
-            raise ConfigError(f"{p}: file is {p.stat().st_size} bytes, more than the {MAX_FILE_BYTES} allowed for a sweep file")
+            raise ConfigError(
+                f"{p}: file is {p.stat().st_size} bytes, more than the {MAX_FILE_BYTES} allowed for a sweep file"
+            )
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{p}: cannot read: {e}") from None
@@ -431,7 +502,14 @@ def read_yaml(path: str | os.PathLike) -> dict:
     return doc
 
 
-_UNION_TAGS = ("constant", "loglinear", "cm_sqrt", "ict_doubling", "unet", "mlp")  # discriminator values pydantic puts in locations
+_UNION_TAGS = (
+    "constant",
+    "loglinear",
+    "cm_sqrt",
+    "ict_doubling",
+    "unet",
+    "mlp",
+)  # discriminator values pydantic puts in locations
 
 
 def _describe(err: ValidationError, prefix: str = "") -> str:
@@ -497,7 +575,9 @@ def _expand_block(search: dict, base: dict, num_samples: int, rng, path: str) ->
             trial_doc = base
             for k, v in ov.items():
                 if k.split(".")[0] not in TrialCfg.model_fields:
-                    raise ConfigError(f"{path}: search.{k}: unknown config path (expected one under {', '.join(TrialCfg.model_fields)})")
+                    raise ConfigError(
+                        f"{path}: search.{k}: unknown config path (expected one under {', '.join(TrialCfg.model_fields)})"
+                    )
                 try:
                     trial_doc = set_path(trial_doc, k, v)
                 except KeyError:
@@ -534,41 +614,43 @@ def load_sweep(path: str | os.PathLike, eval_overrides: dict | None = None) -> S
 # -- `multistep teacher FILE`: diffusion training of a network teacher -----------------------------
 class UNetCfg(Strict):
     kind: Literal["unet"]
-    base_ch: PosInt = 32                          # channels at full resolution
-    ch_mult: list[PosInt] = [1, 2]                # channel multiplier per level (len - 1 downsamplings)
-    num_res_blocks: PosInt = 1                    # ResBlocks per level
-    attn_resolutions: list[PosInt] = []           # spatial sizes with self-attention
+    base_ch: PosInt = 32  # channels at full resolution
+    ch_mult: list[PosInt] = [1, 2]  # channel multiplier per level (len - 1 downsamplings)
+    num_res_blocks: PosInt = 1  # ResBlocks per level
+    attn_resolutions: list[PosInt] = []  # spatial sizes with self-attention
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    num_classes: PosInt | None = None             # class-conditional (needs labelled data); sweeps condition students on the labels (method.guidance: CFG)
+    num_classes: PosInt | None = (
+        None  # class-conditional (needs labelled data); sweeps condition students on the labels (method.guidance: CFG)
+    )
     time_dim: Annotated[int, Field(ge=2, multiple_of=2)] = 64  # sinusoidal time features
 
 
 class MLPNetCfg(Strict):
     kind: Literal["mlp"]
-    hidden: PosInt = 256                          # width
-    depth: PosInt = 3                             # hidden layers
+    hidden: PosInt = 256  # width
+    depth: PosInt = 3  # hidden layers
     time_dim: Annotated[int, Field(ge=2, multiple_of=2)] = 64
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
 
 
-NetCfg = Annotated[Union[UNetCfg, MLPNetCfg], Field(discriminator="kind")]
+NetCfg = Annotated[UNetCfg | MLPNetCfg, Field(discriminator="kind")]
 
 
 class TeacherTrainCfg(Strict):
     iterations: PosInt = 5000
-    batch_size: PosInt = 128                      # global batch, split over the workers
-    learning_rate: PosFloat = 1e-3                # Adam
+    batch_size: PosInt = 128  # global batch, split over the workers
+    learning_rate: PosFloat = 1e-3  # Adam
     ema: Annotated[float, Field(ge=0, lt=1)] = 0.999  # EMA of weights: the saved teacher
     grad_clip: Annotated[float, Field(ge=0)] = 1.0  # 0 disables clipping
     label_dropout: Annotated[float, Field(ge=0, le=1)] = 0.1  # conditional nets: null-class probability
     seed: int = 0
-    log_every: PosInt = 100                       # iterations between loss points on the MLflow run
+    log_every: PosInt = 100  # iterations between loss points on the MLflow run
 
 
 class TeacherEvalCfg(Strict):
-    samples: PosInt = 1000                        # DDIM samples per point of the teacher's FD-versus-steps curve
+    samples: PosInt = 1000  # DDIM samples per point of the teacher's FD-versus-steps curve
     steps: list[PosInt] = [1, 2, 4, 8, 16, 32, 64]  # DDIM step counts of that curve
-    seed: int = 1234                              # fixed noise and data sample
+    seed: int = 1234  # fixed noise and data sample
 
 
 class TeacherResourcesCfg(WorkerResourcesCfg):
@@ -577,7 +659,7 @@ class TeacherResourcesCfg(WorkerResourcesCfg):
 
 class TeacherFileCfg(Strict):
     name: RunName = "teacher"
-    experiment: str = "multistep"                 # MLflow experiment of the teacher run
+    experiment: str = "multistep"  # MLflow experiment of the teacher run
     description: str = ""
     data: DataCfg = DataCfg(kind="digits")
     net: NetCfg = Field(UNetCfg(kind="unet"), validate_default=True)

@@ -33,30 +33,63 @@ Prints a table and writes results.parquet/.csv (the sweep's columns), metric_vs_
 Students are sampled at their own student_steps; an MCM student is also sampled at each --steps it was
 not trained for (rows <label>_S<S>). Exit codes: 0 evaluated, 2 bad input."""
 
-TRIAL_DIR = re.compile(r"^trial-(\d+)$")   # Ray Train run folder of a sweep trial (sweep/driver.py)
+TRIAL_DIR = re.compile(r"^trial-(\d+)$")  # Ray Train run folder of a sweep trial (sweep/driver.py)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    s = subparsers.add_parser("eval", help="metric-versus-steps table, plot and sample grids of one checkpoint",
-                              description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s = subparsers.add_parser(
+        "eval",
+        help="metric-versus-steps table, plot and sample grids of one checkpoint",
+        description=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     s.add_argument("checkpoint", help="teacher.pt, or a trial's state.pt / Ray checkpoint folder")
-    s.add_argument("--steps", default=None,
-                   help="sampling step counts, e.g. 1,2,4,8 (teachers: default 1,2,4,8; MCM students: extra points)")
-    s.add_argument("--samples", type=int, default=None,
-                   help="samples per point (default: the trial's eval.samples; teachers 1000)")
-    s.add_argument("--seed", type=int, default=None, help="seed of the data sample and noise (default: the trial's eval.seed; teachers 1234)")
-    s.add_argument("--config", default=None, help="student checkpoints: the trial config or sweep file (YAML) it was trained with")
-    s.add_argument("--trial", type=int, default=None,
-                   help="with a sweep file as --config: the trial index (default: from the checkpoint's trial-NNN folder)")
-    s.add_argument("--extractor", choices=["auto", "identity", "pixel", "classifier", "inception"], default=None,
-                   help="features of FD and KID (default: the trial's eval.extractor; teachers auto): auto = identity for "
-                        "mixtures, pixel for images; classifier = a small MLP trained on the labelled data (cached); "
-                        "inception = the FID detector given by --inception (metrics fid_* / kid_*)")
-    s.add_argument("--inception", default=None, metavar="PATH",
-                   help="local TorchScript FID detector (inception-2015-12-05.pt); implies --extractor inception")
-    s.add_argument("--with-teacher", action="store_true", help="students: also the trial teacher's DDIM/aDDIM curve at the same steps")
+    s.add_argument(
+        "--steps",
+        default=None,
+        help="sampling step counts, e.g. 1,2,4,8 (teachers: default 1,2,4,8; MCM students: extra points)",
+    )
+    s.add_argument(
+        "--samples", type=int, default=None, help="samples per point (default: the trial's eval.samples; teachers 1000)"
+    )
+    s.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of the data sample and noise (default: the trial's eval.seed; teachers 1234)",
+    )
+    s.add_argument(
+        "--config", default=None, help="student checkpoints: the trial config or sweep file (YAML) it was trained with"
+    )
+    s.add_argument(
+        "--trial",
+        type=int,
+        default=None,
+        help="with a sweep file as --config: the trial index (default: from the checkpoint's trial-NNN folder)",
+    )
+    s.add_argument(
+        "--extractor",
+        choices=["auto", "identity", "pixel", "classifier", "inception"],
+        default=None,
+        help="features of FD and KID (default: the trial's eval.extractor; teachers auto): auto = identity for "
+        "mixtures, pixel for images; classifier = a small MLP trained on the labelled data (cached); "
+        "inception = the FID detector given by --inception (metrics fid_* / kid_*)",
+    )
+    s.add_argument(
+        "--inception",
+        default=None,
+        metavar="PATH",
+        help="local TorchScript FID detector (inception-2015-12-05.pt); implies --extractor inception",
+    )
+    s.add_argument(
+        "--with-teacher",
+        action="store_true",
+        help="students: also the trial teacher's DDIM/aDDIM curve at the same steps",
+    )
     s.add_argument("--out", default=None, help="output folder (default ./eval-<timestamp>)")
-    s.add_argument("--grid", action="store_true", help="also an 8x8 sample grid PNG per method and step count (image data)")
+    s.add_argument(
+        "--grid", action="store_true", help="also an 8x8 sample grid PNG per method and step count (image data)"
+    )
     return s
 
 
@@ -115,8 +148,8 @@ def eval_teacher(p: Path, steps: list[int], samples: int, seed: int, say=print, 
     from multistep.config import DataCfg, EvalCfg, ScheduleCfg, TrialCfg, _describe, extractor_error
     from multistep.diffusion.schedules import make_schedule
     from multistep.metrics.evaluate import fixed_draws, metric_rows, teacher_points
-    from multistep.sweep.results import GRID
     from multistep.nets.mlp import VDenoiser
+    from multistep.sweep.results import GRID
     from multistep.train.build import make_data
     from multistep.train.teacher import load_teacher
 
@@ -126,7 +159,9 @@ def eval_teacher(p: Path, steps: list[int], samples: int, seed: int, say=print, 
         raise ConfigError(str(e)) from None
     meta = info["meta"]
     if not isinstance(meta.get("data"), dict):
-        raise ConfigError(f"{p}: the checkpoint records no data line (meta.data); it predates `multistep teacher`'s format")
+        raise ConfigError(
+            f"{p}: the checkpoint records no data line (meta.data); it predates `multistep teacher`'s format"
+        )
     try:
         dcfg = DataCfg.model_validate(meta["data"])
         sc = ScheduleCfg.model_validate(meta.get("schedule") or {})
@@ -136,7 +171,9 @@ def eval_teacher(p: Path, steps: list[int], samples: int, seed: int, say=print, 
         say(f"note: {p} records no schedule; using the default ({sc.name})")
     data = make_data(dcfg)
     if meta.get("shape") is not None and tuple(meta["shape"]) != tuple(data.shape):
-        raise ConfigError(f"{p}: trained on samples of shape {tuple(meta['shape'])}, but its data ({dcfg.label}) has shape {tuple(data.shape)}")
+        raise ConfigError(
+            f"{p}: trained on samples of shape {tuple(meta['shape'])}, but its data ({dcfg.label}) has shape {tuple(data.shape)}"
+        )
     sched = make_schedule(sc.name, **sc.params)
     f = VDenoiser(net, sched)
     try:
@@ -145,14 +182,23 @@ def eval_teacher(p: Path, steps: list[int], samples: int, seed: int, say=print, 
         raise ConfigError(f"--extractor/--inception: {_describe(e)}") from None
     if err := extractor_error(dcfg, ev):
         raise ConfigError(f"--extractor: {err}")
-    space, features, _, key = feature_setup(TrialCfg.model_construct(data=dcfg, eval=ev), data, say)   # unconditional: no cls_err
-    noise, names, dist, floor = fixed_draws(data, samples, seed, space, features, ev.kid_subsets)   # + KID: the teacher run's curve
+    space, features, _, key = feature_setup(
+        TrialCfg.model_construct(data=dcfg, eval=ev), data, say
+    )  # unconditional: no cls_err
+    noise, names, dist, floor = fixed_draws(
+        data, samples, seed, space, features, ev.kid_subsets
+    )  # + KID: the teacher run's curve
     rows, kept = [], {}
-    for label, n, x, nfe in teacher_points(f, sched, data, noise, steps, seed=seed):   # as the sweeps' teacher curve
-        kept[(label, n)] = x[:GRID ** 2]
+    for label, n, x, nfe in teacher_points(f, sched, data, noise, steps, seed=seed):  # as the sweeps' teacher curve
+        kept[(label, n)] = x[: GRID**2]
         rows += [{"method": label, "student_steps": n, "nfe": nfe} | r for r in metric_rows(dist(x), names)]
-    info = {"kind": "teacher", "data": dcfg.label, "teacher_name": meta.get("name"), "teacher_run_id": meta.get("run_id"),
-            "extractor": key}
+    info = {
+        "kind": "teacher",
+        "data": dcfg.label,
+        "teacher_name": meta.get("name"),
+        "teacher_run_id": meta.get("run_id"),
+        "extractor": key,
+    }
     return rows, floor, [m for k, m in names.items() if k != "ode" and m in floor], tuple(data.shape), kept, info
 
 
@@ -172,8 +218,10 @@ def load_trial_cfg(config: str, ckpt: Path, trial: int | None, opts: dict | None
         found = [int(m.group(1)) for part in ckpt.resolve().parts if (m := TRIAL_DIR.match(part))]
         trial = found[-1] if found else (0 if len(plan.trials) == 1 else None)
         if trial is None:
-            raise ConfigError(f"--trial: {config} expands to {len(plan.trials)} trials and the checkpoint path "
-                              f"{ckpt} has no trial-NNN folder; give --trial N")
+            raise ConfigError(
+                f"--trial: {config} expands to {len(plan.trials)} trials and the checkpoint path "
+                f"{ckpt} has no trial-NNN folder; give --trial N"
+            )
     if trial >= len(plan.trials):
         raise ConfigError(f"--trial: {config} expands to {len(plan.trials)} trials, there is no trial {trial}")
     # opts once more over the expanded trial: the sweep's search axes may have set eval.* of this trial
@@ -182,79 +230,132 @@ def load_trial_cfg(config: str, ckpt: Path, trial: int | None, opts: dict | None
 
 def eval_student(p: Path, blob: dict, args, steps: list[int] | None, say=print):
     from multistep.config import with_eval
-    from multistep.metrics.evaluate import evaluate, make_eval_ref, metric_names, metric_rows, sample_points, teacher_curve
-    from multistep.sweep.results import GRID
     from multistep.diffusion.samplers import mcm_sample
-    from multistep.sweep.worker import CKPT_VERSION
     from multistep.methods.base import conditioned
+    from multistep.metrics.evaluate import (
+        evaluate,
+        make_eval_ref,
+        metric_names,
+        metric_rows,
+        sample_points,
+        teacher_curve,
+    )
+    from multistep.sweep.results import GRID
+    from multistep.sweep.worker import CKPT_VERSION
     from multistep.train.build import build, make_method, method_label, uses_labels
     from multistep.train.loop import new_state
 
     if blob.get("version") != CKPT_VERSION:
-        raise ConfigError(f"{p}: trial checkpoint version {blob.get('version')!r}, this multistep reads version {CKPT_VERSION}")
+        raise ConfigError(
+            f"{p}: trial checkpoint version {blob.get('version')!r}, this multistep reads version {CKPT_VERSION}"
+        )
     opts = eval_opts(args)
     if args.config is not None:
         tc, trial = load_trial_cfg(args.config, p, args.trial, opts)
     elif "trial" in blob:  # checkpoints written since the worker records its trial config
         tc, trial, args.config = _trial_cfg(with_eval(blob["trial"], opts), str(p)), None, str(p)
     else:
-        raise ConfigError(f"--config: {p} is an older trial checkpoint that records no config; "
-                          "give the trial config or the sweep file with --config")
+        raise ConfigError(
+            f"--config: {p} is an older trial checkpoint that records no config; "
+            "give the trial config or the sweep file with --config"
+        )
     c = build(tc)
     method = make_method(tc, c)
     state = new_state(c.student, tc.train.learning_rate, tc.train.seed, method)
     try:
         state.load_state_dict(blob["state"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        why = " ".join(str(e).split())   # load_state_dict puts the mismatches on later lines
-        raise ConfigError(f"{p}: does not fit the trial config of {args.config} ({type(e).__name__}: "
-                          f"{why[:300] + ('...' if len(why) > 300 else '')})") from None
+        why = " ".join(str(e).split())  # load_state_dict puts the mismatches on later lines
+        raise ConfigError(
+            f"{p}: does not fit the trial config of {args.config} ({type(e).__name__}: "
+            f"{why[:300] + ('...' if len(why) > 300 else '')})"
+        ) from None
     ema = state.ema.eval()
     samples = args.samples or tc.eval.samples
     seed = tc.eval.seed if args.seed is None else args.seed
     say(f"evaluation reference: {samples} samples, seed {seed}, {tc.eval.ode_steps}-step teacher ODE")
     space, features, predict, key = feature_setup(tc, c.data, say)
     kid_subsets = tc.eval.kid_subsets
-    ref = make_eval_ref(c.data, c.teacher, c.schedule, samples, tc.eval.ode_steps, seed, space,
-                        uses_labels(c.teacher, getattr(c.data, "labels", None) is not None), features, kid_subsets)  # as in sweeps
+    ref = make_eval_ref(
+        c.data,
+        c.teacher,
+        c.schedule,
+        samples,
+        tc.eval.ode_steps,
+        seed,
+        space,
+        uses_labels(c.teacher, getattr(c.data, "labels", None) is not None),
+        features,
+        kid_subsets,
+    )  # as in sweeps
     names = metric_names(samples, space, ref.labels is not None)
     label = method_label(tc)
     anneal = tc.method.anneal.model_dump() if tc.method.name == "mcm" else {}
-    common = {"trial_id": f"trial-{trial:03d}" if trial is not None else "", "run_id": "",
-              "anneal": " ".join(f"{k}={v}" for k, v in anneal.items()), "learning_rate": tc.train.learning_rate,
-              "train_iterations": state.iteration, "wall_seconds": state.wall_seconds}
+    common = {
+        "trial_id": f"trial-{trial:03d}" if trial is not None else "",
+        "run_id": "",
+        "anneal": " ".join(f"{k}={v}" for k, v in anneal.items()),
+        "learning_rate": tc.train.learning_rate,
+        "train_iterations": state.iteration,
+        "wall_seconds": state.wall_seconds,
+    }
     S = tc.method.student_steps
     extra = []
     if steps:
-        if tc.method.name == "mcm":   # Algorithm 2 is defined at any step count; off its training grid: <label>_S<S>
+        if tc.method.name == "mcm":  # Algorithm 2 is defined at any step count; off its training grid: <label>_S<S>
             extra = [n for n in steps if n != S]
         elif not args.with_teacher:
-            say(f"note: {tc.method.name} samples only at the steps it was trained for; --steps is used by --with-teacher only")
+            say(
+                f"note: {tc.method.name} samples only at the steps it was trained for; --steps is used by --with-teacher only"
+            )
 
     def evaluations(y, seed):
         own = [(label if lb == method.label else lb, n, fn) for lb, n, fn in method.evaluations(ema, y, seed)]
-        return own + [(f"{label}_S{S}", n, lambda noise, n=n: mcm_sample(conditioned(ema, y), c.schedule, noise, n)) for n in extra]
+        return own + [
+            (f"{label}_S{S}", n, lambda noise, n=n: mcm_sample(conditioned(ema, y), c.schedule, noise, n))
+            for n in extra
+        ]
 
     rows, kept = [], {}
     points = sample_points(evaluations, ref.noise, ref.labels, tc.eval.batch_size)
     for lb, n, x, nfe in points:
-        kept[(lb, n)] = x[:GRID ** 2]
+        kept[(lb, n)] = x[: GRID**2]
         values = evaluate(x, ref, names, None if features is None else features(x), kid_subsets, predict)
         rows += [{"method": lb, "student_steps": n, "nfe": nfe, **common} | r for r in metric_rows(values, names)]
     if args.with_teacher:
         t_steps = steps or sorted({n for _, n, _, _ in points})
-        rows += teacher_curve(c.teacher, c.schedule, c.data, ref, t_steps, extractor=space, features=features,
-                              kid_subsets=kid_subsets, predict=predict)
-    info = {"kind": "student", "data": tc.data.label, "method": label, "student_steps": S, "iteration": state.iteration,
-            "config": str(Path(args.config).resolve()), "trial": trial, "ode_steps": tc.eval.ode_steps, "extractor": key}
+        rows += teacher_curve(
+            c.teacher,
+            c.schedule,
+            c.data,
+            ref,
+            t_steps,
+            extractor=space,
+            features=features,
+            kid_subsets=kid_subsets,
+            predict=predict,
+        )
+    info = {
+        "kind": "student",
+        "data": tc.data.label,
+        "method": label,
+        "student_steps": S,
+        "iteration": state.iteration,
+        "config": str(Path(args.config).resolve()),
+        "trial": trial,
+        "ode_steps": tc.eval.ode_steps,
+        "extractor": key,
+    }
     return rows, ref.floor, list(names.values()), tuple(c.data.shape), kept, info, samples, seed
 
 
 # -- features ---------------------------------------------------------------------------------------
 def eval_opts(args) -> dict:
     """eval.* overrides from --extractor / --inception."""
-    opts = {"extractor": "inception" if args.inception and not args.extractor else args.extractor,
-            "inception_path": args.inception}
+    opts = {
+        "extractor": "inception" if args.inception and not args.extractor else args.extractor,
+        "inception_path": args.inception,
+    }
     return {k: v for k, v in opts.items() if v is not None}
 
 
@@ -278,7 +379,7 @@ def feature_setup(tc, data, say=print):
     from multistep.train.build import DEFAULT_CACHE
 
     ext = make_extractor_for(tc, data, DEFAULT_CACHE, say)
-    key = ext.key if ext else {"name": tc.feature_space}   # recorded in eval.json (the detector's / weights' hash)
+    key = ext.key if ext else {"name": tc.feature_space}  # recorded in eval.json (the detector's / weights' hash)
     return tc.feature_space, None if ext is None else features_fn(ext, data.shape), getattr(ext, "predict", None), key
 
 
@@ -296,7 +397,9 @@ def cmd_eval(args, say=print) -> int:
     if blob.get("format") == TEACHER_FORMAT:
         del blob
         samples, seed = args.samples or 1000, 1234 if args.seed is None else args.seed
-        rows, floor, metrics, shape, kept, info = eval_teacher(p, steps or [1, 2, 4, 8], samples, seed, say, eval_opts(args))
+        rows, floor, metrics, shape, kept, info = eval_teacher(
+            p, steps or [1, 2, 4, 8], samples, seed, say, eval_opts(args)
+        )
         rows = [{"trial_id": "", "run_id": info.get("teacher_run_id") or "", **r} for r in rows]
     elif "version" in blob and isinstance(blob.get("state"), dict) and "ema" in blob["state"]:
         rows, floor, metrics, shape, kept, info, samples, seed = eval_student(p, blob, args, steps, say)
@@ -313,12 +416,20 @@ def cmd_eval(args, say=print) -> int:
             say(f"--grid: samples of shape {shape} are not images; no sample grids")
     from multistep.metrics.extractors import file_sha256
 
-    meta = {**info, "checkpoint": str(p.resolve()), "checkpoint_sha256": file_sha256(p, 64), "samples": samples, "seed": seed,
-            "steps": sorted({r["student_steps"] for r in rows}), "metrics": metrics, "noise_floor": floor,
-            "torch": torch.__version__, "created": datetime.now().isoformat(timespec="seconds")}
+    meta = {
+        **info,
+        "checkpoint": str(p.resolve()),
+        "checkpoint_sha256": file_sha256(p, 64),
+        "samples": samples,
+        "seed": seed,
+        "steps": sorted({r["student_steps"] for r in rows}),
+        "metrics": metrics,
+        "noise_floor": floor,
+        "torch": torch.__version__,
+        "created": datetime.now().isoformat(timespec="seconds"),
+    }
     (out / "eval.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
     say(res.format_table(rows, metrics))
     say("\nnoise floor (two data sample sets): " + ", ".join(f"{k} {v:.5f}" for k, v in floor.items() if v))
     say(f"results: {paths['parquet']}, {paths['csv']}, {png}" + (f", {len(grids)} sample grid(s)" if grids else ""))
     return 0
-

@@ -19,8 +19,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from statistics import NormalDist
 
-FAMILY_PREFIX = {"fd": ("fd_", "fid_"), "kid": ("kid_",), "swd": ("swd_",), "ode": ("ode_l2_",)}   # family -> prefixes of its names
-FAILING = ("REGRESSION", "MISSING")                              # verdicts that fail the check
+FAMILY_PREFIX = {
+    "fd": ("fd_", "fid_"),
+    "kid": ("kid_",),
+    "swd": ("swd_",),
+    "ode": ("ode_l2_",),
+}  # family -> prefixes of its names
+FAILING = ("REGRESSION", "MISSING")  # verdicts that fail the check
 
 
 def metric_family(metric: str) -> str | None:
@@ -49,12 +54,12 @@ class Point:
     method: str
     steps: int
     metric: str
-    baseline: float       # nan: only in the current table
-    current: float        # nan: missing from the current table (or not finite)
-    diff: float           # current - baseline (> 0 is worse)
-    tolerance: float      # allowed worsening
-    verdict: str          # ok, better, new, REGRESSION, MISSING
-    basis: str            # which allowance set the tolerance: abs, rel, ci
+    baseline: float  # nan: only in the current table
+    current: float  # nan: missing from the current table (or not finite)
+    diff: float  # current - baseline (> 0 is worse)
+    tolerance: float  # allowed worsening
+    verdict: str  # ok, better, new, REGRESSION, MISSING
+    basis: str  # which allowance set the tolerance: abs, rel, ci
 
 
 def tolerance(baseline: float, se_b: float, se_c: float, tol) -> tuple[float, str]:
@@ -128,7 +133,11 @@ def format_table(points: list[Point]) -> str:
 def markdown(points: list[Point], facts: dict[str, str], plot_name: str | None) -> str:
     """The report: verdict, what was compared with what (facts: label -> value), the failing points, the table."""
     bad = failing(points)
-    head = f"FAIL: {len(bad)} of {len(points)} points regressed" if bad else f"PASS: none of {len(points)} points regressed"
+    head = (
+        f"FAIL: {len(bad)} of {len(points)} points regressed"
+        if bad
+        else f"PASS: none of {len(points)} points regressed"
+    )
     out = [f"# Regression check: {facts.get('sweep', '')}", "", f"**{head}**", ""]
     out += [f"- {k}: {v}" for k, v in facts.items()]
     if bad:
@@ -136,11 +145,17 @@ def markdown(points: list[Point], facts: dict[str, str], plot_name: str | None) 
     if plot_name:
         out += ["", f"![baseline (dashed) and current (thick) curves]({plot_name})"]
     out += ["", "## All points", "", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    out += ["| " + " | ".join(c if i != 7 or c not in FAILING else f"**{c}**" for i, c in enumerate(_cells(p))) + " |"
-            for p in points]
-    out += ["", "A point regresses when current - baseline > tolerance = max(abs, rel x |baseline|, "
-            "z x sqrt(se_baseline^2 + se_current^2) when `ci` is set); lower is better for every metric; "
-            "a point the current run lacks regresses (MISSING). See docs/regression.md.", ""]
+    out += [
+        "| " + " | ".join(c if i != 7 or c not in FAILING else f"**{c}**" for i, c in enumerate(_cells(p))) + " |"
+        for p in points
+    ]
+    out += [
+        "",
+        "A point regresses when current - baseline > tolerance = max(abs, rel x |baseline|, "
+        "z x sqrt(se_baseline^2 + se_current^2) when `ci` is set); lower is better for every metric; "
+        "a point the current run lacks regresses (MISSING). See docs/regression.md.",
+        "",
+    ]
     return "\n".join(out)
 
 
@@ -162,7 +177,10 @@ def plot(points: list[Point], path: Path, title: str) -> Path:
             if not pts:
                 continue
             col = colors[k % len(colors)]
-            for attr, style in (("current", dict(ls="-", lw=3, alpha=0.45, ms=8)), ("baseline", dict(ls="--", lw=1.2, mfc="none"))):
+            for attr, style in (
+                ("current", dict(ls="-", lw=3, alpha=0.45, ms=8)),
+                ("baseline", dict(ls="--", lw=1.2, mfc="none")),
+            ):
                 xy = [(p.steps, getattr(p, attr)) for p in pts if math.isfinite(getattr(p, attr))]
                 if xy:  # current thick and light underneath, baseline dashed on top: both visible when equal
                     ax.plot(*zip(*xy), marker="o", color=col, label=f"{method} ({attr})", **style)
@@ -170,7 +188,9 @@ def plot(points: list[Point], path: Path, title: str) -> Path:
                 if p.verdict in FAILING:
                     y = p.current if math.isfinite(p.current) else p.baseline
                     ax.plot([p.steps], [y], "o", ms=14, mfc="none", mec="red", mew=2)
-                    ax.annotate(p.verdict, (p.steps, y), textcoords="offset points", xytext=(6, 8), color="red", fontsize=8)
+                    ax.annotate(
+                        p.verdict, (p.steps, y), textcoords="offset points", xytext=(6, 8), color="red", fontsize=8
+                    )
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("sampling steps (NFE)")

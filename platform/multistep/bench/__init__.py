@@ -28,12 +28,34 @@ from multistep.bench.data import bench_data
 from multistep.bench.evaluation import bench_evaluation
 from multistep.bench.report import table
 from multistep.bench.sampling import bench_sampling
-from multistep.bench.training import (SIZES, Setup, bench_training, default_peak_tflops, forward_flops_per_image,
-                                      image_shape, machine, make_net)
+from multistep.bench.training import (
+    SIZES,
+    Setup,
+    bench_training,
+    default_peak_tflops,
+    forward_flops_per_image,
+    image_shape,
+    machine,
+    make_net,
+)
 
-__all__ = ["SIZES", "Setup", "add_parser", "bench_data", "bench_evaluation", "bench_sampling", "bench_training",
-           "cmd_bench", "default_peak_tflops", "forward_flops_per_image", "image_shape", "machine", "make_net", "run",
-           "table"]
+__all__ = [
+    "SIZES",
+    "Setup",
+    "add_parser",
+    "bench_data",
+    "bench_evaluation",
+    "bench_sampling",
+    "bench_training",
+    "cmd_bench",
+    "default_peak_tflops",
+    "forward_flops_per_image",
+    "image_shape",
+    "machine",
+    "make_net",
+    "run",
+    "table",
+]
 
 HELP = """\
 Measure training steps (diffusion vs MCD), sampling (S-step student vs 512-step aDDIM teacher), the
@@ -45,12 +67,20 @@ and write JSON. GPU sizes (cifar, imagenet64) are meant for a GPU; they run on a
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    s = subparsers.add_parser("bench", help="performance benchmark: training, sampling, evaluation, orchestration",
-                              description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s = subparsers.add_parser(
+        "bench",
+        help="performance benchmark: training, sampling, evaluation, orchestration",
+        description=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     s.add_argument("--size", choices=sorted(SIZES), default="cpu", help="network and batch preset (default cpu)")
     s.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    s.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: torch's; use 1 on a shared machine, where a descheduled OpenMP thread stalls every op)")
+    s.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's; use 1 on a shared machine, where a descheduled OpenMP thread stalls every op)",
+    )
     s.add_argument("--batch", type=int, default=None, help="training batch (default: the size's)")
     s.add_argument("--sample-batch", type=int, default=None, help="sampling batch (default: the size's)")
     s.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="autocast of the network forward")
@@ -60,18 +90,30 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--warmup", type=int, default=2, help="untimed warm-up steps, compile included (default 2)")
     s.add_argument("--teacher-steps", type=int, default=512, help="aDDIM steps of the teacher sampler (default 512)")
     s.add_argument("--fd-dim", type=int, default=2048, help="feature dimension of the Frechet-distance comparison")
-    s.add_argument("--peak-tflops", type=float, default=None,
-                   help="peak TFLOP/s for MFU (default: the GPU's dense bf16 peak, e.g. 989 on H100/H200; on CPU MFU is not reported)")
-    s.add_argument("--parts", default="training,sampling,evaluation",
-                   help="comma-separated parts to run: training, sampling, evaluation, data, orchestration")
+    s.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="peak TFLOP/s for MFU (default: the GPU's dense bf16 peak, e.g. 989 on H100/H200; on CPU MFU is not reported)",
+    )
+    s.add_argument(
+        "--parts",
+        default="training,sampling,evaluation",
+        help="comma-separated parts to run: training, sampling, evaluation, data, orchestration",
+    )
     s.add_argument("--orchestration", action="store_true", help="also run the (slow, CPU) orchestration part")
-    s.add_argument("--trial-seconds", type=float, default=20.0, help="orchestration: target loop time per trial (default 20)")
-    s.add_argument("--runner", choices=["tune", "train"], default="tune",
-                   help="orchestration: how trials run (resources.runner): tune = in the trial's process, train = TorchTrainer")
+    s.add_argument(
+        "--trial-seconds", type=float, default=20.0, help="orchestration: target loop time per trial (default 20)"
+    )
+    s.add_argument(
+        "--runner",
+        choices=["tune", "train"],
+        default="tune",
+        help="orchestration: how trials run (resources.runner): tune = in the trial's process, train = TorchTrainer",
+    )
     s.add_argument("--work-dir", default=None, help="orchestration: folder for the sweep file, MLflow and Ray state")
     s.add_argument("--out", default="bench.json", help="JSON output file (default bench.json)")
     return s
-
 
 
 def run(args) -> dict:
@@ -88,22 +130,34 @@ def run(args) -> dict:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {device}: CUDA is not available on this machine")
-    parts = {p.strip() for p in args.parts.split(",") if p.strip()} | ({"orchestration"} if args.orchestration else set())
+    parts = {p.strip() for p in args.parts.split(",") if p.strip()} | (
+        {"orchestration"} if args.orchestration else set()
+    )
     unknown = parts - {"training", "sampling", "evaluation", "data", "orchestration"}
     if unknown:
         raise ConfigError(f"--parts: unknown part(s) {', '.join(sorted(unknown))}")
     preset = SIZES[args.size]
     peak = args.peak_tflops or default_peak_tflops(device, args.precision)
-    res = {"machine": machine(device),
-           "config": {"size": args.size, "device": device, "precision": args.precision, "compile": args.compile,
-                      "channels_last": args.channels_last, "peak_tflops": peak, "steps": args.steps, "warmup": args.warmup}}
+    res = {
+        "machine": machine(device),
+        "config": {
+            "size": args.size,
+            "device": device,
+            "precision": args.precision,
+            "compile": args.compile,
+            "channels_last": args.channels_last,
+            "peak_tflops": peak,
+            "steps": args.steps,
+            "warmup": args.warmup,
+        },
+    }
     if parts & {"training", "sampling"}:
         threads = torch.get_num_threads()
-        torch.set_num_threads(args.threads or threads)   # networks only: the evaluation part uses every core
+        torch.set_num_threads(args.threads or threads)  # networks only: the evaluation part uses every core
         res["config"]["torch_threads"] = torch.get_num_threads()
         try:
             setup = Setup(args.size, device, args.precision, args.compile, args.channels_last)
-            for note in setup.notes:   # e.g. compile disabled for want of a toolchain: figures are eager ones
+            for note in setup.notes:  # e.g. compile disabled for want of a toolchain: figures are eager ones
                 print(note, file=sys.stderr)
             res["config"]["notes"] = setup.notes
             if "training" in parts:

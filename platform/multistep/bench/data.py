@@ -7,8 +7,9 @@ import statistics
 import time
 
 
-def bench_data(rows: int = 20000, side: int = 32, batch: int = 128, batches: int = 300, step_ms: float = 5.0,
-               rounds: int = 2) -> dict:
+def bench_data(
+    rows: int = 20000, side: int = 32, batch: int = 128, batches: int = 300, step_ms: float = 5.0, rounds: int = 2
+) -> dict:
     """ms per batch the step waits for data, ShardStream without and with its reader thread (worker.PREFETCH_BATCHES),
     32x32x3 uint8 images in 1000-row shards; rounds alternate the two so a slow spell hits both."""
     import shutil
@@ -39,7 +40,12 @@ def bench_data(rows: int = 20000, side: int = 32, batch: int = 128, batches: int
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     wait_ms = {str(k): statistics.median(v) for k, v in waits.items()}
-    return {"batch": batch, "image": [3, side, side], "step_ms": step_ms, "batches": batches, "rounds": rounds,
-            "wait_ms_per_batch": wait_ms, "all_wait_ms": {str(k): v for k, v in waits.items()}}
-
-
+    return {
+        "batch": batch,
+        "image": [3, side, side],
+        "step_ms": step_ms,
+        "batches": batches,
+        "rounds": rounds,
+        "wait_ms_per_batch": wait_ms,
+        "all_wait_ms": {str(k): v for k, v in waits.items()},
+    }

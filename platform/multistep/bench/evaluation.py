@@ -50,21 +50,35 @@ def bench_evaluation(d: int, seed: int = 0, repeats: int = 3, device=None) -> di
     t0 = time.perf_counter()
     ref = sqrtm_frechet(mu1, s1, mu2, s2)
     t_ref = time.perf_counter() - t0
-    out = {"d": d, "frechet_s": t_fd, "frechet_s_all": times, "sqrtm_s": t_ref, "speedup": t_ref / t_fd, "fd": fd, "fd_sqrtm": ref,
-           "relative_difference": abs(fd - ref) / abs(ref), "goal_speedup": GOAL_FD_SPEEDUP, "goal_agreement": GOAL_FD_AGREEMENT}
+    out = {
+        "d": d,
+        "frechet_s": t_fd,
+        "frechet_s_all": times,
+        "sqrtm_s": t_ref,
+        "speedup": t_ref / t_fd,
+        "fd": fd,
+        "fd_sqrtm": ref,
+        "relative_difference": abs(fd - ref) / abs(ref),
+        "goal_speedup": GOAL_FD_SPEEDUP,
+        "goal_agreement": GOAL_FD_AGREEMENT,
+    }
     if device is not None:
         frechet_distance_torch(*small, device=device)
         dev_times = []
         for _ in range(repeats):
             synchronize(device)
             t0 = time.perf_counter()
-            fd_dev = frechet_distance_torch(mu1, s1, mu2, s2, device=device)   # ends in a host read: synchronised
+            fd_dev = frechet_distance_torch(mu1, s1, mu2, s2, device=device)  # ends in a host read: synchronised
             dev_times.append(time.perf_counter() - t0)
         t_dev = statistics.median(dev_times)
-        out["torch"] = {"device": str(device), "seconds": t_dev, "seconds_all": dev_times, "fd": fd_dev,
-                        "speedup_over_sqrtm": t_ref / t_dev, "speedup_over_cpu_path": t_fd / t_dev,
-                        "relative_difference_cpu_path": abs(fd_dev - fd) / abs(fd),
-                        "relative_difference_sqrtm": abs(fd_dev - ref) / abs(ref)}
+        out["torch"] = {
+            "device": str(device),
+            "seconds": t_dev,
+            "seconds_all": dev_times,
+            "fd": fd_dev,
+            "speedup_over_sqrtm": t_ref / t_dev,
+            "speedup_over_cpu_path": t_fd / t_dev,
+            "relative_difference_cpu_path": abs(fd_dev - fd) / abs(fd),
+            "relative_difference_sqrtm": abs(fd_dev - ref) / abs(ref),
+        }
     return out
-
-

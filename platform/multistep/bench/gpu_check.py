@@ -34,7 +34,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[3]
 EXPECTATIONS = Path(os.environ.get("GPU_CHECK_EXPECTATIONS", REPO / "tests" / "expectations" / "gpu_check.json"))
-BUDGET_S = 480.0            # the whole kit: 8 minutes wall on the GPU
+BUDGET_S = 480.0  # the whole kit: 8 minutes wall on the GPU
 REHEARSAL_BUDGET_S = 115.0  # the CPU rehearsal: under 2 minutes (about 45 s on 2 idle cores)
 
 # name: (cap in seconds on the GPU, cap in the CPU rehearsal). A part runs only if the time left covers its cap.
@@ -57,14 +57,41 @@ TRAINING = {
 }
 # The end-to-end distillation (the quickstart's mixture, teacher and student; S = 4). The CPU figure of exactly this
 # run lives in tests/expectations/gpu_check.json and is re-measured by tests/test_gpu_check.py (slow).
-DISTIL = {"student_steps": 4, "iterations": 2000, "init_iterations": 1000, "batch_size": 512, "hidden": 256,
-          "depth": 3, "learning_rate": 2e-4, "init_learning_rate": 1e-3, "eval_samples": 5000, "seed": 0}
-DISTIL_REHEARSAL = {**DISTIL, "iterations": 40, "init_iterations": 20, "batch_size": 64, "hidden": 32,
-                    "eval_samples": 500}
+DISTIL = {
+    "student_steps": 4,
+    "iterations": 2000,
+    "init_iterations": 1000,
+    "batch_size": 512,
+    "hidden": 256,
+    "depth": 3,
+    "learning_rate": 2e-4,
+    "init_learning_rate": 1e-3,
+    "eval_samples": 5000,
+    "seed": 0,
+}
+DISTIL_REHEARSAL = {
+    **DISTIL,
+    "iterations": 40,
+    "init_iterations": 20,
+    "batch_size": 64,
+    "hidden": 32,
+    "eval_samples": 500,
+}
 
 
-def distil_mixture(device, student_steps=4, iterations=2000, init_iterations=1000, batch_size=512, hidden=256,
-                   depth=3, learning_rate=2e-4, init_learning_rate=1e-3, eval_samples=5000, seed=0) -> dict:
+def distil_mixture(
+    device,
+    student_steps=4,
+    iterations=2000,
+    init_iterations=1000,
+    batch_size=512,
+    hidden=256,
+    depth=3,
+    learning_rate=2e-4,
+    init_learning_rate=1e-3,
+    eval_samples=5000,
+    seed=0,
+) -> dict:
     """Warm start + MCD with the plain loop (no Ray, no MLflow) on the quickstart's 16-D mixture; FD of the EMA
     student's `student_steps`-step samples against a fresh data sample (identity features, `eval_samples` each).
 
@@ -90,23 +117,47 @@ def distil_mixture(device, student_steps=4, iterations=2000, init_iterations=100
     sample = lambda g: gmm.sample(batch_size, g).to(device)  # noqa: E731
     net.load_state_dict(warm_start(net, sched, teacher, sample, init_iterations, init_learning_rate, seed))
     student = VDenoiser(net, sched)
-    method = MCM(sched, student_steps, teacher=teacher, anneal="loglinear",
-                 anneal_params={"start": 16, "end": 256, "fraction": 0.5})
+    method = MCM(
+        sched,
+        student_steps,
+        teacher=teacher,
+        anneal="loglinear",
+        anneal_params={"start": 16, "end": 256, "fraction": 0.5},
+    )
     state = new_state(student, learning_rate, seed, method)
     losses = []
-    fit(state, method, sample, iterations, grad_clip=1.0, eval_ema=0.999, log_every=max(iterations // 10, 1),
-        checkpoint_every=iterations, hooks=_LossLog(losses))
+    fit(
+        state,
+        method,
+        sample,
+        iterations,
+        grad_clip=1.0,
+        eval_ema=0.999,
+        log_every=max(iterations // 10, 1),
+        checkpoint_every=iterations,
+        hooks=_LossLog(losses),
+    )
     with torch.no_grad():
         g = torch.Generator().manual_seed(1234)
         noise = torch.randn((eval_samples, gmm.dim), generator=g).to(device)
         x, _ = mcm_sample(state.ema.eval(), sched, noise, student_steps)
         data = gmm.sample(eval_samples, g, dtype=torch.float64)
     fd = frechet_distance(*gaussian_stats(x.double().cpu().numpy()), *gaussian_stats(data.numpy()))
-    return {"device": str(device), "fd": fd, "final_loss": losses[-1] if losses else None,
-            "seconds": time.perf_counter() - t0, "config": {"student_steps": student_steps, "iterations": iterations,
-                                                             "init_iterations": init_iterations,
-                                                             "batch_size": batch_size, "hidden": hidden,
-                                                             "eval_samples": eval_samples, "seed": seed}}
+    return {
+        "device": str(device),
+        "fd": fd,
+        "final_loss": losses[-1] if losses else None,
+        "seconds": time.perf_counter() - t0,
+        "config": {
+            "student_steps": student_steps,
+            "iterations": iterations,
+            "init_iterations": init_iterations,
+            "batch_size": batch_size,
+            "hidden": hidden,
+            "eval_samples": eval_samples,
+            "seed": seed,
+        },
+    }
 
 
 class _LossLog:
@@ -134,13 +185,24 @@ def part_tests(rehearsal: bool, device: str, peak) -> dict:
     import xml.etree.ElementTree as ET
 
     junit = Path(os.environ["GPU_CHECK_TMP"]) / "gpu_tests.xml"
-    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}",
-           "tests/test_gpu.py", "tests/test_mcm.py"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-m",
+        "gpu",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        f"--junitxml={junit}",
+        "tests/test_gpu.py",
+        "tests/test_mcm.py",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     tests = {}
     for case in ET.parse(junit).iter("testcase") if junit.is_file() else []:
         kids = {c.tag: c for c in case}
-        status = ("failed" if "failure" in kids or "error" in kids else "skipped" if "skipped" in kids else "passed")
+        status = "failed" if "failure" in kids or "error" in kids else "skipped" if "skipped" in kids else "passed"
         entry = {"status": status}
         if status != "passed":
             k = kids.get("failure") or kids.get("error") or kids.get("skipped")
@@ -166,9 +228,18 @@ def part_sampling(rehearsal: bool, device: str, peak) -> dict:
     from multistep.bench.training import Setup
 
     setup = Setup("cpu" if rehearsal else "cifar", device, "bf16")
-    return {**bench_sampling(setup, 8 if rehearsal else 256, 8 if rehearsal else 512,
-                             min_rounds=1 if rehearsal else 3, min_seconds=0 if rehearsal else 2.0),
-            "size": setup.size, "precision": "bf16", "notes": setup.notes}
+    return {
+        **bench_sampling(
+            setup,
+            8 if rehearsal else 256,
+            8 if rehearsal else 512,
+            min_rounds=1 if rehearsal else 3,
+            min_seconds=0 if rehearsal else 2.0,
+        ),
+        "size": setup.size,
+        "precision": "bf16",
+        "notes": setup.notes,
+    }
 
 
 def part_training(name: str, rehearsal: bool, device: str, peak) -> dict:
@@ -179,16 +250,23 @@ def part_training(name: str, rehearsal: bool, device: str, peak) -> dict:
     setup = Setup(size, device, precision, comp, ch_last)
     steps, warmup = (2, 1) if rehearsal else (10, 2)
     res = bench_training(setup, 4 if rehearsal else 128, warmup, steps, peak)
-    return {**res, "size": size, "precision": precision, "channels_last": ch_last, "compile": comp,
-            "compile_backend": os.environ.get("MULTISTEP_COMPILE_BACKEND", "inductor") if comp else None,
-            "notes": setup.notes}
+    return {
+        **res,
+        "size": size,
+        "precision": precision,
+        "channels_last": ch_last,
+        "compile": comp,
+        "compile_backend": os.environ.get("MULTISTEP_COMPILE_BACKEND", "inductor") if comp else None,
+        "notes": setup.notes,
+    }
 
 
 def run_part(name: str, rehearsal: bool, device: str, peak) -> dict:
     if name in TRAINING:
         return part_training(name, rehearsal, device, peak)
-    return {"frechet": part_frechet, "tests": part_tests, "distil": part_distil,
-            "sampling": part_sampling}[name](rehearsal, device, peak)
+    return {"frechet": part_frechet, "tests": part_tests, "distil": part_distil, "sampling": part_sampling}[name](
+        rehearsal, device, peak
+    )
 
 
 # -- the driver -----------------------------------------------------------------------------------------
@@ -197,8 +275,13 @@ def machine_info(device: str) -> dict:
 
     import torch
 
-    info = {"device": device, "torch": torch.__version__, "python": platform.python_version(),
-            "cpu_count": os.cpu_count(), "cuda": torch.version.cuda}
+    info = {
+        "device": device,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "cuda": torch.version.cuda,
+    }
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(device)
         info["gpu_memory_gib"] = torch.cuda.get_device_properties(device).total_memory / 2**30
@@ -222,25 +305,39 @@ def child(args) -> int:
     try:
         res = {"status": "ok", "result": run_part(args.part, args.cpu_rehearsal, args.device, args.peak_tflops)}
     except Exception as e:  # noqa: BLE001 - a failing part records its error; the driver goes on
-        res = {"status": "failed", "error": f"{type(e).__name__}: {e}"[:2000],
-               "traceback": traceback.format_exc()[-4000:]}
+        res = {
+            "status": "failed",
+            "error": f"{type(e).__name__}: {e}"[:2000],
+            "traceback": traceback.format_exc()[-4000:],
+        }
     res["seconds"] = time.perf_counter() - t0
     Path(args.result).write_text(json.dumps(res, indent=2, default=str))
     return 0
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="gpu_check", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Parts: " + ", ".join(PARTS))
+    p = argparse.ArgumentParser(
+        prog="gpu_check",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Parts: " + ", ".join(PARTS),
+    )
     p.add_argument("out", help="folder for gpu_check.json and gpu_check.md (created)")
     p.add_argument("--cpu-rehearsal", action="store_true", help="every part at tiny sizes on the CPU (< 2 min)")
-    p.add_argument("--peak-tflops", type=float, default=None,
-                   help="dense bf16 peak for MFU (default: from the GPU's name, e.g. 989 for H100/H200)")
-    p.add_argument("--budget-s", type=float, default=None,
-                   help=f"wall budget of the whole kit (default {BUDGET_S:.0f} s, rehearsal {REHEARSAL_BUDGET_S:.0f} s)")
+    p.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="dense bf16 peak for MFU (default: from the GPU's name, e.g. 989 for H100/H200)",
+    )
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help=f"wall budget of the whole kit (default {BUDGET_S:.0f} s, rehearsal {REHEARSAL_BUDGET_S:.0f} s)",
+    )
     p.add_argument("--parts", default=",".join(PARTS), help="comma-separated subset of the parts (default: all)")
-    p.add_argument("--part", help=argparse.SUPPRESS)     # internal: run one part in this process
+    p.add_argument("--part", help=argparse.SUPPRESS)  # internal: run one part in this process
     p.add_argument("--result", help=argparse.SUPPRESS)
     p.add_argument("--device", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -271,40 +368,71 @@ def main(argv=None) -> int:
     from multistep.bench.training import default_peak_tflops
 
     peak = args.peak_tflops or (None if args.cpu_rehearsal else default_peak_tflops(device))
-    report = {"kind": "cpu_rehearsal" if args.cpu_rehearsal else "gpu", "budget_s": budget, "peak_tflops": peak,
-              "machine": machine_info(device), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "parts": {}}
+    report = {
+        "kind": "cpu_rehearsal" if args.cpu_rehearsal else "gpu",
+        "budget_s": budget,
+        "peak_tflops": peak,
+        "machine": machine_info(device),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "parts": {},
+    }
     t_start = time.perf_counter()
     tmp = tempfile.mkdtemp(prefix="gpu_check-")
-    env = {**os.environ, "GPU_CHECK_TMP": tmp, "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "platform"), os.environ.get("PYTHONPATH")])),
-           "TORCHINDUCTOR_CACHE_DIR": os.environ.get("TORCHINDUCTOR_CACHE_DIR", os.path.join(tmp, "inductor"))}
-    if args.cpu_rehearsal:   # one intra-op thread: tiny shapes, and a second thread only spins on a shared 2-core box
+    env = {
+        **os.environ,
+        "GPU_CHECK_TMP": tmp,
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "platform"), os.environ.get("PYTHONPATH")])),
+        "TORCHINDUCTOR_CACHE_DIR": os.environ.get("TORCHINDUCTOR_CACHE_DIR", os.path.join(tmp, "inductor")),
+    }
+    if args.cpu_rehearsal:  # one intra-op thread: tiny shapes, and a second thread only spins on a shared 2-core box
         env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MULTISTEP_COMPILE_BACKEND="aot_eager")
     for name in parts:
         cap = PARTS[name][1 if args.cpu_rehearsal else 0]
         left = budget - (time.perf_counter() - t_start)
         if left < cap:
-            report["parts"][name] = {"status": "skipped", "reason": f"{left:.0f} s of the {budget:.0f} s budget left, "
-                                                                      f"the part needs up to {cap} s"}
+            report["parts"][name] = {
+                "status": "skipped",
+                "reason": f"{left:.0f} s of the {budget:.0f} s budget left, the part needs up to {cap} s",
+            }
             print(f"[gpu_check] {name}: skipped ({report['parts'][name]['reason']})", flush=True)
             continue
         print(f"[gpu_check] {name}: running (cap {cap} s, {left:.0f} s left)", flush=True)
         result = Path(tmp) / f"{name}.json"
-        cmd = [sys.executable, "-m", "multistep.bench.gpu_check", str(out), "--part", name, "--result", str(result),
-               "--device", device] + (["--cpu-rehearsal"] if args.cpu_rehearsal else [])
+        cmd = [
+            sys.executable,
+            "-m",
+            "multistep.bench.gpu_check",
+            str(out),
+            "--part",
+            name,
+            "--result",
+            str(result),
+            "--device",
+            device,
+        ] + (["--cpu-rehearsal"] if args.cpu_rehearsal else [])
         cmd += ["--peak-tflops", str(peak)] if peak else []
         t0 = time.perf_counter()
         try:
             proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=cap)
-            res = (json.loads(result.read_text()) if result.is_file() else
-                   {"status": "failed", "error": f"the part's process exited {proc.returncode} without a result",
-                    "stderr_tail": proc.stderr[-3000:]})
+            res = (
+                json.loads(result.read_text())
+                if result.is_file()
+                else {
+                    "status": "failed",
+                    "error": f"the part's process exited {proc.returncode} without a result",
+                    "stderr_tail": proc.stderr[-3000:],
+                }
+            )
         except subprocess.TimeoutExpired:
             res = {"status": "timed_out", "error": f"ran over its cap of {cap} s and was stopped"}
         res["wall_s"] = time.perf_counter() - t0
         report["parts"][name] = res
-        print(f"[gpu_check] {name}: {res['status']} in {res['wall_s']:.1f} s"
-              + (f" ({res.get('error')})" if res["status"] != "ok" else ""), flush=True)
+        print(
+            f"[gpu_check] {name}: {res['status']} in {res['wall_s']:.1f} s"
+            + (f" ({res.get('error')})" if res["status"] != "ok" else ""),
+            flush=True,
+        )
     report["wall_s"] = time.perf_counter() - t_start
     write_atomic(out / "gpu_check.json", json.dumps(report, indent=2, default=str))
     md = markdown(report)
@@ -326,9 +454,13 @@ def _f(v, spec=".3g") -> str:
 
 def markdown(rep: dict) -> str:
     m = rep["machine"]
-    lines = [f"# GPU check ({rep['kind']}): {m.get('gpu') or 'CPU'}, torch {m['torch']}, commit "
-             f"{(m.get('git_commit') or '?')[:10]}, {rep['started']}, {rep['wall_s']:.0f} s of {rep['budget_s']:.0f} s", "",
-             "| part | status | s | figures |", "|---|---|---|---|"]
+    lines = [
+        f"# GPU check ({rep['kind']}): {m.get('gpu') or 'CPU'}, torch {m['torch']}, commit "
+        f"{(m.get('git_commit') or '?')[:10]}, {rep['started']}, {rep['wall_s']:.0f} s of {rep['budget_s']:.0f} s",
+        "",
+        "| part | status | s | figures |",
+        "|---|---|---|---|",
+    ]
     for name, r in rep["parts"].items():
         lines.append(f"| {name} | {r['status']} | {_f(r.get('wall_s'), '.0f')} | {_figures(name, r)} |")
     return "\n".join(lines) + "\n"
@@ -341,26 +473,34 @@ def _figures(name: str, r: dict) -> str:
     if name in TRAINING:
         d, c = x["diffusion"], x["mcd"]
         mfu = f"MFU {100 * c['mfu']:.1f}% / {100 * d['mfu']:.1f}%, " if c.get("mfu") else ""
-        return (f"MCD {c['step_s'] * 1e3:.1f} ms/step ({c['img_per_s']:.0f} img/s, {c['tflops']:.3g} TFLOP/s), "
-                f"diffusion {d['step_s'] * 1e3:.1f} ms; {mfu}MCD/diffusion {x['mcd_over_diffusion']:.2f} (goal <= 1.75); "
-                f"compile {c['compile_s'] + d['compile_s']:.0f} s; peak {max(c['peak_memory_bytes'], d['peak_memory_bytes']) / 2**30:.1f} GiB")
+        return (
+            f"MCD {c['step_s'] * 1e3:.1f} ms/step ({c['img_per_s']:.0f} img/s, {c['tflops']:.3g} TFLOP/s), "
+            f"diffusion {d['step_s'] * 1e3:.1f} ms; {mfu}MCD/diffusion {x['mcd_over_diffusion']:.2f} (goal <= 1.75); "
+            f"compile {c['compile_s'] + d['compile_s']:.0f} s; peak {max(c['peak_memory_bytes'], d['peak_memory_bytes']) / 2**30:.1f} GiB"
+        )
     if name == "sampling":
         return f"teacher {x['teacher_steps']} aDDIM {x['teacher']['img_per_s']:.3g} img/s; " + ", ".join(
             f"S={S} {s['img_per_s']:.4g} img/s x{s['speedup']:.0f} ({s['speedup_over_goal']:.2f} of goal)"
-            for S, s in x["student"].items())
+            for S, s in x["student"].items()
+        )
     if name == "frechet":
         t = x.get("torch", {})
-        return (f"d={x['d']}: torch {t.get('device')} {_f(t.get('seconds'))} s, CPU path {x['frechet_s']:.3g} s, "
-                f"sqrtm {x['sqrtm_s']:.3g} s; rel. diff vs CPU {_f(t.get('relative_difference_cpu_path'), '.1e')}, "
-                f"vs sqrtm {_f(t.get('relative_difference_sqrtm'), '.1e')}")
+        return (
+            f"d={x['d']}: torch {t.get('device')} {_f(t.get('seconds'))} s, CPU path {x['frechet_s']:.3g} s, "
+            f"sqrtm {x['sqrtm_s']:.3g} s; rel. diff vs CPU {_f(t.get('relative_difference_cpu_path'), '.1e')}, "
+            f"vs sqrtm {_f(t.get('relative_difference_sqrtm'), '.1e')}"
+        )
     if name == "tests":
         c = x["counts"]
         failed = [k for k, v in x["tests"].items() if v["status"] == "failed"]
         return f"{c['passed']} passed, {c['failed']} failed, {c['skipped']} skipped" + (
-            f": {', '.join(failed)}" if failed else "")
+            f": {', '.join(failed)}" if failed else ""
+        )
     if name == "distil":
-        return (f"FD {x['fd']:.4g} on {x['device']} vs {x['cpu_fd']:.4g} on CPU (ratio {x['fd_over_cpu']:.2f}), "
-                f"S={x['config']['student_steps']}, {x['config']['iterations']} it, {x['seconds']:.0f} s")
+        return (
+            f"FD {x['fd']:.4g} on {x['device']} vs {x['cpu_fd']:.4g} on CPU (ratio {x['fd_over_cpu']:.2f}), "
+            f"S={x['config']['student_steps']}, {x['config']['iterations']} it, {x['seconds']:.0f} s"
+        )
     return ""
 
 

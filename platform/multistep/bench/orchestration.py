@@ -41,13 +41,15 @@ IMPORTS = {  # what each kind of process a trial starts imports before it does a
     "import ray.train, ray.tune": "import ray, ray.train, ray.tune",
     "import mlflow": "import mlflow",
     "Train worker's imports": "import ray.train, torch, mlflow; import multistep.sweep.worker, multistep.train.build, "
-                              "multistep.metrics.evaluate, multistep.tracking.mlflow_layout",
+    "multistep.metrics.evaluate, multistep.tracking.mlflow_layout",
 }
 
 
 def write_sweep(folder: Path, iterations: int, runner: str = "auto") -> Path:
     p = folder / f"orchestration-{iterations}-{runner}.yaml"
-    p.write_text(SWEEP.format(iterations=iterations, log_every=LOG_EVERY, checkpoint_every=iterations // 2, runner=runner))
+    p.write_text(
+        SWEEP.format(iterations=iterations, log_every=LOG_EVERY, checkpoint_every=iterations // 2, runner=runner)
+    )
     return p
 
 
@@ -59,7 +61,7 @@ def plain_loops(plan, threads: int = 1) -> dict:
     from multistep.train.loop import fit, new_state
 
     old = torch.get_num_threads()
-    torch.set_num_threads(threads)                       # as the sweep's workers (cpus_per_worker)
+    torch.set_num_threads(threads)  # as the sweep's workers (cpus_per_worker)
     loops, builds = [], []
     t_all = time.perf_counter()
     try:
@@ -71,8 +73,16 @@ def plain_loops(plan, threads: int = 1) -> dict:
             state = new_state(comps.student, tc.train.learning_rate, tc.train.seed, method)
             t1 = time.perf_counter()
             t = tc.train
-            fit(state, method, lambda g, c=comps, b=t.batch_size: c.data.sample(b, g), t.iterations, t.grad_clip,
-                t.eval_ema, t.log_every, t.checkpoint_every)
+            fit(
+                state,
+                method,
+                lambda g, c=comps, b=t.batch_size: c.data.sample(b, g),
+                t.iterations,
+                t.grad_clip,
+                t.eval_ema,
+                t.log_every,
+                t.checkpoint_every,
+            )
             builds.append(t1 - t0)
             loops.append(time.perf_counter() - t1)
     finally:
@@ -114,10 +124,17 @@ def start_ray(folder: Path) -> float:
     import ray
 
     port = _free_port()
-    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"   # Train's placement-group cleaner finds our head
-    ray.init(address="local", num_cpus=os.cpu_count(), resources={"train_driver": 1000}, include_dashboard=True,
-             dashboard_port=port, _temp_dir=tempfile.mkdtemp(prefix="msbr", dir="/tmp"), log_to_driver=False,
-             logging_level="WARNING")
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"  # Train's placement-group cleaner finds our head
+    ray.init(
+        address="local",
+        num_cpus=os.cpu_count(),
+        resources={"train_driver": 1000},
+        include_dashboard=True,
+        dashboard_port=port,
+        _temp_dir=tempfile.mkdtemp(prefix="msbr", dir="/tmp"),
+        log_to_driver=False,
+        logging_level="WARNING",
+    )
     return time.perf_counter() - t0
 
 
@@ -144,8 +161,13 @@ def run_timed_sweep(plan, folder: Path) -> dict:
     uri = absolute_uri(f"sqlite:///{folder / 'mlflow.db'}")
     ray_init = {}
     t0 = time.time()
-    code = run_sweep(plan, uri, str(folder / "ray_results"), say=lambda m: log.append((time.time(), str(m))),
-                     start_ray=lambda say: ray_init.update(s=start_ray(folder)))
+    code = run_sweep(
+        plan,
+        uri,
+        str(folder / "ray_results"),
+        say=lambda m: log.append((time.time(), str(m))),
+        start_ray=lambda say: ray_init.update(s=start_ray(folder)),
+    )
     return {"code": code, "t0": t0, "t1": time.time(), "log": log, "uri": uri, "ray_init_s": ray_init["s"]}
 
 
@@ -155,8 +177,9 @@ def trial_timeline(sweep: dict, n: int) -> list[dict]:
 
     client = MlflowClient(sweep["uri"])
     exp = client.get_experiment_by_name("bench")
-    runs = client.search_runs([exp.experiment_id], "tags.`multistep.kind` = 'trial'", order_by=["attributes.start_time DESC"],
-                              max_results=n)
+    runs = client.search_runs(
+        [exp.experiment_id], "tags.`multistep.kind` = 'trial'", order_by=["attributes.start_time DESC"], max_results=n
+    )
     by_index = {int(r.data.tags["multistep.trial_index"]): r.info.run_id for r in runs}
     starts, dones = {}, {}
     for t, m in sweep["log"]:
@@ -167,8 +190,15 @@ def trial_timeline(sweep: dict, n: int) -> list[dict]:
         hist = sorted(client.get_metric_history(by_index[i], "train/wall_seconds"), key=lambda m: m.step)
         loop_start = hist[0].timestamp / 1000 - hist[0].value
         loop_end = hist[-1].timestamp / 1000
-        rows.append({"start": starts[i], "loop_start": loop_start, "loop_end": loop_end, "done": dones[i],
-                     "loop_s": hist[-1].value})
+        rows.append(
+            {
+                "start": starts[i],
+                "loop_start": loop_start,
+                "loop_end": loop_end,
+                "done": dones[i],
+                "loop_s": hist[-1].value,
+            }
+        )
     return rows
 
 
@@ -190,7 +220,7 @@ def bench_orchestration(trial_seconds: float = 20.0, work_dir: str | None = None
     folder.mkdir(parents=True, exist_ok=True)
     iterations = calibrate(folder, trial_seconds)
     path = write_sweep(folder, iterations, runner)
-    load = {"plain_start": os.getloadavg()[0]}              # 1-minute load average: other users' work shows here
+    load = {"plain_start": os.getloadavg()[0]}  # 1-minute load average: other users' work shows here
     plain = plain_loops(load_sweep(path))
     load["plain_end"] = os.getloadavg()[0]
 
@@ -218,19 +248,37 @@ def bench_orchestration(trial_seconds: float = 20.0, work_dir: str | None = None
     # Load-robust view: the fixed cost of a trial (everything but its loop) from the sweep's own timeline, and the
     # ratio it implies for loops of 30 s (the goal's case): (30 + fixed + sweep-level cost / n) / 30.
     gaps = [rows[i + 1]["start"] - rows[i]["done"] for i in range(n - 1)]
-    fixed = [r["loop_start"] - r["start"] + r["done"] - r["loop_end"] + g for r, g in zip(rows, gaps + [statistics.median(gaps)])]
+    fixed = [
+        r["loop_start"] - r["start"] + r["done"] - r["loop_end"] + g
+        for r, g in zip(rows, gaps + [statistics.median(gaps)])
+    ]
     before, after = rows[0]["start"] - sweep["t0"], sweep["t1"] - rows[-1]["done"]
     per_trial_fixed = statistics.median(fixed)
     return {
-        "fixed_per_trial_s": fixed, "fixed_per_trial_median_s": per_trial_fixed,
+        "fixed_per_trial_s": fixed,
+        "fixed_per_trial_median_s": per_trial_fixed,
         "estimated_ratio_30s_trials": (30 + per_trial_fixed + (before + after) / n) / 30,
-        "runner": runner, "iterations": iterations, "trial_seconds_target": trial_seconds, "exit_code": sweep["code"],
-        "plain_s": plain["total_s"], "plain_loop_s": plain["loop_s"], "sweep_s": sweep_s, "ratio": sweep_s / plain["total_s"],
-        "overhead_per_trial_s": (sweep_s - plain["total_s"]) / n, "goal_ratio": 1.2,
-        "ray_init_s": sweep["ray_init_s"], "load_average_1min": load, "cpu_count": os.cpu_count(),
-        "before_first_trial_s": before,     # Ray start beside (MLflow runs, shared assets), then Tune start
-        "after_last_trial_s": after,        # results table, plot, artifacts, Tune end
-        "breakdown_mean_s": breakdown, "trials": rows, "ray_actors": actors, "import_s": import_costs(),
-        "driver_log": [(round(t - sweep["t0"], 2), m) for t, m in sweep["log"] if m.startswith(("[trial", "computing", "running"))],
+        "runner": runner,
+        "iterations": iterations,
+        "trial_seconds_target": trial_seconds,
+        "exit_code": sweep["code"],
+        "plain_s": plain["total_s"],
+        "plain_loop_s": plain["loop_s"],
+        "sweep_s": sweep_s,
+        "ratio": sweep_s / plain["total_s"],
+        "overhead_per_trial_s": (sweep_s - plain["total_s"]) / n,
+        "goal_ratio": 1.2,
+        "ray_init_s": sweep["ray_init_s"],
+        "load_average_1min": load,
+        "cpu_count": os.cpu_count(),
+        "before_first_trial_s": before,  # Ray start beside (MLflow runs, shared assets), then Tune start
+        "after_last_trial_s": after,  # results table, plot, artifacts, Tune end
+        "breakdown_mean_s": breakdown,
+        "trials": rows,
+        "ray_actors": actors,
+        "import_s": import_costs(),
+        "driver_log": [
+            (round(t - sweep["t0"], 2), m) for t, m in sweep["log"] if m.startswith(("[trial", "computing", "running"))
+        ],
         "work_dir": str(folder),
     }

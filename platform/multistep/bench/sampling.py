@@ -27,13 +27,17 @@ def bench_sampling(setup: Setup, batch: int, teacher_steps: int, min_rounds: int
     t0 = time.perf_counter()
     while len(times[1]) < min_rounds or time.perf_counter() - t0 < min_seconds:
         for S in SAMPLER_STEPS:
-            times[S].append(timed(lambda: mcm_sample(f, setup.sched, noise, S), setup.device, 0, 1)[1])
+            times[S].append(timed(lambda S=S: mcm_sample(f, setup.sched, noise, S), setup.device, 0, 1)[1])
     for S in SAMPLER_STEPS:
         t = statistics.median(times[S])
         speedup, goal = t_teacher / t, 0.9 * teacher_steps / S
-        out["student"][str(S)] = {"seconds": t, "img_per_s": batch / t, "speedup": speedup, "goal": goal,
-                                  "speedup_over_goal": speedup / goal, "calls": len(times[S])}
+        out["student"][str(S)] = {
+            "seconds": t,
+            "img_per_s": batch / t,
+            "speedup": speedup,
+            "goal": goal,
+            "speedup_over_goal": speedup / goal,
+            "calls": len(times[S]),
+        }
     setup.student.train()
     return out
-
-

@@ -11,23 +11,41 @@ import os
 import statistics
 import time
 
-GOAL_MCD_RATIO = 1.75          # MCD step / diffusion step (issue 9)
-GOAL_MFU = 0.35                # 64x64 UNet, bf16 + compile on an H100
-GOAL_FD_SPEEDUP = 10.0         # frechet_distance versus sqrtm at d = 2048
-GOAL_FD_AGREEMENT = 1e-6       # relative
+GOAL_MCD_RATIO = 1.75  # MCD step / diffusion step (issue 9)
+GOAL_MFU = 0.35  # 64x64 UNet, bf16 + compile on an H100
+GOAL_FD_SPEEDUP = 10.0  # frechet_distance versus sqrtm at d = 2048
+GOAL_FD_AGREEMENT = 1e-6  # relative
 SAMPLER_STEPS = (1, 2, 4, 8)
 
 # UNet sizes: cpu = a few-thousand-parameter 8x8 net; cifar = DDPM's 35.7M CIFAR-10 UNet; imagenet64 = ADM/EDM's
 # ImageNet-64 layout (192 channels, 1-2-3-4, 3 blocks, attention at 32/16/8; 265M parameters).
 SIZES = {
-    "cpu": {"net": dict(in_ch=1, base_ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), resolution=8),
-            "batch": 16, "sample_batch": 64},
-    "cifar": {"net": dict(in_ch=3, base_ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,),
-                          resolution=32, dropout=0.1), "batch": 128, "sample_batch": 256},
-    "imagenet64": {"net": dict(in_ch=3, base_ch=192, ch_mult=(1, 2, 3, 4), num_res_blocks=3, attn_resolutions=(32, 16, 8),
-                               resolution=64), "batch": 128, "sample_batch": 128},
+    "cpu": {
+        "net": dict(in_ch=1, base_ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), resolution=8),
+        "batch": 16,
+        "sample_batch": 64,
+    },
+    "cifar": {
+        "net": dict(
+            in_ch=3,
+            base_ch=128,
+            ch_mult=(1, 2, 2, 2),
+            num_res_blocks=2,
+            attn_resolutions=(16,),
+            resolution=32,
+            dropout=0.1,
+        ),
+        "batch": 128,
+        "sample_batch": 256,
+    },
+    "imagenet64": {
+        "net": dict(
+            in_ch=3, base_ch=192, ch_mult=(1, 2, 3, 4), num_res_blocks=3, attn_resolutions=(32, 16, 8), resolution=64
+        ),
+        "batch": 128,
+        "sample_batch": 128,
+    },
 }
-
 
 
 # -- shared ------------------------------------------------------------------------------------------
@@ -36,21 +54,40 @@ def machine(device) -> dict:
 
     import torch
 
-    info = {"device": str(device), "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version()}
+    info = {
+        "device": str(device),
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+    }
     if torch.device(device).type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     else:
         try:
-            info["cpu"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+            info["cpu"] = next(
+                line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")
+            )
         except (OSError, StopIteration):
             pass
     return info
 
 
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) by a substring of torch.cuda.get_device_name; first match wins.
-PEAK_BF16_TFLOPS = (("H200", 989.0), ("H100", 989.0), ("GH200", 989.0), ("B200", 2250.0), ("A100", 312.0),
-                    ("L40S", 362.0), ("L40", 181.0), ("L4", 121.0), ("A10", 125.0), ("4090", 165.0), ("3090", 71.0))
+PEAK_BF16_TFLOPS = (
+    ("H200", 989.0),
+    ("H100", 989.0),
+    ("GH200", 989.0),
+    ("B200", 2250.0),
+    ("A100", 312.0),
+    ("L40S", 362.0),
+    ("L40", 181.0),
+    ("L4", 121.0),
+    ("A10", 125.0),
+    ("4090", 165.0),
+    ("3090", 71.0),
+)
 
 
 def default_peak_tflops(device, precision: str = "bf16") -> float | None:
@@ -58,7 +95,7 @@ def default_peak_tflops(device, precision: str = "bf16") -> float | None:
     None on CPU or an unknown GPU (pass --peak-tflops)."""
     import torch
 
-    del precision   # kept for callers: MFU is always against the bf16 peak
+    del precision  # kept for callers: MFU is always against the bf16 peak
     if torch.device(device).type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
@@ -127,12 +164,16 @@ class Setup:
         torch.manual_seed(seed)
         self.size, self.device, self.sched = size, device, make_schedule("cosine")
         net = make_net(size, device)
-        tnet = copy.deepcopy(net).requires_grad_(False).eval()     # the teacher: a trained copy in real use
+        tnet = copy.deepcopy(net).requires_grad_(False).eval()  # the teacher: a trained copy in real use
         self.student, teacher = VDenoiser(net, self.sched), VDenoiser(tnet, self.sched)
-        self.notes = apply_fast_paths([self.student, teacher], device, precision, channels_last, compile)   # as sweeps do
+        self.notes = apply_fast_paths(
+            [self.student, teacher], device, precision, channels_last, compile
+        )  # as sweeps do
         self.teacher = InferenceTeacher(teacher)
-        ema = copy.deepcopy(net).requires_grad_(False)              # eval EMA: the student's parameter order and layout
-        self.method = MCM(self.sched, student_steps=4, teacher=self.teacher, anneal="constant", anneal_params={"n": 256})
+        ema = copy.deepcopy(net).requires_grad_(False)  # eval EMA: the student's parameter order and layout
+        self.method = MCM(
+            self.sched, student_steps=4, teacher=self.teacher, anneal="constant", anneal_params={"n": 256}
+        )
         opt = make_adam(self.student.parameters(), 2e-4, device)
         self.state = TrainState(self.student, ema, opt, gen=torch.Generator().manual_seed(seed))
 
@@ -151,7 +192,7 @@ class Setup:
 
         st = self.state
         if kind == "diffusion":
-            loss = v_loss(self.student.v, self.sched, x, st.gen)   # the network under the same fast paths
+            loss = v_loss(self.student.v, self.sched, x, st.gen)  # the network under the same fast paths
         else:
             loss, _ = self.method.loss(self.student, x, 0, 1000, st.gen)
         st.opt.zero_grad(set_to_none=True)
@@ -167,18 +208,25 @@ def bench_training(setup: Setup, batch: int, warmup: int, steps: int, peak_tflop
 
     f_img = forward_flops_per_image(setup.size)
     x = setup.batch(batch)
-    out = {"batch": batch, "forward_gflop_per_image": f_img / 1e9,
-           "params_millions": sum(p.numel() for p in setup.student.parameters()) / 1e6}
-    for kind, passes in (("diffusion", 3), ("mcd", 5)):      # forward-equivalents: fwd+bwd = 3, + 2 no-grad forwards
+    out = {
+        "batch": batch,
+        "forward_gflop_per_image": f_img / 1e9,
+        "params_millions": sum(p.numel() for p in setup.student.parameters()) / 1e6,
+    }
+    for kind, passes in (("diffusion", 3), ("mcd", 5)):  # forward-equivalents: fwd+bwd = 3, + 2 no-grad forwards
         reset_peak_memory(setup.device)
-        warm_s, step_s = timed(lambda: setup.step(kind, x), setup.device, warmup, steps)
+        warm_s, step_s = timed(lambda kind=kind: setup.step(kind, x), setup.device, warmup, steps)
         tflops = passes * f_img * batch / step_s / 1e12
-        out[kind] = {"step_s": step_s, "img_per_s": batch / step_s, "warmup_s": warm_s,
-                     "compile_s": max(warm_s - warmup * step_s, 0.0), "tflops": tflops,
-                     "mfu": tflops / peak_tflops if peak_tflops else None, "peak_memory_bytes": peak_memory(setup.device)}
+        out[kind] = {
+            "step_s": step_s,
+            "img_per_s": batch / step_s,
+            "warmup_s": warm_s,
+            "compile_s": max(warm_s - warmup * step_s, 0.0),
+            "tflops": tflops,
+            "mfu": tflops / peak_tflops if peak_tflops else None,
+            "peak_memory_bytes": peak_memory(setup.device),
+        }
     out["mcd_over_diffusion"] = out["mcd"]["step_s"] / out["diffusion"]["step_s"]
     out["flop_ideal_ratio"] = 5 / 3
     out["goal_ratio"] = GOAL_MCD_RATIO
     return out
-
-

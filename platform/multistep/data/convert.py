@@ -32,10 +32,17 @@ IMAGE_EXT = {".png", ".jpg", ".jpeg"}
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     """Unpickler for CIFAR batches: allows only the numpy globals an ndarray pickle refers to."""
 
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-               ("numpy._core.multiarray", "scalar"), ("numpy.core.numeric", "_frombuffer"),
-               ("numpy._core.numeric", "_frombuffer"), ("_codecs", "encode")}  # _codecs.encode: bytes in protocol-2 pickles
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("_codecs", "encode"),
+    }  # _codecs.encode: bytes in protocol-2 pickles
 
     def find_class(self, module, name):
         if (module, name) not in self.ALLOWED:
@@ -60,7 +67,9 @@ def _planes_to_hwc(data, path: Path, labels, res: int | None = None):
         raise ConfigError(f"{path}: 'data' has dtype {data.dtype}, expected uint8")
     side = res or (int(round((data.shape[1] / 3) ** 0.5)) if data.ndim == 2 else 0)
     if data.ndim != 2 or data.shape[1] != 3 * side * side or side == 0:
-        raise ConfigError(f"{path}: 'data' has shape {data.shape}, expected (n, 3*r*r)" + (f" with r = {res}" if res else ""))
+        raise ConfigError(
+            f"{path}: 'data' has shape {data.shape}, expected (n, 3*r*r)" + (f" with r = {res}" if res else "")
+        )
     if len(labels) != len(data):
         raise ConfigError(f"{path}: {len(labels)} labels for {len(data)} images")
     return data.reshape(-1, 3, side, side).transpose(0, 2, 3, 1)
@@ -78,7 +87,12 @@ def _cifar10(src: Path, writer_for):
         if not isinstance(d, dict) or b"data" not in d or b"labels" not in d:
             raise ConfigError(f"{f}: not a CIFAR-10 python batch (needs a dict with b'data' and b'labels')")
         labels = np.asarray(d[b"labels"])
-        if not np.issubdtype(labels.dtype, np.integer) or labels.ndim != 1 or labels.min(initial=0) < 0 or labels.max(initial=0) > 9:
+        if (
+            not np.issubdtype(labels.dtype, np.integer)
+            or labels.ndim != 1
+            or labels.min(initial=0) < 0
+            or labels.max(initial=0) > 9
+        ):
             raise ConfigError(f"{f}: labels must be integers 0..9")
         x = _planes_to_hwc(np.asarray(d[b"data"]), f, labels, 32)
         writer_for(32, 32, 3, True, 10).add(x, labels)
@@ -116,7 +130,9 @@ def _folder(src: Path, writer_for, size: int | None, grayscale: bool, chunk: int
         raise ConfigError(f"{src}: not a folder of images")
     classes = sorted(d.name for d in src.iterdir() if d.is_dir())
     if classes:
-        items = [(f, k) for k, c in enumerate(classes) for f in sorted((src / c).rglob("*")) if f.suffix.lower() in IMAGE_EXT]
+        items = [
+            (f, k) for k, c in enumerate(classes) for f in sorted((src / c).rglob("*")) if f.suffix.lower() in IMAGE_EXT
+        ]
     else:
         items = [(f, -1) for f in sorted(src.iterdir()) if f.suffix.lower() in IMAGE_EXT]
     if not items:
@@ -125,7 +141,7 @@ def _folder(src: Path, writer_for, size: int | None, grayscale: bool, chunk: int
     mode, shape, first = ("L" if grayscale else "RGB"), None, None
     for c0 in range(0, len(items), chunk):
         xs, ys = [], []
-        for i in order[c0:c0 + chunk]:
+        for i in order[c0 : c0 + chunk]:
             f, k = items[i]
             try:
                 with Image.open(f) as im:
@@ -138,15 +154,23 @@ def _folder(src: Path, writer_for, size: int | None, grayscale: bool, chunk: int
             if shape is None:
                 shape, first = a.shape, f
             elif a.shape != shape:
-                raise ConfigError(f"{f}: image is {a.shape[1]}x{a.shape[0]} but {first} is {shape[1]}x{shape[0]} (use --size to resize)")
+                raise ConfigError(
+                    f"{f}: image is {a.shape[1]}x{a.shape[0]} but {first} is {shape[1]}x{shape[0]} (use --size to resize)"
+                )
             xs.append(a)
             ys.append(k)
         w = writer_for(*shape, bool(classes), len(classes) or None, classes or None)
         w.add(np.stack(xs), np.asarray(ys, np.int64) if classes else None)
 
 
-def convert(kind: str, src: str | os.PathLike, out_dir: str | os.PathLike, shard_size: int = 10000,
-            size: int | None = None, grayscale: bool = False) -> list[Path]:
+def convert(
+    kind: str,
+    src: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    shard_size: int = 10000,
+    size: int | None = None,
+    grayscale: bool = False,
+) -> list[Path]:
     """Convert SRC (see the module docstring) into shard-*.parquet files under out_dir; returns their paths."""
     from multistep.data.parquet import SHARD_GLOB, ShardWriter
 
@@ -185,8 +209,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     """Adds `data convert KIND SRC OUT [--shard-size N] [--size S] [--grayscale]` to the multistep CLI."""
     d = subparsers.add_parser("data", help="dataset tools (convert to Parquet shards)")
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
-    c = dsub.add_parser("convert", help="convert CIFAR-10 batches, ImageNet 32/64 .npz or an image folder to Parquet shards",
-                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    c = dsub.add_parser(
+        "convert",
+        help="convert CIFAR-10 batches, ImageNet 32/64 .npz or an image folder to Parquet shards",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     c.add_argument("kind", choices=KINDS, help="input format")
     c.add_argument("src", help="input file or folder")
     c.add_argument("out", help="output folder for shard-*.parquet (must hold no shards yet)")
@@ -202,6 +230,8 @@ def cmd_data_convert(args) -> int:
 
     info = shard_info(paths[0])
     rows = sum(shard_info(p).rows for p in paths)
-    print(f"wrote {rows} images ({info.height}x{info.width}x{info.channels}"
-          f"{', labels' if info.has_labels else ''}) in {len(paths)} shard(s) under {Path(args.out)}")
+    print(
+        f"wrote {rows} images ({info.height}x{info.width}x{info.channels}"
+        f"{', labels' if info.has_labels else ''}) in {len(paths)} shard(s) under {Path(args.out)}"
+    )
     return 0

@@ -6,7 +6,7 @@ optionally upsampled to s = 16 or 32 (nearest or bilinear).
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -31,7 +31,9 @@ def load_digits(size: int = 8, mode: str = "nearest") -> tuple[torch.Tensor, tor
     return x.contiguous(), torch.from_numpy(d.target.astype(np.int64))
 
 
-def batches(x: torch.Tensor, y: torch.Tensor | None, batch_size: int, seed: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+def batches(
+    x: torch.Tensor, y: torch.Tensor | None, batch_size: int, seed: int = 0
+) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
     """Endless (x, y) batches of in-memory data, reshuffled every epoch (seeded; partial batches dropped)."""
     if batch_size > len(x):
         raise ValueError(f"batch_size {batch_size} exceeds the {len(x)} examples")
@@ -39,5 +41,5 @@ def batches(x: torch.Tensor, y: torch.Tensor | None, batch_size: int, seed: int 
     while True:
         perm = torch.randperm(len(x), generator=g)
         for i in range(0, len(x) - batch_size + 1, batch_size):
-            idx = perm[i:i + batch_size]
+            idx = perm[i : i + batch_size]
             yield x[idx], (y[idx] if y is not None else None)

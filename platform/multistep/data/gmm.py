@@ -10,14 +10,20 @@ import torch
 
 @dataclass(frozen=True)
 class GaussianMixture:
-    means: torch.Tensor    # (K, d) float64
-    stds: torch.Tensor     # (K, d) float64, per-dimension standard deviations
+    means: torch.Tensor  # (K, d) float64
+    stds: torch.Tensor  # (K, d) float64, per-dimension standard deviations
     weights: torch.Tensor  # (K,) float64, sums to 1
     shape: tuple[int, ...]  # shape of one sample, prod(shape) = d
 
     @classmethod
-    def random(cls, shape: tuple[int, ...] = (16,), components: int = 10, mean_std: float = 0.6,
-               component_std: float = 0.1, seed: int = 0) -> "GaussianMixture":
+    def random(
+        cls,
+        shape: tuple[int, ...] = (16,),
+        components: int = 10,
+        mean_std: float = 0.6,
+        component_std: float = 0.1,
+        seed: int = 0,
+    ) -> GaussianMixture:
         """Means ~ N(0, mean_std^2), every component isotropic with std component_std, equal weights."""
         d = int(np.prod(shape))
         g = torch.Generator().manual_seed(seed)

@@ -12,9 +12,9 @@ from __future__ import annotations
 import itertools
 import json
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -33,7 +33,7 @@ class ShardInfo:
     height: int
     width: int
     channels: int
-    layout: str                  # "HWC" or "CHW": byte order of one image
+    layout: str  # "HWC" or "CHW": byte order of one image
     has_labels: bool
     num_classes: int | None
     class_names: list[str] | None
@@ -47,8 +47,17 @@ class ShardInfo:
 class ShardWriter:
     """Buffers uint8 NHWC images (+ labels) and writes `shard_size`-row shards atomically (tmp + rename)."""
 
-    def __init__(self, out_dir: str | os.PathLike, shard_size: int, height: int, width: int, channels: int,
-                 labels: bool, num_classes: int | None = None, class_names: Sequence[str] | None = None):
+    def __init__(
+        self,
+        out_dir: str | os.PathLike,
+        shard_size: int,
+        height: int,
+        width: int,
+        channels: int,
+        labels: bool,
+        num_classes: int | None = None,
+        class_names: Sequence[str] | None = None,
+    ):
         if shard_size < 1:
             raise ValueError(f"shard_size must be >= 1, got {shard_size}")
         if shard_size * height * width * channels >= 2**31:
@@ -58,7 +67,13 @@ class ShardWriter:
         if any(self.out.glob(SHARD_GLOB)):
             raise ValueError(f"{self.out}: already contains {SHARD_GLOB} files; choose an empty folder")
         self.shard_size, self.hwc, self.labels = shard_size, (height, width, channels), labels
-        meta = {"schema_version": SCHEMA_VERSION, "height": height, "width": width, "channels": channels, "layout": "HWC"}
+        meta = {
+            "schema_version": SCHEMA_VERSION,
+            "height": height,
+            "width": width,
+            "channels": channels,
+            "layout": "HWC",
+        }
         if num_classes is not None:
             meta["num_classes"] = int(num_classes)
         if class_names is not None:
@@ -78,7 +93,9 @@ class ShardWriter:
         if self.labels:
             labels = np.asarray(labels)
             if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer) or (labels < 0).any():
-                raise ValueError(f"labels must be {len(images)} non-negative integers, got shape {labels.shape} dtype {labels.dtype}")
+                raise ValueError(
+                    f"labels must be {len(images)} non-negative integers, got shape {labels.shape} dtype {labels.dtype}"
+                )
             self.buf_y.append(labels.astype(np.int64))
         self.buf_x.append(images)
         self.buffered += len(images)
@@ -90,7 +107,11 @@ class ShardWriter:
         self.buf_x = [x[n:]]
         item = int(np.prod(self.hwc))
         offsets = (np.arange(n + 1, dtype=np.int64) * item).astype(np.int32)
-        cols = [pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(x[:n]))])]
+        cols = [
+            pa.Array.from_buffers(
+                pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(x[:n]))]
+            )
+        ]
         if self.labels:
             y = np.concatenate(self.buf_y)
             self.buf_y = [y[n:]]
@@ -108,8 +129,14 @@ class ShardWriter:
         return list(self.paths)
 
 
-def write_shards(images: np.ndarray, labels: np.ndarray | None, out_dir: str | os.PathLike, shard_size: int,
-                 num_classes: int | None = None, class_names: Sequence[str] | None = None) -> list[Path]:
+def write_shards(
+    images: np.ndarray,
+    labels: np.ndarray | None,
+    out_dir: str | os.PathLike,
+    shard_size: int,
+    num_classes: int | None = None,
+    class_names: Sequence[str] | None = None,
+) -> list[Path]:
     """Write uint8 NHWC images (NHW for one channel) and optional int labels as shards of `shard_size` rows."""
     images = np.asarray(images)
     if images.ndim == 3:
@@ -118,7 +145,14 @@ def write_shards(images: np.ndarray, labels: np.ndarray | None, out_dir: str | o
         raise ValueError(f"images must be a non-empty (n, H, W, C) array, got shape {images.shape}")
     if labels is not None and num_classes is None:
         num_classes = int(np.max(labels)) + 1 if len(np.asarray(labels)) else None
-    w = ShardWriter(out_dir, shard_size, *images.shape[1:], labels=labels is not None, num_classes=num_classes, class_names=class_names)
+    w = ShardWriter(
+        out_dir,
+        shard_size,
+        *images.shape[1:],
+        labels=labels is not None,
+        num_classes=num_classes,
+        class_names=class_names,
+    )
     w.add(images, labels)
     return w.close()
 
@@ -188,12 +222,14 @@ def read_shard(path: str | os.PathLike, info: ShardInfo | None = None) -> tuple[
     lengths = pc.binary_length(col)
     if col.null_count or pc.min(lengths).as_py() != item or pc.max(lengths).as_py() != item:
         bad = np.flatnonzero(lengths.fill_null(-1).to_numpy(zero_copy_only=False) != item)[0]
-        raise ValueError(f"{p}: row {bad}: image has {lengths[bad].as_py()} bytes, expected {item} "
-                         f"({info.layout} {info.height}x{info.width}x{info.channels} uint8)")
+        raise ValueError(
+            f"{p}: row {bad}: image has {lengths[bad].as_py()} bytes, expected {item} "
+            f"({info.layout} {info.height}x{info.width}x{info.channels} uint8)"
+        )
     n = len(col)
     odt = np.int64 if col.type == pa.large_binary() else np.int32
-    offsets = np.frombuffer(col.buffers()[1], odt)[col.offset:col.offset + n + 1]
-    data = np.frombuffer(col.buffers()[2], np.uint8)[offsets[0]:offsets[-1]]
+    offsets = np.frombuffer(col.buffers()[1], odt)[col.offset : col.offset + n + 1]
+    data = np.frombuffer(col.buffers()[2], np.uint8)[offsets[0] : offsets[-1]]
     if info.layout == "HWC":
         x = data.reshape(n, info.height, info.width, info.channels)
     else:
@@ -214,16 +250,26 @@ class ShardStream:
     in one window it is read once and kept in memory.
     """
 
-    def __init__(self, paths, rank: int = 0, world_size: int = 1, seed: int = 0, batch_size: int = 64,
-                 drop_last: bool = True, window: int = 4):
+    def __init__(
+        self,
+        paths,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        batch_size: int = 64,
+        drop_last: bool = True,
+        window: int = 4,
+    ):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world_size {world_size}")
         self.infos = [shard_info(p) for p in list_shards(paths)]
         first = self.infos[0]
         for i in self.infos[1:]:
             if (i.shape, i.has_labels) != (first.shape, first.has_labels):
-                raise ValueError(f"{i.path}: shape {i.shape} labels={i.has_labels} differs from {first.path}: "
-                                 f"shape {first.shape} labels={first.has_labels}")
+                raise ValueError(
+                    f"{i.path}: shape {i.shape} labels={i.has_labels} differs from {first.path}: "
+                    f"shape {first.shape} labels={first.has_labels}"
+                )
         self.shape, self.has_labels = first.shape, first.has_labels
         self.num_classes = first.num_classes
         self.rank, self.world_size, self.seed = rank, world_size, seed
@@ -233,10 +279,16 @@ class ShardStream:
         lo, hi = rank * self.num_rows // world_size, (rank + 1) * self.num_rows // world_size
         self.rank_rows = hi - lo
         if self.rank_rows == 0 or (drop_last and self.rank_rows < batch_size):
-            raise ValueError(f"rank {rank} of {world_size} gets {self.rank_rows} rows of {self.num_rows} "
-                             f"(in {first.path.parent}), fewer than batch_size {batch_size}")
+            raise ValueError(
+                f"rank {rank} of {world_size} gets {self.rank_rows} rows of {self.num_rows} "
+                f"(in {first.path.parent}), fewer than batch_size {batch_size}"
+            )
         # (shard index, first row, end row) of every shard overlapping [lo, hi)
-        self.pieces = [(k, max(lo, s) - s, min(hi, e) - s) for k, (s, e) in enumerate(zip(starts[:-1], starts[1:])) if s < hi and e > lo]
+        self.pieces = [
+            (k, max(lo, s) - s, min(hi, e) - s)
+            for k, (s, e) in enumerate(zip(starts[:-1], starts[1:]))
+            if s < hi and e > lo
+        ]
         self._cache: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
 
     def _piece(self, j: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -271,9 +323,9 @@ class ShardStream:
         rng = np.random.default_rng([self.seed, self.rank, epoch])
         order = rng.permutation(len(self.pieces))
         carry_x, carry_y = np.zeros((0, self.shape[1], self.shape[2], self.shape[0]), np.uint8), np.zeros(0, np.int64)
-        n = 0   # batches of this epoch so far
+        n = 0  # batches of this epoch so far
         for g in range(0, len(order), self.window):
-            parts = [self._piece(int(j)) for j in order[g:g + self.window]]
+            parts = [self._piece(int(j)) for j in order[g : g + self.window]]
             x = np.concatenate([carry_x] + [p[0] for p in parts])  # rows left from the last window join this one
             perm = rng.permutation(len(x))
             y = np.concatenate([carry_y] + [p[1] for p in parts])[perm] if self.has_labels else None
@@ -281,7 +333,7 @@ class ShardStream:
             full = len(x) // self.batch_size * self.batch_size
             for i in range(0, full, self.batch_size):
                 if n >= skip:
-                    yield self._nchw(x[i:i + self.batch_size]), None if y is None else y[i:i + self.batch_size]
+                    yield self._nchw(x[i : i + self.batch_size]), None if y is None else y[i : i + self.batch_size]
                 n += 1
             carry_x, carry_y = x[full:], (y[full:] if y is not None else carry_y)
         if len(carry_x) and not self.drop_last and n >= skip:
@@ -299,7 +351,9 @@ class ShardStream:
         for epoch in itertools.count(first + 1):
             yield from self.epoch_arrays(epoch)
 
-    def batches(self, start: int = 0, prefetch: int = 0, device=None) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    def batches(
+        self, start: int = 0, prefetch: int = 0, device=None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
         """Endless float32 batches on `device` (default CPU) from batch number `start` on; prefetch > 0: a reader
         thread keeps that many batches ready (shard reads and shuffles beside the training step, so the accelerator
         does not wait on them)."""
@@ -327,14 +381,15 @@ class Prefetch:
 
         self._q: queue.Queue = queue.Queue(maxsize=max(1, depth))
         self._stop = threading.Event()
-        threading.Thread(target=Prefetch._fill, args=(iter(source), self._q, self._stop), name="shard-prefetch",
-                         daemon=True).start()
+        threading.Thread(
+            target=Prefetch._fill, args=(iter(source), self._q, self._stop), name="shard-prefetch", daemon=True
+        ).start()
 
     @staticmethod
     def _fill(it, q, stop) -> None:
         import queue
 
-        def put(item) -> bool:   # False once the consumer has gone
+        def put(item) -> bool:  # False once the consumer has gone
             while not stop.is_set():
                 try:
                     q.put(item, timeout=0.1)
@@ -355,7 +410,7 @@ class Prefetch:
         return self
 
     def __next__(self):
-        if self._stop.is_set():   # closed, ended or failed: the reader puts nothing more
+        if self._stop.is_set():  # closed, ended or failed: the reader puts nothing more
             raise StopIteration
         item = self._q.get()
         if item is Prefetch._END or isinstance(item, BaseException):

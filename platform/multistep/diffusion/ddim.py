@@ -90,7 +90,9 @@ def addim_step(sched: Schedule, x_hat: Tensor, z_t: Tensor, t: Tensor, s: Tensor
     eps_hat = (z_t - a_t * x_hat) / torch.where(same, torch.ones_like(sig_t), sig_t)
     zvar = bcast(ddim_slope(sched, t, s).nan_to_num(0.0), z_t) ** 2 * bcast(torch.as_tensor(xvar), z_t)
     dims = tuple(range(1, z_t.ndim))
-    eps_ms = eps_hat.pow(2).mean(dim=dims, keepdim=True).clamp_min(1e-12)  # d / ||eps_hat||^2 = 1/mean; guard ||eps_hat|| > 0 (A6)
+    eps_ms = (
+        eps_hat.pow(2).mean(dim=dims, keepdim=True).clamp_min(1e-12)
+    )  # d / ||eps_hat||^2 = 1/mean; guard ||eps_hat|| > 0 (A6)
     out = a_s * x_hat + torch.sqrt(sig_s**2 + zvar / eps_ms) * eps_hat
     return torch.where(same, z_t, out)
 

@@ -6,7 +6,7 @@ teacher and distilled students all share this interface.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -22,14 +22,16 @@ def _full(z: Tensor, value: float) -> Tensor:
 
 
 @torch.no_grad()
-def ddim_sample(f: Denoiser, sched: Schedule, noise: Tensor, steps: int, xvar: str | Callable | None = None) -> tuple[Tensor, int]:
+def ddim_sample(
+    f: Denoiser, sched: Schedule, noise: Tensor, steps: int, xvar: str | Callable | None = None
+) -> tuple[Tensor, int]:
     """Teacher DDIM over `steps` uniform steps; with `xvar` it is aDDIM (Algorithm 3).
 
     xvar: None (plain DDIM), "analytic" (0.1 / (2 + SNR)), or a callable t -> per-dim variance
     (e.g. a precomputed per-t table, see `xvar_table`).
     """
     z = noise
-    for i in range(steps, 0, -1):              # t = 1, 1 - 1/N, ..., 1/N
+    for i in range(steps, 0, -1):  # t = 1, 1 - 1/N, ..., 1/N
         t, s = _full(z, i / steps), _full(z, (i - 1) / steps)
         x_hat = f(z, t)
         if xvar is None:
@@ -43,15 +45,17 @@ def ddim_sample(f: Denoiser, sched: Schedule, noise: Tensor, steps: int, xvar: s
 @torch.no_grad()
 def mcm_sample(f: Denoiser, sched: Schedule, noise: Tensor, student_steps: int) -> tuple[Tensor, int]:
     """MCM Algorithm 2: plain deterministic DDIM over S uniform steps with the student."""
-    z = noise                                  # z_1 ~ N(0, I)
-    for k in range(student_steps, 0, -1):      # k = S, ..., 1
+    z = noise  # z_1 ~ N(0, I)
+    for k in range(student_steps, 0, -1):  # k = S, ..., 1
         t, s = _full(z, k / student_steps), _full(z, (k - 1) / student_steps)
         z = ddim_step(sched, f(z, t), z, t, s)  # z_s = DDIM_{t->s}(f(z_t, t), z_t); last step returns x_hat
     return z, student_steps
 
 
 @torch.no_grad()
-def cm_stochastic_sample(f: Denoiser, sched: Schedule, noise: Tensor, times: Sequence[float], generator: torch.Generator | None = None) -> tuple[Tensor, int]:
+def cm_stochastic_sample(
+    f: Denoiser, sched: Schedule, noise: Tensor, times: Sequence[float], generator: torch.Generator | None = None
+) -> tuple[Tensor, int]:
     """CM paper Algorithm 1 (multistep consistency sampling), VP form.
 
     x <- f(z_1, 1); for each tau in `times` (decreasing, in (0, 1)): z = alpha_tau x + sigma_tau eps
@@ -62,13 +66,18 @@ def cm_stochastic_sample(f: Denoiser, sched: Schedule, noise: Tensor, times: Seq
         t = _full(noise, tau)
         a, s = sched.alpha_sigma(t)
         eps = torch.randn(noise.shape, generator=generator, dtype=noise.dtype, device=noise.device)
-        z = a.reshape(-1, *[1] * (noise.ndim - 1)).to(noise.dtype) * x + s.reshape(-1, *[1] * (noise.ndim - 1)).to(noise.dtype) * eps
+        z = (
+            a.reshape(-1, *[1] * (noise.ndim - 1)).to(noise.dtype) * x
+            + s.reshape(-1, *[1] * (noise.ndim - 1)).to(noise.dtype) * eps
+        )
         x = f(z, t)
     return x, 1 + len(times)
 
 
 @torch.no_grad()
-def xvar_table(f: Denoiser, sched: Schedule, data: Tensor, steps: int, eta: float = 0.75, generator: torch.Generator | None = None) -> Callable[[Tensor], Tensor]:
+def xvar_table(
+    f: Denoiser, sched: Schedule, data: Tensor, steps: int, eta: float = 0.75, generator: torch.Generator | None = None
+) -> Callable[[Tensor], Tensor]:
     """Empirical aDDIM table (Algorithm 3): xvar_t = eta * E||x - x_hat(z_t)||^2 / d on the grid t = i/steps.
 
     Returns a function t -> xvar that looks up the nearest grid time.

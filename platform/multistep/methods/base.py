@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -14,7 +15,9 @@ Denoiser = Callable[[Tensor, Tensor], Tensor]
 class Method(Protocol):
     label: str  # short name used in tables and MLflow, e.g. "mcd", "mct"
 
-    def loss(self, student: nn.Module, x: Tensor, iteration: int, total: int, g: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+    def loss(
+        self, student: nn.Module, x: Tensor, iteration: int, total: int, g: torch.Generator
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         """Scalar loss for a data batch x (or (x, y), see split_batch) at `iteration` of `total`, plus detached tensors to log."""
         ...
 
@@ -22,8 +25,9 @@ class Method(Protocol):
         """Called after every optimizer step (target EMAs, phase changes)."""
         ...
 
-    def evaluations(self, ema: nn.Module, y: Tensor | None = None,
-                    seed: int = 0) -> list[tuple[str, int, Callable[[Tensor], tuple[Tensor, int]]]]:
+    def evaluations(
+        self, ema: nn.Module, y: Tensor | None = None, seed: int = 0
+    ) -> list[tuple[str, int, Callable[[Tensor], tuple[Tensor, int]]]]:
         """(label, sampling steps, sampler noise -> (samples, nfe)) for every point this run puts on the curve;
         y: fixed class labels, one per row of that noise (conditional students), or None; seed: of the noise a
         stochastic sampler draws (metrics.evaluate.sample_points gives each batch its own: its first row's index)."""

@@ -28,11 +28,11 @@ from multistep.methods.mcm import MCM
 @dataclass
 class TRACT:
     schedule: Schedule
-    teacher: Denoiser                      # the diffusion teacher of phase 0
-    time_schedule: tuple[int, ...]         # e.g. (64, 8, 1): phases 64 -> 8 -> 1
-    self_teacher_ema: float = 0.5          # mu_S
-    ema_residual: float = 1e-3             # inference EMA mu_I = residual ** (1 / iterations per phase)
-    clip_x: float = 0.0                    # clip x_hat in target steps (1.0 for data in [-1, 1]; 0 = off)
+    teacher: Denoiser  # the diffusion teacher of phase 0
+    time_schedule: tuple[int, ...]  # e.g. (64, 8, 1): phases 64 -> 8 -> 1
+    self_teacher_ema: float = 0.5  # mu_S
+    ema_residual: float = 1e-3  # inference EMA mu_I = residual ** (1 / iterations per phase)
+    clip_x: float = 0.0  # clip x_hat in target steps (1.0 for data in [-1, 1]; 0 = off)
     loss_weight: str = "max(snr,1)"
     distance: str = "l2sq_sum"
     label: str = "tract"
@@ -57,10 +57,19 @@ class TRACT:
         old_target = self.inner._target if self.inner is not None else None
         old_updates = self.inner._target_updates if self.inner is not None else 0
         self.inner = MCM(
-            schedule=self.schedule, student_steps=self.time_schedule[phase + 1], teacher=teacher,
-            anneal="constant", anneal_params={"n": self.time_schedule[phase]}, xvar_frac=0.0,
-            teacher_integrator="ddim", loss_weight=self.loss_weight, distance=self.distance,
-            target_ema=self.self_teacher_ema, target_bias_correction=True, clip_x=self.clip_x)
+            schedule=self.schedule,
+            student_steps=self.time_schedule[phase + 1],
+            teacher=teacher,
+            anneal="constant",
+            anneal_params={"n": self.time_schedule[phase]},
+            xvar_frac=0.0,
+            teacher_integrator="ddim",
+            loss_weight=self.loss_weight,
+            distance=self.distance,
+            target_ema=self.self_teacher_ema,
+            target_bias_correction=True,
+            clip_x=self.clip_x,
+        )
         self.inner._target, self.inner._target_updates = old_target, old_updates  # self-teacher EMA is not reset
         self.phase = phase
 
@@ -78,8 +87,11 @@ class TRACT:
 
     def state_dict(self) -> dict:
         teacher = self.inner.teacher if self.inner is not None and self.phase > 0 else None
-        return {"phase": self.phase, "teacher": None if teacher is None else teacher.state_dict(),
-                "inner": None if self.inner is None else self.inner.state_dict()}
+        return {
+            "phase": self.phase,
+            "teacher": None if teacher is None else teacher.state_dict(),
+            "inner": None if self.inner is None else self.inner.state_dict(),
+        }
 
     def load_state_dict(self, sd: dict, student: nn.Module) -> None:
         if sd["inner"] is None:
@@ -91,6 +103,12 @@ class TRACT:
         self._enter(int(sd["phase"]), teacher)
         self.inner.load_state_dict(sd["inner"], student)
 
-    def evaluations(self, ema: nn.Module, y: torch.Tensor | None = None, seed: int = 0):   # deterministic sampler: no seed
-        S, sched, ema = self.student_steps, self.schedule, conditioned(ema, y)   # y: labels of the noise rows (conditional)
+    def evaluations(
+        self, ema: nn.Module, y: torch.Tensor | None = None, seed: int = 0
+    ):  # deterministic sampler: no seed
+        S, sched, ema = (
+            self.student_steps,
+            self.schedule,
+            conditioned(ema, y),
+        )  # y: labels of the noise rows (conditional)
         return [(self.label, S, lambda noise: mcm_sample(ema, sched, noise, S))]

@@ -33,33 +33,51 @@ def metric_names(samples: int, extractor: str = "identity", labelled: bool = Fal
 class EvalRef:
     """Reference material for one sweep, computed once by the driver and shared by every trial."""
 
-    data: np.ndarray    # (n, d) samples of the data distribution
+    data: np.ndarray  # (n, d) samples of the data distribution
     noise: torch.Tensor  # (n, *shape) float32 starting noise, fixed per sample index
-    ode: np.ndarray | None  # (n, d) teacher's many-step DDIM solution from `noise` (conditioned on `labels`); None: no ode metric
-    floor: dict         # metrics of a second independent data sample: the two-sample noise floor
+    ode: (
+        np.ndarray | None
+    )  # (n, d) teacher's many-step DDIM solution from `noise` (conditioned on `labels`); None: no ode metric
+    floor: dict  # metrics of a second independent data sample: the two-sample noise floor
     labels: torch.Tensor | None = None  # (n,) int64 class label per noise row (class-conditional teachers), else None
-    feats: np.ndarray | None = None     # (n, D) float64 extractor features of `data`; None: the flattened data itself
+    feats: np.ndarray | None = None  # (n, D) float64 extractor features of `data`; None: the flattened data itself
 
     def to_dict(self) -> dict:
-        return {"data": self.data, "noise": self.noise.numpy(), "ode": self.ode, "floor": self.floor,
-                "labels": None if self.labels is None else self.labels.numpy(), "feats": self.feats}
+        return {
+            "data": self.data,
+            "noise": self.noise.numpy(),
+            "ode": self.ode,
+            "floor": self.floor,
+            "labels": None if self.labels is None else self.labels.numpy(),
+            "feats": self.feats,
+        }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "EvalRef":
+    def from_dict(cls, d: dict) -> EvalRef:
         y, f = d.get("labels"), d.get("feats")
-        return cls(np.array(d["data"]), torch.as_tensor(np.array(d["noise"])), None if d["ode"] is None else np.array(d["ode"]), dict(d["floor"]),
-                   None if y is None else torch.as_tensor(np.array(y), dtype=torch.long),
-                   None if f is None else np.array(f, dtype=np.float64))
+        return cls(
+            np.array(d["data"]),
+            torch.as_tensor(np.array(d["noise"])),
+            None if d["ode"] is None else np.array(d["ode"]),
+            dict(d["floor"]),
+            None if y is None else torch.as_tensor(np.array(y), dtype=torch.long),
+            None if f is None else np.array(f, dtype=np.float64),
+        )
 
     @property
     def ref_feats(self) -> np.ndarray:
         return self.data if self.feats is None else self.feats
 
-    def head(self, n: int) -> "EvalRef":
+    def head(self, n: int) -> EvalRef:
         """The first n rows (data, noise, ODE solutions, labels, features), without a floor: the proxy's reference."""
-        return EvalRef(self.data[:n], self.noise[:n], None if self.ode is None else self.ode[:n], {},
-                       None if self.labels is None else self.labels[:n],
-                       None if self.feats is None else self.feats[:n])
+        return EvalRef(
+            self.data[:n],
+            self.noise[:n],
+            None if self.ode is None else self.ode[:n],
+            {},
+            None if self.labels is None else self.labels[:n],
+            None if self.feats is None else self.feats[:n],
+        )
 
 
 def sample_points(evaluations, noise: torch.Tensor, labels: torch.Tensor | None, batch_size: int, device="cpu") -> list:
@@ -70,9 +88,9 @@ def sample_points(evaluations, noise: torch.Tensor, labels: torch.Tensor | None,
     out: dict = {}
     with torch.no_grad():
         for i in range(0, len(noise), batch_size):
-            y = None if labels is None else labels[i:i + batch_size].to(device)
+            y = None if labels is None else labels[i : i + batch_size].to(device)
             for label, steps, sampler in evaluations(y, i):
-                x, nfe = sampler(noise[i:i + batch_size].to(device))
+                x, nfe = sampler(noise[i : i + batch_size].to(device))
                 out.setdefault((label, steps), ([], nfe))[0].append(x.cpu())
     return [(label, steps, torch.cat(xs), nfe) for (label, steps), (xs, nfe) in out.items()]
 
@@ -82,27 +100,33 @@ def _flat(x) -> np.ndarray:
     return x.reshape(len(x), -1).astype(np.float64)
 
 
-def evaluate(samples, ref: EvalRef, names: dict[str, str], feats=None, kid_subsets: int = 0, predict=None) -> dict[str, float]:
+def evaluate(
+    samples, ref: EvalRef, names: dict[str, str], feats=None, kid_subsets: int = 0, predict=None
+) -> dict[str, float]:
     """Frechet distance (and, with kid_subsets > 0, KID with its standard error "<kid>_se") between the features
     of the samples (`feats`; None: the flattened samples) and the reference's; sliced W2 and the paired error to
     the teacher's ODE solutions in sample space; with `predict(feats) -> classes`, ref.labels and a "cls_err"
     name, the fraction of samples not classified as the label of their noise row."""
     s = _flat(samples)
     f, fr = (s if feats is None else np.asarray(feats, np.float64)), ref.ref_feats
-    out = {names["fd"]: frechet_distance(*gaussian_stats(f), *gaussian_stats(fr)),
-           names["swd"]: sliced_wasserstein(s, ref.data)}
+    out = {
+        names["fd"]: frechet_distance(*gaussian_stats(f), *gaussian_stats(fr)),
+        names["swd"]: sliced_wasserstein(s, ref.data),
+    }
     if ref.ode is not None:
         out[names["ode"]] = paired_l2(s, ref.ode)
     if predict is not None and ref.labels is not None and "cls_err" in names:
         out[names["cls_err"]] = float(np.mean(predict(f) != ref.labels.numpy()))
     if kid_subsets:
-        m = max(2, min(1000, len(f) // kid_subsets, len(fr) // kid_subsets))   # disjoint subsets: independent estimates
+        m = max(2, min(1000, len(f) // kid_subsets, len(fr) // kid_subsets))  # disjoint subsets: independent estimates
         value, se = kid(f, fr, num_subsets=kid_subsets, subset_size=m)
         out |= {names["kid"]: value, f"{names['kid']}_se": se}
     return out
 
 
-def bootstrap_se(samples, ref: EvalRef, names: dict[str, str], n_boot: int, seed: int = 0, feats=None) -> dict[str, float]:
+def bootstrap_se(
+    samples, ref: EvalRef, names: dict[str, str], n_boot: int, seed: int = 0, feats=None
+) -> dict[str, float]:
     """Bootstrap standard error of the FD, sliced W2 and ODE error of `evaluate`, keyed "<metric>_se": the std over
     `n_boot` resamples (with replacement, seeded) of the generated rows (with their features and paired ODE rows)
     and of the reference rows. The evaluation-noise yardstick of a regression check (docs/regression.md).
@@ -114,13 +138,25 @@ def bootstrap_se(samples, ref: EvalRef, names: dict[str, str], n_boot: int, seed
     for _ in range(n_boot):
         i, j = rng.integers(0, len(s), len(s)), rng.integers(0, len(ref.data), len(ref.data))
         ode = None if ref.ode is None else ref.ode[i]
-        for k, v in evaluate(s[i], EvalRef(ref.data[j], ref.noise, ode, {}, None, ref.ref_feats[j]), names, f[i]).items():
+        for k, v in evaluate(
+            s[i], EvalRef(ref.data[j], ref.noise, ode, {}, None, ref.ref_feats[j]), names, f[i]
+        ).items():
             reps.setdefault(k, []).append(v)
     return {f"{k}_se": float(np.std(v, ddof=1)) for k, v in reps.items()}
 
 
-def make_eval_ref(data_dist, teacher, sched, samples: int, ode_steps: int, seed: int, extractor: str = "identity",
-                  labelled: bool = False, features=None, kid_subsets: int = 0) -> EvalRef:
+def make_eval_ref(
+    data_dist,
+    teacher,
+    sched,
+    samples: int,
+    ode_steps: int,
+    seed: int,
+    extractor: str = "identity",
+    labelled: bool = False,
+    features=None,
+    kid_subsets: int = 0,
+) -> EvalRef:
     """Data sample, fixed noise and the teacher's `ode_steps`-step DDIM from it; `extractor` names the metrics
     ("identity" for vectors, "pixel" for images: Frechet distances of the flattened samples; "classifier",
     "inception": of the features that `features(rows) -> (n, D)` computes, kept as ref.feats).
@@ -144,13 +180,27 @@ def make_eval_ref(data_dist, teacher, sched, samples: int, ode_steps: int, seed:
 
 def metric_rows(values: dict[str, float], names: dict[str, str]) -> list[dict]:
     """{metric, value} (+ se where "<metric>_se" is among the values) for each metric of `names` that has a value."""
-    return [{"metric": m, "value": values[m]} | ({"se": values[f"{m}_se"]} if f"{m}_se" in values else {})
-            for m in names.values() if m in values]
+    return [
+        {"metric": m, "value": values[m]} | ({"se": values[f"{m}_se"]} if f"{m}_se" in values else {})
+        for m in names.values()
+        if m in values
+    ]
 
 
-def teacher_curve(teacher, sched, data_dist, ref: EvalRef, steps: list[int], eta: float = 0.75, seed: int = 0,
-                  extractor: str = "identity", bootstrap: int = 0, features=None, kid_subsets: int = 0,
-                  predict=None) -> list[dict]:
+def teacher_curve(
+    teacher,
+    sched,
+    data_dist,
+    ref: EvalRef,
+    steps: list[int],
+    eta: float = 0.75,
+    seed: int = 0,
+    extractor: str = "identity",
+    bootstrap: int = 0,
+    features=None,
+    kid_subsets: int = 0,
+    predict=None,
+) -> list[dict]:
     """Teacher DDIM and aDDIM (empirical xvar table, eta = 0.75) at each step count: rows of
     {method, steps, nfe, metric, value} (+ se: KID's own, the bootstrap's for the others when bootstrap > 0).
     With ref.labels the teacher is conditioned on them (unguided), its xvar table on the table rows' own labels."""
@@ -165,8 +215,16 @@ def teacher_curve(teacher, sched, data_dist, ref: EvalRef, steps: list[int], eta
     return rows
 
 
-def teacher_points(teacher, sched, data_dist, noise: torch.Tensor, steps: list[int], labels: torch.Tensor | None = None,
-                   eta: float = 0.75, seed: int = 0):
+def teacher_points(
+    teacher,
+    sched,
+    data_dist,
+    noise: torch.Tensor,
+    steps: list[int],
+    labels: torch.Tensor | None = None,
+    eta: float = 0.75,
+    seed: int = 0,
+):
     """Yields (teacher_ddim | teacher_addim, steps, samples, nfe): the teacher's DDIM and aDDIM (xvar table from 2048
     data rows drawn with `seed`, eta) from the fixed `noise` at each step count. With labels the teacher is
     conditioned on them (unguided), its xvar table on the table rows' own labels."""
@@ -177,7 +235,10 @@ def teacher_points(teacher, sched, data_dist, noise: torch.Tensor, steps: list[i
         table_data, table_y = data_dist.sample_labelled(2048, g, dtype=torch.float64)
     f = conditioned(teacher, labels)
     for n in steps:
-        for label, xv in (("teacher_ddim", None), ("teacher_addim", xvar_table(conditioned(teacher, table_y), sched, table_data, n, eta, g))):
+        for label, xv in (
+            ("teacher_ddim", None),
+            ("teacher_addim", xvar_table(conditioned(teacher, table_y), sched, table_data, n, eta, g)),
+        ):
             x, nfe = ddim_sample(f, sched, noise, n, xvar=xv)
             yield label, n, x, nfe
 
@@ -191,7 +252,7 @@ def fixed_draws(data_dist, samples: int, seed: int, extractor: str = "identity",
     other = _flat(data_dist.sample(samples, g, dtype=torch.float64))
     noise = torch.randn((samples, *data_dist.shape), generator=g, dtype=torch.float64)
     names = metric_names(samples, extractor)
-    feats = (lambda x: None) if features is None else features   # noqa: E731
+    feats = (lambda x: None) if features is None else features  # noqa: E731
     ref = EvalRef(data, noise, None, {}, None, feats(data))
 
     def dist(s) -> dict[str, float]:
@@ -200,8 +261,9 @@ def fixed_draws(data_dist, samples: int, seed: int, extractor: str = "identity",
     return noise, names, dist, {k: v for k, v in dist(other).items() if not k.endswith("_se")}
 
 
-def ddim_curve(teacher, sched, data_dist, samples: int, steps: list[int], seed: int, extractor: str = "identity",
-               device="cpu") -> tuple[list[dict], dict]:
+def ddim_curve(
+    teacher, sched, data_dist, samples: int, steps: list[int], seed: int, extractor: str = "identity", device="cpu"
+) -> tuple[list[dict], dict]:
     """A trained teacher's own DDIM curve from fixed noise: rows {steps, metric, value} of the Frechet and
     sliced Wasserstein distances to a data sample, and the same distances of a second data sample (the floor)."""
     noise, _, dist, floor = fixed_draws(data_dist, samples, seed, extractor)

@@ -76,10 +76,14 @@ class InceptionExtractor(Extractor):
     def __init__(self, path, device: str = "cpu", batch_size: int = 100):
         self.path = Path(path).expanduser()
         if not self.path.is_file():
-            raise ValueError(f"inception detector not found: {self.path} (give the local path of a TorchScript file "
-                             "such as inception-2015-12-05.pt; nothing is downloaded)")
+            raise ValueError(
+                f"inception detector not found: {self.path} (give the local path of a TorchScript file "
+                "such as inception-2015-12-05.pt; nothing is downloaded)"
+            )
         try:
-            with warnings.catch_warnings():  # torch 2.13 marks torch.jit deprecated; the FID detector only exists as TorchScript
+            with (
+                warnings.catch_warnings()
+            ):  # torch 2.13 marks torch.jit deprecated; the FID detector only exists as TorchScript
                 warnings.simplefilter("ignore", DeprecationWarning)
                 self.model = torch.jit.load(str(self.path), map_location=device).eval()
         except Exception as e:  # torch raises RuntimeError/ValueError variants for bad archives
@@ -92,7 +96,11 @@ class InceptionExtractor(Extractor):
         return {"name": self.name, "sha256": self.sha256}
 
     def spec(self) -> dict:
-        return {"name": self.name, "path": str(self.path), "batch_size": self.batch_size}   # the path must exist there too
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "batch_size": self.batch_size,
+        }  # the path must exist there too
 
     @torch.no_grad()
     def __call__(self, x) -> np.ndarray:
@@ -101,7 +109,7 @@ class InceptionExtractor(Extractor):
             raise ValueError(f"inception expects NCHW images with 1 or 3 channels, got shape {tuple(x.shape)}")
         out = []
         for i in range(0, len(x), self.batch_size):
-            b = to_uint8(x[i:i + self.batch_size])
+            b = to_uint8(x[i : i + self.batch_size])
             if b.shape[1] == 1:
                 b = b.repeat(1, 3, 1, 1)  # grayscale -> RGB, as clean-fid does
             out.append(self.model(b.to(self.device), return_features=True).double().cpu())
@@ -113,7 +121,9 @@ class SmallMLP(nn.Module):
 
     def __init__(self, in_dim: int, classes: int, width: int, feat_dim: int):
         super().__init__()
-        self.body = nn.Sequential(nn.Flatten(), nn.Linear(in_dim, width), nn.ReLU(), nn.Linear(width, feat_dim), nn.ReLU())
+        self.body = nn.Sequential(
+            nn.Flatten(), nn.Linear(in_dim, width), nn.ReLU(), nn.Linear(width, feat_dim), nn.ReLU()
+        )
         self.head = nn.Linear(feat_dim, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -123,6 +133,7 @@ class SmallMLP(nn.Module):
 def _load_dataset(name: str, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     if name == "digits":
         from multistep.data.digits import load_digits
+
         return load_digits(size)
     raise ValueError(f"unknown classifier dataset {name!r} (known: digits; or pass data=(x, y) with a dataset name)")
 
@@ -132,14 +143,33 @@ class ClassifierExtractor(Extractor):
 
     name = "classifier"
 
-    def __init__(self, dataset: str = "digits", cache_dir="~/.cache/multistep", data=None, size: int = 8,
-                 width: int = 256, feat_dim: int = 64, epochs: int = 20, lr: float = 3e-3, batch_size: int = 128,
-                 seed: int = 0, device: str = "cpu"):
+    def __init__(
+        self,
+        dataset: str = "digits",
+        cache_dir="~/.cache/multistep",
+        data=None,
+        size: int = 8,
+        width: int = 256,
+        feat_dim: int = 64,
+        epochs: int = 20,
+        lr: float = 3e-3,
+        batch_size: int = 128,
+        seed: int = 0,
+        device: str = "cpu",
+    ):
         # dataset: name (cache key; loads it unless `data` is given); data: optional (x NCHW in [-1, 1], y int labels);
         # size: image side for a named dataset; width, feat_dim: hidden and feature sizes; epochs, lr,
         # batch_size, seed: Adam training; device: where features are computed.
-        self.settings = {"dataset": dataset, "size": size, "width": width, "feat_dim": feat_dim, "epochs": epochs,
-                         "lr": lr, "batch_size": batch_size, "seed": seed}
+        self.settings = {
+            "dataset": dataset,
+            "size": size,
+            "width": width,
+            "feat_dim": feat_dim,
+            "epochs": epochs,
+            "lr": lr,
+            "batch_size": batch_size,
+            "seed": seed,
+        }
         if data is not None:
             self.settings["data_sha256"] = _data_hash(*data)
         x, y = (_tensor(data[0]).float(), _tensor(data[1]).long()) if data is not None else _load_dataset(dataset, size)
@@ -190,7 +220,7 @@ class ClassifierExtractor(Extractor):
         for _ in range(self.settings["epochs"]):
             order = tr[torch.randperm(len(tr), generator=g)]
             for i in range(0, len(order), bs):
-                idx = order[i:i + bs]
+                idx = order[i : i + bs]
                 loss = nn.functional.cross_entropy(self.model(x[idx]), y[idx])
                 opt.zero_grad()
                 loss.backward()
@@ -220,14 +250,26 @@ class ClassifierExtractor(Extractor):
 
     def spec(self) -> dict:
         """The trained weights travel with the spec: other nodes need neither the data nor this cache."""
-        return {"name": self.name, "state": self.model.state_dict(), "settings": self.settings, "in_dim": self.in_dim,
-                "accuracy": self.accuracy, "sha256": self.sha256}
+        return {
+            "name": self.name,
+            "state": self.model.state_dict(),
+            "settings": self.settings,
+            "in_dim": self.in_dim,
+            "accuracy": self.accuracy,
+            "sha256": self.sha256,
+        }
 
     @classmethod
-    def from_state(cls, spec: dict, device: str = "cpu") -> "ClassifierExtractor":
+    def from_state(cls, spec: dict, device: str = "cpu") -> ClassifierExtractor:
         self = cls.__new__(cls)
         st = self.settings = dict(spec["settings"])
-        self.in_dim, self.accuracy, self.sha256, self.trained, self.path = spec["in_dim"], spec["accuracy"], spec["sha256"], False, None
+        self.in_dim, self.accuracy, self.sha256, self.trained, self.path = (
+            spec["in_dim"],
+            spec["accuracy"],
+            spec["sha256"],
+            False,
+            None,
+        )
         self.model = SmallMLP(self.in_dim, spec["state"]["head.weight"].shape[0], st["width"], st["feat_dim"])
         self.model.load_state_dict(spec["state"])
         self.device = torch.device(device)
@@ -240,7 +282,9 @@ class ClassifierExtractor(Extractor):
         x = x.reshape(len(x), -1)  # images or their flattened pixels
         if x.shape[1] != self.in_dim:
             raise ValueError(f"classifier trained on {self.in_dim} values per sample, got {x.shape[1]}")
-        out = [self.model.body(x[i:i + batch_size].to(self.device)).double().cpu() for i in range(0, len(x), batch_size)]
+        out = [
+            self.model.body(x[i : i + batch_size].to(self.device)).double().cpu() for i in range(0, len(x), batch_size)
+        ]
         return torch.cat(out).numpy()
 
 
@@ -267,9 +311,11 @@ def from_spec(spec: dict, device: str = "cpu") -> Extractor:
 
 def features_fn(extractor: Extractor, shape):
     """samples (n, *shape) or their flattened rows (n, d) -> (n, D) float64 features (rows are reshaped first)."""
+
     def features(x) -> np.ndarray:
         x = _tensor(x)
         return extractor(x.reshape(len(x), *shape))
+
     return features
 
 

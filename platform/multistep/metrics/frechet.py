@@ -26,10 +26,10 @@ def _cholesky_factor(sigma1, sigma2) -> tuple[np.ndarray, np.ndarray, int]:
     """(L, S2', r): S1' = L L^T with L lower triangular, Fortran-ordered, zero past column r = rank S1, and S2'
     the matching S2 (permuted like S1 where pivoting was needed), also Fortran-ordered and free to overwrite."""
     tol = _rank_tolerance(sigma1)
-    c, info = lapack.dpotrf(sigma1, lower=1, clean=1)   # S1 = L L^T; c is a fresh Fortran array
-    if info == 0 and np.diag(c).min() ** 2 > tol:        # every pivot above pstrf's threshold: full rank
+    c, info = lapack.dpotrf(sigma1, lower=1, clean=1)  # S1 = L L^T; c is a fresh Fortran array
+    if info == 0 and np.diag(c).min() ** 2 > tol:  # every pivot above pstrf's threshold: full rank
         return c, np.array(sigma2, order="F"), len(sigma1)
-    c, piv, r, info = lapack.dpstrf(sigma1, lower=1)     # P^T S1 P = L L^T, stopped at rank r
+    c, piv, r, info = lapack.dpstrf(sigma1, lower=1)  # P^T S1 P = L L^T, stopped at rank r
     if info < 0:
         raise ValueError(f"dpstrf: illegal argument {-info}")
     lo = np.triu(c.T).T  # tril(c), Fortran-ordered for BLAS without a second copy
@@ -47,7 +47,7 @@ def trace_sqrt_product(sigma1, sigma2) -> float:
     if not np.any(np.diag(sigma1) > 0):
         return 0.0
     lo, s2, r = _cholesky_factor(sigma1, sigma2)
-    x = blas.dtrmm(1.0, lo, s2, side=1, lower=1, overwrite_b=1)                    # S2 L
+    x = blas.dtrmm(1.0, lo, s2, side=1, lower=1, overwrite_b=1)  # S2 L
     m = blas.dtrmm(1.0, lo, x, side=0, lower=1, trans_a=1, overwrite_b=1)[:r, :r]  # L^T S2 L
     # Eigenvalues only, through torch's LAPACK (MKL on x86 wheels: about 2x faster than OpenBLAS's dsyevd here);
     # ?syevd reads one triangle, so M needs no symmetrising copy.
@@ -78,7 +78,7 @@ def trace_sqrt_product_torch(sigma1: torch.Tensor, sigma2: torch.Tensor) -> floa
     """
     s1, s2 = sigma1.double(), sigma2.double()
     lo, info = torch.linalg.cholesky_ex(s1)
-    tol = len(s1) * np.finfo(np.float64).eps * float(s1.diagonal().max())   # _rank_tolerance's threshold
+    tol = len(s1) * np.finfo(np.float64).eps * float(s1.diagonal().max())  # _rank_tolerance's threshold
     if int(info) != 0 or float(torch.diagonal(lo).min()) ** 2 <= tol:
         lam, q = torch.linalg.eigh(s1)
         lo = q * lam.clamp_min(0).sqrt()
@@ -91,7 +91,9 @@ def frechet_distance_torch(mu1, sigma1, mu2, sigma2, device="cuda") -> float:
     t = [torch.as_tensor(np.asarray(a, np.float64), device=device) for a in (mu1, sigma1, mu2, sigma2)]
     m1, s1, m2, s2 = t[0].reshape(-1), t[1], t[2].reshape(-1), t[3]
     if m1.shape != m2.shape or s1.shape != s2.shape or s1.shape != (m1.numel(), m1.numel()):
-        raise ValueError(f"shape mismatch: mu {tuple(m1.shape)} vs {tuple(m2.shape)}, sigma {tuple(s1.shape)} vs {tuple(s2.shape)}")
+        raise ValueError(
+            f"shape mismatch: mu {tuple(m1.shape)} vs {tuple(m2.shape)}, sigma {tuple(s1.shape)} vs {tuple(s2.shape)}"
+        )
     if not all(bool(torch.isfinite(a).all()) for a in (m1, s1, m2, s2)):
         raise ValueError("frechet_distance: non-finite mean or covariance")
     if torch.equal(m1, m2) and torch.equal(s1, s2):

@@ -49,7 +49,7 @@ def kid(feats_a, feats_b, num_subsets: int = 100, subset_size: int = 1000, seed:
     disjoint = num_subsets * m <= n
     if disjoint:
         pa, pb = rng.permutation(len(a)), rng.permutation(len(b))
-        idx = [(pa[i * m:(i + 1) * m], pb[i * m:(i + 1) * m]) for i in range(num_subsets)]
+        idx = [(pa[i * m : (i + 1) * m], pb[i * m : (i + 1) * m]) for i in range(num_subsets)]
     else:
         idx = [(rng.choice(len(a), m, replace=False), rng.choice(len(b), m, replace=False)) for _ in range(num_subsets)]
     vals = np.array([mmd2_unbiased(a[i], b[j]) for i, j in idx])

@@ -12,8 +12,8 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -45,7 +45,7 @@ class StatsAccumulator:
         elif dim != self.dim:
             raise ValueError(f"feature dimension {dim} does not match the accumulator's {self.dim}")
 
-    def update(self, features) -> "StatsAccumulator":
+    def update(self, features) -> StatsAccumulator:
         f = _as_f64(features)
         self._init(f.shape[1])
         self.n += len(f)
@@ -53,7 +53,7 @@ class StatsAccumulator:
         self.outer += f.T @ f
         return self
 
-    def merge(self, other: "StatsAccumulator") -> "StatsAccumulator":
+    def merge(self, other: StatsAccumulator) -> StatsAccumulator:
         """Add another accumulator's sums into this one (what an all-reduce does across ranks)."""
         if other.sum is None:
             return self
@@ -68,12 +68,16 @@ class StatsAccumulator:
         return {"n": np.array(self.n, np.int64), "sum": self.sum, "outer": self.outer}
 
     @classmethod
-    def from_state(cls, state: dict) -> "StatsAccumulator":
+    def from_state(cls, state: dict) -> StatsAccumulator:
         acc = cls()
-        acc.n, acc.sum, acc.outer = int(state["n"]), np.array(state["sum"], np.float64), np.array(state["outer"], np.float64)
+        acc.n, acc.sum, acc.outer = (
+            int(state["n"]),
+            np.array(state["sum"], np.float64),
+            np.array(state["outer"], np.float64),
+        )
         return acc
 
-    def all_reduce(self) -> "StatsAccumulator":
+    def all_reduce(self) -> StatsAccumulator:
         """Sum (n, S, Q) over the torch.distributed default group in place (no-op when it is not initialised)."""
         import torch
         import torch.distributed as dist
@@ -85,7 +89,7 @@ class StatsAccumulator:
         dist.all_reduce(flat)
         flat = flat.cpu().numpy()
         d = self.dim
-        self.n, self.sum, self.outer = int(round(flat[0])), flat[1:1 + d].copy(), flat[1 + d:].reshape(d, d).copy()
+        self.n, self.sum, self.outer = int(round(flat[0])), flat[1 : 1 + d].copy(), flat[1 + d :].reshape(d, d).copy()
         return self
 
     def mean_cov(self) -> tuple[np.ndarray, np.ndarray]:

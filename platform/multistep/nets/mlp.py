@@ -51,9 +51,11 @@ class VDenoiser(nn.Module):
     def __init__(self, net: nn.Module, schedule: Schedule):
         super().__init__()
         self.net, self.schedule = net, schedule
-        self.autocast_dtype: torch.dtype | None = None  # e.g. torch.bfloat16: the network forward only under autocast (A7)
-        self.channels_last = False                      # 4-D inputs in channels_last memory format (weights: the caller)
-        self.compiled = False                           # run the network through torch.compile (compiled once per net)
+        self.autocast_dtype: torch.dtype | None = (
+            None  # e.g. torch.bfloat16: the network forward only under autocast (A7)
+        )
+        self.channels_last = False  # 4-D inputs in channels_last memory format (weights: the caller)
+        self.compiled = False  # run the network through torch.compile (compiled once per net)
 
     def v(self, z: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """v_theta(z, t) in float32, the network run under the fast paths (autocast, channels_last, compile)."""
@@ -67,10 +69,10 @@ class VDenoiser(nn.Module):
         return v.float()
 
     def forward(self, z: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        return x_from_v(self.schedule, z, t, self.v(z, t, y).to(z.dtype))   # target maths in z's dtype, never bf16
+        return x_from_v(self.schedule, z, t, self.v(z, t, y).to(z.dtype))  # target maths in z's dtype, never bf16
 
 
-_COMPILED: "weakref.WeakKeyDictionary[nn.Module, nn.Module]" = weakref.WeakKeyDictionary()
+_COMPILED: weakref.WeakKeyDictionary[nn.Module, nn.Module] = weakref.WeakKeyDictionary()
 
 
 def compiled(net: nn.Module) -> nn.Module:

@@ -11,7 +11,7 @@ reshapes are layout-agnostic, so the model runs under channels_last too.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -72,19 +72,23 @@ class Attention(nn.Module):
 class UNet(nn.Module):
     def __init__(
         self,
-        in_ch: int = 1,                            # image channels (output has the same)
-        base_ch: int = 32,                         # channels at full resolution
-        ch_mult: Sequence[int] = (1, 2),           # channel multiplier per level; len - 1 downsamplings
-        num_res_blocks: int = 1,                   # ResBlocks per level on the way down (+1 on the way up)
-        attn_resolutions: Sequence[int] = (),      # spatial sizes with self-attention (the middle has it if the lowest is listed)
-        resolution: int = 8,                       # input height = width
-        dropout: float = 0.0,                      # dropout inside ResBlocks
-        num_classes: int | None = None,            # class-conditional if set; id num_classes is the null class
-        time_dim: int = 64,                        # sinusoidal time features (even)
+        in_ch: int = 1,  # image channels (output has the same)
+        base_ch: int = 32,  # channels at full resolution
+        ch_mult: Sequence[int] = (1, 2),  # channel multiplier per level; len - 1 downsamplings
+        num_res_blocks: int = 1,  # ResBlocks per level on the way down (+1 on the way up)
+        attn_resolutions: Sequence[
+            int
+        ] = (),  # spatial sizes with self-attention (the middle has it if the lowest is listed)
+        resolution: int = 8,  # input height = width
+        dropout: float = 0.0,  # dropout inside ResBlocks
+        num_classes: int | None = None,  # class-conditional if set; id num_classes is the null class
+        time_dim: int = 64,  # sinusoidal time features (even)
     ):
         super().__init__()
         if resolution % 2 ** (len(ch_mult) - 1):
-            raise ValueError(f"resolution {resolution} is not divisible by 2^{len(ch_mult) - 1} (ch_mult {tuple(ch_mult)})")
+            raise ValueError(
+                f"resolution {resolution} is not divisible by 2^{len(ch_mult) - 1} (ch_mult {tuple(ch_mult)})"
+            )
         self.time_dim, self.num_classes = time_dim, num_classes
         emb_dim = 4 * base_ch
         self.time_mlp = nn.Sequential(nn.Linear(time_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
@@ -95,22 +99,39 @@ class UNet(nn.Module):
         self.down, skips, ch = nn.ModuleList(), [base_ch], base_ch
         for i, m in enumerate(ch_mult):
             for _ in range(num_res_blocks):
-                self.down.append(nn.ModuleList([ResBlock(ch, base_ch * m, emb_dim, dropout)] + ([Attention(base_ch * m)] if res in attn else [])))
+                self.down.append(
+                    nn.ModuleList(
+                        [ResBlock(ch, base_ch * m, emb_dim, dropout)]
+                        + ([Attention(base_ch * m)] if res in attn else [])
+                    )
+                )
                 ch = base_ch * m
                 skips.append(ch)
             if i < len(ch_mult) - 1:
                 self.down.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
                 skips.append(ch)
                 res //= 2
-        self.mid = nn.ModuleList([ResBlock(ch, ch, emb_dim, dropout), Attention(ch) if res in attn else nn.Identity(),
-                                  ResBlock(ch, ch, emb_dim, dropout)])
+        self.mid = nn.ModuleList(
+            [
+                ResBlock(ch, ch, emb_dim, dropout),
+                Attention(ch) if res in attn else nn.Identity(),
+                ResBlock(ch, ch, emb_dim, dropout),
+            ]
+        )
         self.up = nn.ModuleList()
         for i, m in reversed(list(enumerate(ch_mult))):
             for _ in range(num_res_blocks + 1):
-                self.up.append(nn.ModuleList([ResBlock(ch + skips.pop(), base_ch * m, emb_dim, dropout)] + ([Attention(base_ch * m)] if res in attn else [])))
+                self.up.append(
+                    nn.ModuleList(
+                        [ResBlock(ch + skips.pop(), base_ch * m, emb_dim, dropout)]
+                        + ([Attention(base_ch * m)] if res in attn else [])
+                    )
+                )
                 ch = base_ch * m
             if i > 0:
-                self.up.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch, ch, 3, padding=1)))
+                self.up.append(
+                    nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch, ch, 3, padding=1))
+                )
                 res *= 2
         self.out = nn.Sequential(norm(ch), nn.SiLU(), zero(nn.Conv2d(ch, in_ch, 3, padding=1)))
 

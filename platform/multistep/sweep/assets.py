@@ -68,14 +68,18 @@ def make_extractor_for(cfg: TrialCfg, data, cache_dir: Path, log=print):
     """The feature extractor of cfg.eval.extractor (None for identity / pixel: the samples themselves).
     classifier: a small MLP trained once on the trial's labelled images, cached in cache_dir by data and settings."""
     space = cfg.feature_space
-    if space == "inception":   # the reference's and the teacher curve's features: on a GPU when this process has one
+    if space == "inception":  # the reference's and the teacher curve's features: on a GPU when this process has one
         return InceptionExtractor(cfg.eval.inception_path, "cuda" if torch.cuda.is_available() else "cpu")
     if space != "classifier":
         return None
     if getattr(data, "labels", None) is None:
-        raise ConfigError(f"eval.extractor: classifier needs labelled data (data.kind {cfg.data.kind} has no class labels)")
+        raise ConfigError(
+            f"eval.extractor: classifier needs labelled data (data.kind {cfg.data.kind} has no class labels)"
+        )
     ext = ClassifierExtractor(dataset=cfg.data.kind, data=(as_float(data.x), data.labels), cache_dir=cache_dir)
-    log(f"feature classifier {'trained' if ext.trained else 'from the cache'}: held-out accuracy {ext.accuracy:.3f} ({ext.path})")
+    log(
+        f"feature classifier {'trained' if ext.trained else 'from the cache'}: held-out accuracy {ext.accuracy:.3f} ({ext.path})"
+    )
     return ext
 
 
@@ -86,30 +90,71 @@ def prepare(cfg: TrialCfg, cache_dir: Path, log=print) -> dict:
     labelled = uses_labels(c.teacher, getattr(c.data, "labels", None) is not None)  # conditional teacher + labels
     ext = make_extractor_for(cfg, c.data, cache_dir, log)
     features = None if ext is None else features_fn(ext, c.data.shape)
-    ref_key = content_hash({**base, "samples": ev.samples, "ode_steps": ev.ode_steps, "seed": ev.seed}
-                           | ({"labels": "data-distribution"} if labelled else {})   # fixed labels are part of the reference
-                           | ({"features": ext.key} if ext else {}) | ({"kid_subsets": ev.kid_subsets} if ev.kid_subsets else {}))
+    ref_key = content_hash(
+        {**base, "samples": ev.samples, "ode_steps": ev.ode_steps, "seed": ev.seed}
+        | ({"labels": "data-distribution"} if labelled else {})  # fixed labels are part of the reference
+        | ({"features": ext.key} if ext else {})
+        | ({"kid_subsets": ev.kid_subsets} if ev.kid_subsets else {})
+    )
 
     def make_ref():
-        log(f"computing evaluation reference ({ev.samples} samples, {ev.ode_steps}-step teacher ODE"
-            + (", labels drawn from the data)" if labelled else ")"))
-        r = make_eval_ref(c.data, c.teacher, c.schedule, ev.samples, ev.ode_steps, ev.seed, cfg.feature_space, labelled,
-                          features, ev.kid_subsets)
-        return {"data": torch.from_numpy(r.data), "noise": r.noise, "ode": torch.from_numpy(r.ode),
-                "floor": r.floor, "hash": ref_key, "labels": r.labels, "feats": None if r.feats is None else torch.from_numpy(r.feats)}
+        log(
+            f"computing evaluation reference ({ev.samples} samples, {ev.ode_steps}-step teacher ODE"
+            + (", labels drawn from the data)" if labelled else ")")
+        )
+        r = make_eval_ref(
+            c.data,
+            c.teacher,
+            c.schedule,
+            ev.samples,
+            ev.ode_steps,
+            ev.seed,
+            cfg.feature_space,
+            labelled,
+            features,
+            ev.kid_subsets,
+        )
+        return {
+            "data": torch.from_numpy(r.data),
+            "noise": r.noise,
+            "ode": torch.from_numpy(r.ode),
+            "floor": r.floor,
+            "hash": ref_key,
+            "labels": r.labels,
+            "feats": None if r.feats is None else torch.from_numpy(r.feats),
+        }
 
     ref_t = _cached(cache_dir / f"evalref-{ref_key}.pt", make_ref)
     feats = ref_t.get("feats")
-    ref = EvalRef(ref_t["data"].numpy(), ref_t["noise"], ref_t["ode"].numpy(), ref_t["floor"], ref_t.get("labels"),
-                  None if feats is None else feats.numpy())
+    ref = EvalRef(
+        ref_t["data"].numpy(),
+        ref_t["noise"],
+        ref_t["ode"].numpy(),
+        ref_t["floor"],
+        ref_t.get("labels"),
+        None if feats is None else feats.numpy(),
+    )
 
-    curve_key = content_hash({"ref": ref_key, "steps": ev.teacher_steps} | ({"bootstrap": ev.bootstrap} if ev.bootstrap else {}))
+    curve_key = content_hash(
+        {"ref": ref_key, "steps": ev.teacher_steps} | ({"bootstrap": ev.bootstrap} if ev.bootstrap else {})
+    )
 
     def make_curve():
         log(f"computing the teacher curve (DDIM and aDDIM at {ev.teacher_steps} steps)")
-        return {"rows": teacher_curve(c.teacher, c.schedule, c.data, ref, ev.teacher_steps, extractor=cfg.feature_space,
-                                     bootstrap=ev.bootstrap, features=features, kid_subsets=ev.kid_subsets,
-                                     predict=getattr(ext, "predict", None))}
+        return {
+            "rows": teacher_curve(
+                c.teacher,
+                c.schedule,
+                c.data,
+                ref,
+                ev.teacher_steps,
+                extractor=cfg.feature_space,
+                bootstrap=ev.bootstrap,
+                features=features,
+                kid_subsets=ev.kid_subsets,
+                predict=getattr(ext, "predict", None),
+            )
+        }
 
     curve = _cached(cache_dir / f"teachercurve-{curve_key}.pt", make_curve)["rows"]
 
@@ -119,9 +164,16 @@ def prepare(cfg: TrialCfg, cache_dir: Path, log=print) -> dict:
     def make_init():
         log(f"warm-starting the student: {s.init_iterations} iterations of v-loss regression onto the teacher")
         sample = lambda g: c.data.sample(cfg.train.batch_size, g)  # noqa: E731
-        return warm_start(c.student.net, c.schedule, c.teacher, sample, s.init_iterations, s.init_learning_rate, cfg.train.seed)
+        return warm_start(
+            c.student.net, c.schedule, c.teacher, sample, s.init_iterations, s.init_learning_rate, cfg.train.seed
+        )
 
     warm = s.init_iterations > 0 and cfg.teacher.kind == "analytic"  # a network teacher's students start as its copy
     init = _cached(cache_dir / f"init-{init_key}.pt", make_init) if warm else None
-    return {"eval_ref": ref.to_dict(), "eval_ref_hash": ref_key, "teacher_rows": curve, "init": init,
-            "extractor": None if ext is None else ext.spec()}
+    return {
+        "eval_ref": ref.to_dict(),
+        "eval_ref_hash": ref_key,
+        "teacher_rows": curve,
+        "init": init,
+        "extractor": None if ext is None else ext.spec(),
+    }

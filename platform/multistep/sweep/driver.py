@@ -15,18 +15,22 @@ from pathlib import Path
 
 from multistep.cli_common import say as cli_say
 from multistep.config import ConfigError, SweepPlan, TrialCfg
+from multistep.metrics.evaluate import metric_names
 from multistep.sweep import results as res
 from multistep.sweep.assets import content_hash, prepare, resolve_teachers
-from multistep.metrics.evaluate import metric_names
-from multistep.train.build import guidance_error, method_label
+from multistep.sweep.interrupts import Interrupts
 from multistep.tracking import mlflow_layout as ml
+from multistep.train.build import guidance_error, method_label
 
 RAY_ENV_DEFAULTS = {
     "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",   # ray.train.report blocks ~1 poll; 0.1 s keeps reports cheap
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",  # ray.train.report blocks ~1 poll; 0.1 s keeps reports cheap
     "RAY_TRAIN_V2_ENABLED": "1",
     "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",  # error reports of failed trials carry no proxy metric
+    "TUNE_DISABLE_SIGINT_HANDLER": "1",  # the driver owns SIGINT and stops Tune through SIGUSR1 (sweep/interrupts.py)
 }
+INCOMPLETE_TAG = "multistep.incomplete"  # on a sweep run that was interrupted or failed: never a baseline
+INTERRUPTED_TAG = "multistep.interrupted"  # on a trial run KILLED because its sweep stopped (not by the scheduler)
 
 
 def trial_driver(config: dict, ctx: dict) -> None:
@@ -38,8 +42,13 @@ def trial_driver(config: dict, ctx: dict) -> None:
 
     i = config["trial_index"]
     r = ctx["resources"]
-    loop_cfg = {"trial": ctx["trials"][i]["config"], "run_id": ctx["run_ids"][i],  # + eval_ref, init, proxy_samples
-                "tracking_uri": ctx["tracking_uri"], "threads": r["cpus_per_worker"], **ctx["assets"][ctx["asset_keys"][i]]}
+    loop_cfg = {
+        "trial": ctx["trials"][i]["config"],
+        "run_id": ctx["run_ids"][i],  # + eval_ref, init, proxy_samples
+        "tracking_uri": ctx["tracking_uri"],
+        "threads": r["cpus_per_worker"],
+        **ctx["assets"][ctx["asset_keys"][i]],
+    }
     if ctx["trains_itself"]:
         rv = run_trial(loop_cfg, tune_session(r["use_gpu"]))
     else:
@@ -59,11 +68,16 @@ def _fit_trainer(loop_cfg: dict, r: dict, i: int, storage: str) -> dict:
     trainer = TorchTrainer(
         worker_main,
         train_loop_config=loop_cfg,
-        scaling_config=ray.train.ScalingConfig(num_workers=r["num_workers"], use_gpu=r["use_gpu"], resources_per_worker=r["per_worker"]),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=r["num_workers"], use_gpu=r["use_gpu"], resources_per_worker=r["per_worker"]
+        ),
         run_config=ray.train.RunConfig(
-            name=f"trial-{i:03d}", storage_path=storage, callbacks=[TuneReportCallback()],
+            name=f"trial-{i:03d}",
+            storage_path=storage,
+            callbacks=[TuneReportCallback()],
             failure_config=ray.train.FailureConfig(max_failures=r["max_failures"], controller_failure_limit=3),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
     )
     return trainer.fit().return_value or {}
 
@@ -100,24 +114,27 @@ def _status_callback(client, run_ids: list[str], n: int, say):
                 say(f"[trial {i + 1}/{n}] FAILED after {took}: {last['error']}")
                 return
             done = bool(last.get("final"))
-            client.set_terminated(run_ids[i], status="FINISHED" if done else "KILLED")   # KILLED = stopped early
+            client.set_terminated(run_ids[i], status="FINISHED" if done else "KILLED")  # KILLED = stopped early
             say(f"[trial {i + 1}/{n}] {'finished' if done else 'stopped early by the scheduler'} in {took}")
 
         def on_trial_error(self, iteration, trials, trial, **info):
             i = trial.config["trial_index"]
             self.failed.append(i)
-            client.set_tag(run_ids[i], "multistep.error", str(getattr(trial, "error_file", "") or "see Ray logs")[:5000])
+            client.set_tag(
+                run_ids[i], "multistep.error", str(getattr(trial, "error_file", "") or "see Ray logs")[:5000]
+            )
             client.set_terminated(run_ids[i], status="FAILED")
             say(f"[trial {i + 1}/{n}] FAILED")
 
     return MlflowStatus()
 
 
-def _init_ray(say) -> None:
+def _init_ray(say) -> bool:
+    """Start a local Ray instance (True) or join $RAY_ADDRESS / the one already running (False)."""
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     for k, v in RAY_ENV_DEFAULTS.items():
         os.environ.setdefault(k, v)
     address = os.environ.get("RAY_ADDRESS")
@@ -125,8 +142,16 @@ def _init_ray(say) -> None:
         ray.init(address=address, log_to_driver=True)
     else:
         say(f"starting a local Ray instance ({os.cpu_count()} CPUs)")
-        ray.init(num_cpus=os.cpu_count(), resources={"train_driver": 1000}, include_dashboard=True,
-                 log_to_driver=True, configure_logging=True, logging_level="WARNING")
+        ray.init(
+            num_cpus=os.cpu_count(),
+            resources={"train_driver": 1000},
+            include_dashboard=True,
+            log_to_driver=True,
+            configure_logging=True,
+            logging_level="WARNING",
+        )
+        return True
+    return False
 
 
 def _runner(cfg) -> str:
@@ -137,37 +162,76 @@ def plan_hash(plan: SweepPlan) -> str:
     return content_hash(plan.trials)
 
 
+def resume_target(client, plan: SweepPlan):
+    """The sweep run `--resume` continues: the latest of this name, whose plan the file still expands to, run by the
+    same runner. ConfigError (exit 2) otherwise; read-only, so the pre-flight asks it before anything starts."""
+    cfg = plan.cfg
+    exp = client.get_experiment_by_name(cfg.experiment)
+    found = (
+        client.search_runs(
+            [exp.experiment_id],
+            f"tags.`multistep.sweep_name` = '{cfg.name}' and tags.`multistep.kind` = 'sweep'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if exp is not None
+        else []
+    )
+    if not found:
+        raise ConfigError(
+            f"{plan.path}: --resume: no earlier sweep named '{cfg.name}' in experiment '{cfg.experiment}'"
+        )
+    sweep = found[0]
+    if sweep.data.tags.get("multistep.plan_hash") != plan_hash(plan):
+        raise ConfigError(
+            f"{plan.path}: --resume: the file no longer expands to the trials of sweep run {sweep.info.run_id}"
+        )
+    was = sweep.data.tags.get("multistep.runner")
+    if was and was != _runner(cfg):  # the other runner keeps its checkpoints elsewhere: trials would start over
+        raise ConfigError(
+            f"{plan.path}: resources.runner: sweep run {sweep.info.run_id} ran its trials with runner "
+            f"{was}, this file gives {_runner(cfg)}; --resume needs the same runner"
+        )
+    return sweep
+
+
 def _open_runs(client, plan: SweepPlan, tracking_uri: str, storage: str, resume: bool, say):
     """New sweep: create the sweep run and SCHEDULED trial runs. Resume: find them again (never duplicate)."""
     cfg = plan.cfg
     exp_id = ml.ensure_experiment(client, cfg.experiment, tracking_uri)
     if resume:
-        found = client.search_runs([exp_id], f"tags.`multistep.sweep_name` = '{cfg.name}' and tags.`multistep.kind` = 'sweep'",
-                                   order_by=["attributes.start_time DESC"], max_results=1)
-        if not found:
-            raise ConfigError(f"{plan.path}: --resume: no earlier sweep named '{cfg.name}' in experiment '{cfg.experiment}'")
-        sweep = found[0]
-        if sweep.data.tags.get("multistep.plan_hash") != plan_hash(plan):
-            raise ConfigError(f"{plan.path}: --resume: the file no longer expands to the trials of sweep run {sweep.info.run_id}")
-        was = sweep.data.tags.get("multistep.runner")
-        if was and was != _runner(cfg):   # the other runner keeps its checkpoints elsewhere: trials would start over
-            raise ConfigError(f"{plan.path}: resources.runner: sweep run {sweep.info.run_id} ran its trials with runner "
-                              f"{was}, this file gives {_runner(cfg)}; --resume needs the same runner")
+        sweep = resume_target(client, plan)
         srid = sweep.info.run_id
         children = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{srid}'", max_results=10000)
         by_index = {int(r.data.tags["multistep.trial_index"]): r.info.run_id for r in children}
         run_ids = [by_index[i] for i in range(len(plan.trials))]
+        statuses = [client.get_run(rid).info.status for rid in run_ids]
+        if sweep.info.status == "FINISHED" and all(st in ("FINISHED", "KILLED") for st in statuses):
+            say(f"sweep run {srid} ({sweep.data.tags['multistep.sweep_id']}) already finished: nothing to resume")
+            return None, sweep.data.tags["multistep.sweep_id"], run_ids
         client.update_run(srid, status="RUNNING")
+        if INCOMPLETE_TAG in sweep.data.tags:
+            client.delete_tag(srid, INCOMPLETE_TAG)
         say(f"resuming sweep run {srid} ({sweep.data.tags['multistep.sweep_id']})")
         return srid, sweep.data.tags["multistep.sweep_id"], run_ids
 
     sweep_id = f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    sweep_run = client.create_run(exp_id, run_name=sweep_id, tags={
-        "multistep.kind": "sweep", "multistep.sweep_name": cfg.name, "multistep.sweep_id": sweep_id,
-        "multistep.plan_hash": plan_hash(plan), "multistep.runner": _runner(cfg),
-        "multistep.dataset": cfg.data.label, "multistep.teacher": cfg.teacher.kind,
-        "multistep.git_commit": ml.git_commit(), "multistep.storage": f"{storage}/{sweep_id}",
-        "mlflow.note.content": cfg.description})
+    sweep_run = client.create_run(
+        exp_id,
+        run_name=sweep_id,
+        tags={
+            "multistep.kind": "sweep",
+            "multistep.sweep_name": cfg.name,
+            "multistep.sweep_id": sweep_id,
+            "multistep.plan_hash": plan_hash(plan),
+            "multistep.runner": _runner(cfg),
+            "multistep.dataset": cfg.data.label,
+            "multistep.teacher": cfg.teacher.kind,
+            "multistep.git_commit": ml.git_commit(),
+            "multistep.storage": f"{storage}/{sweep_id}",
+            "mlflow.note.content": cfg.description,
+        },
+    )
     srid = sweep_run.info.run_id
     ml.log_params(client, srid, ml.env_secrets_free(ml.flatten({k: v for k, v in plan.doc.items() if k != "search"})))
     client.log_artifact(srid, plan.path)
@@ -175,10 +239,18 @@ def _open_runs(client, plan: SweepPlan, tracking_uri: str, storage: str, resume:
     for i, trial in enumerate(plan.trials):
         tc = TrialCfg.model_validate(trial["config"])
         label = method_label(tc)
-        r = client.create_run(exp_id, run_name=f"{label}-S{tc.method.student_steps}-{i:03d}",
-                              tags={t.key: t.value for t in ml.trial_tags(srid, i, label, cfg.name)})
-        ml.log_params(client, r.info.run_id, ml.env_secrets_free(
-            ml.flatten(trial["config"]) | {f"search.{k}": str(v) for k, v in trial["overrides"].items()}))
+        r = client.create_run(
+            exp_id,
+            run_name=f"{label}-S{tc.method.student_steps}-{i:03d}",
+            tags={t.key: t.value for t in ml.trial_tags(srid, i, label, cfg.name)},
+        )
+        ml.log_params(
+            client,
+            r.info.run_id,
+            ml.env_secrets_free(
+                ml.flatten(trial["config"]) | {f"search.{k}": str(v) for k, v in trial["overrides"].items()}
+            ),
+        )
         client.update_run(r.info.run_id, status="SCHEDULED")
         run_ids.append(r.info.run_id)
     return srid, sweep_id, run_ids
@@ -202,11 +274,15 @@ def _shared_assets(plan: SweepPlan, client, srid: str, storage_dir: Path, resume
     assets, asset_keys = {}, []
     for trial in plan.trials:
         tc = TrialCfg.model_validate(trial["config"])
-        key = content_hash({k: trial["config"][k] for k in ("data", "teacher", "student", "eval")} | {"seed": tc.train.seed})
+        key = content_hash(
+            {k: trial["config"][k] for k in ("data", "teacher", "student", "eval")} | {"seed": tc.train.seed}
+        )
         if key not in assets:
-            assets[key] = prepare(tc, storage_dir / "cache", log=say) | {"proxy_samples": plan.cfg.scheduler.proxy_samples}
+            assets[key] = prepare(tc, storage_dir / "cache", log=say) | {
+                "proxy_samples": plan.cfg.scheduler.proxy_samples
+            }
         asset_keys.append(key)
-        if err := guidance_error(tc, assets[key]["eval_ref"]["labels"] is not None):   # CFG needs a conditional teacher
+        if err := guidance_error(tc, assets[key]["eval_ref"]["labels"] is not None):  # CFG needs a conditional teacher
             raise ConfigError(f"{plan.path}: {err}")
     first = assets[asset_keys[0]]
     if not resume:
@@ -217,11 +293,19 @@ def _shared_assets(plan: SweepPlan, client, srid: str, storage_dir: Path, resume
     return assets, asset_keys, first
 
 
-def run_sweep(plan: SweepPlan, tracking_uri: str, storage: str, say=cli_say, resume: bool = False, start_ray=None) -> int:
-    """Run (or resume) a validated sweep end to end. Returns the exit code: 0 ok, 1 a trial failed.
+def run_sweep(
+    plan: SweepPlan, tracking_uri: str, storage: str, say=cli_say, resume: bool = False, start_ray=None
+) -> int:
+    """Run (or resume) a validated sweep end to end. Returns the exit code: 0 ok, 1 a trial failed; raises
+    KeyboardInterrupt (exit 130) after SIGINT / SIGTERM, with the sweep run and its open trial runs KILLED.
 
     start_ray(say): starts or joins Ray in this (the main) thread; default _init_ray. A second thread opens the
     sweep's MLflow runs meanwhile: Ray's ~5 s start-up overlaps that work. Only the main thread imports Ray."""
+    with Interrupts(say) as stop:
+        return _run_sweep(plan, tracking_uri, storage, say, resume, start_ray, stop)
+
+
+def _run_sweep(plan, tracking_uri, storage, say, resume, start_ray, stop: Interrupts) -> int:
     from concurrent.futures import ThreadPoolExecutor
 
     from mlflow.tracking import MlflowClient
@@ -234,32 +318,49 @@ def run_sweep(plan: SweepPlan, tracking_uri: str, storage: str, say=cli_say, res
     resolve_teachers(plan.trials, storage_dir / "cache", log=say)  # -> local paths in the trial configs
     client = MlflowClient(tracking_uri)
     t_start = time.time()
+    started_ray = False
     with ThreadPoolExecutor(1, thread_name_prefix="sweep-open") as pool:
         opening = pool.submit(_open_runs, client, plan, tracking_uri, storage, resume, say)
         try:
-            (start_ray or _init_ray)(say)   # Ray needs the main thread (its signal handlers)
+            started_ray = (start_ray or _init_ray)(say) is True  # Ray needs the main thread (its signal handlers)
+            stop.reclaim()
             import ray
-            from ray import tune            # (~2 s) while the runs are still being opened
+            from ray import tune  # (~2 s) while the runs are still being opened
+
             srid, sweep_id, run_ids = opening.result()
-        except BaseException:
-            if opening.exception() is None:   # waits for it (MLflow calls: seconds); the runs exist, close them
+        except BaseException as e:
+            if opening.exception() is None:  # waits for it (MLflow calls: seconds); the runs exist, close them
                 srid, _, run_ids = opening.result()
-                _close_failed(client, srid, run_ids)
+                if srid is not None:
+                    _close_incomplete(client, srid, run_ids, interrupted=isinstance(e, KeyboardInterrupt))
+            _shutdown(started_ray)
             raise
-    out_dir, ray_dir = storage_dir / sweep_id, f"{storage}/{sweep_id}"   # local results; Ray state (path or URI)
+    if srid is None:  # --resume of a sweep whose every trial had already finished: nothing to do, nothing logged
+        _shutdown(started_ray)
+        return 0
+    out_dir, ray_dir = storage_dir / sweep_id, f"{storage}/{sweep_id}"  # local results; Ray state (path or URI)
     try:
         say(f"MLflow: experiment '{cfg.experiment}', sweep run {srid} with {len(run_ids)} trial runs ({tracking_uri})")
         out_dir.mkdir(parents=True, exist_ok=True)
         assets, asset_keys, first = _shared_assets(plan, client, srid, storage_dir, resume, say)
-        names = metric_names(plan.trial_cfg(0).eval.samples, plan.trial_cfg(0).feature_space, first["eval_ref"]["labels"] is not None)
+        names = metric_names(
+            plan.trial_cfg(0).eval.samples, plan.trial_cfg(0).feature_space, first["eval_ref"]["labels"] is not None
+        )
         teacher_rows = first["teacher_rows"]
 
         # -- Ray Tune: one trial per planned config --------------------------------------------------
         r = cfg.resources
-        itself = r.trial_trains_itself   # runner tune: the trial holds the worker's resources and checkpoints itself
-        ctx = {"trials": plan.trials, "run_ids": run_ids, "tracking_uri": tracking_uri, "storage": ray_dir,
-               "resources": r.model_dump() | {"per_worker": r.per_worker}, "assets": assets, "asset_keys": asset_keys,
-               "trains_itself": itself}
+        itself = r.trial_trains_itself  # runner tune: the trial holds the worker's resources and checkpoints itself
+        ctx = {
+            "trials": plan.trials,
+            "run_ids": run_ids,
+            "tracking_uri": tracking_uri,
+            "storage": ray_dir,
+            "resources": r.model_dump() | {"per_worker": r.per_worker},
+            "assets": assets,
+            "asset_keys": asset_keys,
+            "trains_itself": itself,
+        }
         if itself:
             driver_res = r.per_worker
         else:
@@ -272,37 +373,78 @@ def run_sweep(plan: SweepPlan, tracking_uri: str, storage: str, say=cli_say, res
             tuner = tune.Tuner(
                 trainable,
                 param_space={"trial_index": tune.grid_search(list(range(len(plan.trials))))},
-                tune_config=tune.TuneConfig(max_concurrent_trials=r.max_concurrent_trials, scheduler=_scheduler(plan),
-                                            trial_dirname_creator=_trial_dir if itself else None,
-                                            reuse_actors=itself),   # the next trial skips a process start + imports
-                run_config=tune.RunConfig(name=sweep_id, storage_path=storage, callbacks=[status], verbose=0,
-                                          failure_config=tune.FailureConfig(max_failures=r.max_failures if itself else 1),
-                                          checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
+                tune_config=tune.TuneConfig(
+                    max_concurrent_trials=r.max_concurrent_trials,
+                    scheduler=_scheduler(plan),
+                    trial_dirname_creator=_trial_dir if itself else None,
+                    reuse_actors=itself,
+                ),  # the next trial skips a process start + imports
+                run_config=tune.RunConfig(
+                    name=sweep_id,
+                    storage_path=storage,
+                    callbacks=[status],
+                    verbose=0,
+                    failure_config=tune.FailureConfig(max_failures=r.max_failures if itself else 1),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                ),
             )
         say(f"running {len(run_ids)} trials, at most {r.max_concurrent_trials} at a time; Tune state in {ray_dir}")
-        grid = tuner.fit()
-        if resume:  # restored Tuners keep their original callbacks; settle statuses from the results
-            for res_ in grid:
-                i = res_.config["trial_index"]
-                last = res_.metrics or {}
-                if client.get_run(run_ids[i]).info.status in ("RUNNING", "SCHEDULED"):
-                    client.set_terminated(run_ids[i], status="FINISHED" if last.get("final") else "FAILED")
-                    if not last.get("final"):
-                        status.failed.append(i)
-        rc = _finish(client, plan, srid, run_ids, names, teacher_rows, first, out_dir, status.failed, t_start, tracking_uri, say)
+        stop.in_tune = True
+        try:
+            grid = tuner.fit()
+        finally:
+            stop.in_tune = False
+        if stop.signal is not None:  # Tune stopped gracefully on our SIGUSR1: the sweep is not finished
+            raise KeyboardInterrupt
+        failed = _settle_trials(client, run_ids, grid)
+        rc = _finish(
+            client, plan, srid, run_ids, names, teacher_rows, first, out_dir, failed, t_start, tracking_uri, say
+        )
         if ray_dir != str(out_dir):
             _copy_results(out_dir, ray_dir, say)
         return rc
-    except BaseException:
-        _close_failed(client, srid, run_ids)
+    except BaseException as e:
+        _close_incomplete(client, srid, run_ids, interrupted=isinstance(e, KeyboardInterrupt))
+        _shutdown(started_ray)
         raise
 
 
-def _close_failed(client, srid: str, run_ids: list[str]) -> None:
-    """The sweep failed or was interrupted: its run FAILED, every trial run still open KILLED."""
-    client.set_terminated(srid, status="FAILED")
+def _settle_trials(client, run_ids: list[str], grid) -> list[int]:
+    """Every trial run's final status, from MLflow (the system of record) and Tune's results: the failed indices.
+
+    FINISHED and KILLED (stopped early by the scheduler) stand; FAILED counts as failed; a run left RUNNING or
+    SCHEDULED (a restored Tuner's callbacks are its original ones) becomes FINISHED when its last result is final,
+    else FAILED. A trial Tune reports no result for at all (its state lost) is failed too."""
+    last = {res.config["trial_index"]: res.metrics or {} for res in grid}
+    failed = []
+    for i, rid in enumerate(run_ids):
+        run = client.get_run(rid)
+        st = run.info.status
+        if st in ("RUNNING", "SCHEDULED") or (st == "KILLED" and INTERRUPTED_TAG in run.data.tags):
+            st = "FINISHED" if last.get(i, {}).get("final") else "FAILED"
+            client.set_terminated(rid, status=st)
+        if st != "KILLED" and INTERRUPTED_TAG in run.data.tags:  # settled since the interruption
+            client.delete_tag(rid, INTERRUPTED_TAG)
+        if st == "FAILED":
+            failed.append(i)
+    return failed
+
+
+def _shutdown(started_ray: bool) -> None:
+    """Stop the local Ray instance this sweep started (a joined cluster stays up)."""
+    if started_ray:
+        import ray
+
+        ray.shutdown()
+
+
+def _close_incomplete(client, srid: str, run_ids: list[str], interrupted: bool) -> None:
+    """The sweep failed (its run FAILED) or was interrupted (KILLED): tagged incomplete, every open trial run KILLED."""
+    client.set_tag(srid, INCOMPLETE_TAG, "interrupted" if interrupted else "failed")
+    client.set_terminated(srid, status="KILLED" if interrupted else "FAILED")
     for rid in run_ids:
         if client.get_run(rid).info.status in ("RUNNING", "SCHEDULED"):
+            client.set_tag(rid, INTERRUPTED_TAG, "1")  # not stopped by the scheduler: a resume settles it again
             client.set_terminated(rid, status="KILLED")
 
 
@@ -318,7 +460,9 @@ def _copy_results(out_dir: Path, uri: str, say) -> None:
     fs, root = pafs.FileSystem.from_uri(uri)
     fs.create_dir(root, recursive=True)
     for f in ("results.parquet", "results.csv", "metric_vs_steps.png"):
-        pafs.copy_files(str(out_dir / f), f"{root}/{f}", source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+        pafs.copy_files(
+            str(out_dir / f), f"{root}/{f}", source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs
+        )
     say(f"results copied to {uri}/")
 
 
@@ -332,23 +476,43 @@ def _scheduler(plan: SweepPlan):
     every = min(c.train.checkpoint_every for c in cfgs)
     proxy = f"proxy_{metric_names(min(sc.proxy_samples, cfgs[0].eval.samples), cfgs[0].feature_space)['fd']}"
     # max_t one past the end: reaching the last iteration must not stop a trial before its final evaluation
-    return ASHAScheduler(time_attr="iteration", metric=proxy, mode="min", max_t=max(c.train.iterations for c in cfgs) + 1,
-                         grace_period=sc.grace_checkpoints * every, reduction_factor=sc.reduction_factor)
+    return ASHAScheduler(
+        time_attr="iteration",
+        metric=proxy,
+        mode="min",
+        max_t=max(c.train.iterations for c in cfgs) + 1,
+        grace_period=sc.grace_checkpoints * every,
+        reduction_factor=sc.reduction_factor,
+    )
 
 
-def _finish(client, plan, srid, run_ids, names, teacher_rows, first, out_dir, failed, t_start, tracking_uri, say) -> int:
+def _finish(
+    client, plan, srid, run_ids, names, teacher_rows, first, out_dir, failed, t_start, tracking_uri, say
+) -> int:
     """Results from MLflow (the system of record): table, per-method curves, plot, artifacts, exit code."""
     cfg = plan.cfg
     rows = collect_rows(client, plan, run_ids, names) + [
-        {"se": None, **row, "trial_id": "", "run_id": srid, "anneal": "", "learning_rate": None, "train_iterations": None,
-         "wall_seconds": None} for row in teacher_rows]
+        {
+            "se": None,
+            **row,
+            "trial_id": "",
+            "run_id": srid,
+            "anneal": "",
+            "learning_rate": None,
+            "train_iterations": None,
+            "wall_seconds": None,
+        }
+        for row in teacher_rows
+    ]
     for metric in names.values():
         for method, pts in res.best_by_steps(rows, metric).items():
             if not method.startswith("teacher"):
                 ml.log_curve(client, srid, f"{metric}/{method}", sorted(pts.items()))
     paths = res.write_table(rows, out_dir)
     floor = first["eval_ref"]["floor"]
-    png = res.plot(rows, list(names.values()), floor, out_dir / "metric_vs_steps.png", f"{cfg.name}: metric versus sampling steps")
+    png = res.plot(
+        rows, list(names.values()), floor, out_dir / "metric_vs_steps.png", f"{cfg.name}: metric versus sampling steps"
+    )
     for p in [*paths.values(), png]:
         client.log_artifact(srid, str(p))
     say("")
@@ -356,7 +520,10 @@ def _finish(client, plan, srid, run_ids, names, teacher_rows, first, out_dir, fa
     say("\nnoise floor (two data sample sets): " + ", ".join(f"{k} {v:.5f}" for k, v in floor.items() if v))
     say(f"results: {paths['parquet']}, {paths['csv']}, {png}")
     failed = sorted(set(failed))
-    client.log_metric(srid, "wall_seconds", time.time() - t_start)
+    if not client.get_metric_history(srid, "wall_seconds"):  # the first session that finishes the sweep logs it
+        client.log_metric(srid, "wall_seconds", time.time() - t_start)
+    if failed:
+        client.set_tag(srid, INCOMPLETE_TAG, f"{len(failed)} trial(s) failed")
     client.set_terminated(srid, status="FAILED" if failed else "FINISHED")
     if failed:
         say(f"{len(failed)} trial(s) failed: " + ", ".join(f"#{i + 1} (run {run_ids[i]})" for i in failed))
@@ -382,9 +549,20 @@ def collect_rows(client, plan: SweepPlan, run_ids: list[str], names: dict[str, s
             se_key = f"{metric}_se" + (f"/{label}" if label else "")  # bootstrap standard errors (eval.bootstrap)
             se = {m.step: m.value for m in client.get_metric_history(rid, se_key)} if se_key in run.data.metrics else {}
             for m in client.get_metric_history(rid, key):
-                rows.append({"method": label or method_label(tc), "student_steps": m.step, "nfe": m.step, "metric": metric,
-                             "value": m.value, "trial_id": run.data.tags.get("ray.trial_id", ""), "run_id": rid,
-                             "anneal": " ".join(f"{k}={v}" for k, v in anneal.items()),
-                             "learning_rate": tc.train.learning_rate, "train_iterations": tc.train.iterations,
-                             "wall_seconds": run.data.metrics.get("wall_seconds"), "se": se.get(m.step)})
+                rows.append(
+                    {
+                        "method": label or method_label(tc),
+                        "student_steps": m.step,
+                        "nfe": m.step,
+                        "metric": metric,
+                        "value": m.value,
+                        "trial_id": run.data.tags.get("ray.trial_id", ""),
+                        "run_id": rid,
+                        "anneal": " ".join(f"{k}={v}" for k, v in anneal.items()),
+                        "learning_rate": tc.train.learning_rate,
+                        "train_iterations": tc.train.iterations,
+                        "wall_seconds": run.data.metrics.get("wall_seconds"),
+                        "se": se.get(m.step),
+                    }
+                )
     return rows

@@ -19,11 +19,12 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from multistep.cli_common import add_run_options, say as cli_say
+from multistep.cli_common import add_run_options
+from multistep.cli_common import say as cli_say
 from multistep.config import ConfigError, load_sweep
 
-BASELINE_TAG = "multistep.regression_baseline"   # on a sweep run; value: the name of the sweep it is the baseline of
-TABLE = "results.parquet"                        # the sweep run's results table artifact (sweep/driver.py)
+BASELINE_TAG = "multistep.regression_baseline"  # on a sweep run; value: the name of the sweep it is the baseline of
+TABLE = "results.parquet"  # the sweep run's results table artifact (sweep/driver.py)
 
 HELP = """\
 Run the regression sweep FILE (a sweep file with a `regression:` section of tolerances), or reuse a finished
@@ -39,18 +40,37 @@ output), 2 bad input or no baseline.
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    s = subparsers.add_parser("regress", help="compare a fixed sweep with its baseline; exit 1 when a curve got worse",
-                              description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    s.add_argument("file", nargs="?", help="regression sweep file, e.g. sweeps/regression.yaml (optional with --promote)")
-    s.add_argument("--run", metavar="RUN_ID", help="compare this finished sweep run of FILE instead of running the sweep")
-    s.add_argument("--baseline", metavar="RUN_ID|PATH",
-                   help="compare with this sweep run or results file (.parquet/.csv) instead of the promoted baseline")
-    s.add_argument("--promote", metavar="RUN_ID",
-                   help="make this sweep run (or the sweep run a regression run checked) the baseline of its sweep name")
-    s.add_argument("--reason", help="why the baseline moves (recorded on the run with who and when); needed by --promote")
+    s = subparsers.add_parser(
+        "regress",
+        help="compare a fixed sweep with its baseline; exit 1 when a curve got worse",
+        description=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    s.add_argument(
+        "file", nargs="?", help="regression sweep file, e.g. sweeps/regression.yaml (optional with --promote)"
+    )
+    s.add_argument(
+        "--run", metavar="RUN_ID", help="compare this finished sweep run of FILE instead of running the sweep"
+    )
+    s.add_argument(
+        "--baseline",
+        metavar="RUN_ID|PATH",
+        help="compare with this sweep run or results file (.parquet/.csv) instead of the promoted baseline",
+    )
+    s.add_argument(
+        "--promote",
+        metavar="RUN_ID",
+        help="make this sweep run (or the sweep run a regression run checked) the baseline of its sweep name",
+    )
+    s.add_argument(
+        "--reason", help="why the baseline moves (recorded on the run with who and when); needed by --promote"
+    )
     add_run_options(s, "folder for Ray state, caches and the sweep's results")
-    s.add_argument("--out", default=None,
-                   help="folder for the report, plot and table (default <storage>/regress/reports/<regression run name>)")
+    s.add_argument(
+        "--out",
+        default=None,
+        help="folder for the report, plot and table (default <storage>/regress/reports/<regression run name>)",
+    )
     return s
 
 
@@ -80,7 +100,9 @@ def sweep_run(client, run_id: str, flag: str):
     if kind == "regression":
         return sweep_run(client, run.data.tags["multistep.regress.current_run"], flag)
     if kind != "sweep":
-        raise ConfigError(f"{flag} {run_id}: a {kind or 'non-multistep'} run, not a sweep run (tag multistep.kind = sweep)")
+        raise ConfigError(
+            f"{flag} {run_id}: a {kind or 'non-multistep'} run, not a sweep run (tag multistep.kind = sweep)"
+        )
     return run
 
 
@@ -93,7 +115,9 @@ def read_run_table(client, run, flag: str) -> list[dict]:
         try:
             path = client.download_artifacts(run.info.run_id, TABLE, d)
         except Exception:  # noqa: BLE001 - any failure means there is no table to compare
-            raise ConfigError(f"{flag} {run.info.run_id}: the run has no {TABLE} artifact (the sweep did not finish)") from None
+            raise ConfigError(
+                f"{flag} {run.info.run_id}: the run has no {TABLE} artifact (the sweep did not finish)"
+            ) from None
         return read_table(path)
 
 
@@ -110,8 +134,25 @@ def promote(client, run_id: str, reason: str, file_name: str | None, say=cli_say
     if file_name is not None and file_name != name:
         raise ConfigError(f"--promote {run_id}: the run is a sweep named '{name}', the file's sweep is '{file_name}'")
     if run.info.status != "FINISHED":
-        raise ConfigError(f"--promote {run_id}: the sweep run's status is {run.info.status}; only a FINISHED sweep "
-                          "(every trial finished) can be a baseline")
+        raise ConfigError(
+            f"--promote {run_id}: the sweep run's status is {run.info.status}; only a FINISHED sweep "
+            "(every trial finished) can be a baseline"
+        )
+    if why := run.data.tags.get("multistep.incomplete"):
+        raise ConfigError(
+            f"--promote {run_id}: the sweep is incomplete ({why}); only a complete sweep can be a baseline"
+        )
+    open_trials = [
+        t.info.run_id
+        for t in client.search_runs([run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{rid}'", max_results=10000)
+        if t.info.status not in ("FINISHED", "KILLED")
+        or (t.info.status == "KILLED" and "multistep.interrupted" in t.data.tags)
+    ]
+    if open_trials:
+        raise ConfigError(
+            f"--promote {run_id}: {len(open_trials)} trial run(s) did not finish (e.g. {open_trials[0]}); "
+            "only a sweep whose every trial finished can be a baseline"
+        )
     read_run_table(client, run, "--promote")  # it must have a readable results table
     by, at = who(), _now()
     old = [r for r in baselines(client, run.info.experiment_id, name) if r.info.run_id != rid]
@@ -119,13 +160,20 @@ def promote(client, run_id: str, reason: str, file_name: str | None, say=cli_say
         client.delete_tag(o.info.run_id, BASELINE_TAG)
         for k, v in {"demoted_by": by, "demoted_at": at, "replaced_by": rid}.items():
             client.set_tag(o.info.run_id, f"multistep.baseline.{k}", v)
-    tags = {BASELINE_TAG: name, "multistep.baseline.promoted_by": by, "multistep.baseline.promoted_at": at,
-            "multistep.baseline.reason": reason, "multistep.baseline.replaces": ",".join(o.info.run_id for o in old)}
+    tags = {
+        BASELINE_TAG: name,
+        "multistep.baseline.promoted_by": by,
+        "multistep.baseline.promoted_at": at,
+        "multistep.baseline.reason": reason,
+        "multistep.baseline.replaces": ",".join(o.info.run_id for o in old),
+    }
     for k, v in tags.items():
         client.set_tag(rid, k, v)
     was = ", ".join(o.info.run_id for o in old) or "none"
-    say(f"sweep run {rid} ({run.data.tags.get('multistep.sweep_id', '')}) is now the baseline of regression sweep "
-        f"'{name}' (previous: {was}); promoted by {by} at {at}: {reason}")
+    say(
+        f"sweep run {rid} ({run.data.tags.get('multistep.sweep_id', '')}) is now the baseline of regression sweep "
+        f"'{name}' (previous: {was}); promoted by {by} at {at}: {reason}"
+    )
     return 0
 
 
@@ -133,7 +181,8 @@ def _no_baseline(file: str, name: str, experiment: str) -> ConfigError:
     return ConfigError(
         f"{file}: no baseline for regression sweep '{name}' in experiment '{experiment}'. Promote a finished sweep run "
         f"of this file: `multistep regress --promote RUN_ID --reason TEXT` (RUN_ID: a run of `multistep sweep {file}` "
-        "or the sweep run of an earlier `multistep regress`), or give one with --baseline RUN_ID|PATH")
+        "or the sweep run of an earlier `multistep regress`), or give one with --baseline RUN_ID|PATH"
+    )
 
 
 def resolve_baseline(client, arg: str | None, cfg, file: str) -> tuple[list[dict], dict, dict]:
@@ -157,21 +206,35 @@ def resolve_baseline(client, arg: str | None, cfg, file: str) -> tuple[list[dict
             raise _no_baseline(file, cfg.name, cfg.experiment)
         run = found[0]
         t = run.data.tags
-        how = (f"promoted by {t.get('multistep.baseline.promoted_by', '?')} at {t.get('multistep.baseline.promoted_at', '?')}: "
-               f"{t.get('multistep.baseline.reason', '')}")
+        how = (
+            f"promoted by {t.get('multistep.baseline.promoted_by', '?')} at {t.get('multistep.baseline.promoted_at', '?')}: "
+            f"{t.get('multistep.baseline.reason', '')}"
+        )
     t = run.data.tags
-    facts = {"baseline": f"sweep run {run.info.run_id} ({t.get('multistep.sweep_id', '')}, git {t.get('multistep.git_commit', '?')[:12]}), {how}"}
-    return read_run_table(client, run, "--baseline"), facts | {"_plan_hash": t.get("multistep.plan_hash", "")}, {
-        "multistep.regress.baseline": f"run:{run.info.run_id}", "multistep.regress.baseline_run": run.info.run_id}
+    facts = {
+        "baseline": f"sweep run {run.info.run_id} ({t.get('multistep.sweep_id', '')}, git {t.get('multistep.git_commit', '?')[:12]}), {how}"
+    }
+    return (
+        read_run_table(client, run, "--baseline"),
+        facts | {"_plan_hash": t.get("multistep.plan_hash", "")},
+        {"multistep.regress.baseline": f"run:{run.info.run_id}", "multistep.regress.baseline_run": run.info.run_id},
+    )
 
 
 def _new_sweep_run(client, cfg, storage: Path):
     """The sweep run run_sweep just made in `storage`, a folder only this regress job writes (name, time and pid):
     found by its storage tag, so a concurrent regress job of the same sweep cannot be taken for it."""
     exp = client.get_experiment_by_name(cfg.experiment)
-    pattern = str(storage).replace("'", "_")   # a quote cannot be escaped in the filter; "_" matches any one character
-    runs = client.search_runs([exp.experiment_id], f"tags.`multistep.kind` = 'sweep' and tags.`multistep.storage` LIKE "
-                              f"'{pattern}/%'", max_results=2) if exp else []
+    pattern = str(storage).replace("'", "_")  # a quote cannot be escaped in the filter; "_" matches any one character
+    runs = (
+        client.search_runs(
+            [exp.experiment_id],
+            f"tags.`multistep.kind` = 'sweep' and tags.`multistep.storage` LIKE '{pattern}/%'",
+            max_results=2,
+        )
+        if exp
+        else []
+    )
     if len(runs) != 1:
         raise RuntimeError(f"the sweep '{cfg.name}' ran but its MLflow sweep run (storage {storage}) was not found")
     return runs[0]
@@ -182,12 +245,16 @@ def check_file(plan, file: str) -> None:
     """A regression sweep needs a regression section; `ci` tolerances need bootstrap standard errors."""
     reg = plan.cfg.regression
     if reg is None:
-        raise ConfigError(f"{file}: regression: missing (a regression sweep needs tolerances, e.g. "
-                          "`regression: {tolerances: {fd: {rel: 0.05}}}`; see docs/regression.md)")
+        raise ConfigError(
+            f"{file}: regression: missing (a regression sweep needs tolerances, e.g. "
+            "`regression: {tolerances: {fd: {rel: 0.05}}}`; see docs/regression.md)"
+        )
     for fam, tol in reg.tolerances.items():
         if tol.ci is not None and not all(plan.trial_cfg(i).eval.bootstrap for i in range(len(plan.trials))):
-            raise ConfigError(f"{file}: regression.tolerances.{fam}.ci: needs eval.bootstrap > 0 (the bootstrap standard "
-                              "error of every point), e.g. eval: {bootstrap: 100}")
+            raise ConfigError(
+                f"{file}: regression.tolerances.{fam}.ci: needs eval.bootstrap > 0 (the bootstrap standard "
+                "error of every point), e.g. eval: {bootstrap: 100}"
+            )
 
 
 def cmd_regress(args, say=cli_say) -> int:
@@ -201,7 +268,9 @@ def cmd_regress(args, say=cli_say) -> int:
     elif not args.file:
         raise ConfigError("FILE: a regression sweep file is required (or --promote RUN_ID --reason TEXT)")
     if "://" in args.storage:  # caches then live in ./ray_results/cache and would be reused, hiding regressions in them
-        raise ConfigError(f"--storage {args.storage}: multistep regress needs a local folder (it runs each check with a fresh cache)")
+        raise ConfigError(
+            f"--storage {args.storage}: multistep regress needs a local folder (it runs each check with a fresh cache)"
+        )
     plan = load_sweep(args.file) if args.file else None
     if plan is not None and not args.promote:
         check_file(plan, args.file)
@@ -220,23 +289,31 @@ def regress(client, plan, args, uri: str, say=cli_say) -> int:
     from multistep.tracking import mlflow_layout as ml
 
     cfg, file = plan.cfg, args.file
-    base_rows, facts, base_tags = resolve_baseline(client, args.baseline, cfg, file)   # before any training
+    base_rows, facts, base_tags = resolve_baseline(client, args.baseline, cfg, file)  # before any training
     if getattr(args, "dry_run", False):
-        say(f"{file}: valid; baseline: {facts['baseline']} ({len(base_rows)} rows); would "
-            + (f"compare sweep run {args.run}" if args.run else f"run {len(plan.trials)} trial(s) and compare them"))
+        say(
+            f"{file}: valid; baseline: {facts['baseline']} ({len(base_rows)} rows); would "
+            + (f"compare sweep run {args.run}" if args.run else f"run {len(plan.trials)} trial(s) and compare them")
+        )
         return 0
     if args.run:
         cur = sweep_run(client, args.run, "--run")
         if cur.data.tags.get("multistep.sweep_name") != cfg.name:
-            raise ConfigError(f"--run {args.run}: a sweep named '{cur.data.tags.get('multistep.sweep_name')}', "
-                              f"the file's sweep is '{cfg.name}'")
+            raise ConfigError(
+                f"--run {args.run}: a sweep named '{cur.data.tags.get('multistep.sweep_name')}', "
+                f"the file's sweep is '{cfg.name}'"
+            )
         sweep_rc = 1 if cur.info.status == "FAILED" else 0
     else:
         from multistep.sweep.driver import run_sweep
 
         # a fresh storage folder, so a fresh cache: evaluation reference, teacher curve and warm start are
         # recomputed by today's code (a cache hit would hide a regression in them)
-        storage = Path(args.storage).resolve() / "regress" / f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        storage = (
+            Path(args.storage).resolve()
+            / "regress"
+            / f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        )
         sweep_rc = run_sweep(plan, uri, str(storage), say=say)
         cur = _new_sweep_run(client, cfg, storage)
     cur_rows = read_run_table(client, cur, "--run")
@@ -245,27 +322,44 @@ def regress(client, plan, args, uri: str, say=cli_say) -> int:
     points = rg.compare(base_rows, cur_rows, cfg.regression.tolerances, cfg.regression.teacher)
     base_keys, cur_keys = set(rg.best_points(base_rows)), set(rg.best_points(cur_rows))
     if not points or (cur_keys and not base_keys & cur_keys):
-        raise ConfigError(f"{file}: the baseline and the current run share no (method, student_steps, metric) point "
-                          "(another sweep file? metric names carry the sample count); promote a new baseline with "
-                          "`multistep regress --promote RUN_ID --reason TEXT`")
+        raise ConfigError(
+            f"{file}: the baseline and the current run share no (method, student_steps, metric) point "
+            "(another sweep file? metric names carry the sample count); promote a new baseline with "
+            "`multistep regress --promote RUN_ID --reason TEXT`"
+        )
     bad = rg.failing(points)
     plan_hash = facts.pop("_plan_hash", None)
-    facts = {"sweep": f"{cfg.name} ({file})",
-             "current": f"sweep run {srid} ({sweep_id}, git {cur.data.tags.get('multistep.git_commit', '?')[:12]})"
-                        + (", some trials FAILED" if sweep_rc else ""),
-             **facts,
-             "tolerances": "; ".join(f"{k}: " + ", ".join(f"{a} {v:g}" for a, v in t.model_dump(exclude_none=True).items())
-                                     for k, t in cfg.regression.tolerances.items())}
+    facts = {
+        "sweep": f"{cfg.name} ({file})",
+        "current": f"sweep run {srid} ({sweep_id}, git {cur.data.tags.get('multistep.git_commit', '?')[:12]})"
+        + (", some trials FAILED" if sweep_rc else ""),
+        **facts,
+        "tolerances": "; ".join(
+            f"{k}: " + ", ".join(f"{a} {v:g}" for a, v in t.model_dump(exclude_none=True).items())
+            for k, t in cfg.regression.tolerances.items()
+        ),
+    }
     if plan_hash and plan_hash != cur.data.tags.get("multistep.plan_hash"):
-        facts["note"] = ("the baseline ran a different plan (sweep file or defaults changed): differences may come from "
-                         "the configuration, not the code")
+        facts["note"] = (
+            "the baseline ran a different plan (sweep file or defaults changed): differences may come from "
+            "the configuration, not the code"
+        )
 
     exp_id = ml.ensure_experiment(client, cfg.experiment, uri)
     run_name = f"regress-{sweep_id}"
-    run = client.create_run(exp_id, run_name=run_name, tags={
-        "multistep.kind": "regression", "multistep.sweep_name": cfg.name, "multistep.regress.current_run": srid,
-        "multistep.regress.verdict": "fail" if bad else "pass", "multistep.git_commit": ml.git_commit(),
-        "multistep.regress.regressed": "; ".join(rg.describe(p) for p in bad)[:5000], **base_tags})
+    run = client.create_run(
+        exp_id,
+        run_name=run_name,
+        tags={
+            "multistep.kind": "regression",
+            "multistep.sweep_name": cfg.name,
+            "multistep.regress.current_run": srid,
+            "multistep.regress.verdict": "fail" if bad else "pass",
+            "multistep.git_commit": ml.git_commit(),
+            "multistep.regress.regressed": "; ".join(rg.describe(p) for p in bad)[:5000],
+            **base_tags,
+        },
+    )
     out = Path(args.out).resolve() if args.out else Path(args.storage).resolve() / "regress" / "reports" / run_name
     out.mkdir(parents=True, exist_ok=True)
     table = rg.format_table(points)

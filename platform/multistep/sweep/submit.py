@@ -17,11 +17,21 @@ from pathlib import Path
 
 from multistep.config import ConfigError
 
-REPO = Path(__file__).resolve().parents[3]   # platform/multistep/sweep/submit.py -> repository root
+REPO = Path(__file__).resolve().parents[3]  # platform/multistep/sweep/submit.py -> repository root
 ENTRY = "jobs/sweep.py"
 # Never uploaded (besides what .gitignore already skips): history, caches, local results and stores.
-EXCLUDES = [".git", "**/__pycache__", "*.egg-info", ".pytest_cache", ".benchmarks", ".ci",
-            "ray_results", "mlruns", "mlartifacts", "*.db"]
+EXCLUDES = [
+    ".git",
+    "**/__pycache__",
+    "*.egg-info",
+    ".pytest_cache",
+    ".benchmarks",
+    ".ci",
+    "ray_results",
+    "mlruns",
+    "mlartifacts",
+    "*.db",
+]
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 HELP = """\
@@ -39,16 +49,29 @@ Exit codes: 0 submitted (with --follow: the job SUCCEEDED), 1 the job failed or 
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    s = subparsers.add_parser("submit", help="submit a sweep file to a Ray cluster as a Ray Job",
-                              description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s = subparsers.add_parser(
+        "submit",
+        help="submit a sweep file to a Ray cluster as a Ray Job",
+        description=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     s.add_argument("file", help="sweep file inside this repository, e.g. sweeps/quickstart.yaml")
-    s.add_argument("--address", default=None,
-                   help="Ray dashboard (Jobs API) address, e.g. http://HEAD:8265 (default: $RAY_API_SERVER_ADDRESS, "
-                        "$RAY_ADDRESS, else http://127.0.0.1:8265, the tunnel `ray dashboard cluster.yaml` opens)")
-    s.add_argument("--follow", action="store_true", help="stream the job's logs until it ends; exit 0 only if it SUCCEEDED")
+    s.add_argument(
+        "--address",
+        default=None,
+        help="Ray dashboard (Jobs API) address, e.g. http://HEAD:8265 (default: $RAY_API_SERVER_ADDRESS, "
+        "$RAY_ADDRESS, else http://127.0.0.1:8265, the tunnel `ray dashboard cluster.yaml` opens)",
+    )
+    s.add_argument(
+        "--follow", action="store_true", help="stream the job's logs until it ends; exit 0 only if it SUCCEEDED"
+    )
     s.add_argument("--tracking-uri", default=None, help="MLflow tracking URI as seen from the cluster")
-    s.add_argument("--storage", default=None, help="Ray Tune/Train storage as seen from the cluster (s3://... on multi-node)")
-    s.add_argument("--submission-id", default=None, help="job id to use (duplicates are rejected); default: Ray picks one")
+    s.add_argument(
+        "--storage", default=None, help="Ray Tune/Train storage as seen from the cluster (s3://... on multi-node)"
+    )
+    s.add_argument(
+        "--submission-id", default=None, help="job id to use (duplicates are rejected); default: Ray picks one"
+    )
     return s
 
 
@@ -66,8 +89,12 @@ def runtime_env() -> dict:
     """What the job runs with: this checkout as working dir, the package on every worker's path."""
     from multistep.sweep.driver import RAY_ENV_DEFAULTS
 
-    return {"working_dir": str(REPO), "py_modules": [str(REPO / "platform" / "multistep")],
-            "excludes": EXCLUDES, "env_vars": dict(RAY_ENV_DEFAULTS)}
+    return {
+        "working_dir": str(REPO),
+        "py_modules": [str(REPO / "platform" / "multistep")],
+        "excludes": EXCLUDES,
+        "env_vars": dict(RAY_ENV_DEFAULTS),
+    }
 
 
 def _one_line(e: Exception) -> str:
@@ -78,15 +105,20 @@ def _one_line(e: Exception) -> str:
 def cmd_submit(args) -> int:
     from multistep.config import load_sweep
 
-    load_sweep(args.file)                                    # bad input -> ConfigError -> exit 2
+    load_sweep(args.file)  # bad input -> ConfigError -> exit 2
     entry = ["python", ENTRY, _relative_to_repo(args.file)]
     entry += ["--tracking-uri", args.tracking_uri] if args.tracking_uri else []
     entry += ["--storage", args.storage] if args.storage else []
-    address = args.address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS") or "http://127.0.0.1:8265"
+    address = (
+        args.address
+        or os.environ.get("RAY_API_SERVER_ADDRESS")
+        or os.environ.get("RAY_ADDRESS")
+        or "http://127.0.0.1:8265"
+    )
     from ray.job_submission import JobSubmissionClient
 
     hidden = {v: os.environ.pop(v) for v in ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS") if v in os.environ}
-    try:                                                     # (Ray would let those override the address chosen above)
+    try:  # (Ray would let those override the address chosen above)
         client = JobSubmissionClient(address)
     except Exception as e:  # noqa: BLE001 - unreachable, refused, or auth: all fixed by the user
         hint = "; token auth: set RAY_AUTH_MODE=token (see --help)" if "uthentication" in str(e) else ""
@@ -94,13 +126,17 @@ def cmd_submit(args) -> int:
     finally:
         os.environ.update(hidden)
     try:
-        job_id = client.submit_job(entrypoint=shlex.join(entry), runtime_env=runtime_env(),
-                                   submission_id=args.submission_id)
+        job_id = client.submit_job(
+            entrypoint=shlex.join(entry), runtime_env=runtime_env(), submission_id=args.submission_id
+        )
     except Exception as e:  # noqa: BLE001 - e.g. duplicate submission id, upload too large
         raise ConfigError(f"{args.file}: job not submitted ({_one_line(e)})") from None
     print(job_id, flush=True)
     if not args.tracking_uri:
-        print("multistep: note: no --tracking-uri; MLflow data stays in the job's working dir on the head", file=sys.stderr)
+        print(
+            "multistep: note: no --tracking-uri; MLflow data stays in the job's working dir on the head",
+            file=sys.stderr,
+        )
     if not args.follow:
         print(f"follow it with: ray job logs --address {address} --follow {job_id}", file=sys.stderr)
         return 0
@@ -111,14 +147,14 @@ def follow(client, job_id: str, address: str) -> int:
     """Stream the job's logs until it ends; 0 if it SUCCEEDED, else 1."""
     import asyncio
 
-    shown = 0                                                # characters of the log printed so far
+    shown = 0  # characters of the log printed so far
 
     async def tail():
         nonlocal shown
-        seen = 0                                             # every (re)connection streams the log from its start
+        seen = 0  # every (re)connection streams the log from its start
         async for chunk in client.tail_job_logs(job_id):
             if seen + len(chunk) > shown:
-                print(chunk[max(0, shown - seen):], end="", flush=True)
+                print(chunk[max(0, shown - seen) :], end="", flush=True)
                 shown = seen + len(chunk)
             seen += len(chunk)
 
@@ -130,13 +166,13 @@ def follow(client, job_id: str, address: str) -> int:
             try:
                 asyncio.run(tail())
                 break
-            except RuntimeError as e:                        # the stream dropped mid-job (e.g. close code 1006)
+            except RuntimeError as e:  # the stream dropped mid-job (e.g. close code 1006)
                 if status() in TERMINAL:
                     break
                 print(f"multistep: log stream interrupted ({e}); reconnecting ({attempt}/10)", file=sys.stderr)
                 time.sleep(2)
         while (final := status()) not in TERMINAL:
-            time.sleep(1)                                    # the status can lag the end of the log stream
+            time.sleep(1)  # the status can lag the end of the log stream
     except KeyboardInterrupt:
         print(f"\nthe job keeps running; stop it with: ray job stop --address {address} {job_id}", file=sys.stderr)
         raise

@@ -31,8 +31,12 @@ lines to paste into a sweep file. Exit codes: 0 trained, 1 training failed, 2 ba
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    s = subparsers.add_parser("teacher", help="train a network teacher (Ray Train) and log it to MLflow",
-                              description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s = subparsers.add_parser(
+        "teacher",
+        help="train a network teacher (Ray Train) and log it to MLflow",
+        description=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     s.add_argument("file", help="teacher file, e.g. sweeps/teacher_digits.yaml")
     add_run_options(s, "folder for Ray Train state and the checkpoint (teachers/ beneath it)")
     return s
@@ -85,8 +89,19 @@ def cmd_teacher(args) -> int:
     storage = Path(args.storage).resolve()
     net_cfg, n_params = check(cfg, args.file)
     if args.dry_run:
-        print(json.dumps({"file": args.file, "tracking_uri": uri, "storage": str(storage), "net": net_cfg,
-                          "parameters": n_params, "config": cfg.model_dump(mode="json")}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "file": args.file,
+                    "tracking_uri": uri,
+                    "storage": str(storage),
+                    "net": net_cfg,
+                    "parameters": n_params,
+                    "config": cfg.model_dump(mode="json"),
+                },
+                indent=2,
+            )
+        )
         return 0
     check_reachable(uri)
     out = run_teacher(cfg, args.file, net_cfg, uri, storage)
@@ -110,11 +125,22 @@ def run_teacher(cfg: TeacherFileCfg, file: str, net_cfg: dict, tracking_uri: str
     client = MlflowClient(tracking_uri)
     exp_id = ml.ensure_experiment(client, cfg.experiment, tracking_uri)
     teacher_id = f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    path = storage / "teachers" / cfg.name / TEACHER_ARTIFACT  # stable for sweep files; each run's own copy is its artifact
-    run = client.create_run(exp_id, run_name=teacher_id, tags={
-        "multistep.kind": "teacher", "multistep.teacher_name": cfg.name, "multistep.dataset": cfg.data.label,
-        "multistep.net": net_cfg["kind"], "multistep.git_commit": ml.git_commit(), "multistep.storage": str(path),
-        "mlflow.note.content": cfg.description})
+    path = (
+        storage / "teachers" / cfg.name / TEACHER_ARTIFACT
+    )  # stable for sweep files; each run's own copy is its artifact
+    run = client.create_run(
+        exp_id,
+        run_name=teacher_id,
+        tags={
+            "multistep.kind": "teacher",
+            "multistep.teacher_name": cfg.name,
+            "multistep.dataset": cfg.data.label,
+            "multistep.net": net_cfg["kind"],
+            "multistep.git_commit": ml.git_commit(),
+            "multistep.storage": str(path),
+            "mlflow.note.content": cfg.description,
+        },
+    )
     rid = run.info.run_id
     ml.log_params(client, rid, ml.env_secrets_free(ml.flatten(cfg.model_dump(mode="json"))))
     client.log_artifact(rid, file)
@@ -125,11 +151,23 @@ def run_teacher(cfg: TeacherFileCfg, file: str, net_cfg: dict, tracking_uri: str
         _init_ray(say)
         trainer = TorchTrainer(
             teacher_worker,
-            train_loop_config={"cfg": cfg.model_dump(mode="json"), "net": net_cfg, "run_id": rid,
-                               "tracking_uri": tracking_uri, "path": str(path), "threads": r.cpus_per_worker},
-            scaling_config=ray.train.ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker=r.per_worker),
-            run_config=ray.train.RunConfig(name=teacher_id, storage_path=str(storage),
-                                           failure_config=ray.train.FailureConfig(max_failures=r.max_failures)))
+            train_loop_config={
+                "cfg": cfg.model_dump(mode="json"),
+                "net": net_cfg,
+                "run_id": rid,
+                "tracking_uri": tracking_uri,
+                "path": str(path),
+                "threads": r.cpus_per_worker,
+            },
+            scaling_config=ray.train.ScalingConfig(
+                num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker=r.per_worker
+            ),
+            run_config=ray.train.RunConfig(
+                name=teacher_id,
+                storage_path=str(storage),
+                failure_config=ray.train.FailureConfig(max_failures=r.max_failures),
+            ),
+        )
         say(f"training teacher '{cfg.name}' ({cfg.train.iterations} iterations, {r.num_workers} worker(s))")
         out = trainer.fit().return_value or {}
     except Exception as e:  # noqa: BLE001 - a failed training is exit 1 with the reason, not a traceback
@@ -143,20 +181,28 @@ def run_teacher(cfg: TeacherFileCfg, file: str, net_cfg: dict, tracking_uri: str
     client.log_metric(rid, "wall_seconds", time.time() - t0)
     client.set_terminated(rid, status="FINISHED")
     fd = [row for row in out["curve"] if row["metric"].startswith("fd_")]
-    say("teacher DDIM curve: " + ", ".join(f"{row['steps']} steps {row['value']:.4g}" for row in fd)
-        + f"  ({fd[0]['metric']}; noise floor {out['floor'][fd[0]['metric']]:.4g})")
+    say(
+        "teacher DDIM curve: "
+        + ", ".join(f"{row['steps']} steps {row['value']:.4g}" for row in fd)
+        + f"  ({fd[0]['metric']}; noise floor {out['floor'][fd[0]['metric']]:.4g})"
+    )
     say(f"teacher checkpoint: {path}")
     say(f"MLflow run id: {rid}")
-    say("to distil it, put these two lines in a sweep file (or name it by run: "
-        f"teacher: {{kind: mlflow, run_id: {rid}}}):")
+    say(
+        "to distil it, put these two lines in a sweep file (or name it by run: "
+        f"teacher: {{kind: mlflow, run_id: {rid}}}):"
+    )
     say(f"  data: {yaml.safe_dump(_data_line(cfg.data), default_flow_style=True, width=1000).strip()}")
     say(f"  teacher: {{kind: checkpoint, path: {path}}}")
     return {"status": "FINISHED", "run_id": rid, "path": str(path), **out}
 
 
 def _data_line(d: DataCfg) -> dict:
-    keep = {"gmm": ["kind", "shape", "components", "mean_std", "component_std", "seed"], "digits": ["kind", "size"],
-            "parquet": ["kind", "path"]}[d.kind]
+    keep = {
+        "gmm": ["kind", "shape", "components", "mean_std", "component_std", "seed"],
+        "digits": ["kind", "size"],
+        "parquet": ["kind", "path"],
+    }[d.kind]
     return {k: v for k, v in d.model_dump(mode="json").items() if k in keep}
 
 
@@ -213,21 +259,46 @@ def teacher_worker(config: dict) -> dict:
 
     def log(it: int, m: dict) -> None:
         if logger:
-            logger.metrics(it, {f"train/{k}": v for k, v in m.items()})   # step = iteration
+            logger.metrics(it, {f"train/{k}": v for k, v in m.items()})  # step = iteration
 
-    _, ema_net, history = train_teacher(net, sched, _batches(cfg, data, rank, world, device), t.iterations, t.learning_rate,
-                                        t.ema, t.seed + 1000 * rank, log, t.grad_clip, t.label_dropout, t.log_every,
-                                        Replicas() if world > 1 else None)   # gradients averaged over ranks
+    _, ema_net, history = train_teacher(
+        net,
+        sched,
+        _batches(cfg, data, rank, world, device),
+        t.iterations,
+        t.learning_rate,
+        t.ema,
+        t.seed + 1000 * rank,
+        log,
+        t.grad_clip,
+        t.label_dropout,
+        t.log_every,
+        Replicas() if world > 1 else None,
+    )  # gradients averaged over ranks
     if rank != 0:
         return {}
     shape = list(data.shape)
-    meta = {"name": cfg.name, "run_id": config["run_id"], "schedule": cfg.schedule.model_dump(mode="json"),
-            "data": _data_line(cfg.data), "shape": shape, "iterations": t.iterations, "final_loss": history[-1]["loss"]}
+    meta = {
+        "name": cfg.name,
+        "run_id": config["run_id"],
+        "schedule": cfg.schedule.model_dump(mode="json"),
+        "data": _data_line(cfg.data),
+        "shape": shape,
+        "iterations": t.iterations,
+        "final_loss": history[-1]["loss"],
+    }
     path = save_teacher(config["path"], config["net"], ema_net.state_dict(), meta)
-    logger.artifact(str(path))                                          # -> artifact "teacher.pt"
+    logger.artifact(str(path))  # -> artifact "teacher.pt"
     ev = cfg.eval
-    rows, floor = ddim_curve(VDenoiser(ema_net, sched), sched, data, ev.samples, ev.steps, ev.seed, cfg.data.fd_space, device)
-    for metric in dict.fromkeys(row["metric"] for row in rows):        # step = number of DDIM steps
-        log_curve(logger.client, config["run_id"], metric, [(row["steps"], row["value"]) for row in rows if row["metric"] == metric])
+    rows, floor = ddim_curve(
+        VDenoiser(ema_net, sched), sched, data, ev.samples, ev.steps, ev.seed, cfg.data.fd_space, device
+    )
+    for metric in dict.fromkeys(row["metric"] for row in rows):  # step = number of DDIM steps
+        log_curve(
+            logger.client,
+            config["run_id"],
+            metric,
+            [(row["steps"], row["value"]) for row in rows if row["metric"] == metric],
+        )
     log_params(logger.client, config["run_id"], {f"noise_floor.{k}": f"{v:.6g}" for k, v in floor.items()})
     return {"history": history, "curve": rows, "floor": floor}

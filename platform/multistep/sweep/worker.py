@@ -19,7 +19,7 @@ import torch
 
 CKPT_FILE = "state.pt"
 CKPT_VERSION = 1
-PREFETCH_BATCHES = 2   # Parquet data: batches a reader thread keeps ready (shard reads, shuffles) beside the step
+PREFETCH_BATCHES = 2  # Parquet data: batches a reader thread keeps ready (shard reads, shuffles) beside the step
 
 
 def on_device(batch, device):
@@ -40,7 +40,9 @@ class Session:
         return self.api.get_checkpoint()
 
     def report(self, metrics: dict, checkpoint_dir: str | None = None) -> None:
-        self.api.report(metrics, checkpoint=self.api.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
+        self.api.report(
+            metrics, checkpoint=self.api.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        )
 
 
 def train_session() -> Session:
@@ -58,7 +60,7 @@ def tune_session(use_gpu: bool) -> Session:
 
     from ray import tune
 
-    logging.getLogger("ray.train").setLevel(logging.WARNING)   # no "Checkpoint successfully created" line per checkpoint
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # no "Checkpoint successfully created" line per checkpoint
     return Session(tune, 0, 1, torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu"))
 
 
@@ -72,16 +74,16 @@ def run_trial(cfg: dict, session: Session) -> dict:
     from multistep.metrics.evaluate import EvalRef, bootstrap_se, evaluate, metric_names, sample_points
     from multistep.metrics.extractors import features_fn, from_spec
     from multistep.sweep.results import save_grid
+    from multistep.tracking.mlflow_layout import RunLogger
     from multistep.train.build import build, make_method, method_label
     from multistep.train.loop import Hooks, NonFiniteLoss, fit, new_state
     from multistep.train.perf import apply_fast_paths
     from multistep.train.replicas import Replicas
-    from multistep.tracking.mlflow_layout import RunLogger
 
     rank, world, device = session.rank, session.world, session.device
     torch.set_num_threads(max(1, int(cfg["threads"])))
     tc = TrialCfg.model_validate(cfg["trial"])
-    torch.manual_seed(tc.train.seed + 1000 * rank)   # global RNG (e.g. dropout): the same in a fresh or a reused process
+    torch.manual_seed(tc.train.seed + 1000 * rank)  # global RNG (e.g. dropout): the same in a fresh or a reused process
     stream = tc.data.kind == "parquet"  # each rank reads only its slice of the shards (not the whole dataset)
     comps = build(tc, load_data=not stream)
     if cfg.get("init") is not None:
@@ -91,7 +93,7 @@ def run_trial(cfg: dict, session: Session) -> dict:
     t = tc.train
     for note in apply_fast_paths([comps.student, comps.teacher], device, t.precision, t.channels_last, t.compile):
         print(note, flush=True)
-    replicas = Replicas() if world > 1 else None   # data parallel: averaged gradients, identical replicas
+    replicas = Replicas() if world > 1 else None  # data parallel: averaged gradients, identical replicas
     if replicas:
         replicas.broadcast(comps.student.net)
     method = make_method(tc, comps)
@@ -105,23 +107,29 @@ def run_trial(cfg: dict, session: Session) -> dict:
         if sd.get("version") != CKPT_VERSION:
             raise RuntimeError(f"checkpoint version {sd.get('version')} is not {CKPT_VERSION}")
         state.load_state_dict(sd["state"])
-        if len(sd.get("rng_per_rank", [])) == world:   # each rank its own random stream again, not rank 0's
+        if len(sd.get("rng_per_rank", [])) == world:  # each rank its own random stream again, not rank 0's
             gen, cpu_rng = sd["rng_per_rank"][rank]
             state.gen.set_state(gen)
             torch.set_rng_state(cpu_rng)
         if logger:
             logger.client.set_tag(cfg["run_id"], "multistep.resumed_from_iteration", str(state.iteration))
-    if logger:   # a restart (with or without a checkpoint) redoes work: points the run already holds are not logged again
+    if (
+        logger
+    ):  # a restart (with or without a checkpoint) redoes work: points the run already holds are not logged again
         logger.resume()
 
     local_batch = tc.train.batch_size // world
     ref = EvalRef.from_dict(cfg["eval_ref"])
-    labelled = ref.labels is not None  # class-conditional teacher + labelled data: batches (x, y), students conditioned on y
-    if stream:  # reshuffled every epoch; a resumed trial continues after the last batch it drew (fit: one per iteration)
+    labelled = (
+        ref.labels is not None
+    )  # class-conditional teacher + labelled data: batches (x, y), students conditioned on y
+    if (
+        stream
+    ):  # reshuffled every epoch; a resumed trial continues after the last batch it drew (fit: one per iteration)
         from multistep.data.parquet import ShardStream
 
         shards = ShardStream(tc.data.path, rank, world, seed=tc.train.seed + 1000 * rank, batch_size=local_batch)
-        batches = shards.batches(start=state.iteration, prefetch=PREFETCH_BATCHES, device=device)   # uint8 to the device
+        batches = shards.batches(start=state.iteration, prefetch=PREFETCH_BATCHES, device=device)  # uint8 to the device
         draw = lambda g: next(batches) if labelled else next(batches)[0]  # noqa: E731
     else:
         draw = lambda g: comps.data.sample_labelled(local_batch, g) if labelled else comps.data.sample(local_batch, g)  # noqa: E731
@@ -132,29 +140,29 @@ def run_trial(cfg: dict, session: Session) -> dict:
             logger.metrics(it, {f"train/{k}": v for k, v in means.items()} | {"train/wall_seconds": state.wall_seconds})
 
     names = metric_names(len(ref.data), tc.feature_space, labelled)
-    spec = cfg.get("extractor")   # classifier / inception features (None: the samples themselves)
-    ext = from_spec(spec, device) if spec and rank == 0 else None   # only rank 0 evaluates
+    spec = cfg.get("extractor")  # classifier / inception features (None: the samples themselves)
+    ext = from_spec(spec, device) if spec and rank == 0 else None  # only rank 0 evaluates
     features = features_fn(ext, ref.noise.shape[1:]) if ext else (lambda x: None)
-    predict = getattr(ext, "predict", None)   # classifier: cls_err of conditional samples
+    predict = getattr(ext, "predict", None)  # classifier: cls_err of conditional samples
     n_proxy = min(cfg.get("proxy_samples", 1000), len(ref.data))
     proxy_ref = ref.head(n_proxy)
     proxy_names = {k: f"proxy_{v}" for k, v in metric_names(n_proxy, tc.feature_space, labelled).items()}
 
     def proxy() -> dict[str, float]:
         """Cheap in-training evaluation (few samples, current EMA): what ASHA compares; never the final number."""
-        first = lambda y, seed: method.evaluations(state.ema, y, seed)[:1]   # noqa: E731 - the method's own sampler
+        first = lambda y, seed: method.evaluations(state.ema, y, seed)[:1]  # noqa: E731 - the method's own sampler
         points = sample_points(first, proxy_ref.noise, proxy_ref.labels, tc.eval.batch_size, device)
         return evaluate(points[0][2], proxy_ref, proxy_names, features(points[0][2]), predict=predict) if points else {}
 
     last_proxy: dict[str, float] = {}
 
     def checkpoint(it: int, sd: dict) -> None:
-        if rank == 0:   # the replicas are identical: one rank evaluates (only rank 0's metrics reach Tune)
+        if rank == 0:  # the replicas are identical: one rank evaluates (only rank 0's metrics reach Tune)
             last_proxy.update(proxy())
         rngs = replicas.gather((state.gen.get_state(), torch.get_rng_state())) if replicas else []  # all ranks call it
         metrics = {"iteration": it, **last_proxy}
         if logger:
-            logger.metrics(it, {k: v for k, v in metrics.items() if k != "iteration"})   # step = iteration
+            logger.metrics(it, {k: v for k, v in metrics.items() if k != "iteration"})  # step = iteration
         with tempfile.TemporaryDirectory() as d:
             if rank == 0:
                 tmp = os.path.join(d, CKPT_FILE + ".tmp")
@@ -165,32 +173,49 @@ def run_trial(cfg: dict, session: Session) -> dict:
                 session.report(metrics)
 
     try:
-        fit(state, method, sample, t.iterations, t.grad_clip, t.eval_ema, t.log_every, t.checkpoint_every, Hooks(log, checkpoint),
-            replicas)
+        fit(
+            state,
+            method,
+            sample,
+            t.iterations,
+            t.grad_clip,
+            t.eval_ema,
+            t.log_every,
+            t.checkpoint_every,
+            Hooks(log, checkpoint),
+            replicas,
+        )
     except NonFiniteLoss as e:  # deterministic: retrying would fail again, so the trial fails with the reason
         if logger:
             logger.client.set_tag(cfg["run_id"], "multistep.error", str(e))
         return {"error": str(e)}
     finally:
         if stream:
-            batches.close()   # the reader thread stops now, not at the end of the evaluation
+            batches.close()  # the reader thread stops now, not at the end of the evaluation
 
     # Evaluation at the trial's step count(s), with the eval-EMA weights, on the sweep's fixed noise.
     # The method's own label logs under the plain metric name; extra samplers under "<metric>/<label>".
     state.ema.eval()
     final: dict = {}
-    points = sample_points(lambda y, seed: method.evaluations(state.ema, y, seed), ref.noise, ref.labels, tc.eval.batch_size,
-                           device) if rank == 0 else []   # conditional students: the reference's fixed labels
+    points = (
+        sample_points(
+            lambda y, seed: method.evaluations(state.ema, y, seed), ref.noise, ref.labels, tc.eval.batch_size, device
+        )
+        if rank == 0
+        else []
+    )  # conditional students: the reference's fixed labels
     for label, steps, x, nfe in points:
         feats = features(x)
-        metrics = evaluate(x, ref, names, feats, tc.eval.kid_subsets, predict)   # + "<kid>_se": the results table's se column
+        metrics = evaluate(
+            x, ref, names, feats, tc.eval.kid_subsets, predict
+        )  # + "<kid>_se": the results table's se column
         if tc.eval.bootstrap:  # "<metric>_se" of the others
             metrics |= bootstrap_se(x, ref, names, tc.eval.bootstrap, tc.eval.seed, feats)
         if logger:
             suffix = "" if label == method.label else f"/{label}"
-            logger.metrics(steps, {f"{k}{suffix}": v for k, v in metrics.items()})   # step = number of sampling steps
-            if x.ndim == 4:   # images: an 8x8 grid of the first samples, artifact samples/<label>_<steps>steps.png
-                name = method_label(tc) if label == method.label else label   # as in the results table
+            logger.metrics(steps, {f"{k}{suffix}": v for k, v in metrics.items()})  # step = number of sampling steps
+            if x.ndim == 4:  # images: an 8x8 grid of the first samples, artifact samples/<label>_<steps>steps.png
+                name = method_label(tc) if label == method.label else label  # as in the results table
                 with tempfile.TemporaryDirectory() as d:
                     logger.artifact(str(save_grid(x, Path(d) / f"{name}_{steps}steps.png")), "samples")
         if steps == tc.method.student_steps and label == method.label:

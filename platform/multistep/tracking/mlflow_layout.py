@@ -28,7 +28,7 @@ def default_tracking_uri() -> str:
 def absolute_uri(uri: str) -> str:
     """Make a sqlite or file URI absolute (Train workers change directory); others pass through."""
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
+        return f"sqlite:///{Path(uri[len('sqlite:///') :]).resolve()}"
     if "://" not in uri:
         return f"sqlite:///{Path(uri).resolve()}" if uri.endswith(".db") else uri
     return uri
@@ -44,13 +44,19 @@ def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
         with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as r:
             r.read()
     except Exception as e:  # noqa: BLE001 - any failure means unreachable
-        raise ConfigError(f"--tracking-uri {uri}: MLflow tracking server unreachable ({e.__class__.__name__}: {e})") from None
+        raise ConfigError(
+            f"--tracking-uri {uri}: MLflow tracking server unreachable ({e.__class__.__name__}: {e})"
+        ) from None
 
 
 def git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+            ).stdout.strip()
+            or "unknown"
+        )
     except Exception:  # noqa: BLE001
         return "unknown"
 
@@ -61,9 +67,10 @@ def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
         return exp.experiment_id
     artifact_location = None
     if uri.startswith("sqlite:///"):  # local store: keep artifacts next to the database, absolute
-        artifact_location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts" / name).as_uri()
-    return client.create_experiment(name, artifact_location=artifact_location,
-                                    tags={EXPERIMENT_KIND_TAG: "custom_model_development"})
+        artifact_location = (Path(uri[len("sqlite:///") :]).parent / "mlartifacts" / name).as_uri()
+    return client.create_experiment(
+        name, artifact_location=artifact_location, tags={EXPERIMENT_KIND_TAG: "custom_model_development"}
+    )
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, str]:
@@ -80,12 +87,17 @@ def flatten(d: dict, prefix: str = "") -> dict[str, str]:
 def log_params(client: MlflowClient, run_id: str, params: dict[str, str]) -> None:
     items = [Param(k, v) for k, v in params.items()]
     for i in range(0, len(items), 100):
-        client.log_batch(run_id, params=items[i:i + 100])
+        client.log_batch(run_id, params=items[i : i + 100])
 
 
 def log_curve(client: MlflowClient, run_id: str, key: str, points: list[tuple[int, float]]) -> None:
+    """Log (step, value) points of `key`, skipping those the run already holds: a resumed or re-run sweep logs no
+    duplicate point (a step whose value changed is logged again, as an update)."""
+    have = {(m.step, m.value) for m in client.get_metric_history(run_id, key)}
     now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(key, float(v), now, int(step)) for step, v in points])
+    new = [Metric(key, float(v), now, int(step)) for step, v in points if (int(step), float(v)) not in have]
+    if new:
+        client.log_batch(run_id, metrics=new)
 
 
 class RunLogger:
@@ -98,7 +110,7 @@ class RunLogger:
     def __init__(self, uri: str, run_id: str, retries: int = 6):
         self.client, self.run_id, self.retries = MlflowClient(uri), run_id, retries
         self.pending: list[Metric] = []
-        self.logged: set[tuple[str, int]] = set()   # (key, step) points already in the run (filled on resume)
+        self.logged: set[tuple[str, int]] = set()  # (key, step) points already in the run (filled on resume)
 
     def resume(self) -> None:
         """A resumed worker redoes work since its last checkpoint: keep the points logged before, skip repeats."""
@@ -107,7 +119,9 @@ class RunLogger:
 
     def metrics(self, step: int, values: dict[str, float]) -> None:
         now = int(time.time() * 1000)
-        self.pending += [Metric(k, float(v), now, int(step)) for k, v in values.items() if (k, int(step)) not in self.logged]
+        self.pending += [
+            Metric(k, float(v), now, int(step)) for k, v in values.items() if (k, int(step)) not in self.logged
+        ]
         self.flush()
 
     def flush(self) -> None:
@@ -115,7 +129,7 @@ class RunLogger:
         for attempt in range(self.retries):
             try:
                 for i in range(0, len(self.pending), 1000):
-                    self.client.log_batch(self.run_id, metrics=self.pending[i:i + 1000])
+                    self.client.log_batch(self.run_id, metrics=self.pending[i : i + 1000])
                 self.pending = []
                 return
             except Exception:  # noqa: BLE001
@@ -129,13 +143,21 @@ class RunLogger:
 
 
 def trial_tags(sweep_run_id: str, index: int, label: str, sweep_name: str) -> list[RunTag]:
-    return [RunTag("mlflow.parentRunId", sweep_run_id), RunTag("multistep.trial_index", str(index)),
-            RunTag("multistep.method", label), RunTag("multistep.sweep_name", sweep_name),
-            RunTag("multistep.kind", "trial")]
+    return [
+        RunTag("mlflow.parentRunId", sweep_run_id),
+        RunTag("multistep.trial_index", str(index)),
+        RunTag("multistep.method", label),
+        RunTag("multistep.sweep_name", sweep_name),
+        RunTag("multistep.kind", "trial"),
+    ]
 
 
 def env_secrets_free(params: dict[str, str]) -> dict[str, str]:
     """Drop anything that looks like a credential before it reaches params or tags."""
     secret_words = ("password", "token", "secret", "credential")
-    return {k: v for k, v in params.items() if not any(w in k.lower() for w in secret_words)
-            and v not in {os.environ.get("MLFLOW_TRACKING_PASSWORD"), os.environ.get("MLFLOW_TRACKING_TOKEN")} - {None}}
+    return {
+        k: v
+        for k, v in params.items()
+        if not any(w in k.lower() for w in secret_words)
+        and v not in {os.environ.get("MLFLOW_TRACKING_PASSWORD"), os.environ.get("MLFLOW_TRACKING_TOKEN")} - {None}
+    }

@@ -33,7 +33,7 @@ class ImageData:
     """
 
     def __init__(self, x: torch.Tensor, labels: torch.Tensor | None = None):
-        self.x, self.labels = x, labels            # x: (N, C, H, W) uint8 or float in [-1, 1]
+        self.x, self.labels = x, labels  # x: (N, C, H, W) uint8 or float in [-1, 1]
         self.shape = tuple(x.shape[1:])
 
     def __len__(self) -> int:
@@ -89,8 +89,10 @@ def fetch_mlflow_teacher(t: TeacherCfg, cache_dir: str | os.PathLike = DEFAULT_C
         os.replace(got, dst)
     except Exception as e:  # noqa: BLE001 - unknown run, missing artifact, unreachable server
         msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"teacher.run_id: cannot fetch artifact {t.artifact_path!r} of MLflow run {t.run_id} "
-                          f"from {uri or 'the default tracking URI'}: {msg}") from None
+        raise ConfigError(
+            f"teacher.run_id: cannot fetch artifact {t.artifact_path!r} of MLflow run {t.run_id} "
+            f"from {uri or 'the default tracking URI'}: {msg}"
+        ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return str(dst)
@@ -112,7 +114,7 @@ def load_network_teacher(t: TeacherCfg) -> tuple[nn.Module, dict]:
 @dataclass
 class Components:
     schedule: Schedule
-    data: object          # GaussianMixture or ImageData: .shape, .sample(n, generator, dtype)
+    data: object  # GaussianMixture or ImageData: .shape, .sample(n, generator, dtype)
     teacher: nn.Module
     student: VDenoiser
 
@@ -126,7 +128,7 @@ def build(cfg: TrialCfg, load_data: bool = True) -> Components:
         gmm = make_data(d)
         teacher = MixtureDenoiser(gmm, sched)
         s = cfg.student
-        with torch.random.fork_rng(devices=[]):   # initial weights from train.seed: re-runs give the same numbers
+        with torch.random.fork_rng(devices=[]):  # initial weights from train.seed: re-runs give the same numbers
             torch.manual_seed(cfg.train.seed)
             net = MLP(gmm.dim, s.hidden, s.depth, s.time_dim, s.dropout)
         return Components(sched, gmm, teacher, VDenoiser(net, sched))
@@ -137,12 +139,18 @@ def build(cfg: TrialCfg, load_data: bool = True) -> Components:
     data = make_data(d) if load_data else None
     trained_on = info["meta"].get("shape")
     if data is not None and trained_on is not None and tuple(trained_on) != tuple(data.shape):
-        raise ConfigError(f"teacher.path: {teacher_file(cfg.teacher)} was trained on samples of shape {tuple(trained_on)}, "
-                          f"but this data ({d.label}) has shape {tuple(data.shape)}")
+        raise ConfigError(
+            f"teacher.path: {teacher_file(cfg.teacher)} was trained on samples of shape {tuple(trained_on)}, "
+            f"but this data ({d.label}) has shape {tuple(data.shape)}"
+        )
     k, labels = getattr(net, "num_classes", None), getattr(data, "labels", None)
-    if k is not None and labels is not None and len(labels) and int(labels.max()) >= k:   # students see the data's labels
-        raise ConfigError(f"teacher.path: {teacher_file(cfg.teacher)} is conditional on {k} classes, but this data "
-                          f"({d.label}) has labels up to {int(labels.max())}")
+    if (
+        k is not None and labels is not None and len(labels) and int(labels.max()) >= k
+    ):  # students see the data's labels
+        raise ConfigError(
+            f"teacher.path: {teacher_file(cfg.teacher)} is conditional on {k} classes, but this data "
+            f"({d.label}) has labels up to {int(labels.max())}"
+        )
     student_net = copy.deepcopy(net).requires_grad_(True).train()
     return Components(sched, data, VDenoiser(net, sched), VDenoiser(student_net, sched))
 
@@ -162,27 +170,52 @@ def guidance_error(cfg: TrialCfg, labelled: bool) -> str | None:
     """Why method.guidance cannot be used with this trial's teacher and data (None when it can)."""
     w = cfg.method.guidance
     if w > 0 and not labelled:
-        return (f"method.guidance: {w:g} needs a class-conditional network teacher (net.num_classes in "
-                f"`multistep teacher`) and labelled data; {cfg.teacher.path or cfg.teacher.kind} with {cfg.data.label} is not")
+        return (
+            f"method.guidance: {w:g} needs a class-conditional network teacher (net.num_classes in "
+            f"`multistep teacher`) and labelled data; {cfg.teacher.path or cfg.teacher.kind} with {cfg.data.label} is not"
+        )
     return None
 
 
 def make_method(cfg: TrialCfg, c: Components):
     m = cfg.method
     if m.name == "tract":
-        return TRACT(c.schedule, c.teacher, tuple(m.time_schedule or ()), m.self_teacher_ema, clip_x=m.clip_x,
-                     loss_weight=m.loss_weight or "max(snr,1)", distance=m.distance or "l2sq_sum")
+        return TRACT(
+            c.schedule,
+            c.teacher,
+            tuple(m.time_schedule or ()),
+            m.self_teacher_ema,
+            clip_x=m.clip_x,
+            loss_weight=m.loss_weight or "max(snr,1)",
+            distance=m.distance or "l2sq_sum",
+        )
     if m.name == "progressive":
-        return Progressive(c.schedule, c.teacher, m.pd_start_steps, m.student_steps,
-                           loss_weight=m.loss_weight or "max(snr,1)", distance=m.distance or "l2sq")
+        return Progressive(
+            c.schedule,
+            c.teacher,
+            m.pd_start_steps,
+            m.student_steps,
+            loss_weight=m.loss_weight or "max(snr,1)",
+            distance=m.distance or "l2sq",
+        )
     anneal = m.anneal.model_dump()
     name = anneal.pop("name")
     return MCM(
-        schedule=c.schedule, student_steps=m.student_steps,
+        schedule=c.schedule,
+        student_steps=m.student_steps,
         teacher=c.teacher if m.mode == "distill" else None,
-        anneal=name, anneal_params=anneal, xvar_frac=m.xvar_frac, guidance=m.guidance, teacher_integrator=m.teacher_integrator,
-        loss_weight=m.loss_weight or "snr+1", distance=m.distance or "pseudo_huber", huber_eps=m.huber_eps,
-        target_ema=m.target_ema, clip_x=m.clip_x, t_sampling=m.t_sampling, cm_sampler_steps=tuple(m.cm_sampler_steps),
+        anneal=name,
+        anneal_params=anneal,
+        xvar_frac=m.xvar_frac,
+        guidance=m.guidance,
+        teacher_integrator=m.teacher_integrator,
+        loss_weight=m.loss_weight or "snr+1",
+        distance=m.distance or "pseudo_huber",
+        huber_eps=m.huber_eps,
+        target_ema=m.target_ema,
+        clip_x=m.clip_x,
+        t_sampling=m.t_sampling,
+        cm_sampler_steps=tuple(m.cm_sampler_steps),
     )
 
 
@@ -191,6 +224,6 @@ def method_label(cfg: TrialCfg) -> str:
     m = cfg.method
     if cfg.label:
         return cfg.label
-    if m.name == "mcm" and m.guidance > 0:   # guided distillation: its own curve, e.g. mcd_cfg1
+    if m.name == "mcm" and m.guidance > 0:  # guided distillation: its own curve, e.g. mcd_cfg1
         return f"mcd_cfg{m.guidance:g}"
     return {"tract": "tract", "progressive": "pd"}.get(m.name, "mcd" if m.mode == "distill" else "mct")

@@ -10,8 +10,8 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import nn
@@ -40,9 +40,16 @@ class TrainState:
     method: object = None  # the method's own state (target EMA, phase, phase teachers) travels in checkpoints
 
     def state_dict(self) -> dict:
-        return {"student": self.student.state_dict(), "ema": self.ema.state_dict(), "opt": self.opt.state_dict(),
-                "iteration": self.iteration, "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
-                "wall_seconds": self.wall_seconds, "method": self.method.state_dict() if self.method is not None else None}
+        return {
+            "student": self.student.state_dict(),
+            "ema": self.ema.state_dict(),
+            "opt": self.opt.state_dict(),
+            "iteration": self.iteration,
+            "gen": self.gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "wall_seconds": self.wall_seconds,
+            "method": self.method.state_dict() if self.method is not None else None,
+        }
 
     def load_state_dict(self, sd: dict) -> None:
         self.student.load_state_dict(sd["student"])
@@ -67,9 +74,18 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     torch._foreach_lerp_(e, m, 1.0 - decay)
 
 
-def fit(state: TrainState, method, sample_batch: Callable[[torch.Generator], torch.Tensor], total: int,
-        grad_clip: float, eval_ema: float, log_every: int, checkpoint_every: int, hooks: Hooks = Hooks(),
-        replicas=None) -> TrainState:
+def fit(
+    state: TrainState,
+    method,
+    sample_batch: Callable[[torch.Generator], torch.Tensor],
+    total: int,
+    grad_clip: float,
+    eval_ema: float,
+    log_every: int,
+    checkpoint_every: int,
+    hooks: Hooks = Hooks(),
+    replicas=None,
+) -> TrainState:
     """`replicas` (train/replicas.py) when several ranks train one model: gradients and logged means are averaged."""
     student = state.student.train()
     decay = method.eval_ema_decay(total) if hasattr(method, "eval_ema_decay") else eval_ema  # TRACT / PD set their own
@@ -81,25 +97,27 @@ def fit(state: TrainState, method, sample_batch: Callable[[torch.Generator], tor
         state.opt.zero_grad(set_to_none=True)
         loss.backward()
         if replicas is not None:
-            replicas.average_gradients(student)   # every rank now takes the same step
+            replicas.average_gradients(student)  # every rank now takes the same step
         if grad_clip > 0:
             logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(student.parameters(), grad_clip)
         state.opt.step()
         ema_update(state.ema, student, decay)
         state.iteration += 1
-        method.after_step(student, state.ema, state.iteration, total)   # target EMAs, phase changes
+        method.after_step(student, state.ema, state.iteration, total)  # target EMAs, phase changes
         for k, v in logs.items():
             sums[k] = sums.get(k, 0) + v.detach().double()
         n_acc += 1
         if state.iteration % log_every == 0 or state.iteration == total:
-            keys = list(sums)                       # the method's order: the same on every rank
+            keys = list(sums)  # the method's order: the same on every rank
             vec = torch.stack([sums[k] for k in keys]) / n_acc
-            if replicas is not None:                # before the finiteness check, so every rank stops together
+            if replicas is not None:  # before the finiteness check, so every rank stops together
                 vec = replicas.average(vec)
-            means = dict(zip(keys, vec.tolist()))   # one host sync per interval
+            means = dict(zip(keys, vec.tolist()))  # one host sync per interval
             if not all(math.isfinite(v) for v in means.values()):
                 bad = [k for k, v in means.items() if not math.isfinite(v)]
-                raise NonFiniteLoss(f"non-finite {', '.join(bad)} in iterations {state.iteration - n_acc + 1}..{state.iteration}")
+                raise NonFiniteLoss(
+                    f"non-finite {', '.join(bad)} in iterations {state.iteration - n_acc + 1}..{state.iteration}"
+                )
             state.wall_seconds += time.perf_counter() - t0
             t0 = time.perf_counter()
             hooks.log(state.iteration, means)

@@ -100,11 +100,12 @@ def peak_memory(device) -> int:
     if device_type(device) == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(rss if sys.platform == "darwin" else rss * 1024)   # Linux reports KiB
+    return int(rss if sys.platform == "darwin" else rss * 1024)  # Linux reports KiB
 
 
-def apply_fast_paths(denoisers, device, precision: str = "fp32", memory_channels_last: bool = False,
-                     compile: bool = False) -> list[str]:
+def apply_fast_paths(
+    denoisers, device, precision: str = "fp32", memory_channels_last: bool = False, compile: bool = False
+) -> list[str]:
     """train.precision / channels_last / compile (sweep file) or --precision / --channels-last / --compile (bench) on
     network denoisers (VDenoiser: students and network teachers; the analytic teacher has no network). Weights move
     to channels_last here; compilation happens on the first call (paid once per network). Returns notices (e.g.

@@ -11,8 +11,8 @@ import copy
 import math
 import os
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -29,10 +29,20 @@ def _split(batch) -> tuple[torch.Tensor, torch.Tensor | None]:
     return (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
 
 
-def train_teacher(net: nn.Module, sched: Schedule, batches: Iterable, iterations: int, lr: float = 2e-4,
-                  ema: float = 0.999, seed: int = 0, log: Callable[[int, dict], None] | None = None,
-                  grad_clip: float = 1.0, label_dropout: float = 0.1, log_every: int = 100,
-                  replicas=None) -> tuple[nn.Module, nn.Module, list[dict]]:
+def train_teacher(
+    net: nn.Module,
+    sched: Schedule,
+    batches: Iterable,
+    iterations: int,
+    lr: float = 2e-4,
+    ema: float = 0.999,
+    seed: int = 0,
+    log: Callable[[int, dict], None] | None = None,
+    grad_clip: float = 1.0,
+    label_dropout: float = 0.1,
+    log_every: int = 100,
+    replicas=None,
+) -> tuple[nn.Module, nn.Module, list[dict]]:
     """Train `net` (v-prediction) for `iterations` steps on `batches` (an iterable of x or (x, y)).
 
     lr: Adam learning rate; ema: eval-EMA decay; grad_clip: max grad norm (0 disables);
@@ -69,7 +79,7 @@ def train_teacher(net: nn.Module, sched: Schedule, batches: Iterable, iterations
         acc, n_acc = acc + loss.detach(), n_acc + 1  # summed on device: one sync per log interval
         if it % log_every == 0 or it == iterations:
             mean = (acc / n_acc).double().reshape(1)
-            if replicas is not None:                  # before the finiteness check, so every rank stops together
+            if replicas is not None:  # before the finiteness check, so every rank stops together
                 mean = replicas.average(mean)
             m = {"loss": float(mean), "wall_seconds": time.perf_counter() - t0}
             if not math.isfinite(m["loss"]):
@@ -101,8 +111,13 @@ def save_teacher(path: str | os.PathLike, net_cfg: dict, ema_state: dict, meta: 
     """Write {format, version, net config, EMA weights, meta (e.g. schedule, data)} atomically (tmp + rename)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    blob = {"format": TEACHER_FORMAT, "version": TEACHER_VERSION, "net": dict(net_cfg),
-            "state": {k: v.detach().cpu() for k, v in ema_state.items()}, "meta": dict(meta or {})}
+    blob = {
+        "format": TEACHER_FORMAT,
+        "version": TEACHER_VERSION,
+        "net": dict(net_cfg),
+        "state": {k: v.detach().cpu() for k, v in ema_state.items()},
+        "meta": dict(meta or {}),
+    }
     tmp = p.with_name(f".{p.name}.tmp")
     torch.save(blob, tmp)
     os.replace(tmp, p)
@@ -117,14 +132,20 @@ def load_teacher(path: str | os.PathLike) -> tuple[nn.Module, dict]:
     try:
         blob = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, foreign pickle, ...
-        raise ValueError(f"{p}: not a readable teacher checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        raise ValueError(
+            f"{p}: not a readable teacher checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+        ) from None
     if not isinstance(blob, dict) or blob.get("format") != TEACHER_FORMAT:
         raise ValueError(f"{p}: not a multistep teacher checkpoint")
     if blob.get("version") != TEACHER_VERSION:
-        raise ValueError(f"{p}: teacher checkpoint version {blob.get('version')!r}, this multistep reads version {TEACHER_VERSION}")
+        raise ValueError(
+            f"{p}: teacher checkpoint version {blob.get('version')!r}, this multistep reads version {TEACHER_VERSION}"
+        )
     try:
         net = build_net(blob["net"])
         net.load_state_dict(blob["state"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise ValueError(f"{p}: incompatible teacher checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        raise ValueError(
+            f"{p}: incompatible teacher checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+        ) from None
     return net.eval().requires_grad_(False), {"net": dict(blob["net"]), "meta": dict(blob.get("meta", {}))}

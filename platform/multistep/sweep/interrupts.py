@@ -1,0 +1,53 @@
+"""SIGINT and SIGTERM in the sweep driver: an interrupted sweep must never look finished (docs/reliability.md).
+
+Outside Ray Tune's loop a signal raises KeyboardInterrupt at once (Ray's start, the shared assets, the results).
+While Tune runs, the first signal asks Tune to stop through its own graceful path (SIGUSR1, Tune's documented
+interrupt: trials stop, the experiment state is saved whole, so `--resume` finds the unfinished trials unfinished);
+`fit` then returns and the driver, seeing `Interrupts.signal` set, closes the runs as KILLED. A second signal
+raises KeyboardInterrupt at once. Tune's own SIGINT handler is switched off (TUNE_DISABLE_SIGINT_HANDLER) so the
+driver always knows that it was interrupted.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+
+class Interrupts:
+    """Context manager owning SIGINT / SIGTERM (and SIGUSR1 until Tune takes it) in the main thread."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, say=None):
+        self.signal: int | None = None  # the first signal received
+        self.in_tune = False  # inside Tuner.fit: ask Tune to stop instead of raising
+        self.say = say or (lambda *a: None)
+        self._old: dict[int, object] = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (*self.SIGNALS, signal.SIGUSR1):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def reclaim(self) -> None:
+        """After ray.init: Ray's core worker installs a C++ SIGTERM handler that aborts the process; take it back."""
+        if self._old:
+            signal.signal(signal.SIGTERM, self._handle)
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            if sig != signal.SIGUSR1:  # SIGUSR1 belongs to Tune once it ran (its interrupt path)
+                signal.signal(sig, old)
+        return False
+
+    def _handle(self, sig, frame):
+        first = self.signal is None
+        if first:
+            self.signal = sig if sig != signal.SIGUSR1 else signal.SIGINT
+        if sig == signal.SIGUSR1 or not (self.in_tune and first):
+            raise KeyboardInterrupt  # not (yet) in Tune's loop, or a second signal: stop now
+        self.say(f"{signal.Signals(sig).name}: stopping the trials and saving Tune's state (again to stop at once)")
+        os.kill(os.getpid(), signal.SIGUSR1)  # Tune's graceful interrupt (its handler, installed by fit)

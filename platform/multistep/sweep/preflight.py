@@ -1,0 +1,244 @@
+"""Pre-flight: everything a sweep writes to and reads from is checked before Ray starts or an MLflow run exists.
+
+`multistep sweep` (and `--dry-run`, which runs the same checks) calls `preflight` right after the sweep file
+validated. Each failure is a ConfigError: one line naming the flag or field and the value, exit 2, nothing
+started, nothing created (a probe file is written and deleted; a storage folder made for the probe is removed
+again when a later check fails). docs/reliability.md lists the checks and the tests that show them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from multistep.config import ConfigError, SweepPlan, TrialCfg
+
+# Tracking-store schemes MLflow 3.17 opens (its SQLAlchemy dialects, the REST client, Databricks, file stores)
+TRACKING_SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "mssql", "databricks")
+
+
+def tracking_uri(arg: str | None) -> str:
+    """--tracking-uri made absolute and checked: a supported scheme, a SQLite file that can be written (or made),
+    a server that answers. Default: sqlite:///<cwd>/mlflow.db."""
+    from multistep.tracking.mlflow_layout import absolute_uri, check_reachable, default_tracking_uri
+
+    if not arg:
+        uri = default_tracking_uri()
+    elif "://" not in arg and not arg.endswith(".db"):
+        raise ConfigError(
+            f"--tracking-uri {arg}: a bare path must name a SQLite file ending in .db "
+            "(or give sqlite:///PATH.db, http://HOST:PORT, postgresql://...)"
+        )
+    else:
+        uri = absolute_uri(arg)
+    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower()
+    if scheme not in TRACKING_SCHEMES:
+        raise ConfigError(
+            f"--tracking-uri {arg}: unsupported scheme {scheme!r} (MLflow stores: {', '.join(TRACKING_SCHEMES)})"
+        )
+    if scheme == "sqlite":
+        _writable_file(Path(uri[len("sqlite:///") :]), f"--tracking-uri {arg or uri}")
+    check_reachable(uri)
+    return uri
+
+
+def _writable_file(path: Path, what: str) -> None:
+    """`path` can be opened for writing: an existing writable file, or a new one in a folder that exists (or whose
+    first existing ancestor is a writable folder)."""
+    if path.is_dir():
+        raise ConfigError(f"{what}: {path} is a folder, not a database file")
+    if path.exists():
+        if not os.access(path, os.W_OK):
+            raise ConfigError(f"{what}: {path} is not writable")
+        return
+    anc = path.parent
+    while not anc.exists():
+        anc = anc.parent
+    if not anc.is_dir() or not os.access(anc, os.W_OK | os.X_OK) or not _can_create_in(anc):
+        raise ConfigError(f"{what}: cannot create {path} ({anc} is not a writable folder)")
+
+
+def _can_create_in(folder: Path) -> bool:
+    """A probe file can be created and deleted in `folder` (os.access says yes to root even on /proc)."""
+    probe = folder / f".multistep-probe-{uuid.uuid4().hex[:8]}"
+    try:
+        probe.touch(exist_ok=False)
+        probe.unlink()
+        return True
+    except OSError:
+        return False
+
+
+class Storage:
+    """--storage checked by a probe write and delete. A local folder made for the probe is remembered, so that
+    `undo()` removes it when a later check fails (nothing created)."""
+
+    def __init__(self, arg: str):
+        self.arg, self.made = arg, None
+        if "://" in arg:
+            self.uri = arg.rstrip("/")
+            self._probe_uri()
+        else:
+            self.uri = str(Path(arg).resolve())
+            self._probe_local(Path(self.uri))
+
+    def _probe_local(self, p: Path) -> None:
+        if p.exists() and not p.is_dir():
+            raise ConfigError(f"--storage {self.arg}: {p} exists and is not a folder")
+        first_missing = None
+        anc = p
+        while not anc.exists():
+            first_missing, anc = anc, anc.parent
+        if not anc.is_dir():
+            raise ConfigError(f"--storage {self.arg}: {anc} is not a folder")
+        try:
+            p.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"--storage {self.arg}: cannot create the folder ({e.strerror})") from None
+        self.made = first_missing
+        if not _can_create_in(p):
+            self.undo()
+            raise ConfigError(f"--storage {self.arg}: cannot write in {p}")
+
+    def _probe_uri(self) -> None:
+        import pyarrow.fs as pafs
+
+        try:
+            fs, root = pafs.FileSystem.from_uri(self.uri)
+        except Exception as e:  # noqa: BLE001 - unknown scheme, bad bucket name, missing credentials
+            raise ConfigError(f"--storage {self.arg}: not a storage URI pyarrow can open ({_first_line(e)})") from None
+        probe = f"{root}/.multistep-probe-{uuid.uuid4().hex[:8]}"
+        try:
+            fs.create_dir(root, recursive=True)
+            with fs.open_output_stream(probe) as out:
+                out.write(b"probe")
+            fs.delete_file(probe)
+        except Exception as e:  # noqa: BLE001
+            raise ConfigError(f"--storage {self.arg}: a probe write there failed ({_first_line(e)})") from None
+
+    def undo(self) -> None:
+        if self.made is not None:
+            shutil.rmtree(self.made, ignore_errors=True)
+            self.made = None
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0][:300] if text else type(e).__name__).rstrip(".")
+
+
+def inputs(plan: SweepPlan) -> None:
+    """Teacher and data files of every distinct (data, teacher) pair exist, open and agree in shape; eval sizes are
+    meaningful. Light: Parquet footers and teacher checkpoints are read, no images are decoded."""
+    seen = set()
+    for i in range(len(plan.trials)):
+        tc = plan.trial_cfg(i)
+        key = (repr(tc.data.model_dump()), repr(tc.teacher.model_dump()))
+        if key in seen:
+            continue
+        seen.add(key)
+        _check_pair(tc, plan.path)
+
+
+def _check_pair(tc: TrialCfg, path: str) -> None:
+    shape = _data_shape(tc, path)
+    if tc.teacher.kind != "checkpoint":  # analytic: made for the data; mlflow: fetched (and checked) by the driver
+        return
+    from multistep.train.teacher import load_teacher
+
+    try:
+        net, info = load_teacher(tc.teacher.path)
+    except ValueError as e:
+        raise ConfigError(f"{path}: teacher.path: {e}") from None
+    trained_on = info["meta"].get("shape")
+    if trained_on is not None and tuple(trained_on) != tuple(shape):
+        raise ConfigError(
+            f"{path}: teacher.path: {tc.teacher.path} was trained on samples of shape {tuple(trained_on)}, "
+            f"but this data ({tc.data.label}) has shape {tuple(shape)}"
+        )
+    if trained_on is None:  # an older checkpoint without its shape: one forward tells whether it fits the data
+        import torch
+
+        try:
+            with torch.no_grad():
+                net(torch.zeros((1, *shape)), torch.full((1,), 0.5))
+        except Exception as e:  # noqa: BLE001 - a shape mismatch shows as any of several errors
+            raise ConfigError(
+                f"{path}: teacher.path: {tc.teacher.path} does not take samples of this data's shape "
+                f"{tuple(shape)} ({_first_line(e)})"
+            ) from None
+
+
+def _data_shape(tc: TrialCfg, path: str) -> tuple[int, ...]:
+    d = tc.data
+    if d.kind == "gmm":
+        return tuple(d.shape)
+    if d.kind == "digits":
+        return (1, d.size, d.size)
+    from multistep.data.parquet import list_shards, shard_info
+
+    try:
+        infos = [shard_info(p) for p in list_shards(d.path)]  # every shard's footer: schema, shape, rows
+    except ValueError as e:
+        raise ConfigError(f"{path}: data.path: {e}") from None
+    shapes = {(i.channels, i.height, i.width) for i in infos}
+    if len(shapes) > 1:
+        raise ConfigError(f"{path}: data.path: {d.path}: shards of different image shapes {sorted(shapes)}")
+    return shapes.pop()
+
+
+def resources(plan: SweepPlan) -> None:
+    """A local Ray (no RAY_ADDRESS) offers this machine's CPUs and GPUs: a trial asking for more never starts."""
+    if os.environ.get("RAY_ADDRESS"):
+        return  # a cluster may add nodes (autoscaler); the driver compares with the cluster once joined
+    r = plan.cfg.resources
+    cpus = os.cpu_count() or 1
+    if r.cpus_per_worker > cpus:
+        raise ConfigError(
+            f"{plan.path}: resources.cpus_per_worker: {r.cpus_per_worker:g}, but this machine (local Ray) has {cpus} CPUs"
+        )
+    if r.use_gpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{plan.path}: resources.use_gpu: true, but local Ray would see no GPU on this machine")
+        if r.num_workers > torch.cuda.device_count():
+            raise ConfigError(
+                f"{plan.path}: resources.num_workers: {r.num_workers} GPU workers, this machine has "
+                f"{torch.cuda.device_count()} GPU(s)"
+            )
+
+
+def resumable(plan: SweepPlan, uri: str) -> None:
+    """--resume: an earlier sweep of this name exists in the store, and the file still expands to its trials."""
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():  # opening would create it
+        raise ConfigError(
+            f"{plan.path}: --resume: no earlier sweep named '{plan.cfg.name}' ({uri[len('sqlite:///') :]} does not exist)"
+        )
+    from mlflow.tracking import MlflowClient
+
+    from multistep.sweep.driver import resume_target
+
+    resume_target(MlflowClient(uri), plan)
+
+
+def preflight(
+    plan: SweepPlan, tracking: str | None, storage: str, resume: bool, dry_run: bool = False
+) -> tuple[str, str]:
+    """All checks, cheapest first: (tracking URI, storage path or URI) ready for run_sweep. A dry run leaves
+    nothing behind, not even the storage folder the probe needed."""
+    resources(plan)
+    uri = tracking_uri(tracking)
+    store = Storage(storage)
+    try:
+        inputs(plan)
+        if resume:
+            resumable(plan, uri)
+    except BaseException:
+        store.undo()
+        raise
+    if dry_run:
+        store.undo()
+    return uri, store.uri

@@ -1,0 +1,259 @@
+"""Pre-flight (sweep/preflight.py): every unusable path, address or input of a sweep is one line naming the flag or
+field and the value, exit 2, before Ray starts or an MLflow run exists (docs/reliability.md).
+
+All cases run in ONE fresh Python process (`multistep.cli.main` per case), which then reports whether Ray was ever
+imported: none of them may get that far. Each case also must leave no MLflow database and no storage folder.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import REPO
+
+TINY = yaml.safe_load((REPO / "tests" / "data" / "tiny_sweep.yaml").read_text())
+NO_GPU = not torch.cuda.is_available()
+
+
+def _sweep(folder, name, **sections):
+    doc = {**TINY, **sections}
+    p = folder / f"{name}.yaml"
+    p.write_text(yaml.safe_dump(doc))
+    return str(p)
+
+
+def _image_inputs(folder):
+    """A Parquet folder of 3x8x8 images, an empty one, one with a truncated shard, and a 1x8x8 teacher."""
+    from multistep.data.parquet import write_shards
+    from multistep.train.teacher import build_net, save_teacher
+
+    rng = np.random.default_rng(0)
+    write_shards(rng.integers(0, 256, (40, 8, 8, 3), dtype=np.uint8), None, folder / "rgb", shard_size=20)
+    (folder / "empty").mkdir()
+    write_shards(rng.integers(0, 256, (40, 8, 8, 3), dtype=np.uint8), None, folder / "trunc", shard_size=20)
+    shard = sorted((folder / "trunc").glob("*.parquet"))[1]
+    shard.write_bytes(shard.read_bytes()[:100])
+    net_cfg = {"kind": "unet", "base_ch": 4, "ch_mult": [1], "time_dim": 8, "in_ch": 1, "resolution": 8}
+    meta = {"schedule": {"name": "cosine", "params": {}}, "shape": [1, 8, 8]}
+    save_teacher(folder / "gray.pt", net_cfg, build_net(net_cfg).state_dict(), meta)
+    (folder / "garbage.pt").write_bytes(b"not a checkpoint at all")
+
+
+def cases(tmp):
+    """(id, argv after `multistep`, text the one error line must contain)."""
+    ok = _sweep(tmp, "ok")
+    (tmp / "afile").write_text("x")
+    _image_inputs(tmp)
+    db = f"sqlite:///{tmp / 'db' / 'm.db'}"
+    st = ["--storage", str(tmp / "st")]
+    teacher = lambda p: {"kind": "checkpoint", "path": str(p)}  # noqa: E731
+    rows = [
+        ("scheme", ["sweep", ok, "--tracking-uri", "foo://x", *st], "--tracking-uri foo://x: unsupported scheme 'foo'"),
+        (
+            "sqlite-dir",
+            ["sweep", ok, "--tracking-uri", "sqlite:////proc/nope/m.db", *st],
+            "cannot create /proc/nope/m.db",
+        ),
+        ("bare-path", ["sweep", ok, "--tracking-uri", "/proc/nope", *st], "--tracking-uri /proc/nope: a bare path"),
+        (
+            "storage-file",
+            ["sweep", ok, "--tracking-uri", db, "--storage", str(tmp / "afile")],
+            "exists and is not a folder",
+        ),
+        ("storage-proc", ["sweep", ok, "--tracking-uri", db, "--storage", "/proc/x"], "--storage /proc/x: cannot"),
+        (
+            "storage-scheme",
+            ["sweep", ok, "--tracking-uri", db, "--storage", "bogus://bucket/x"],
+            "--storage bogus://bucket/x",
+        ),
+        (
+            "dry-run-storage",
+            ["sweep", ok, "--dry-run", "--tracking-uri", db, "--storage", "/proc/x"],
+            "--storage /proc/x",
+        ),
+        (
+            "resume-nothing",
+            ["sweep", ok, "--resume", "--tracking-uri", db, *st],
+            "--resume: no earlier sweep named 'tiny'",
+        ),
+        (
+            "cpus",
+            ["sweep", _sweep(tmp, "cpus", resources={"cpus_per_worker": 64}), "--tracking-uri", db, *st],
+            "resources.cpus_per_worker: 64, but this machine (local Ray) has",
+        ),
+        (
+            "teacher-missing",
+            [
+                "sweep",
+                _sweep(tmp, "tm", data={"kind": "digits"}, teacher=teacher(tmp / "no.pt")),
+                "--tracking-uri",
+                db,
+                *st,
+            ],
+            "teacher.path",
+        ),
+        (
+            "teacher-garbage",
+            [
+                "sweep",
+                _sweep(tmp, "tg", data={"kind": "digits"}, teacher=teacher(tmp / "garbage.pt")),
+                "--tracking-uri",
+                db,
+                *st,
+            ],
+            "teacher.path",
+        ),
+        (
+            "shape-mismatch",
+            [
+                "sweep",
+                _sweep(tmp, "sm", data={"kind": "parquet", "path": str(tmp / "rgb")}, teacher=teacher(tmp / "gray.pt")),
+                "--tracking-uri",
+                db,
+                *st,
+            ],
+            "trained on samples of shape (1, 8, 8), but this data",
+        ),
+        (
+            "parquet-empty",
+            [
+                "sweep",
+                _sweep(
+                    tmp, "pe", data={"kind": "parquet", "path": str(tmp / "empty")}, teacher=teacher(tmp / "gray.pt")
+                ),
+                "--tracking-uri",
+                db,
+                *st,
+            ],
+            "data.path",
+        ),
+        (
+            "parquet-truncated",
+            [
+                "sweep",
+                _sweep(
+                    tmp, "pt", data={"kind": "parquet", "path": str(tmp / "trunc")}, teacher=teacher(tmp / "gray.pt")
+                ),
+                "--tracking-uri",
+                db,
+                *st,
+            ],
+            "not a readable Parquet file",
+        ),
+        ("eval-samples", ["sweep", _sweep(tmp, "es", eval={"samples": 1}), "--tracking-uri", db, *st], "eval.samples"),
+    ]
+    if NO_GPU:
+        rows.append(
+            (
+                "gpu",
+                ["sweep", _sweep(tmp, "gpu", resources={"use_gpu": True}), "--tracking-uri", db, *st],
+                "resources.use_gpu: true, but local Ray would see no GPU",
+            )
+        )
+    return rows
+
+
+RUNNER = textwrap.dedent("""
+    import contextlib, io, json, sys
+    from multistep.cli import main
+    out = []
+    for argv in json.loads(sys.argv[1]):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            try:
+                rc = main(argv)
+            except SystemExit as e:
+                rc = e.code
+            except BaseException as e:
+                rc = f"raised {type(e).__name__}: {e}"
+        out.append({"rc": rc, "stderr": err.getvalue()})
+    print(json.dumps({"results": out, "ray_imported": "ray" in sys.modules}))
+""")
+
+
+@pytest.fixture(scope="module")
+def outcome(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("preflight")
+    rows = cases(tmp)
+    proc = subprocess.run(
+        [sys.executable, "-c", RUNNER, json.dumps([argv for _, argv, _ in rows])],
+        cwd=tmp,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    return tmp, {name: (r, expect) for (name, _, expect), r in zip(rows, res["results"])}, res["ray_imported"]
+
+
+def test_every_case_exits_2_with_one_line_naming_the_value(outcome):
+    tmp, results, _ = outcome
+    wrong = {}
+    for name, (r, expect) in results.items():
+        errors = [line for line in r["stderr"].splitlines() if line.startswith("multistep: error:")]
+        if r["rc"] != 2 or len(errors) != 1 or expect not in errors[0] or "Traceback" in r["stderr"]:
+            wrong[name] = (r["rc"], expect, r["stderr"][-800:])
+    assert not wrong, wrong
+
+
+def test_nothing_started_and_nothing_created(outcome):
+    tmp, results, ray_imported = outcome
+    assert len(results) >= 15
+    assert not ray_imported  # no case got as far as importing Ray, let alone starting it
+    assert not (tmp / "db").exists()  # no MLflow store, so no run
+    assert not (tmp / "st").exists()  # the storage folder made for the probe was removed again
+    assert not any(tmp.glob("**/.multistep-probe-*"))
+
+
+def test_dry_run_runs_the_preflight_and_leaves_nothing(tmp_path, capsys):
+    from multistep.cli import main
+
+    ok = _sweep(tmp_path, "ok")
+    rc = main(
+        [
+            "sweep",
+            ok,
+            "--dry-run",
+            "--tracking-uri",
+            f"sqlite:///{tmp_path / 'm.db'}",
+            "--storage",
+            str(tmp_path / "new" / "st"),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert rc == 0 and "pre-flight passed" in out and "2 trial(s)" in out
+    assert not (tmp_path / "new").exists() and not (tmp_path / "m.db").exists()
+
+
+def test_resume_of_a_changed_file_is_refused_before_anything_starts(tmp_path, capsys):
+    """A real store holding an earlier sweep of this name whose plan differs: refused with the run named."""
+    from mlflow.tracking import MlflowClient
+
+    from multistep.cli import main
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("tests")
+    run = client.create_run(
+        exp,
+        tags={
+            "multistep.kind": "sweep",
+            "multistep.sweep_name": "tiny",
+            "multistep.plan_hash": "0000",
+            "multistep.runner": "tune",
+        },
+    )
+    client.set_terminated(run.info.run_id, "KILLED")
+    rc = main(["sweep", _sweep(tmp_path, "ok"), "--resume", "--tracking-uri", uri, "--storage", str(tmp_path / "st")])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"no longer expands to the trials of sweep run {run.info.run_id}" in err
+    assert len(client.search_runs([exp])) == 1 and not (tmp_path / "st").exists()
