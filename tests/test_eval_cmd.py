@@ -273,6 +273,13 @@ def test_bad_input_exits_2_with_one_line(teacher_ckpt, student, tmp_path, capsys
     loose = tmp_path / "loose"
     loose.mkdir()
     shutil.copy(d / "state.pt", loose / "state.pt")
+    from multistep.train import checkpoint
+
+    flipped = checkpoint.save(tmp_path / "flipped.pt", torch.load(d / "state.pt", weights_only=True))
+    data = bytearray(flipped.read_bytes())
+    data[400:464] = bytes(b ^ 0xFF for b in data[400:464])  # 64 bytes flipped inside the payload
+    flipped.write_bytes(bytes(data))
+    (tmp_path / "afile").write_text("x")
     narrow = tmp_path / "narrow.yaml"
     narrow.write_text(
         yaml.safe_dump(
@@ -299,10 +306,17 @@ def test_bad_input_exits_2_with_one_line(teacher_ckpt, student, tmp_path, capsys
         ([str(d), "--config", str(TINY), "--trial", "5"], "there is no trial 5"),
         ([str(d), "--config", str(tmp_path / "missing.yaml")], "missing.yaml: file not found"),
         ([str(d), "--config", str(narrow)], f"{d / 'state.pt'}: does not fit the trial config of {narrow}"),
+        ([str(flipped)], f"{flipped} is corrupt: checksum mismatch"),
+        (
+            [str(teacher_ckpt), "--out", str(tmp_path / "afile")],
+            "--out " + str(tmp_path / "afile") + ": exists and is not",
+        ),
+        ([str(teacher_ckpt), "--out", "/proc/x"], "--out /proc/x: cannot write in /proc"),
     ]
     for argv, expect in cases:
         out = tmp_path / "out"
-        assert main(["eval", *argv, "--out", str(out)]) == 2, argv
+        argv = argv if "--out" in argv else [*argv, "--out", str(out)]
+        assert main(["eval", *argv]) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and expect in err[0], (argv, err)
         assert not out.exists()

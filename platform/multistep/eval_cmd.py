@@ -128,13 +128,12 @@ def _resolve_file(path: str) -> Path:
 
 
 def _load_blob(p: Path) -> dict:
-    import torch
+    from multistep.train import checkpoint
 
     try:
-        blob = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - truncated zip, foreign pickle, text file, ...
-        why = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
-        raise ConfigError(f"{p}: not a readable checkpoint ({type(e).__name__}: {why})") from None
+        blob = checkpoint.load(p)  # checksum verified before anything is unpickled
+    except checkpoint.CorruptCheckpoint as e:
+        raise ConfigError(str(e)) from None
     if not isinstance(blob, dict):
         raise ConfigError(f"{p}: not a multistep teacher or trial checkpoint")
     return blob
@@ -385,10 +384,14 @@ def feature_setup(tc, data, say=print):
 
 # -- outputs ----------------------------------------------------------------------------------------
 def cmd_eval(args, say=print) -> int:
+    from multistep.atomic import check_output_folder, staged_folder
+
     steps = parse_steps(args.steps)
     _check_args(args)
+    out = Path(args.out or f"eval-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
     p = _resolve_file(args.checkpoint)
     blob = _load_blob(p)
+    check_output_folder(out, "--out")  # before the (long) evaluation; written whole at the end
     import torch
 
     from multistep.sweep import results as res
@@ -405,30 +408,32 @@ def cmd_eval(args, say=print) -> int:
         rows, floor, metrics, shape, kept, info, samples, seed = eval_student(p, blob, args, steps, say)
     else:
         raise ConfigError(f"{p}: not a multistep teacher checkpoint nor a trial checkpoint (state.pt with EMA weights)")
-    out = Path(args.out or f"eval-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
-    paths = res.write_table(rows, out)
-    png = res.plot(rows, metrics, floor, out / "metric_vs_steps.png", f"{p.name}: metric versus sampling steps")
-    grids = []
-    if args.grid:
-        if len(shape) == 3:
-            grids = [res.save_grid(x, out / f"grid_{m}_{n}steps.png") for (m, n), x in sorted(kept.items())]
-        else:
-            say(f"--grid: samples of shape {shape} are not images; no sample grids")
-    from multistep.metrics.extractors import file_sha256
+    with staged_folder(out, "--out") as tmp:  # the results appear in OUT whole, or not at all
+        written = res.write_table(rows, tmp)
+        res.plot(rows, metrics, floor, tmp / "metric_vs_steps.png", f"{p.name}: metric versus sampling steps")
+        grids = []
+        if args.grid:
+            if len(shape) == 3:
+                grids = [res.save_grid(x, tmp / f"grid_{m}_{n}steps.png") for (m, n), x in sorted(kept.items())]
+            else:
+                say(f"--grid: samples of shape {shape} are not images; no sample grids")
+        from multistep.metrics.extractors import file_sha256
 
-    meta = {
-        **info,
-        "checkpoint": str(p.resolve()),
-        "checkpoint_sha256": file_sha256(p, 64),
-        "samples": samples,
-        "seed": seed,
-        "steps": sorted({r["student_steps"] for r in rows}),
-        "metrics": metrics,
-        "noise_floor": floor,
-        "torch": torch.__version__,
-        "created": datetime.now().isoformat(timespec="seconds"),
-    }
-    (out / "eval.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+        meta = {
+            **info,
+            "checkpoint": str(p.resolve()),
+            "checkpoint_sha256": file_sha256(p, 64),
+            "samples": samples,
+            "seed": seed,
+            "steps": sorted({r["student_steps"] for r in rows}),
+            "metrics": metrics,
+            "noise_floor": floor,
+            "torch": torch.__version__,
+            "created": datetime.now().isoformat(timespec="seconds"),
+        }
+        (tmp / "eval.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    paths = {k: out / v.name for k, v in written.items()}
+    png = out / "metric_vs_steps.png"
     say(res.format_table(rows, metrics))
     say("\nnoise floor (two data sample sets): " + ", ".join(f"{k} {v:.5f}" for k, v in floor.items() if v))
     say(f"results: {paths['parquet']}, {paths['csv']}, {png}" + (f", {len(grids)} sample grid(s)" if grids else ""))

@@ -171,16 +171,29 @@ def convert(
     size: int | None = None,
     grayscale: bool = False,
 ) -> list[Path]:
-    """Convert SRC (see the module docstring) into shard-*.parquet files under out_dir; returns their paths."""
-    from multistep.data.parquet import SHARD_GLOB, ShardWriter
+    """Convert SRC (see the module docstring) into shard-*.parquet files under out_dir; returns their paths. The
+    shards are written into a temporary folder beside out_dir and moved there only when every input converted."""
+    from multistep.atomic import check_output_folder, staged_folder
+    from multistep.data.parquet import SHARD_GLOB
 
     if kind not in KINDS:
         raise ConfigError(f"unknown data kind {kind!r}; expected one of {', '.join(KINDS)}")
     if shard_size < 1:
         raise ConfigError(f"--shard-size must be >= 1, got {shard_size}")
+    if size is not None and size < 1:
+        raise ConfigError(f"--size must be >= 1, got {size}")
     src, out = Path(src), Path(out_dir)
+    check_output_folder(out, "OUT")
     if out.is_dir() and any(out.glob(SHARD_GLOB)):
         raise ConfigError(f"{out}: already contains {SHARD_GLOB} files; choose an empty folder")
+    with staged_folder(out, "OUT") as tmp:  # a failure on the last input leaves OUT as it was
+        paths = _convert(kind, src, tmp, shard_size, size, grayscale)
+    return [out / p.name for p in paths]
+
+
+def _convert(kind, src: Path, out: Path, shard_size: int, size, grayscale) -> list[Path]:
+    from multistep.data.parquet import ShardWriter
+
     state: dict = {}
 
     def writer_for(h, w, c, labels, num_classes=None, class_names=None):

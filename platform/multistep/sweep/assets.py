@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -16,6 +15,7 @@ import torch
 from multistep.config import ConfigError, TrialCfg
 from multistep.metrics.evaluate import EvalRef, make_eval_ref, teacher_curve
 from multistep.metrics.extractors import ClassifierExtractor, InceptionExtractor, features_fn, file_sha256
+from multistep.train import checkpoint
 from multistep.train.build import as_float, build, fetch_mlflow_teacher, uses_labels
 from multistep.train.loop import warm_start
 
@@ -24,14 +24,17 @@ def content_hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _cached(path: Path, compute):
+def _cached(path: Path, compute, log=print):
+    """The cached value at `path`, else compute() saved there (atomically, with a checksum). A cache file that fails
+    to load (truncated, corrupt, from another version) is recomputed with a notice, never a crash."""
     if path.is_file():
-        return torch.load(path, weights_only=True)
+        try:
+            return checkpoint.load(path)
+        except checkpoint.CorruptCheckpoint as e:
+            log(f"cache {path.name}: {str(e).replace(str(path), 'file')}; recomputing it")
     value = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(value, tmp)
-    os.replace(tmp, path)
+    checkpoint.save(path, value)
     return value
 
 
@@ -124,7 +127,7 @@ def prepare(cfg: TrialCfg, cache_dir: Path, log=print) -> dict:
             "feats": None if r.feats is None else torch.from_numpy(r.feats),
         }
 
-    ref_t = _cached(cache_dir / f"evalref-{ref_key}.pt", make_ref)
+    ref_t = _cached(cache_dir / f"evalref-{ref_key}.pt", make_ref, log)
     feats = ref_t.get("feats")
     ref = EvalRef(
         ref_t["data"].numpy(),
@@ -156,7 +159,7 @@ def prepare(cfg: TrialCfg, cache_dir: Path, log=print) -> dict:
             )
         }
 
-    curve = _cached(cache_dir / f"teachercurve-{curve_key}.pt", make_curve)["rows"]
+    curve = _cached(cache_dir / f"teachercurve-{curve_key}.pt", make_curve, log)["rows"]
 
     s = cfg.student
     init_key = content_hash({**base, "student": s.model_dump(), "seed": cfg.train.seed})
@@ -169,7 +172,7 @@ def prepare(cfg: TrialCfg, cache_dir: Path, log=print) -> dict:
         )
 
     warm = s.init_iterations > 0 and cfg.teacher.kind == "analytic"  # a network teacher's students start as its copy
-    init = _cached(cache_dir / f"init-{init_key}.pt", make_init) if warm else None
+    init = _cached(cache_dir / f"init-{init_key}.pt", make_init, log) if warm else None
     return {
         "eval_ref": ref.to_dict(),
         "eval_ref_hash": ref_key,

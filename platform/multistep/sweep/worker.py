@@ -17,7 +17,9 @@ from pathlib import Path
 
 import torch
 
-CKPT_FILE = "state.pt"
+from multistep.train import checkpoint as checkpoint_file
+
+CKPT_FILE = "state.pt"  # written and read by train/checkpoint.py (sha256 trailer)
 CKPT_VERSION = 1
 PREFETCH_BATCHES = 2  # Parquet data: batches a reader thread keeps ready (shard reads, shuffles) beside the step
 
@@ -64,6 +66,34 @@ def tune_session(use_gpu: bool) -> Session:
     return Session(tune, 0, 1, torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu"))
 
 
+def load_checkpoint(ckpt) -> tuple[dict, str | None]:
+    """(payload, None) of a Ray checkpoint's state.pt; when its checksum fails, the newest sound earlier checkpoint of
+    the same trial folder instead, with a note saying so. CorruptCheckpoint when none is sound."""
+    from ray.train import Checkpoint
+
+    try:
+        with ckpt.as_directory() as d:
+            return checkpoint_file.load(os.path.join(d, CKPT_FILE)), None
+    except checkpoint_file.CorruptCheckpoint as e:
+        bad = e
+    import pyarrow.fs as pafs
+
+    fs, here = ckpt.filesystem, ckpt.path.rstrip("/")
+    parent, name = here.rsplit("/", 1)
+    earlier = sorted(
+        (i.path for i in fs.get_file_info(pafs.FileSelector(parent)) if i.type == pafs.FileType.Directory),
+        reverse=True,
+    )
+    for path in [p for p in earlier if p.rsplit("/", 1)[1].startswith("checkpoint_") and p.rsplit("/", 1)[1] < name]:
+        try:
+            with Checkpoint(path, filesystem=fs).as_directory() as d:
+                sd = checkpoint_file.load(os.path.join(d, CKPT_FILE))
+            return sd, f"{bad}; resumed from the earlier {path.rsplit('/', 1)[1]} instead"
+        except checkpoint_file.CorruptCheckpoint:
+            continue
+    raise bad
+
+
 def worker_main(cfg: dict) -> dict:
     """The TorchTrainer's train function (every Ray Train worker)."""
     return run_trial(cfg, train_session())
@@ -102,8 +132,11 @@ def run_trial(cfg: dict, session: Session) -> dict:
 
     ckpt = session.get_checkpoint()
     if ckpt is not None:  # a restarted worker group (or trial) continues the same curve
-        with ckpt.as_directory() as d:
-            sd = torch.load(os.path.join(d, CKPT_FILE), weights_only=True, map_location="cpu")
+        sd, fallback = load_checkpoint(ckpt)
+        if fallback and logger:  # the latest checkpoint was corrupt: say so where the trial's results are
+            logger.client.set_tag(cfg["run_id"], "multistep.checkpoint_fallback", fallback)
+        if fallback:
+            print(f"trial {cfg['run_id']}: {fallback}", flush=True)
         if sd.get("version") != CKPT_VERSION:
             raise RuntimeError(f"checkpoint version {sd.get('version')} is not {CKPT_VERSION}")
         state.load_state_dict(sd["state"])
@@ -165,9 +198,8 @@ def run_trial(cfg: dict, session: Session) -> dict:
             logger.metrics(it, {k: v for k, v in metrics.items() if k != "iteration"})  # step = iteration
         with tempfile.TemporaryDirectory() as d:
             if rank == 0:
-                tmp = os.path.join(d, CKPT_FILE + ".tmp")
-                torch.save({"version": CKPT_VERSION, "state": sd, "rng_per_rank": rngs, "trial": cfg["trial"]}, tmp)
-                os.replace(tmp, os.path.join(d, CKPT_FILE))  # atomic within the directory
+                payload = {"version": CKPT_VERSION, "state": sd, "rng_per_rank": rngs, "trial": cfg["trial"]}
+                checkpoint_file.save(os.path.join(d, CKPT_FILE), payload)  # atomic, with its sha256
                 session.report(metrics, d)
             else:
                 session.report(metrics)

@@ -19,6 +19,7 @@ from torch import nn
 
 from multistep.diffusion.loss import v_loss
 from multistep.diffusion.schedules import Schedule
+from multistep.train import checkpoint
 from multistep.train.loop import NonFiniteLoss, ema_update
 
 TEACHER_FORMAT = "multistep-teacher"
@@ -108,7 +109,7 @@ def build_net(cfg: dict) -> nn.Module:
 
 
 def save_teacher(path: str | os.PathLike, net_cfg: dict, ema_state: dict, meta: dict | None = None) -> Path:
-    """Write {format, version, net config, EMA weights, meta (e.g. schedule, data)} atomically (tmp + rename)."""
+    """Write {format, version, net config, EMA weights, meta (e.g. schedule, data)} atomically, with a checksum."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     blob = {
@@ -118,10 +119,7 @@ def save_teacher(path: str | os.PathLike, net_cfg: dict, ema_state: dict, meta: 
         "state": {k: v.detach().cpu() for k, v in ema_state.items()},
         "meta": dict(meta or {}),
     }
-    tmp = p.with_name(f".{p.name}.tmp")
-    torch.save(blob, tmp)
-    os.replace(tmp, p)
-    return p
+    return checkpoint.save(p, blob)  # atomic, with its checksum
 
 
 def load_teacher(path: str | os.PathLike) -> tuple[nn.Module, dict]:
@@ -130,11 +128,9 @@ def load_teacher(path: str | os.PathLike) -> tuple[nn.Module, dict]:
     if not p.is_file():
         raise ValueError(f"{p}: teacher checkpoint not found")
     try:
-        blob = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, foreign pickle, ...
-        raise ValueError(
-            f"{p}: not a readable teacher checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
-        ) from None
+        blob = checkpoint.load(p)  # checksum verified before anything is unpickled
+    except checkpoint.CorruptCheckpoint as e:
+        raise ValueError(str(e).replace("not a readable checkpoint", "not a readable teacher checkpoint")) from None
     if not isinstance(blob, dict) or blob.get("format") != TEACHER_FORMAT:
         raise ValueError(f"{p}: not a multistep teacher checkpoint")
     if blob.get("version") != TEACHER_VERSION:
