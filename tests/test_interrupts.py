@@ -138,3 +138,20 @@ def test_sigterm_to_the_driver_alone_kills_the_sweep_and_leaves_no_ray(tiny_swee
     if left:
         os.killpg(proc.pid, signal.SIGKILL)
     assert not left, left  # Ray shut down with the driver: no raylet, GCS, dashboard or agent left behind
+
+
+@pytest.mark.slow
+def test_sigkill_of_the_driver_alone_leaves_no_ray_behind(tiny_sweep, tmp_path):
+    """No handler runs on SIGKILL: the watchdog the driver started beside its local Ray takes the instance down."""
+    f, uri = _sweep_file(tiny_sweep, tmp_path, iterations=4000)
+    cmd = ["multistep", "sweep", str(f), "--tracking-uri", uri, "--storage", str(tmp_path / "rr")]
+    proc, log = _run_until(cmd, tmp_path, "[trial 1/2] started")
+    assert len(_session_processes(proc.pid)) > 5  # the driver, GCS, raylet, dashboard, agents, the trial
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 40
+    while (left := _session_processes(proc.pid)) and time.time() < deadline:
+        time.sleep(1)
+    if left:
+        os.killpg(proc.pid, signal.SIGKILL)
+    assert not left, left

@@ -190,3 +190,34 @@ def test_interrupt_during_preparation_closes_the_runs_at_once(tiny_sweep, tmp_pa
     client = MlflowClient(uri)
     sweeps, trials = _trials(client, client.get_experiment_by_name("tests").experiment_id)
     assert [s.info.status for s in sweeps] == ["KILLED"] and [t.info.status for t in trials] == ["KILLED", "KILLED"]
+
+
+def test_resume_with_an_unreadable_tune_state_rebuilds_the_plan_from_mlflow(ray_local, tiny_sweep, tmp_path):
+    """The driver died while Tune wrote experiment_state-*.json (here: the file cut short). --resume sets it aside,
+    runs only the trials MLflow does not record as done, and logs no duplicate point."""
+    from multistep.config import load_sweep
+    from multistep.sweep.driver import run_sweep
+
+    uri, lines = f"sqlite:///{tmp_path / 'mlflow.db'}", []
+    plan = load_sweep(tiny_sweep)
+    assert run_sweep(plan, uri, str(tmp_path / "rr"), say=lines.append) == 0
+    client = MlflowClient(uri)
+    exp_id = client.get_experiment_by_name("tests").experiment_id
+    (sweep,), trials = _trials(client, exp_id)
+    client.set_terminated(sweep.info.run_id, "KILLED")  # as an interrupt between the two trials leaves them
+    client.set_tag(trials[1].info.run_id, "multistep.interrupted", "1")
+    client.set_terminated(trials[1].info.run_id, "KILLED")
+    first = {k: client.get_metric_history(trials[0].info.run_id, k) for k in trials[0].data.metrics}
+    (state,) = (tmp_path / "rr").glob("tiny-*/experiment_state-*.json")
+    state.write_bytes(state.read_bytes()[:300])
+
+    assert run_sweep(load_sweep(tiny_sweep), uri, str(tmp_path / "rr"), say=lines.append, resume=True) == 0
+    assert any("unreadable" in line and "1 unfinished trial(s)" in line for line in lines)
+    assert state.with_name(state.name + ".corrupt").is_file()
+    (sweep,), trials = _trials(client, exp_id)
+    assert sweep.info.status == "FINISHED" and [t.info.status for t in trials] == ["FINISHED", "FINISHED"]
+    assert {k: client.get_metric_history(trials[0].info.run_id, k) for k in first} == first  # not re-run
+    for r in (sweep, *trials):
+        for k in r.data.metrics:
+            steps = [m.step for m in client.get_metric_history(r.info.run_id, k)]
+            assert len(steps) == len(set(steps)), (k, steps)

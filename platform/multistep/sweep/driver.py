@@ -150,8 +150,63 @@ def _init_ray(say) -> bool:
             configure_logging=True,
             logging_level="WARNING",
         )
+        _watch_ray_processes()
         return True
     return False
+
+
+# Runs beside the driver in a session of its own: when the driver is gone (SIGKILL included: no handler can run),
+# the local Ray instance it started goes too: GCS, raylet, dashboard, log monitor and every process they started
+# (workers, agents: these outlive their raylet otherwise). SIGTERM first, SIGKILL after 5 s.
+_WATCHDOG = """
+import os, signal, sys, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+driver, heads = int(sys.argv[1]), [int(p) for p in sys.argv[2:]]
+def tree():  # the head processes and everything they started (workers, DashboardAgent, RuntimeEnvAgent, ...)
+    kids = {}
+    for d in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            ppid = int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        kids.setdefault(ppid, []).append(int(d))
+    todo, out = list(heads), set()
+    while todo:
+        p = todo.pop()
+        out.add(p)
+        todo += kids.get(p, [])
+    return out
+known = set(heads)
+while os.getppid() == driver:  # kept current while the driver lives: once the raylet exits, its agents are orphans
+    known |= tree()
+    time.sleep(1)
+known |= tree()
+for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 0)):
+    for p in known:
+        try:
+            os.kill(p, sig)
+        except OSError:
+            pass
+    time.sleep(wait)
+"""
+
+
+def _watch_ray_processes() -> None:
+    """Start the watchdog over the head processes of the local Ray instance this process just started."""
+    import subprocess
+    import sys
+
+    import ray
+
+    node = ray._private.worker._global_node  # the local node's process table (Ray has no public API for it)
+    pids = [str(p.process.pid) for procs in node.all_processes.values() for p in procs if p.process is not None]
+    subprocess.Popen(
+        [sys.executable, "-c", _WATCHDOG, str(os.getpid()), *pids],
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def _runner(cfg) -> str:
@@ -367,12 +422,21 @@ def _run_sweep(plan, tracking_uri, storage, say, resume, start_ray, stop: Interr
             driver_res = {"CPU": 0, "train_driver": 1} if ray.cluster_resources().get("train_driver") else {"CPU": 1}
         trainable = tune.with_resources(tune.with_parameters(trial_driver, ctx=ctx), driver_res)
         status = _status_callback(client, run_ids, len(run_ids), say)
-        if resume and tune.Tuner.can_restore(ray_dir):
+        indices = list(range(len(plan.trials)))
+        restorable = resume and tune.Tuner.can_restore(ray_dir)
+        if restorable and (why := _unreadable_tune_state(ray_dir)):  # e.g. the driver was killed mid-write
+            restorable = False
+            indices = _unfinished(client, run_ids)
+            say(
+                f"Tune's state in {ray_dir} is unreadable ({why}); set aside, rebuilding the plan from MLflow: "
+                f"{len(indices)} unfinished trial(s) start again from their first iteration"
+            )
+        if restorable:
             tuner = tune.Tuner.restore(ray_dir, trainable, resume_unfinished=True, resume_errored=True)
         else:
             tuner = tune.Tuner(
                 trainable,
-                param_space={"trial_index": tune.grid_search(list(range(len(plan.trials))))},
+                param_space={"trial_index": tune.grid_search(indices)},
                 tune_config=tune.TuneConfig(
                     max_concurrent_trials=r.max_concurrent_trials,
                     scheduler=_scheduler(plan),
@@ -407,6 +471,41 @@ def _run_sweep(plan, tracking_uri, storage, say, resume, start_ray, stop: Interr
         _close_incomplete(client, srid, run_ids, interrupted=isinstance(e, KeyboardInterrupt))
         _shutdown(started_ray)
         raise
+
+
+def _unreadable_tune_state(ray_dir: str) -> str | None:
+    """Why the newest experiment_state-*.json of a Tune experiment does not parse (None when it does). An unreadable
+    one is renamed *.corrupt, so neither this resume nor a later one trips over it."""
+    import json
+
+    import pyarrow.fs as pafs
+
+    fs, root = pafs.FileSystem.from_uri(ray_dir) if "://" in ray_dir else (pafs.LocalFileSystem(), ray_dir)
+    states = sorted(
+        i.path
+        for i in fs.get_file_info(pafs.FileSelector(root))
+        if i.base_name.startswith("experiment_state-") and i.base_name.endswith(".json")
+    )
+    if not states:
+        return None
+    try:
+        with fs.open_input_stream(states[-1]) as f:
+            json.loads(f.read())
+        return None
+    except (ValueError, OSError) as e:
+        fs.move(states[-1], states[-1] + ".corrupt")
+        return f"{states[-1].rsplit('/', 1)[-1]}: {type(e).__name__}"
+
+
+def _unfinished(client, run_ids: list[str]) -> list[int]:
+    """Indices of the trials MLflow does not record as done (FINISHED, or KILLED by the scheduler)."""
+    out = []
+    for i, rid in enumerate(run_ids):
+        run = client.get_run(rid)
+        done = run.info.status == "FINISHED" or (run.info.status == "KILLED" and INTERRUPTED_TAG not in run.data.tags)
+        if not done:
+            out.append(i)
+    return out
 
 
 def _settle_trials(client, run_ids: list[str], grid) -> list[int]:
