@@ -117,3 +117,44 @@ def test_convert_whose_second_batch_is_corrupt_writes_nothing(tmp_path):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(ConfigError, match="OUT .*afile: exists and is not a folder"):
         convert("cifar10", src, tmp_path / "afile")
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 2 MiB tmpfs the test mounts (root only; skipped where mounting is not allowed), nearly filled."""
+    import subprocess
+
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    (mnt / "filler").write_bytes(b"\0" * 1900 * 1024)  # ~150 KiB left: full at the first checkpoint
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+@pytest.mark.slow
+def test_storage_that_fills_up_fails_the_sweep_in_one_line(tiny_sweep, tmp_path, small_tmpfs):
+    import os
+    import subprocess
+
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
+    r = subprocess.run(
+        ["multistep", "sweep", str(tiny_sweep), "--tracking-uri", uri, "--storage", str(small_tmpfs / "rr")],
+        cwd=tmp_path,
+        env=env | {"RAY_AUTH_MODE": "disabled"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 1 and last.startswith("multistep: error:") and "No space left on device" in last, last
+    assert "FAILED: OSError: [Errno 28]" in r.stdout
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    assert sorted(x.info.status for x in runs) == ["FAILED", "FAILED", "FAILED"]  # the sweep and both trials
+    trials = [x for x in runs if x.data.tags["multistep.kind"] == "trial"]
+    assert len(trials) == 2 and all("No space left on device" in x.data.tags["multistep.error"] for x in trials)

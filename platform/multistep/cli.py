@@ -108,6 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("multistep: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # a full disk, a lost mount, a permission change while running: one line, exit 1
+        if args.debug:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"multistep: error: {where}{e.strerror or e}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

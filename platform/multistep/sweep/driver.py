@@ -120,13 +120,23 @@ def _status_callback(client, run_ids: list[str], n: int, say):
         def on_trial_error(self, iteration, trials, trial, **info):
             i = trial.config["trial_index"]
             self.failed.append(i)
-            client.set_tag(
-                run_ids[i], "multistep.error", str(getattr(trial, "error_file", "") or "see Ray logs")[:5000]
-            )
+            where = str(getattr(trial, "error_file", "") or "")
+            why = _error_line(where)
+            client.set_tag(run_ids[i], "multistep.error", f"{why} (details: {where or 'the Ray logs'})"[:5000])
             client.set_terminated(run_ids[i], status="FAILED")
-            say(f"[trial {i + 1}/{n}] FAILED")
+            say(f"[trial {i + 1}/{n}] FAILED: {why}")
 
     return MlflowStatus()
+
+
+def _error_line(error_file: str) -> str:
+    """The exception line of a Tune trial's error file (e.g. "OSError: [Errno 28] ... No space left on device")."""
+    try:
+        lines = [ln.strip() for ln in open(error_file, errors="replace").read().splitlines() if ln.strip()]
+    except OSError:
+        return "see the Ray logs"
+    excs = [ln for ln in lines if ln.split(":", 1)[0].replace(".", "").replace("_", "").isalnum() and ": " in ln]
+    return (excs[-1] if excs else lines[-1] if lines else "see the Ray logs")[:500]
 
 
 def _init_ray(say) -> bool:
@@ -456,6 +466,9 @@ def _run_sweep(plan, tracking_uri, storage, say, resume, start_ray, stop: Interr
         stop.in_tune = True
         try:
             grid = tuner.fit()
+        except Exception as e:  # noqa: BLE001 - Tune ran but could not collect its results (e.g. a full disk)
+            say(f"Ray Tune could not collect the trials' results ({type(e).__name__}: {e}); statuses from MLflow")
+            grid = []
         finally:
             stop.in_tune = False
         if stop.signal is not None:  # Tune stopped gracefully on our SIGUSR1: the sweep is not finished
