@@ -155,3 +155,23 @@ def test_sigkill_of_the_driver_alone_leaves_no_ray_behind(tiny_sweep, tmp_path):
     if left:
         os.killpg(proc.pid, signal.SIGKILL)
     assert not left, left
+
+
+@pytest.mark.slow
+def test_ctrl_c_mid_evaluation_leaves_no_finished_looking_sweep(tiny_sweep, tmp_path):
+    doc = yaml.safe_load(tiny_sweep.read_text())
+    doc["eval"].update(samples=2000, bootstrap=300, teacher_steps=[1])  # a final evaluation of seconds
+    doc["resources"] = {"max_concurrent_trials": 1}
+    f = tmp_path / "s.yaml"
+    f.write_text(yaml.safe_dump(doc))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cmd = ["multistep", "sweep", str(f), "--tracking-uri", uri, "--storage", str(tmp_path / "rr")]
+    proc, log = _run_until(cmd, tmp_path, "final evaluation:")
+    os.killpg(proc.pid, signal.SIGINT)
+    rc = _wait(proc)
+    assert rc == 130, log.read_text()[-3000:]
+    (sweep,), trials = _runs(MlflowClient(uri))
+    assert sweep.info.status == "KILLED"
+    # The trial may have logged its evaluation while Tune stopped it, but it is not FINISHED: a resume settles it
+    assert [t.info.status for t in trials] == ["KILLED", "KILLED"]
+    assert all(t.data.tags.get("multistep.interrupted") == "1" for t in trials)

@@ -228,6 +228,8 @@ def run_trial(cfg: dict, session: Session) -> dict:
     # Evaluation at the trial's step count(s), with the eval-EMA weights, on the sweep's fixed noise.
     # The method's own label logs under the plain metric name; extra samplers under "<metric>/<label>".
     state.ema.eval()
+    if rank == 0:
+        print(f"final evaluation: {tc.eval.samples} samples, {method_label(tc)} S={tc.method.student_steps}", flush=True)
     final: dict = {}
     points = (
         sample_points(
