@@ -229,7 +229,9 @@ def run_trial(cfg: dict, session: Session) -> dict:
     # The method's own label logs under the plain metric name; extra samplers under "<metric>/<label>".
     state.ema.eval()
     if rank == 0:
-        print(f"final evaluation: {tc.eval.samples} samples, {method_label(tc)} S={tc.method.student_steps}", flush=True)
+        print(
+            f"final evaluation: {tc.eval.samples} samples, {method_label(tc)} S={tc.method.student_steps}", flush=True
+        )
     final: dict = {}
     points = (
         sample_points(
