@@ -117,6 +117,8 @@ def test_convert_whose_second_batch_is_corrupt_writes_nothing(tmp_path):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(ConfigError, match="OUT .*afile: exists and is not a folder"):
         convert("cifar10", src, tmp_path / "afile")
+    with pytest.raises(ConfigError, match="OUT /proc/x: cannot write in /proc"):
+        convert("cifar10", src, "/proc/x")
 
 
 @pytest.fixture

@@ -43,7 +43,16 @@ def _image_inputs(folder):
     net_cfg = {"kind": "unet", "base_ch": 4, "ch_mult": [1], "time_dim": 8, "in_ch": 1, "resolution": 8}
     meta = {"schedule": {"name": "cosine", "params": {}}, "shape": [1, 8, 8]}
     save_teacher(folder / "gray.pt", net_cfg, build_net(net_cfg).state_dict(), meta)
+    save_teacher(folder / "noshape.pt", net_cfg, build_net(net_cfg).state_dict(), {"schedule": meta["schedule"]})
     (folder / "garbage.pt").write_bytes(b"not a checkpoint at all")
+    from multistep.train import checkpoint
+
+    checkpoint.save(folder / "student.pt", {"version": 1, "state": {"ema": {}}, "rng_per_rank": []})
+    import pyarrow.parquet as pq
+
+    (folder / "zero").mkdir()
+    good = sorted((folder / "rgb").glob("*.parquet"))[0]
+    pq.write_table(pq.read_table(good).slice(0, 0), folder / "zero" / good.name)  # the schema and metadata, 0 rows
 
 
 def cases(tmp):
@@ -148,6 +157,43 @@ def cases(tmp):
             "not a readable Parquet file",
         ),
         ("eval-samples", ["sweep", _sweep(tmp, "es", eval={"samples": 1}), "--tracking-uri", db, *st], "eval.samples"),
+        (
+            "parquet-zero-rows",
+            [
+                "sweep",
+                _sweep(
+                    tmp, "pz", data={"kind": "parquet", "path": str(tmp / "zero")}, teacher=teacher(tmp / "gray.pt")
+                ),
+                "--tracking-uri",
+                db,
+                *st,
+            ],
+            "empty shard (0 rows)",
+        ),
+        (
+            "teacher-is-a-student",
+            [
+                "sweep",
+                _sweep(tmp, "ts", data={"kind": "digits"}, teacher=teacher(tmp / "student.pt")),
+                "--tracking-uri",
+                db,
+                *st,
+            ],
+            "not a multistep teacher checkpoint",
+        ),
+        (
+            "teacher-without-shape",
+            [
+                "sweep",
+                _sweep(
+                    tmp, "tn", data={"kind": "parquet", "path": str(tmp / "rgb")}, teacher=teacher(tmp / "noshape.pt")
+                ),
+                "--tracking-uri",
+                db,
+                *st,
+            ],
+            "does not take samples of this data's shape (3, 8, 8)",
+        ),
     ]
     if NO_GPU:
         rows.append(
