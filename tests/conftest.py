@@ -40,6 +40,25 @@ def ray_local():
     os.environ.pop("RAY_API_SERVER_ADDRESS", None)
 
 
+def session_processes(sid: int) -> list[str]:
+    """Live processes of session `sid`: a driver started with start_new_session=True, the local Ray it started (whose
+    processes inherit the session) and their workers. Empty once all of them are gone."""
+    import subprocess
+
+    out = subprocess.run(["ps", "-eo", "sid=,stat=,args="], capture_output=True, text=True).stdout.splitlines()
+    return [line for line in out if line.split()[0] == str(sid) and not line.split()[1].startswith("Z")]
+
+
+def wait_until_gone(sid: int, timeout: float = 40.0) -> list[str]:
+    """Wait until session `sid` has no live process (then []), or return what is still alive after `timeout`."""
+    import time
+
+    deadline = time.time() + timeout
+    while (left := session_processes(sid)) and time.time() < deadline:
+        time.sleep(1)
+    return left
+
+
 def free_port() -> int:
     import socket
 

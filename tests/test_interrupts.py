@@ -1,9 +1,9 @@
 """A sweep's status is the truth: real signals to a real `multistep sweep` process (docs/reliability.md).
 
-SIGINT to the process group mid-training (a terminal's Ctrl-C) and SIGTERM to the driver alone: exit 130, the
-sweep run KILLED and tagged incomplete, no trial run left RUNNING or SCHEDULED, Ray gone; `regress --promote`
-refuses the run; `--resume` finishes only the unfinished trials and logs no duplicate point, and resuming the
-finished sweep again changes nothing.
+SIGINT to the process group mid-training (a terminal's Ctrl-C) and SIGTERM to the driver alone mid-evaluation: exit
+130, the sweep run KILLED and tagged incomplete, no trial run left RUNNING or SCHEDULED, Ray gone; `regress
+--promote` refuses the run; `--resume` finishes only the unfinished trials and logs no duplicate point, and resuming
+the finished sweep again changes nothing. (SIGKILL of the driver alone: tests/test_resume.py.)
 """
 
 import os
@@ -14,6 +14,8 @@ import time
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+
+from conftest import wait_until_gone
 
 ENV = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")} | {
     "RAY_AUTH_MODE": "disabled"
@@ -48,12 +50,6 @@ def _no_duplicates(client, runs):
     for r in runs:
         for key, steps in _points(client, r).items():
             assert len(steps) == len(set(steps)), (r.info.run_id, key, sorted(steps))
-
-
-def _session_processes(sid: int) -> list[str]:
-    """Live processes of session `sid` (the driver's: it started the local Ray, whose processes inherit it)."""
-    out = subprocess.run(["ps", "-eo", "sid=,stat=,args="], capture_output=True, text=True).stdout.splitlines()
-    return [line for line in out if line.split()[0] == str(sid) and not line.split()[1].startswith("Z")]
 
 
 def _run_until(cmd, tmp_path, marker: str, timeout=180):
@@ -120,45 +116,8 @@ def test_ctrl_c_mid_training_kills_the_sweep_and_resume_finishes_it_once(tiny_sw
 
 
 @pytest.mark.slow
-def test_sigterm_to_the_driver_alone_kills_the_sweep_and_leaves_no_ray(tiny_sweep, tmp_path):
-    f, uri = _sweep_file(tiny_sweep, tmp_path, iterations=4000)
-    cmd = ["multistep", "sweep", str(f), "--tracking-uri", uri, "--storage", str(tmp_path / "rr")]
-    proc, log = _run_until(cmd, tmp_path, "[trial 1/2] started")
-    os.kill(proc.pid, signal.SIGTERM)  # the driver only, as a scheduler or `kill` does
-    rc = _wait(proc)
-    out = log.read_text()
-    assert rc == 130 and "SIGTERM" in out, out[-3000:]
-    client = MlflowClient(uri)
-    (sweep,), trials = _runs(client)
-    assert sweep.info.status == "KILLED"
-    assert {t.info.status for t in trials} <= {"KILLED", "FAILED"}
-    deadline = time.time() + 30
-    while (left := _session_processes(proc.pid)) and time.time() < deadline:
-        time.sleep(1)
-    if left:
-        os.killpg(proc.pid, signal.SIGKILL)
-    assert not left, left  # Ray shut down with the driver: no raylet, GCS, dashboard or agent left behind
-
-
-@pytest.mark.slow
-def test_sigkill_of_the_driver_alone_leaves_no_ray_behind(tiny_sweep, tmp_path):
-    """No handler runs on SIGKILL: the watchdog the driver started beside its local Ray takes the instance down."""
-    f, uri = _sweep_file(tiny_sweep, tmp_path, iterations=4000)
-    cmd = ["multistep", "sweep", str(f), "--tracking-uri", uri, "--storage", str(tmp_path / "rr")]
-    proc, log = _run_until(cmd, tmp_path, "[trial 1/2] started")
-    assert len(_session_processes(proc.pid)) > 5  # the driver, GCS, raylet, dashboard, agents, the trial
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    deadline = time.time() + 40
-    while (left := _session_processes(proc.pid)) and time.time() < deadline:
-        time.sleep(1)
-    if left:
-        os.killpg(proc.pid, signal.SIGKILL)
-    assert not left, left
-
-
-@pytest.mark.slow
-def test_ctrl_c_mid_evaluation_leaves_no_finished_looking_sweep(tiny_sweep, tmp_path):
+def test_sigterm_to_the_driver_alone_mid_evaluation_kills_the_sweep_and_ray(tiny_sweep, tmp_path):
+    """SIGTERM (a scheduler, `kill`) to the driver alone, while a trial runs its final evaluation."""
     doc = yaml.safe_load(tiny_sweep.read_text())
     doc["eval"].update(samples=2000, bootstrap=300, teacher_steps=[1])  # a final evaluation of seconds
     doc["resources"] = {"max_concurrent_trials": 1}
@@ -167,9 +126,11 @@ def test_ctrl_c_mid_evaluation_leaves_no_finished_looking_sweep(tiny_sweep, tmp_
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cmd = ["multistep", "sweep", str(f), "--tracking-uri", uri, "--storage", str(tmp_path / "rr")]
     proc, log = _run_until(cmd, tmp_path, "final evaluation:")
-    os.killpg(proc.pid, signal.SIGINT)
+    os.kill(proc.pid, signal.SIGTERM)
     rc = _wait(proc)
-    assert rc == 130, log.read_text()[-3000:]
+    assert rc == 130 and "SIGTERM: stopping the trials" in log.read_text(), log.read_text()[-3000:]
+    left = wait_until_gone(proc.pid, timeout=30)  # the driver shut its local Ray down
+    assert not left, left
     (sweep,), trials = _runs(MlflowClient(uri))
     assert sweep.info.status == "KILLED"
     # The trial may have logged its evaluation while Tune stopped it, but it is not FINISHED: a resume settles it

@@ -1,5 +1,6 @@
-"""The sweep driver dies (kill -9 of its whole process group); `multistep sweep FILE --resume` continues the same
-sweep: finished trials are not re-run, the same MLflow sweep run and trial runs are used."""
+"""The sweep driver dies (kill -9 of the driver alone: the watchdog beside its local Ray takes the instance down);
+`multistep sweep FILE --resume` continues the same sweep: finished trials are not re-run, the same MLflow sweep run
+and trial runs are used."""
 
 import os
 import signal
@@ -9,6 +10,8 @@ import time
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+
+from conftest import session_processes, wait_until_gone
 
 
 def _trials(client, exp_id):
@@ -50,10 +53,14 @@ def test_driver_killed_then_resumed(tiny_sweep, tmp_path):
                 break
         else:
             pytest.fail("first trial never finished")
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        os.kill(proc.pid, signal.SIGKILL)  # the driver alone: no handler runs, its local Ray is left to the watchdog
         proc.wait()
-    time.sleep(2)
+        left = wait_until_gone(proc.pid)  # GCS, raylet, dashboard, agents and trial workers all gone
+        assert not left, left
+    finally:
+        if proc.poll() is None or session_processes(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
     first_fd = client.get_metric_history(trials[0].info.run_id, "fd_identity_400")
 
     r = subprocess.run(

@@ -115,10 +115,9 @@ def _free_port() -> int:
 
 def start_ray(folder: Path) -> float:
     """A private local Ray instance (as `multistep sweep` starts one, with its own dashboard port); seconds taken."""
-    from multistep.sweep.driver import RAY_ENV_DEFAULTS
+    from multistep.sweep import ray_runtime
 
-    for k, v in RAY_ENV_DEFAULTS.items():
-        os.environ.setdefault(k, v)
+    ray_runtime.apply_env()
     os.environ.pop("RAY_ADDRESS", None)
     t0 = time.perf_counter()
     import ray

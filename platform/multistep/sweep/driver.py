@@ -16,19 +16,13 @@ from pathlib import Path
 from multistep.cli_common import say as cli_say
 from multistep.config import ConfigError, SweepPlan, TrialCfg
 from multistep.metrics.evaluate import metric_names
+from multistep.sweep import ray_runtime
 from multistep.sweep import results as res
 from multistep.sweep.assets import content_hash, prepare, resolve_teachers
 from multistep.sweep.interrupts import Interrupts
 from multistep.tracking import mlflow_layout as ml
 from multistep.train.build import guidance_error, method_label
 
-RAY_ENV_DEFAULTS = {
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",  # ray.train.report blocks ~1 poll; 0.1 s keeps reports cheap
-    "RAY_TRAIN_V2_ENABLED": "1",
-    "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",  # error reports of failed trials carry no proxy metric
-    "TUNE_DISABLE_SIGINT_HANDLER": "1",  # the driver owns SIGINT and stops Tune through SIGUSR1 (sweep/interrupts.py)
-}
 INCOMPLETE_TAG = "multistep.incomplete"  # on a sweep run that was interrupted or failed: never a baseline
 INTERRUPTED_TAG = "multistep.interrupted"  # on a trial run KILLED because its sweep stopped (not by the scheduler)
 
@@ -137,86 +131,6 @@ def _error_line(error_file: str) -> str:
         return "see the Ray logs"
     excs = [ln for ln in lines if ln.split(":", 1)[0].replace(".", "").replace("_", "").isalnum() and ": " in ln]
     return (excs[-1] if excs else lines[-1] if lines else "see the Ray logs")[:500]
-
-
-def _init_ray(say) -> bool:
-    """Start a local Ray instance (True) or join $RAY_ADDRESS / the one already running (False)."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    for k, v in RAY_ENV_DEFAULTS.items():
-        os.environ.setdefault(k, v)
-    address = os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-    else:
-        say(f"starting a local Ray instance ({os.cpu_count()} CPUs)")
-        ray.init(
-            num_cpus=os.cpu_count(),
-            resources={"train_driver": 1000},
-            include_dashboard=True,
-            log_to_driver=True,
-            configure_logging=True,
-            logging_level="WARNING",
-        )
-        _watch_ray_processes()
-        return True
-    return False
-
-
-# Runs beside the driver in a session of its own: when the driver is gone (SIGKILL included: no handler can run),
-# the local Ray instance it started goes too: GCS, raylet, dashboard, log monitor and every process they started
-# (workers, agents: these outlive their raylet otherwise). SIGTERM first, SIGKILL after 5 s.
-_WATCHDOG = """
-import os, signal, sys, time
-signal.signal(signal.SIGINT, signal.SIG_IGN)
-driver, heads = int(sys.argv[1]), [int(p) for p in sys.argv[2:]]
-def tree():  # the head processes and everything they started (workers, DashboardAgent, RuntimeEnvAgent, ...)
-    kids = {}
-    for d in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            ppid = int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        kids.setdefault(ppid, []).append(int(d))
-    todo, out = list(heads), set()
-    while todo:
-        p = todo.pop()
-        out.add(p)
-        todo += kids.get(p, [])
-    return out
-known = set(heads)
-while os.getppid() == driver:  # kept current while the driver lives: once the raylet exits, its agents are orphans
-    known |= tree()
-    time.sleep(1)
-known |= tree()
-for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 0)):
-    for p in known:
-        try:
-            os.kill(p, sig)
-        except OSError:
-            pass
-    time.sleep(wait)
-"""
-
-
-def _watch_ray_processes() -> None:
-    """Start the watchdog over the head processes of the local Ray instance this process just started."""
-    import subprocess
-    import sys
-
-    import ray
-
-    node = ray._private.worker._global_node  # the local node's process table (Ray has no public API for it)
-    pids = [str(p.process.pid) for procs in node.all_processes.values() for p in procs if p.process is not None]
-    subprocess.Popen(
-        [sys.executable, "-c", _WATCHDOG, str(os.getpid()), *pids],
-        start_new_session=True,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
 
 
 def _runner(cfg) -> str:
@@ -364,7 +278,7 @@ def run_sweep(
     """Run (or resume) a validated sweep end to end. Returns the exit code: 0 ok, 1 a trial failed; raises
     KeyboardInterrupt (exit 130) after SIGINT / SIGTERM, with the sweep run and its open trial runs KILLED.
 
-    start_ray(say): starts or joins Ray in this (the main) thread; default _init_ray. A second thread opens the
+    start_ray(say): starts or joins Ray in this (the main) thread; default ray_runtime.init_ray. A second thread opens the
     sweep's MLflow runs meanwhile: Ray's ~5 s start-up overlaps that work. Only the main thread imports Ray."""
     with Interrupts(say) as stop:
         return _run_sweep(plan, tracking_uri, storage, say, resume, start_ray, stop)
@@ -375,8 +289,7 @@ def _run_sweep(plan, tracking_uri, storage, say, resume, start_ray, stop: Interr
 
     from mlflow.tracking import MlflowClient
 
-    for k, v in RAY_ENV_DEFAULTS.items():  # before Ray Tune is imported
-        os.environ.setdefault(k, v)
+    ray_runtime.apply_env()  # before Ray Tune is imported
     cfg = plan.cfg
     storage, storage_dir = split_storage(storage)
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri  # teachers named by MLflow run come from this store
@@ -387,7 +300,9 @@ def _run_sweep(plan, tracking_uri, storage, say, resume, start_ray, stop: Interr
     with ThreadPoolExecutor(1, thread_name_prefix="sweep-open") as pool:
         opening = pool.submit(_open_runs, client, plan, tracking_uri, storage, resume, say)
         try:
-            started_ray = (start_ray or _init_ray)(say) is True  # Ray needs the main thread (its signal handlers)
+            started_ray = (start_ray or ray_runtime.init_ray)(
+                say
+            ) is True  # Ray needs the main thread (its signal handlers)
             stop.reclaim()
             import ray
             from ray import tune  # (~2 s) while the runs are still being opened
@@ -398,10 +313,10 @@ def _run_sweep(plan, tracking_uri, storage, say, resume, start_ray, stop: Interr
                 srid, _, run_ids = opening.result()
                 if srid is not None:
                     _close_incomplete(client, srid, run_ids, interrupted=isinstance(e, KeyboardInterrupt))
-            _shutdown(started_ray)
+            ray_runtime.shutdown(started_ray)
             raise
     if srid is None:  # --resume of a sweep whose every trial had already finished: nothing to do, nothing logged
-        _shutdown(started_ray)
+        ray_runtime.shutdown(started_ray)
         return 0
     out_dir, ray_dir = storage_dir / sweep_id, f"{storage}/{sweep_id}"  # local results; Ray state (path or URI)
     try:
@@ -482,7 +397,7 @@ def _run_sweep(plan, tracking_uri, storage, say, resume, start_ray, stop: Interr
         return rc
     except BaseException as e:
         _close_incomplete(client, srid, run_ids, interrupted=isinstance(e, KeyboardInterrupt))
-        _shutdown(started_ray)
+        ray_runtime.shutdown(started_ray)
         raise
 
 
@@ -540,14 +455,6 @@ def _settle_trials(client, run_ids: list[str], grid) -> list[int]:
         if st == "FAILED":
             failed.append(i)
     return failed
-
-
-def _shutdown(started_ray: bool) -> None:
-    """Stop the local Ray instance this sweep started (a joined cluster stays up)."""
-    if started_ray:
-        import ray
-
-        ray.shutdown()
 
 
 def _close_incomplete(client, srid: str, run_ids: list[str], interrupted: bool) -> None:

@@ -258,7 +258,7 @@ def check_file(plan, file: str) -> None:
 
 
 def cmd_regress(args, say=cli_say) -> int:
-    from multistep.tracking.mlflow_layout import absolute_uri, check_reachable, default_tracking_uri
+    from multistep.sweep.preflight import tracking_uri
 
     if args.promote:
         if not args.reason or not args.reason.strip():
@@ -274,8 +274,7 @@ def cmd_regress(args, say=cli_say) -> int:
     plan = load_sweep(args.file) if args.file else None
     if plan is not None and not args.promote:
         check_file(plan, args.file)
-    uri = absolute_uri(args.tracking_uri) if args.tracking_uri else default_tracking_uri()
-    check_reachable(uri)
+    uri = tracking_uri(args.tracking_uri)  # one resolution and check for every command
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)

@@ -87,7 +87,7 @@ def _relative_to_repo(file: str) -> str:
 
 def runtime_env() -> dict:
     """What the job runs with: this checkout as working dir, the package on every worker's path."""
-    from multistep.sweep.driver import RAY_ENV_DEFAULTS
+    from multistep.sweep.ray_runtime import RAY_ENV_DEFAULTS
 
     return {
         "working_dir": str(REPO),

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import time
 from datetime import datetime
 from pathlib import Path
@@ -82,12 +81,15 @@ def check(cfg: TeacherFileCfg, file: str) -> tuple[dict, int]:
 
 
 def cmd_teacher(args) -> int:
-    from multistep.tracking.mlflow_layout import absolute_uri, check_reachable, default_tracking_uri
+    from multistep.sweep.preflight import Storage, tracking_uri
 
     cfg = load_teacher_file(args.file)
-    uri = absolute_uri(args.tracking_uri) if args.tracking_uri else default_tracking_uri()
-    storage = Path(args.storage).resolve()
     net_cfg, n_params = check(cfg, args.file)
+    uri = tracking_uri(args.tracking_uri)  # before Ray or MLflow: a supported, writable or answering store
+    if "://" in args.storage:
+        raise ConfigError(f"--storage {args.storage}: multistep teacher writes its checkpoint to a local folder")
+    store = Storage(args.storage)  # a probe write there
+    storage = Path(store.uri)
     if args.dry_run:
         print(
             json.dumps(
@@ -102,8 +104,8 @@ def cmd_teacher(args) -> int:
                 indent=2,
             )
         )
+        store.undo()
         return 0
-    check_reachable(uri)
     out = run_teacher(cfg, args.file, net_cfg, uri, storage)
     return 0 if out.get("status") == "FINISHED" else 1
 
@@ -113,11 +115,10 @@ def run_teacher(cfg: TeacherFileCfg, file: str, net_cfg: dict, tracking_uri: str
     """Train, log and save one teacher; returns {status, run_id, path, history, curve}."""
     from mlflow.tracking import MlflowClient
 
-    from multistep.sweep.driver import RAY_ENV_DEFAULTS, _init_ray
+    from multistep.sweep import ray_runtime
     from multistep.tracking import mlflow_layout as ml
 
-    for k, v in RAY_ENV_DEFAULTS.items():  # before Ray Train is imported
-        os.environ.setdefault(k, v)
+    ray_runtime.apply_env()  # before Ray Train is imported
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -148,7 +149,7 @@ def run_teacher(cfg: TeacherFileCfg, file: str, net_cfg: dict, tracking_uri: str
     r = cfg.resources
     t0 = time.time()
     try:
-        _init_ray(say)
+        ray_runtime.init_ray(say)
         trainer = TorchTrainer(
             teacher_worker,
             train_loop_config={
