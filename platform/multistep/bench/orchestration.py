@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from multistep.tracking import tags as tag
+
 SWEEP = """\
 name: bench-orchestration
 experiment: bench
@@ -179,7 +181,7 @@ def trial_timeline(sweep: dict, n: int) -> list[dict]:
     runs = client.search_runs(
         [exp.experiment_id], "tags.`multistep.kind` = 'trial'", order_by=["attributes.start_time DESC"], max_results=n
     )
-    by_index = {int(r.data.tags["multistep.trial_index"]): r.info.run_id for r in runs}
+    by_index = {int(r.data.tags[tag.TRIAL_INDEX]): r.info.run_id for r in runs}
     starts, dones = {}, {}
     for t, m in sweep["log"]:
         if g := re.match(r"\[trial (\d+)/\d+\] (started|finished|FAILED|stopped)", m):

@@ -15,8 +15,9 @@ import torch
 from multistep.config import ConfigError, TrialCfg
 from multistep.metrics.evaluate import EvalRef, make_eval_ref, teacher_curve
 from multistep.metrics.extractors import ClassifierExtractor, InceptionExtractor, features_fn, file_sha256
+from multistep.tracking.teachers import fetch_mlflow_teacher
 from multistep.train import checkpoint
-from multistep.train.build import as_float, build, fetch_mlflow_teacher, uses_labels
+from multistep.train.build import as_float, build, uses_labels
 from multistep.train.loop import warm_start
 
 

@@ -21,10 +21,8 @@ from multistep.sweep import results as res
 from multistep.sweep.assets import content_hash, prepare, resolve_teachers
 from multistep.sweep.interrupts import Interrupts
 from multistep.tracking import mlflow_layout as ml
+from multistep.tracking import tags as tag
 from multistep.train.build import guidance_error, method_label
-
-INCOMPLETE_TAG = "multistep.incomplete"  # on a sweep run that was interrupted or failed: never a baseline
-INTERRUPTED_TAG = "multistep.interrupted"  # on a trial run KILLED because its sweep stopped (not by the scheduler)
 
 
 def trial_driver(config: dict, ctx: dict) -> None:
@@ -116,7 +114,7 @@ def _status_callback(client, run_ids: list[str], n: int, say):
             self.failed.append(i)
             where = str(getattr(trial, "error_file", "") or "")
             why = _error_line(where)
-            client.set_tag(run_ids[i], "multistep.error", f"{why} (details: {where or 'the Ray logs'})"[:5000])
+            client.set_tag(run_ids[i], tag.ERROR, f"{why} (details: {where or 'the Ray logs'})"[:5000])
             client.set_terminated(run_ids[i], status="FAILED")
             say(f"[trial {i + 1}/{n}] FAILED: {why}")
 
@@ -149,7 +147,7 @@ def resume_target(client, plan: SweepPlan):
     found = (
         client.search_runs(
             [exp.experiment_id],
-            f"tags.`multistep.sweep_name` = '{cfg.name}' and tags.`multistep.kind` = 'sweep'",
+            f"tags.`{tag.SWEEP_NAME}` = '{cfg.name}' and tags.`{tag.KIND}` = 'sweep'",
             order_by=["attributes.start_time DESC"],
             max_results=1,
         )
@@ -161,11 +159,11 @@ def resume_target(client, plan: SweepPlan):
             f"{plan.path}: --resume: no earlier sweep named '{cfg.name}' in experiment '{cfg.experiment}'"
         )
     sweep = found[0]
-    if sweep.data.tags.get("multistep.plan_hash") != plan_hash(plan):
+    if sweep.data.tags.get(tag.PLAN_HASH) != plan_hash(plan):
         raise ConfigError(
             f"{plan.path}: --resume: the file no longer expands to the trials of sweep run {sweep.info.run_id}"
         )
-    was = sweep.data.tags.get("multistep.runner")
+    was = sweep.data.tags.get(tag.RUNNER)
     if was and was != _runner(cfg):  # the other runner keeps its checkpoints elsewhere: trials would start over
         raise ConfigError(
             f"{plan.path}: resources.runner: sweep run {sweep.info.run_id} ran its trials with runner "
@@ -182,32 +180,32 @@ def _open_runs(client, plan: SweepPlan, tracking_uri: str, storage: str, resume:
         sweep = resume_target(client, plan)
         srid = sweep.info.run_id
         children = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{srid}'", max_results=10000)
-        by_index = {int(r.data.tags["multistep.trial_index"]): r.info.run_id for r in children}
+        by_index = {int(r.data.tags[tag.TRIAL_INDEX]): r.info.run_id for r in children}
         run_ids = [by_index[i] for i in range(len(plan.trials))]
         statuses = [client.get_run(rid).info.status for rid in run_ids]
         if sweep.info.status == "FINISHED" and all(st in ("FINISHED", "KILLED") for st in statuses):
-            say(f"sweep run {srid} ({sweep.data.tags['multistep.sweep_id']}) already finished: nothing to resume")
-            return None, sweep.data.tags["multistep.sweep_id"], run_ids
+            say(f"sweep run {srid} ({sweep.data.tags[tag.SWEEP_ID]}) already finished: nothing to resume")
+            return None, sweep.data.tags[tag.SWEEP_ID], run_ids
         client.update_run(srid, status="RUNNING")
-        if INCOMPLETE_TAG in sweep.data.tags:
-            client.delete_tag(srid, INCOMPLETE_TAG)
-        say(f"resuming sweep run {srid} ({sweep.data.tags['multistep.sweep_id']})")
-        return srid, sweep.data.tags["multistep.sweep_id"], run_ids
+        if tag.INCOMPLETE in sweep.data.tags:
+            client.delete_tag(srid, tag.INCOMPLETE)
+        say(f"resuming sweep run {srid} ({sweep.data.tags[tag.SWEEP_ID]})")
+        return srid, sweep.data.tags[tag.SWEEP_ID], run_ids
 
     sweep_id = f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     sweep_run = client.create_run(
         exp_id,
         run_name=sweep_id,
         tags={
-            "multistep.kind": "sweep",
-            "multistep.sweep_name": cfg.name,
-            "multistep.sweep_id": sweep_id,
-            "multistep.plan_hash": plan_hash(plan),
-            "multistep.runner": _runner(cfg),
-            "multistep.dataset": cfg.data.label,
-            "multistep.teacher": cfg.teacher.kind,
-            "multistep.git_commit": ml.git_commit(),
-            "multistep.storage": f"{storage}/{sweep_id}",
+            tag.KIND: "sweep",
+            tag.SWEEP_NAME: cfg.name,
+            tag.SWEEP_ID: sweep_id,
+            tag.PLAN_HASH: plan_hash(plan),
+            tag.RUNNER: _runner(cfg),
+            tag.DATASET: cfg.data.label,
+            tag.TEACHER: cfg.teacher.kind,
+            tag.GIT_COMMIT: ml.git_commit(),
+            tag.STORAGE: f"{storage}/{sweep_id}",
             "mlflow.note.content": cfg.description,
         },
     )
@@ -267,7 +265,7 @@ def _shared_assets(plan: SweepPlan, client, srid: str, storage_dir: Path, resume
     if not resume:
         for row in first["teacher_rows"]:
             ml.log_curve(client, srid, f"{row['metric']}/{row['method']}", [(row["student_steps"], row["value"])])
-        client.set_tag(srid, "multistep.eval_ref_hash", first["eval_ref_hash"])
+        client.set_tag(srid, tag.EVAL_REF_HASH, first["eval_ref_hash"])
         ml.log_params(client, srid, {f"noise_floor.{k}": f"{v:.6g}" for k, v in first["eval_ref"]["floor"].items()})
     return assets, asset_keys, first
 
@@ -430,7 +428,7 @@ def _unfinished(client, run_ids: list[str]) -> list[int]:
     out = []
     for i, rid in enumerate(run_ids):
         run = client.get_run(rid)
-        done = run.info.status == "FINISHED" or (run.info.status == "KILLED" and INTERRUPTED_TAG not in run.data.tags)
+        done = run.info.status == "FINISHED" or (run.info.status == "KILLED" and tag.INTERRUPTED not in run.data.tags)
         if not done:
             out.append(i)
     return out
@@ -447,11 +445,11 @@ def _settle_trials(client, run_ids: list[str], grid) -> list[int]:
     for i, rid in enumerate(run_ids):
         run = client.get_run(rid)
         st = run.info.status
-        if st in ("RUNNING", "SCHEDULED") or (st == "KILLED" and INTERRUPTED_TAG in run.data.tags):
+        if st in ("RUNNING", "SCHEDULED") or (st == "KILLED" and tag.INTERRUPTED in run.data.tags):
             st = "FINISHED" if last.get(i, {}).get("final") else "FAILED"
             client.set_terminated(rid, status=st)
-        if st != "KILLED" and INTERRUPTED_TAG in run.data.tags:  # settled since the interruption
-            client.delete_tag(rid, INTERRUPTED_TAG)
+        if st != "KILLED" and tag.INTERRUPTED in run.data.tags:  # settled since the interruption
+            client.delete_tag(rid, tag.INTERRUPTED)
         if st == "FAILED":
             failed.append(i)
     return failed
@@ -459,11 +457,11 @@ def _settle_trials(client, run_ids: list[str], grid) -> list[int]:
 
 def _close_incomplete(client, srid: str, run_ids: list[str], interrupted: bool) -> None:
     """The sweep failed (its run FAILED) or was interrupted (KILLED): tagged incomplete, every open trial run KILLED."""
-    client.set_tag(srid, INCOMPLETE_TAG, "interrupted" if interrupted else "failed")
+    client.set_tag(srid, tag.INCOMPLETE, "interrupted" if interrupted else "failed")
     client.set_terminated(srid, status="KILLED" if interrupted else "FAILED")
     for rid in run_ids:
         if client.get_run(rid).info.status in ("RUNNING", "SCHEDULED"):
-            client.set_tag(rid, INTERRUPTED_TAG, "1")  # not stopped by the scheduler: a resume settles it again
+            client.set_tag(rid, tag.INTERRUPTED, "1")  # not stopped by the scheduler: a resume settles it again
             client.set_terminated(rid, status="KILLED")
 
 
@@ -542,7 +540,7 @@ def _finish(
     if not client.get_metric_history(srid, "wall_seconds"):  # the first session that finishes the sweep logs it
         client.log_metric(srid, "wall_seconds", time.time() - t_start)
     if failed:
-        client.set_tag(srid, INCOMPLETE_TAG, f"{len(failed)} trial(s) failed")
+        client.set_tag(srid, tag.INCOMPLETE, f"{len(failed)} trial(s) failed")
     client.set_terminated(srid, status="FAILED" if failed else "FINISHED")
     if failed:
         say(f"{len(failed)} trial(s) failed: " + ", ".join(f"#{i + 1} (run {run_ids[i]})" for i in failed))

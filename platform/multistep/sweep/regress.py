@@ -22,8 +22,9 @@ from pathlib import Path
 from multistep.cli_common import add_run_options
 from multistep.cli_common import say as cli_say
 from multistep.config import ConfigError, load_sweep
+from multistep.tracking import tags as tag
 
-BASELINE_TAG = "multistep.regression_baseline"  # on a sweep run; value: the name of the sweep it is the baseline of
+BASELINE_TAG = tag.REGRESSION_BASELINE  # on a sweep run; value: the name of the sweep it is the baseline of
 TABLE = "results.parquet"  # the sweep run's results table artifact (sweep/driver.py)
 
 HELP = """\
@@ -96,9 +97,9 @@ def sweep_run(client, run_id: str, flag: str):
         run = client.get_run(run_id)
     except MlflowException:
         raise ConfigError(f"{flag} {run_id}: no such run in the tracking store") from None
-    kind = run.data.tags.get("multistep.kind")
+    kind = run.data.tags.get(tag.KIND)
     if kind == "regression":
-        return sweep_run(client, run.data.tags["multistep.regress.current_run"], flag)
+        return sweep_run(client, run.data.tags[tag.REGRESS_CURRENT_RUN], flag)
     if kind != "sweep":
         raise ConfigError(
             f"{flag} {run_id}: a {kind or 'non-multistep'} run, not a sweep run (tag multistep.kind = sweep)"
@@ -124,13 +125,13 @@ def read_run_table(client, run, flag: str) -> list[dict]:
 def baselines(client, experiment_id: str, name: str) -> list:
     """Sweep runs tagged as the baseline of `name`, newest promotion first (normally exactly one)."""
     runs = client.search_runs([experiment_id], f"tags.`{BASELINE_TAG}` = '{name}'", max_results=100)
-    return sorted(runs, key=lambda r: r.data.tags.get("multistep.baseline.promoted_at", ""), reverse=True)
+    return sorted(runs, key=lambda r: r.data.tags.get(tag.BASELINE_PROMOTED_AT, ""), reverse=True)
 
 
 def promote(client, run_id: str, reason: str, file_name: str | None, say=cli_say) -> int:
     """Move the baseline tag of the run's sweep name to `run_id`, recording who/when/why; untag the old one."""
     run = sweep_run(client, run_id, "--promote")
-    rid, name = run.info.run_id, run.data.tags["multistep.sweep_name"]
+    rid, name = run.info.run_id, run.data.tags[tag.SWEEP_NAME]
     if file_name is not None and file_name != name:
         raise ConfigError(f"--promote {run_id}: the run is a sweep named '{name}', the file's sweep is '{file_name}'")
     if run.info.status != "FINISHED":
@@ -138,15 +139,14 @@ def promote(client, run_id: str, reason: str, file_name: str | None, say=cli_say
             f"--promote {run_id}: the sweep run's status is {run.info.status}; only a FINISHED sweep "
             "(every trial finished) can be a baseline"
         )
-    if why := run.data.tags.get("multistep.incomplete"):
+    if why := run.data.tags.get(tag.INCOMPLETE):
         raise ConfigError(
             f"--promote {run_id}: the sweep is incomplete ({why}); only a complete sweep can be a baseline"
         )
     open_trials = [
         t.info.run_id
         for t in client.search_runs([run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{rid}'", max_results=10000)
-        if t.info.status not in ("FINISHED", "KILLED")
-        or (t.info.status == "KILLED" and "multistep.interrupted" in t.data.tags)
+        if t.info.status not in ("FINISHED", "KILLED") or (t.info.status == "KILLED" and tag.INTERRUPTED in t.data.tags)
     ]
     if open_trials:
         raise ConfigError(
@@ -159,19 +159,19 @@ def promote(client, run_id: str, reason: str, file_name: str | None, say=cli_say
     for o in old:
         client.delete_tag(o.info.run_id, BASELINE_TAG)
         for k, v in {"demoted_by": by, "demoted_at": at, "replaced_by": rid}.items():
-            client.set_tag(o.info.run_id, f"multistep.baseline.{k}", v)
+            client.set_tag(o.info.run_id, f"{tag.BASELINE_PREFIX}{k}", v)
     tags = {
         BASELINE_TAG: name,
-        "multistep.baseline.promoted_by": by,
-        "multistep.baseline.promoted_at": at,
-        "multistep.baseline.reason": reason,
-        "multistep.baseline.replaces": ",".join(o.info.run_id for o in old),
+        tag.BASELINE_PROMOTED_BY: by,
+        tag.BASELINE_PROMOTED_AT: at,
+        tag.BASELINE_REASON: reason,
+        tag.BASELINE_REPLACES: ",".join(o.info.run_id for o in old),
     }
     for k, v in tags.items():
         client.set_tag(rid, k, v)
     was = ", ".join(o.info.run_id for o in old) or "none"
     say(
-        f"sweep run {rid} ({run.data.tags.get('multistep.sweep_id', '')}) is now the baseline of regression sweep "
+        f"sweep run {rid} ({run.data.tags.get(tag.SWEEP_ID, '')}) is now the baseline of regression sweep "
         f"'{name}' (previous: {was}); promoted by {by} at {at}: {reason}"
     )
     return 0
@@ -195,7 +195,7 @@ def resolve_baseline(client, arg: str | None, cfg, file: str) -> tuple[list[dict
         except Exception as e:  # noqa: BLE001 - unreadable or not a table: bad input
             raise ConfigError(f"--baseline {arg}: cannot read a results table ({e.__class__.__name__}: {e})") from None
         path = str(Path(arg).resolve())
-        return rows, {"baseline": f"results file {path}"}, {"multistep.regress.baseline": f"file:{path}"}
+        return rows, {"baseline": f"results file {path}"}, {tag.REGRESS_BASELINE: f"file:{path}"}
     if arg:
         run = sweep_run(client, arg, "--baseline")
         how = "given with --baseline"
@@ -207,17 +207,17 @@ def resolve_baseline(client, arg: str | None, cfg, file: str) -> tuple[list[dict
         run = found[0]
         t = run.data.tags
         how = (
-            f"promoted by {t.get('multistep.baseline.promoted_by', '?')} at {t.get('multistep.baseline.promoted_at', '?')}: "
-            f"{t.get('multistep.baseline.reason', '')}"
+            f"promoted by {t.get(tag.BASELINE_PROMOTED_BY, '?')} at {t.get(tag.BASELINE_PROMOTED_AT, '?')}: "
+            f"{t.get(tag.BASELINE_REASON, '')}"
         )
     t = run.data.tags
     facts = {
-        "baseline": f"sweep run {run.info.run_id} ({t.get('multistep.sweep_id', '')}, git {t.get('multistep.git_commit', '?')[:12]}), {how}"
+        "baseline": f"sweep run {run.info.run_id} ({t.get(tag.SWEEP_ID, '')}, git {t.get(tag.GIT_COMMIT, '?')[:12]}), {how}"
     }
     return (
         read_run_table(client, run, "--baseline"),
-        facts | {"_plan_hash": t.get("multistep.plan_hash", "")},
-        {"multistep.regress.baseline": f"run:{run.info.run_id}", "multistep.regress.baseline_run": run.info.run_id},
+        facts | {"_plan_hash": t.get(tag.PLAN_HASH, "")},
+        {tag.REGRESS_BASELINE: f"run:{run.info.run_id}", tag.REGRESS_BASELINE_RUN: run.info.run_id},
     )
 
 
@@ -229,7 +229,7 @@ def _new_sweep_run(client, cfg, storage: Path):
     runs = (
         client.search_runs(
             [exp.experiment_id],
-            f"tags.`multistep.kind` = 'sweep' and tags.`multistep.storage` LIKE '{pattern}/%'",
+            f"tags.`{tag.KIND}` = 'sweep' and tags.`{tag.STORAGE}` LIKE '{pattern}/%'",
             max_results=2,
         )
         if exp
@@ -297,9 +297,9 @@ def regress(client, plan, args, uri: str, say=cli_say) -> int:
         return 0
     if args.run:
         cur = sweep_run(client, args.run, "--run")
-        if cur.data.tags.get("multistep.sweep_name") != cfg.name:
+        if cur.data.tags.get(tag.SWEEP_NAME) != cfg.name:
             raise ConfigError(
-                f"--run {args.run}: a sweep named '{cur.data.tags.get('multistep.sweep_name')}', "
+                f"--run {args.run}: a sweep named '{cur.data.tags.get(tag.SWEEP_NAME)}', "
                 f"the file's sweep is '{cfg.name}'"
             )
         sweep_rc = 1 if cur.info.status == "FAILED" else 0
@@ -316,7 +316,7 @@ def regress(client, plan, args, uri: str, say=cli_say) -> int:
         sweep_rc = run_sweep(plan, uri, str(storage), say=say)
         cur = _new_sweep_run(client, cfg, storage)
     cur_rows = read_run_table(client, cur, "--run")
-    srid, sweep_id = cur.info.run_id, cur.data.tags.get("multistep.sweep_id", cur.info.run_id)
+    srid, sweep_id = cur.info.run_id, cur.data.tags.get(tag.SWEEP_ID, cur.info.run_id)
 
     points = rg.compare(base_rows, cur_rows, cfg.regression.tolerances, cfg.regression.teacher)
     base_keys, cur_keys = set(rg.best_points(base_rows)), set(rg.best_points(cur_rows))
@@ -330,7 +330,7 @@ def regress(client, plan, args, uri: str, say=cli_say) -> int:
     plan_hash = facts.pop("_plan_hash", None)
     facts = {
         "sweep": f"{cfg.name} ({file})",
-        "current": f"sweep run {srid} ({sweep_id}, git {cur.data.tags.get('multistep.git_commit', '?')[:12]})"
+        "current": f"sweep run {srid} ({sweep_id}, git {cur.data.tags.get(tag.GIT_COMMIT, '?')[:12]})"
         + (", some trials FAILED" if sweep_rc else ""),
         **facts,
         "tolerances": "; ".join(
@@ -338,7 +338,7 @@ def regress(client, plan, args, uri: str, say=cli_say) -> int:
             for k, t in cfg.regression.tolerances.items()
         ),
     }
-    if plan_hash and plan_hash != cur.data.tags.get("multistep.plan_hash"):
+    if plan_hash and plan_hash != cur.data.tags.get(tag.PLAN_HASH):
         facts["note"] = (
             "the baseline ran a different plan (sweep file or defaults changed): differences may come from "
             "the configuration, not the code"
@@ -350,12 +350,12 @@ def regress(client, plan, args, uri: str, say=cli_say) -> int:
         exp_id,
         run_name=run_name,
         tags={
-            "multistep.kind": "regression",
-            "multistep.sweep_name": cfg.name,
-            "multistep.regress.current_run": srid,
-            "multistep.regress.verdict": "fail" if bad else "pass",
-            "multistep.git_commit": ml.git_commit(),
-            "multistep.regress.regressed": "; ".join(rg.describe(p) for p in bad)[:5000],
+            tag.KIND: "regression",
+            tag.SWEEP_NAME: cfg.name,
+            tag.REGRESS_CURRENT_RUN: srid,
+            tag.REGRESS_VERDICT: "fail" if bad else "pass",
+            tag.GIT_COMMIT: ml.git_commit(),
+            tag.REGRESS_REGRESSED: "; ".join(rg.describe(p) for p in bad)[:5000],
             **base_tags,
         },
     )
@@ -371,8 +371,8 @@ def regress(client, plan, args, uri: str, say=cli_say) -> int:
     client.log_metric(run.info.run_id, "regressed_points", len(bad))
     client.log_metric(run.info.run_id, "compared_points", sum(p.verdict != "new" for p in points))
     client.set_terminated(run.info.run_id, status="FAILED" if bad else "FINISHED")
-    client.set_tag(srid, "multistep.regress.verdict", "fail" if bad else "pass")
-    client.set_tag(srid, "multistep.regress.run", run.info.run_id)
+    client.set_tag(srid, tag.REGRESS_VERDICT, "fail" if bad else "pass")
+    client.set_tag(srid, tag.REGRESS_RUN, run.info.run_id)
 
     say("")
     say(table)

@@ -21,6 +21,7 @@ import yaml
 
 from multistep.cli_common import add_run_options
 from multistep.config import TEACHER_ARTIFACT, ConfigError, DataCfg, TeacherFileCfg, load_teacher_file
+from multistep.tracking import tags as tag
 
 HELP = """\
 Train a diffusion teacher described by FILE (data, net, schedule, train, eval, resources) as a Ray
@@ -133,12 +134,12 @@ def run_teacher(cfg: TeacherFileCfg, file: str, net_cfg: dict, tracking_uri: str
         exp_id,
         run_name=teacher_id,
         tags={
-            "multistep.kind": "teacher",
-            "multistep.teacher_name": cfg.name,
-            "multistep.dataset": cfg.data.label,
-            "multistep.net": net_cfg["kind"],
-            "multistep.git_commit": ml.git_commit(),
-            "multistep.storage": str(path),
+            tag.KIND: "teacher",
+            tag.TEACHER_NAME: cfg.name,
+            tag.DATASET: cfg.data.label,
+            tag.NET: net_cfg["kind"],
+            tag.GIT_COMMIT: ml.git_commit(),
+            tag.STORAGE: str(path),
             "mlflow.note.content": cfg.description,
         },
     )
@@ -172,7 +173,7 @@ def run_teacher(cfg: TeacherFileCfg, file: str, net_cfg: dict, tracking_uri: str
         say(f"training teacher '{cfg.name}' ({cfg.train.iterations} iterations, {r.num_workers} worker(s))")
         out = trainer.fit().return_value or {}
     except Exception as e:  # noqa: BLE001 - a failed training is exit 1 with the reason, not a traceback
-        client.set_tag(rid, "multistep.error", f"{type(e).__name__}: {e}"[:5000])
+        client.set_tag(rid, tag.ERROR, f"{type(e).__name__}: {e}"[:5000])
         client.set_terminated(rid, status="FAILED")
         say(f"teacher training FAILED: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
         return {"status": "FAILED", "run_id": rid}

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from multistep.tracking import tags as tag
 from multistep.train import checkpoint as checkpoint_file
 
 CKPT_FILE = "state.pt"  # written and read by train/checkpoint.py (sha256 trailer)
@@ -134,7 +135,7 @@ def run_trial(cfg: dict, session: Session) -> dict:
     if ckpt is not None:  # a restarted worker group (or trial) continues the same curve
         sd, fallback = load_checkpoint(ckpt)
         if fallback and logger:  # the latest checkpoint was corrupt: say so where the trial's results are
-            logger.client.set_tag(cfg["run_id"], "multistep.checkpoint_fallback", fallback)
+            logger.client.set_tag(cfg["run_id"], tag.CHECKPOINT_FALLBACK, fallback)
         if fallback:
             print(f"trial {cfg['run_id']}: {fallback}", flush=True)
         if sd.get("version") != CKPT_VERSION:
@@ -145,7 +146,7 @@ def run_trial(cfg: dict, session: Session) -> dict:
             state.gen.set_state(gen)
             torch.set_rng_state(cpu_rng)
         if logger:
-            logger.client.set_tag(cfg["run_id"], "multistep.resumed_from_iteration", str(state.iteration))
+            logger.client.set_tag(cfg["run_id"], tag.RESUMED_FROM_ITERATION, str(state.iteration))
     if (
         logger
     ):  # a restart (with or without a checkpoint) redoes work: points the run already holds are not logged again
@@ -219,7 +220,7 @@ def run_trial(cfg: dict, session: Session) -> dict:
         )
     except NonFiniteLoss as e:  # deterministic: retrying would fail again, so the trial fails with the reason
         if logger:
-            logger.client.set_tag(cfg["run_id"], "multistep.error", str(e))
+            logger.client.set_tag(cfg["run_id"], tag.ERROR, str(e))
         return {"error": str(e)}
     finally:
         if stream:

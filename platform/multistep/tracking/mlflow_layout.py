@@ -17,6 +17,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from multistep.config import ConfigError
+from multistep.tracking import tags as tag
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 
@@ -145,10 +146,10 @@ class RunLogger:
 def trial_tags(sweep_run_id: str, index: int, label: str, sweep_name: str) -> list[RunTag]:
     return [
         RunTag("mlflow.parentRunId", sweep_run_id),
-        RunTag("multistep.trial_index", str(index)),
-        RunTag("multistep.method", label),
-        RunTag("multistep.sweep_name", sweep_name),
-        RunTag("multistep.kind", "trial"),
+        RunTag(tag.TRIAL_INDEX, str(index)),
+        RunTag(tag.METHOD, label),
+        RunTag(tag.SWEEP_NAME, sweep_name),
+        RunTag(tag.KIND, "trial"),
     ]
 
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import copy
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,35 +70,12 @@ def make_data(d: DataCfg):
     return ImageData(x, torch.from_numpy(np.concatenate(labels)) if all(b is not None for b in labels) else None)
 
 
-def fetch_mlflow_teacher(t: TeacherCfg, cache_dir: str | os.PathLike = DEFAULT_CACHE) -> str:
-    """Download (once) the checkpoint artifact of run `t.run_id` from $MLFLOW_TRACKING_URI; returns the local path."""
-    dst = Path(cache_dir) / "teachers" / t.run_id / t.artifact_path
-    if dst.is_file():  # run artifacts are written once: the cached copy stays valid
-        return str(dst)
-    from mlflow.tracking import MlflowClient
-
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=dst.parent, prefix=".download-")
-    try:
-        got = MlflowClient(uri).download_artifacts(t.run_id, t.artifact_path, tmp)
-        if not Path(got).is_file():
-            raise ValueError(f"artifact {t.artifact_path!r} is a folder, not a checkpoint file")
-        os.replace(got, dst)
-    except Exception as e:  # noqa: BLE001 - unknown run, missing artifact, unreachable server
-        msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        raise ConfigError(
-            f"teacher.run_id: cannot fetch artifact {t.artifact_path!r} of MLflow run {t.run_id} "
-            f"from {uri or 'the default tracking URI'}: {msg}"
-        ) from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return str(dst)
-
-
 def teacher_file(t: TeacherCfg) -> str:
-    """Local checkpoint of a network teacher (downloading an MLflow one if the driver has not already)."""
-    return t.path if t.path else fetch_mlflow_teacher(t)
+    """Local checkpoint of a network teacher. An MLflow teacher is fetched by the driver first
+    (tracking/teachers.py), which writes its local path into the trial configs."""
+    if not t.path:
+        raise ConfigError(f"teacher.run_id: {t.run_id}: not fetched to a local file (the sweep driver does this)")
+    return t.path
 
 
 def load_network_teacher(t: TeacherCfg) -> tuple[nn.Module, dict]:
