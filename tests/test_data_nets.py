@@ -14,9 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
+from multistep.commands import data as data_command
 from multistep.config import ConfigError
 from multistep.data import toy2d
-from multistep.data.convert import add_parser, cmd_data_convert, convert
+from multistep.data.convert import convert
 from multistep.data.digits import batches, load_digits
 from multistep.data.parquet import ShardStream, list_shards, read_shard, shard_info, write_shards
 from multistep.diffusion.samplers import ddim_sample
@@ -347,9 +348,9 @@ def test_convert_cifar10_batches(tmp_path, capsys):
         xs.append(x), ys.append(y)
     (src / "test_batch").write_bytes(b"not read")
     ns = argparse.ArgumentParser()
-    add_parser(ns.add_subparsers(dest="command"))
+    data_command.add_parser(ns.add_subparsers(dest="command"))
     args = ns.parse_args(["data", "convert", "cifar10", str(src), str(tmp_path / "out"), "--shard-size", "4"])
-    assert cmd_data_convert(args) == 0
+    assert data_command.run(args) == 0
     assert "wrote 12 images (32x32x3, labels) in 3 shard(s)" in capsys.readouterr().out
     x, y = _read_all(tmp_path / "out")
     assert np.array_equal(x, np.concatenate(xs)) and np.array_equal(y, np.concatenate(ys))

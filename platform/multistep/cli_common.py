@@ -1,18 +1,6 @@
-"""Options shared by the sub-commands that start Ray work and log to MLflow (sweep, teacher, regress)."""
+"""The commands' progress printer (the options they share are in commands/common.py)."""
 
 from __future__ import annotations
-
-import argparse
-
-
-def add_run_options(p: argparse.ArgumentParser, storage_help: str) -> None:
-    p.add_argument(
-        "--tracking-uri",
-        default=None,
-        help="MLflow tracking URI (default: sqlite:///<cwd>/mlflow.db; relative sqlite paths are made absolute)",
-    )
-    p.add_argument("--storage", default="./ray_results", help=f"{storage_help} (default ./ray_results)")
-    p.add_argument("--dry-run", action="store_true", help="print the validated config; start nothing")
 
 
 def say(*args) -> None:

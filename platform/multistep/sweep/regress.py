@@ -10,7 +10,6 @@ baseline it used; its status is FAILED when a point regressed, so the MLflow UI 
 
 from __future__ import annotations
 
-import argparse
 import getpass
 import math
 import os
@@ -19,60 +18,12 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from multistep.cli_common import add_run_options
 from multistep.cli_common import say as cli_say
 from multistep.config import ConfigError, load_sweep
 from multistep.tracking import tags as tag
 
 BASELINE_TAG = tag.REGRESSION_BASELINE  # on a sweep run; value: the name of the sweep it is the baseline of
 TABLE = "results.parquet"  # the sweep run's results table artifact (sweep/driver.py)
-
-HELP = """\
-Run the regression sweep FILE (a sweep file with a `regression:` section of tolerances), or reuse a finished
-sweep run of it (--run), and compare every (method, student_steps, metric) point with the baseline: the
-sweep run promoted with --promote, or --baseline RUN_ID|PATH. Prints a table (baseline, current, difference,
-tolerance, verdict) and writes a Markdown report, a PNG of baseline and current curves and a CSV, all logged
-to an MLflow run of kind `regression`. Exit codes: 0 no regression, 1 a point regressed (named in the
-output), 2 bad input or no baseline.
-
-  multistep regress sweeps/regression.yaml                       # nightly: run the sweep, compare, exit 0/1
-  multistep regress sweeps/regression.yaml --run RUN_ID          # compare a finished sweep run instead
-  multistep regress --promote RUN_ID --reason "new sampler"      # make a sweep run the baseline of its name"""
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    s = subparsers.add_parser(
-        "regress",
-        help="compare a fixed sweep with its baseline; exit 1 when a curve got worse",
-        description=HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    s.add_argument(
-        "file", nargs="?", help="regression sweep file, e.g. sweeps/regression.yaml (optional with --promote)"
-    )
-    s.add_argument(
-        "--run", metavar="RUN_ID", help="compare this finished sweep run of FILE instead of running the sweep"
-    )
-    s.add_argument(
-        "--baseline",
-        metavar="RUN_ID|PATH",
-        help="compare with this sweep run or results file (.parquet/.csv) instead of the promoted baseline",
-    )
-    s.add_argument(
-        "--promote",
-        metavar="RUN_ID",
-        help="make this sweep run (or the sweep run a regression run checked) the baseline of its sweep name",
-    )
-    s.add_argument(
-        "--reason", help="why the baseline moves (recorded on the run with who and when); needed by --promote"
-    )
-    add_run_options(s, "folder for Ray state, caches and the sweep's results")
-    s.add_argument(
-        "--out",
-        default=None,
-        help="folder for the report, plot and table (default <storage>/regress/reports/<regression run name>)",
-    )
-    return s
 
 
 def who() -> str:

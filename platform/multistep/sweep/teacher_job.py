@@ -10,7 +10,6 @@ teacher by path (`kind: checkpoint`) or by run (`kind: mlflow`); see the lines t
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -19,30 +18,10 @@ from pathlib import Path
 
 import yaml
 
-from multistep.cli_common import add_run_options
 from multistep.config import TEACHER_ARTIFACT, ConfigError, DataCfg, TeacherFileCfg, load_teacher_file
 from multistep.tracking import tags as tag
 
-HELP = """\
-Train a diffusion teacher described by FILE (data, net, schedule, train, eval, resources) as a Ray
-Train job, log it to MLflow (loss curve, DDIM FD-versus-steps curve, the checkpoint as an artifact)
-and write the checkpoint under --storage. Prints the checkpoint path, the MLflow run id, and the
-lines to paste into a sweep file. Exit codes: 0 trained, 1 training failed, 2 bad input."""
 
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    s = subparsers.add_parser(
-        "teacher",
-        help="train a network teacher (Ray Train) and log it to MLflow",
-        description=HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    s.add_argument("file", help="teacher file, e.g. sweeps/teacher_digits.yaml")
-    add_run_options(s, "folder for Ray Train state and the checkpoint (teachers/ beneath it)")
-    return s
-
-
-# -- validation (driver side, before anything starts) ----------------------------------------------
 def data_shape(d: DataCfg) -> tuple[int, ...]:
     """Shape of one sample without loading the data (Parquet: the first shard's metadata)."""
     if d.kind == "gmm":

@@ -1,0 +1,30 @@
+"""`multistep data`: its parser and its run (the work is in data.convert)."""
+
+from __future__ import annotations
+
+import argparse
+
+from multistep.data import convert as impl
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Adds `data convert KIND SRC OUT [--shard-size N] [--size S] [--grayscale]` to the multistep CLI."""
+    d = subparsers.add_parser("data", help="dataset tools (convert to Parquet shards)")
+    dsub = d.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+    c = dsub.add_parser(
+        "convert",
+        help="convert CIFAR-10 batches, ImageNet 32/64 .npz or an image folder to Parquet shards",
+        description=impl.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    c.add_argument("kind", choices=impl.KINDS, help="input format")
+    c.add_argument("src", help="input file or folder")
+    c.add_argument("out", help="output folder for shard-*.parquet (must hold no shards yet)")
+    c.add_argument("--shard-size", type=int, default=10000, help="images per shard (default 10000)")
+    c.add_argument("--size", type=int, default=None, help="folder only: resize every image to SIZE x SIZE")
+    c.add_argument("--grayscale", action="store_true", help="folder only: decode as one channel")
+    return d
+
+
+def run(args) -> int:
+    return impl.cmd_data_convert(args)

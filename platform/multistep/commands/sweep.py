@@ -1,0 +1,60 @@
+"""`multistep sweep FILE`: validate, pre-flight, then run the sweep (sweep/driver.py)."""
+
+from __future__ import annotations
+
+import json
+
+from multistep.commands.common import add_run_options
+
+
+def add_parser(sub):
+    s = sub.add_parser(
+        "sweep",
+        help="run a sweep file (YAML) on Ray and log it to MLflow",
+        description="Validate a sweep file, expand its search space into trials, run each trial as a "
+        "Ray Tune trial (one worker: in the trial's own process; several: a Ray Train worker "
+        "group), and log every trial as a nested MLflow run. Prints "
+        "a metric-versus-steps table at the end and writes results.parquet/.csv and a plot "
+        "under the sweep's output folder.",
+    )
+    s.add_argument("file", help="sweep file, e.g. sweeps/quickstart.yaml")
+    add_run_options(
+        s,
+        "folder for Ray Tune/Train state, checkpoints, caches and results, or a URI pyarrow understands "
+        "(s3://, gs://: shared storage for multi-node clusters; caches and results then also in ./ray_results)",
+    )
+    s.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the latest sweep of this name (same MLflow sweep run; finished trials are not re-run, "
+        "unfinished ones resume from their checkpoints)",
+    )
+    return s
+
+
+def run(args) -> int:
+    from multistep.config import load_sweep
+    from multistep.sweep.preflight import preflight
+
+    plan = load_sweep(args.file)
+    uri, storage = preflight(plan, args.tracking_uri, args.storage, args.resume, args.dry_run)  # before Ray or MLflow
+    if args.dry_run:
+        print(
+            json.dumps(
+                {
+                    "file": args.file,
+                    "tracking_uri": uri,
+                    "storage": storage,
+                    "config": plan.cfg.model_dump(mode="json"),
+                },
+                indent=2,
+            )
+        )
+        print(f"\n{len(plan.trials)} trial(s):")
+        for i, t in enumerate(plan.trials):
+            print(f"  {i + 1:>3}. " + (", ".join(f"{k}={v}" for k, v in t["overrides"].items()) or "(base config)"))
+        print("\npre-flight passed: tracking store, storage, teacher and data checked; nothing started")
+        return 0
+    from multistep.sweep.driver import run_sweep
+
+    return run_sweep(plan, uri, storage, resume=args.resume)
