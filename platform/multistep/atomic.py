@@ -8,9 +8,8 @@ import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-
-from multistep.config import ConfigError
 
 
 def _existing_ancestor(p: Path) -> Path:
@@ -21,6 +20,8 @@ def _existing_ancestor(p: Path) -> Path:
 
 def check_output_folder(target: str | os.PathLike, flag: str) -> Path:
     """`target` can become an output folder: not a file, and a folder can be made there and written in."""
+    from multistep.config import ConfigError  # (lazily: this module also serves the GPU kit, which has no pydantic)
+
     t = Path(target).absolute()
     if t.exists() and not t.is_dir():
         raise ConfigError(f"{flag} {target}: exists and is not a folder")
@@ -52,13 +53,22 @@ def staged_folder(target: str | os.PathLike, flag: str = "OUT"):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write a text file atomically (a temporary file beside it, then a rename)."""
+def write_with(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+    """write(tmp) to a temporary file beside `path` (same suffix, so writers that add one do not), flushed to disk,
+    then renamed over `path`: readers see the old file or the new one, never half of one."""
     p = Path(path)
-    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.stem}.tmp{os.getpid()}{p.suffix}")
     try:
-        tmp.write_text(text)
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, p)
     finally:
         tmp.unlink(missing_ok=True)
     return p
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file atomically."""
+    return write_with(path, lambda tmp: tmp.write_text(text))

@@ -360,6 +360,8 @@ def main(argv=None) -> int:
 
     import torch
 
+    from multistep.atomic import write_text
+
     if not args.cpu_rehearsal and not torch.cuda.is_available():
         print("gpu_check: no CUDA GPU visible to torch; use --cpu-rehearsal on a machine without one", file=sys.stderr)
         return 2
@@ -434,17 +436,11 @@ def main(argv=None) -> int:
             flush=True,
         )
     report["wall_s"] = time.perf_counter() - t_start
-    write_atomic(out / "gpu_check.json", json.dumps(report, indent=2, default=str))
+    write_text(out / "gpu_check.json", json.dumps(report, indent=2, default=str))
     md = markdown(report)
-    write_atomic(out / "gpu_check.md", md)
+    write_text(out / "gpu_check.md", md)
     print(md, flush=True)
     return 0 if all(r["status"] in ("ok", "skipped") for r in report["parts"].values()) else 1
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # -- the Markdown table ---------------------------------------------------------------------------------

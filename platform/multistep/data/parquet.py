@@ -22,6 +22,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
+from multistep.atomic import write_with
+
 SCHEMA_VERSION = "1"
 SHARD_GLOB = "shard-*.parquet"
 
@@ -118,9 +120,8 @@ class ShardWriter:
             cols.append(pa.array(y[:n], pa.int64()))
         self.buffered -= n
         path = self.out / f"shard-{len(self.paths):05d}.parquet"
-        tmp = path.with_name(f".{path.name}.tmp")
-        pq.write_table(pa.Table.from_arrays(cols, schema=self.schema), tmp)
-        os.replace(tmp, path)
+        table = pa.Table.from_arrays(cols, schema=self.schema)
+        write_with(path, lambda tmp: pq.write_table(table, tmp))
         self.paths.append(path)
 
     def close(self) -> list[Path]:

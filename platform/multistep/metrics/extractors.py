@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -229,15 +227,10 @@ class ClassifierExtractor(Extractor):
             return float((self.model(x[te]).argmax(1) == y[te]).float().mean()) if len(te) else float("nan")
 
     def _save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name + ".", suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save({"state": self.model.state_dict(), "accuracy": self.accuracy, "settings": self.settings}, tmp)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        from multistep.atomic import write_with
+
+        blob = {"state": self.model.state_dict(), "accuracy": self.accuracy, "settings": self.settings}
+        write_with(self.path, lambda tmp: torch.save(blob, tmp))
 
     @property
     def key(self) -> dict:

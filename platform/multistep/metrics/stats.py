@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -124,19 +122,10 @@ def cache_path(key: dict, cache_dir) -> Path:
 
 
 def save_npz_atomic(path, **arrays) -> None:
-    """Write an .npz through a temporary file in the same folder and os.replace, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write an .npz atomically (atomic.write_with), so readers never see half a file."""
+    from multistep.atomic import write_with
+
+    write_with(path, lambda tmp: np.savez(tmp, **arrays))
 
 
 def _load(path: Path, text: str):

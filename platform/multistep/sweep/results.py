@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+
+from multistep.atomic import write_with
 
 GRID = 8  # sample grids are GRID x GRID images
 COLUMNS = [
@@ -27,9 +28,7 @@ COLUMNS = [
 
 
 def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    write_with(path, write)
 
 
 def write_table(rows: list[dict], out_dir: Path) -> dict[str, Path]:

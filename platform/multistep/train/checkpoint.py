@@ -2,7 +2,7 @@
 
     <payload: torch.save bytes> b"\\nmultistep-sha256:" <64 hex digits> b"\\n"
 
-`save` writes payload and trailer in one file, atomically (tmp + fsync + rename), so the checksum can never belong
+`save` writes payload and trailer in one file, atomically (atomic.write_with: tmp + fsync + rename), so the checksum can never belong
 to another payload. `load` verifies it and raises CorruptCheckpoint ("... is corrupt: checksum mismatch") before
 unpickling anything; it reads with torch.load(weights_only=True). Files written before the trailer existed load
 unverified. No Ray, no MLflow.
@@ -16,6 +16,8 @@ import os
 from pathlib import Path
 
 import torch
+
+from multistep.atomic import write_with
 
 TRAILER = b"\nmultistep-sha256:"
 TRAILER_LEN = len(TRAILER) + 64 + 1
@@ -31,16 +33,8 @@ def save(path: str | os.PathLike, payload) -> Path:
     buf = io.BytesIO()
     torch.save(payload, buf)
     data = buf.getvalue()
-    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.write(TRAILER + hashlib.sha256(data).hexdigest().encode() + b"\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    finally:
-        tmp.unlink(missing_ok=True)
+    trailer = TRAILER + hashlib.sha256(data).hexdigest().encode() + b"\n"
+    write_with(p, lambda tmp: tmp.write_bytes(data + trailer))  # one file: the checksum belongs to this payload
     return p
 
 
