@@ -74,7 +74,7 @@ def eval_teacher(p: Path, steps: list[int], samples: int, seed: int, say=print, 
     """(rows, floor, metric names, shape, {(method, steps): samples}) of a teacher's DDIM and aDDIM."""
     from pydantic import ValidationError
 
-    from multistep.config import DataCfg, EvalCfg, ScheduleCfg, TrialCfg, _describe, extractor_error
+    from multistep.config import DataCfg, EvalCfg, ScheduleCfg, TrialCfg, describe, extractor_error
     from multistep.diffusion.schedules import make_schedule
     from multistep.metrics.evaluate import fixed_draws, metric_rows, teacher_points
     from multistep.nets.mlp import VDenoiser
@@ -95,7 +95,7 @@ def eval_teacher(p: Path, steps: list[int], samples: int, seed: int, say=print, 
         dcfg = DataCfg.model_validate(meta["data"])
         sc = ScheduleCfg.model_validate(meta.get("schedule") or {})
     except ValidationError as e:
-        raise ConfigError(f"{p}: meta.{_describe(e)}") from None
+        raise ConfigError(f"{p}: meta.{describe(e)}") from None
     if not meta.get("schedule"):
         say(f"note: {p} records no schedule; using the default ({sc.name})")
     data = make_data(dcfg)
@@ -108,7 +108,7 @@ def eval_teacher(p: Path, steps: list[int], samples: int, seed: int, say=print, 
     try:
         ev = EvalCfg.model_validate(eval_opts or {})
     except ValidationError as e:
-        raise ConfigError(f"--extractor/--inception: {_describe(e)}") from None
+        raise ConfigError(f"--extractor/--inception: {describe(e)}") from None
     if err := extractor_error(dcfg, ev):
         raise ConfigError(f"--extractor: {err}")
     space, features, _, key = feature_setup(
@@ -292,12 +292,12 @@ def _trial_cfg(doc: dict, where: str):
     """A validated TrialCfg; a bad document is a one-line error naming where it came from."""
     from pydantic import ValidationError
 
-    from multistep.config import TrialCfg, _describe
+    from multistep.config import TrialCfg, describe
 
     try:
         return TrialCfg.model_validate(doc)
     except ValidationError as e:
-        raise ConfigError(f"{where}: {_describe(e)}") from None
+        raise ConfigError(f"{where}: {describe(e)}") from None
 
 
 def feature_setup(tc, data, say=print):

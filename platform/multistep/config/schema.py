@@ -1,28 +1,15 @@
-"""Typed sweep configuration: YAML file -> validated config -> concrete trial configs.
-
-Every user error becomes a `ConfigError` whose one-line message names the file, the field as a
-dotted path, and what was expected. Unknown keys are errors everywhere (extra="forbid").
-"""
+"""The trial and sweep schema: every section of a sweep file as a strict pydantic model (unknown keys are errors)."""
 
 from __future__ import annotations
 
-import copy
-import itertools
 import math
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import numpy as np
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-MAX_FILE_BYTES = 1 << 20  # sweep files are small; anything larger is a mistake
-
-
-class ConfigError(ValueError):
-    """Bad user input; the CLI prints str(e) on one line and exits 2."""
+from multistep.config.errors import sub_field_error
 
 
 class Strict(BaseModel):
@@ -260,19 +247,19 @@ class EvalCfg(Strict):
     def _inception(self):
         if self.extractor == "inception":
             if not self.inception_path:
-                raise _sub_field_error(
+                raise sub_field_error(
                     "inception_path", None, "extractor: inception needs the local path of the TorchScript detector"
                 )
             if not Path(self.inception_path).expanduser().is_file():
-                raise _sub_field_error("inception_path", self.inception_path, f"file not found: {self.inception_path}")
+                raise sub_field_error("inception_path", self.inception_path, f"file not found: {self.inception_path}")
         return self
 
     @model_validator(mode="after")
     def _sizes(self):
         if self.samples < 2:  # a covariance (FD) needs two samples
-            raise _sub_field_error("samples", self.samples, "an evaluation needs at least 2 samples")
+            raise sub_field_error("samples", self.samples, "an evaluation needs at least 2 samples")
         if self.kid_subsets and self.samples < 2 * self.kid_subsets:
-            raise _sub_field_error(
+            raise sub_field_error(
                 "samples",
                 self.samples,
                 f"KID's {self.kid_subsets} disjoint subsets need at least {2 * self.kid_subsets} samples "
@@ -402,7 +389,7 @@ class TrialCfg(Strict):
     def _guidance_fits_teacher(cls, m, info):
         t, d = info.data.get("teacher"), info.data.get("data")
         if m.guidance > 0 and t is not None and d is not None and (t.kind == "analytic" or d.kind == "gmm"):
-            raise _sub_field_error(
+            raise sub_field_error(
                 "guidance",
                 m.guidance,
                 "needs a class-conditional network teacher and labelled data "
@@ -415,7 +402,7 @@ class TrialCfg(Strict):
     def _extractor_fits_data(cls, e, info):
         d = info.data.get("data")
         if d is not None and (err := extractor_error(d, e)):
-            raise _sub_field_error("extractor", e.extractor, err)
+            raise sub_field_error("extractor", e.extractor, err)
         return e
 
     @property
@@ -432,20 +419,6 @@ def extractor_error(d: DataCfg, e: EvalCfg) -> str | None:
     return None
 
 
-def _sub_field_error(field: str, value, msg: str) -> ValidationError:
-    """An error at a field of the model being validated (e.g. method.guidance), raised from the enclosing model."""
-    return ValidationError.from_exception_data(
-        "field",
-        [
-            InitErrorDetails(
-                type=PydanticCustomError("value_error", msg.replace("{", "(").replace("}", ")")),
-                loc=(field,),
-                input=value,
-            )
-        ],
-    )
-
-
 class SweepCfg(TrialCfg):
     name: RunName = "sweep"
     experiment: str = "multistep"  # MLflow experiment
@@ -458,225 +431,3 @@ class SweepCfg(TrialCfg):
     num_samples: PosInt = 1  # draws of the random axes (grids are crossed with them)
     max_trials: PosInt = 256  # refuse sweeps that expand to more trials
     regression: RegressionCfg | None = None  # tolerances of `multistep regress` (ignored by `multistep sweep`)
-
-
-# -- loading --------------------------------------------------------------------------------------
-class _UniqueKeyLoader(yaml.SafeLoader):
-    pass
-
-
-def _construct_mapping(loader, node, deep=False):
-    seen = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
-        seen.add(key)
-    return yaml.SafeLoader.construct_mapping(loader, node, deep)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def read_yaml(path: str | os.PathLike) -> dict:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: file not found")
-    try:
-        if p.stat().st_size > MAX_FILE_BYTES:
-            raise ConfigError(
-                f"{p}: file is {p.stat().st_size} bytes, more than the {MAX_FILE_BYTES} allowed for a sweep file"
-            )
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{p}: cannot read: {e}") from None
-    try:
-        doc = yaml.load(text, Loader=_UniqueKeyLoader)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{p}: invalid YAML{where}: {problem}") from None
-    if not isinstance(doc, dict):
-        raise ConfigError(f"{p}: top level must be a mapping of settings, got {type(doc).__name__}")
-    return doc
-
-
-_UNION_TAGS = (
-    "constant",
-    "loglinear",
-    "cm_sqrt",
-    "ict_doubling",
-    "unet",
-    "mlp",
-)  # discriminator values pydantic puts in locations
-
-
-def _describe(err: ValidationError, prefix: str = "") -> str:
-    e = err.errors()[0]
-    loc = ".".join(str(x) for x in e["loc"] if not (isinstance(x, str) and (x in _UNION_TAGS or x == "[key]")))
-    loc = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "(top level)"
-    msg = e["msg"].removeprefix("Value error, ")
-    if e["type"] == "extra_forbidden":
-        msg = "unknown key"
-    elif "input" in e and e["type"] not in ("missing", "value_error") and not isinstance(e["input"], (dict, list)):
-        msg += f" (got {e['input']!r})"
-    return f"{loc}: {msg}"
-
-
-def set_path(doc: dict, dotted: str, value: Any) -> dict:
-    out = copy.deepcopy(doc)
-    node = out
-    parts = dotted.split(".")
-    for part in parts[:-1]:
-        nxt = node.setdefault(part, {})
-        if not isinstance(nxt, dict):
-            raise KeyError(dotted)
-        node = nxt
-    node[parts[-1]] = value
-    return out
-
-
-class SweepPlan:
-    """A validated sweep: the config, the raw document, and the concrete trials it expands to."""
-
-    def __init__(self, path: str, cfg: SweepCfg, doc: dict, trials: list[dict]):
-        self.path, self.cfg, self.doc, self.trials = path, cfg, doc, trials  # trials: [{"overrides":..., "config":...}]
-
-    def trial_cfg(self, i: int) -> TrialCfg:
-        return TrialCfg.model_validate(self.trials[i]["config"])
-
-
-def expand(cfg: SweepCfg, doc: dict, path: str) -> list[dict]:
-    blocks = cfg.search if isinstance(cfg.search, list) else [cfg.search]
-    n = sum(math.prod(len(a.grid) for a in b.values() if a.kind == "grid") * cfg.num_samples for b in blocks)
-    if n > cfg.max_trials:
-        raise ConfigError(f"{path}: search expands to {n} trials, more than max_trials = {cfg.max_trials}")
-    rng = np.random.default_rng(cfg.train.seed)  # random axes are reproducible from the sweep file
-    base = {k: v for k, v in doc.items() if k in TrialCfg.model_fields}
-    return [t for b in blocks for t in _expand_block(b, base, cfg.num_samples, rng, path)]
-
-
-def _expand_block(search: dict, base: dict, num_samples: int, rng, path: str) -> list[dict]:
-    grid_keys = [k for k, a in search.items() if a.kind == "grid"]
-    rand_keys = [k for k, a in search.items() if a.kind != "grid"]
-    trials = []
-    for combo in itertools.product(*[search[k].grid for k in grid_keys]):
-        for _ in range(num_samples):
-            ov: dict[str, Any] = dict(zip(grid_keys, combo))
-            for k in rand_keys:
-                a = search[k]
-                if a.kind == "choice":
-                    ov[k] = a.choice[int(rng.integers(len(a.choice)))]
-                elif a.kind == "loguniform":
-                    ov[k] = float(np.exp(rng.uniform(np.log(a.loguniform[0]), np.log(a.loguniform[1]))))
-                else:
-                    ov[k] = float(rng.uniform(*a.uniform))
-            trial_doc = base
-            for k, v in ov.items():
-                if k.split(".")[0] not in TrialCfg.model_fields:
-                    raise ConfigError(
-                        f"{path}: search.{k}: unknown config path (expected one under {', '.join(TrialCfg.model_fields)})"
-                    )
-                try:
-                    trial_doc = set_path(trial_doc, k, v)
-                except KeyError:
-                    raise ConfigError(f"{path}: search.{k}: path goes through a non-mapping value") from None
-            try:
-                tc = TrialCfg.model_validate(trial_doc)
-            except ValidationError as e:
-                raise ConfigError(f"{path}: {_describe(e)} (from search values {ov})") from None
-            trials.append({"overrides": ov, "config": tc.model_dump(mode="json")})
-    return trials
-
-
-def with_eval(doc: dict, opts: dict | None) -> dict:
-    """A copy of a sweep or trial document with eval.* replaced by opts (before validation: an override such as
-    `multistep eval --extractor pixel` must not trip over a detector path that exists only on the training host)."""
-    return {**doc, "eval": {**(doc.get("eval") or {}), **opts}} if opts else doc
-
-
-def validate_file(model: type[BaseModel], path: str | os.PathLike, eval_overrides: dict | None = None):
-    """Read a YAML file and validate it as `model`: (config, raw document); ConfigError with a one-line message."""
-    doc = with_eval(read_yaml(path), eval_overrides)
-    try:
-        return model.model_validate(doc), doc
-    except ValidationError as e:
-        raise ConfigError(f"{path}: {_describe(e)}") from None
-
-
-def load_sweep(path: str | os.PathLike, eval_overrides: dict | None = None) -> SweepPlan:
-    """Read, validate and expand a sweep file; raises ConfigError with a one-line message."""
-    cfg, doc = validate_file(SweepCfg, path, eval_overrides)
-    return SweepPlan(str(path), cfg, doc, expand(cfg, doc, str(path)))
-
-
-# -- `multistep teacher FILE`: diffusion training of a network teacher -----------------------------
-class UNetCfg(Strict):
-    kind: Literal["unet"]
-    base_ch: PosInt = 32  # channels at full resolution
-    ch_mult: list[PosInt] = [1, 2]  # channel multiplier per level (len - 1 downsamplings)
-    num_res_blocks: PosInt = 1  # ResBlocks per level
-    attn_resolutions: list[PosInt] = []  # spatial sizes with self-attention
-    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    num_classes: PosInt | None = (
-        None  # class-conditional (needs labelled data); sweeps condition students on the labels (method.guidance: CFG)
-    )
-    time_dim: Annotated[int, Field(ge=2, multiple_of=2)] = 64  # sinusoidal time features
-
-
-class MLPNetCfg(Strict):
-    kind: Literal["mlp"]
-    hidden: PosInt = 256  # width
-    depth: PosInt = 3  # hidden layers
-    time_dim: Annotated[int, Field(ge=2, multiple_of=2)] = 64
-    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
-
-
-NetCfg = Annotated[UNetCfg | MLPNetCfg, Field(discriminator="kind")]
-
-
-class TeacherTrainCfg(Strict):
-    iterations: PosInt = 5000
-    batch_size: PosInt = 128  # global batch, split over the workers
-    learning_rate: PosFloat = 1e-3  # Adam
-    ema: Annotated[float, Field(ge=0, lt=1)] = 0.999  # EMA of weights: the saved teacher
-    grad_clip: Annotated[float, Field(ge=0)] = 1.0  # 0 disables clipping
-    label_dropout: Annotated[float, Field(ge=0, le=1)] = 0.1  # conditional nets: null-class probability
-    seed: int = 0
-    log_every: PosInt = 100  # iterations between loss points on the MLflow run
-
-
-class TeacherEvalCfg(Strict):
-    samples: PosInt = 1000  # DDIM samples per point of the teacher's FD-versus-steps curve
-    steps: list[PosInt] = [1, 2, 4, 8, 16, 32, 64]  # DDIM step counts of that curve
-    seed: int = 1234  # fixed noise and data sample
-
-
-class TeacherResourcesCfg(WorkerResourcesCfg):
-    max_failures: Annotated[int, Field(ge=0)] = 0  # worker-group restarts (training starts over)
-
-
-class TeacherFileCfg(Strict):
-    name: RunName = "teacher"
-    experiment: str = "multistep"  # MLflow experiment of the teacher run
-    description: str = ""
-    data: DataCfg = DataCfg(kind="digits")
-    net: NetCfg = Field(UNetCfg(kind="unet"), validate_default=True)
-    schedule: ScheduleCfg = ScheduleCfg()
-    train: TeacherTrainCfg = TeacherTrainCfg()
-    eval: TeacherEvalCfg = TeacherEvalCfg()
-    resources: TeacherResourcesCfg = TeacherResourcesCfg()
-
-    @field_validator("net")
-    @classmethod
-    def _net_fits_data(cls, net, info):
-        d = info.data.get("data")
-        if net.kind == "unet" and d is not None and d.kind == "gmm" and len(d.shape) != 3:
-            raise ValueError(f"unet needs image data ([C, H, W]) but data.shape is {d.shape}: use kind: mlp")
-        return net
-
-
-def load_teacher_file(path: str | os.PathLike) -> TeacherFileCfg:
-    """Read and validate a teacher file (`multistep teacher FILE`); raises ConfigError with a one-line message."""
-    return validate_file(TeacherFileCfg, path)[0]

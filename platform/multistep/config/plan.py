@@ -1,0 +1,88 @@
+"""The sweep plan: search axes expanded into concrete trial configs (grids crossed, random axes drawn with a seed)."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import os
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+
+from multistep.config.errors import ConfigError, describe
+from multistep.config.io import validate_file
+from multistep.config.schema import SweepCfg, TrialCfg
+
+
+def set_path(doc: dict, dotted: str, value: Any) -> dict:
+    out = copy.deepcopy(doc)
+    node = out
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise KeyError(dotted)
+        node = nxt
+    node[parts[-1]] = value
+    return out
+
+
+class SweepPlan:
+    """A validated sweep: the config, the raw document, and the concrete trials it expands to."""
+
+    def __init__(self, path: str, cfg: SweepCfg, doc: dict, trials: list[dict]):
+        self.path, self.cfg, self.doc, self.trials = path, cfg, doc, trials  # trials: [{"overrides":..., "config":...}]
+
+    def trial_cfg(self, i: int) -> TrialCfg:
+        return TrialCfg.model_validate(self.trials[i]["config"])
+
+
+def expand(cfg: SweepCfg, doc: dict, path: str) -> list[dict]:
+    blocks = cfg.search if isinstance(cfg.search, list) else [cfg.search]
+    n = sum(math.prod(len(a.grid) for a in b.values() if a.kind == "grid") * cfg.num_samples for b in blocks)
+    if n > cfg.max_trials:
+        raise ConfigError(f"{path}: search expands to {n} trials, more than max_trials = {cfg.max_trials}")
+    rng = np.random.default_rng(cfg.train.seed)  # random axes are reproducible from the sweep file
+    base = {k: v for k, v in doc.items() if k in TrialCfg.model_fields}
+    return [t for b in blocks for t in _expand_block(b, base, cfg.num_samples, rng, path)]
+
+
+def _expand_block(search: dict, base: dict, num_samples: int, rng, path: str) -> list[dict]:
+    grid_keys = [k for k, a in search.items() if a.kind == "grid"]
+    rand_keys = [k for k, a in search.items() if a.kind != "grid"]
+    trials = []
+    for combo in itertools.product(*[search[k].grid for k in grid_keys]):
+        for _ in range(num_samples):
+            ov: dict[str, Any] = dict(zip(grid_keys, combo))
+            for k in rand_keys:
+                a = search[k]
+                if a.kind == "choice":
+                    ov[k] = a.choice[int(rng.integers(len(a.choice)))]
+                elif a.kind == "loguniform":
+                    ov[k] = float(np.exp(rng.uniform(np.log(a.loguniform[0]), np.log(a.loguniform[1]))))
+                else:
+                    ov[k] = float(rng.uniform(*a.uniform))
+            trial_doc = base
+            for k, v in ov.items():
+                if k.split(".")[0] not in TrialCfg.model_fields:
+                    raise ConfigError(
+                        f"{path}: search.{k}: unknown config path (expected one under {', '.join(TrialCfg.model_fields)})"
+                    )
+                try:
+                    trial_doc = set_path(trial_doc, k, v)
+                except KeyError:
+                    raise ConfigError(f"{path}: search.{k}: path goes through a non-mapping value") from None
+            try:
+                tc = TrialCfg.model_validate(trial_doc)
+            except ValidationError as e:
+                raise ConfigError(f"{path}: {describe(e)} (from search values {ov})") from None
+            trials.append({"overrides": ov, "config": tc.model_dump(mode="json")})
+    return trials
+
+
+def load_sweep(path: str | os.PathLike, eval_overrides: dict | None = None) -> SweepPlan:
+    """Read, validate and expand a sweep file; raises ConfigError with a one-line message."""
+    cfg, doc = validate_file(SweepCfg, path, eval_overrides)
+    return SweepPlan(str(path), cfg, doc, expand(cfg, doc, str(path)))
