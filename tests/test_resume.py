@@ -224,7 +224,20 @@ def test_resume_with_an_unreadable_tune_state_rebuilds_the_plan_from_mlflow(ray_
     (sweep,), trials = _trials(client, exp_id)
     assert sweep.info.status == "FINISHED" and [t.info.status for t in trials] == ["FINISHED", "FINISHED"]
     assert {k: client.get_metric_history(trials[0].info.run_id, k) for k in first} == first  # not re-run
-    for r in (sweep, *trials):
-        for k in r.data.metrics:
-            steps = [m.step for m in client.get_metric_history(r.info.run_id, k)]
-            assert len(steps) == len(set(steps)), (k, steps)
+    points = {
+        r.info.run_id: {k: client.get_metric_history(r.info.run_id, k) for k in r.data.metrics}
+        for r in (sweep, *trials)
+    }
+    for run in points.values():
+        for k, hist in run.items():
+            assert len({m.step for m in hist}) == len(hist), (k, [m.step for m in hist])
+
+    lines.clear()  # resuming the finished sweep again: nothing to do, nothing logged
+    assert run_sweep(load_sweep(tiny_sweep), uri, str(tmp_path / "rr"), say=lines.append, resume=True) == 0
+    assert any("already finished: nothing to resume" in line for line in lines)
+    (sweep,), trials = _trials(client, exp_id)
+    assert sweep.info.status == "FINISHED"
+    assert {
+        r.info.run_id: {k: client.get_metric_history(r.info.run_id, k) for k in r.data.metrics}
+        for r in (sweep, *trials)
+    } == points

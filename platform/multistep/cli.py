@@ -25,7 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks for user errors too")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
-        command.add_parser(sub).set_defaults(run=command.run)
+        command.add_parser(sub).set_defaults(handler=command.run)  # not `run`: regress has a --run option
     return p
 
 
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     from multistep.config import ConfigError
 
     try:
-        return args.run(args)
+        return args.handler(args)
     except ConfigError as e:
         if args.debug:
             raise
