@@ -136,22 +136,15 @@ def small_tmpfs(tmp_path):
 
 
 @pytest.mark.slow
-def test_storage_that_fills_up_fails_the_sweep_in_one_line(tiny_sweep, tmp_path, small_tmpfs):
-    import os
-    import subprocess
-
+def test_storage_that_fills_up_fails_the_sweep_in_one_line(ray_local, tiny_sweep, tmp_path, small_tmpfs, capsys):
     from mlflow.tracking import MlflowClient
 
+    from multistep.cli import main
+
     uri = f"sqlite:///{tmp_path / 'm.db'}"
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
-    r = subprocess.run(
-        ["multistep", "sweep", str(tiny_sweep), "--tracking-uri", uri, "--storage", str(small_tmpfs / "rr")],
-        cwd=tmp_path,
-        env=env | {"RAY_AUTH_MODE": "disabled"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    rc = main(["sweep", str(tiny_sweep), "--tracking-uri", uri, "--storage", str(small_tmpfs / "rr")])
+    out = capsys.readouterr()
+    r = type("R", (), {"returncode": rc, "stdout": out.out, "stderr": out.err})
     last = r.stderr.strip().splitlines()[-1]
     assert r.returncode == 1 and last.startswith("multistep: error:") and "No space left on device" in last, last
     assert "FAILED: OSError: [Errno 28]" in r.stdout

@@ -1,9 +1,10 @@
 """A sweep's status is the truth: real signals to a real `multistep sweep` process (docs/reliability.md).
 
-SIGINT to the process group mid-training (a terminal's Ctrl-C) and SIGTERM to the driver alone mid-evaluation: exit
-130, the sweep run KILLED and tagged incomplete, no trial run left RUNNING or SCHEDULED, Ray gone; `regress
---promote` refuses the run; `--resume` finishes only the unfinished trials and logs no duplicate point, and resuming
-the finished sweep again changes nothing (tests/test_resume.py, as SIGKILL of the driver alone).
+One sweep, interrupted twice: SIGINT to the process group mid-training (a terminal's Ctrl-C), then, in its resume,
+SIGTERM to the driver alone mid-evaluation. Each time: exit 130, the sweep run KILLED and tagged incomplete, the
+trial run KILLED and tagged interrupted (never left RUNNING or FINISHED), and after SIGTERM no process of the
+driver's session (its local Ray) left; `regress --promote` refuses the run; the last `--resume` finishes the trial
+and no point is logged twice. (SIGKILL of the driver alone, and resuming a finished sweep: tests/test_resume.py.)
 """
 
 import os
@@ -26,6 +27,7 @@ def _sweep_file(tiny_sweep, tmp_path, iterations=400):
     doc = yaml.safe_load(tiny_sweep.read_text())
     doc["train"].update(iterations=iterations, checkpoint_every=100, log_every=50)
     doc["resources"] = {"max_concurrent_trials": 1}
+    doc["search"] = {"method.student_steps": {"grid": [2]}}  # one trial: the interrupt path is the same for each
     f = tmp_path / "s.yaml"
     f.write_text(yaml.safe_dump(doc))
     return f, f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -76,52 +78,42 @@ def _wait(proc, timeout=90) -> int:
 
 
 @pytest.mark.slow
-def test_ctrl_c_mid_training_kills_the_sweep_and_resume_finishes_it_once(tiny_sweep, tmp_path, capsys):
+def test_interrupted_twice_then_resumed_the_sweep_never_looks_finished(ray_local, tiny_sweep, tmp_path, capsys):
+    from multistep.cli import main
+
     f, uri = _sweep_file(tiny_sweep, tmp_path, iterations=300)
+    doc = yaml.safe_load(f.read_text())
+    doc["eval"].update(samples=2000, bootstrap=300, teacher_steps=[1])  # a final evaluation of seconds
+    f.write_text(yaml.safe_dump(doc))
     cmd = ["multistep", "sweep", str(f), "--tracking-uri", uri, "--storage", str(tmp_path / "rr")]
-    proc, log = _run_until(cmd, tmp_path, "[trial 1/2] iteration")
+    client = MlflowClient(uri)
+
+    def killed(signal_name: str):
+        (sweep,), trials = _runs(client)
+        assert sweep.info.status == "KILLED" and sweep.data.tags["multistep.incomplete"] == "interrupted", signal_name
+        assert [t.info.status for t in trials] == ["KILLED"], signal_name  # not finished, not left open
+        assert trials[0].data.tags.get("multistep.interrupted") == "1", signal_name
+        return sweep
+
+    proc, log = _run_until(cmd, tmp_path, "[trial 1/1] iteration")
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal: the whole process group
     rc = _wait(proc)
     out = log.read_text()
     assert rc == 130 and "multistep: interrupted" in out and "sweep finished" not in out, out[-3000:]
-    client = MlflowClient(uri)
-    (sweep,), trials = _runs(client)
-    assert sweep.info.status == "KILLED" and sweep.data.tags["multistep.incomplete"] == "interrupted"
-    assert [t.info.status for t in trials] == ["KILLED", "KILLED"]  # none finished, none left open
-    assert all(t.data.tags.get("multistep.interrupted") == "1" for t in trials)
-
-    from multistep.cli import main
-
+    sweep = killed("SIGINT")
     assert main(["regress", "--promote", sweep.info.run_id, "--reason", "x", "--tracking-uri", uri]) == 2
     assert "status is KILLED" in capsys.readouterr().err  # an interrupted sweep is never a baseline
 
-    r = subprocess.run(cmd + ["--resume"], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=400)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    (sweep,), trials = _runs(client)
-    assert sweep.info.status == "FINISHED" and "multistep.incomplete" not in sweep.data.tags
-    assert [t.info.status for t in trials] == ["FINISHED", "FINISHED"]
-    assert not any("multistep.interrupted" in t.data.tags for t in trials)
-    _no_duplicates(client, [sweep, *trials])  # (resuming the finished sweep again: tests/test_resume.py)
-
-
-@pytest.mark.slow
-def test_sigterm_to_the_driver_alone_mid_evaluation_kills_the_sweep_and_ray(tiny_sweep, tmp_path):
-    """SIGTERM (a scheduler, `kill`) to the driver alone, while a trial runs its final evaluation."""
-    doc = yaml.safe_load(tiny_sweep.read_text())
-    doc["eval"].update(samples=2000, bootstrap=300, teacher_steps=[1])  # a final evaluation of seconds
-    doc["resources"] = {"max_concurrent_trials": 1}
-    f = tmp_path / "s.yaml"
-    f.write_text(yaml.safe_dump(doc))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cmd = ["multistep", "sweep", str(f), "--tracking-uri", uri, "--storage", str(tmp_path / "rr")]
-    proc, log = _run_until(cmd, tmp_path, "final evaluation:")
-    os.kill(proc.pid, signal.SIGTERM)
+    proc, log = _run_until(cmd + ["--resume"], tmp_path, "final evaluation:")
+    os.kill(proc.pid, signal.SIGTERM)  # the driver alone, as a scheduler or `kill` does
     rc = _wait(proc)
     assert rc == 130 and "SIGTERM: stopping the trials" in log.read_text(), log.read_text()[-3000:]
     left = wait_until_gone(proc.pid, timeout=30)  # the driver shut its local Ray down
     assert not left, left
-    (sweep,), trials = _runs(MlflowClient(uri))
-    assert sweep.info.status == "KILLED"
-    # The trial may have logged its evaluation while Tune stopped it, but it is not FINISHED: a resume settles it
-    assert [t.info.status for t in trials] == ["KILLED", "KILLED"]
-    assert all(t.data.tags.get("multistep.interrupted") == "1" for t in trials)
+    killed("SIGTERM")  # it may have logged its evaluation while Tune stopped it: still KILLED, a resume settles it
+
+    assert main(cmd[1:] + ["--resume"]) == 0  # in this process (the session's Ray): finish it
+    (sweep,), trials = _runs(client)
+    assert sweep.info.status == "FINISHED" and "multistep.incomplete" not in sweep.data.tags
+    assert [t.info.status for t in trials] == ["FINISHED"] and "multistep.interrupted" not in trials[0].data.tags
+    _no_duplicates(client, [sweep, *trials])

@@ -298,10 +298,9 @@ def _run_sweep(plan, tracking_uri, storage, say, resume, start_ray, stop: Interr
     with ThreadPoolExecutor(1, thread_name_prefix="sweep-open") as pool:
         opening = pool.submit(_open_runs, client, plan, tracking_uri, storage, resume, say)
         try:
-            started_ray = (start_ray or ray_runtime.init_ray)(
-                say
-            ) is True  # Ray needs the main thread (its signal handlers)
-            stop.reclaim()
+            start = start_ray or ray_runtime.init_ray  # Ray needs the main thread (its signal handlers)
+            started_ray = start(say) is True
+            stop.reclaim()  # Ray's core worker replaced our SIGTERM handler
             import ray
             from ray import tune  # (~2 s) while the runs are still being opened
 
