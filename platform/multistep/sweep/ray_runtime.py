@@ -72,8 +72,13 @@ while os.getppid() == driver:  # kept current while the driver lives: once the r
     known |= tree()
     time.sleep(1)
 known |= tree()
+def still_ray(p):  # the pid still belongs to a Ray process (not reused since): its command line says so
+    try:
+        return b"ray" in open(f"/proc/{p}/cmdline", "rb").read()
+    except OSError:
+        return False
 for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 0)):
-    for p in known:
+    for p in filter(still_ray, known):
         try:
             os.kill(p, sig)
         except OSError:
