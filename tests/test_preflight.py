@@ -95,7 +95,7 @@ def cases(tmp):
         (
             "cpus",
             ["sweep", _sweep(tmp, "cpus", resources={"cpus_per_worker": 64}), "--tracking-uri", db, *st],
-            "resources.cpus_per_worker: 64, but this machine (local Ray) has",
+            "resources.cpus_per_worker: 64 x 1 worker(s) = 64 CPUs, but this machine (local Ray) has",
         ),
         (
             "teacher-missing",

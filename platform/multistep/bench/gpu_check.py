@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -415,18 +416,23 @@ def main(argv=None) -> int:
         ] + (["--cpu-rehearsal"] if args.cpu_rehearsal else [])
         cmd += ["--peak-tflops", str(peak)] if peak else []
         t0 = time.perf_counter()
+        proc = subprocess.Popen(  # a session of its own: at the cap the part goes with everything it started
+            cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        )
         try:
-            proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=cap)
+            _, stderr = proc.communicate(timeout=cap)
             res = (
                 json.loads(result.read_text())
                 if result.is_file()
                 else {
                     "status": "failed",
                     "error": f"the part's process exited {proc.returncode} without a result",
-                    "stderr_tail": proc.stderr[-3000:],
+                    "stderr_tail": stderr[-3000:],
                 }
             )
         except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
             res = {"status": "timed_out", "error": f"ran over its cap of {cap} s and was stopped"}
         res["wall_s"] = time.perf_counter() - t0
         report["parts"][name] = res

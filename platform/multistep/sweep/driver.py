@@ -88,6 +88,8 @@ def _status_callback(client, run_ids: list[str], n: int, say):
             i = trial.config["trial_index"]
             self.t0[i] = time.time()
             client.set_tag(run_ids[i], "ray.trial_id", trial.trial_id)
+            if tag.INTERRUPTED in client.get_run(run_ids[i]).data.tags:  # running again: a later KILLED is ASHA's
+                client.delete_tag(run_ids[i], tag.INTERRUPTED)
             client.update_run(run_ids[i], status="RUNNING")
             say(f"[trial {i + 1}/{n}] started ({trial.trial_id})")
 
@@ -309,7 +311,7 @@ def _run_sweep(plan, tracking_uri, storage, say, resume, start_ray, stop: Interr
             if opening.exception() is None:  # waits for it (MLflow calls: seconds); the runs exist, close them
                 srid, _, run_ids = opening.result()
                 if srid is not None:
-                    _close_incomplete(client, srid, run_ids, interrupted=isinstance(e, KeyboardInterrupt))
+                    _close_incomplete(client, srid, run_ids, interrupted=isinstance(e, KeyboardInterrupt), say=say)
             ray_runtime.shutdown(started_ray)
             raise
     if srid is None:  # --resume of a sweep whose every trial had already finished: nothing to do, nothing logged
@@ -348,11 +350,10 @@ def _run_sweep(plan, tracking_uri, storage, say, resume, start_ray, stop: Interr
         restorable = resume and tune.Tuner.can_restore(ray_dir)
         if restorable and (why := _unreadable_tune_state(ray_dir)):  # e.g. the driver was killed mid-write
             restorable = False
+            say(f"Tune's state in {ray_dir} is unreadable ({why}); set aside, rebuilding the plan from MLflow")
+        if resume and not restorable:  # (also a resume whose Tune state is elsewhere): MLflow says what is left
             indices = _unfinished(client, run_ids)
-            say(
-                f"Tune's state in {ray_dir} is unreadable ({why}); set aside, rebuilding the plan from MLflow: "
-                f"{len(indices)} unfinished trial(s) start again from their first iteration"
-            )
+            say(f"{len(indices)} unfinished trial(s) start again from their first iteration")
         if restorable:
             tuner = tune.Tuner.restore(ray_dir, trainable, resume_unfinished=True, resume_errored=True)
         else:
@@ -377,7 +378,7 @@ def _run_sweep(plan, tracking_uri, storage, say, resume, start_ray, stop: Interr
         say(f"running {len(run_ids)} trials, at most {r.max_concurrent_trials} at a time; Tune state in {ray_dir}")
         stop.in_tune = True
         try:
-            grid = tuner.fit()
+            grid = tuner.fit() if indices else []  # nothing left to run: settle and finish
         except Exception as e:  # noqa: BLE001 - Tune ran but could not collect its results (e.g. a full disk)
             say(f"Ray Tune could not collect the trials' results ({type(e).__name__}: {e}); statuses from MLflow")
             grid = []
@@ -393,8 +394,10 @@ def _run_sweep(plan, tracking_uri, storage, say, resume, start_ray, stop: Interr
             _copy_results(out_dir, ray_dir, say)
         return rc
     except BaseException as e:
-        _close_incomplete(client, srid, run_ids, interrupted=isinstance(e, KeyboardInterrupt))
-        ray_runtime.shutdown(started_ray)
+        try:
+            _close_incomplete(client, srid, run_ids, interrupted=isinstance(e, KeyboardInterrupt), say=say)
+        finally:
+            ray_runtime.shutdown(started_ray)
         raise
 
 
@@ -411,8 +414,8 @@ def _unreadable_tune_state(ray_dir: str) -> str | None:
         for i in fs.get_file_info(pafs.FileSelector(root))
         if i.base_name.startswith("experiment_state-") and i.base_name.endswith(".json")
     )
-    if not states:
-        return None
+    if not states:  # tuner.pkl without any snapshot: killed before Tune's first one
+        return "no experiment_state file"
     try:
         with fs.open_input_stream(states[-1]) as f:
             json.loads(f.read())
@@ -454,14 +457,18 @@ def _settle_trials(client, run_ids: list[str], grid) -> list[int]:
     return failed
 
 
-def _close_incomplete(client, srid: str, run_ids: list[str], interrupted: bool) -> None:
-    """The sweep failed (its run FAILED) or was interrupted (KILLED): tagged incomplete, every open trial run KILLED."""
-    client.set_tag(srid, tag.INCOMPLETE, "interrupted" if interrupted else "failed")
-    client.set_terminated(srid, status="KILLED" if interrupted else "FAILED")
-    for rid in run_ids:
-        if client.get_run(rid).info.status in ("RUNNING", "SCHEDULED"):
-            client.set_tag(rid, tag.INTERRUPTED, "1")  # not stopped by the scheduler: a resume settles it again
-            client.set_terminated(rid, status="KILLED")
+def _close_incomplete(client, srid: str, run_ids: list[str], interrupted: bool, say=print) -> None:
+    """The sweep failed (its run FAILED) or was interrupted (KILLED): tagged incomplete, every open trial run KILLED.
+    A failure here (the store gone too) is reported, never raised over the error that brought us here."""
+    try:
+        client.set_tag(srid, tag.INCOMPLETE, "interrupted" if interrupted else "failed")
+        client.set_terminated(srid, status="KILLED" if interrupted else "FAILED")
+        for rid in run_ids:
+            if client.get_run(rid).info.status in ("RUNNING", "SCHEDULED"):
+                client.set_tag(rid, tag.INTERRUPTED, "1")  # not stopped by the scheduler: a resume settles it again
+                client.set_terminated(rid, status="KILLED")
+    except Exception as e:  # noqa: BLE001
+        say(f"could not close the MLflow runs of sweep run {srid} ({type(e).__name__}: {e}); they stay open")
 
 
 def _trial_dir(trial) -> str:

@@ -39,7 +39,8 @@ class Interrupts:
 
     def __exit__(self, *exc):
         for sig, old in self._old.items():
-            if sig != signal.SIGUSR1:  # SIGUSR1 belongs to Tune once it ran (its interrupt path)
+            # SIGUSR1 belongs to Tune once it ran (its interrupt path); if Tune never took it, it is restored too
+            if sig != signal.SIGUSR1 or signal.getsignal(sig) == self._handle:
                 signal.signal(sig, old)
         return False
 
@@ -49,5 +50,8 @@ class Interrupts:
             self.signal = sig if sig != signal.SIGUSR1 else signal.SIGINT
         if sig == signal.SIGUSR1 or not (self.in_tune and first):
             raise KeyboardInterrupt  # not (yet) in Tune's loop, or a second signal: stop now
-        self.say(f"{signal.Signals(sig).name}: stopping the trials and saving Tune's state (again to stop at once)")
+        try:  # (a print interrupted by the signal makes a second one raise "reentrant call")
+            self.say(f"{signal.Signals(sig).name}: stopping the trials and saving Tune's state (again to stop at once)")
+        except RuntimeError:
+            pass
         os.kill(os.getpid(), signal.SIGUSR1)  # Tune's graceful interrupt (its handler, installed by fit)

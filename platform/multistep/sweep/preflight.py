@@ -194,20 +194,22 @@ def resources(plan: SweepPlan) -> None:
     if os.environ.get("RAY_ADDRESS"):
         return  # a cluster may add nodes (autoscaler); the driver compares with the cluster once joined
     r = plan.cfg.resources
-    cpus = os.cpu_count() or 1
-    if r.cpus_per_worker > cpus:
+    cpus, need = os.cpu_count() or 1, r.num_workers * r.cpus_per_worker  # one trial's workers, all at once
+    if need > cpus:
         raise ConfigError(
-            f"{plan.path}: resources.cpus_per_worker: {r.cpus_per_worker:g}, but this machine (local Ray) has {cpus} CPUs"
+            f"{plan.path}: resources.cpus_per_worker: {r.cpus_per_worker:g} x {r.num_workers} worker(s) = {need:g} "
+            f"CPUs, but this machine (local Ray) has {cpus} CPUs"
         )
     if r.use_gpu:
         import torch
 
         if not torch.cuda.is_available():
             raise ConfigError(f"{plan.path}: resources.use_gpu: true, but local Ray would see no GPU on this machine")
-        if r.num_workers > torch.cuda.device_count():
+        gpus = r.num_workers * (r.gpus_per_worker or 1)
+        if gpus > torch.cuda.device_count():
             raise ConfigError(
-                f"{plan.path}: resources.num_workers: {r.num_workers} GPU workers, this machine has "
-                f"{torch.cuda.device_count()} GPU(s)"
+                f"{plan.path}: resources.num_workers: {r.num_workers} worker(s) x {r.gpus_per_worker or 1:g} GPU = "
+                f"{gpus:g} GPUs, this machine has {torch.cuda.device_count()}"
             )
 
 

@@ -53,7 +53,12 @@ _WATCHDOG = """
 import os, signal, sys, time
 signal.signal(signal.SIGINT, signal.SIG_IGN)
 driver, heads = int(sys.argv[1]), [int(p) for p in sys.argv[2:]]
-def tree():  # the head processes and everything they started (workers, DashboardAgent, RuntimeEnvAgent, ...)
+def started(p):  # the process's start time (clock ticks since boot): a pid reused later has another
+    try:
+        return int(open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+def tree():  # {pid: start time} of the head processes and everything they started (workers, agents, ...)
     kids = {}
     for d in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -61,28 +66,25 @@ def tree():  # the head processes and everything they started (workers, Dashboar
         except (OSError, ValueError, IndexError):
             continue
         kids.setdefault(ppid, []).append(int(d))
-    todo, out = list(heads), set()
+    todo, out = list(heads), {}
     while todo:
         p = todo.pop()
-        out.add(p)
+        out[p] = started(p)
         todo += kids.get(p, [])
     return out
-known = set(heads)
+known = tree()
 while os.getppid() == driver:  # kept current while the driver lives: once the raylet exits, its agents are orphans
-    known |= tree()
+    known = {p: t for p, t in known.items() if started(p) == t}  # forget the ones that ended (their pids may return)
+    known.update(tree())
     time.sleep(1)
-known |= tree()
-def still_ray(p):  # the pid still belongs to a Ray process (not reused since): its command line says so
-    try:
-        return b"ray" in open(f"/proc/{p}/cmdline", "rb").read()
-    except OSError:
-        return False
+known.update(tree())
 for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 0)):
-    for p in filter(still_ray, known):
-        try:
-            os.kill(p, sig)
-        except OSError:
-            pass
+    for p, t in list(known.items()):
+        if t is not None and started(p) == t:  # still the very process we saw
+            try:
+                os.kill(p, sig)
+            except OSError:
+                pass
     time.sleep(wait)
 """
 

@@ -75,7 +75,7 @@ def load_checkpoint(ckpt) -> tuple[dict, str | None]:
     try:
         with ckpt.as_directory() as d:
             return checkpoint_file.load(os.path.join(d, CKPT_FILE)), None
-    except checkpoint_file.CorruptCheckpoint as e:
+    except (checkpoint_file.CorruptCheckpoint, OSError) as e:  # corrupt, or state.pt missing from the folder
         bad = e
     import pyarrow.fs as pafs
 
@@ -90,7 +90,7 @@ def load_checkpoint(ckpt) -> tuple[dict, str | None]:
             with Checkpoint(path, filesystem=fs).as_directory() as d:
                 sd = checkpoint_file.load(os.path.join(d, CKPT_FILE))
             return sd, f"{bad}; resumed from the earlier {path.rsplit('/', 1)[1]} instead"
-        except checkpoint_file.CorruptCheckpoint:
+        except (checkpoint_file.CorruptCheckpoint, OSError):
             continue
     raise bad
 
