@@ -303,3 +303,24 @@ def test_resume_of_a_changed_file_is_refused_before_anything_starts(tmp_path, ca
     err = capsys.readouterr().err
     assert rc == 2 and f"no longer expands to the trials of sweep run {run.info.run_id}" in err
     assert len(client.search_runs([exp])) == 1 and not (tmp_path / "st").exists()
+
+
+def test_resume_of_a_sweep_whose_trial_runs_were_only_partly_created_is_refused(tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from multistep.cli import main
+    from multistep.config import load_sweep
+    from multistep.sweep.driver import plan_hash
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("tests")
+    f = _sweep(tmp_path, "ok")
+    tags = {"multistep.kind": "sweep", "multistep.sweep_name": "tiny", "multistep.runner": "tune"}
+    run = client.create_run(exp, tags=tags | {"multistep.plan_hash": plan_hash(load_sweep(f))})
+    child = {"mlflow.parentRunId": run.info.run_id, "multistep.kind": "trial", "multistep.trial_index": "0"}
+    client.create_run(exp, tags=child)  # trial 1 of 2 was never created: the driver died while opening the runs
+    rc = main(["sweep", f, "--resume", "--tracking-uri", uri, "--storage", str(tmp_path / "st")])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"sweep run {run.info.run_id} has no trial run for 1 of its 2 trials" in err
+    assert not (tmp_path / "st").exists()

@@ -165,6 +165,15 @@ def resume_target(client, plan: SweepPlan):
         raise ConfigError(
             f"{plan.path}: --resume: the file no longer expands to the trials of sweep run {sweep.info.run_id}"
         )
+    children = client.search_runs(
+        [exp.experiment_id], f"tags.`mlflow.parentRunId` = '{sweep.info.run_id}'", max_results=10000
+    )
+    have = {int(r.data.tags[tag.TRIAL_INDEX]) for r in children if tag.TRIAL_INDEX in r.data.tags}
+    if missing := [i for i in range(len(plan.trials)) if i not in have]:  # its start died while opening the runs
+        raise ConfigError(
+            f"{plan.path}: --resume: sweep run {sweep.info.run_id} has no trial run for {len(missing)} of its "
+            f"{len(plan.trials)} trials (it stopped while creating them); start the sweep anew, without --resume"
+        )
     was = sweep.data.tags.get(tag.RUNNER)
     if was and was != _runner(cfg):  # the other runner keeps its checkpoints elsewhere: trials would start over
         raise ConfigError(
