@@ -59,6 +59,21 @@ def wait_until_gone(sid: int, timeout: float = 40.0) -> list[str]:
     return left
 
 
+def metric_points(client, runs) -> dict:
+    """{run id: {metric: its full history}} of MLflow runs, every point as logged."""
+    return {r.info.run_id: {k: client.get_metric_history(r.info.run_id, k) for k in r.data.metrics} for r in runs}
+
+
+def assert_no_duplicate_points(client, runs) -> dict:
+    """No run holds two points of one metric at one step; returns metric_points for later comparison."""
+    points = metric_points(client, runs)
+    for rid, run in points.items():
+        for key, hist in run.items():
+            steps = [m.step for m in hist]
+            assert len(steps) == len(set(steps)), (rid, key, sorted(steps))
+    return points
+
+
 def free_port() -> int:
     import socket
 

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import wait_until_gone
+from conftest import assert_no_duplicate_points, wait_until_gone
 
 ENV = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")} | {
     "RAY_AUTH_MODE": "disabled"
@@ -41,17 +41,6 @@ def _runs(client):
         key=lambda r: int(r.data.tags["multistep.trial_index"]),
     )
     return sweeps, trials
-
-
-def _points(client, run):
-    """{metric: [steps]} of a run, every point as logged."""
-    return {k: [m.step for m in client.get_metric_history(run.info.run_id, k)] for k in run.data.metrics}
-
-
-def _no_duplicates(client, runs):
-    for r in runs:
-        for key, steps in _points(client, r).items():
-            assert len(steps) == len(set(steps)), (r.info.run_id, key, sorted(steps))
 
 
 def _run_until(cmd, tmp_path, marker: str, timeout=180):
@@ -116,4 +105,4 @@ def test_interrupted_twice_then_resumed_the_sweep_never_looks_finished(ray_local
     (sweep,), trials = _runs(client)
     assert sweep.info.status == "FINISHED" and "multistep.incomplete" not in sweep.data.tags
     assert [t.info.status for t in trials] == ["FINISHED"] and "multistep.interrupted" not in trials[0].data.tags
-    _no_duplicates(client, [sweep, *trials])
+    assert_no_duplicate_points(client, [sweep, *trials])

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import session_processes, wait_until_gone
+from conftest import assert_no_duplicate_points, metric_points, session_processes, wait_until_gone
 
 
 def _trials(client, exp_id):
@@ -224,20 +224,11 @@ def test_resume_with_an_unreadable_tune_state_rebuilds_the_plan_from_mlflow(ray_
     (sweep,), trials = _trials(client, exp_id)
     assert sweep.info.status == "FINISHED" and [t.info.status for t in trials] == ["FINISHED", "FINISHED"]
     assert {k: client.get_metric_history(trials[0].info.run_id, k) for k in first} == first  # not re-run
-    points = {
-        r.info.run_id: {k: client.get_metric_history(r.info.run_id, k) for k in r.data.metrics}
-        for r in (sweep, *trials)
-    }
-    for run in points.values():
-        for k, hist in run.items():
-            assert len({m.step for m in hist}) == len(hist), (k, [m.step for m in hist])
+    points = assert_no_duplicate_points(client, [sweep, *trials])
 
     lines.clear()  # resuming the finished sweep again: nothing to do, nothing logged
     assert run_sweep(load_sweep(tiny_sweep), uri, str(tmp_path / "rr"), say=lines.append, resume=True) == 0
     assert any("already finished: nothing to resume" in line for line in lines)
     (sweep,), trials = _trials(client, exp_id)
     assert sweep.info.status == "FINISHED"
-    assert {
-        r.info.run_id: {k: client.get_metric_history(r.info.run_id, k) for k in r.data.metrics}
-        for r in (sweep, *trials)
-    } == points
+    assert metric_points(client, [sweep, *trials]) == points  # nothing logged again

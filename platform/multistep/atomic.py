@@ -12,25 +12,34 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def _existing_ancestor(p: Path) -> Path:
+def existing_ancestor(p: Path) -> Path:
+    """`p` itself if it exists, else its nearest existing parent."""
     while not p.exists():
         p = p.parent
     return p
 
 
+def cannot_write_in(folder: Path) -> str | None:
+    """Why nothing can be created in `folder` (a probe folder made and removed), or None. A real probe: os.access
+    says yes to root even on /proc."""
+    try:
+        Path(tempfile.mkdtemp(prefix=".multistep-probe-", dir=folder)).rmdir()
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    return None
+
+
 def check_output_folder(target: str | os.PathLike, flag: str) -> Path:
-    """`target` can become an output folder: not a file, and a folder can be made there and written in."""
+    """`target` can become an output folder: not a file, and a folder can be made there and written in. Nothing
+    is created."""
     from multistep.config import ConfigError  # (lazily: this module also serves the GPU kit, which has no pydantic)
 
     t = Path(target).absolute()
     if t.exists() and not t.is_dir():
         raise ConfigError(f"{flag} {target}: exists and is not a folder")
-    anc = _existing_ancestor(t)
-    try:
-        probe = Path(tempfile.mkdtemp(prefix=".multistep-probe-", dir=anc))
-        probe.rmdir()
-    except OSError as e:
-        raise ConfigError(f"{flag} {target}: cannot write in {anc} ({e.strerror})") from None
+    anc = existing_ancestor(t)
+    if why := cannot_write_in(anc):
+        raise ConfigError(f"{flag} {target}: cannot write in {anc} ({why})")
     return t
 
 
@@ -40,7 +49,7 @@ def staged_folder(target: str | os.PathLike, flag: str = "OUT"):
     is one rename; an existing folder receives each file by rename, replacing same-named ones). On any exception
     the temporary folder is removed and `target` is untouched."""
     t = check_output_folder(target, flag)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{t.name}.tmp-", dir=_existing_ancestor(t)))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{t.name}.tmp-", dir=existing_ancestor(t)))
     try:
         yield tmp
         if not t.exists():

@@ -33,6 +33,8 @@ import time
 import traceback
 from pathlib import Path
 
+from multistep.bench.report import fmt
+
 REPO = Path(__file__).resolve().parents[3]
 EXPECTATIONS = Path(os.environ.get("GPU_CHECK_EXPECTATIONS", REPO / "tests" / "expectations" / "gpu_check.json"))
 BUDGET_S = 480.0  # the whole kit: 8 minutes wall on the GPU
@@ -272,21 +274,14 @@ def run_part(name: str, rehearsal: bool, device: str, peak) -> dict:
 
 # -- the driver -----------------------------------------------------------------------------------------
 def machine_info(device: str) -> dict:
-    import platform
-
+    """`multistep bench`'s machine description, plus what a GPU report needs: CUDA, GPU memory, the commit."""
     import torch
 
-    info = {
-        "device": device,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "cuda": torch.version.cuda,
-    }
+    from multistep.bench.training import machine
+
+    info = machine(device) | {"cuda": torch.version.cuda, "git_commit": git_commit()}
     if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name(device)
         info["gpu_memory_gib"] = torch.cuda.get_device_properties(device).total_memory / 2**30
-    info["git_commit"] = git_commit()
     return info
 
 
@@ -450,10 +445,6 @@ def main(argv=None) -> int:
 
 
 # -- the Markdown table ---------------------------------------------------------------------------------
-def _f(v, spec=".3g") -> str:
-    return "-" if v is None else format(v, spec)
-
-
 def markdown(rep: dict) -> str:
     m = rep["machine"]
     lines = [
@@ -464,7 +455,7 @@ def markdown(rep: dict) -> str:
         "|---|---|---|---|",
     ]
     for name, r in rep["parts"].items():
-        lines.append(f"| {name} | {r['status']} | {_f(r.get('wall_s'), '.0f')} | {_figures(name, r)} |")
+        lines.append(f"| {name} | {r['status']} | {fmt(r.get('wall_s'), '.0f')} | {_figures(name, r)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -488,9 +479,9 @@ def _figures(name: str, r: dict) -> str:
     if name == "frechet":
         t = x.get("torch", {})
         return (
-            f"d={x['d']}: torch {t.get('device')} {_f(t.get('seconds'))} s, CPU path {x['frechet_s']:.3g} s, "
-            f"sqrtm {x['sqrtm_s']:.3g} s; rel. diff vs CPU {_f(t.get('relative_difference_cpu_path'), '.1e')}, "
-            f"vs sqrtm {_f(t.get('relative_difference_sqrtm'), '.1e')}"
+            f"d={x['d']}: torch {t.get('device')} {fmt(t.get('seconds'))} s, CPU path {x['frechet_s']:.3g} s, "
+            f"sqrtm {x['sqrtm_s']:.3g} s; rel. diff vs CPU {fmt(t.get('relative_difference_cpu_path'), '.1e')}, "
+            f"vs sqrtm {fmt(t.get('relative_difference_sqrtm'), '.1e')}"
         )
     if name == "tests":
         c = x["counts"]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 
-def _g(v, spec=".3g") -> str:
+def fmt(v, spec=".3g") -> str:
+    """A figure, or "-" when it was not measured."""
     return "-" if v is None else format(v, spec)
 
 
@@ -21,8 +22,8 @@ def table(res: dict) -> str:
         for k in ("diffusion", "mcd"):
             r = tr[k]
             lines.append(
-                f"  {k:<10}{r['step_s'] * 1e3:>10.2f}{r['img_per_s']:>10.1f}{_g(r['tflops']):>10}"
-                f"{_g(r['mfu'] and 100 * r['mfu'], '.1f') + ('%' if r['mfu'] else ''):>8}{r['compile_s']:>11.2f}"
+                f"  {k:<10}{r['step_s'] * 1e3:>10.2f}{r['img_per_s']:>10.1f}{fmt(r['tflops']):>10}"
+                f"{fmt(r['mfu'] and 100 * r['mfu'], '.1f') + ('%' if r['mfu'] else ''):>8}{r['compile_s']:>11.2f}"
                 f"{r['peak_memory_bytes'] / 2**20:>10.0f}"
             )
         lines.append(

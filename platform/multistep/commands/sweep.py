@@ -37,7 +37,7 @@ def run(args) -> int:
     from multistep.sweep.preflight import preflight
 
     plan = load_sweep(args.file)
-    uri, storage = preflight(plan, args.tracking_uri, args.storage, args.resume, args.dry_run)  # before Ray or MLflow
+    uri, storage = preflight(plan, args.tracking_uri, args.storage, args.resume)  # before Ray or MLflow
     if args.dry_run:
         print(
             json.dumps(

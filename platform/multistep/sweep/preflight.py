@@ -2,17 +2,17 @@
 
 `multistep sweep` (and `--dry-run`, which runs the same checks) calls `preflight` right after the sweep file
 validated. Each failure is a ConfigError: one line naming the flag or field and the value, exit 2, nothing
-started, nothing created (a probe file is written and deleted; a storage folder made for the probe is removed
-again when a later check fails). docs/reliability.md lists the checks and the tests that show them.
+started, nothing created (probes are made in the nearest existing folder and removed at once). docs/reliability.md
+lists the checks and the tests that show them.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import uuid
 from pathlib import Path
 
+from multistep.atomic import cannot_write_in, check_output_folder, existing_ancestor
 from multistep.config import ConfigError, SweepPlan, TrialCfg
 
 # Tracking-store schemes MLflow 3.17 opens (its SQLAlchemy dialects, the REST client, Databricks, file stores)
@@ -45,62 +45,30 @@ def tracking_uri(arg: str | None) -> str:
 
 
 def _writable_file(path: Path, what: str) -> None:
-    """`path` can be opened for writing: an existing writable file, or a new one in a folder that exists (or whose
-    first existing ancestor is a writable folder)."""
+    """`path` can be opened for writing: an existing writable file, or a new one in a folder that exists or can
+    be made (a probe in its nearest existing ancestor)."""
     if path.is_dir():
         raise ConfigError(f"{what}: {path} is a folder, not a database file")
     if path.exists():
         if not os.access(path, os.W_OK):
             raise ConfigError(f"{what}: {path} is not writable")
         return
-    anc = path.parent
-    while not anc.exists():
-        anc = anc.parent
-    if not anc.is_dir() or not os.access(anc, os.W_OK | os.X_OK) or not _can_create_in(anc):
+    anc = existing_ancestor(path.parent)
+    if not anc.is_dir() or cannot_write_in(anc):
         raise ConfigError(f"{what}: cannot create {path} ({anc} is not a writable folder)")
 
 
-def _can_create_in(folder: Path) -> bool:
-    """A probe file can be created and deleted in `folder` (os.access says yes to root even on /proc)."""
-    probe = folder / f".multistep-probe-{uuid.uuid4().hex[:8]}"
-    try:
-        probe.touch(exist_ok=False)
-        probe.unlink()
-        return True
-    except OSError:
-        return False
-
-
 class Storage:
-    """--storage checked by a probe write and delete. A local folder made for the probe is remembered, so that
-    `undo()` removes it when a later check fails (nothing created)."""
+    """--storage checked without creating anything: a local folder (atomic.check_output_folder: not a file, writable
+    where it will be made), or a URI whose scheme pyarrow knows and where a probe file is written and deleted."""
 
     def __init__(self, arg: str):
-        self.arg, self.made = arg, None
+        self.arg = arg
         if "://" in arg:
             self.uri = arg.rstrip("/")
             self._probe_uri()
         else:
-            self.uri = str(Path(arg).resolve())
-            self._probe_local(Path(self.uri))
-
-    def _probe_local(self, p: Path) -> None:
-        if p.exists() and not p.is_dir():
-            raise ConfigError(f"--storage {self.arg}: {p} exists and is not a folder")
-        first_missing = None
-        anc = p
-        while not anc.exists():
-            first_missing, anc = anc, anc.parent
-        if not anc.is_dir():
-            raise ConfigError(f"--storage {self.arg}: {anc} is not a folder")
-        try:
-            p.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ConfigError(f"--storage {self.arg}: cannot create the folder ({e.strerror})") from None
-        self.made = first_missing
-        if not _can_create_in(p):
-            self.undo()
-            raise ConfigError(f"--storage {self.arg}: cannot write in {p}")
+            self.uri = str(check_output_folder(arg, "--storage").resolve())
 
     def _probe_uri(self) -> None:
         import pyarrow.fs as pafs
@@ -117,11 +85,6 @@ class Storage:
             fs.delete_file(probe)
         except Exception as e:  # noqa: BLE001
             raise ConfigError(f"--storage {self.arg}: a probe write there failed ({_first_line(e)})") from None
-
-    def undo(self) -> None:
-        if self.made is not None:
-            shutil.rmtree(self.made, ignore_errors=True)
-            self.made = None
 
 
 def _first_line(e: Exception) -> str:
@@ -143,7 +106,7 @@ def inputs(plan: SweepPlan) -> None:
 
 
 def _check_pair(tc: TrialCfg, path: str) -> None:
-    shape = _data_shape(tc, path)
+    shape = data_shape(tc.data, f"{path}: ")
     if tc.teacher.kind != "checkpoint":  # analytic: made for the data; mlflow: fetched (and checked) by the driver
         return
     from multistep.train.teacher import load_teacher
@@ -171,8 +134,9 @@ def _check_pair(tc: TrialCfg, path: str) -> None:
             ) from None
 
 
-def _data_shape(tc: TrialCfg, path: str) -> tuple[int, ...]:
-    d = tc.data
+def data_shape(d, where: str = "") -> tuple[int, ...]:
+    """Shape of one sample without loading the data (Parquet: every shard's footer read, all of one shape);
+    a problem is a ConfigError `<where>data.path: ...`. Also `multistep teacher`'s check."""
     if d.kind == "gmm":
         return tuple(d.shape)
     if d.kind == "digits":
@@ -180,12 +144,11 @@ def _data_shape(tc: TrialCfg, path: str) -> tuple[int, ...]:
     from multistep.data.parquet import list_shards, shard_info
 
     try:
-        infos = [shard_info(p) for p in list_shards(d.path)]  # every shard's footer: schema, shape, rows
+        shapes = {shard_info(p).shape for p in list_shards(d.path)}  # schema, image shape, rows > 0
     except ValueError as e:
-        raise ConfigError(f"{path}: data.path: {e}") from None
-    shapes = {(i.channels, i.height, i.width) for i in infos}
+        raise ConfigError(f"{where}data.path: {e}") from None
     if len(shapes) > 1:
-        raise ConfigError(f"{path}: data.path: {d.path}: shards of different image shapes {sorted(shapes)}")
+        raise ConfigError(f"{where}data.path: {d.path}: shards of different image shapes {sorted(shapes)}")
     return shapes.pop()
 
 
@@ -226,21 +189,12 @@ def resumable(plan: SweepPlan, uri: str) -> None:
     resume_target(MlflowClient(uri), plan)
 
 
-def preflight(
-    plan: SweepPlan, tracking: str | None, storage: str, resume: bool, dry_run: bool = False
-) -> tuple[str, str]:
-    """All checks, cheapest first: (tracking URI, storage path or URI) ready for run_sweep. A dry run leaves
-    nothing behind, not even the storage folder the probe needed."""
+def preflight(plan: SweepPlan, tracking: str | None, storage: str, resume: bool) -> tuple[str, str]:
+    """All checks, cheapest first: (tracking URI, storage path or URI) ready for run_sweep. Nothing is created."""
     resources(plan)
     uri = tracking_uri(tracking)
     store = Storage(storage)
-    try:
-        inputs(plan)
-        if resume:
-            resumable(plan, uri)
-    except BaseException:
-        store.undo()
-        raise
-    if dry_run:
-        store.undo()
+    inputs(plan)
+    if resume:
+        resumable(plan, uri)
     return uri, store.uri

@@ -19,21 +19,8 @@ from pathlib import Path
 import yaml
 
 from multistep.config import TEACHER_ARTIFACT, ConfigError, DataCfg, TeacherFileCfg, load_teacher_file
+from multistep.sweep.preflight import data_shape
 from multistep.tracking import tags as tag
-
-
-def data_shape(d: DataCfg) -> tuple[int, ...]:
-    """Shape of one sample without loading the data (Parquet: the first shard's metadata)."""
-    if d.kind == "gmm":
-        return tuple(d.shape)
-    if d.kind == "digits":
-        return (1, d.size, d.size)
-    from multistep.data.parquet import list_shards, shard_info
-
-    try:
-        return shard_info(list_shards(d.path)[0]).shape
-    except ValueError as e:
-        raise ConfigError(f"data.path: {e}") from None
 
 
 def net_config(cfg: TeacherFileCfg, shape: tuple[int, ...]) -> dict:
@@ -84,7 +71,6 @@ def cmd_teacher(args) -> int:
                 indent=2,
             )
         )
-        store.undo()
         return 0
     out = run_teacher(cfg, args.file, net_cfg, uri, storage)
     return 0 if out.get("status") == "FINISHED" else 1
