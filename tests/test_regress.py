@@ -11,8 +11,8 @@ from mlflow.tracking import MlflowClient
 
 from multistep.cli import main
 from multistep.config import ToleranceCfg
-from multistep.regression import compare, describe, failing, read_table
-from multistep.sweep.regress import BASELINE_TAG
+from multistep.regress.baseline import BASELINE_TAG
+from multistep.regress.compare import compare, describe, failing, read_table
 from multistep.sweep.results import write_table
 from multistep.tracking import mlflow_layout as ml
 

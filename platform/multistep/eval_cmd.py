@@ -154,7 +154,7 @@ def load_trial_cfg(config: str, ckpt: Path, trial: int | None, opts: dict | None
     if trial >= len(plan.trials):
         raise ConfigError(f"--trial: {config} expands to {len(plan.trials)} trials, there is no trial {trial}")
     # opts once more over the expanded trial: the sweep's search axes may have set eval.* of this trial
-    return _trial_cfg(with_eval(plan.trials[trial]["config"], opts), "--extractor/--inception"), trial
+    return _trial_cfg(with_eval(plan.trials[trial].doc(), opts), "--extractor/--inception"), trial
 
 
 def eval_student(p: Path, blob: dict, args, steps: list[int] | None, say=print):
@@ -169,7 +169,7 @@ def eval_student(p: Path, blob: dict, args, steps: list[int] | None, say=print):
         sample_points,
         teacher_curve,
     )
-    from multistep.sweep.results import GRID
+    from multistep.sweep.results import GRID, trial_cells
     from multistep.sweep.worker import CKPT_VERSION
     from multistep.train.build import build, make_method, method_label, uses_labels
     from multistep.train.loop import new_state
@@ -219,12 +219,10 @@ def eval_student(p: Path, blob: dict, args, steps: list[int] | None, say=print):
     )  # as in sweeps
     names = metric_names(samples, space, ref.labels is not None)
     label = method_label(tc)
-    anneal = tc.method.anneal.model_dump() if tc.method.name == "mcm" else {}
     common = {
         "trial_id": f"trial-{trial:03d}" if trial is not None else "",
         "run_id": "",
-        "anneal": " ".join(f"{k}={v}" for k, v in anneal.items()),
-        "learning_rate": tc.train.learning_rate,
+        **trial_cells(tc),
         "train_iterations": state.iteration,
         "wall_seconds": state.wall_seconds,
     }
@@ -239,8 +237,7 @@ def eval_student(p: Path, blob: dict, args, steps: list[int] | None, say=print):
             )
 
     def evaluations(y, seed):
-        own = [(label if lb == method.label else lb, n, fn) for lb, n, fn in method.evaluations(ema, y, seed)]
-        return own + [
+        return method.evaluations(ema, y, seed) + [
             (f"{label}_S{S}", n, lambda noise, n=n: mcm_sample(conditioned(ema, y), c.schedule, noise, n))
             for n in extra
         ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from multistep.commands.common import add_run_options
-from multistep.sweep import regress as impl
+from multistep.regress import baseline as impl
 
 HELP = """\
 Run the regression sweep FILE (a sweep file with a `regression:` section of tolerances), or reuse a finished

@@ -52,7 +52,7 @@ def run(args) -> int:
         )
         print(f"\n{len(plan.trials)} trial(s):")
         for i, t in enumerate(plan.trials):
-            print(f"  {i + 1:>3}. " + (", ".join(f"{k}={v}" for k, v in t["overrides"].items()) or "(base config)"))
+            print(f"  {i + 1:>3}. " + (", ".join(f"{k}={v}" for k, v in t.overrides.items()) or "(base config)"))
         print("\npre-flight passed: tracking store, storage, teacher and data checked; nothing started")
         return 0
     from multistep.sweep.driver import run_sweep

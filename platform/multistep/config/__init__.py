@@ -14,7 +14,6 @@ from multistep.config.io import MAX_FILE_BYTES, read_yaml, validate_file, with_e
 from multistep.config.plan import SweepPlan, expand, load_sweep, set_path
 from multistep.config.schema import (
     TEACHER_ARTIFACT,
-    AnnealCfg,
     Axis,
     DataCfg,
     EvalCfg,
@@ -37,6 +36,7 @@ from multistep.config.schema import (
     extractor_error,
 )
 from multistep.config.teacher_file import TeacherFileCfg, load_teacher_file
+from multistep.methods.anneal import AnnealCfg
 
 __all__ = [
     "MAX_FILE_BYTES",

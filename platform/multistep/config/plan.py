@@ -6,6 +6,7 @@ import copy
 import itertools
 import math
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,17 +30,29 @@ def set_path(doc: dict, dotted: str, value: Any) -> dict:
     return out
 
 
+@dataclass
+class Trial:
+    """One concrete trial, validated once when the plan is expanded."""
+
+    overrides: dict[str, Any]  # the search values that made it, by dotted config path
+    cfg: TrialCfg
+
+    def doc(self) -> dict:
+        """The trial config as JSON-able data: what crosses the Ray boundary, MLflow's params, the plan hash."""
+        return self.cfg.model_dump(mode="json")
+
+
 class SweepPlan:
     """A validated sweep: the config, the raw document, and the concrete trials it expands to."""
 
-    def __init__(self, path: str, cfg: SweepCfg, doc: dict, trials: list[dict]):
-        self.path, self.cfg, self.doc, self.trials = path, cfg, doc, trials  # trials: [{"overrides":..., "config":...}]
+    def __init__(self, path: str, cfg: SweepCfg, doc: dict, trials: list[Trial]):
+        self.path, self.cfg, self.doc, self.trials = path, cfg, doc, trials
 
     def trial_cfg(self, i: int) -> TrialCfg:
-        return TrialCfg.model_validate(self.trials[i]["config"])
+        return self.trials[i].cfg
 
 
-def expand(cfg: SweepCfg, doc: dict, path: str) -> list[dict]:
+def expand(cfg: SweepCfg, doc: dict, path: str) -> list[Trial]:
     blocks = cfg.search if isinstance(cfg.search, list) else [cfg.search]
     n = sum(math.prod(len(a.grid) for a in b.values() if a.kind == "grid") * cfg.num_samples for b in blocks)
     if n > cfg.max_trials:
@@ -49,7 +62,7 @@ def expand(cfg: SweepCfg, doc: dict, path: str) -> list[dict]:
     return [t for b in blocks for t in _expand_block(b, base, cfg.num_samples, rng, path)]
 
 
-def _expand_block(search: dict, base: dict, num_samples: int, rng, path: str) -> list[dict]:
+def _expand_block(search: dict, base: dict, num_samples: int, rng, path: str) -> list[Trial]:
     grid_keys = [k for k, a in search.items() if a.kind == "grid"]
     rand_keys = [k for k, a in search.items() if a.kind != "grid"]
     trials = []
@@ -78,7 +91,7 @@ def _expand_block(search: dict, base: dict, num_samples: int, rng, path: str) ->
                 tc = TrialCfg.model_validate(trial_doc)
             except ValidationError as e:
                 raise ConfigError(f"{path}: {describe(e)} (from search values {ov})") from None
-            trials.append({"overrides": ov, "config": tc.model_dump(mode="json")})
+            trials.append(Trial(ov, tc))
     return trials
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -10,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from multistep.config.errors import sub_field_error
+from multistep.methods import METHODS, OptionError
 
 
 class Strict(BaseModel):
@@ -125,90 +125,48 @@ class StudentCfg(Strict):
     init_learning_rate: PosFloat = 1e-3
 
 
-class ConstantAnneal(Strict):
-    name: Literal["constant"]
-    n: PosFloat = 256  # teacher steps over [0, 1]
-
-
-class LogLinearAnneal(Strict):
-    name: Literal["loglinear"]
-    start: PosFloat = 64  # teacher steps at iteration 0
-    end: PosFloat = 1280  # teacher steps after `fraction` of training
-    fraction: Annotated[float, Field(gt=0, le=1)] = 0.5
-
-
-class CmSqrtAnneal(Strict):
-    name: Literal["cm_sqrt"]
-    s0: PosFloat = 2
-    s1: PosFloat = 150
-
-
-class IctDoublingAnneal(Strict):
-    name: Literal["ict_doubling"]
-    s0: PosFloat = 10
-    s1: PosFloat = 1280
-
-
-AnnealCfg = Annotated[ConstantAnneal | LogLinearAnneal | CmSqrtAnneal | IctDoublingAnneal, Field(discriminator="name")]
-
-
 class MethodCfg(Strict):
-    name: Literal["mcm", "tract", "progressive"] = "mcm"  # MCM (S = 1: CD/CT), TRACT, progressive distillation
-    mode: Literal["distill", "train"] = "distill"  # mcm: distil the teacher (MCD) or train on data (MCT)
+    """The `method:` section, flat as in the YAML: the keys every method shares, plus the options each registered
+    method declares in methods/<name>.py (base.MethodSpec). A trial may carry other methods' options (a sweep's base
+    shared by axes over method.name): they are validated and kept, and only the named method's are used."""
+
+    model_config = ConfigDict(extra="allow")  # the registered methods' options; any other key is refused below
+    name: str = "mcm"  # a registered method: mcm (S = 1: CD/CT), tract, progressive
+    mode: Literal["distill", "train"] = "distill"  # distil the teacher, or train on data (mcm: MCT)
     student_steps: PosInt = 4  # S: sampling steps of the (final) student
-    anneal: AnnealCfg = LogLinearAnneal(name="loglinear", start=16, end=256, fraction=0.5)  # mcm: teacher steps N(i)
-    xvar_frac: Annotated[float, Field(ge=0)] = 0.75  # mcm: eta of the aDDIM teacher step
-    guidance: Annotated[float, Field(ge=0)] = (
-        0.0  # mcm distill: CFG scale w of the teacher step, x_g = x_c + w (x_c - x_u); 0 = none; needs a class-conditional teacher and labels
-    )
-    teacher_integrator: Literal["addim", "ddim"] = "addim"  # mcm distill: teacher step
-    loss_weight: Literal["snr+1", "max(snr,1)", "snr"] | None = (
-        None  # default: snr+1 (mcm), max(snr,1) (tract, progressive)
-    )
+    loss_weight: Literal["snr+1", "max(snr,1)", "snr"] | None = None  # default: snr+1 (mcm), max(snr,1) (tract, pd)
     distance: Literal["pseudo_huber", "pseudo_huber_ict", "l2sq", "l2sq_sum"] | None = (
         None  # default: pseudo_huber / l2sq_sum / l2sq
     )
     huber_eps: PosFloat = 1e-4  # epsilon of pseudo_huber
-    target_ema: Annotated[float, Field(ge=0, lt=1)] = 0.0  # mcm: 0 = stop-gradient of the online net; >0 EMA target
-    t_sampling: Literal["uniform", "lognormal"] = "uniform"  # mcm: grid positions uniform or iCT lognormal
-    cm_sampler_steps: list[PosInt] = []  # mcm with S = 1: also evaluate the CM stochastic sampler at these steps
     clip_x: Annotated[float, Field(ge=0)] = 0.0  # clip x_hat to [-c, c] inside target steps (tract; 0 = off)
-    time_schedule: list[PosInt] | None = (
-        None  # tract: phases ts[p] -> ts[p+1] steps; default [64, 8S, S] (or [64, S] when 8S >= 64)
-    )
-    self_teacher_ema: Annotated[float, Field(ge=0, lt=1)] = 0.5  # tract: mu_S (bias-corrected)
-    pd_start_steps: PosInt = 64  # progressive: teacher steps of the first phase
 
-    @field_validator("guidance")
+    @model_validator(mode="before")
     @classmethod
-    def _guidance(cls, w, info):
-        if w > 0 and (info.data.get("name") != "mcm" or info.data.get("mode") != "distill"):
-            raise ValueError("needs name: mcm and mode: distill (it guides the teacher step of MCD)")
-        return w
+    def _options(cls, data):
+        if not isinstance(data, dict):
+            return data
+        out = {k: v for k, v in data.items() if k in cls.model_fields}
+        for spec in METHODS.values():  # every method's options, validated by its own model (errors: method.<key>)
+            out |= dict(spec.options.model_validate({k: v for k, v in data.items() if k in spec.options.model_fields}))
+        if unknown := [k for k in data if k not in out]:
+            raise sub_field_error(unknown[0], data[unknown[0]], "unknown key")
+        return out
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, name):
+        if name not in METHODS:
+            raise ValueError(f"unknown method {name!r}; registered: {', '.join(METHODS)}")
+        return name
 
     @model_validator(mode="after")
-    def _combinations(self):
-        if self.name == "tract":
-            if self.time_schedule is None:
-                S = self.student_steps
-                self.time_schedule = [64, 8 * S, S] if 8 * S < 64 else [max(64, 2 * S), S]
-            ts = self.time_schedule
-            if len(ts) < 2 or any(a <= b or a % b for a, b in zip(ts, ts[1:])):
-                raise ValueError(f"time_schedule must decrease and each entry must divide the one before, got {ts}")
-            if ts[-1] != self.student_steps:
-                raise ValueError(f"time_schedule must end at student_steps = {self.student_steps}, got {ts}")
-            if self.mode != "distill":
-                raise ValueError("tract only distils (mode: distill)")
-        if self.name == "progressive":
-            r = self.pd_start_steps / self.student_steps
-            if r < 2 or r != 2 ** round(math.log2(r)):
-                raise ValueError(
-                    f"pd_start_steps / student_steps must be a power of 2 >= 2, got {self.pd_start_steps}/{self.student_steps}"
-                )
-            if self.mode != "distill":
-                raise ValueError("progressive only distils (mode: distill)")
-        if self.cm_sampler_steps and (self.name != "mcm" or self.student_steps != 1):
-            raise ValueError("cm_sampler_steps needs name: mcm and student_steps: 1")
+    def _rules(self):
+        for spec in METHODS.values():
+            try:
+                spec.check(self)
+            except OptionError as e:
+                raise sub_field_error(e.field, getattr(self, e.field), str(e)) from None
         return self
 
 

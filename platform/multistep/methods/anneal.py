@@ -6,6 +6,43 @@ Each returns the (real-valued) number of teacher steps over [0, 1] at iteration 
 from __future__ import annotations
 
 import math
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PosFloat = Annotated[float, Field(gt=0)]
+
+
+class _Anneal(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ConstantAnneal(_Anneal):
+    name: Literal["constant"]
+    n: PosFloat = 256  # teacher steps over [0, 1]
+
+
+class LogLinearAnneal(_Anneal):
+    name: Literal["loglinear"]
+    start: PosFloat = 64  # teacher steps at iteration 0
+    end: PosFloat = 1280  # teacher steps after `fraction` of training
+    fraction: Annotated[float, Field(gt=0, le=1)] = 0.5
+
+
+class CmSqrtAnneal(_Anneal):
+    name: Literal["cm_sqrt"]
+    s0: PosFloat = 2
+    s1: PosFloat = 150
+
+
+class IctDoublingAnneal(_Anneal):
+    name: Literal["ict_doubling"]
+    s0: PosFloat = 10
+    s1: PosFloat = 1280
+
+
+# The YAML `method.anneal` section: one of the schedules below, chosen by its name.
+AnnealCfg = Annotated[ConstantAnneal | LogLinearAnneal | CmSqrtAnneal | IctDoublingAnneal, Field(discriminator="name")]
 
 
 def constant(i: int, total: int, n: float = 256) -> float:

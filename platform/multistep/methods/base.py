@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -32,6 +33,43 @@ class Method(Protocol):
         y: fixed class labels, one per row of that noise (conditional students), or None; seed: of the noise a
         stochastic sampler draws (metrics.evaluate.sample_points gives each batch its own: its first row's index)."""
         ...
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method's registry entry: what `method.name: <name>` in a sweep file means. Each methods/<name>.py
+    registers one next to its maths; config/schema.py composes the `method:` section from all of them."""
+
+    name: str  # the YAML method.name
+    options: type  # pydantic model of the method's own keys of the `method:` section, each with a default
+    build: Callable  # (trial config, train.build.Components) -> Method
+    label: Callable  # `method:` config -> short name in tables and MLflow (mcd, tract, ...)
+    check: Callable = lambda m: None  # rules on its own options, run on every `method:` config (raise OptionError)
+
+
+class OptionError(ValueError):
+    """A method's rule broken by one of its options; the config reports it at method.<field>."""
+
+    def __init__(self, field: str, msg: str):
+        super().__init__(msg)
+        self.field = field
+
+
+METHODS: dict[str, MethodSpec] = {}
+
+
+def register(spec: MethodSpec) -> MethodSpec:
+    """Add a method to the registry (a method's file calls this once, at import)."""
+    taken = {k: s.name for s in METHODS.values() if s.name != spec.name for k in s.options.model_fields}
+    if clash := sorted(set(spec.options.model_fields) & set(taken)):
+        raise ValueError(f"method {spec.name}: option(s) {clash} already belong to {taken[clash[0]]}")
+    METHODS[spec.name] = spec
+    return spec
+
+
+def method_label(cfg) -> str:
+    """A trial's short name in tables and MLflow: its `label`, else its method's (mcd, mct, mcd_cfg1, tract, pd)."""
+    return cfg.label or METHODS[cfg.method.name].label(cfg.method)
 
 
 def split_batch(batch) -> tuple[Tensor, Tensor | None]:

@@ -14,15 +14,27 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from typing import Annotated, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from multistep.diffusion.ddim import addim_step, bcast, ddim_step, inv_ddim
 from multistep.diffusion.samplers import cm_stochastic_sample, mcm_sample
 from multistep.diffusion.schedules import Schedule
-from multistep.methods.anneal import teacher_steps
-from multistep.methods.base import Denoiser, conditioned, distance, per_example_mean, split_batch, weight
+from multistep.methods.anneal import AnnealCfg, LogLinearAnneal, teacher_steps
+from multistep.methods.base import (
+    Denoiser,
+    MethodSpec,
+    OptionError,
+    conditioned,
+    distance,
+    per_example_mean,
+    register,
+    split_batch,
+    weight,
+)
 
 
 @dataclass
@@ -44,12 +56,12 @@ class MCM:
     t_sampling: str = "uniform"  # "uniform" over the grid, or iCT "lognormal" (P_mean -1.1, P_std 2.0)
     cm_sampler_steps: tuple = ()  # S = 1 only: also evaluate with the CM stochastic sampler at these step counts
     target_dtype: torch.dtype = torch.float64  # dtype of z_t, teacher step, DDIM and invDDIM (A7)
+    label: str = ""  # name of its curve; default mcd (distillation) or mct (training)
     _target: nn.Module | None = field(default=None, repr=False)
     _target_updates: int = 0
 
-    @property
-    def label(self) -> str:
-        return "mcd" if self.teacher is not None else "mct"
+    def __post_init__(self):
+        self.label = self.label or ("mcd" if self.teacher is not None else "mct")
 
     def grid(self, iteration: int, total: int) -> tuple[int, int]:
         """(N_seg, T): N_seg = round(N_teacher(i) / S), T = S N_seg (A1)."""
@@ -185,3 +197,60 @@ class MCM:
                     )
                 )
         return out
+
+
+# ---- Registry entry: the `method:` keys of name: mcm, its builder and its label ----
+
+
+class Options(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    anneal: AnnealCfg = LogLinearAnneal(name="loglinear", start=16, end=256, fraction=0.5)  # teacher steps N(i)
+    xvar_frac: Annotated[float, Field(ge=0)] = 0.75  # eta of the aDDIM teacher step
+    guidance: Annotated[float, Field(ge=0)] = (
+        0.0  # distill: CFG scale w of the teacher step, x_g = x_c + w (x_c - x_u); 0 = none; needs a class-conditional teacher and labels
+    )
+    teacher_integrator: Literal["addim", "ddim"] = "addim"  # distill: teacher step
+    target_ema: Annotated[float, Field(ge=0, lt=1)] = 0.0  # 0 = stop-gradient of the online net; >0 EMA target
+    t_sampling: Literal["uniform", "lognormal"] = "uniform"  # grid positions uniform or iCT lognormal
+    cm_sampler_steps: list[
+        Annotated[int, Field(ge=1)]
+    ] = []  # S = 1: also evaluate the CM stochastic sampler at these steps
+
+
+def check(m) -> None:
+    if m.guidance > 0 and (m.name != "mcm" or m.mode != "distill"):
+        raise OptionError("guidance", "needs name: mcm and mode: distill (it guides the teacher step of MCD)")
+    if m.cm_sampler_steps and (m.name != "mcm" or m.student_steps != 1):
+        raise ValueError("cm_sampler_steps needs name: mcm and student_steps: 1")
+
+
+def label(m) -> str:
+    """mcd / mct (MCM distillation / training; S = 1 is CD / CT); guided distillation: its own curve, e.g. mcd_cfg1."""
+    if m.mode != "distill":
+        return "mct"
+    return f"mcd_cfg{m.guidance:g}" if m.guidance > 0 else "mcd"
+
+
+def build(cfg, c) -> MCM:
+    m = cfg.method
+    anneal = m.anneal.model_dump()
+    return MCM(
+        schedule=c.schedule,
+        student_steps=m.student_steps,
+        teacher=c.teacher if m.mode == "distill" else None,
+        anneal=anneal.pop("name"),
+        anneal_params=anneal,
+        xvar_frac=m.xvar_frac,
+        guidance=m.guidance,
+        teacher_integrator=m.teacher_integrator,
+        loss_weight=m.loss_weight or "snr+1",
+        distance=m.distance or "pseudo_huber",
+        huber_eps=m.huber_eps,
+        target_ema=m.target_ema,
+        clip_x=m.clip_x,
+        t_sampling=m.t_sampling,
+        cm_sampler_steps=tuple(m.cm_sampler_steps),
+    )
+
+
+register(MethodSpec("mcm", Options, build, label, check))

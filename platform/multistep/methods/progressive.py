@@ -10,14 +10,16 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from multistep.diffusion.ddim import bcast, ddim_step, inv_ddim
 from multistep.diffusion.samplers import mcm_sample
 from multistep.diffusion.schedules import Schedule
-from multistep.methods.base import Denoiser, conditioned, distance, split_batch, weight
+from multistep.methods.base import Denoiser, MethodSpec, conditioned, distance, register, split_batch, weight
 
 
 @dataclass
@@ -105,3 +107,38 @@ class Progressive:
                 )
             )
         return out
+
+
+# ---- Registry entry: the `method:` keys of name: progressive, its builder and its label ----
+
+
+class Options(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    pd_start_steps: Annotated[int, Field(ge=1)] = 64  # teacher steps of the first phase
+
+
+def check(m) -> None:
+    if m.name != "progressive":
+        return
+    r = m.pd_start_steps / m.student_steps
+    if r < 2 or r != 2 ** round(math.log2(r)):
+        raise ValueError(
+            f"pd_start_steps / student_steps must be a power of 2 >= 2, got {m.pd_start_steps}/{m.student_steps}"
+        )
+    if m.mode != "distill":
+        raise ValueError("progressive only distils (mode: distill)")
+
+
+def build(cfg, c) -> Progressive:
+    m = cfg.method
+    return Progressive(
+        c.schedule,
+        c.teacher,
+        m.pd_start_steps,
+        m.student_steps,
+        loss_weight=m.loss_weight or "max(snr,1)",
+        distance=m.distance or "l2sq",
+    )
+
+
+register(MethodSpec("progressive", Options, build, lambda m: "pd", check))

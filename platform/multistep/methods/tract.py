@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from multistep.diffusion.samplers import mcm_sample
 from multistep.diffusion.schedules import Schedule
-from multistep.methods.base import Denoiser, conditioned
+from multistep.methods.base import Denoiser, MethodSpec, conditioned, register
 from multistep.methods.mcm import MCM
 
 
@@ -112,3 +114,45 @@ class TRACT:
             conditioned(ema, y),
         )  # y: labels of the noise rows (conditional)
         return [(self.label, S, lambda noise: mcm_sample(ema, sched, noise, S))]
+
+
+# ---- Registry entry: the `method:` keys of name: tract, its builder and its label ----
+
+
+class Options(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    time_schedule: list[Annotated[int, Field(ge=1)]] | None = (
+        None  # phases ts[p] -> ts[p+1] steps; default [64, 8S, S] (or [64, S] when 8S >= 64)
+    )
+    self_teacher_ema: Annotated[float, Field(ge=0, lt=1)] = 0.5  # mu_S (bias-corrected)
+
+
+def check(m) -> None:
+    if m.name != "tract":
+        return
+    if m.time_schedule is None:
+        S = m.student_steps
+        m.time_schedule = [64, 8 * S, S] if 8 * S < 64 else [max(64, 2 * S), S]
+    ts = m.time_schedule
+    if len(ts) < 2 or any(a <= b or a % b for a, b in zip(ts, ts[1:])):
+        raise ValueError(f"time_schedule must decrease and each entry must divide the one before, got {ts}")
+    if ts[-1] != m.student_steps:
+        raise ValueError(f"time_schedule must end at student_steps = {m.student_steps}, got {ts}")
+    if m.mode != "distill":
+        raise ValueError("tract only distils (mode: distill)")
+
+
+def build(cfg, c) -> TRACT:
+    m = cfg.method
+    return TRACT(
+        c.schedule,
+        c.teacher,
+        tuple(m.time_schedule or ()),
+        m.self_teacher_ema,
+        clip_x=m.clip_x,
+        loss_weight=m.loss_weight or "max(snr,1)",
+        distance=m.distance or "l2sq_sum",
+    )
+
+
+register(MethodSpec("tract", Options, build, lambda m: "tract", check))

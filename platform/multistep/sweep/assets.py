@@ -39,19 +39,17 @@ def _cached(path: Path, compute, log=print):
     return value
 
 
-def resolve_teachers(trials: list[dict], cache_dir: Path, log=print) -> None:
+def resolve_teachers(trials: list, cache_dir: Path, log=print) -> None:
     """Download every MLflow teacher (once, from $MLFLOW_TRACKING_URI) and write its local path into the
     trial configs (replacing any path there), so Ray workers load a file and need no MLflow access."""
-    from multistep.config import TeacherCfg
-
     seen: set[str] = set()
     for trial in trials:
-        t = trial["config"]["teacher"]
-        if t["kind"] == "mlflow":
-            t["path"] = fetch_mlflow_teacher(TeacherCfg.model_validate(t), cache_dir)
-            if t["path"] not in seen:
-                seen.add(t["path"])
-                log(f"teacher of MLflow run {t['run_id']}: {t['path']}")
+        t = trial.cfg.teacher
+        if t.kind == "mlflow":
+            t.path = fetch_mlflow_teacher(t, cache_dir)
+            if t.path not in seen:
+                seen.add(t.path)
+                log(f"teacher of MLflow run {t.run_id}: {t.path}")
 
 
 def data_identity(cfg: TrialCfg) -> dict:

@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 from multistep.cli_common import say as cli_say
-from multistep.config import ConfigError, SweepPlan, TrialCfg
+from multistep.config import ConfigError, SweepPlan
 from multistep.metrics.evaluate import metric_names
 from multistep.sweep import ray_runtime
 from multistep.sweep import results as res
@@ -35,7 +35,7 @@ def trial_driver(config: dict, ctx: dict) -> None:
     i = config["trial_index"]
     r = ctx["resources"]
     loop_cfg = {
-        "trial": ctx["trials"][i]["config"],
+        "trial": ctx["trials"][i],
         "run_id": ctx["run_ids"][i],  # + eval_ref, init, proxy_samples
         "tracking_uri": ctx["tracking_uri"],
         "threads": r["cpus_per_worker"],
@@ -138,7 +138,7 @@ def _runner(cfg) -> str:
 
 
 def plan_hash(plan: SweepPlan) -> str:
-    return content_hash(plan.trials)
+    return content_hash([{"overrides": t.overrides, "config": t.doc()} for t in plan.trials])
 
 
 def resume_target(client, plan: SweepPlan):
@@ -225,7 +225,7 @@ def _open_runs(client, plan: SweepPlan, tracking_uri: str, storage: str, resume:
     client.log_artifact(srid, plan.path)
     run_ids = []
     for i, trial in enumerate(plan.trials):
-        tc = TrialCfg.model_validate(trial["config"])
+        tc = trial.cfg
         label = method_label(tc)
         r = client.create_run(
             exp_id,
@@ -235,9 +235,7 @@ def _open_runs(client, plan: SweepPlan, tracking_uri: str, storage: str, resume:
         ml.log_params(
             client,
             r.info.run_id,
-            ml.env_secrets_free(
-                ml.flatten(trial["config"]) | {f"search.{k}": str(v) for k, v in trial["overrides"].items()}
-            ),
+            ml.env_secrets_free(ml.flatten(trial.doc()) | {f"search.{k}": str(v) for k, v in trial.overrides.items()}),
         )
         client.update_run(r.info.run_id, status="SCHEDULED")
         run_ids.append(r.info.run_id)
@@ -261,10 +259,8 @@ def _shared_assets(plan: SweepPlan, client, srid: str, storage_dir: Path, resume
     trial's). In the main thread, so Ctrl-C stops them at once; the teacher curve goes on the sweep run."""
     assets, asset_keys = {}, []
     for trial in plan.trials:
-        tc = TrialCfg.model_validate(trial["config"])
-        key = content_hash(
-            {k: trial["config"][k] for k in ("data", "teacher", "student", "eval")} | {"seed": tc.train.seed}
-        )
+        tc, doc = trial.cfg, trial.doc()
+        key = content_hash({k: doc[k] for k in ("data", "teacher", "student", "eval")} | {"seed": tc.train.seed})
         if key not in assets:
             assets[key] = prepare(tc, storage_dir / "cache", log=say) | {
                 "proxy_samples": plan.cfg.scheduler.proxy_samples
@@ -340,7 +336,7 @@ def _run_sweep(plan, tracking_uri, storage, say, resume, start_ray, stop: Interr
         r = cfg.resources
         itself = r.trial_trains_itself  # runner tune: the trial holds the worker's resources and checkpoints itself
         ctx = {
-            "trials": plan.trials,
+            "trials": [t.doc() for t in plan.trials],  # dicts: what crosses the Ray boundary
             "run_ids": run_ids,
             "tracking_uri": tracking_uri,
             "storage": ray_dir,
@@ -573,7 +569,7 @@ def collect_rows(client, plan: SweepPlan, run_ids: list[str], names: dict[str, s
     for i, rid in enumerate(run_ids):
         run = client.get_run(rid)
         tc = plan.trial_cfg(i)
-        anneal = tc.method.anneal.model_dump() if tc.method.name == "mcm" else {}
+        cells = res.trial_cells(tc)
         for key in run.data.metrics:
             metric, _, label = key.partition("/")
             if metric not in names.values():
@@ -590,8 +586,7 @@ def collect_rows(client, plan: SweepPlan, run_ids: list[str], names: dict[str, s
                         "value": m.value,
                         "trial_id": run.data.tags.get("ray.trial_id", ""),
                         "run_id": rid,
-                        "anneal": " ".join(f"{k}={v}" for k, v in anneal.items()),
-                        "learning_rate": tc.train.learning_rate,
+                        **cells,
                         "train_iterations": tc.train.iterations,
                         "wall_seconds": run.data.metrics.get("wall_seconds"),
                         "se": se.get(m.step),

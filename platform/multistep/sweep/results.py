@@ -27,6 +27,12 @@ COLUMNS = [
 ]  # se: KID's own / bootstrap standard error, else null
 
 
+def trial_cells(tc) -> dict:
+    """The cells of a results row that come from the trial's config (the driver's and `multistep eval`'s rows)."""
+    anneal = tc.method.anneal.model_dump() if tc.method.name == "mcm" else {}
+    return {"anneal": " ".join(f"{k}={v}" for k, v in anneal.items()), "learning_rate": tc.train.learning_rate}
+
+
 def _atomic(path: Path, write) -> None:
     write_with(path, write)
 

@@ -252,9 +252,8 @@ def run_trial(cfg: dict, session: Session) -> dict:
             suffix = "" if label == method.label else f"/{label}"
             logger.metrics(steps, {f"{k}{suffix}": v for k, v in metrics.items()})  # step = number of sampling steps
             if x.ndim == 4:  # images: an 8x8 grid of the first samples, artifact samples/<label>_<steps>steps.png
-                name = method_label(tc) if label == method.label else label  # as in the results table
-                with tempfile.TemporaryDirectory() as d:
-                    logger.artifact(str(save_grid(x, Path(d) / f"{name}_{steps}steps.png")), "samples")
+                with tempfile.TemporaryDirectory() as d:  # named as in the results table
+                    logger.artifact(str(save_grid(x, Path(d) / f"{label}_{steps}steps.png")), "samples")
         if steps == tc.method.student_steps and label == method.label:
             final = {**metrics, "nfe": nfe}
     final |= {**last_proxy, "iteration": state.iteration, "wall_seconds": state.wall_seconds, "final": 1}

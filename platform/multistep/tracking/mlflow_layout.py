@@ -62,6 +62,20 @@ def git_commit() -> str:
         return "unknown"
 
 
+def client(uri: str) -> MlflowClient:
+    return MlflowClient(uri)
+
+
+def get_run(client: MlflowClient, run_id: str):
+    """The run `run_id`, or None when the store has no such run."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id)
+    except MlflowException:
+        return None
+
+
 def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:

@@ -14,9 +14,7 @@ from torch import nn
 from multistep.config import ConfigError, DataCfg, TeacherCfg, TrialCfg
 from multistep.data.gmm import GaussianMixture
 from multistep.diffusion.schedules import Schedule, make_schedule
-from multistep.methods.mcm import MCM
-from multistep.methods.progressive import Progressive
-from multistep.methods.tract import TRACT
+from multistep.methods import METHODS, method_label
 from multistep.nets.analytic import MixtureDenoiser
 from multistep.nets.mlp import MLP, VDenoiser
 from multistep.train.teacher import load_teacher
@@ -153,52 +151,7 @@ def guidance_error(cfg: TrialCfg, labelled: bool) -> str | None:
 
 
 def make_method(cfg: TrialCfg, c: Components):
-    m = cfg.method
-    if m.name == "tract":
-        return TRACT(
-            c.schedule,
-            c.teacher,
-            tuple(m.time_schedule or ()),
-            m.self_teacher_ema,
-            clip_x=m.clip_x,
-            loss_weight=m.loss_weight or "max(snr,1)",
-            distance=m.distance or "l2sq_sum",
-        )
-    if m.name == "progressive":
-        return Progressive(
-            c.schedule,
-            c.teacher,
-            m.pd_start_steps,
-            m.student_steps,
-            loss_weight=m.loss_weight or "max(snr,1)",
-            distance=m.distance or "l2sq",
-        )
-    anneal = m.anneal.model_dump()
-    name = anneal.pop("name")
-    return MCM(
-        schedule=c.schedule,
-        student_steps=m.student_steps,
-        teacher=c.teacher if m.mode == "distill" else None,
-        anneal=name,
-        anneal_params=anneal,
-        xvar_frac=m.xvar_frac,
-        guidance=m.guidance,
-        teacher_integrator=m.teacher_integrator,
-        loss_weight=m.loss_weight or "snr+1",
-        distance=m.distance or "pseudo_huber",
-        huber_eps=m.huber_eps,
-        target_ema=m.target_ema,
-        clip_x=m.clip_x,
-        t_sampling=m.t_sampling,
-        cm_sampler_steps=tuple(m.cm_sampler_steps),
-    )
-
-
-def method_label(cfg: TrialCfg) -> str:
-    """Short name in tables and MLflow: mcd / mct (MCM distillation / training; S = 1 is CD / CT), tract, pd."""
-    m = cfg.method
-    if cfg.label:
-        return cfg.label
-    if m.name == "mcm" and m.guidance > 0:  # guided distillation: its own curve, e.g. mcd_cfg1
-        return f"mcd_cfg{m.guidance:g}"
-    return {"tract": "tract", "progressive": "pd"}.get(m.name, "mcd" if m.mode == "distill" else "mct")
+    """The trial's method object, built by its registry entry (methods/<name>.py), named as in the results table."""
+    method = METHODS[cfg.method.name].build(cfg, c)
+    method.label = method_label(cfg)
+    return method

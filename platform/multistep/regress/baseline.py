@@ -3,7 +3,7 @@
 The baseline of a regression sweep is the sweep run that carries the tag multistep.regression_baseline =
 <sweep name> (moved by `multistep regress --promote RUN_ID --reason TEXT`, which records who, when and why on
 the run), or any sweep run or results file given with --baseline. The comparison itself is
-multistep.regression (pure); this module is the MLflow and Ray side. Every regress run becomes an MLflow run
+multistep.regress.compare (pure); this module is the MLflow and Ray side. Every regress run becomes an MLflow run
 (multistep.kind = regression) with the report, the plot and the table as artifacts, tagged with the
 baseline it used; its status is FAILED when a point regressed, so the MLflow UI shows the red light.
 """
@@ -42,12 +42,10 @@ def _now() -> str:
 # -- runs -------------------------------------------------------------------------------------------
 def sweep_run(client, run_id: str, flag: str):
     """The sweep run `run_id` names (a regression run stands for the sweep run it checked); bad ids are exit 2."""
-    from mlflow.exceptions import MlflowException
+    from multistep.tracking import mlflow_layout as ml
 
-    try:
-        run = client.get_run(run_id)
-    except MlflowException:
-        raise ConfigError(f"{flag} {run_id}: no such run in the tracking store") from None
+    if (run := ml.get_run(client, run_id)) is None:
+        raise ConfigError(f"{flag} {run_id}: no such run in the tracking store")
     kind = run.data.tags.get(tag.KIND)
     if kind == "regression":
         return sweep_run(client, run.data.tags[tag.REGRESS_CURRENT_RUN], flag)
@@ -59,7 +57,7 @@ def sweep_run(client, run_id: str, flag: str):
 
 
 def read_run_table(client, run, flag: str) -> list[dict]:
-    from multistep.regression import read_table
+    from multistep.regress.compare import read_table
 
     if run.info.status in ("RUNNING", "SCHEDULED"):
         raise ConfigError(f"{flag} {run.info.run_id}: the sweep is still {run.info.status}")
@@ -138,7 +136,7 @@ def _no_baseline(file: str, name: str, experiment: str) -> ConfigError:
 
 def resolve_baseline(client, arg: str | None, cfg, file: str) -> tuple[list[dict], dict, dict]:
     """(rows, report facts, MLflow tags) of the baseline: --baseline PATH or RUN_ID, else the promoted run."""
-    from multistep.regression import read_table
+    from multistep.regress.compare import read_table
 
     if arg and Path(arg).exists():
         try:
@@ -226,16 +224,16 @@ def cmd_regress(args, say=cli_say) -> int:
     if plan is not None and not args.promote:
         check_file(plan, args.file)
     uri = tracking_uri(args.tracking_uri)  # one resolution and check for every command
-    from mlflow.tracking import MlflowClient
+    from multistep.tracking import mlflow_layout as ml
 
-    client = MlflowClient(uri)
+    client = ml.client(uri)
     if args.promote:
         return promote(client, args.promote, args.reason.strip(), plan.cfg.name if plan else None, say)
     return regress(client, plan, args, uri, say)
 
 
 def regress(client, plan, args, uri: str, say=cli_say) -> int:
-    from multistep import regression as rg
+    from multistep.regress import compare as rg
     from multistep.tracking import mlflow_layout as ml
 
     cfg, file = plan.cfg, args.file
