@@ -59,7 +59,7 @@ TRAINING = {
     "train_imagenet64_bf16_compile": ("imagenet64", "bf16", True, True),
 }
 # The end-to-end distillation (the quickstart's mixture, teacher and student; S = 4). The CPU figure of exactly this
-# run lives in tests/expectations/gpu_check.json and is re-measured by tests/test_gpu_check.py (slow).
+# run lives in tests/expectations/gpu_check.json and is re-measured by tests/system/test_gpu_check.py (slow).
 DISTIL = {
     "student_steps": 4,
     "iterations": 2000,
@@ -198,8 +198,8 @@ def part_tests(rehearsal: bool, device: str, peak) -> dict:
         "-p",
         "no:cacheprovider",
         f"--junitxml={junit}",
-        "tests/test_gpu.py",
-        "tests/test_mcm.py",
+        "tests/system/test_gpu.py",
+        "tests/unit/methods/test_mcm.py",
     ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     tests = {}

@@ -5,7 +5,7 @@ teachers), which the DDP wrapper handles badly; so each rank runs the plain loop
 the gradients are averaged with ONE flat all-reduce (same order on every rank by construction). With
 identical starting weights (broadcast from rank 0) every rank then takes the same optimizer step, so
 the replicas never drift apart. The loss is a mean over examples, so the averaged gradient of R
-equal slices of the global batch is the gradient of the global batch (tests/test_replicas.py).
+equal slices of the global batch is the gradient of the global batch (tests/unit/train/test_replicas.py).
 Cost: the all-reduce does not overlap backward as DDP's buckets do (fine for the small trials of a
 sweep; measured in docs/performance.md).
 """

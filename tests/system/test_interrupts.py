@@ -4,7 +4,7 @@ One sweep, interrupted twice: SIGINT to the process group mid-training (a termin
 SIGTERM to the driver alone mid-evaluation. Each time: exit 130, the sweep run KILLED and tagged incomplete, the
 trial run KILLED and tagged interrupted (never left RUNNING or FINISHED), and after SIGTERM no process of the
 driver's session (its local Ray) left; `regress --promote` refuses the run; the last `--resume` finishes the trial
-and no point is logged twice. (SIGKILL of the driver alone, and resuming a finished sweep: tests/test_resume.py.)
+and no point is logged twice. (SIGKILL of the driver alone, and resuming a finished sweep: tests/system/test_resume.py.)
 """
 
 import os

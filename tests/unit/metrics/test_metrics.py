@@ -3,7 +3,6 @@
 import multiprocessing as mp
 import re
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -233,7 +232,9 @@ def test_torchscript_extractor(tmp_path):
 
 
 def test_no_download_code_in_metrics():
-    src = Path(__file__).resolve().parents[1] / "platform" / "multistep" / "metrics"
+    from conftest import REPO
+
+    src = REPO / "platform" / "multistep" / "metrics"
     text = "\n".join(p.read_text() for p in src.glob("*.py"))
     for needle in ("urllib", "requests", "http://", "https://", "hub.load", "download_url", "urlretrieve"):
         assert needle not in text

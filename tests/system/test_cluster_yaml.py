@@ -17,7 +17,8 @@ import ray.autoscaler
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO
+
 TEXT = (REPO / "cluster.yaml").read_text()
 SCHEMA = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
 COMMAND_LISTS = [
