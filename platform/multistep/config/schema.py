@@ -76,27 +76,75 @@ class DataCfg(Strict):
 TEACHER_ARTIFACT = "teacher.pt"  # artifact path of the checkpoint on a `multistep teacher` run
 
 
-class TeacherCfg(Strict):
-    """analytic: exact denoiser of a gmm; checkpoint / mlflow: a network trained by `multistep teacher`.
-    A network teacher brings the schedule it was trained with (`schedule` is then ignored) and the
-    student starts as a copy of it (no warm start)."""
+class DdpmCfg(Strict):
+    """A discrete DDPM beta schedule (diffusers' DDPMScheduler fields)."""
 
-    kind: Literal["analytic", "checkpoint", "mlflow"] = "analytic"
-    schedule: ScheduleCfg = ScheduleCfg()  # analytic: noise schedule
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
+    beta_start: PosFloat = 1e-4
+    beta_end: PosFloat = 0.02
+    num_train_timesteps: PosInt = 1000
+    betas: list[Annotated[float, Field(gt=0, lt=1)]] | None = None  # explicit betas (diffusers' trained_betas)
+
+
+class EdmCfg(Strict):
+    """An EDM noise range: the network is D(x; sigma) with x = data + sigma * noise."""
+
+    sigma_min: PosFloat = 0.002
+    sigma_max: PosFloat = 80.0
+    sigma_data: PosFloat = 0.5  # recorded (EDM's preconditioning lives inside the network)
+
+
+IMPORTED = ("diffusers", "torchscript", "state_dict")  # teachers trained elsewhere (nets/imported.py)
+
+
+class TeacherCfg(Strict):
+    """analytic: exact denoiser of a gmm; checkpoint / mlflow: a network trained by `multistep teacher`;
+    diffusers / torchscript / state_dict: a network trained elsewhere (docs/teachers.md). A network teacher brings the
+    schedule it was trained with and the student starts as a copy of it (no warm start)."""
+
+    kind: Literal["analytic", "checkpoint", "mlflow", "diffusers", "torchscript", "state_dict"] = "analytic"
+    schedule: ScheduleCfg = ScheduleCfg()  # analytic: noise schedule; imported eps/v/x0 nets without ddpm: theirs
     path: str | None = Field(
         None, validate_default=True
-    )  # checkpoint: local teacher file (relative to the cwd); mlflow: the driver sets it to the downloaded copy
+    )  # checkpoint, torchscript, state_dict: a local file; diffusers: a save_pretrained folder; mlflow: set by the driver
     run_id: str | None = Field(None, validate_default=True)  # mlflow: run id of a `multistep teacher` run
     artifact_path: str = TEACHER_ARTIFACT  # mlflow: the checkpoint's artifact path on that run
+    builder: str | None = None  # state_dict: "package.module:callable" that builds the network (importable here)
+    builder_args: dict[str, Any] = {}  # state_dict: keyword arguments of the builder
+    parameterization: Literal["eps", "v", "x0", "edm", "flow"] | None = (
+        None  # imported: what the network returns (diffusers: from its scheduler's prediction_type)
+    )
+    ddpm: DdpmCfg | None = None  # imported eps/v/x0 nets: the discrete schedule (diffusers: its scheduler config)
+    edm: EdmCfg = EdmCfg()  # parameterization edm: the sigma range of net(x, sigma[, labels])
+    time_scale: PosFloat = 1.0  # vp and flow nets: the network receives its continuous time times this (e.g. 1000)
+    clip_sample: Annotated[float, Field(ge=0)] | None = (
+        None  # clip the teacher's x_hat to [-c, c] (diffusers: clip_sample_range)
+    )
+    num_classes: PosInt | None = (
+        None  # imported class-conditional nets: labels 0 .. num_classes - 1 (diffusers: num_class_embeds)
+    )
+    null_label: Annotated[int, Field(ge=0)] | None = (
+        None  # the label the network was trained with for "no class" (guidance)
+    )
+    logsnr_min: float | None = None  # imported: lowest log-SNR of the student's schedule; default: the teacher's lowest
+    check: bool = True  # imported: the plausibility check at load (x_hat at the lowest and highest noise, finite)
 
     @field_validator("path")
     @classmethod
     def _path(cls, v, info):
+        kind = info.data.get("kind")
         if v is None:
-            if info.data.get("kind") == "checkpoint":
-                raise ValueError("required for kind: checkpoint (a teacher file written by `multistep teacher`)")
+            if kind in ("checkpoint", *IMPORTED):
+                what = (
+                    "a teacher file written by `multistep teacher`" if kind == "checkpoint" else "the teacher's files"
+                )
+                raise ValueError(f"required for kind: {kind} ({what})")
             return v
         p = Path(v).expanduser().resolve()
+        if kind == "diffusers":
+            if not p.is_dir():
+                raise ValueError(f"{p}: not a folder (kind diffusers needs a save_pretrained folder)")
+            return str(p)
         if not p.is_file():
             raise ValueError(f"{p}: teacher checkpoint not found")
         if not os.access(p, os.R_OK):
@@ -109,6 +157,22 @@ class TeacherCfg(Strict):
         if info.data.get("kind") == "mlflow" and not v:
             raise ValueError("required for kind: mlflow (the run id `multistep teacher` printed)")
         return v
+
+    @model_validator(mode="after")
+    def _declaration(self):
+        if self.kind in ("torchscript", "state_dict") and self.parameterization is None:
+            raise sub_field_error("parameterization", None, f"required for kind: {self.kind} (eps, v, x0, edm or flow)")
+        if self.kind == "state_dict" and (not self.builder or ":" not in self.builder):
+            raise sub_field_error(
+                "builder", self.builder, 'required for kind: state_dict, as "package.module:callable"'
+            )
+        if self.null_label is not None and self.num_classes is None and self.kind != "diffusers":
+            raise sub_field_error("null_label", self.null_label, "needs num_classes")
+        return self
+
+    @property
+    def imported(self) -> bool:
+        return self.kind in IMPORTED
 
 
 class StudentCfg(Strict):

@@ -124,6 +124,43 @@ class InterpolatedCosine(LogSNRSchedule):
         return ((lo + hi) / 2).to(lam.dtype)
 
 
+@dataclass(frozen=True)
+class DiscreteVP(LogSNRSchedule):
+    """A discrete DDPM schedule (log-SNR lambda_k at timesteps k = 0 .. T-1) in continuous time: t = (tau + 1) / T.
+
+    Between integer timesteps lambda is linear in tau; on tau in [-1, 0] abar goes linearly from abar_0 to 1, so
+    lambda(0) = +inf (alpha_0 = 1, sigma_0 = 0: DDIM's last step returns x_hat). DDIM with N steps here visits
+    tau = T - 1, T - 1 - T/N, ..., T/N - 1 and then the data: diffusers' DDIM with timestep_spacing "trailing".
+    """
+
+    name: str = "ddpm"
+    logsnr_k: tuple[float, ...] = ()  # lambda at timestep k, decreasing
+
+    def _table(self, like: Tensor) -> Tensor:
+        return torch.tensor(self.logsnr_k, dtype=torch.float64, device=like.device)
+
+    def logsnr(self, t: Tensor) -> Tensor:
+        lk = self._table(t)
+        tau = t.double() * len(lk) - 1
+        i = tau.floor().long().clamp(0, len(lk) - 2)
+        inside = lk[i] + (tau - i) * (lk[i + 1] - lk[i])
+        abar0 = torch.sigmoid(lk[0])
+        abar = abar0 + (-tau).clamp(0, 1) * (1 - abar0)  # tau in [-1, 0]: abar_0 -> 1
+        below = torch.log(abar) - torch.log1p(-abar)
+        return torch.where(tau >= 0, inside, below).to(t.dtype)
+
+    def t_from_logsnr(self, lam: Tensor) -> Tensor:
+        lk = self._table(lam)
+        asc, lamd = lk.flip(0), lam.double()
+        i = torch.searchsorted(asc, lamd.clamp(float(asc[0]), float(asc[-1])).contiguous()).clamp(1, len(asc) - 1)
+        w = (lamd - asc[i - 1]) / (asc[i] - asc[i - 1])
+        tau_inside = (len(lk) - i) - w  # asc[j] is timestep T - 1 - j
+        abar0, abar = torch.sigmoid(lk[0]), torch.sigmoid(lamd)
+        tau_below = -((abar - abar0) / (1 - abar0)).clamp(0, 1)
+        tau = torch.where(lamd > lk[0], tau_below, tau_inside.clamp(0, len(lk) - 1))
+        return ((tau + 1) / len(lk)).to(lam.dtype)
+
+
 SCHEDULES = {
     "cosine": Schedule,
     "clipped_cosine": ClippedCosine,

@@ -30,6 +30,19 @@ def file_sha256(path, chars: int = 16) -> str:
     return h.hexdigest()[:chars]
 
 
+def tree_sha256(path, chars: int = 32) -> str:
+    """sha256 of a file, or of a folder's files (relative names and contents, in sorted order)."""
+    from pathlib import Path
+
+    p = Path(path)
+    if p.is_file():
+        return file_sha256(p, chars)
+    h = hashlib.sha256()
+    for f in sorted(q for q in p.rglob("*") if q.is_file()):
+        h.update(str(f.relative_to(p)).encode() + b"\0" + file_sha256(f, 64).encode())
+    return h.hexdigest()[:chars]
+
+
 def _tensor(x) -> torch.Tensor:
     return x.detach().cpu() if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
 

@@ -14,7 +14,7 @@ import torch
 
 from multistep.config import ConfigError, TrialCfg
 from multistep.metrics.evaluate import EvalRef, make_eval_ref, teacher_curve
-from multistep.metrics.extractors import ClassifierExtractor, InceptionExtractor, features_fn, file_sha256
+from multistep.metrics.extractors import ClassifierExtractor, InceptionExtractor, features_fn, file_sha256, tree_sha256
 from multistep.tracking.teachers import fetch_mlflow_teacher
 from multistep.train import checkpoint
 from multistep.train.build import as_float, build, uses_labels
@@ -63,6 +63,10 @@ def teacher_identity(cfg: TrialCfg) -> dict:
     t = cfg.teacher
     if t.kind == "analytic":
         return t.model_dump(include={"kind", "schedule"})
+    if t.imported:  # its files and everything that declares how to read them
+        return {"kind": t.kind, "sha256": tree_sha256(t.path)} | t.model_dump(
+            exclude={"kind", "path", "run_id", "artifact_path"}
+        )
     return {"kind": "network", "sha256": file_sha256(t.path, 32) if t.path else f"{t.run_id}/{t.artifact_path}"}
 
 

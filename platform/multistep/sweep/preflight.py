@@ -107,6 +107,8 @@ def inputs(plan: SweepPlan) -> None:
 
 def _check_pair(tc: TrialCfg, path: str) -> None:
     shape = data_shape(tc.data, f"{path}: ")
+    if tc.teacher.imported:
+        return _check_imported(tc, shape, path)
     if tc.teacher.kind != "checkpoint":  # analytic: made for the data; mlflow: fetched (and checked) by the driver
         return
     from multistep.train.teacher import load_teacher
@@ -132,6 +134,48 @@ def _check_pair(tc: TrialCfg, path: str) -> None:
                 f"{path}: teacher.path: {tc.teacher.path} does not take samples of this data's shape "
                 f"{tuple(shape)} ({_first_line(e)})"
             ) from None
+
+
+def _check_imported(tc: TrialCfg, shape: tuple, path: str) -> None:
+    """A teacher trained elsewhere loads, takes the data's shape (and labels), returns finite values, and its declared
+    parameterisation passes the plausibility check on up to 256 rows of the data."""
+    import torch
+
+    from multistep.nets import imported
+    from multistep.train.build import ImageData, make_data, plausibility_rows
+
+    try:
+        f, _ = imported.load(tc.teacher)
+    except ValueError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    d = tc.data
+    if d.kind == "parquet":  # the first shard only: the check needs a few rows, not the dataset
+        from multistep.data.parquet import list_shards, read_shard
+
+        x, y = read_shard(list_shards(d.path)[0])
+        data = ImageData(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), None if y is None else torch.from_numpy(y))
+    else:
+        data = make_data(d)
+    x, y = plausibility_rows(data)
+    y = y if f.num_classes is not None else None
+    where = f"{path}: teacher.path: {tc.teacher.path}"
+    try:
+        with torch.no_grad():
+            out = f(x[:2].double(), torch.full((2,), 0.5, dtype=torch.float64), None if y is None else y[:2])
+    except Exception as e:  # noqa: BLE001 - a shape or channel mismatch shows as any of several errors
+        raise ConfigError(
+            f"{where} does not take samples of this data's shape {tuple(shape)} ({_first_line(e)})"
+        ) from None
+    if not torch.isfinite(out).all():
+        raise ConfigError(f"{where} returns non-finite values on the first batch of this data")
+    if tuple(out.shape[1:]) != tuple(shape):
+        raise ConfigError(
+            f"{where} returns samples of shape {tuple(out.shape[1:])}, but this data has shape {tuple(shape)}"
+        )
+    if not tc.teacher.check:
+        return
+    if err := imported.plausibility_error(f, x, y):
+        raise ConfigError(f"{path}: teacher.parameterization: {err}")
 
 
 def data_shape(d, where: str = "") -> tuple[int, ...]:

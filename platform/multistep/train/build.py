@@ -15,6 +15,7 @@ from multistep.config import ConfigError, DataCfg, TeacherCfg, TrialCfg
 from multistep.data.gmm import GaussianMixture
 from multistep.diffusion.schedules import Schedule, make_schedule
 from multistep.methods import METHODS, method_label
+from multistep.nets import imported
 from multistep.nets.analytic import MixtureDenoiser
 from multistep.nets.mlp import MLP, VDenoiser
 from multistep.train.teacher import load_teacher
@@ -84,6 +85,21 @@ def load_network_teacher(t: TeacherCfg) -> tuple[nn.Module, dict]:
         raise ConfigError(f"teacher.path: {e}") from None
 
 
+def load_imported_teacher(t: TeacherCfg):
+    try:
+        return imported.load(t)[0]
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def plausibility_rows(data, n: int = 256) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(x, y): n data rows (and their labels) for the imported teacher's plausibility check, drawn with a fixed seed."""
+    g = torch.Generator().manual_seed(0)
+    if hasattr(data, "sample_labelled"):
+        return data.sample_labelled(n, g)
+    return data.sample(n, g), None
+
+
 @dataclass
 class Components:
     schedule: Schedule
@@ -105,6 +121,16 @@ def build(cfg: TrialCfg, load_data: bool = True) -> Components:
             torch.manual_seed(cfg.train.seed)
             net = MLP(gmm.dim, s.hidden, s.depth, s.time_dim, s.dropout)
         return Components(sched, gmm, teacher, VDenoiser(net, sched))
+    if cfg.teacher.imported:  # trained elsewhere: the adapter puts it on its student schedule (nets/imported.py)
+        teacher = load_imported_teacher(cfg.teacher)
+        data = make_data(d) if load_data else None
+        if (
+            data is not None
+            and cfg.teacher.check
+            and (err := imported.plausibility_error(teacher, *plausibility_rows(data)))
+        ):
+            raise ConfigError(f"teacher.parameterization: {cfg.teacher.path}: {err}")
+        return Components(teacher.schedule, data, teacher, copy.deepcopy(teacher).requires_grad_(True).train())
     # A network teacher: its own schedule; the student starts as a copy of it (MCM paper).
     net, info = load_network_teacher(cfg.teacher)
     sc = info["meta"].get("schedule") or cfg.teacher.schedule.model_dump()
@@ -130,7 +156,7 @@ def build(cfg: TrialCfg, load_data: bool = True) -> Components:
 
 def teacher_classes(teacher) -> int | None:
     """Number of classes of a class-conditional network teacher (id num_classes is its null class), else None."""
-    return getattr(getattr(teacher, "net", None), "num_classes", None)
+    return getattr(teacher, "num_classes", None) or getattr(getattr(teacher, "net", None), "num_classes", None)
 
 
 def uses_labels(teacher, data_has_labels: bool) -> bool:
@@ -142,6 +168,8 @@ def uses_labels(teacher, data_has_labels: bool) -> bool:
 def guidance_error(cfg: TrialCfg, labelled: bool) -> str | None:
     """Why method.guidance cannot be used with this trial's teacher and data (None when it can)."""
     w = cfg.method.guidance
+    if w > 0 and cfg.teacher.imported and cfg.teacher.null_label is None:
+        return f"method.guidance: {w:g} needs teacher.null_label (the label {cfg.teacher.path} was trained with for no class)"
     if w > 0 and not labelled:
         return (
             f"method.guidance: {w:g} needs a class-conditional network teacher (net.num_classes in "

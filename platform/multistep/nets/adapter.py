@@ -1,0 +1,139 @@
+"""Any diffusion network as the platform's denoiser f(z_t, t[, y]) -> x_hat (docs/teachers.md).
+
+The platform works on a VP schedule z_t = alpha_t x + sigma_t eps (diffusion/schedules.py). A teacher trained
+elsewhere saw its own inputs; at equal log-SNR lambda = log(alpha^2 / sigma^2) every one of them is a rescaling of
+z_t (algorithms.md §1.1), so the adapter maps (z_t, t) to the network's input, calls it, and turns its output into
+x_hat. All of that maths runs in float64 (or z's dtype); only the network itself runs under the trial's precision.
+
+  kind of time input (`Time`)     the network is called as              what it returns (`Parameterization`)
+  ddpm  (discrete beta schedule)  net(z_t, tau[, y]), fractional tau    eps, v or x0 (diffusers: epsilon,
+        with abar(tau) matching lambda, interpolated in log-SNR         v_prediction, sample)
+  vp    (a continuous schedule)   net(z_t, t' * time_scale[, y])        eps, v or x0
+  edm   (sigma, EDM / EDM2)       net(z_t / alpha, sigma = sigma_t / alpha_t[, y])  D(x; sigma) = x_hat
+  flow  (rectified flow)          net(z_t (1 - s) / alpha, s * time_scale[, y])     velocity eps - x
+                                  with x_s = (1 - s) x + s eps, s = sigmoid(-lambda / 2)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from multistep.diffusion.ddim import bcast as _b
+from multistep.diffusion.schedules import Schedule
+from multistep.nets.mlp import VDenoiser
+
+Tensor = torch.Tensor
+PARAMETERIZATIONS = ("eps", "v", "x0", "edm", "flow")  # what the network returns (edm: D(x; sigma); flow: eps - x)
+
+
+def ddpm_betas(beta_schedule: str, beta_start: float, beta_end: float, steps: int) -> Tensor:
+    """The beta_k of a discrete DDPM schedule, as diffusers' DDPMScheduler defines them (float64)."""
+    if beta_schedule == "linear":
+        return torch.linspace(beta_start, beta_end, steps, dtype=torch.float64)
+    if beta_schedule == "scaled_linear":  # latent diffusion: linear in sqrt(beta)
+        return torch.linspace(beta_start**0.5, beta_end**0.5, steps, dtype=torch.float64) ** 2
+    if beta_schedule == "squaredcos_cap_v2":  # improved DDPM's cosine, betas capped at 0.999
+        f = lambda i: math.cos((i / steps + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+        return torch.tensor([min(1 - f(i + 1) / f(i), 0.999) for i in range(steps)], dtype=torch.float64)
+    raise ValueError(f"unsupported beta_schedule {beta_schedule!r} (linear, scaled_linear, squaredcos_cap_v2)")
+
+
+@dataclass(frozen=True)
+class Time:
+    """How the network reads the noise level: kind ddpm (timesteps), vp (continuous t), edm (sigma) or flow (s)."""
+
+    kind: str
+    logsnr_k: Tensor | None = None  # ddpm: lambda at each integer timestep k = 0 .. T-1 (decreasing)
+    schedule: Schedule | None = None  # vp: the schedule the network was trained with
+    sigma_min: float = 0.002  # edm
+    sigma_max: float = 80.0  # edm
+    time_scale: float = 1.0  # vp, flow: the network receives its time times this
+
+    @staticmethod
+    def ddpm(betas: Tensor) -> Time:
+        abar = torch.cumprod(1 - betas.double(), 0)
+        return Time("ddpm", logsnr_k=torch.log(abar) - torch.log1p(-abar))
+
+    def logsnr_range(self) -> tuple[float, float]:
+        """(lowest, highest) log-SNR the network was trained on: the student's schedule stays inside the lowest."""
+        if self.kind == "ddpm":
+            return float(self.logsnr_k[-1]), float(self.logsnr_k[0])
+        if self.kind == "edm":
+            return -2 * math.log(self.sigma_max), -2 * math.log(self.sigma_min)
+        if self.kind == "vp":
+            one = torch.ones((), dtype=torch.float64)
+            return max(float(self.schedule.logsnr(one)), -20.0), min(float(self.schedule.logsnr(0 * one)), 20.0)
+        return -20.0, 20.0  # flow: s in (0, 1), the ends are the data and pure noise
+
+    def timestep(self, lam: Tensor) -> Tensor:
+        """ddpm: the fractional timestep tau with lambda(tau) = lam, linear in log-SNR between integer steps (clamped)."""
+        lk = self.logsnr_k.to(lam.device)
+        asc, k = lk.flip(0), torch.arange(len(lk) - 1, -1, -1, dtype=lam.dtype, device=lam.device)
+        lam = lam.clamp(float(asc[0]), float(asc[-1]))
+        i = torch.searchsorted(asc, lam.contiguous()).clamp(1, len(asc) - 1)
+        w = (lam - asc[i - 1]) / (asc[i] - asc[i - 1])
+        return k[i - 1] + w * (k[i] - k[i - 1])
+
+
+class Adapted(VDenoiser):
+    """A network trained elsewhere, as f(z_t, t[, y]) -> x_hat on the platform's `schedule`.
+
+    The network runs through VDenoiser's fast paths (autocast, channels_last, compile; `self.v` is the raw call);
+    labels y equal to `num_classes` (the platform's null class) are passed as `null_label`."""
+
+    def __init__(
+        self,
+        net: nn.Module,
+        schedule: Schedule,
+        time: Time,
+        parameterization: str,
+        num_classes: int | None = None,
+        null_label: int | None = None,
+        clip_sample: float = 0.0,
+    ):
+        super().__init__(net, schedule)
+        if parameterization not in PARAMETERIZATIONS:
+            raise ValueError(f"unknown parameterization {parameterization!r} (one of {', '.join(PARAMETERIZATIONS)})")
+        self.time, self.parameterization = time, parameterization
+        self.num_classes, self.null_label, self.clip_sample = num_classes, null_label, clip_sample
+
+    def labels(self, y: Tensor | None) -> Tensor | None:
+        if y is None or self.num_classes is None:
+            return None
+        if self.null_label is None:
+            return y
+        return torch.where(y == self.num_classes, torch.full_like(y, self.null_label), y)
+
+    def forward(self, z: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        dt = z.dtype if z.dtype == torch.float64 else torch.float32  # the target maths: never bf16
+        zz, tt = z.to(dt), t.to(dt)
+        a, s = self.schedule.alpha_sigma(tt)
+        lam = self.schedule.logsnr(tt)
+        a, s, y = _b(a, zz), _b(s, zz), self.labels(y)
+        tk = self.time
+        if tk.kind == "edm":  # x = z / alpha = data + (sigma / alpha) eps
+            x_in, time_in = zz / a, torch.exp(-lam / 2).clamp(tk.sigma_min, tk.sigma_max)
+        elif tk.kind == "flow":  # x_s = (1 - s) x + s eps at equal SNR ((1 - s) / s)^2 = alpha^2 / sigma^2
+            sf = torch.sigmoid(-lam / 2)
+            x_in, time_in = zz * _b(1 - sf, zz) / a, sf * tk.time_scale
+        elif tk.kind == "ddpm":  # VP at equal log-SNR: the same z
+            x_in, time_in = zz, tk.timestep(lam)
+        else:  # vp: the network's own continuous time of this log-SNR
+            x_in, time_in = zz, tk.schedule.t_from_logsnr(lam).clamp(0, 1) * tk.time_scale
+        out = self.v(x_in, time_in.float(), y).to(dt)  # the network in its own precision, back in float32/64
+        p = self.parameterization
+        if p == "eps":
+            x_hat = (zz - s * out) / a
+        elif p == "v":
+            x_hat = a * zz - s * out
+        elif p == "flow":  # x = x_s - s v with v = eps - x
+            x_hat = x_in - _b(sf, zz) * out
+        else:  # x0, edm: the network's output is the data estimate
+            x_hat = out
+        if self.clip_sample:
+            x_hat = x_hat.clamp(-self.clip_sample, self.clip_sample)
+        return x_hat.to(z.dtype)

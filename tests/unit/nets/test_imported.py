@@ -1,0 +1,110 @@
+"""diffusers teachers (nets/imported.py) with tiny random UNet2DModels saved by the test: the platform's N-step DDIM
+from a noise file equals diffusers' own DDIMScheduler (eta = 0, clip_sample off, "trailing" spacing) step for step,
+and at 1,000 steps diffusers' default DDIM; epsilon, v and sample prediction on two beta schedules; labels of a
+class-conditional UNet; bad folders are one line naming the field."""
+
+import json
+
+import pytest
+import torch
+
+from multistep.config import TeacherCfg
+from multistep.diffusion.samplers import ddim_sample
+from multistep.nets import imported
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+diffusers = pytest.importorskip("diffusers")
+
+
+def tiny_unet(num_class_embeds=None, seed=0):
+    torch.manual_seed(seed)
+    return diffusers.UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+        num_class_embeds=num_class_embeds,
+    )
+
+
+def save_pipeline(path, prediction_type="epsilon", beta_schedule="linear", num_class_embeds=None, **sched):
+    unet = tiny_unet(num_class_embeds)
+    s = diffusers.DDPMScheduler(
+        beta_schedule=beta_schedule, prediction_type=prediction_type, clip_sample=False, **sched
+    )
+    diffusers.DDPMPipeline(unet=unet, scheduler=s).save_pretrained(str(path))
+    return unet.eval(), s
+
+
+@torch.no_grad()
+def diffusers_ddim(unet, scheduler, noise, steps, labels=None, **kw):
+    d = diffusers.DDIMScheduler.from_config(scheduler.config, **kw)
+    d.set_timesteps(steps)
+    x = noise.clone()
+    for t in d.timesteps:
+        x = d.step(unet(x, t, class_labels=labels).sample, t, x, eta=0.0).prev_sample
+    return x.double()
+
+
+NOISE = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize(
+    "prediction_type,beta_schedule",
+    [("epsilon", "linear"), ("v_prediction", "squaredcos_cap_v2"), ("sample", "linear"), ("epsilon", "scaled_linear")],
+)
+def test_ddim_equals_diffusers_ddim_step_for_step(tmp_path, prediction_type, beta_schedule):
+    unet, s = save_pipeline(tmp_path / "p", prediction_type, beta_schedule)
+    f, decl = imported.load(TeacherCfg(kind="diffusers", path=str(tmp_path / "p")))
+    assert decl["parameterization"] == imported.PREDICTION_TYPES[prediction_type]
+    theirs = diffusers_ddim(unet, s, NOISE, 20, timestep_spacing="trailing")
+    ours = ddim_sample(f, f.schedule, NOISE.double(), 20)[0]
+    rel = float((ours - theirs).abs().max() / theirs.abs().max())
+    assert rel < 2e-5, rel  # float32 networks, identical timesteps
+
+
+def test_many_step_ddim_converges_to_diffusers_default_ddim(tmp_path):
+    unet, s = save_pipeline(tmp_path / "p", "v_prediction", "linear")
+    f, _ = imported.load(TeacherCfg(kind="diffusers", path=str(tmp_path / "p")))
+    theirs = diffusers_ddim(unet, s, NOISE, 1000)  # default ("leading") spacing: every timestep
+    err = [float((ddim_sample(f, f.schedule, NOISE.double(), n)[0] - theirs).abs().max()) for n in (50, 1000)]
+    assert err[1] < 1e-4 < err[0], err  # 50 steps: a coarser solve of the same ODE; 1,000: the same steps
+
+
+def test_class_conditional_unet_takes_the_labels_and_maps_the_null_class(tmp_path):
+    save_pipeline(tmp_path / "p", num_class_embeds=4)
+    t = TeacherCfg(kind="diffusers", path=str(tmp_path / "p"), num_classes=3, null_label=0)  # trained: 0 = no class
+    f, decl = imported.load(t)
+    assert (f.num_classes, decl["num_classes"]) == (3, 3)
+    z, tt = NOISE.double(), torch.full((4,), 0.5, dtype=torch.float64)
+    label = lambda k: torch.full((4,), k)  # noqa: E731
+    assert torch.equal(f(z, tt, label(3)), f(z, tt, label(0)))  # the platform's null class (3) is the UNet's 0
+    assert not torch.allclose(f(z, tt, label(1)), f(z, tt, label(0)))  # the labels reach the UNet
+    unconditional = imported.load(TeacherCfg(kind="diffusers", path=str(tmp_path / "p")))[0]
+    assert unconditional.num_classes == 4  # num_class_embeds, when the YAML does not say
+
+
+def test_bad_diffusers_folders_are_one_line_naming_the_field(tmp_path):
+    bare = tmp_path / "bare"
+    tiny_unet().save_pretrained(str(bare))  # a model folder without a scheduler config
+    with pytest.raises(ValueError, match=r"^teacher.path: .* has no scheduler config .* give teacher.parameterization"):
+        imported.load(TeacherCfg(kind="diffusers", path=str(bare)))
+    f, decl = imported.load(
+        TeacherCfg(kind="diffusers", path=str(bare), parameterization="eps", ddpm={"beta_schedule": "linear"})
+    )
+    assert decl["parameterization"] == "eps"
+    save_pipeline(tmp_path / "flow")
+    cfg = tmp_path / "flow" / "scheduler" / "scheduler_config.json"
+    cfg.write_text(json.dumps(json.loads(cfg.read_text()) | {"prediction_type": "flow_prediction"}))
+    with pytest.raises(ValueError, match=r"^teacher.path: .*unsupported prediction_type 'flow_prediction'"):
+        imported.load(TeacherCfg(kind="diffusers", path=str(tmp_path / "flow")))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"^teacher.path: .*neither a diffusers pipeline"):
+        imported.load(TeacherCfg(kind="diffusers", path=str(tmp_path / "empty")))
+    (bare / "diffusion_pytorch_model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(ValueError, match=r"^teacher.path: .*diffusers could not load it"):
+        imported.load(TeacherCfg(kind="diffusers", path=str(bare), parameterization="eps", ddpm={}))
