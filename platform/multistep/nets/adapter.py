@@ -101,9 +101,13 @@ class Adapted(VDenoiser):
         self.time, self.parameterization = time, parameterization
         self.num_classes, self.null_label, self.clip_sample = num_classes, null_label, clip_sample
 
-    def labels(self, y: Tensor | None) -> Tensor | None:
-        if y is None or self.num_classes is None:
+    def labels(self, y: Tensor | None, n: int, device) -> Tensor | None:
+        """The network's labels: y with the platform's null class (num_classes) as null_label; no labels for a
+        conditional network = its null label (an unconditional sample)."""
+        if self.num_classes is None or (y is None and self.null_label is None):
             return None
+        if y is None:
+            return torch.full((n,), self.null_label, dtype=torch.long, device=device)
         if self.null_label is None:
             return y
         return torch.where(y == self.num_classes, torch.full_like(y, self.null_label), y)
@@ -113,7 +117,7 @@ class Adapted(VDenoiser):
         zz, tt = z.to(dt), t.to(dt)
         a, s = self.schedule.alpha_sigma(tt)
         lam = self.schedule.logsnr(tt)
-        a, s, y = _b(a, zz), _b(s, zz), self.labels(y)
+        a, s, y = _b(a, zz), _b(s, zz), self.labels(y, len(z), z.device)
         tk = self.time
         if tk.kind == "edm":  # x = z / alpha = data + (sigma / alpha) eps
             x_in, time_in = zz / a, torch.exp(-lam / 2).clamp(tk.sigma_min, tk.sigma_max)

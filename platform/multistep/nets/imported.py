@@ -9,6 +9,7 @@ teacher about a noise level it was not trained on. Every failure is a ValueError
 from __future__ import annotations
 
 import importlib
+import io
 import json
 from pathlib import Path
 
@@ -32,6 +33,28 @@ class DiffusersUNet(nn.Module):
 
     def forward(self, x, t, y=None):
         return self.unet(x, t, class_labels=y).sample
+
+
+class Scripted(nn.Module):
+    """A TorchScript module that can be deep-copied like any network (the EMA, targets, the student copy): a copy is
+    a save/load round trip, whose parameters are leaves (a deepcopy of a ScriptModule's trainable ones are not)."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args):
+        return self.module(*args)
+
+    def __deepcopy__(self, memo):
+        buf = io.BytesIO()
+        torch.jit.save(self.module, buf)
+        buf.seek(0)
+        device = next(self.module.parameters(), torch.empty(0)).device
+        twin = Scripted(torch.jit.load(buf, map_location=device)).train(self.training)
+        for a, b in zip(self.parameters(), twin.parameters()):
+            b.requires_grad_(a.requires_grad)
+        return twin
 
 
 def _read_json(p: Path, field: str) -> dict:
@@ -109,13 +132,15 @@ def network(t) -> nn.Module:
 
         unet, _ = diffusers_folder(t.path)
         try:
-            net = DiffusersUNet(UNet2DModel.from_pretrained(str(unet), local_files_only=True))
+            net = DiffusersUNet(UNet2DModel.from_pretrained(str(unet), local_files_only=True, low_cpu_mem_usage=False))
         except Exception as e:  # noqa: BLE001 - diffusers raises many kinds for a broken folder
             raise ValueError(f"teacher.path: {unet}: diffusers could not load it ({_line(e)})") from None
     elif t.kind == "torchscript":
         try:
             net = (
-                torch.export.load(str(p)).module() if p.suffix == ".pt2" else torch.jit.load(str(p), map_location="cpu")
+                torch.export.load(str(p)).module()
+                if p.suffix == ".pt2"
+                else Scripted(torch.jit.load(str(p), map_location="cpu"))
             )
         except Exception as e:  # noqa: BLE001
             raise ValueError(
