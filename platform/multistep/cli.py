@@ -9,11 +9,20 @@ from __future__ import annotations
 import argparse
 import sys
 
-from multistep.commands import bench, data, regress, submit, sweep, teacher
+from multistep.commands import bench, data, regress, sample, submit, sweep, teacher
 from multistep.commands import eval as eval_
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
-COMMANDS = (sweep, submit, teacher, data, bench, regress, eval_)  # each: add_parser(subparsers), run(args) -> exit code
+COMMANDS = (
+    sweep,
+    submit,
+    teacher,
+    data,
+    bench,
+    regress,
+    eval_,
+    sample,
+)  # each: add_parser(subparsers), run(args) -> exit code
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -157,32 +157,22 @@ def load_trial_cfg(config: str, ckpt: Path, trial: int | None, opts: dict | None
     return _trial_cfg(with_eval(plan.trials[trial].doc(), opts), "--extractor/--inception"), trial
 
 
-def eval_student(p: Path, blob: dict, args, steps: list[int] | None, say=print):
+def load_student(p: Path, blob: dict, config: str | None = None, trial: int | None = None, opts: dict | None = None):
+    """(trial config, trial index, config source, components, method, train state) of a trial checkpoint: its
+    trial config from --config (a trial config or a sweep file) or from the checkpoint itself."""
     from multistep.config import with_eval
-    from multistep.diffusion.samplers import mcm_sample
-    from multistep.methods.base import conditioned
-    from multistep.metrics.evaluate import (
-        evaluate,
-        make_eval_ref,
-        metric_names,
-        metric_rows,
-        sample_points,
-        teacher_curve,
-    )
-    from multistep.sweep.results import GRID, trial_cells
     from multistep.sweep.worker import CKPT_VERSION
-    from multistep.train.build import build, make_method, method_label, uses_labels
+    from multistep.train.build import build, make_method
     from multistep.train.loop import new_state
 
     if blob.get("version") != CKPT_VERSION:
         raise ConfigError(
             f"{p}: trial checkpoint version {blob.get('version')!r}, this multistep reads version {CKPT_VERSION}"
         )
-    opts = eval_opts(args)
-    if args.config is not None:
-        tc, trial = load_trial_cfg(args.config, p, args.trial, opts)
+    if config is not None:
+        tc, trial = load_trial_cfg(config, p, trial, opts)
     elif "trial" in blob:  # checkpoints written since the worker records its trial config
-        tc, trial, args.config = _trial_cfg(with_eval(blob["trial"], opts), str(p)), None, str(p)
+        tc, trial, config = _trial_cfg(with_eval(blob["trial"], opts), str(p)), None, str(p)
     else:
         raise ConfigError(
             f"--config: {p} is an older trial checkpoint that records no config; "
@@ -196,9 +186,28 @@ def eval_student(p: Path, blob: dict, args, steps: list[int] | None, say=print):
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         why = " ".join(str(e).split())  # load_state_dict puts the mismatches on later lines
         raise ConfigError(
-            f"{p}: does not fit the trial config of {args.config} ({type(e).__name__}: "
+            f"{p}: does not fit the trial config of {config} ({type(e).__name__}: "
             f"{why[:300] + ('...' if len(why) > 300 else '')})"
         ) from None
+    state.ema.eval()
+    return tc, trial, config, c, method, state
+
+
+def eval_student(p: Path, blob: dict, args, steps: list[int] | None, say=print):
+    from multistep.diffusion.samplers import mcm_sample
+    from multistep.methods.base import conditioned
+    from multistep.metrics.evaluate import (
+        evaluate,
+        make_eval_ref,
+        metric_names,
+        metric_rows,
+        sample_points,
+        teacher_curve,
+    )
+    from multistep.sweep.results import GRID, trial_cells
+    from multistep.train.build import method_label, uses_labels
+
+    tc, trial, args.config, c, method, state = load_student(p, blob, args.config, args.trial, eval_opts(args))
     ema = state.ema.eval()
     samples = args.samples or tc.eval.samples
     seed = tc.eval.seed if args.seed is None else args.seed

@@ -129,6 +129,17 @@ def test_a_sweep_distils_diffusers_and_torchscript_teachers(ray_local, tmp_path,
         assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
         (fd,) = client.get_metric_history(t.info.run_id, "fd_pixel_200")
         assert fd.step == 2 and math.isfinite(fd.value) and fd.value > 0
+    import numpy as np
+
+    from multistep.cli import main
+
+    for i in (1, 2):  # the TorchScript student, and the guided one with labels: `multistep sample state.pt`
+        (state,) = (tmp_path / "rr").glob(f"*/trial-00{i}/checkpoint_*/state.pt")
+        np.save(tmp_path / "labels.npy", np.arange(8) % 10)
+        labels = ["--labels", str(tmp_path / "labels.npy")] if i == 2 else []
+        assert main(["sample", str(state), "--num", "8", *labels, "--out", str(tmp_path / f"x{i}.npy")]) == 0
+        x = np.load(tmp_path / f"x{i}.npy")
+        assert x.shape == (8, 1, 8, 8) and np.isfinite(x).all()
 
 
 def _bad_cases(tmp_path):

@@ -108,3 +108,22 @@ def test_bad_diffusers_folders_are_one_line_naming_the_field(tmp_path):
     (bare / "diffusion_pytorch_model.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(ValueError, match=r"^teacher.path: .*diffusers could not load it"):
         imported.load(TeacherCfg(kind="diffusers", path=str(bare), parameterization="eps", ddpm={}))
+
+
+def test_sample_command_writes_diffusers_ddim_samples_from_a_noise_file(tmp_path):
+    import numpy as np
+
+    from multistep.cli import main
+
+    unet, s = save_pipeline(tmp_path / "p", "v_prediction")
+    np.save(tmp_path / "noise.npy", NOISE.numpy())
+    args = ["sample", str(tmp_path / "p"), "--steps", "10", "--noise", str(tmp_path / "noise.npy")]
+    assert main([*args, "--out", str(tmp_path / "x.npy"), "--grid", str(tmp_path / "g.png")]) == 0
+    x = np.load(tmp_path / "x.npy")
+    theirs = diffusers_ddim(unet, s, NOISE, 10, timestep_spacing="trailing").float().numpy()
+    assert x.dtype == np.float32 and x.shape == (4, 1, 8, 8) and (tmp_path / "g.png").stat().st_size > 0
+    assert np.abs(x - theirs).max() / np.abs(theirs).max() < 2e-5
+    assert main(["sample", str(tmp_path / "p"), "--sampler", "mcm", "--steps", "2", "--out", str(tmp_path / "y.npy")]) == 2
+    np.save(tmp_path / "bad.npy", np.zeros((4, 3, 8, 8), np.float32))
+    assert main([*args[:4], "--noise", str(tmp_path / "bad.npy"), "--out", str(tmp_path / "z.npy")]) == 2
+    assert not (tmp_path / "z.npy").exists()

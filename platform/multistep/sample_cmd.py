@@ -1,0 +1,154 @@
+"""`multistep sample SOURCE --steps N --out OUT.npy`: samples of a teacher or a distilled student, in-process.
+
+SOURCE is a teacher YAML (a `teacher:` section, and `data:` where the shape is needed), a diffusers folder, a
+`teacher.pt` of `multistep teacher`, or a trial's `state.pt`. The starting noise eps (unit variance, one row per
+sample) is taken at the teacher's highest noise level (t = 1 of the platform schedule); the samples are float32 in
+the teacher's own sample space (the data space: x_hat), unclipped; the PNG grid clips to [-1, 1].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from multistep.atomic import write_with
+from multistep.config import ConfigError
+
+SAMPLERS = ("ddim", "addim", "mcm", "cm")  # teacher: ddim / addim; student: mcm (Algorithm 2) / cm (CM sampler)
+
+
+@dataclass
+class Source:
+    f: object  # the denoiser f(z, t[, y]) -> x_hat
+    schedule: object
+    shape: tuple[int, ...]
+    kind: str  # "teacher" or "student"
+    steps: int | None  # a student's trained S (its default steps)
+    num_classes: int | None
+
+
+def load_source(arg: str) -> Source:
+    """A teacher or student from SOURCE; bad input is a ConfigError naming it."""
+    from multistep.train.build import teacher_classes
+
+    p = Path(arg)
+    if not p.exists():
+        raise ConfigError(f"SOURCE {arg}: no such file or folder")
+    if p.is_dir() or p.suffix in (".yaml", ".yml"):
+        from pydantic import ValidationError
+
+        from multistep.config import TrialCfg, describe, read_yaml
+        from multistep.train.build import build
+
+        doc = {"teacher": {"kind": "diffusers", "path": str(p)}} if p.is_dir() else read_yaml(p)
+        if "teacher" not in doc:
+            raise ConfigError(f"{arg}: no teacher: section")
+        shape_from_data = "data" in doc
+        try:
+            tc = TrialCfg.model_validate({k: doc[k] for k in ("teacher", "data") if k in doc})
+        except ValidationError as e:
+            raise ConfigError(f"{arg}: {describe(e)}") from None
+        c = build(tc, load_data=tc.teacher.kind == "analytic")
+        shape = tuple(c.data.shape) if c.data is not None else None
+        if shape is None and tc.teacher.imported and tc.teacher.kind == "diffusers":
+            u = c.teacher.net.unet.config
+            shape = (u.in_channels, u.sample_size, u.sample_size)
+        if shape is None or (not shape_from_data and tc.teacher.kind not in ("diffusers", "analytic")):
+            raise ConfigError(f"{arg}: give a data: section (the sample shape of this teacher)")
+        return Source(c.teacher, c.schedule, shape, "teacher", None, teacher_classes(c.teacher))
+    from multistep.eval_cmd import _load_blob
+
+    blob = _load_blob(p)
+    if "state" in blob:  # a trial checkpoint: the student's EMA weights
+        from multistep.eval_cmd import load_student
+
+        tc, _, _, c, _, state = load_student(p, blob)
+        shape = tuple(c.data.shape) if c.data is not None else tuple(blob.get("shape", ()))
+        return Source(state.ema, c.schedule, shape, "student", tc.method.student_steps, teacher_classes(c.teacher))
+    from multistep.diffusion.schedules import make_schedule
+    from multistep.nets.mlp import VDenoiser
+    from multistep.train.teacher import load_teacher
+
+    try:
+        net, info = load_teacher(p)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    meta = info["meta"]
+    sc = meta.get("schedule") or {"name": "cosine"}
+    sched = make_schedule(sc["name"], **sc.get("params", {}))
+    if meta.get("shape") is None:
+        raise ConfigError(f"{arg}: the checkpoint records no sample shape (meta.shape)")
+    return Source(
+        VDenoiser(net, sched), sched, tuple(meta["shape"]), "teacher", None, getattr(net, "num_classes", None)
+    )
+
+
+def _array(path: str, flag: str, dtype) -> np.ndarray:
+    try:
+        a = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{flag} {path}: not a readable .npy file ({e})") from None
+    if not np.issubdtype(a.dtype, dtype):
+        raise ConfigError(f"{flag} {path}: expected {np.dtype(dtype).name} values, got {a.dtype}")
+    return a
+
+
+def run(args, say=print) -> int:
+    import torch
+
+    from multistep.diffusion.samplers import cm_stochastic_sample, ddim_sample, mcm_sample
+    from multistep.methods.base import conditioned
+
+    src = load_source(args.source)
+    sampler = args.sampler or ("ddim" if src.kind == "teacher" else "mcm")
+    if src.kind == "teacher" and sampler in ("mcm", "cm"):
+        raise ConfigError(f"--sampler {sampler}: a student's sampler; a teacher samples with ddim or addim")
+    steps = args.steps or src.steps
+    if steps is None:
+        raise ConfigError("--steps: required for a teacher (a student defaults to the S it was trained for)")
+    if args.noise:
+        noise = torch.from_numpy(_array(args.noise, "--noise", np.floating).astype(np.float64))
+        if tuple(noise.shape[1:]) != src.shape:
+            raise ConfigError(
+                f"--noise {args.noise}: rows of shape {tuple(noise.shape[1:])}, the source samples {src.shape}"
+            )
+    else:
+        noise = torch.randn(
+            (args.num, *src.shape), generator=torch.Generator().manual_seed(args.seed), dtype=torch.float64
+        )
+    labels = None
+    if args.labels:
+        labels = torch.from_numpy(_array(args.labels, "--labels", np.integer).astype(np.int64))
+        if src.num_classes is None:
+            raise ConfigError(f"--labels {args.labels}: the source is not class-conditional")
+        if labels.shape != (len(noise),) or labels.min() < 0 or labels.max() > src.num_classes:
+            raise ConfigError(
+                f"--labels {args.labels}: need {len(noise)} labels in 0 .. {src.num_classes} (= no class)"
+            )
+    device = torch.device(args.device)
+    f = src.f.to(device).eval()
+    out = []
+    for i in range(0, len(noise), args.batch_size):
+        z = noise[i : i + args.batch_size].to(device)
+        y = None if labels is None else labels[i : i + args.batch_size].to(device)
+        g = conditioned(f, y)
+        if sampler in ("ddim", "addim"):
+            x, _ = ddim_sample(g, src.schedule, z, steps, xvar="analytic" if sampler == "addim" else None)
+        elif sampler == "mcm":
+            x, _ = mcm_sample(g, src.schedule, z, steps)
+        else:
+            times = [k / steps for k in range(steps - 1, 0, -1)]  # after the first step at t = 1
+            x, _ = cm_stochastic_sample(g, src.schedule, z, times, torch.Generator(device).manual_seed(args.seed + i))
+        out.append(x.float().cpu())
+        say(f"sampled {min(i + args.batch_size, len(noise))}/{len(noise)}")
+    x = torch.cat(out).numpy()
+    write_with(Path(args.out), lambda p: np.save(p, x))
+    say(f"{len(x)} samples ({sampler}, {steps} steps) -> {args.out}")
+    if args.grid:
+        from multistep.sweep.results import save_grid
+
+        save_grid(torch.from_numpy(x), Path(args.grid))
+        say(f"grid -> {args.grid}")
+    return 0
