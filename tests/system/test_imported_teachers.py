@@ -58,13 +58,14 @@ class Mixture6(nn.Module):
         self.sched = make_schedule("cosine")
         self.exact = MixtureDenoiser(GaussianMixture.random((6,), 4, 0.6, 0.15, 3), self.sched)
         self.lk = Time.ddpm(ddpm_betas("linear", 1e-4, 0.02, 1000)).logsnr_k
+        self.gain = nn.Parameter(torch.ones(()))  # something for a student copy to train
 
     def forward(self, z, tau):
         z, tau = z.double(), tau.double()
         i = tau.floor().long().clamp(0, 998)
         lam = self.lk[i] + (tau - i) * (self.lk[i + 1] - self.lk[i])
         a, s = torch.sigmoid(lam).sqrt()[:, None], torch.sigmoid(-lam).sqrt()[:, None]
-        return ((z - a * self.exact(z, self.sched.t_from_logsnr(lam))) / s).float()
+        return ((z - a * self.exact(z, self.sched.t_from_logsnr(lam))) / s).float() * self.gain
 
 
 def make_net(width: int = 6) -> nn.Module:
@@ -140,6 +141,55 @@ def test_a_sweep_distils_diffusers_and_torchscript_teachers(ray_local, tmp_path,
         assert main(["sample", str(state), "--num", "8", *labels, "--out", str(tmp_path / f"x{i}.npy")]) == 0
         x = np.load(tmp_path / f"x{i}.npy")
         assert x.shape == (8, 1, 8, 8) and np.isfinite(x).all()
+
+
+@pytest.mark.slow
+def test_an_imported_teacher_logged_to_mlflow_is_distilled_by_its_run_id(ray_local, tmp_path, monkeypatch):
+    from multistep.cli import main
+    from multistep.sweep.driver import run_sweep
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "unset")
+    monkeypatch.chdir(tmp_path)
+    gmm = {"kind": "gmm", "shape": [6], "components": 4, "mean_std": 0.6, "component_std": 0.15, "seed": 3}
+    net = scripted(tmp_path / "mix.pt", Mixture6(), (torch.randn(4, 6), torch.tensor([100.0, 400.0, 700.0, 900.0])))
+    teacher = {"kind": "torchscript", "path": net, "parameterization": "eps", "ddpm": {"beta_schedule": "linear"}}
+    spec = tmp_path / "import.yaml"
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "experiment": "imports",
+                "teacher": teacher,
+                "data": gmm,
+                "eval": {"samples": 300, "teacher_steps": [1, 4, 16]},
+            }
+        )
+    )
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert main(["teacher", "import", str(spec), "--name", "mixture", "--tracking-uri", uri]) == 0
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("imports").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["multistep.teacher_source"] == "torchscript"
+    assert run.data.tags["multistep.kind"] == "teacher" and run.data.tags["multistep.teacher_name"] == "mixture"
+    fd = client.get_metric_history(run.info.run_id, "fd_identity_300")
+    assert [m.step for m in fd] == [1, 4, 16] and fd[0].value > fd[2].value  # the exact teacher: more steps, closer
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"teacher_files", "teacher_import.json"}
+
+    doc = {
+        "name": "by-run",
+        "experiment": "imports",
+        "data": gmm,
+        "teacher": {"kind": "mlflow", "run_id": run.info.run_id},
+        "method": {"student_steps": 2, "anneal": {"name": "constant", "n": 8}},
+        "train": {"iterations": 20, "batch_size": 32, "log_every": 10, "checkpoint_every": 20},
+        "eval": EVAL,
+    }
+    f = tmp_path / "sweep.yaml"
+    f.write_text(yaml.safe_dump(doc))
+    assert run_sweep(load_sweep(f), uri, str(tmp_path / "rr"), say=lambda *_: None) == 0
+    (trial,) = [r for r in client.search_runs([run.info.experiment_id]) if r.data.tags.get("multistep.kind") == "trial"]
+    assert trial.info.status == "FINISHED" and "fd_identity_200" in trial.data.metrics
+    assert trial.data.params["teacher.kind"] == "torchscript"  # the trial ran the imported teacher's own files
+    assert trial.data.params["teacher.path"].startswith(str(tmp_path / "rr" / "cache" / "teachers" / run.info.run_id))
 
 
 def _bad_cases(tmp_path):

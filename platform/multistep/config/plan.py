@@ -35,7 +35,8 @@ class Trial:
     """One concrete trial, validated once when the plan is expanded."""
 
     overrides: dict[str, Any]  # the search values that made it, by dotted config path
-    cfg: TrialCfg
+    cfg: TrialCfg  # the driver may fill in a local teacher (an MLflow teacher, fetched)
+    written: dict  # cfg as the file expanded to (what the plan hash of --resume compares)
 
     def doc(self) -> dict:
         """The trial config as JSON-able data: what crosses the Ray boundary, MLflow's params, the plan hash."""
@@ -91,7 +92,7 @@ def _expand_block(search: dict, base: dict, num_samples: int, rng, path: str) ->
                 tc = TrialCfg.model_validate(trial_doc)
             except ValidationError as e:
                 raise ConfigError(f"{path}: {describe(e)} (from search values {ov})") from None
-            trials.append(Trial(ov, tc))
+            trials.append(Trial(ov, tc, tc.model_dump(mode="json")))
     return trials
 
 

@@ -15,7 +15,7 @@ import torch
 from multistep.config import ConfigError, TrialCfg
 from multistep.metrics.evaluate import EvalRef, make_eval_ref, teacher_curve
 from multistep.metrics.extractors import ClassifierExtractor, InceptionExtractor, features_fn, file_sha256, tree_sha256
-from multistep.tracking.teachers import fetch_mlflow_teacher
+from multistep.tracking.teachers import resolve_mlflow_teacher
 from multistep.train import checkpoint
 from multistep.train.build import as_float, build, uses_labels
 from multistep.train.loop import warm_start
@@ -40,16 +40,17 @@ def _cached(path: Path, compute, log=print):
 
 
 def resolve_teachers(trials: list, cache_dir: Path, log=print) -> None:
-    """Download every MLflow teacher (once, from $MLFLOW_TRACKING_URI) and write its local path into the
-    trial configs (replacing any path there), so Ray workers load a file and need no MLflow access."""
-    seen: set[str] = set()
+    """Fetch every MLflow teacher (once, from $MLFLOW_TRACKING_URI) and put the local teacher into the trial configs
+    (a checkpoint path, or an imported teacher's files and declaration), so Ray workers need no MLflow access."""
+    seen: dict[str, object] = {}
     for trial in trials:
         t = trial.cfg.teacher
         if t.kind == "mlflow":
-            t.path = fetch_mlflow_teacher(t, cache_dir)
-            if t.path not in seen:
-                seen.add(t.path)
-                log(f"teacher of MLflow run {t.run_id}: {t.path}")
+            key = f"{t.run_id}/{t.artifact_path}"
+            if key not in seen:
+                seen[key] = resolve_mlflow_teacher(t, cache_dir)
+                log(f"teacher of MLflow run {t.run_id}: {seen[key].kind} {seen[key].path}")
+            trial.cfg.teacher = seen[key].model_copy()
 
 
 def data_identity(cfg: TrialCfg) -> dict:

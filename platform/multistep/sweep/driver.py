@@ -138,7 +138,7 @@ def _runner(cfg) -> str:
 
 
 def plan_hash(plan: SweepPlan) -> str:
-    return content_hash([{"overrides": t.overrides, "config": t.doc()} for t in plan.trials])
+    return content_hash([{"overrides": t.overrides, "config": t.written} for t in plan.trials])
 
 
 def resume_target(client, plan: SweepPlan):

@@ -31,5 +31,6 @@ SWEEP_ID = "multistep.sweep_id"
 SWEEP_NAME = "multistep.sweep_name"
 TEACHER = "multistep.teacher"
 TEACHER_NAME = "multistep.teacher_name"
+TEACHER_SOURCE = "multistep.teacher_source"  # an imported teacher run: diffusers, torchscript or state_dict
 TRIAL_INDEX = "multistep.trial_index"
 BASELINE_PREFIX = "multistep.baseline."  # + promoted_by / promoted_at / reason / demoted_* / replaced_by / replaces

@@ -123,7 +123,9 @@ def test_sample_command_writes_diffusers_ddim_samples_from_a_noise_file(tmp_path
     theirs = diffusers_ddim(unet, s, NOISE, 10, timestep_spacing="trailing").float().numpy()
     assert x.dtype == np.float32 and x.shape == (4, 1, 8, 8) and (tmp_path / "g.png").stat().st_size > 0
     assert np.abs(x - theirs).max() / np.abs(theirs).max() < 2e-5
-    assert main(["sample", str(tmp_path / "p"), "--sampler", "mcm", "--steps", "2", "--out", str(tmp_path / "y.npy")]) == 2
+    assert (
+        main(["sample", str(tmp_path / "p"), "--sampler", "mcm", "--steps", "2", "--out", str(tmp_path / "y.npy")]) == 2
+    )
     np.save(tmp_path / "bad.npy", np.zeros((4, 3, 8, 8), np.float32))
     assert main([*args[:4], "--noise", str(tmp_path / "bad.npy"), "--out", str(tmp_path / "z.npy")]) == 2
     assert not (tmp_path / "z.npy").exists()

@@ -1,0 +1,104 @@
+"""`multistep teacher import SPEC.yaml --name NAME`: log a teacher trained elsewhere as an MLflow run.
+
+SPEC.yaml has a `teacher:` section (kind diffusers, torchscript or state_dict; docs/teachers.md), a `data:` section
+and optionally `eval: {samples, teacher_steps, seed}` and `experiment:`. The teacher is loaded and checked exactly
+as a sweep's pre-flight does (shape, finite, plausible declaration), then a run (tag multistep.kind = teacher,
+multistep.teacher_source = its kind) gets the teacher's files as the artifact folder `teacher_files/`, its
+declaration as `teacher_import.json`, and the sanity report: its DDIM curve (FD versus steps, step = steps) and
+the data's two-sample floor. Any node of a cluster then distils it with `teacher: {kind: mlflow, run_id: ...}`.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from multistep.config import ConfigError, TrialCfg, describe, read_yaml
+from multistep.tracking import tags as tag
+from multistep.tracking.teachers import FILES, IMPORT_FILE
+
+CURVE_STEPS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+KEYS = ("experiment", "teacher", "data", "eval")
+
+
+def load_spec(file: str) -> tuple[TrialCfg, str, list[int]]:
+    doc = read_yaml(file)
+    if unknown := [k for k in doc if k not in KEYS]:
+        raise ConfigError(f"{file}: {unknown[0]}: unknown key (an import file has {', '.join(KEYS)})")
+    if "teacher" not in doc or "data" not in doc:
+        raise ConfigError(f"{file}: needs a teacher: and a data: section")
+    ev = dict(doc.get("eval") or {})
+    steps = ev.pop("teacher_steps", CURVE_STEPS)
+    try:
+        tc = TrialCfg.model_validate({"teacher": doc["teacher"], "data": doc["data"], "eval": ev})
+    except ValidationError as e:
+        raise ConfigError(f"{file}: {describe(e)}") from None
+    if not tc.teacher.imported:
+        raise ConfigError(f"{file}: teacher.kind: {tc.teacher.kind}; import takes diffusers, torchscript or state_dict")
+    return tc, str(doc.get("experiment", "multistep")), list(steps)
+
+
+def cmd_import(args, say=print) -> int:
+    from multistep.sweep.preflight import _check_imported, data_shape, tracking_uri
+
+    if not args.name:
+        raise ConfigError("--name: required for `multistep teacher import` (the teacher's name in MLflow)")
+    tc, experiment, steps = load_spec(args.spec)
+    _check_imported(tc, data_shape(tc.data, f"{args.spec}: "), args.spec)  # loads, fits the data, plausible
+    uri = tracking_uri(args.tracking_uri)
+    if args.dry_run:
+        say(f"{args.spec}: teacher {tc.teacher.kind} {tc.teacher.path} checked; nothing logged (--dry-run)")
+        return 0
+    from multistep.metrics.evaluate import ddim_curve
+    from multistep.nets import imported
+    from multistep.tracking import mlflow_layout as ml
+    from multistep.train.build import build
+
+    c = build(tc)
+    decl = imported.declaration(tc.teacher)
+    client = ml.client(uri)
+    exp_id = ml.ensure_experiment(client, experiment, uri)
+    t = tc.teacher
+    run = client.create_run(
+        exp_id,
+        run_name=f"import-{args.name}",
+        tags={
+            tag.KIND: "teacher",
+            tag.TEACHER_NAME: args.name,
+            tag.TEACHER_SOURCE: t.kind,
+            tag.DATASET: tc.data.label,
+            tag.GIT_COMMIT: ml.git_commit(),
+        },
+    )
+    rid = run.info.run_id
+    try:
+        ml.log_params(
+            client, rid, ml.flatten({"teacher": t.model_dump(mode="json"), "data": tc.data.model_dump(mode="json")})
+        )
+        p = Path(t.path)
+        if p.is_dir():
+            client.log_artifacts(rid, str(p), FILES)
+        else:
+            client.log_artifact(rid, str(p), FILES)
+        with tempfile.TemporaryDirectory() as d:
+            body = {"teacher": t.model_dump(mode="json", exclude={"path", "run_id", "artifact_path"}), "file": p.name}
+            (Path(d) / IMPORT_FILE).write_text(json.dumps(body | {"declaration": decl}, indent=2))
+            client.log_artifact(rid, str(Path(d) / IMPORT_FILE))
+        ev = tc.eval
+        say(f"teacher curve: DDIM at {steps} steps, {ev.samples} samples")
+        rows, floor = ddim_curve(c.teacher, c.schedule, c.data, ev.samples, steps, ev.seed, tc.feature_space)
+        for metric in dict.fromkeys(r["metric"] for r in rows):  # step = number of DDIM steps
+            ml.log_curve(client, rid, metric, [(r["steps"], r["value"]) for r in rows if r["metric"] == metric])
+        ml.log_params(client, rid, {f"noise_floor.{k}": f"{v:.6g}" for k, v in floor.items()})
+    except BaseException:
+        client.set_terminated(rid, "FAILED")
+        raise
+    client.set_terminated(rid, "FINISHED")
+    fd = [r for r in rows if r["metric"].startswith("fd_")]
+    say("teacher DDIM curve: " + ", ".join(f"{r['steps']}: {r['value']:.4g}" for r in fd))
+    say(f"MLflow: experiment '{experiment}', teacher run {rid} ({uri})")
+    say(f"in a sweep file:\n  teacher: {{kind: mlflow, run_id: {rid}}}")
+    return 0
