@@ -38,6 +38,7 @@ def test_cpu_rehearsal_runs_every_part(tmp_path):
         "train_cifar_fp32",
         "train_cifar_bf16",
         "sampling",
+        "teacher",
         "train_imagenet64_bf16_compile",
         "train_cifar_bf16_compile",
     ]
@@ -59,6 +60,8 @@ def test_cpu_rehearsal_runs_every_part(tmp_path):
         assert tr["mcd_over_diffusion"] == pytest.approx(tr["mcd"]["step_s"] / tr["diffusion"]["step_s"])
     assert parts["train_cifar_bf16_compile"]["result"]["compile"] is True
     assert sorted(parts["sampling"]["result"]["student"], key=int) == ["1", "2", "4", "8"]
+    te = parts["teacher"]["result"]
+    assert te["ratio"] == pytest.approx(te["adapter_s"] / te["bare_s"]) and te["bare_s"] > 0
 
 
 def test_a_failing_part_is_recorded_and_the_others_still_run(tmp_path):

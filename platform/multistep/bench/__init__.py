@@ -7,6 +7,8 @@
               TFLOP/s, MFU, peak memory; compile time reported apart (it is paid once per trial).
 - sampling:   img/s of the S-step student sampler (MCM Algorithm 2) for S in 1, 2, 4, 8 and of the teacher
               at 512 aDDIM steps; speedup versus the goal 0.9 * 512 / S.
+- teacher:    forward of a network through the adapter that makes it an imported teacher versus the bare network,
+              same batch (bench/teacher.py; goal <= 1.05).
 - evaluation: metrics.frechet_distance versus the scipy.linalg.sqrtm formula at d = 2048.
 - data (--parts data): Parquet shards streamed as the trials stream them, with and without the reader thread,
               beside a stand-in accelerator step (a sleep: the host waits, the GIL is free); time the step
@@ -27,6 +29,7 @@ from multistep.bench.data import bench_data
 from multistep.bench.evaluation import bench_evaluation
 from multistep.bench.report import table
 from multistep.bench.sampling import bench_sampling
+from multistep.bench.teacher import bench_teacher
 from multistep.bench.training import (
     SIZES,
     Setup,
@@ -44,6 +47,7 @@ __all__ = [
     "bench_data",
     "bench_evaluation",
     "bench_sampling",
+    "bench_teacher",
     "bench_training",
     "cmd_bench",
     "default_peak_tflops",
@@ -73,7 +77,7 @@ def run(args) -> dict:
     parts = {p.strip() for p in args.parts.split(",") if p.strip()} | (
         {"orchestration"} if args.orchestration else set()
     )
-    unknown = parts - {"training", "sampling", "evaluation", "data", "orchestration"}
+    unknown = parts - {"training", "sampling", "teacher", "evaluation", "data", "orchestration"}
     if unknown:
         raise ConfigError(f"--parts: unknown part(s) {', '.join(sorted(unknown))}")
     preset = SIZES[args.size]
@@ -91,7 +95,7 @@ def run(args) -> dict:
             "warmup": args.warmup,
         },
     }
-    if parts & {"training", "sampling"}:
+    if parts & {"training", "sampling", "teacher"}:
         threads = torch.get_num_threads()
         torch.set_num_threads(args.threads or threads)  # networks only: the evaluation part uses every core
         res["config"]["torch_threads"] = torch.get_num_threads()
@@ -104,6 +108,8 @@ def run(args) -> dict:
                 res["training"] = bench_training(setup, args.batch or preset["batch"], args.warmup, args.steps, peak)
             if "sampling" in parts:
                 res["sampling"] = bench_sampling(setup, args.sample_batch or preset["sample_batch"], args.teacher_steps)
+            if "teacher" in parts:
+                res["teacher"] = bench_teacher(setup, args.sample_batch or preset["sample_batch"])
         finally:
             torch.set_num_threads(threads)
     if "evaluation" in parts:

@@ -48,6 +48,7 @@ PARTS = {
     "train_cifar_fp32": (60, 15),
     "train_cifar_bf16": (60, 15),
     "sampling": (60, 15),
+    "teacher": (30, 10),
     "train_imagenet64_bf16_compile": (240, 25),
     "train_cifar_bf16_compile": (150, 25),
 }
@@ -245,6 +246,18 @@ def part_sampling(rehearsal: bool, device: str, peak) -> dict:
     }
 
 
+def part_teacher(rehearsal: bool, device: str, peak) -> dict:
+    """The imported-teacher adapter against the bare cifar-size UNet (bf16), same batch."""
+    from multistep.bench.teacher import bench_teacher
+    from multistep.bench.training import Setup
+
+    setup = Setup("cpu" if rehearsal else "cifar", device, "bf16")
+    res = bench_teacher(
+        setup, 8 if rehearsal else 256, min_rounds=1 if rehearsal else 5, min_seconds=0 if rehearsal else 2.0
+    )
+    return {**res, "size": setup.size, "precision": "bf16", "notes": setup.notes}
+
+
 def part_training(name: str, rehearsal: bool, device: str, peak) -> dict:
     from multistep.bench.training import Setup, bench_training
 
@@ -267,9 +280,8 @@ def part_training(name: str, rehearsal: bool, device: str, peak) -> dict:
 def run_part(name: str, rehearsal: bool, device: str, peak) -> dict:
     if name in TRAINING:
         return part_training(name, rehearsal, device, peak)
-    return {"frechet": part_frechet, "tests": part_tests, "distil": part_distil, "sampling": part_sampling}[name](
-        rehearsal, device, peak
-    )
+    parts = {"frechet": part_frechet, "tests": part_tests, "distil": part_distil, "sampling": part_sampling}
+    return (parts | {"teacher": part_teacher})[name](rehearsal, device, peak)
 
 
 # -- the driver -----------------------------------------------------------------------------------------
@@ -476,6 +488,8 @@ def _figures(name: str, r: dict) -> str:
             f"S={S} {s['img_per_s']:.4g} img/s x{s['speedup']:.0f} ({s['speedup_over_goal']:.2f} of goal)"
             for S, s in x["student"].items()
         )
+    if name == "teacher":
+        return f"adapter {x['adapter_s'] * 1e3:.2f} ms vs bare {x['bare_s'] * 1e3:.2f} ms: ratio {x['ratio']:.3f} (goal <= {x['goal_ratio']})"
     if name == "frechet":
         t = x.get("torch", {})
         return (

@@ -39,6 +39,12 @@ def table(res: dict) -> str:
             lines.append(
                 f"  {S:>3}{r['img_per_s']:>12.4g}{r['speedup']:>10.1f}{r['goal']:>8.1f}{r['speedup_over_goal']:>9.2f}"
             )
+    te = res.get("teacher")
+    if te:
+        lines.append(
+            f"\nteacher  batch {te['batch']}: bare network {te['bare_s'] * 1e3:.2f} ms, through the adapter "
+            f"{te['adapter_s'] * 1e3:.2f} ms, ratio {te['ratio']:.3f} (goal <= {te['goal_ratio']})"
+        )
     ev = res.get("evaluation")
     if ev:
         lines.append(

@@ -47,8 +47,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--parts",
-        default="training,sampling,evaluation",
-        help="comma-separated parts to run: training, sampling, evaluation, data, orchestration",
+        default="training,sampling,teacher,evaluation",
+        help="comma-separated parts to run: training, sampling, teacher, evaluation, data, orchestration",
     )
     s.add_argument("--orchestration", action="store_true", help="also run the (slow, CPU) orchestration part")
     s.add_argument(

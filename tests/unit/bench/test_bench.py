@@ -47,7 +47,9 @@ def test_cpu_bench_end_to_end_writes_json(tmp_path, capsys):
     )
     assert rc == 0
     res = json.loads(out.read_text())
-    assert set(res) >= {"machine", "config", "training", "sampling", "evaluation"}
+    assert set(res) >= {"machine", "config", "training", "sampling", "teacher", "evaluation"}
+    te = res["teacher"]  # the imported-teacher adapter against the bare network, same batch
+    assert te["batch"] == 8 and te["bare_s"] > 0 and te["ratio"] == pytest.approx(te["adapter_s"] / te["bare_s"])
     tr = res["training"]
     for kind in ("diffusion", "mcd"):
         r = tr[kind]
@@ -68,7 +70,7 @@ def test_cpu_bench_end_to_end_writes_json(tmp_path, capsys):
     assert ev["d"] == 48 and ev["frechet_s"] > 0 and ev["sqrtm_s"] > 0
     assert ev["relative_difference"] < 1e-6  # the two formulas agree
     printed = capsys.readouterr().out
-    assert "MCD / diffusion step" in printed and "speedup" in printed
+    assert "MCD / diffusion step" in printed and "speedup" in printed and "through the adapter" in printed
 
 
 def test_data_part_times_the_stream_with_and_without_its_reader_thread():
