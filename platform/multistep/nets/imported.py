@@ -57,6 +57,21 @@ class Scripted(nn.Module):
         return twin
 
 
+class Exported(nn.Module):
+    """The module of a torch.export program: it refuses train()/eval() (its graph is fixed), so they stop here."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args):
+        return self.module(*args)
+
+    def train(self, mode: bool = True):
+        self.training = mode
+        return self
+
+
 def _read_json(p: Path, field: str) -> dict:
     try:
         return json.loads(p.read_text())
@@ -138,7 +153,7 @@ def network(t) -> nn.Module:
     elif t.kind == "torchscript":
         try:
             net = (
-                torch.export.load(str(p)).module()
+                Exported(torch.export.load(str(p)).module())
                 if p.suffix == ".pt2"
                 else Scripted(torch.jit.load(str(p), map_location="cpu"))
             )

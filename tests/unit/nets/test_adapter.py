@@ -131,3 +131,35 @@ def test_betas_match_diffusers():
         ours = ddpm_betas(name, kw.get("beta_start", 1e-4), kw.get("beta_end", 0.02), 1000)
         theirs = DDPMScheduler(beta_schedule=name, **kw).betas.double()
         assert (ours - theirs).abs().max() < 1e-6, name
+
+
+def test_a_torch_export_file_is_a_teacher_and_its_copies_train(tmp_path):
+    """`kind: torchscript` also reads a torch.export .pt2 (the exact mixture's x0 net has data-dependent branches,
+    so this is a small x0 network); the student copy trains without touching the teacher."""
+    import copy
+
+    net = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 6))
+
+    class X0(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x, t):
+            return self.net(x) * (1 + 0 * t[:, None])
+
+    path = tmp_path / "x0.pt2"
+    batch = torch.export.Dim("batch")  # the platform calls it with any batch size
+    program = torch.export.export(X0(), (torch.randn(4, 6), torch.rand(4)), dynamic_shapes=({0: batch}, {0: batch}))
+    torch.export.save(program, str(path))
+    t = TeacherCfg(kind="torchscript", path=str(path), parameterization="x0", ddpm={})
+    f, _ = imported.load(t)
+    z, tt = torch.randn(8, 6, dtype=F64), torch.rand(8, dtype=F64)
+    assert torch.allclose(f(z, tt), X0()(z.float(), tt.float()).double(), atol=1e-6)
+    student = copy.deepcopy(f).requires_grad_(True)
+    opt = torch.optim.SGD(student.parameters(), lr=0.1)
+    student(z, tt).pow(2).mean().backward()
+    opt.step()
+    assert not torch.allclose(student(z, tt), f(z, tt)) and torch.allclose(
+        f(z, tt), X0()(z.float(), tt.float()).double(), atol=1e-6
+    )
