@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from multistep.commands import bench, data, regress, sample, submit, sweep, teacher
+from multistep.commands import bench, data, export, regress, sample, submit, sweep, teacher
 from multistep.commands import eval as eval_
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -22,6 +22,7 @@ COMMANDS = (
     regress,
     eval_,
     sample,
+    export,
 )  # each: add_parser(subparsers), run(args) -> exit code
 
 

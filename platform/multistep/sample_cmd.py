@@ -27,6 +27,7 @@ class Source:
     kind: str  # "teacher" or "student"
     steps: int | None  # a student's trained S (its default steps)
     num_classes: int | None
+    scripted: object = None  # a TorchScript export's sampler: sample(noise[, labels]) at its own S
 
 
 def load_source(arg: str) -> Source:
@@ -36,6 +37,8 @@ def load_source(arg: str) -> Source:
     p = Path(arg)
     if not p.exists():
         raise ConfigError(f"SOURCE {arg}: no such file or folder")
+    if (p / "multistep.json").is_file():  # a `multistep export` folder
+        return _exported(p)
     if p.is_dir() or p.suffix in (".yaml", ".yml"):
         from pydantic import ValidationError
 
@@ -85,6 +88,28 @@ def load_source(arg: str) -> Source:
     )
 
 
+def _exported(p: Path) -> Source:
+    import json
+
+    from multistep import export
+
+    spec = json.loads((p / export.SPEC).read_text())
+    S, shape, k = spec["student_steps"], tuple(spec["shape"]), spec["num_classes"]
+    if (p / "sampler.pt").is_file():
+        import torch
+
+        return Source(None, None, shape, "student", S, k, scripted=torch.jit.load(str(p / "sampler.pt")))
+    if (p / "model.safetensors").is_file():
+        f, _ = export.load(p)
+        return Source(f, f.schedule, shape, "student", S, k)
+    from multistep.config import TeacherCfg
+    from multistep.nets import imported
+
+    null = spec["denoiser"].get("null_label")
+    f, _ = imported.load(TeacherCfg(kind="diffusers", path=str(p), num_classes=k, null_label=null, check=False))
+    return Source(f, f.schedule, shape, "student", S, k)  # its S-step DDIM is MCM Algorithm 2
+
+
 def _array(path: str, flag: str, dtype) -> np.ndarray:
     try:
         a = np.load(path, allow_pickle=False)
@@ -128,13 +153,17 @@ def run(args, say=print) -> int:
                 f"--labels {args.labels}: need {len(noise)} labels in 0 .. {src.num_classes} (= no class)"
             )
     device = torch.device(args.device)
-    f = src.f.to(device).eval()
+    if src.scripted is not None and steps != src.steps:
+        raise ConfigError(f"--steps {steps}: a TorchScript export samples at its own S = {src.steps}")
+    f = (src.f or src.scripted).to(device).eval()
     out = []
     for i in range(0, len(noise), args.batch_size):
         z = noise[i : i + args.batch_size].to(device)
         y = None if labels is None else labels[i : i + args.batch_size].to(device)
         g = conditioned(f, y)
-        if sampler in ("ddim", "addim"):
+        if src.scripted is not None:
+            x = f.sample(z, y)
+        elif sampler in ("ddim", "addim"):
             x, _ = ddim_sample(g, src.schedule, z, steps, xvar="analytic" if sampler == "addim" else None)
         elif sampler == "mcm":
             x, _ = mcm_sample(g, src.schedule, z, steps)

@@ -112,32 +112,35 @@ class Adapted(VDenoiser):
             return y
         return torch.where(y == self.num_classes, torch.full_like(y, self.null_label), y)
 
-    def forward(self, z: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
-        dt = z.dtype if z.dtype == torch.float64 else torch.float32  # the target maths: never bf16
-        zz, tt = z.to(dt), t.to(dt)
-        a, s = self.schedule.alpha_sigma(tt)
-        lam = self.schedule.logsnr(tt)
-        a, s, y = _b(a, zz), _b(s, zz), self.labels(y, len(z), z.device)
-        tk = self.time
+    time_dtype = torch.float32  # the network's time input (VDenoiser passes the sampler's float64 t)
+
+    def affine(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(a_in, time_in, c_z, c_o) at times t (B,): the network is called on (a_in z, time_in), and
+        x_hat = c_z z + c_o out. At a fixed t the whole adapter is this affine map around the network."""
+        a, s = self.schedule.alpha_sigma(t)
+        lam, tk, one = self.schedule.logsnr(t), self.time, torch.ones_like(t)
         if tk.kind == "edm":  # x = z / alpha = data + (sigma / alpha) eps
-            x_in, time_in = zz / a, torch.exp(-lam / 2).clamp(tk.sigma_min, tk.sigma_max)
+            a_in, time_in = 1 / a, torch.exp(-lam / 2).clamp(tk.sigma_min, tk.sigma_max)
         elif tk.kind == "flow":  # x_s = (1 - s) x + s eps at equal SNR ((1 - s) / s)^2 = alpha^2 / sigma^2
             sf = torch.sigmoid(-lam / 2)
-            x_in, time_in = zz * _b(1 - sf, zz) / a, sf * tk.time_scale
+            a_in, time_in = (1 - sf) / a, sf * tk.time_scale
         elif tk.kind == "ddpm":  # VP at equal log-SNR: the same z
-            x_in, time_in = zz, tk.timestep(lam)
+            a_in, time_in = one, tk.timestep(lam)
         else:  # vp: the network's own continuous time of this log-SNR
-            x_in, time_in = zz, tk.schedule.t_from_logsnr(lam).clamp(0, 1) * tk.time_scale
-        out = self.v(x_in, time_in.float(), y).to(dt)  # the network in its own precision, back in float32/64
-        p = self.parameterization
-        if p == "eps":
-            x_hat = (zz - s * out) / a
-        elif p == "v":
-            x_hat = a * zz - s * out
-        elif p == "flow":  # x = x_s - s v with v = eps - x
-            x_hat = x_in - _b(sf, zz) * out
-        else:  # x0, edm: the network's output is the data estimate
-            x_hat = out
+            a_in, time_in = one, tk.schedule.t_from_logsnr(lam).clamp(0, 1) * tk.time_scale
+        c = {  # x_hat = c_z z + c_o out
+            "eps": (1 / a, -s / a),  # x = (z - sigma eps) / alpha
+            "v": (a, -s),  # x = alpha z - sigma v
+            "flow": (a_in, -sf if tk.kind == "flow" else -one),  # x = x_s - s v with v = eps - x
+        }.get(self.parameterization, (0 * one, one))  # x0, edm: the output is the data estimate
+        return a_in, time_in, c[0], c[1]
+
+    def forward(self, z: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        dt = z.dtype if z.dtype == torch.float64 else torch.float32  # the target maths: never bf16
+        zz = z.to(dt)
+        a_in, time_in, c_z, c_o = self.affine(t.to(dt))
+        out = self.v(_b(a_in, zz) * zz, time_in.to(self.time_dtype), self.labels(y, len(z), z.device)).to(dt)
+        x_hat = _b(c_z, zz) * zz + _b(c_o, zz) * out  # the network in its own precision, the rest in float32/64
         if self.clip_sample:
             x_hat = x_hat.clamp(-self.clip_sample, self.clip_sample)
         return x_hat.to(z.dtype)

@@ -68,6 +68,15 @@ class VDenoiser(nn.Module):
             v = net(zf, t) if y is None else net(zf, t, y)
         return v.float()
 
+    time_dtype = None  # the network's time input: the sampler's t as it comes (float64)
+    num_classes = None  # see nets/adapter.py; a class-conditional platform net carries its own (net.num_classes)
+    clip_sample = 0.0
+
+    def affine(self, t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(a_in, time_in, c_z, c_o) at times t: the network sees (z, t), x_hat = alpha z - sigma v (as forward)."""
+        a, s = self.schedule.alpha_sigma(t)
+        return torch.ones_like(t), t, a, -s
+
     def forward(self, z: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         return x_from_v(self.schedule, z, t, self.v(z, t, y).to(z.dtype))  # target maths in z's dtype, never bf16
 

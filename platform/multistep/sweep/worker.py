@@ -199,7 +199,13 @@ def run_trial(cfg: dict, session: Session) -> dict:
             logger.metrics(it, {k: v for k, v in metrics.items() if k != "iteration"})  # step = iteration
         with tempfile.TemporaryDirectory() as d:
             if rank == 0:
-                payload = {"version": CKPT_VERSION, "state": sd, "rng_per_rank": rngs, "trial": cfg["trial"]}
+                payload = {
+                    "version": CKPT_VERSION,
+                    "state": sd,
+                    "rng_per_rank": rngs,
+                    "trial": cfg["trial"],
+                    "run_id": cfg["run_id"],  # the trial's MLflow run (`multistep export --register` links it)
+                }
                 checkpoint_file.save(os.path.join(d, CKPT_FILE), payload)  # atomic, with its sha256
                 session.report(metrics, d)
             else:

@@ -1,0 +1,338 @@
+"""`multistep export STATE.pt --out DIR`: a distilled student as files other code can load (docs/export.md).
+
+Formats:
+  safetensors  DIR/model.safetensors (the student's EMA weights) + DIR/multistep.json (everything needed to rebuild
+               and sample it: network, denoiser, schedule, S, time grid, labels, shape, platform version);
+               `load(DIR)` rebuilds it.
+  torchscript  DIR/sampler.pt: a scripted module whose sample(noise[, labels]) runs MCM Algorithm 2 with S baked in
+               (the network traced, the adapter's affine maps and the DDIM steps precomputed in float64).
+  diffusers    a diffusers DDIMPipeline folder (unet/ + scheduler/, trailing timesteps) for a student of a
+               diffusers teacher: diffusers' own from_pretrained loads it, and S-step DDIM reproduces the samples.
+Each export is reloaded and its samples compared with the platform's own from the same noise before it is
+reported; the folder is written staged (a failure leaves nothing).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from multistep.config import ConfigError
+
+FORMATS = ("safetensors", "torchscript", "diffusers")
+SPEC = "multistep.json"
+FORMAT_VERSION = 1
+TOLERANCE = 1e-5  # relative max difference of a reloaded export's samples from the platform's
+
+
+# -- what a student is ------------------------------------------------------------------------------
+def schedule_dict(s) -> dict:
+    return dataclasses.asdict(s)
+
+
+def schedule_from(d: dict):
+    from multistep.diffusion.schedules import SCHEDULES
+
+    kw = dict(d)
+    name = kw.pop("name")
+    if "logsnr_k" in kw:
+        kw["logsnr_k"] = tuple(kw["logsnr_k"])
+    return SCHEDULES[name](**kw)
+
+
+def denoiser_spec(f) -> dict:
+    """How the student's denoiser reads its network (VDenoiser: v on the schedule; Adapted: a foreign network)."""
+    from multistep.nets.adapter import Adapted
+
+    if not isinstance(f, Adapted):
+        return {"kind": "v"}
+    t = f.time
+    time = {"kind": t.kind, "sigma_min": t.sigma_min, "sigma_max": t.sigma_max, "time_scale": t.time_scale}
+    if t.logsnr_k is not None:
+        time["logsnr_k"] = t.logsnr_k.tolist()
+    if t.schedule is not None:
+        time["schedule"] = schedule_dict(t.schedule)
+    return {
+        "kind": "adapted",
+        "parameterization": f.parameterization,
+        "time": time,
+        "num_classes": f.num_classes,
+        "null_label": f.null_label,
+        "clip_sample": f.clip_sample,
+    }
+
+
+def network_spec(tc, f) -> dict:
+    """How to rebuild the student's network without this platform's trial config."""
+    t = tc.teacher
+    if t.kind == "analytic":
+        s = tc.student
+        return {
+            "kind": "platform",
+            "net": {
+                "kind": "mlp",
+                "dim": math.prod(tc.data.shape),
+                "hidden": s.hidden,
+                "depth": s.depth,
+                "time_dim": s.time_dim,
+                "dropout": s.dropout,
+            },
+        }
+    if t.kind in ("checkpoint", "mlflow"):
+        from multistep.train.teacher import load_teacher
+
+        return {"kind": "platform", "net": load_teacher(t.path)[1]["net"]}
+    if t.kind == "diffusers":
+        return {"kind": "diffusers", "config": dict(f.net.unet.config)}
+    if t.kind == "state_dict":
+        return {"kind": "builder", "builder": t.builder, "builder_args": t.builder_args}
+    return {"kind": "torchscript"}  # the architecture lives only in the TorchScript file
+
+
+def build_network(spec: dict) -> nn.Module:
+    if spec["kind"] == "platform":
+        from multistep.train.teacher import build_net
+
+        return build_net(spec["net"])
+    if spec["kind"] == "diffusers":
+        from diffusers import UNet2DModel
+
+        from multistep.nets.imported import DiffusersUNet
+
+        return DiffusersUNet(UNet2DModel.from_config(spec["config"]))
+    if spec["kind"] == "builder":
+        import importlib
+
+        mod, _, fn = spec["builder"].partition(":")
+        return getattr(importlib.import_module(mod), fn)(**spec["builder_args"])
+    raise ValueError(f"a {spec['kind']} network cannot be rebuilt from weights; export it with --format torchscript")
+
+
+def build_denoiser(spec: dict) -> nn.Module:
+    """The student denoiser of a multistep.json (weights not loaded)."""
+    from multistep.nets.adapter import Adapted, Time
+    from multistep.nets.mlp import VDenoiser
+
+    net, sched = build_network(spec["network"]), schedule_from(spec["schedule"])
+    d = spec["denoiser"]
+    if d["kind"] == "v":
+        return VDenoiser(net, sched)
+    t = dict(d["time"])
+    lk, ts = t.pop("logsnr_k", None), t.pop("schedule", None)
+    time = Time(
+        **t, logsnr_k=None if lk is None else torch.tensor(lk, dtype=torch.float64), schedule=ts and schedule_from(ts)
+    )
+    return Adapted(net, sched, time, d["parameterization"], d["num_classes"], d["null_label"], d["clip_sample"])
+
+
+def load(folder: str | Path) -> tuple[nn.Module, dict]:
+    """(the student denoiser with its weights, in eval mode; its multistep.json) of a safetensors export."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    spec = json.loads((folder / SPEC).read_text())
+    f = build_denoiser(spec)
+    f.load_state_dict(load_file(str(folder / "model.safetensors")))
+    return f.eval().requires_grad_(False), spec
+
+
+# -- the TorchScript sampler ------------------------------------------------------------------------
+class WithLabels(nn.Module):
+    """net(x, t, y) for every network, so the scripted sampler has one call (an unconditional net ignores y)."""
+
+    def __init__(self, net: nn.Module, conditional: bool):
+        super().__init__()
+        self.net, self.conditional = net, conditional
+
+    def forward(self, x, t, y):
+        return self.net(x, t, y) if self.conditional else self.net(x, t)
+
+
+class MCMSampler(nn.Module):
+    """MCM Algorithm 2 with S baked in. Step k (t = (S - k) / S -> s = (S - k - 1) / S): the network sees
+    (a_in z, time_in), x_hat = c_z z + c_o out (clipped if clip > 0), z <- alpha_s x_hat + sigma_s (z - alpha_t x_hat)
+    / sigma_t. Everything but the network in float64; labels equal to num_classes (no class) -> null_label."""
+
+    def __init__(self, net, table: torch.Tensor, time_in: torch.Tensor, clip: float, num_classes: int, null_label: int):
+        super().__init__()
+        self.net = net
+        self.register_buffer("table", table)  # (S, 7) float64: a_in, c_z, c_o, alpha_t, sigma_t, alpha_s, sigma_s
+        self.register_buffer("time_in", time_in)  # (S,) in the network's time dtype
+        self.clip, self.num_classes, self.null_label = clip, num_classes, null_label
+
+    def forward(self, noise: torch.Tensor) -> torch.Tensor:
+        return self.sample(noise, None)
+
+    @torch.jit.export
+    def sample(self, noise: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:  # noqa: UP045
+        z = noise.to(torch.float64)
+        n = z.shape[0]
+        y = torch.full([n], self.null_label, dtype=torch.long, device=z.device)
+        if labels is not None:
+            y = labels.to(z.device).long()
+            y = torch.where(y == self.num_classes, torch.full_like(y, self.null_label), y)
+        for k in range(self.table.shape[0]):
+            r = self.table[k]
+            out = self.net((r[0] * z).to(torch.float32), self.time_in[k].expand(n), y)
+            x = r[1] * z + r[2] * out.to(torch.float64)
+            if self.clip > 0:
+                x = x.clamp(-self.clip, self.clip)
+            z = r[5] * x + r[6] * ((z - r[3] * x) / r[4])
+        return z.to(torch.float32)
+
+
+def scripted_sampler(f, S: int, shape: tuple, num_classes: int | None) -> torch.jit.ScriptModule:
+    """The student f as a self-contained TorchScript MCM sampler (its network traced, in float32)."""
+    rows, times = [], []
+    for k in range(S, 0, -1):
+        t, s = torch.tensor([k / S], dtype=torch.float64), torch.tensor([(k - 1) / S], dtype=torch.float64)
+        a_in, time_in, c_z, c_o = f.affine(t)
+        rows.append(torch.cat([a_in, c_z, c_o, *f.schedule.alpha_sigma(t), *f.schedule.alpha_sigma(s)]).double())
+        times.append(time_in)
+    time_in = torch.cat(times).to(f.time_dtype or torch.float64)
+    null = getattr(f, "null_label", None)
+    null = (num_classes or 0) if null is None else null  # a platform net's null class is its num_classes
+    net = WithLabels(f.net.eval(), num_classes is not None)
+    example = (torch.randn(2, *shape), time_in[:1].expand(2).clone(), torch.zeros(2, dtype=torch.long))
+    traced = torch.jit.trace(net, example, check_trace=False)
+    clip = float(f.clip_sample or 0.0)
+    return torch.jit.script(MCMSampler(traced, torch.stack(rows), time_in, clip, int(num_classes or -1), int(null)))
+
+
+# -- the command ------------------------------------------------------------------------------------
+def platform_samples(f, schedule, S: int, noise: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """What `multistep sample STATE.pt --noise ...` returns: MCM Algorithm 2 in float64, as float32."""
+    from multistep.diffusion.samplers import mcm_sample
+    from multistep.methods.base import conditioned
+
+    return mcm_sample(conditioned(f, labels), schedule, noise.double(), S)[0].float()
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-12))
+
+
+def export(args, say=print) -> int:
+    from multistep.atomic import check_output_folder, staged_folder
+    from multistep.eval_cmd import _load_blob, load_student
+    from multistep.train.build import teacher_classes
+
+    p = Path(args.state)
+    blob = _load_blob(p)
+    if "state" not in blob:
+        raise ConfigError(f"{p}: not a trial checkpoint (state.pt of a sweep trial)")
+    out_dir = check_output_folder(args.out, "--out")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        raise ConfigError(f"--out {args.out}: not empty (an export is written into a new or empty folder)")
+    tc, _, _, c, _, state = load_student(p, blob)
+    f, S = state.ema.float().eval().requires_grad_(False), tc.method.student_steps
+    k = teacher_classes(c.teacher)
+    shape = tuple(c.data.shape) if c.data is not None else tuple(tc.data.shape)
+    spec = {
+        "format": "multistep-student",
+        "version": FORMAT_VERSION,
+        "platform_version": _version(),
+        "method": state.method.label if hasattr(state.method, "label") else tc.method.name,
+        "student_steps": S,
+        "time_grid": [k_ / S for k_ in range(S, -1, -1)],  # t of each step, 1 -> 0: MCM Algorithm 2
+        "shape": list(shape),
+        "num_classes": k,
+        "sample_space": "the data's: x_hat of the teacher (images in [-1, 1])",
+        "network": network_spec(tc, f),
+        "denoiser": denoiser_spec(f),
+        "schedule": schedule_dict(c.schedule),
+        "trial_run_id": blob.get("run_id"),
+        "iteration": int(blob["state"].get("iteration", 0)),
+    }
+    if args.format == "safetensors" and spec["network"]["kind"] == "torchscript":
+        raise ConfigError(
+            f"--format safetensors: {p} is a student of a TorchScript teacher, whose architecture lives only in its TorchScript file; use --format torchscript"
+        )
+    if args.format == "diffusers" and spec["network"]["kind"] != "diffusers":
+        raise ConfigError(
+            f"--format diffusers: {p} is not a student of a diffusers teacher (its network is {spec['network']['kind']})"
+        )
+    if args.format == "diffusers" and spec["denoiser"]["time"]["kind"] != "ddpm":
+        raise ConfigError(
+            "--format diffusers: the student's teacher was not read on its DDPM schedule (teacher.logsnr_min set)"
+        )
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn((8, *shape), generator=g)
+    labels = torch.arange(8) % k if k else None
+    want = platform_samples(f, c.schedule, S, noise, labels)
+    with staged_folder(args.out) as out:
+        if args.format == "safetensors":
+            from safetensors.torch import save_file
+
+            save_file({n: v.contiguous() for n, v in f.state_dict().items()}, str(out / "model.safetensors"))
+            (out / SPEC).write_text(json.dumps(spec, indent=2))
+            g2, _ = load(out)
+            got = platform_samples(g2, schedule_from(spec["schedule"]), S, noise, labels)
+        elif args.format == "torchscript":
+            torch.jit.save(scripted_sampler(f, S, shape, k), str(out / "sampler.pt"))
+            (out / SPEC).write_text(json.dumps(spec | {"sampler": "sampler.pt"}, indent=2))
+            got = torch.jit.load(str(out / "sampler.pt")).sample(noise, labels)
+        else:
+            got = _diffusers_export(f, c, S, out, noise, labels)
+            (out / SPEC).write_text(json.dumps(spec, indent=2))
+        err = _rel(got, want)
+        if not err <= TOLERANCE:
+            raise RuntimeError(
+                f"the reloaded {args.format} export's samples differ from the platform's by {err:.2e} (relative max)"
+            )
+    say(
+        f"{args.format} export of {p} -> {args.out} (S = {S}; reloaded samples differ from the platform's by {err:.1e})"
+    )
+    if args.register:
+        from multistep.sweep.preflight import tracking_uri
+        from multistep.tracking.registry import register
+
+        version = register(tracking_uri(args.tracking_uri), args.register, args.out, args.format, spec)
+        say(f"registered as model {args.register!r} version {version}")
+    return 0
+
+
+def _diffusers_export(f, c, S, out: Path, noise, labels) -> torch.Tensor:
+    """unet/ + scheduler/ of a DDIMPipeline; returns diffusers' own S-step DDIM samples of the reloaded folder."""
+    import copy
+
+    from diffusers import DDIMPipeline, DDIMScheduler, UNet2DModel
+
+    t = f.time
+    abar = torch.sigmoid(t.logsnr_k)  # abar_k from lambda_k
+    betas = 1 - abar / torch.cat([torch.ones(1, dtype=abar.dtype), abar[:-1]])
+    pred = {"eps": "epsilon", "v": "v_prediction", "x0": "sample"}[f.parameterization]
+    sched = DDIMScheduler(
+        num_train_timesteps=len(betas),
+        trained_betas=betas.tolist(),
+        prediction_type=pred,
+        clip_sample=bool(f.clip_sample),
+        clip_sample_range=float(f.clip_sample or 1.0),
+        timestep_spacing="trailing",
+        set_alpha_to_one=True,
+    )
+    DDIMPipeline(unet=copy.deepcopy(f.net.unet), scheduler=sched).save_pretrained(str(out))
+    unet = UNet2DModel.from_pretrained(str(out / "unet"), local_files_only=True, low_cpu_mem_usage=False).eval()
+    d = DDIMScheduler.from_pretrained(str(out / "scheduler"), local_files_only=True)
+    d.set_timesteps(S)
+    y = None if labels is None else f.labels(labels, len(labels), labels.device)
+    x = noise.clone()
+    with torch.no_grad():
+        for ts in d.timesteps:
+            x = d.step(unet(x, ts, class_labels=y).sample, ts, x, eta=0.0).prev_sample
+    return x
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("multistep")
+    except PackageNotFoundError:
+        return "unknown"
