@@ -37,7 +37,10 @@ def _write(tmp_path, name: str, doc: dict):
             {"teacher": {"kind": "checkpoint", "path": "nope/teacher.pt"}},
             "nope/teacher.pt: teacher checkpoint not found",
         ),
-        ({"teacher": {"kind": "hub"}}, "teacher.kind: Input should be 'analytic', 'checkpoint' or 'mlflow'"),
+        (
+            {"teacher": {"kind": "hub"}},
+            "teacher.kind: Input should be 'analytic', 'checkpoint', 'mlflow', 'diffusers', 'torchscript' or 'state_dict'",
+        ),
         ({"teacher": {"kind": "mlflow"}}, "teacher.run_id: required for kind: mlflow"),
         (
             {"data": {"kind": "parquet"}, "teacher": {"kind": "mlflow", "run_id": "x"}},
