@@ -71,7 +71,7 @@ def denoiser_spec(f) -> dict:
 def network_spec(tc, f) -> dict:
     """How to rebuild the student's network without this platform's trial config."""
     t = tc.teacher
-    if t.kind == "analytic":
+    if t.kind == "analytic" or (t.imported and not tc.student.copy_teacher):
         s = tc.student
         return {
             "kind": "platform",

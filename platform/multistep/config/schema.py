@@ -176,15 +176,19 @@ class TeacherCfg(Strict):
 
 
 class StudentCfg(Strict):
-    """The student network for an analytic teacher; with a network teacher the student is a copy of it."""
+    """The student network for an analytic teacher; with a network teacher the student is a copy of it, unless
+    copy_teacher is false (then this MLP, warm-started by v-loss regression onto the teacher)."""
 
     net: Literal["mlp"] = "mlp"
+    copy_teacher: bool = (
+        True  # imported teachers: start the student as a copy of their network (the paper); false: this MLP
+    )
     hidden: PosInt = 256  # MLP width
     depth: PosInt = 3  # hidden layers
     time_dim: PosInt = 64  # sinusoidal time features
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     init_iterations: Annotated[int, Field(ge=0)] = (
-        3000  # analytic teacher: warm start by v-loss regression onto it (the paper starts from the diffusion model); network teachers: ignored, the student is a copy of the teacher
+        3000  # analytic teacher (or copy_teacher: false): warm start by v-loss regression onto it (the paper starts from the diffusion model); a copied teacher needs none
     )
     init_learning_rate: PosFloat = 1e-3
 

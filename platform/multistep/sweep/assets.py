@@ -175,7 +175,8 @@ def prepare(cfg: TrialCfg, cache_dir: Path, log=print) -> dict:
             c.student.net, c.schedule, c.teacher, sample, s.init_iterations, s.init_learning_rate, cfg.train.seed
         )
 
-    warm = s.init_iterations > 0 and cfg.teacher.kind == "analytic"  # a network teacher's students start as its copy
+    copied = cfg.teacher.imported and s.copy_teacher  # a copy of the teacher needs no warm start
+    warm = s.init_iterations > 0 and (cfg.teacher.kind == "analytic" or (cfg.teacher.imported and not copied))
     init = _cached(cache_dir / f"init-{init_key}.pt", make_init, log) if warm else None
     return {
         "eval_ref": ref.to_dict(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +86,26 @@ def load_network_teacher(t: TeacherCfg) -> tuple[nn.Module, dict]:
         raise ConfigError(f"teacher.path: {e}") from None
 
 
+def platform_student(cfg: TrialCfg, sched: Schedule, shape: tuple) -> VDenoiser:
+    """The student.* MLP on flattened samples of `shape`; initial weights from train.seed (re-runs agree)."""
+    s = cfg.student
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.train.seed)
+        net = MLP(math.prod(shape), s.hidden, s.depth, s.time_dim, s.dropout)
+    return VDenoiser(net, sched)
+
+
+def sample_shape(d: DataCfg, data=None) -> tuple:
+    """The shape of one sample: the loaded data's, else from the config (Parquet: the first shard's footer)."""
+    if data is not None:
+        return tuple(data.shape)
+    if d.kind == "parquet":
+        from multistep.data.parquet import list_shards, shard_info
+
+        return tuple(shard_info(list_shards(d.path)[0]).shape)
+    return tuple(d.shape) if d.kind == "gmm" else (1, d.size, d.size)
+
+
 def load_imported_teacher(t: TeacherCfg):
     try:
         return imported.load(t)[0]
@@ -116,11 +137,7 @@ def build(cfg: TrialCfg, load_data: bool = True) -> Components:
         sched = make_schedule(cfg.teacher.schedule.name, **cfg.teacher.schedule.params)
         gmm = make_data(d)
         teacher = MixtureDenoiser(gmm, sched)
-        s = cfg.student
-        with torch.random.fork_rng(devices=[]):  # initial weights from train.seed: re-runs give the same numbers
-            torch.manual_seed(cfg.train.seed)
-            net = MLP(gmm.dim, s.hidden, s.depth, s.time_dim, s.dropout)
-        return Components(sched, gmm, teacher, VDenoiser(net, sched))
+        return Components(sched, gmm, teacher, platform_student(cfg, sched, gmm.shape))
     if cfg.teacher.imported:  # trained elsewhere: the adapter puts it on its student schedule (nets/imported.py)
         teacher = load_imported_teacher(cfg.teacher)
         data = make_data(d) if load_data else None
@@ -130,7 +147,9 @@ def build(cfg: TrialCfg, load_data: bool = True) -> Components:
             and (err := imported.plausibility_error(teacher, *plausibility_rows(data)))
         ):
             raise ConfigError(f"teacher.parameterization: {cfg.teacher.path}: {err}")
-        return Components(teacher.schedule, data, teacher, copy.deepcopy(teacher).requires_grad_(True).train())
+        student = copy.deepcopy(teacher).requires_grad_(True).train() if cfg.student.copy_teacher else None
+        student = student or platform_student(cfg, teacher.schedule, sample_shape(d, data))
+        return Components(teacher.schedule, data, teacher, student)
     # A network teacher: its own schedule; the student starts as a copy of it (MCM paper).
     net, info = load_network_teacher(cfg.teacher)
     sc = info["meta"].get("schedule") or cfg.teacher.schedule.model_dump()

@@ -163,3 +163,27 @@ def test_a_torch_export_file_is_a_teacher_and_its_copies_train(tmp_path):
     assert not torch.allclose(student(z, tt), f(z, tt)) and torch.allclose(
         f(z, tt), X0()(z.float(), tt.float()).double(), atol=1e-6
     )
+
+
+def test_a_platform_student_for_an_imported_teacher_is_warm_started_onto_it(tmp_path):
+    """student.copy_teacher: false: a platform MLP instead of the teacher's copy, warm-started by v-loss
+    regression onto the imported teacher (the cached init the trials load)."""
+    from multistep.config import TrialCfg
+    from multistep.nets.mlp import VDenoiser
+    from multistep.sweep.assets import prepare
+    from multistep.train.build import build
+
+    t = scripted_teacher(tmp_path, CASES[0][0], "ddpm", "eps")
+    tc = TrialCfg.model_validate(
+        {
+            "data": {"kind": "gmm", "shape": [6], "components": 4, "mean_std": 0.6, "component_std": 0.15, "seed": 3},
+            "teacher": t.model_dump(mode="json"),
+            "student": {"copy_teacher": False, "hidden": 32, "depth": 2, "init_iterations": 30},
+            "train": {"batch_size": 64},
+            "eval": {"samples": 100, "teacher_steps": [2], "ode_steps": 4, "kid_subsets": 0},
+        }
+    )
+    c = build(tc)
+    assert isinstance(c.student, VDenoiser) and c.student.net.net[0].in_features == 6 + 64
+    init = prepare(tc, tmp_path / "cache", log=lambda *_: None)["init"]
+    assert init is not None and set(init) == set(c.student.net.state_dict())
