@@ -199,7 +199,6 @@ def eval_student(p: Path, blob: dict, args, steps: list[int] | None, say=print):
     from multistep.metrics.evaluate import (
         evaluate,
         make_eval_ref,
-        metric_names,
         metric_rows,
         sample_points,
         teacher_curve,
@@ -225,8 +224,9 @@ def eval_student(p: Path, blob: dict, args, steps: list[int] | None, say=print):
         uses_labels(c.teacher, getattr(c.data, "labels", None) is not None),
         features,
         kid_subsets,
+        tc.eval.model_copy(update={"samples": samples}).ode_rows,
     )  # as in sweeps
-    names = metric_names(samples, space, ref.labels is not None)
+    names = ref.names(space, ref.labels is not None)
     label = method_label(tc)
     common = {
         "trial_id": f"trial-{trial:03d}" if trial is not None else "",

@@ -256,6 +256,9 @@ class EvalCfg(Strict):
     samples: PosInt = 5000  # samples per evaluation (fixed noise per sample index)
     teacher_steps: list[PosInt] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]  # teacher curve, once per sweep
     ode_steps: PosInt = 1024  # teacher DDIM steps for the paired-error reference
+    ode_samples: Annotated[int, Field(ge=0)] | None = (
+        None  # rows of the paired ODE metric (ode_l2_*): the first of the fixed noise rows; None: min(samples, 2000); 0: off
+    )
     seed: int = 1234
     bootstrap: Annotated[int, Field(ge=0)] = (
         0  # resamples for each metric's bootstrap standard error (results column se; 0 = off; regression `ci` tolerances need it)
@@ -279,6 +282,11 @@ class EvalCfg(Strict):
             if not Path(self.inception_path).expanduser().is_file():
                 raise sub_field_error("inception_path", self.inception_path, f"file not found: {self.inception_path}")
         return self
+
+    @property
+    def ode_rows(self) -> int:
+        """How many noise rows get the teacher's ODE solution (the paired metric's sample count)."""
+        return min(self.samples, 2000 if self.ode_samples is None else self.ode_samples)
 
     @model_validator(mode="after")
     def _sizes(self):

@@ -18,14 +18,18 @@ def count_label(n: int) -> str:
     return f"{n // 1000}k" if n % 1000 == 0 else str(n)
 
 
-def metric_names(samples: int, extractor: str = "identity", labelled: bool = False) -> dict[str, str]:
+def metric_names(
+    samples: int, extractor: str = "identity", labelled: bool = False, ode_samples: int | None = None
+) -> dict[str, str]:
     """Logged names carry the extractor and the sample count, so a cheap proxy never meets a full evaluation;
     `fid` / `kid` only with the Inception detector, `fd_<extractor>` / `kid_<extractor>` otherwise. With the
     classifier and class-conditional samples also `cls_err`: the fraction of samples the classifier does not
-    assign to the label they were conditioned on (what guidance should lower)."""
+    assign to the label they were conditioned on (what guidance should lower). The paired ODE error is measured on
+    the first `ode_samples` rows (default: all)."""
     c = count_label(samples)
+    co = count_label(samples if ode_samples is None else ode_samples)
     fd, kd = ("fid", "kid") if extractor == "inception" else (f"fd_{extractor}", f"kid_{extractor}")
-    names = {"fd": f"{fd}_{c}", "kid": f"{kd}_{c}", "swd": f"swd_{c}", "ode": f"ode_l2_{c}"}
+    names = {"fd": f"{fd}_{c}", "kid": f"{kd}_{c}", "swd": f"swd_{c}", "ode": f"ode_l2_{co}"}
     return names | ({"cls_err": f"cls_err_{c}"} if labelled and extractor == "classifier" else {})
 
 
@@ -37,7 +41,7 @@ class EvalRef:
     noise: torch.Tensor  # (n, *shape) float32 starting noise, fixed per sample index
     ode: (
         np.ndarray | None
-    )  # (n, d) teacher's many-step DDIM solution from `noise` (conditioned on `labels`); None: no ode metric
+    )  # (k, d) teacher's many-step DDIM solution from the first k rows of `noise` (conditioned on `labels`); None: no ode metric
     floor: dict  # metrics of a second independent data sample: the two-sample noise floor
     labels: torch.Tensor | None = None  # (n,) int64 class label per noise row (class-conditional teachers), else None
     feats: np.ndarray | None = None  # (n, D) float64 extractor features of `data`; None: the flattened data itself
@@ -63,6 +67,10 @@ class EvalRef:
             None if y is None else torch.as_tensor(np.array(y), dtype=torch.long),
             None if f is None else np.array(f, dtype=np.float64),
         )
+
+    def names(self, extractor: str, labelled: bool = False) -> dict[str, str]:
+        """metric_names of an evaluation against this reference."""
+        return metric_names(len(self.data), extractor, labelled, None if self.ode is None else len(self.ode))
 
     @property
     def ref_feats(self) -> np.ndarray:
@@ -114,7 +122,7 @@ def evaluate(
         names["swd"]: sliced_wasserstein(s, ref.data),
     }
     if ref.ode is not None:
-        out[names["ode"]] = paired_l2(s, ref.ode)
+        out[names["ode"]] = paired_l2(s[: len(ref.ode)], ref.ode)  # the first rows: those with an ODE solution
     if predict is not None and ref.labels is not None and "cls_err" in names:
         out[names["cls_err"]] = float(np.mean(predict(f) != ref.labels.numpy()))
     if kid_subsets:
@@ -135,13 +143,16 @@ def bootstrap_se(
     f = s if feats is None else np.asarray(feats, np.float64)
     rng = np.random.default_rng(seed)
     reps: dict[str, list[float]] = {}
+    k_ode = 0 if ref.ode is None else len(ref.ode)
     for _ in range(n_boot):
         i, j = rng.integers(0, len(s), len(s)), rng.integers(0, len(ref.data), len(ref.data))
-        ode = None if ref.ode is None else ref.ode[i]
         for k, v in evaluate(
-            s[i], EvalRef(ref.data[j], ref.noise, ode, {}, None, ref.ref_feats[j]), names, f[i]
+            s[i], EvalRef(ref.data[j], ref.noise, None, {}, None, ref.ref_feats[j]), names, f[i]
         ).items():
             reps.setdefault(k, []).append(v)
+        if k_ode:  # the paired rows resampled as pairs
+            io = rng.integers(0, k_ode, k_ode)
+            reps.setdefault(names["ode"], []).append(paired_l2(s[:k_ode][io], ref.ode[io]))
     return {f"{k}_se": float(np.std(v, ddof=1)) for k, v in reps.items()}
 
 
@@ -156,25 +167,31 @@ def make_eval_ref(
     labelled: bool = False,
     features=None,
     kid_subsets: int = 0,
+    ode_samples: int | None = None,
 ) -> EvalRef:
     """Data sample, fixed noise and the teacher's `ode_steps`-step DDIM from it; `extractor` names the metrics
     ("identity" for vectors, "pixel" for images: Frechet distances of the flattened samples; "classifier",
     "inception": of the features that `features(rows) -> (n, D)` computes, kept as ref.feats).
     labelled (class-conditional teacher, labelled data): each noise row also gets a fixed class label, drawn
     (after the noise, same seed) as the label of a random data row, i.e. from the data's label distribution,
-    so conditional samples are compared with the unconditional data; the ODE is the conditional teacher's.
+    so conditional samples are compared with the unconditional data; the ODE is the conditional teacher's, solved
+    for the first `ode_samples` rows only (default all; 0: none).
     The floor: the metrics of a second, independent data sample (KID's standard error left out)."""
     g = torch.Generator().manual_seed(seed)
     data = _flat(data_dist.sample(samples, g, dtype=torch.float64))
     other = _flat(data_dist.sample(samples, g, dtype=torch.float64))
     noise = torch.randn((samples, *data_dist.shape), generator=g, dtype=torch.float32)
     labels = data_dist.sample_labelled(samples, g)[1] if labelled else None
-    ode, _ = ddim_sample(conditioned(teacher, labels), sched, noise.double(), ode_steps)
+    k = samples if ode_samples is None else min(ode_samples, samples)
+    ode = None
+    if k:
+        y = None if labels is None else labels[:k]
+        ode = _flat(ddim_sample(conditioned(teacher, y), sched, noise[:k].double(), ode_steps)[0])
     feats = None if features is None else features(data)
-    ref = EvalRef(data, noise, _flat(ode), {}, labels, feats)
-    names = metric_names(samples, extractor)
+    ref = EvalRef(data, noise, ode, {}, labels, feats)
+    names = ref.names(extractor)
     floor = evaluate(other, ref, names, None if features is None else features(other), kid_subsets)
-    ref.floor = {k: v for k, v in floor.items() if not k.endswith("_se")} | {names["ode"]: 0.0}
+    ref.floor = {k: v for k, v in floor.items() if not k.endswith("_se")} | ({names["ode"]: 0.0} if k else {})
     return ref
 
 
@@ -204,7 +221,7 @@ def teacher_curve(
     """Teacher DDIM and aDDIM (empirical xvar table, eta = 0.75) at each step count: rows of
     {method, steps, nfe, metric, value} (+ se: KID's own, the bootstrap's for the others when bootstrap > 0).
     With ref.labels the teacher is conditioned on them (unguided), its xvar table on the table rows' own labels."""
-    names = metric_names(len(ref.data), extractor, ref.labels is not None)
+    names = ref.names(extractor, ref.labels is not None)
     rows = []
     for label, n, x, nfe in teacher_points(teacher, sched, data_dist, ref.noise.double(), steps, ref.labels, eta, seed):
         feats = None if features is None else features(x)

@@ -99,6 +99,7 @@ def prepare(cfg: TrialCfg, cache_dir: Path, log=print) -> dict:
     features = None if ext is None else features_fn(ext, c.data.shape)
     ref_key = content_hash(
         {**base, "samples": ev.samples, "ode_steps": ev.ode_steps, "seed": ev.seed}
+        | ({"ode_rows": ev.ode_rows} if ev.ode_rows != ev.samples else {})  # (the keys of whole-reference ODEs stay)
         | ({"labels": "data-distribution"} if labelled else {})  # fixed labels are part of the reference
         | ({"features": ext.key} if ext else {})
         | ({"kid_subsets": ev.kid_subsets} if ev.kid_subsets else {})
@@ -106,7 +107,7 @@ def prepare(cfg: TrialCfg, cache_dir: Path, log=print) -> dict:
 
     def make_ref():
         log(
-            f"computing evaluation reference ({ev.samples} samples, {ev.ode_steps}-step teacher ODE"
+            f"computing evaluation reference ({ev.samples} samples, {ev.ode_steps}-step teacher ODE for {ev.ode_rows}"
             + (", labels drawn from the data)" if labelled else ")")
         )
         r = make_eval_ref(
@@ -120,11 +121,12 @@ def prepare(cfg: TrialCfg, cache_dir: Path, log=print) -> dict:
             labelled,
             features,
             ev.kid_subsets,
+            ev.ode_rows,
         )
         return {
             "data": torch.from_numpy(r.data),
             "noise": r.noise,
-            "ode": torch.from_numpy(r.ode),
+            "ode": None if r.ode is None else torch.from_numpy(r.ode),
             "floor": r.floor,
             "hash": ref_key,
             "labels": r.labels,
@@ -136,7 +138,7 @@ def prepare(cfg: TrialCfg, cache_dir: Path, log=print) -> dict:
     ref = EvalRef(
         ref_t["data"].numpy(),
         ref_t["noise"],
-        ref_t["ode"].numpy(),
+        None if ref_t["ode"] is None else ref_t["ode"].numpy(),
         ref_t["floor"],
         ref_t.get("labels"),
         None if feats is None else feats.numpy(),

@@ -327,9 +327,9 @@ def _run_sweep(plan, tracking_uri, storage, say, resume, start_ray, stop: Interr
         say(f"MLflow: experiment '{cfg.experiment}', sweep run {srid} with {len(run_ids)} trial runs ({tracking_uri})")
         out_dir.mkdir(parents=True, exist_ok=True)
         assets, asset_keys, first = _shared_assets(plan, client, srid, storage_dir, resume, say)
-        names = metric_names(
-            plan.trial_cfg(0).eval.samples, plan.trial_cfg(0).feature_space, first["eval_ref"]["labels"] is not None
-        )
+        ev0 = plan.trial_cfg(0).eval
+        labelled = first["eval_ref"]["labels"] is not None
+        names = metric_names(ev0.samples, plan.trial_cfg(0).feature_space, labelled, ev0.ode_rows)
         teacher_rows = first["teacher_rows"]
 
         # -- Ray Tune: one trial per planned config --------------------------------------------------

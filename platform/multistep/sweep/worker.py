@@ -102,7 +102,7 @@ def worker_main(cfg: dict) -> dict:
 
 def run_trial(cfg: dict, session: Session) -> dict:
     from multistep.config import TrialCfg
-    from multistep.metrics.evaluate import EvalRef, bootstrap_se, evaluate, metric_names, sample_points
+    from multistep.metrics.evaluate import EvalRef, bootstrap_se, evaluate, sample_points
     from multistep.metrics.extractors import features_fn, from_spec
     from multistep.sweep.results import save_grid
     from multistep.tracking.mlflow_layout import RunLogger
@@ -173,14 +173,14 @@ def run_trial(cfg: dict, session: Session) -> dict:
         if logger:
             logger.metrics(it, {f"train/{k}": v for k, v in means.items()} | {"train/wall_seconds": state.wall_seconds})
 
-    names = metric_names(len(ref.data), tc.feature_space, labelled)
+    names = ref.names(tc.feature_space, labelled)
     spec = cfg.get("extractor")  # classifier / inception features (None: the samples themselves)
     ext = from_spec(spec, device) if spec and rank == 0 else None  # only rank 0 evaluates
     features = features_fn(ext, ref.noise.shape[1:]) if ext else (lambda x: None)
     predict = getattr(ext, "predict", None)  # classifier: cls_err of conditional samples
     n_proxy = min(cfg.get("proxy_samples", 1000), len(ref.data))
     proxy_ref = ref.head(n_proxy)
-    proxy_names = {k: f"proxy_{v}" for k, v in metric_names(n_proxy, tc.feature_space, labelled).items()}
+    proxy_names = {k: f"proxy_{v}" for k, v in proxy_ref.names(tc.feature_space, labelled).items()}
 
     def proxy() -> dict[str, float]:
         """Cheap in-training evaluation (few samples, current EMA): what ASHA compares; never the final number."""
