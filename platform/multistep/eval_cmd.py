@@ -35,6 +35,64 @@ def parse_steps(text: str | None) -> list[int] | None:
     return sorted(set(steps))
 
 
+def reference_of(ev):
+    """The eval.reference statistics (metrics/reference.py), or None."""
+    if not ev.reference:
+        return None
+    from multistep.metrics import reference
+
+    return reference.load(ev.reference)
+
+
+def make_reference(args, say=print) -> int:
+    """`multistep eval --make-reference DATA --out REF.npz`: mu and sigma (float64, and with --features the features)
+    of every row of Parquet shards DATA in the --extractor's features (default pixel; inception with --inception),
+    accumulated batch by batch."""
+    import numpy as np
+    import torch
+    from pydantic import ValidationError
+
+    from multistep.config import DataCfg, EvalCfg, TrialCfg, describe, extractor_error
+    from multistep.metrics import reference
+    from multistep.metrics.stats import StatsAccumulator
+
+    if not args.out or not args.out.endswith(".npz"):
+        raise ConfigError("--out: --make-reference writes an .npz file, e.g. --out ref.npz")
+    try:
+        d = DataCfg(kind="parquet", path=args.make_reference)
+        ev = EvalCfg.model_validate({k: v for k, v in eval_opts(args).items() if k != "reference"})
+    except ValidationError as e:
+        raise ConfigError(f"--make-reference: {describe(e)}") from None
+    if err := extractor_error(d, ev):
+        raise ConfigError(f"--extractor: {err}")
+    from multistep.data.parquet import list_shards, read_shard
+
+    tc = TrialCfg.model_construct(data=d, eval=ev)
+    first = read_shard(list_shards(d.path)[0])[0]
+    from multistep.train.build import ImageData
+
+    space, features, _, key = feature_setup(
+        tc, ImageData(torch.from_numpy(first[:1].transpose(0, 3, 1, 2).copy())), say
+    )
+    acc, kept = StatsAccumulator(), []
+    for p in list_shards(d.path):
+        x = torch.from_numpy(read_shard(p)[0].transpose(0, 3, 1, 2).copy()).double().div_(127.5).sub_(1.0)
+        for i in range(0, len(x), 512):
+            f = (
+                x[i : i + 512].reshape(len(x[i : i + 512]), -1).numpy()
+                if features is None
+                else features(x[i : i + 512])
+            )
+            acc.update(f)
+            if args.features:
+                kept.append(np.asarray(f, np.float64))
+        say(f"{p.name}: {acc.n} rows")
+    mu, sigma = acc.mean_cov()
+    reference.write(args.out, mu, sigma, np.concatenate(kept) if kept else None)
+    say(f"reference of {acc.n} rows in {space} features ({key}) -> {args.out}")
+    return 0
+
+
 def _check_args(args) -> None:
     if args.samples is not None and args.samples < 2:
         raise ConfigError(f"--samples: need at least 2 samples for a covariance, got {args.samples}")
@@ -111,11 +169,15 @@ def eval_teacher(p: Path, steps: list[int], samples: int, seed: int, say=print, 
         raise ConfigError(f"--extractor/--inception: {describe(e)}") from None
     if err := extractor_error(dcfg, ev):
         raise ConfigError(f"--extractor: {err}")
+    from multistep.sweep.preflight import check_eval
+
+    check_eval(TrialCfg.model_construct(data=dcfg, eval=ev), tuple(data.shape))  # before any sampling
     space, features, _, key = feature_setup(
         TrialCfg.model_construct(data=dcfg, eval=ev), data, say
     )  # unconditional: no cls_err
+    stats = reference_of(ev)
     noise, names, dist, floor = fixed_draws(
-        data, samples, seed, space, features, ev.kid_subsets
+        data, samples, seed, space, features, ev.kid_subsets, stats
     )  # + KID: the teacher run's curve
     rows, kept = [], {}
     for label, n, x, nfe in teacher_points(f, sched, data, noise, steps, seed=seed):  # as the sweeps' teacher curve
@@ -127,6 +189,7 @@ def eval_teacher(p: Path, steps: list[int], samples: int, seed: int, say=print, 
         "teacher_name": meta.get("name"),
         "teacher_run_id": meta.get("run_id"),
         "extractor": key,
+        "reference_sha256": stats and stats.sha256,
     }
     return rows, floor, [m for k, m in names.items() if k != "ode" and m in floor], tuple(data.shape), kept, info
 
@@ -207,6 +270,9 @@ def eval_student(p: Path, blob: dict, args, steps: list[int] | None, say=print):
     from multistep.train.build import method_label, uses_labels
 
     tc, trial, args.config, c, method, state = load_student(p, blob, args.config, args.trial, eval_opts(args))
+    from multistep.sweep.preflight import check_eval
+
+    check_eval(tc, tuple(c.data.shape))  # detector and reference statistics, before any sampling
     ema = state.ema.eval()
     samples = args.samples or tc.eval.samples
     seed = tc.eval.seed if args.seed is None else args.seed
@@ -225,6 +291,7 @@ def eval_student(p: Path, blob: dict, args, steps: list[int] | None, say=print):
         features,
         kid_subsets,
         tc.eval.model_copy(update={"samples": samples}).ode_rows,
+        reference_of(tc.eval),
     )  # as in sweeps
     names = ref.names(space, ref.labels is not None)
     label = method_label(tc)
@@ -280,16 +347,18 @@ def eval_student(p: Path, blob: dict, args, steps: list[int] | None, say=print):
         "trial": trial,
         "ode_steps": tc.eval.ode_steps,
         "extractor": key,
+        "reference_sha256": ref.reference and ref.reference.sha256,
     }
     return rows, ref.floor, list(names.values()), tuple(c.data.shape), kept, info, samples, seed
 
 
 # -- features ---------------------------------------------------------------------------------------
 def eval_opts(args) -> dict:
-    """eval.* overrides from --extractor / --inception."""
+    """eval.* overrides from --extractor / --inception / --reference."""
     opts = {
         "extractor": "inception" if args.inception and not args.extractor else args.extractor,
         "inception_path": args.inception,
+        "reference": args.reference,
     }
     return {k: v for k, v in opts.items() if v is not None}
 
@@ -322,6 +391,10 @@ def feature_setup(tc, data, say=print):
 def cmd_eval(args, say=print) -> int:
     from multistep.atomic import check_output_folder, staged_folder
 
+    if args.make_reference:
+        return make_reference(args, say)
+    if not args.checkpoint:
+        raise ConfigError("CHECKPOINT: give a teacher.pt or a trial's state.pt (or --make-reference DATA)")
     steps = parse_steps(args.steps)
     _check_args(args)
     out = Path(args.out or f"eval-{datetime.now().strftime('%Y%m%d-%H%M%S')}")

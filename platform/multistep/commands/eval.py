@@ -16,7 +16,10 @@ Prints a table and writes results.parquet/.csv (the sweep's columns), metric_vs_
   multistep eval ray_results/<sweep_id>/trial-001/checkpoint_000002 --config sweeps/quickstart.yaml
 
 Students are sampled at their own student_steps; an MCM student is also sampled at each --steps it was
-not trained for (rows <label>_S<S>). Exit codes: 0 evaluated, 2 bad input."""
+not trained for (rows <label>_S<S>). --reference REF.npz compares with reference statistics (a FID comparable
+with published ones needs the Inception detector, 50,000 samples and the dataset's standard statistics:
+docs/evaluation.md); --make-reference DATA --out REF.npz writes such statistics from Parquet shards.
+Exit codes: 0 evaluated, 2 bad input."""
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -26,7 +29,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description=HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    s.add_argument("checkpoint", help="teacher.pt, or a trial's state.pt / Ray checkpoint folder")
+    s.add_argument("checkpoint", nargs="?", help="teacher.pt, or a trial's state.pt / Ray checkpoint folder")
     s.add_argument(
         "--steps",
         default=None,
@@ -69,7 +72,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         action="store_true",
         help="students: also the trial teacher's DDIM/aDDIM curve at the same steps",
     )
-    s.add_argument("--out", default=None, help="output folder (default ./eval-<timestamp>)")
+    s.add_argument(
+        "--reference",
+        default=None,
+        metavar="REF.npz",
+        help="reference statistics (mu, sigma[, features]; EDM fid.py / pytorch-fid / clean-fid .npz): FD against them",
+    )
+    s.add_argument(
+        "--make-reference",
+        default=None,
+        metavar="DATA",
+        help="write reference statistics of Parquet shards DATA in the --extractor's features to --out REF.npz",
+    )
+    s.add_argument("--features", action="store_true", help="with --make-reference: also keep the features (for KID)")
+    s.add_argument("--out", default=None, help="output folder (default ./eval-<timestamp>); --make-reference: REF.npz")
     s.add_argument(
         "--grid", action="store_true", help="also an 8x8 sample grid PNG per method and step count (image data)"
     )

@@ -267,10 +267,23 @@ class EvalCfg(Strict):
         "auto"  # features of FD and KID: auto = identity (gmm) / pixel (images); classifier = a small MLP trained on the labelled data; inception = the FID detector at inception_path (metrics fid_* / kid_*)
     )
     inception_path: str | None = None  # local TorchScript FID detector (inception-2015-12-05.pt); nothing is downloaded
+    reference: str | None = Field(
+        None, validate_default=True
+    )  # a local .npz of reference statistics (mu, sigma[, features]: EDM fid.py, pytorch-fid, clean-fid): FD against them; KID needs its features
     batch_size: PosInt = 2048  # samples per sampling batch of an evaluation (each batch on the trial's device)
     kid_subsets: Annotated[int, Field(ge=0)] = (
         10  # KID (unbiased, cubic kernel): mean over this many disjoint subsets of min(1000, samples / kid_subsets) rows, SE in the se column; 0 = off
     )
+
+    @field_validator("reference")
+    @classmethod
+    def _reference(cls, v):
+        if v is None:
+            return v
+        from multistep.metrics.reference import load
+
+        load(Path(v).expanduser())  # readable, mu and sigma of matching shapes (ValueError: one line)
+        return str(Path(v).expanduser().resolve())
 
     @model_validator(mode="after")
     def _inception(self):

@@ -12,6 +12,7 @@ from multistep.methods.base import conditioned
 from multistep.metrics.distances import paired_l2, sliced_wasserstein
 from multistep.metrics.frechet import frechet_distance, gaussian_stats
 from multistep.metrics.kid import kid
+from multistep.metrics.reference import Reference
 
 
 def count_label(n: int) -> str:
@@ -45,9 +46,11 @@ class EvalRef:
     floor: dict  # metrics of a second independent data sample: the two-sample noise floor
     labels: torch.Tensor | None = None  # (n,) int64 class label per noise row (class-conditional teachers), else None
     feats: np.ndarray | None = None  # (n, D) float64 extractor features of `data`; None: the flattened data itself
+    reference: Reference | None = None  # eval.reference: FD against its mu, sigma; KID against its features or none
 
     def to_dict(self) -> dict:
         return {
+            "reference": None if self.reference is None else self.reference.to_dict(),
             "data": self.data,
             "noise": self.noise.numpy(),
             "ode": self.ode,
@@ -58,7 +61,7 @@ class EvalRef:
 
     @classmethod
     def from_dict(cls, d: dict) -> EvalRef:
-        y, f = d.get("labels"), d.get("feats")
+        y, f, r = d.get("labels"), d.get("feats"), d.get("reference")
         return cls(
             np.array(d["data"]),
             torch.as_tensor(np.array(d["noise"])),
@@ -66,6 +69,7 @@ class EvalRef:
             dict(d["floor"]),
             None if y is None else torch.as_tensor(np.array(y), dtype=torch.long),
             None if f is None else np.array(f, dtype=np.float64),
+            None if r is None else Reference.from_dict(r),
         )
 
     def names(self, extractor: str, labelled: bool = False) -> dict[str, str]:
@@ -85,6 +89,7 @@ class EvalRef:
             {},
             None if self.labels is None else self.labels[:n],
             None if self.feats is None else self.feats[:n],
+            self.reference,
         )
 
 
@@ -116,16 +121,21 @@ def evaluate(
     the teacher's ODE solutions in sample space; with `predict(feats) -> classes`, ref.labels and a "cls_err"
     name, the fraction of samples not classified as the label of their noise row."""
     s = _flat(samples)
-    f, fr = (s if feats is None else np.asarray(feats, np.float64)), ref.ref_feats
+    f, fr, r = (s if feats is None else np.asarray(feats, np.float64)), ref.ref_feats, ref.reference
+    if r is not None and f.shape[1] != r.dim:
+        raise ValueError(f"eval.reference: its statistics have dimension {r.dim}, these features {f.shape[1]}")
+    stats = gaussian_stats(fr) if r is None else (r.mu, r.sigma)  # the data's own, or the reference file's
     out = {
-        names["fd"]: frechet_distance(*gaussian_stats(f), *gaussian_stats(fr)),
+        names["fd"]: frechet_distance(*gaussian_stats(f), *stats),
         names["swd"]: sliced_wasserstein(s, ref.data),
     }
+    if r is not None:
+        fr = r.features  # KID against the reference's features; a stats-only reference has none (KID skipped)
     if ref.ode is not None:
         out[names["ode"]] = paired_l2(s[: len(ref.ode)], ref.ode)  # the first rows: those with an ODE solution
     if predict is not None and ref.labels is not None and "cls_err" in names:
         out[names["cls_err"]] = float(np.mean(predict(f) != ref.labels.numpy()))
-    if kid_subsets:
+    if kid_subsets and fr is not None:
         m = max(2, min(1000, len(f) // kid_subsets, len(fr) // kid_subsets))  # disjoint subsets: independent estimates
         value, se = kid(f, fr, num_subsets=kid_subsets, subset_size=m)
         out |= {names["kid"]: value, f"{names['kid']}_se": se}
@@ -146,9 +156,8 @@ def bootstrap_se(
     k_ode = 0 if ref.ode is None else len(ref.ode)
     for _ in range(n_boot):
         i, j = rng.integers(0, len(s), len(s)), rng.integers(0, len(ref.data), len(ref.data))
-        for k, v in evaluate(
-            s[i], EvalRef(ref.data[j], ref.noise, None, {}, None, ref.ref_feats[j]), names, f[i]
-        ).items():
+        boot_ref = EvalRef(ref.data[j], ref.noise, None, {}, None, ref.ref_feats[j], ref.reference)
+        for k, v in evaluate(s[i], boot_ref, names, f[i]).items():
             reps.setdefault(k, []).append(v)
         if k_ode:  # the paired rows resampled as pairs
             io = rng.integers(0, k_ode, k_ode)
@@ -168,6 +177,7 @@ def make_eval_ref(
     features=None,
     kid_subsets: int = 0,
     ode_samples: int | None = None,
+    reference: Reference | None = None,
 ) -> EvalRef:
     """Data sample, fixed noise and the teacher's `ode_steps`-step DDIM from it; `extractor` names the metrics
     ("identity" for vectors, "pixel" for images: Frechet distances of the flattened samples; "classifier",
@@ -188,7 +198,7 @@ def make_eval_ref(
         y = None if labels is None else labels[:k]
         ode = _flat(ddim_sample(conditioned(teacher, y), sched, noise[:k].double(), ode_steps)[0])
     feats = None if features is None else features(data)
-    ref = EvalRef(data, noise, ode, {}, labels, feats)
+    ref = EvalRef(data, noise, ode, {}, labels, feats, reference)
     names = ref.names(extractor)
     floor = evaluate(other, ref, names, None if features is None else features(other), kid_subsets)
     ref.floor = {k: v for k, v in floor.items() if not k.endswith("_se")} | ({names["ode"]: 0.0} if k else {})
@@ -260,7 +270,9 @@ def teacher_points(
             yield label, n, x, nfe
 
 
-def fixed_draws(data_dist, samples: int, seed: int, extractor: str = "identity", features=None, kid_subsets: int = 0):
+def fixed_draws(
+    data_dist, samples: int, seed: int, extractor: str = "identity", features=None, kid_subsets: int = 0, reference=None
+):
     """The draws behind a teacher's own curve (teacher runs and `multistep eval` share them, so their numbers
     agree): (fixed float64 noise, metric names, dist(samples) -> {fd, swd (, kid, kid_se)} to a data sample,
     the same distances of a second data sample: the floor)."""
@@ -270,7 +282,7 @@ def fixed_draws(data_dist, samples: int, seed: int, extractor: str = "identity",
     noise = torch.randn((samples, *data_dist.shape), generator=g, dtype=torch.float64)
     names = metric_names(samples, extractor)
     feats = (lambda x: None) if features is None else features  # noqa: E731
-    ref = EvalRef(data, noise, None, {}, None, feats(data))
+    ref = EvalRef(data, noise, None, {}, None, feats(data), reference)
 
     def dist(s) -> dict[str, float]:
         return evaluate(s, ref, names, feats(s), kid_subsets)

@@ -97,12 +97,20 @@ def prepare(cfg: TrialCfg, cache_dir: Path, log=print) -> dict:
     labelled = uses_labels(c.teacher, getattr(c.data, "labels", None) is not None)  # conditional teacher + labels
     ext = make_extractor_for(cfg, c.data, cache_dir, log)
     features = None if ext is None else features_fn(ext, c.data.shape)
+    reference = None
+    if ev.reference:
+        from multistep.metrics import reference as reference_file
+
+        reference = reference_file.load(ev.reference)
+        if reference.features is None and ev.kid_subsets:
+            log(f"note: {ev.reference} holds statistics only (no features): KID is skipped")
     ref_key = content_hash(
         {**base, "samples": ev.samples, "ode_steps": ev.ode_steps, "seed": ev.seed}
         | ({"ode_rows": ev.ode_rows} if ev.ode_rows != ev.samples else {})  # (the keys of whole-reference ODEs stay)
         | ({"labels": "data-distribution"} if labelled else {})  # fixed labels are part of the reference
         | ({"features": ext.key} if ext else {})
         | ({"kid_subsets": ev.kid_subsets} if ev.kid_subsets else {})
+        | ({"reference": reference.sha256} if reference else {})
     )
 
     def make_ref():
@@ -122,6 +130,7 @@ def prepare(cfg: TrialCfg, cache_dir: Path, log=print) -> dict:
             features,
             ev.kid_subsets,
             ev.ode_rows,
+            reference,
         )
         return {
             "data": torch.from_numpy(r.data),
@@ -142,6 +151,7 @@ def prepare(cfg: TrialCfg, cache_dir: Path, log=print) -> dict:
         ref_t["floor"],
         ref_t.get("labels"),
         None if feats is None else feats.numpy(),
+        reference,
     )
 
     curve_key = content_hash(

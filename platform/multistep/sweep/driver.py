@@ -137,6 +137,12 @@ def _runner(cfg) -> str:
     return "tune" if cfg.resources.trial_trains_itself else "train"
 
 
+def _sha256(path: str) -> str:
+    from multistep.metrics.reference import sha256
+
+    return sha256(path)
+
+
 def plan_hash(plan: SweepPlan) -> str:
     return content_hash([{"overrides": t.overrides, "config": t.written} for t in plan.trials])
 
@@ -218,7 +224,8 @@ def _open_runs(client, plan: SweepPlan, tracking_uri: str, storage: str, resume:
             tag.GIT_COMMIT: ml.git_commit(),
             tag.STORAGE: f"{storage}/{sweep_id}",
             "mlflow.note.content": cfg.description,
-        },
+        }
+        | ({tag.EVAL_REFERENCE: _sha256(cfg.eval.reference)} if cfg.eval.reference else {}),
     )
     srid = sweep_run.info.run_id
     ml.log_params(client, srid, ml.env_secrets_free(ml.flatten({k: v for k, v in plan.doc.items() if k != "search"})))

@@ -107,6 +107,7 @@ def inputs(plan: SweepPlan) -> None:
 
 def _check_pair(tc: TrialCfg, path: str) -> None:
     shape = data_shape(tc.data, f"{path}: ")
+    check_eval(tc, shape, f"{path}: ")
     if tc.teacher.imported:
         return _check_imported(tc, shape, path)
     if tc.teacher.kind != "checkpoint":  # analytic: made for the data; mlflow: fetched (and checked) by the driver
@@ -134,6 +135,28 @@ def _check_pair(tc: TrialCfg, path: str) -> None:
                 f"{path}: teacher.path: {tc.teacher.path} does not take samples of this data's shape "
                 f"{tuple(shape)} ({_first_line(e)})"
             ) from None
+
+
+def check_eval(tc: TrialCfg, shape: tuple, where: str = "") -> None:
+    """The detector is a TorchScript file that loads, and eval.reference's statistics have the dimension of the
+    features FD compares (before any sampling)."""
+    ev = tc.eval
+    if tc.feature_space == "inception":
+        from multistep.metrics.extractors import InceptionExtractor
+
+        try:
+            InceptionExtractor(ev.inception_path)
+        except ValueError as e:
+            raise ConfigError(f"{where}eval.inception_path: {e}") from None
+    if ev.reference:
+        from multistep.metrics.reference import expected_dim, load
+
+        r, dim = load(ev.reference), expected_dim(tc.feature_space, shape)
+        if dim is not None and r.dim != dim:
+            raise ConfigError(
+                f"{where}eval.reference: {ev.reference} holds statistics of dimension {r.dim}, but {tc.feature_space} "
+                f"features of this data have dimension {dim}"
+            )
 
 
 def _check_imported(tc: TrialCfg, shape: tuple, path: str) -> None:
