@@ -8,7 +8,8 @@ so this file only supplies TRACT's settings and its phase logic around an MCM in
   - self-teacher: bias-corrected EMA of the student with mu_S = 0.5 (not reset between phases);
   - loss: squared l2 summed over dimensions, weight max(SNR, 1);
   - training length split equally over phases; at each phase boundary the teacher becomes the
-    inference EMA, whose decay is mu_I = 1e-3 ** (1 / iterations per phase).
+    inference EMA, whose decay is mu_I = 1e-3 ** (1 / iterations per phase), bias-corrected as ml-tract's
+    ModuleEMA (the k-th update has weight (1 - mu) / (1 - mu^k): the first copies the student).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class TRACT:
     loss_weight: str = "max(snr,1)"
     distance: str = "l2sq_sum"
     label: str = "tract"
+    eval_ema_bias_correction: bool = True  # the inference EMA is bias-corrected (ml-tract ModuleEMA, §7.4)
     phase: int = -1
     inner: MCM | None = field(default=None, repr=False)
 

@@ -89,6 +89,7 @@ def fit(
     """`replicas` (train/replicas.py) when several ranks train one model: gradients and logged means are averaged."""
     student = state.student.train()
     decay = method.eval_ema_decay(total) if hasattr(method, "eval_ema_decay") else eval_ema  # TRACT / PD set their own
+    corrected = getattr(method, "eval_ema_bias_correction", False)  # TRACT (algorithms.md §7.4)
     sums: dict[str, torch.Tensor] = {}
     n_acc, t0 = 0, time.perf_counter()
     while state.iteration < total:
@@ -101,7 +102,8 @@ def fit(
         if grad_clip > 0:
             logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(student.parameters(), grad_clip)
         state.opt.step()
-        ema_update(state.ema, student, decay)
+        k = state.iteration + 1  # this is the k-th EMA update (a resumed run continues the count)
+        ema_update(state.ema, student, 1 - (1 - decay) / (1 - decay**k) if corrected else decay)
         state.iteration += 1
         method.after_step(student, state.ema, state.iteration, total)  # target EMAs, phase changes
         for k, v in logs.items():

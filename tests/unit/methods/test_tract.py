@@ -64,3 +64,22 @@ def test_phases_switch_the_teacher_to_the_inference_ema_and_keep_the_self_teache
     assert not any(p.requires_grad for p in seen[10][3].parameters())
     assert seen[10][4] is seen[9][4]  # the self-teacher EMA is not reset between phases ...
     assert seen[20][5] == 20  # ... and its update count (bias correction) runs on
+
+
+def test_the_inference_ema_is_bias_corrected():
+    """ml-tract's ModuleEMA (algorithms.md §7.4): the k-th update has weight (1 - mu) / (1 - mu^k), so the first
+    copies the student; a plain EMA would still be 1 - mu of the way from the warm start."""
+    tract = TRACT(COS, MixtureDenoiser(GMM, COS), time_schedule=(8, 2))
+    torch.manual_seed(0)
+    state = new_state(VDenoiser(MLP(GMM.dim, 16, 1, 8), COS), 1e-2, 0, tract)
+    total, mu = 4, tract.eval_ema_decay(4)
+    students = []
+    log = lambda it, m: students.append([p.detach().clone() for p in state.student.parameters()])  # noqa: E731
+    fit(state, tract, lambda g: GMM.sample(32, g), total, 1.0, mu, 1, 10**6, Hooks(log=log))
+    expected = [p.clone() for p in students[0]]  # k = 1: a copy
+    for k, params in enumerate(students[1:], start=2):
+        w = (1 - mu) / (1 - mu**k)
+        expected = [e + w * (p - e) for e, p in zip(expected, params)]
+    for e, got in zip(expected, state.ema.parameters()):
+        assert torch.allclose(got, e, atol=1e-6)
+    assert not torch.allclose(expected[0], students[-1][0])  # the EMA is not just the last student
