@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from pathlib import Path
 from typing import Optional
 
@@ -77,10 +76,11 @@ def network_spec(tc, f) -> dict:
             "kind": "platform",
             "net": {
                 "kind": "mlp",
-                "dim": math.prod(tc.data.shape),
+                "dim": f.net.net[0].in_features - s.time_dim,  # the flattened sample
                 "hidden": s.hidden,
                 "depth": s.depth,
                 "time_dim": s.time_dim,
+                "time_features": s.time_features,
                 "dropout": s.dropout,
             },
         }

@@ -110,7 +110,7 @@ def distil_mixture(
     from multistep.metrics.frechet import frechet_distance, gaussian_stats
     from multistep.nets.analytic import MixtureDenoiser
     from multistep.nets.mlp import MLP, VDenoiser
-    from multistep.train.loop import fit, new_state, warm_start
+    from multistep.train.loop import WarmStart, fit, new_state, warm_start
 
     t0 = time.perf_counter()
     sched = make_schedule("cosine")
@@ -119,7 +119,9 @@ def distil_mixture(
     torch.manual_seed(seed)
     net = MLP(gmm.dim, hidden, depth).to(device)
     sample = lambda g: gmm.sample(batch_size, g).to(device)  # noqa: E731
-    net.load_state_dict(warm_start(net, sched, teacher, sample, init_iterations, init_learning_rate, seed))
+    net.load_state_dict(
+        warm_start(net, sched, teacher, sample, WarmStart(init_iterations, init_learning_rate, seed))[0]
+    )
     student = VDenoiser(net, sched)
     method = MCM(
         sched,

@@ -185,12 +185,34 @@ class StudentCfg(Strict):
     )
     hidden: PosInt = 256  # MLP width
     depth: PosInt = 3  # hidden layers
-    time_dim: PosInt = 64  # sinusoidal time features
+    time_features: Literal["octave", "sinusoid"] = (
+        "octave"  # octave: sin, cos of 2^k pi t; sinusoid: DDPM-style of 1000 t
+    )
+    time_dim: PosInt | None = None  # time features (default: 16 octave = 8 octaves, 64 sinusoid)
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     init_iterations: Annotated[int, Field(ge=0)] = (
-        3000  # analytic teacher (or copy_teacher: false): warm start by v-loss regression onto it (the paper starts from the diffusion model); a copied teacher needs none
+        3000  # analytic teacher (or copy_teacher: false): warm start by v-loss regression onto it (the paper starts from the diffusion model), at most this many iterations; a copied teacher needs none
     )
     init_learning_rate: PosFloat = 1e-3
+    init_optimizer: Literal["adam", "adamw"] = "adam"  # warm start optimiser
+    init_schedule: Literal["constant", "cosine"] = (
+        "constant"  # warm start learning-rate schedule (cosine: annealed over init_iterations)
+    )
+    init_check_every: PosInt = (
+        250  # iterations between measurements of the warm start's v-space error against the teacher
+    )
+    init_patience: Annotated[int, Field(ge=0)] = (
+        2  # stop after this many measurements without init_min_improvement (0: run to the cap)
+    )
+    init_min_improvement: Annotated[float, Field(ge=0, lt=1)] = 0.01  # relative improvement that counts
+
+    @model_validator(mode="after")
+    def _time_dim(self):
+        if self.time_dim is None:
+            self.time_dim = 16 if self.time_features == "octave" else 64
+        if self.time_features == "octave" and self.time_dim % 2:
+            raise sub_field_error("time_dim", self.time_dim, "octave features come in sin/cos pairs: an even number")
+        return self
 
 
 class MethodCfg(Strict):

@@ -22,12 +22,30 @@ def time_features(t: torch.Tensor, dim: int, scale: float = 1000.0) -> torch.Ten
     return torch.cat([torch.sin(arg), torch.cos(arg)], dim=1)
 
 
-class MLP(nn.Module):
-    """v_theta(z, t): concat(z, time features) -> depth x [Linear, SiLU(, Dropout)] -> Linear."""
+def octave_features(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """sin and cos of 2^k pi t for k < dim / 2: octaves of the time itself, shape (B, dim)."""
+    arg = math.pi * t.float()[:, None] * 2.0 ** torch.arange(dim // 2, device=t.device, dtype=torch.float32)[None]
+    return torch.cat([torch.sin(arg), torch.cos(arg)], dim=1)
 
-    def __init__(self, dim: int, hidden: int = 256, depth: int = 3, time_dim: int = 64, dropout: float = 0.0):
+
+class MLP(nn.Module):
+    """v_theta(z, t): concat(z, time features) -> depth x [Linear, SiLU(, Dropout)] -> Linear.
+
+    time_features: "sinusoid" (DDPM-style features of 1000 t) or "octave" (sin, cos of 2^k pi t)."""
+
+    def __init__(
+        self,
+        dim: int,
+        hidden: int = 256,
+        depth: int = 3,
+        time_dim: int = 64,
+        dropout: float = 0.0,
+        time_features: str = "sinusoid",
+    ):
         super().__init__()
-        self.time_dim = time_dim
+        if time_features not in ("sinusoid", "octave"):
+            raise ValueError(f"unknown time_features {time_features!r} (sinusoid or octave)")
+        self.time_dim, self.time_features = time_dim, time_features
         layers: list[nn.Module] = []
         width = dim + time_dim
         for _ in range(depth):
@@ -37,7 +55,8 @@ class MLP(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        h = torch.cat([z.reshape(z.shape[0], -1), time_features(t, self.time_dim)], dim=1)
+        feats = octave_features(t, self.time_dim) if self.time_features == "octave" else time_features(t, self.time_dim)
+        h = torch.cat([z.reshape(z.shape[0], -1), feats], dim=1)
         return self.net(h).reshape(z.shape)
 
 

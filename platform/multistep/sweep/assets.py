@@ -18,7 +18,7 @@ from multistep.metrics.extractors import ClassifierExtractor, InceptionExtractor
 from multistep.tracking.teachers import resolve_mlflow_teacher
 from multistep.train import checkpoint
 from multistep.train.build import as_float, build, uses_labels
-from multistep.train.loop import warm_start
+from multistep.train.loop import WarmStart, warm_start
 
 
 def content_hash(obj) -> str:
@@ -181,11 +181,27 @@ def prepare(cfg: TrialCfg, cache_dir: Path, log=print) -> dict:
     init_key = content_hash({**base, "student": s.model_dump(), "seed": cfg.train.seed})
 
     def make_init():
-        log(f"warm-starting the student: {s.init_iterations} iterations of v-loss regression onto the teacher")
-        sample = lambda g: c.data.sample(cfg.train.batch_size, g)  # noqa: E731
-        return warm_start(
-            c.student.net, c.schedule, c.teacher, sample, s.init_iterations, s.init_learning_rate, cfg.train.seed
+        log(
+            f"warm-starting the student: up to {s.init_iterations} iterations of v-loss regression onto the teacher "
+            f"({s.init_optimizer}, lr {s.init_learning_rate:g} {s.init_schedule})"
         )
+        sample = lambda g: c.data.sample(cfg.train.batch_size, g)  # noqa: E731
+        ws = WarmStart(
+            s.init_iterations,
+            s.init_learning_rate,
+            cfg.train.seed,
+            s.init_optimizer,
+            s.init_schedule,
+            s.init_check_every,
+            s.init_patience,
+            s.init_min_improvement,
+        )
+        state, report = warm_start(c.student.net, c.schedule, c.teacher, sample, ws)
+        log(
+            f"warm start: {report['iterations']} iterations ({report['stopped']}), v-space error against the teacher "
+            + ", ".join(f"t={t:g}: {e:.3g}" for t, e in report["v_rmse"].items())
+        )
+        return {"state": state, "report": report}
 
     copied = cfg.teacher.imported and s.copy_teacher  # a copy of the teacher needs no warm start
     warm = s.init_iterations > 0 and (cfg.teacher.kind == "analytic" or (cfg.teacher.imported and not copied))
@@ -194,6 +210,7 @@ def prepare(cfg: TrialCfg, cache_dir: Path, log=print) -> dict:
         "eval_ref": ref.to_dict(),
         "eval_ref_hash": ref_key,
         "teacher_rows": curve,
-        "init": init,
+        "init": None if init is None else init["state"],
+        "init_report": None if init is None else init["report"],
         "extractor": None if ext is None else ext.spec(),
     }

@@ -281,6 +281,17 @@ def _shared_assets(plan: SweepPlan, client, srid: str, storage_dir: Path, resume
             ml.log_curve(client, srid, f"{row['metric']}/{row['method']}", [(row["student_steps"], row["value"])])
         client.set_tag(srid, tag.EVAL_REF_HASH, first["eval_ref_hash"])
         ml.log_params(client, srid, {f"noise_floor.{k}": f"{v:.6g}" for k, v in first["eval_ref"]["floor"].items()})
+        reports = [a["init_report"] for a in assets.values() if a.get("init_report")]
+        for j, rep in enumerate(reports):  # the warm start's v-space error against the teacher, step = 1000 t
+            suffix = "" if len(reports) == 1 else f"/{j}"
+            ml.log_curve(
+                client, srid, f"warmstart/v_rmse{suffix}", [(round(1000 * t), e) for t, e in rep["v_rmse"].items()]
+            )
+            ml.log_params(
+                client,
+                srid,
+                {f"warmstart{suffix}.iterations": str(rep["iterations"]), f"warmstart{suffix}.stopped": rep["stopped"]},
+            )
     return assets, asset_keys, first
 
 

@@ -91,7 +91,7 @@ def platform_student(cfg: TrialCfg, sched: Schedule, shape: tuple) -> VDenoiser:
     s = cfg.student
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.train.seed)
-        net = MLP(math.prod(shape), s.hidden, s.depth, s.time_dim, s.dropout)
+        net = MLP(math.prod(shape), s.hidden, s.depth, s.time_dim, s.dropout, s.time_features)
     return VDenoiser(net, sched)
 
 
