@@ -20,7 +20,8 @@ def test_sweep_run_structure(ray_local, tiny_sweep, tmp_path, monkeypatch, capsy
     monkeypatch.setattr(builtins, "print", lambda *a, **k: original(*a, **k))
     rc = run_sweep(load_sweep(tiny_sweep), uri, str(tmp_path / "ray_results"))  # the default `say`, as the CLI's
     assert rc == 0
-    assert "sweep finished" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "sweep finished" in out and "http://127.0.0.1:5000/#/experiments/" in out  # the runs view
 
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("tests")
@@ -41,6 +42,9 @@ def test_sweep_run_structure(ray_local, tiny_sweep, tmp_path, monkeypatch, capsy
         assert hist[0].value > 0
         loss = client.get_metric_history(t.info.run_id, "train/loss")
         assert [m.step for m in loss] == [20, 40, 60]  # training curve keyed by iteration
+        m = t.data.metrics  # flat summary columns of the run table: the value at the trial's own S, its cost
+        assert m["final/fd_identity_400"] == hist[0].value and m["nfe"] == S and m["train_seconds"] > 0
+        assert m["train_gpu_hours"] == 0 and m["params"] > 1000
     # the teacher's curve and one curve per method on the sweep run
     teacher = client.get_metric_history(sweep.info.run_id, "fd_identity_400/teacher_addim")
     assert sorted(m.step for m in teacher) == [1, 2, 4]

@@ -39,6 +39,7 @@ def trial_driver(config: dict, ctx: dict) -> None:
         "run_id": ctx["run_ids"][i],  # + eval_ref, init, proxy_samples
         "tracking_uri": ctx["tracking_uri"],
         "threads": r["cpus_per_worker"],
+        "gpus_per_trial": r["num_workers"] * r["per_worker"].get("GPU", 0),  # for train_gpu_hours
         **ctx["assets"][ctx["asset_keys"][i]],
     }
     if ctx["trains_itself"]:
@@ -574,7 +575,8 @@ def _finish(
     if failed:
         say(f"{len(failed)} trial(s) failed: " + ", ".join(f"#{i + 1} (run {run_ids[i]})" for i in failed))
         return 1
-    say(f"sweep finished in {time.time() - t_start:.0f} s; MLflow UI: mlflow ui --backend-store-uri {tracking_uri}")
+    exp_id = client.get_run(srid).info.experiment_id
+    say(f"sweep finished in {time.time() - t_start:.0f} s; {ml.ui_hint(tracking_uri, exp_id)}")
     return 0
 
 

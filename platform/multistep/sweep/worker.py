@@ -100,6 +100,22 @@ def worker_main(cfg: dict) -> dict:
     return run_trial(cfg, train_session())
 
 
+def summary_metrics(final: dict, names: dict, state, gpus: float) -> dict[str, float]:
+    """Flat per-trial figures beside the step-keyed curve (MLflow's run table shows a metric's last step only):
+    final/<metric> at the trial's own S, its nfe, training wall time, GPU-hours and parameter count."""
+    out = {f"final/{m}": final[m] for m in names.values() if m in final}
+    n_params = sum(p.numel() for p in state.student.parameters())
+    return (
+        out
+        | ({"nfe": final["nfe"]} if "nfe" in final else {})
+        | {
+            "train_seconds": state.wall_seconds,
+            "train_gpu_hours": gpus * state.wall_seconds / 3600,
+            "params": n_params,
+        }
+    )
+
+
 def run_trial(cfg: dict, session: Session) -> dict:
     from multistep.config import TrialCfg
     from multistep.metrics.evaluate import EvalRef, bootstrap_se, evaluate, sample_points
@@ -265,5 +281,6 @@ def run_trial(cfg: dict, session: Session) -> dict:
     final |= {**last_proxy, "iteration": state.iteration, "wall_seconds": state.wall_seconds, "final": 1}
     if logger:
         logger.metrics(state.iteration, {"wall_seconds": state.wall_seconds})
+        logger.metrics(0, summary_metrics(final, names, state, cfg.get("gpus_per_trial", 0)))  # the run table's columns
     session.report(final)
     return final

@@ -62,6 +62,14 @@ def git_commit() -> str:
         return "unknown"
 
 
+def ui_hint(uri: str, experiment_id: str) -> str:
+    """Where to look: the address of the experiment's runs view (a server's own, or `mlflow ui`'s default port)."""
+    view = f"/#/experiments/{experiment_id}/runs"
+    if uri.startswith(("http://", "https://")):
+        return f"MLflow runs: {uri.rstrip('/')}{view}"
+    return f"MLflow runs: mlflow ui --backend-store-uri {uri}, then open http://127.0.0.1:5000{view}"
+
+
 def client(uri: str) -> MlflowClient:
     return MlflowClient(uri)
 
