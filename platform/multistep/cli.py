@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from multistep.commands import bench, data, export, regress, sample, submit, sweep, teacher
+from multistep.commands import bench, compare, data, export, regress, sample, submit, sweep, teacher
 from multistep.commands import eval as eval_
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -20,6 +20,7 @@ COMMANDS = (
     data,
     bench,
     regress,
+    compare,
     eval_,
     sample,
     export,
