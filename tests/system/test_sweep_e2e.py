@@ -50,7 +50,7 @@ def test_sweep_run_structure(ray_local, tiny_sweep, tmp_path, monkeypatch, capsy
     assert sorted(m.step for m in teacher) == [1, 2, 4]
     assert sorted(m.step for m in client.get_metric_history(sweep.info.run_id, "fd_identity_400/mcd")) == [1, 2]
     arts = {a.path for a in client.list_artifacts(sweep.info.run_id)}
-    assert {"results.parquet", "results.csv", "metric_vs_steps.png", "tiny.yaml"} <= arts
+    assert {"results.parquet", "results.csv", "metric_vs_steps.png", "tiny.yaml", "pareto.png", "pareto.csv"} <= arts
 
     out_dir = next((tmp_path / "ray_results").glob("tiny-*"))
     table = pq.read_table(out_dir / "results.parquet").to_pylist()

@@ -560,7 +560,12 @@ def _finish(
     png = res.plot(
         rows, list(names.values()), floor, out_dir / "metric_vs_steps.png", f"{cfg.name}: metric versus sampling steps"
     )
-    for p in [*paths.values(), png]:
+    main_metric = names["fd"]
+    front = res.pareto_points(rows, main_metric)
+    pareto = [res.write_pareto(front, out_dir / "pareto.csv")]
+    if front:
+        pareto.append(res.plot_pareto(front, main_metric, out_dir / "pareto.png", f"{cfg.name}: {main_metric}"))
+    for p in [*paths.values(), png, *pareto]:
         client.log_artifact(srid, str(p))
     say("")
     say(res.format_table(rows, list(names.values())))

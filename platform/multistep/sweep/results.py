@@ -158,3 +158,81 @@ def save_grid(x, path: Path, grid: int = GRID) -> Path:
         ),
     )
     return path
+
+
+def pareto_points(rows: list[dict], metric: str) -> list[dict]:
+    """Per (method, steps) of the students: the best value of `metric` (and its se), the NFE and the training
+    seconds of that trial, and whether the point is on the Pareto front (no other point at most as costly in NFE
+    and in training time and better in the metric) of quality against NFE and against training cost."""
+    best: dict[tuple[str, int], dict] = {}
+    for r in rows:
+        if r["metric"] != metric or r["value"] is None or str(r["method"]).startswith("teacher"):
+            continue
+        k = (r["method"], int(r["student_steps"]))
+        if k not in best or r["value"] < best[k]["value"]:
+            best[k] = {"method": r["method"], "steps": k[1], "nfe": int(r["nfe"]), "value": float(r["value"]),
+                       "se": r.get("se"), "train_seconds": r.get("wall_seconds")}  # fmt: skip
+    pts = sorted(best.values(), key=lambda p: (p["nfe"], p["value"]))
+
+    def front(cost: str) -> set[int]:
+        c = [float("inf") if p[cost] is None else p[cost] for p in pts]
+
+        def dominates(j: int, i: int) -> bool:  # j at most as costly and as bad, and strictly better in one
+            return (
+                c[j] <= c[i]
+                and pts[j]["value"] <= pts[i]["value"]
+                and (c[j], pts[j]["value"]) != (c[i], pts[i]["value"])
+            )
+
+        return {i for i in range(len(pts)) if not any(dominates(j, i) for j in range(len(pts)))}
+
+    nfe_front, time_front = front("nfe"), front("train_seconds")
+    return [p | {"front_nfe": i in nfe_front, "front_train": i in time_front} for i, p in enumerate(pts)]
+
+
+def plot_pareto(points: list[dict], metric: str, path: Path, title: str) -> Path:
+    """Quality against NFE and against training seconds; front points joined, marked and labelled (method, S)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.2))
+    for ax, cost, flag, xlabel in (
+        (axes[0], "nfe", "front_nfe", "network evaluations per sample (NFE)"),
+        (axes[1], "train_seconds", "front_train", "training seconds (wall)"),
+    ):
+        usable = [p for p in points if p[cost] is not None]
+        for i, method in enumerate(sorted({p["method"] for p in usable})):
+            mine = [p for p in usable if p["method"] == method]
+            ax.errorbar([p[cost] for p in mine], [p["value"] for p in mine], yerr=[p["se"] or 0 for p in mine],
+                        fmt="o", ms=4, color=f"C{i}", label=method, alpha=0.6)  # fmt: skip
+        front = sorted((p for p in usable if p[flag]), key=lambda p: p[cost])
+        ax.plot([p[cost] for p in front], [p["value"] for p in front], "k-", lw=1, label="Pareto front")
+        for p in front:
+            ax.annotate(f"{p['method']} S={p['steps']}", (p[cost], p["value"]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")  # fmt: skip
+        ax.set(xlabel=xlabel, ylabel=metric)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    _atomic(path, lambda p: fig.savefig(p, dpi=120))
+    plt.close(fig)
+    return path
+
+
+def write_pareto(points: list[dict], path: Path) -> Path:
+    import csv
+
+    def write(p):
+        with open(p, "w", newline="") as fh:
+            w = csv.DictWriter(
+                fh, fieldnames=["method", "steps", "nfe", "value", "se", "train_seconds", "front_nfe", "front_train"]
+            )
+            w.writeheader()
+            w.writerows(points)
+
+    _atomic(path, write)
+    return path
