@@ -36,26 +36,39 @@ def mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
     return float(same - 2.0 * kxy.sum() / m**2)
 
 
-def kid(feats_a, feats_b, num_subsets: int = 100, subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
-    """(KID, standard error) between two (n, D) feature sets."""
-    a, b = _f64(feats_a), _f64(feats_b)
-    if a.shape[1] != b.shape[1]:
-        raise ValueError(f"feature dimensions differ: {a.shape[1]} vs {b.shape[1]}")
-    n = min(len(a), len(b))
+def kid_subsets(n_a: int, n_b: int, num_subsets: int = 100, subset_size: int = 1000, seed: int = 0):
+    """(subset size m, [(rows of a, rows of b)] per subset, disjoint?) of `kid`: which rows each estimate uses.
+    A streaming evaluation keeps only these rows' features."""
+    n = min(n_a, n_b)
     m = min(subset_size, n)
     if m < 2 or num_subsets < 1:
         raise ValueError(f"KID needs subsets of >= 2 rows and >= 1 subset (have n={n}, subsets={num_subsets})")
     rng = np.random.default_rng(seed)
     disjoint = num_subsets * m <= n
     if disjoint:
-        pa, pb = rng.permutation(len(a)), rng.permutation(len(b))
+        pa, pb = rng.permutation(n_a), rng.permutation(n_b)
         idx = [(pa[i * m : (i + 1) * m], pb[i * m : (i + 1) * m]) for i in range(num_subsets)]
     else:
-        idx = [(rng.choice(len(a), m, replace=False), rng.choice(len(b), m, replace=False)) for _ in range(num_subsets)]
-    vals = np.array([mmd2_unbiased(a[i], b[j]) for i, j in idx])
-    k_eff = num_subsets if disjoint else min(num_subsets, n / m)
-    se = float(vals.std(ddof=1) / np.sqrt(k_eff)) if num_subsets > 1 else float("nan")
+        idx = [(rng.choice(n_a, m, replace=False), rng.choice(n_b, m, replace=False)) for _ in range(num_subsets)]
+    return m, idx, disjoint
+
+
+def kid_of_subsets(subsets_a, subsets_b, n: int, m: int, disjoint: bool) -> tuple[float, float]:
+    """(KID, standard error) from the rows of each subset (lists of (m, D) arrays), n = min of the set sizes."""
+    vals = np.array([mmd2_unbiased(_f64(x), _f64(y)) for x, y in zip(subsets_a, subsets_b)])
+    k = len(vals)
+    k_eff = k if disjoint else min(k, n / m)
+    se = float(vals.std(ddof=1) / np.sqrt(k_eff)) if k > 1 else float("nan")
     return float(vals.mean()), se
+
+
+def kid(feats_a, feats_b, num_subsets: int = 100, subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """(KID, standard error) between two (n, D) feature sets."""
+    a, b = _f64(feats_a), _f64(feats_b)
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"feature dimensions differ: {a.shape[1]} vs {b.shape[1]}")
+    m, idx, disjoint = kid_subsets(len(a), len(b), num_subsets, subset_size, seed)
+    return kid_of_subsets([a[i] for i, _ in idx], [b[j] for _, j in idx], min(len(a), len(b)), m, disjoint)
 
 
 def bootstrap_fd_ci(feats_a, feats_b, n_boot: int = 200, alpha: float = 0.05, seed: int = 0) -> tuple[float, float]:

@@ -1,0 +1,266 @@
+"""Streaming evaluation (`eval.stream`): the same metrics as metrics/evaluate.py with memory bounded in N.
+
+Nothing of size N x image is kept or shipped. Every draw is made by chunks of CHUNK rows from generators seeded by
+(seed, stream, chunk), so row i of the noise, the data sample, the floor's second sample and the labels can be
+regenerated anywhere, in any batch size. What is kept:
+  reference   float64 mean and covariance of the data features (or eval.reference's), the data's SWD
+              projections (N x 256), the reference features at KID's subset rows, the teacher's ODE solution for
+              the first ode_samples rows, the labels (N ints), and an in-memory head of the first rows for proxies;
+  per point   running feature sums (StatsAccumulator), the samples' SWD projections, KID's rows, the first
+              ode_samples samples, the classifier's misses, the first 64 samples (for a grid).
+`StreamPoint.result()` equals `evaluate()` on the same draws held in memory (tests/unit/metrics/test_streaming.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from multistep.metrics.distances import paired_l2
+from multistep.metrics.frechet import frechet_distance
+from multistep.metrics.kid import kid_of_subsets, kid_subsets
+from multistep.metrics.reference import Reference
+from multistep.metrics.stats import StatsAccumulator
+
+CHUNK = 1024  # rows per draw: row i depends only on (seed, stream, i // CHUNK)
+PROJECTIONS = 256  # sliced Wasserstein directions (distances.sliced_wasserstein's default)
+STREAM_NOISE, STREAM_DATA, STREAM_OTHER, STREAM_LABELS = 0, 1, 2, 3
+GRID_ROWS = 64
+
+
+def _gen(seed: int, stream: int, chunk: int) -> torch.Generator:
+    return torch.Generator().manual_seed(((seed * 4 + stream) * 1_000_003 + chunk) % (2**63))
+
+
+def rows(draw, i0: int, i1: int, chunk: int = CHUNK):
+    """Rows [i0, i1) of the stream whose chunk c is draw(c) (CHUNK rows)."""
+    parts = [draw(c) for c in range(i0 // chunk, (i1 - 1) // chunk + 1)] if i1 > i0 else []
+    if not parts:
+        return None
+    cat = torch.cat(parts) if isinstance(parts[0], torch.Tensor) else np.concatenate(parts)
+    start = (i0 // chunk) * chunk
+    return cat[i0 - start : i1 - start]
+
+
+def noise_rows(seed: int, shape: tuple, i0: int, i1: int) -> torch.Tensor:
+    return rows(lambda c: torch.randn((CHUNK, *shape), generator=_gen(seed, STREAM_NOISE, c)), i0, i1)
+
+
+def data_rows(data_dist, seed: int, stream: int, i0: int, i1: int) -> np.ndarray:
+    draw = lambda c: _flat(data_dist.sample(CHUNK, _gen(seed, stream, c), dtype=torch.float64))  # noqa: E731
+    return rows(draw, i0, i1)
+
+
+def label_rows(data_dist, seed: int, i0: int, i1: int) -> torch.Tensor:
+    return rows(lambda c: data_dist.sample_labelled(CHUNK, _gen(seed, STREAM_LABELS, c))[1], i0, i1)
+
+
+def _flat(x) -> np.ndarray:
+    x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    return x.reshape(len(x), -1).astype(np.float64)
+
+
+def swd_directions(d: int, projections: int = PROJECTIONS, seed: int = 0) -> np.ndarray:
+    """The directions of distances.sliced_wasserstein (same seed, same draws)."""
+    theta = np.random.default_rng(seed).standard_normal((d, projections))
+    return theta / np.linalg.norm(theta, axis=0, keepdims=True)
+
+
+@dataclass
+class StreamRef:
+    """The reference of a streaming evaluation; `noise(i0, i1)` regenerates any rows of the fixed noise."""
+
+    n: int
+    shape: tuple
+    seed: int
+    mu: np.ndarray  # (D,) of the data features (or eval.reference's)
+    sigma: np.ndarray
+    data_proj: np.ndarray  # (n, PROJECTIONS) sorted per column: the data sample's SWD projections
+    kid: dict | None  # {"m", "disjoint", "rows_a": [[row, ...] per subset], "ref": [(m, D) per subset]}; None: no KID
+    ode: np.ndarray | None  # (k, d) the teacher's ODE solution from noise rows 0 .. k - 1
+    labels: torch.Tensor | None  # (n,) labels of the noise rows (class-conditional), else None
+    floor: dict
+    head: object = None  # an in-memory EvalRef of the first rows (proxies)
+
+    def noise(self, i0: int, i1: int) -> torch.Tensor:
+        return noise_rows(self.seed, self.shape, i0, i1)
+
+    def names(self, extractor: str, labelled: bool = False) -> dict[str, str]:
+        from multistep.metrics.evaluate import metric_names
+
+        return metric_names(self.n, extractor, labelled, None if self.ode is None else len(self.ode))
+
+
+class StreamPoint:
+    """One curve point's samples folded in batch by batch (any batch size, rows in order)."""
+
+    def __init__(self, ref: StreamRef, names: dict[str, str], predict=None):
+        self.ref, self.names, self.predict = ref, names, predict
+        self.acc, self.proj, self.ode_rows, self.grid = StatsAccumulator(), [], [], []
+        self.theta = None
+        self.misses, self.seen = 0, 0
+        self.kid_rows: dict[int, np.ndarray] = {}
+        self.kid_wanted = set() if ref.kid is None else {r for sub in ref.kid["rows_a"] for r in sub}
+
+    def update(self, x, feats=None) -> None:
+        i0 = self.seen
+        s = _flat(x)
+        f = s if feats is None else np.asarray(feats, np.float64)
+        self.acc.update(f)
+        if self.theta is None:
+            self.theta = swd_directions(s.shape[1])
+        self.proj.append(s @ self.theta)
+        k = 0 if self.ref.ode is None else len(self.ref.ode)
+        if i0 < k:
+            self.ode_rows.append(s[: k - i0])
+        if isinstance(x, torch.Tensor) and sum(len(g) for g in self.grid) < GRID_ROWS:
+            self.grid.append(x.detach().cpu()[:GRID_ROWS])
+        for j in range(len(s)):
+            if i0 + j in self.kid_wanted:
+                self.kid_rows[i0 + j] = f[j]
+        if self.predict is not None and self.ref.labels is not None and "cls_err" in self.names:
+            self.misses += int(np.sum(self.predict(f) != self.ref.labels[i0 : i0 + len(s)].numpy()))
+        self.seen += len(s)
+
+    def result(self) -> dict[str, float]:
+        ref, names = self.ref, self.names
+        if self.seen != ref.n:
+            raise ValueError(f"a streaming point saw {self.seen} of its {ref.n} rows")
+        mu, sigma = self.acc.mean_cov()
+        proj = np.sort(np.concatenate(self.proj), axis=0)
+        out = {
+            names["fd"]: frechet_distance(mu, sigma, ref.mu, ref.sigma),
+            names["swd"]: float(np.sqrt(((proj - ref.data_proj) ** 2).mean())),
+        }
+        if ref.ode is not None:
+            out[names["ode"]] = paired_l2(np.concatenate(self.ode_rows), ref.ode)
+        if self.predict is not None and ref.labels is not None and "cls_err" in names:
+            out[names["cls_err"]] = self.misses / ref.n
+        if ref.kid is not None:
+            sub_a = [np.stack([self.kid_rows[r] for r in rows_]) for rows_ in ref.kid["rows_a"]]
+            value, se = kid_of_subsets(sub_a, ref.kid["ref"], ref.kid["n"], ref.kid["m"], ref.kid["disjoint"])
+            out |= {names["kid"]: value, f"{names['kid']}_se": se}
+        return out
+
+    def samples_for_grid(self) -> torch.Tensor:
+        return torch.cat(self.grid)[:GRID_ROWS]
+
+
+def _kid_plan(n: int, n_ref: int, kid_subsets_: int) -> dict | None:
+    """KID's subsets as evaluate() draws them (subset size min(1000, n / S, n_ref / S)), with the reference's rows."""
+    if not kid_subsets_:
+        return None
+    m = max(2, min(1000, n // kid_subsets_, n_ref // kid_subsets_))
+    m, idx, disjoint = kid_subsets(n, n_ref, kid_subsets_, m)
+    return {
+        "m": m,
+        "n": min(n, n_ref),
+        "disjoint": disjoint,
+        "rows_a": [list(map(int, i)) for i, _ in idx],
+        "ref_rows": [list(map(int, j)) for _, j in idx],
+    }
+
+
+def make_stream_ref(
+    data_dist,
+    teacher,
+    sched,
+    samples: int,
+    ode_steps: int,
+    seed: int,
+    extractor: str = "identity",
+    labelled: bool = False,
+    features=None,
+    kid_subsets: int = 0,
+    ode_samples: int | None = None,
+    reference: Reference | None = None,
+    batch: int = CHUNK,
+    head: int = 1000,
+) -> StreamRef:
+    """The streaming counterpart of evaluate.make_eval_ref, in batches of `batch` rows."""
+    from multistep.diffusion.samplers import ddim_sample
+    from multistep.methods.base import conditioned
+    from multistep.metrics.evaluate import EvalRef, metric_names
+
+    n, shape = samples, tuple(data_dist.shape)
+    feats_of = (lambda x: x) if features is None else features
+    labels = label_rows(data_dist, seed, 0, n) if labelled else None
+    acc, proj, theta = StatsAccumulator(), [], None
+    stats_only = reference is not None and reference.features is None  # KID is skipped
+    n_ref = n if reference is None or stats_only else len(reference.features)
+    plan = None if stats_only else _kid_plan(n, n_ref, kid_subsets)
+    wanted = {} if plan is None else {r: None for sub in plan["ref_rows"] for r in sub}
+    head_rows = {"data": [], "feats": []}
+    for i0 in range(0, n, batch):
+        x = data_rows(data_dist, seed, STREAM_DATA, i0, min(n, i0 + batch))
+        f = np.asarray(feats_of(x), np.float64)
+        acc.update(f)
+        theta = swd_directions(x.shape[1]) if theta is None else theta
+        proj.append(x @ theta)
+        if reference is None:
+            for j in range(len(x)):
+                if i0 + j in wanted:
+                    wanted[i0 + j] = f[j]
+        if i0 < head:
+            head_rows["data"].append(x[: head - i0])
+            head_rows["feats"].append(f[: head - i0])
+    mu, sigma = acc.mean_cov() if reference is None else (reference.mu, reference.sigma)
+    kid = None
+    if plan is not None:
+        source = wanted if reference is None else dict(enumerate(reference.features))
+        kid = plan | {"ref": [np.stack([source[r] for r in sub]) for sub in plan["ref_rows"]]}
+    k = n if ode_samples is None else min(ode_samples, n)
+    ode = None
+    if k:
+        parts = []
+        for i0 in range(0, k, batch):
+            i1 = min(k, i0 + batch)
+            y = None if labels is None else labels[i0:i1]
+            parts.append(
+                _flat(
+                    ddim_sample(conditioned(teacher, y), sched, noise_rows(seed, shape, i0, i1).double(), ode_steps)[0]
+                )
+            )
+        ode = np.concatenate(parts)
+    ref = StreamRef(n, shape, seed, mu, sigma, np.sort(np.concatenate(proj), axis=0), kid, ode, labels, {})
+    names = metric_names(n, extractor, False, None if ode is None else k)
+    floor = StreamPoint(ref, names)
+    for i0 in range(0, n, batch):
+        other = data_rows(data_dist, seed, STREAM_OTHER, i0, min(n, i0 + batch))
+        floor.update(other, None if features is None else features(other))
+    ref.floor = {key: v for key, v in floor.result().items() if not key.endswith("_se")} | (
+        {names["ode"]: 0.0} if k else {}
+    )
+    h = min(head, n)
+    ref.head = EvalRef(
+        np.concatenate(head_rows["data"])[:h],
+        noise_rows(seed, shape, 0, h),
+        None if ode is None else ode[:h],
+        {},
+        None if labels is None else labels[:h],
+        None if features is None else np.concatenate(head_rows["feats"])[:h],
+        reference,
+    )
+    return ref
+
+
+def stream_points(
+    evaluations, ref: StreamRef, names: dict, batch_size: int, device="cpu", features=None, predict=None
+) -> list:
+    """The streaming counterpart of evaluate.sample_points + evaluate: [(label, steps, StreamPoint, nfe)] of every
+    point of a method's curve, sampled from the reference's noise in batches of `batch_size` rows on `device`."""
+    points: dict = {}
+    with torch.no_grad():
+        for i0 in range(0, ref.n, batch_size):
+            i1 = min(ref.n, i0 + batch_size)
+            noise = ref.noise(i0, i1)
+            y = None if ref.labels is None else ref.labels[i0:i1].to(device)
+            for label, steps, sampler in evaluations(y, i0):
+                x, nfe = sampler(noise.to(device))
+                x = x.cpu()
+                if (label, steps) not in points:
+                    points[(label, steps)] = (StreamPoint(ref, names, predict), nfe)
+                points[(label, steps)][0].update(x, None if features is None else features(x))
+    return [(label, steps, p, nfe) for (label, steps), (p, nfe) in points.items()]

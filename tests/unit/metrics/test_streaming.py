@@ -1,0 +1,80 @@
+"""metrics/streaming.py: the streaming evaluator equals evaluate() on the same draws held in memory, for any
+batch size, with labels, the classifier's cls_err, KID's subsets, the sub-sampled ODE rows and a reference file."""
+
+import numpy as np
+import pytest
+import torch
+
+from multistep.data.gmm import GaussianMixture
+from multistep.diffusion.samplers import ddim_sample
+from multistep.diffusion.schedules import make_schedule
+from multistep.metrics import streaming as st
+from multistep.metrics.evaluate import EvalRef, evaluate
+from multistep.metrics.frechet import gaussian_stats
+from multistep.metrics.reference import Reference
+from multistep.nets.analytic import MixtureDenoiser
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+GMM = GaussianMixture.random((5,), 3, 0.6, 0.2, seed=2)
+COS = make_schedule("cosine")
+TEACHER = MixtureDenoiser(GMM, COS)
+N, SEED, K = 2500, 7, 300  # three draw chunks; ODE on the first 300 rows
+
+
+def in_memory(reference=None) -> EvalRef:
+    """The streaming protocol's draws, materialised: what evaluate() compares with."""
+    data = st.data_rows(GMM, SEED, st.STREAM_DATA, 0, N)
+    noise = st.noise_rows(SEED, (5,), 0, N)
+    ode = st._flat(ddim_sample(TEACHER, COS, noise[:K].double(), 8)[0])
+    return EvalRef(data, noise, ode, {}, None, None, reference)
+
+
+def samples(noise: torch.Tensor) -> torch.Tensor:
+    return ddim_sample(TEACHER, COS, noise.double(), 4)[0]  # a 4-step teacher as the "student"
+
+
+@pytest.mark.parametrize("batch", [256, 1000])
+def test_streaming_equals_in_memory(batch):
+    ref = st.make_stream_ref(GMM, TEACHER, COS, N, 8, SEED, kid_subsets=5, ode_samples=K, batch=batch)
+    mem = in_memory()
+    names = ref.names("identity")
+    assert names == mem.names("identity") and names["ode"] == "ode_l2_300"
+    evaluations = lambda y, seed: [("t4", 4, lambda z: (samples(z), 4))]  # noqa: E731
+    [(label, steps, point, nfe)] = st.stream_points(evaluations, ref, names, batch)
+    got, want = point.result(), evaluate(samples(mem.noise), mem, names, kid_subsets=5)
+    assert set(got) == set(want) and (label, steps, nfe) == ("t4", 4, 4)
+    for k in want:
+        assert got[k] == pytest.approx(want[k], rel=1e-9, abs=1e-12), k
+    other = st.data_rows(GMM, SEED, st.STREAM_OTHER, 0, N)
+    floor = evaluate(other, mem, names, kid_subsets=5)
+    assert ref.floor[names["fd"]] == pytest.approx(floor[names["fd"]], rel=1e-9)
+    assert ref.floor[names["kid"]] == pytest.approx(floor[names["kid"]], rel=1e-9) and ref.floor[names["ode"]] == 0.0
+    assert torch.equal(ref.head.noise, mem.noise[:1000]) and point.samples_for_grid().shape == (64, 5)
+
+
+def test_streaming_against_a_reference_file_and_with_labels():
+    mem = in_memory()
+    mu, sigma = gaussian_stats(mem.data)
+    stats = Reference(mu + 0.1, sigma, None, "x" * 64)  # a stats-only reference, shifted: KID is skipped
+    ref = st.make_stream_ref(GMM, TEACHER, COS, N, 8, SEED, kid_subsets=5, ode_samples=K, reference=stats, batch=700)
+    mem.reference = stats
+    names = ref.names("identity")
+    evaluations = lambda y, seed: [("t4", 4, lambda z: (samples(z), 4))]  # noqa: E731
+    [(_, _, point, _)] = st.stream_points(evaluations, ref, names, 512)
+    got, want = point.result(), evaluate(samples(mem.noise), mem, names, kid_subsets=5)
+    assert names["kid"] not in got and got[names["fd"]] == pytest.approx(want[names["fd"]], rel=1e-9)
+
+
+def test_labels_are_drawn_by_chunks_too():
+    class Labelled:
+        shape = (5,)
+
+        def sample(self, n, g, dtype=torch.float32):
+            return self.sample_labelled(n, g, dtype)[0]
+
+        def sample_labelled(self, n, g, dtype=torch.float32):
+            return torch.randn(n, 5, generator=g, dtype=dtype), torch.randint(0, 3, (n,), generator=g)
+
+    a = st.label_rows(Labelled(), 1, 0, 3000)
+    assert torch.equal(a[1500:2500], st.label_rows(Labelled(), 1, 1500, 2500)) and set(a.tolist()) == {0, 1, 2}
+    assert np.array_equal(st.data_rows(GMM, 1, 1, 900, 1100), st.data_rows(GMM, 1, 1, 0, 2000)[900:1100])
