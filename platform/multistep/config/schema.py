@@ -94,6 +94,7 @@ class EdmCfg(Strict):
     sigma_data: PosFloat = 0.5  # recorded (EDM's preconditioning lives inside the network)
 
 
+STREAM_ABOVE = 10_000  # eval.stream auto: stream evaluations of more samples than this
 IMPORTED = ("diffusers", "torchscript", "state_dict")  # teachers trained elsewhere (nets/imported.py)
 
 
@@ -318,10 +319,28 @@ class EvalCfg(Strict):
                 raise sub_field_error("inception_path", self.inception_path, f"file not found: {self.inception_path}")
         return self
 
+    stream: Literal["auto", "on", "off"] = (
+        "auto"  # streaming evaluation (memory bounded in samples; metrics/streaming.py): auto = above 10,000 samples
+    )
+
+    @property
+    def streaming(self) -> bool:
+        return self.stream == "on" or (self.stream == "auto" and self.samples > STREAM_ABOVE)
+
     @property
     def ode_rows(self) -> int:
         """How many noise rows get the teacher's ODE solution (the paired metric's sample count)."""
         return min(self.samples, 2000 if self.ode_samples is None else self.ode_samples)
+
+    @model_validator(mode="after")
+    def _stream(self):
+        if self.streaming and self.bootstrap:
+            raise sub_field_error(
+                "bootstrap",
+                self.bootstrap,
+                "resamples the samples held in memory: not with a streaming evaluation (stream: off)",
+            )
+        return self
 
     @model_validator(mode="after")
     def _sizes(self):

@@ -77,6 +77,15 @@ class EvalRef:
         return metric_names(len(self.data), extractor, labelled, None if self.ode is None else len(self.ode))
 
     @property
+    def sample_shape(self) -> tuple:
+        return tuple(self.noise.shape[1:])
+
+    @property
+    def rows(self) -> int:
+        """How many rows a proxy can take from head()."""
+        return len(self.data)
+
+    @property
     def ref_feats(self) -> np.ndarray:
         return self.data if self.feats is None else self.feats
 
@@ -242,6 +251,33 @@ def teacher_curve(
     return rows
 
 
+def teacher_samplers(
+    teacher, sched, data_dist, steps: list[int], labelled: bool = False, eta: float = 0.75, seed: int = 0
+):
+    """[(teacher_ddim | teacher_addim, steps, make(y) -> sampler(noise) -> (samples, nfe))]: the teacher's DDIM and
+    aDDIM (xvar table from 2048 data rows drawn with `seed`, eta; conditioned on the table rows' own labels when
+    labelled) at each step count; make(y) conditions the teacher on the labels y of the noise rows (unguided)."""
+    g = torch.Generator().manual_seed(seed)
+    if not labelled:
+        table_data, table_y = data_dist.sample(2048, g, dtype=torch.float64), None
+    else:
+        table_data, table_y = data_dist.sample_labelled(2048, g, dtype=torch.float64)
+    out = []
+    for n in steps:
+        for label, xv in (
+            ("teacher_ddim", None),
+            ("teacher_addim", xvar_table(conditioned(teacher, table_y), sched, table_data, n, eta, g)),
+        ):
+            out.append(
+                (
+                    label,
+                    n,
+                    lambda y, n=n, xv=xv: lambda noise: ddim_sample(conditioned(teacher, y), sched, noise, n, xvar=xv),
+                )
+            )
+    return out
+
+
 def teacher_points(
     teacher,
     sched,
@@ -252,22 +288,10 @@ def teacher_points(
     eta: float = 0.75,
     seed: int = 0,
 ):
-    """Yields (teacher_ddim | teacher_addim, steps, samples, nfe): the teacher's DDIM and aDDIM (xvar table from 2048
-    data rows drawn with `seed`, eta) from the fixed `noise` at each step count. With labels the teacher is
-    conditioned on them (unguided), its xvar table on the table rows' own labels."""
-    g = torch.Generator().manual_seed(seed)
-    if labels is None:
-        table_data, table_y = data_dist.sample(2048, g, dtype=torch.float64), None
-    else:
-        table_data, table_y = data_dist.sample_labelled(2048, g, dtype=torch.float64)
-    f = conditioned(teacher, labels)
-    for n in steps:
-        for label, xv in (
-            ("teacher_ddim", None),
-            ("teacher_addim", xvar_table(conditioned(teacher, table_y), sched, table_data, n, eta, g)),
-        ):
-            x, nfe = ddim_sample(f, sched, noise, n, xvar=xv)
-            yield label, n, x, nfe
+    """Yields (teacher_ddim | teacher_addim, steps, samples, nfe): `teacher_samplers` from the fixed `noise`."""
+    for label, n, make in teacher_samplers(teacher, sched, data_dist, steps, labels is not None, eta, seed):
+        x, nfe = make(labels)(noise)
+        yield label, n, x, nfe
 
 
 def fixed_draws(

@@ -82,10 +82,60 @@ class StreamRef:
     ode: np.ndarray | None  # (k, d) the teacher's ODE solution from noise rows 0 .. k - 1
     labels: torch.Tensor | None  # (n,) labels of the noise rows (class-conditional), else None
     floor: dict
-    head: object = None  # an in-memory EvalRef of the first rows (proxies)
+    head_ref: object = None  # an in-memory EvalRef of the first rows (proxies)
 
     def noise(self, i0: int, i1: int) -> torch.Tensor:
         return noise_rows(self.seed, self.shape, i0, i1)
+
+    @property
+    def sample_shape(self) -> tuple:
+        return self.shape
+
+    @property
+    def rows(self) -> int:
+        """How many rows a proxy can take from head(): the kept head."""
+        return len(self.head_ref.data)
+
+    def head(self, n: int):
+        """An in-memory EvalRef of the first n rows (n <= the kept head): the proxy's reference."""
+        if n > len(self.head_ref.data):
+            raise ValueError(f"the streaming reference keeps {len(self.head_ref.data)} head rows, not {n}")
+        return self.head_ref.head(n)
+
+    def to_dict(self) -> dict:
+        return {
+            "stream": True,
+            "n": self.n,
+            "shape": list(self.shape),
+            "seed": self.seed,
+            "mu": self.mu,
+            "sigma": self.sigma,
+            "data_proj": self.data_proj,
+            "kid": self.kid,
+            "ode": self.ode,
+            "labels": None if self.labels is None else self.labels.numpy(),
+            "floor": self.floor,
+            "head": self.head_ref.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> StreamRef:
+        from multistep.metrics.evaluate import EvalRef
+
+        y = d["labels"]
+        return cls(
+            int(d["n"]),
+            tuple(d["shape"]),
+            int(d["seed"]),
+            np.asarray(d["mu"]),
+            np.asarray(d["sigma"]),
+            np.asarray(d["data_proj"]),
+            d["kid"],
+            None if d["ode"] is None else np.asarray(d["ode"]),
+            None if y is None else torch.as_tensor(np.asarray(y), dtype=torch.long),
+            dict(d["floor"]),
+            EvalRef.from_dict(d["head"]),
+        )
 
     def names(self, extractor: str, labelled: bool = False) -> dict[str, str]:
         from multistep.metrics.evaluate import metric_names
@@ -234,7 +284,7 @@ def make_stream_ref(
         {names["ode"]: 0.0} if k else {}
     )
     h = min(head, n)
-    ref.head = EvalRef(
+    ref.head_ref = EvalRef(
         np.concatenate(head_rows["data"])[:h],
         noise_rows(seed, shape, 0, h),
         None if ode is None else ode[:h],
@@ -247,7 +297,14 @@ def make_stream_ref(
 
 
 def stream_points(
-    evaluations, ref: StreamRef, names: dict, batch_size: int, device="cpu", features=None, predict=None
+    evaluations,
+    ref: StreamRef,
+    names: dict,
+    batch_size: int,
+    device="cpu",
+    features=None,
+    predict=None,
+    noise_dtype=None,
 ) -> list:
     """The streaming counterpart of evaluate.sample_points + evaluate: [(label, steps, StreamPoint, nfe)] of every
     point of a method's curve, sampled from the reference's noise in batches of `batch_size` rows on `device`."""
@@ -255,7 +312,7 @@ def stream_points(
     with torch.no_grad():
         for i0 in range(0, ref.n, batch_size):
             i1 = min(ref.n, i0 + batch_size)
-            noise = ref.noise(i0, i1)
+            noise = ref.noise(i0, i1) if noise_dtype is None else ref.noise(i0, i1).to(noise_dtype)
             y = None if ref.labels is None else ref.labels[i0:i1].to(device)
             for label, steps, sampler in evaluations(y, i0):
                 x, nfe = sampler(noise.to(device))
@@ -264,3 +321,30 @@ def stream_points(
                     points[(label, steps)] = (StreamPoint(ref, names, predict), nfe)
                 points[(label, steps)][0].update(x, None if features is None else features(x))
     return [(label, steps, p, nfe) for (label, steps), (p, nfe) in points.items()]
+
+
+def stream_teacher_curve(
+    teacher, sched, data_dist, ref: StreamRef, steps: list[int], eta: float = 0.75, seed: int = 0,
+    extractor: str = "identity", bootstrap: int = 0, features=None, kid_subsets: int = 0, predict=None,
+) -> list[dict]:  # fmt: skip
+    """evaluate.teacher_curve, streamed (the teacher from float64 noise, as there; no bootstrap)."""
+    from multistep.metrics.evaluate import metric_rows, teacher_samplers
+
+    names = ref.names(extractor, ref.labels is not None)
+    samplers = teacher_samplers(teacher, sched, data_dist, steps, ref.labels is not None, eta, seed)
+    evaluations = lambda y, i0: [(label, n, make(y)) for label, n, make in samplers]  # noqa: E731
+    points = stream_points(
+        evaluations, ref, names, CHUNK, features=features, predict=predict, noise_dtype=torch.float64
+    )
+    return [
+        {"method": label, "student_steps": n, "nfe": nfe} | r
+        for label, n, point, nfe in points
+        for r in metric_rows(point.result(), names)
+    ]
+
+
+def load_ref(d: dict):
+    """An EvalRef or a StreamRef from its to_dict form."""
+    from multistep.metrics.evaluate import EvalRef
+
+    return StreamRef.from_dict(d) if d.get("stream") else EvalRef.from_dict(d)

@@ -13,8 +13,9 @@ from pathlib import Path
 import torch
 
 from multistep.config import ConfigError, TrialCfg
-from multistep.metrics.evaluate import EvalRef, make_eval_ref, teacher_curve
+from multistep.metrics.evaluate import make_eval_ref, teacher_curve
 from multistep.metrics.extractors import ClassifierExtractor, InceptionExtractor, features_fn, file_sha256, tree_sha256
+from multistep.metrics.streaming import load_ref, make_stream_ref, stream_teacher_curve
 from multistep.tracking.teachers import resolve_mlflow_teacher
 from multistep.train import checkpoint
 from multistep.train.build import as_float, build, uses_labels
@@ -111,48 +112,20 @@ def prepare(cfg: TrialCfg, cache_dir: Path, log=print) -> dict:
         | ({"features": ext.key} if ext else {})
         | ({"kid_subsets": ev.kid_subsets} if ev.kid_subsets else {})
         | ({"reference": reference.sha256} if reference else {})
+        | ({"stream": True} if ev.streaming else {})
     )
 
     def make_ref():
         log(
             f"computing evaluation reference ({ev.samples} samples, {ev.ode_steps}-step teacher ODE for {ev.ode_rows}"
-            + (", labels drawn from the data)" if labelled else ")")
+            + (", labels drawn from the data" if labelled else "")
+            + (", streamed)" if ev.streaming else ")")
         )
-        r = make_eval_ref(
-            c.data,
-            c.teacher,
-            c.schedule,
-            ev.samples,
-            ev.ode_steps,
-            ev.seed,
-            cfg.feature_space,
-            labelled,
-            features,
-            ev.kid_subsets,
-            ev.ode_rows,
-            reference,
-        )
-        return {
-            "data": torch.from_numpy(r.data),
-            "noise": r.noise,
-            "ode": None if r.ode is None else torch.from_numpy(r.ode),
-            "floor": r.floor,
-            "hash": ref_key,
-            "labels": r.labels,
-            "feats": None if r.feats is None else torch.from_numpy(r.feats),
-        }
+        make = make_stream_ref if ev.streaming else make_eval_ref
+        args = (c.data, c.teacher, c.schedule, ev.samples, ev.ode_steps, ev.seed, cfg.feature_space, labelled)
+        return make(*args, features, ev.kid_subsets, ev.ode_rows, reference).to_dict() | {"hash": ref_key}
 
-    ref_t = _cached(cache_dir / f"evalref-{ref_key}.pt", make_ref, log)
-    feats = ref_t.get("feats")
-    ref = EvalRef(
-        ref_t["data"].numpy(),
-        ref_t["noise"],
-        None if ref_t["ode"] is None else ref_t["ode"].numpy(),
-        ref_t["floor"],
-        ref_t.get("labels"),
-        None if feats is None else feats.numpy(),
-        reference,
-    )
+    ref = load_ref(_cached(cache_dir / f"evalref-{ref_key}.pt", make_ref, log))
 
     curve_key = content_hash(
         {"ref": ref_key, "steps": ev.teacher_steps} | ({"bootstrap": ev.bootstrap} if ev.bootstrap else {})
@@ -161,7 +134,7 @@ def prepare(cfg: TrialCfg, cache_dir: Path, log=print) -> dict:
     def make_curve():
         log(f"computing the teacher curve (DDIM and aDDIM at {ev.teacher_steps} steps)")
         return {
-            "rows": teacher_curve(
+            "rows": (stream_teacher_curve if ev.streaming else teacher_curve)(
                 c.teacher,
                 c.schedule,
                 c.data,

@@ -116,10 +116,34 @@ def summary_metrics(final: dict, names: dict, state, gpus: float) -> dict[str, f
     )
 
 
+def final_points(evaluations, ref, names, ev, device, features, predict, rank: int):
+    """[(label, steps, samples for the grid, metrics, nfe)] of every point of the curve on rank 0 (conditional
+    students: the reference's fixed labels); streamed in batches with a StreamRef, else held in memory."""
+    from multistep.metrics.evaluate import bootstrap_se, evaluate, sample_points
+    from multistep.metrics.streaming import StreamRef, stream_points
+
+    if rank != 0:
+        return []
+    if isinstance(ref, StreamRef):
+        return [
+            (label, steps, p.samples_for_grid(), p.result(), nfe)
+            for label, steps, p, nfe in stream_points(evaluations, ref, names, ev.batch_size, device, features, predict)
+        ]
+    out = []
+    for label, steps, x, nfe in sample_points(evaluations, ref.noise, ref.labels, ev.batch_size, device):
+        feats = features(x)
+        metrics = evaluate(x, ref, names, feats, ev.kid_subsets, predict)
+        if ev.bootstrap:
+            metrics |= bootstrap_se(x, ref, names, ev.bootstrap, ev.seed, feats)
+        out.append((label, steps, x, metrics, nfe))
+    return out
+
+
 def run_trial(cfg: dict, session: Session) -> dict:
     from multistep.config import TrialCfg
-    from multistep.metrics.evaluate import EvalRef, bootstrap_se, evaluate, sample_points
+    from multistep.metrics.evaluate import evaluate, sample_points
     from multistep.metrics.extractors import features_fn, from_spec
+    from multistep.metrics.streaming import load_ref
     from multistep.sweep.results import save_grid
     from multistep.tracking.mlflow_layout import RunLogger
     from multistep.train.build import build, make_method, method_label
@@ -169,7 +193,7 @@ def run_trial(cfg: dict, session: Session) -> dict:
         logger.resume()
 
     local_batch = tc.train.batch_size // world
-    ref = EvalRef.from_dict(cfg["eval_ref"])
+    ref = load_ref(cfg["eval_ref"])  # an EvalRef, or a StreamRef (eval.stream): its noise drawn per batch
     labelled = (
         ref.labels is not None
     )  # class-conditional teacher + labelled data: batches (x, y), students conditioned on y
@@ -192,9 +216,9 @@ def run_trial(cfg: dict, session: Session) -> dict:
     names = ref.names(tc.feature_space, labelled)
     spec = cfg.get("extractor")  # classifier / inception features (None: the samples themselves)
     ext = from_spec(spec, device) if spec and rank == 0 else None  # only rank 0 evaluates
-    features = features_fn(ext, ref.noise.shape[1:]) if ext else (lambda x: None)
+    features = features_fn(ext, ref.sample_shape) if ext else (lambda x: None)
     predict = getattr(ext, "predict", None)  # classifier: cls_err of conditional samples
-    n_proxy = min(cfg.get("proxy_samples", 1000), len(ref.data))
+    n_proxy = min(cfg.get("proxy_samples", 1000), ref.rows)
     proxy_ref = ref.head(n_proxy)
     proxy_names = {k: f"proxy_{v}" for k, v in proxy_ref.names(tc.feature_space, labelled).items()}
 
@@ -256,20 +280,11 @@ def run_trial(cfg: dict, session: Session) -> dict:
             f"final evaluation: {tc.eval.samples} samples, {method_label(tc)} S={tc.method.student_steps}", flush=True
         )
     final: dict = {}
-    points = (
-        sample_points(
-            lambda y, seed: method.evaluations(state.ema, y, seed), ref.noise, ref.labels, tc.eval.batch_size, device
-        )
-        if rank == 0
-        else []
-    )  # conditional students: the reference's fixed labels
-    for label, steps, x, nfe in points:
-        feats = features(x)
-        metrics = evaluate(
-            x, ref, names, feats, tc.eval.kid_subsets, predict
-        )  # + "<kid>_se": the results table's se column
-        if tc.eval.bootstrap:  # "<metric>_se" of the others
-            metrics |= bootstrap_se(x, ref, names, tc.eval.bootstrap, tc.eval.seed, feats)
+    evaluations = lambda y, seed: method.evaluations(state.ema, y, seed)  # noqa: E731
+    for label, steps, x, metrics, nfe in final_points(
+        evaluations, ref, names, tc.eval, device, features, predict, rank
+    ):
+        # metrics: + "<kid>_se" (the results table's se column), + "<metric>_se" of the others with eval.bootstrap
         if logger:
             suffix = "" if label == method.label else f"/{label}"
             logger.metrics(steps, {f"{k}{suffix}": v for k, v in metrics.items()})  # step = number of sampling steps

@@ -49,7 +49,7 @@ def test_streaming_equals_in_memory(batch):
     floor = evaluate(other, mem, names, kid_subsets=5)
     assert ref.floor[names["fd"]] == pytest.approx(floor[names["fd"]], rel=1e-9)
     assert ref.floor[names["kid"]] == pytest.approx(floor[names["kid"]], rel=1e-9) and ref.floor[names["ode"]] == 0.0
-    assert torch.equal(ref.head.noise, mem.noise[:1000]) and point.samples_for_grid().shape == (64, 5)
+    assert torch.equal(ref.head(1000).noise, mem.noise[:1000]) and point.samples_for_grid().shape == (64, 5)
 
 
 def test_streaming_against_a_reference_file_and_with_labels():
@@ -78,3 +78,30 @@ def test_labels_are_drawn_by_chunks_too():
     a = st.label_rows(Labelled(), 1, 0, 3000)
     assert torch.equal(a[1500:2500], st.label_rows(Labelled(), 1, 1500, 2500)) and set(a.tolist()) == {0, 1, 2}
     assert np.array_equal(st.data_rows(GMM, 1, 1, 900, 1100), st.data_rows(GMM, 1, 1, 0, 2000)[900:1100])
+
+
+def test_a_sweep_trial_evaluates_by_streaming(tmp_path):
+    """eval.stream: on through the sweep's own code: the shared assets (reference, teacher curve) and the trial's
+    final evaluation (worker.final_points) stream, and give what the same draws give in memory."""
+    from multistep.config import TrialCfg
+    from multistep.sweep.assets import prepare
+    from multistep.sweep.worker import final_points
+    from multistep.train.build import build
+
+    doc = {
+        "data": {"kind": "gmm", "shape": [5], "components": 3, "mean_std": 0.6, "component_std": 0.2, "seed": 2},
+        "student": {"init_iterations": 0},
+        "eval": {"samples": N, "teacher_steps": [2], "ode_steps": 8, "ode_samples": K, "seed": SEED, "kid_subsets": 5, "stream": "on", "batch_size": 600},
+    }
+    tc = TrialCfg.model_validate(doc)
+    a = prepare(tc, tmp_path / "cache", log=lambda *_: None)
+    ref = st.load_ref(a["eval_ref"])
+    assert isinstance(ref, st.StreamRef) and {r["method"] for r in a["teacher_rows"]} == {"teacher_ddim", "teacher_addim"}
+    c = build(tc)
+    names = ref.names("identity")
+    evaluations = lambda y, seed: [("t4", 4, lambda z: (ddim_sample(c.teacher, c.schedule, z.double(), 4)[0], 4))]  # noqa: E731
+    [(label, steps, x, metrics, nfe)] = final_points(evaluations, ref, names, tc.eval, "cpu", lambda x: None, None, 0)
+    mem = in_memory()
+    want = evaluate(samples(mem.noise), mem, names, kid_subsets=5)
+    assert metrics[names["fd"]] == pytest.approx(want[names["fd"]], rel=1e-9) and x.shape == (64, 5)
+    assert a["eval_ref"]["stream"] and "data" not in a["eval_ref"]  # nothing of size N x sample is shipped
