@@ -91,12 +91,24 @@ def test_a_sweep_trial_evaluates_by_streaming(tmp_path):
     doc = {
         "data": {"kind": "gmm", "shape": [5], "components": 3, "mean_std": 0.6, "component_std": 0.2, "seed": 2},
         "student": {"init_iterations": 0},
-        "eval": {"samples": N, "teacher_steps": [2], "ode_steps": 8, "ode_samples": K, "seed": SEED, "kid_subsets": 5, "stream": "on", "batch_size": 600},
+        "eval": {
+            "samples": N,
+            "teacher_steps": [2],
+            "ode_steps": 8,
+            "ode_samples": K,
+            "seed": SEED,
+            "kid_subsets": 5,
+            "stream": "on",
+            "batch_size": 600,
+        },
     }
     tc = TrialCfg.model_validate(doc)
     a = prepare(tc, tmp_path / "cache", log=lambda *_: None)
     ref = st.load_ref(a["eval_ref"])
-    assert isinstance(ref, st.StreamRef) and {r["method"] for r in a["teacher_rows"]} == {"teacher_ddim", "teacher_addim"}
+    assert isinstance(ref, st.StreamRef) and {r["method"] for r in a["teacher_rows"]} == {
+        "teacher_ddim",
+        "teacher_addim",
+    }
     c = build(tc)
     names = ref.names("identity")
     evaluations = lambda y, seed: [("t4", 4, lambda z: (ddim_sample(c.teacher, c.schedule, z.double(), 4)[0], 4))]  # noqa: E731
