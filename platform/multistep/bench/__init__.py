@@ -10,6 +10,8 @@
 - teacher:    forward of a network through the adapter that makes it an imported teacher versus the bare network,
               same batch (bench/teacher.py; goal <= 1.05).
 - evaluation: metrics.frechet_distance versus the scipy.linalg.sqrtm formula at d = 2048.
+- memory (--parts memory): peak host memory and wall time of a --memory-samples evaluation of 3x64x64 images in
+              2,048-d features, streamed, against the in-memory path at 5k and 10k samples (bench/memory.py).
 - data (--parts data): Parquet shards streamed as the trials stream them, with and without the reader thread,
               beside a stand-in accelerator step (a sleep: the host waits, the GIL is free); time the step
               waits for its batch.
@@ -77,7 +79,7 @@ def run(args) -> dict:
     parts = {p.strip() for p in args.parts.split(",") if p.strip()} | (
         {"orchestration"} if args.orchestration else set()
     )
-    unknown = parts - {"training", "sampling", "teacher", "evaluation", "data", "orchestration"}
+    unknown = parts - {"training", "sampling", "teacher", "evaluation", "memory", "data", "orchestration"}
     if unknown:
         raise ConfigError(f"--parts: unknown part(s) {', '.join(sorted(unknown))}")
     preset = SIZES[args.size]
@@ -114,6 +116,10 @@ def run(args) -> dict:
             torch.set_num_threads(threads)
     if "evaluation" in parts:
         res["evaluation"] = bench_evaluation(args.fd_dim)
+    if "memory" in parts:
+        from multistep.bench.memory import bench_memory
+
+        res["memory"] = bench_memory(args.memory_samples)
     if "data" in parts:
         res["data"] = bench_data()
     if "orchestration" in parts:

@@ -51,6 +51,20 @@ def table(res: dict) -> str:
             f"\nevaluation  d = {ev['d']}: frechet_distance {ev['frechet_s']:.3f} s (median of {len(ev['frechet_s_all'])}), sqrtm formula {ev['sqrtm_s']:.3f} s, "
             f"speedup {ev['speedup']:.1f}x (goal {ev['goal_speedup']:.0f}x), relative difference {ev['relative_difference']:.2e}"
         )
+    me = res.get("memory")
+    if me:
+        lines.append(
+            f"\nmemory  {'x'.join(map(str, me['shape']))} images, {me['dim']}-d features (goal < {me['goal_bytes'] / 2**30:.0f} GiB at 50k, streamed)"
+        )
+        for r in me["runs"]:
+            lines.append(
+                f"  {r['mode']:<7} N = {r['n']:>6}: "
+                + (
+                    f"peak {r['peak_bytes'] / 2**30:.2f} GiB, {r['seconds']:.1f} s"
+                    if "error" not in r
+                    else f"failed: {r['error']}"
+                )
+            )
     da = res.get("data")
     if da:
         w = da["wait_ms_per_batch"]

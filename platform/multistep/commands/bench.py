@@ -48,9 +48,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument(
         "--parts",
         default="training,sampling,teacher,evaluation",
-        help="comma-separated parts to run: training, sampling, teacher, evaluation, data, orchestration",
+        help="comma-separated parts to run: training, sampling, teacher, evaluation, memory, data, orchestration",
     )
     s.add_argument("--orchestration", action="store_true", help="also run the (slow, CPU) orchestration part")
+    s.add_argument(
+        "--memory-samples", type=int, default=50_000, help="memory: samples of the streamed evaluation (default 50000)"
+    )
     s.add_argument(
         "--trial-seconds", type=float, default=20.0, help="orchestration: target loop time per trial (default 20)"
     )

@@ -251,3 +251,20 @@ def test_compiled_denoiser_copies_use_their_own_weights():
         g.compiled = True
         torch.testing.assert_close(g(z, t), want, rtol=1e-5, atol=1e-5)  # not the original's graph and weights
         assert not torch.allclose(want, eager)
+
+
+def test_memory_part_measures_both_evaluators_in_child_processes():
+    from multistep.bench.memory import bench_memory
+    from multistep.bench.report import table
+
+    res = bench_memory(300, ())  # (the in-memory runs share the child-process code path)
+    [run] = res["runs"]
+    assert (run["mode"], run["n"]) == ("stream", 300) and run["peak_bytes"] > 2**20 and run["fd"] > 0
+    text = table(
+        {
+            "config": {"size": "cpu", "precision": "fp32", "compile": False, "channels_last": False},
+            "machine": {"cpu": "x"},
+            "memory": res,
+        }
+    )
+    assert "streamed" in text and "N =    300" in text
