@@ -8,6 +8,7 @@ Each run is a child process (`python -m multistep.bench.memory MODE N`), so its 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -64,9 +65,9 @@ def bench_memory(stream_n: int = 50_000, memory_ns: tuple[int, ...] = (5_000, 10
     """The streamed evaluation at stream_n and the in-memory one at each of memory_ns, each in its own process."""
     runs = []
     for mode, n in [("stream", stream_n), *(("memory", m) for m in memory_ns)]:
-        p = subprocess.run(
-            [sys.executable, "-m", "multistep.bench.memory", mode, str(n)], capture_output=True, text=True
-        )
+        env = os.environ | {"MALLOC_MMAP_THRESHOLD_": "1048576"}  # as the sweep workers run (sweep/ray_runtime.py)
+        cmd = [sys.executable, "-m", "multistep.bench.memory", mode, str(n)]
+        p = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if p.returncode != 0:
             runs.append({"mode": mode, "n": n, "error": (p.stderr.strip().splitlines() or ["?"])[-1]})
             continue

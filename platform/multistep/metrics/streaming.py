@@ -263,16 +263,12 @@ def make_stream_ref(
     k = n if ode_samples is None else min(ode_samples, n)
     ode = None
     if k:
-        parts = []
+        ode = np.empty((k, int(np.prod(shape))))  # filled in place: no second copy of the ODE rows
         for i0 in range(0, k, batch):
             i1 = min(k, i0 + batch)
             y = None if labels is None else labels[i0:i1]
-            parts.append(
-                _flat(
-                    ddim_sample(conditioned(teacher, y), sched, noise_rows(seed, shape, i0, i1).double(), ode_steps)[0]
-                )
-            )
-        ode = np.concatenate(parts)
+            z = noise_rows(seed, shape, i0, i1).double()
+            ode[i0:i1] = _flat(ddim_sample(conditioned(teacher, y), sched, z, ode_steps)[0])
     ref = StreamRef(n, shape, seed, mu, sigma, np.sort(np.concatenate(proj), axis=0), kid, ode, labels, {})
     names = metric_names(n, extractor, False, None if ode is None else k)
     floor = StreamPoint(ref, names)

@@ -12,6 +12,10 @@ RAY_ENV_DEFAULTS = {
     "RAY_TRAIN_V2_ENABLED": "1",
     "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",  # error reports of failed trials carry no proxy metric
     "TUNE_DISABLE_SIGINT_HANDLER": "1",  # the driver owns SIGINT and stops Tune through SIGUSR1 (sweep/interrupts.py)
+    # glibc: a fixed mmap threshold, so the evaluation's large per-batch arrays go back to the system when freed
+    # (its dynamic threshold rises to their size and then serves them from a heap that only grows: +0.7 GB per
+    # 30k rows of 3x64x64 samples, docs/evaluation.md); workers inherit it from the local Ray
+    "MALLOC_MMAP_THRESHOLD_": "1048576",
 }
 
 
