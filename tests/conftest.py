@@ -3,6 +3,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,3 +101,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+class TinyDetector(torch.nn.Module):
+    """Same call signature as the StyleGAN/EDM Inception file: uint8 NCHW in, features out."""
+
+    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        if x.dtype != torch.uint8:
+            raise RuntimeError("detector wants uint8 images")
+        f = x.float()
+        f = torch.cat([f.mean(dim=(2, 3)), f.amax(dim=(2, 3))], dim=1)  # (n, 6)
+        return f if return_features else f.sum(1, keepdim=True)

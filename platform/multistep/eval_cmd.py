@@ -259,14 +259,10 @@ def load_student(p: Path, blob: dict, config: str | None = None, trial: int | No
 def eval_student(p: Path, blob: dict, args, steps: list[int] | None, say=print):
     from multistep.diffusion.samplers import mcm_sample
     from multistep.methods.base import conditioned
-    from multistep.metrics.evaluate import (
-        evaluate,
-        make_eval_ref,
-        metric_rows,
-        sample_points,
-        teacher_curve,
-    )
+    from multistep.metrics.evaluate import make_eval_ref, metric_rows, teacher_curve
+    from multistep.metrics.streaming import make_stream_ref, stream_teacher_curve
     from multistep.sweep.results import GRID, trial_cells
+    from multistep.sweep.worker import final_points
     from multistep.train.build import method_label, uses_labels
 
     tc, trial, args.config, c, method, state = load_student(p, blob, args.config, args.trial, eval_opts(args))
@@ -279,7 +275,10 @@ def eval_student(p: Path, blob: dict, args, steps: list[int] | None, say=print):
     say(f"evaluation reference: {samples} samples, seed {seed}, {tc.eval.ode_steps}-step teacher ODE")
     space, features, predict, key = feature_setup(tc, c.data, say)
     kid_subsets = tc.eval.kid_subsets
-    ref = make_eval_ref(
+    ev = tc.eval.model_copy(update={"samples": samples, "bootstrap": 0})
+    if ev.streaming:
+        say("streaming evaluation (eval.stream; memory bounded in the sample count)")
+    ref = (make_stream_ref if ev.streaming else make_eval_ref)(
         c.data,
         c.teacher,
         c.schedule,
@@ -290,7 +289,7 @@ def eval_student(p: Path, blob: dict, args, steps: list[int] | None, say=print):
         uses_labels(c.teacher, getattr(c.data, "labels", None) is not None),
         features,
         kid_subsets,
-        tc.eval.model_copy(update={"samples": samples}).ode_rows,
+        ev.ode_rows,
         reference_of(tc.eval),
     )  # as in sweeps
     names = ref.names(space, ref.labels is not None)
@@ -319,14 +318,13 @@ def eval_student(p: Path, blob: dict, args, steps: list[int] | None, say=print):
         ]
 
     rows, kept = [], {}
-    points = sample_points(evaluations, ref.noise, ref.labels, tc.eval.batch_size)
-    for lb, n, x, nfe in points:
+    points = final_points(evaluations, ref, names, ev, "cpu", features or (lambda x: None), predict, 0)  # as trials
+    for lb, n, x, values, nfe in points:
         kept[(lb, n)] = x[: GRID**2]
-        values = evaluate(x, ref, names, None if features is None else features(x), kid_subsets, predict)
         rows += [{"method": lb, "student_steps": n, "nfe": nfe, **common} | r for r in metric_rows(values, names)]
     if args.with_teacher:
-        t_steps = steps or sorted({n for _, n, _, _ in points})
-        rows += teacher_curve(
+        t_steps = steps or sorted({n for _, n, *_ in points})
+        rows += (stream_teacher_curve if ev.streaming else teacher_curve)(
             c.teacher,
             c.schedule,
             c.data,

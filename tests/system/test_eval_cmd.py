@@ -243,8 +243,7 @@ def test_classifier_features(teacher_ckpt, tmp_path, capsys):
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 def test_inception_detector_from_a_local_path(teacher_ckpt, student, tmp_path, capsys):
     """--inception PATH: FID and KID (names fid_* / kid_*) in the features of a TorchScript detector on disk."""
-    from test_metrics import TinyDetector
-
+    from conftest import TinyDetector
     from multistep.metrics.extractors import file_sha256
 
     det = tmp_path / "tiny-detector.pt"

@@ -9,6 +9,7 @@ import pytest
 import scipy.linalg
 import torch
 
+from conftest import TinyDetector
 from multistep.metrics import bootstrap_fd_ci, frechet_distance, gaussian_stats, kid, make_extractor
 from multistep.metrics.kid import mmd2_unbiased
 from multistep.metrics.stats import StatsAccumulator, cache_path, reference_stats
@@ -196,17 +197,6 @@ def test_bootstrap_fd_ci_covers_the_estimate():
 
 
 # ---------- extractors ----------
-
-
-class TinyDetector(torch.nn.Module):
-    """Same call signature as the StyleGAN/EDM Inception file: uint8 NCHW in, features out."""
-
-    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
-        if x.dtype != torch.uint8:
-            raise RuntimeError("detector wants uint8 images")
-        f = x.float()
-        f = torch.cat([f.mean(dim=(2, 3)), f.amax(dim=(2, 3))], dim=1)  # (n, 6)
-        return f if return_features else f.sum(1, keepdim=True)
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
