@@ -112,3 +112,21 @@ class TinyDetector(torch.nn.Module):
         f = x.float()
         f = torch.cat([f.mean(dim=(2, 3)), f.amax(dim=(2, 3))], dim=1)  # (n, 6)
         return f if return_features else f.sum(1, keepdim=True)
+
+
+def tiny_unet(in_channels: int = 1, num_class_embeds: int | None = None, seed: int = 0):
+    """A random diffusers UNet2DModel for 8x8 images, small enough for CPU tests (diffusers imported here)."""
+    import diffusers
+
+    torch.manual_seed(seed)
+    return diffusers.UNet2DModel(
+        sample_size=8,
+        in_channels=in_channels,
+        out_channels=in_channels,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+        num_class_embeds=num_class_embeds,
+    )

@@ -10,6 +10,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from torch import nn
 
+from conftest import tiny_unet
 from multistep.config import ConfigError, load_sweep
 from multistep.nets.imported import DiffusersUNet
 from multistep.sweep import preflight
@@ -17,21 +18,6 @@ from multistep.sweep import preflight
 diffusers = pytest.importorskip("diffusers")
 DIGITS = {"kind": "digits"}
 EVAL = {"samples": 200, "teacher_steps": [2], "ode_steps": 8}
-
-
-def tiny_unet(in_channels=1, num_class_embeds=None):
-    torch.manual_seed(0)
-    return diffusers.UNet2DModel(
-        sample_size=8,
-        in_channels=in_channels,
-        out_channels=in_channels,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        norm_num_groups=4,
-        num_class_embeds=num_class_embeds,
-    )
 
 
 def pipeline(path, prediction_type="epsilon", **unet):

@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import tiny_unet
 from multistep.cli import main
 from multistep.config import TrialCfg
 from multistep.train.build import build, make_method
@@ -39,12 +40,7 @@ GMM = {
 
 
 def diffusers_student(tmp_path, num_class_embeds=None) -> str:
-    torch.manual_seed(0)
-    unet = diffusers.UNet2DModel(
-        sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-        norm_num_groups=4, num_class_embeds=num_class_embeds,
-    )  # fmt: skip
+    unet = tiny_unet(num_class_embeds=num_class_embeds)
     s = diffusers.DDPMScheduler(prediction_type="v_prediction", clip_sample=False)
     diffusers.DDPMPipeline(unet=unet, scheduler=s).save_pretrained(str(tmp_path / "teacher"))
     teacher = {"kind": "diffusers", "path": str(tmp_path / "teacher"), "check": False}

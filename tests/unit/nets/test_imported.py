@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from conftest import tiny_unet
 from multistep.config import TeacherCfg
 from multistep.diffusion.samplers import ddim_sample
 from multistep.nets import imported
@@ -16,23 +17,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 diffusers = pytest.importorskip("diffusers")
 
 
-def tiny_unet(num_class_embeds=None, seed=0):
-    torch.manual_seed(seed)
-    return diffusers.UNet2DModel(
-        sample_size=8,
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        norm_num_groups=4,
-        num_class_embeds=num_class_embeds,
-    )
-
-
 def save_pipeline(path, prediction_type="epsilon", beta_schedule="linear", num_class_embeds=None, **sched):
-    unet = tiny_unet(num_class_embeds)
+    unet = tiny_unet(num_class_embeds=num_class_embeds)
     s = diffusers.DDPMScheduler(
         beta_schedule=beta_schedule, prediction_type=prediction_type, clip_sample=False, **sched
     )
