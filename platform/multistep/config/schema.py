@@ -319,6 +319,7 @@ class EvalCfg(Strict):
                 raise sub_field_error("inception_path", self.inception_path, f"file not found: {self.inception_path}")
         return self
 
+    repeats: PosInt = 1  # evaluations from this many noise seeds: each metric their mean, <metric>_repeat_std their std (EDM's practice)
     stream: Literal["auto", "on", "off"] = (
         "auto"  # streaming evaluation (memory bounded in samples; metrics/streaming.py): auto = above 10,000 samples
     )

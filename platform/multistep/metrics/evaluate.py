@@ -80,6 +80,15 @@ class EvalRef:
     def sample_shape(self) -> tuple:
         return tuple(self.noise.shape[1:])
 
+    def with_noise_seed(self, r: int, seed: int = 0) -> EvalRef:
+        """Repeat r of an evaluation (eval.repeats): r = 0 is this reference; others draw their noise with
+        seed + 1000 r and have no paired ODE rows (those belong to the reference's own noise)."""
+        if r == 0:
+            return self
+        g = torch.Generator().manual_seed(seed + 1000 * r)
+        noise = torch.randn(self.noise.shape, generator=g, dtype=self.noise.dtype)
+        return EvalRef(self.data, noise, None, self.floor, self.labels, self.feats, self.reference)
+
     @property
     def rows(self) -> int:
         """How many rows a proxy can take from head()."""

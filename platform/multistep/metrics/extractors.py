@@ -92,13 +92,18 @@ class InceptionExtractor(Extractor):
                 "such as inception-2015-12-05.pt; nothing is downloaded)"
             )
         try:
-            with (
-                warnings.catch_warnings()
-            ):  # torch 2.13 marks torch.jit deprecated; the FID detector only exists as TorchScript
+            with warnings.catch_warnings():  # torch 2.13 marks torch.jit deprecated; the TF detector is TorchScript
                 warnings.simplefilter("ignore", DeprecationWarning)
                 self.model = torch.jit.load(str(self.path), map_location=device).eval()
         except Exception as e:  # torch raises RuntimeError/ValueError variants for bad archives
-            raise ValueError(f"cannot load TorchScript detector {self.path}: {type(e).__name__}: {e}") from None
+            from multistep.metrics.inception import load_state_dict_detector
+
+            try:  # the other common file: the same graph's weights as a state dict (metrics/inception.py)
+                self.model = load_state_dict_detector(self.path, device)
+            except ValueError as e2:
+                raise ValueError(
+                    f"cannot load TorchScript detector {self.path}: {type(e).__name__}: {e}; {e2}"
+                ) from None
         self.device, self.batch_size = torch.device(device), batch_size  # device to run on; images per forward
         self.sha256 = file_sha256(self.path)
 

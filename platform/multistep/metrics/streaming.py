@@ -13,6 +13,7 @@ regenerated anywhere, in any batch size. What is kept:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,8 +84,17 @@ class StreamRef:
     floor: dict
     head_ref: object = None  # an in-memory EvalRef of the first rows (proxies)
 
+    noise_seed: int | None = None  # eval.repeats: the noise of repeat r is drawn with seed + 1000 r
+
     def noise(self, i0: int, i1: int) -> torch.Tensor:
-        return noise_rows(self.seed, self.shape, i0, i1)
+        return noise_rows(self.seed if self.noise_seed is None else self.noise_seed, self.shape, i0, i1)
+
+    def with_noise_seed(self, r: int, seed: int = 0) -> StreamRef:
+        """Repeat r of an evaluation: r = 0 is this reference; others draw their noise with seed + 1000 r and have no
+        paired ODE rows."""
+        if r == 0:
+            return self
+        return dataclasses.replace(self, noise_seed=self.seed + 1000 * r, ode=None)
 
     @property
     def sample_shape(self) -> tuple:

@@ -15,6 +15,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from multistep.tracking import tags as tag
@@ -118,12 +119,33 @@ def summary_metrics(final: dict, names: dict, state, gpus: float) -> dict[str, f
 
 def final_points(evaluations, ref, names, ev, device, features, predict, rank: int):
     """[(label, steps, samples for the grid, metrics, nfe)] of every point of the curve on rank 0 (conditional
-    students: the reference's fixed labels); streamed in batches with a StreamRef, else held in memory."""
+    students: the reference's fixed labels); streamed in batches with a StreamRef, else held in memory. With
+    eval.repeats = K > 1 each point is evaluated from K noise seeds (the reference's, then seed + 1000 r): its
+    metrics are their mean, "<metric>_repeat_std" their standard deviation; the paired ODE error is the first's."""
+    if rank != 0:
+        return []
+    runs = [
+        _points(evaluations, ref.with_noise_seed(r, ev.seed), names, ev, device, features, predict, r == 0)
+        for r in range(ev.repeats)
+    ]
+    if ev.repeats == 1:
+        return runs[0]
+    out = []
+    for i, (label, steps, x, metrics, nfe) in enumerate(runs[0]):
+        merged = dict(metrics)
+        for k in names.values():
+            if k == names["ode"] or k not in metrics:
+                continue
+            vals = [run[i][3][k] for run in runs]
+            merged[k], merged[f"{k}_repeat_std"] = float(np.mean(vals)), float(np.std(vals, ddof=1))
+        out.append((label, steps, x, merged, nfe))
+    return out
+
+
+def _points(evaluations, ref, names, ev, device, features, predict, first: bool) -> list:
     from multistep.metrics.evaluate import bootstrap_se, evaluate, sample_points
     from multistep.metrics.streaming import StreamRef, stream_points
 
-    if rank != 0:
-        return []
     if isinstance(ref, StreamRef):
         return [
             (label, steps, p.samples_for_grid(), p.result(), nfe)
@@ -133,7 +155,7 @@ def final_points(evaluations, ref, names, ev, device, features, predict, rank: i
     for label, steps, x, nfe in sample_points(evaluations, ref.noise, ref.labels, ev.batch_size, device):
         feats = features(x)
         metrics = evaluate(x, ref, names, feats, ev.kid_subsets, predict)
-        if ev.bootstrap:
+        if ev.bootstrap and first:
             metrics |= bootstrap_se(x, ref, names, ev.bootstrap, ev.seed, feats)
         out.append((label, steps, x, metrics, nfe))
     return out
