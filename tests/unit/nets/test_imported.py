@@ -54,11 +54,11 @@ def test_ddim_equals_diffusers_ddim_step_for_step(tmp_path, prediction_type, bet
 
 
 def test_many_step_ddim_converges_to_diffusers_default_ddim(tmp_path):
-    unet, s = save_pipeline(tmp_path / "p", "v_prediction", "linear")
+    unet, s = save_pipeline(tmp_path / "p", "v_prediction", "linear", num_train_timesteps=200)
     f, _ = imported.load(TeacherCfg(kind="diffusers", path=str(tmp_path / "p")))
-    theirs = diffusers_ddim(unet, s, NOISE, 1000)  # default ("leading") spacing: every timestep
-    err = [float((ddim_sample(f, f.schedule, NOISE.double(), n)[0] - theirs).abs().max()) for n in (50, 1000)]
-    assert err[1] < 1e-4 < err[0], err  # 50 steps: a coarser solve of the same ODE; 1,000: the same steps
+    theirs = diffusers_ddim(unet, s, NOISE, 200)  # default ("leading") spacing: every timestep
+    err = [float((ddim_sample(f, f.schedule, NOISE.double(), n)[0] - theirs).abs().max()) for n in (10, 200)]
+    assert err[1] < 1e-4 < err[0], err  # 10 steps: a coarser solve of the same ODE; 200: the same steps
 
 
 def test_class_conditional_unet_takes_the_labels_and_maps_the_null_class(tmp_path):
