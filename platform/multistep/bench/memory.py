@@ -14,6 +14,7 @@ import sys
 import time
 
 SHAPE, DIM = (3, 64, 64), 2048
+BATCH = 256  # samples per sampling batch (eval.batch_size): the streamed peak grows with it, not with N
 GOAL_BYTES = 2 * 2**30  # a 50k-sample evaluation must stay under 2 GB
 
 
@@ -48,14 +49,14 @@ def _run(mode: str, n: int) -> dict:
             Images(), teacher, sched, n, 2, 0, "inception", features=features, kid_subsets=10, ode_samples=2000
         )
         names = ref.names("inception")
-        [(_, _, point, _)] = st.stream_points(lambda y, i: student, ref, names, 1000, features=features)
+        [(_, _, point, _)] = st.stream_points(lambda y, i: student, ref, names, BATCH, features=features)
         value = point.result()[names["fd"]]
     else:
         ref = ev.make_eval_ref(
             Images(), teacher, sched, n, 2, 0, "inception", features=features, kid_subsets=10, ode_samples=2000
         )
         names = ref.names("inception")
-        [(_, _, x, _)] = ev.sample_points(lambda y, i: student, ref.noise, None, 1000)
+        [(_, _, x, _)] = ev.sample_points(lambda y, i: student, ref.noise, None, BATCH)
         value = ev.evaluate(x, ref, names, features(x), 10)[names["fd"]]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
     return {"mode": mode, "n": n, "seconds": time.perf_counter() - t0, "peak_bytes": peak, "fd": value}
