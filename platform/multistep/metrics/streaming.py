@@ -152,33 +152,53 @@ class StreamRef:
         return metric_names(self.n, extractor, labelled, None if self.ode is None else len(self.ode))
 
 
+class _Fold:
+    """What a streamed sample set keeps per row, filled in place: its SWD projections (n x PROJECTIONS) and the rows
+    of KID's subsets (one (m, D) array per subset; a row may stand in several when subsets overlap)."""
+
+    def __init__(self, n: int, subsets: list[list[int]] | None):
+        self.n, self.proj, self.theta, self.kid = n, None, None, None
+        self.where: dict[int, list[tuple[int, int]]] = {}
+        for i, rows_ in enumerate(subsets or []):
+            for j, r in enumerate(rows_):
+                self.where.setdefault(r, []).append((i, j))
+        self.sizes = [len(r) for r in subsets or []]
+
+    def add(self, i0: int, s: np.ndarray, f: np.ndarray) -> None:
+        if self.proj is None:
+            self.theta, self.proj = swd_directions(s.shape[1]), np.empty((self.n, PROJECTIONS))
+        self.proj[i0 : i0 + len(s)] = s @ self.theta
+        if self.where and self.kid is None:
+            self.kid = [np.empty((m, f.shape[1])) for m in self.sizes]
+        for j in range(len(s)):
+            for i, pos in self.where.get(i0 + j, ()):
+                self.kid[i][pos] = f[j]
+
+    def sorted_proj(self) -> np.ndarray:
+        self.proj.sort(axis=0)  # in place: W2 of 1-D projections compares sorted values
+        return self.proj
+
+
 class StreamPoint:
     """One curve point's samples folded in batch by batch (any batch size, rows in order)."""
 
     def __init__(self, ref: StreamRef, names: dict[str, str], predict=None):
         self.ref, self.names, self.predict = ref, names, predict
-        self.acc, self.proj, self.ode_norms, self.grid = StatsAccumulator(), [], [], []
-        self.theta = None
+        self.acc, self.ode_norms, self.grid = StatsAccumulator(), [], []
+        self.fold = _Fold(ref.n, None if ref.kid is None else ref.kid["rows_a"])
         self.misses, self.seen = 0, 0
-        self.kid_rows: dict[int, np.ndarray] = {}
-        self.kid_wanted = set() if ref.kid is None else {r for sub in ref.kid["rows_a"] for r in sub}
 
     def update(self, x, feats=None) -> None:
         i0 = self.seen
         s = _flat(x)
         f = s if feats is None else np.asarray(feats, np.float64)
         self.acc.update(f)
-        if self.theta is None:
-            self.theta = swd_directions(s.shape[1])
-        self.proj.append(s @ self.theta)
+        self.fold.add(i0, s, f)
         k = 0 if self.ref.ode is None else len(self.ref.ode)
         if i0 < k:  # the paired distances to the teacher's ODE rows, folded in as they come
             self.ode_norms.append(np.linalg.norm(s[: k - i0] - self.ref.ode[i0 : i0 + len(s)], axis=1))
         if isinstance(x, torch.Tensor) and sum(len(g) for g in self.grid) < GRID_ROWS:
             self.grid.append(x.detach().cpu()[:GRID_ROWS].clone())
-        for j in range(len(s)):
-            if i0 + j in self.kid_wanted:
-                self.kid_rows[i0 + j] = f[j].copy()  # a copy: a view would keep the whole batch alive
         if self.predict is not None and self.ref.labels is not None and "cls_err" in self.names:
             self.misses += int(np.sum(self.predict(f) != self.ref.labels[i0 : i0 + len(s)].numpy()))
         self.seen += len(s)
@@ -188,7 +208,7 @@ class StreamPoint:
         if self.seen != ref.n:
             raise ValueError(f"a streaming point saw {self.seen} of its {ref.n} rows")
         mu, sigma = self.acc.mean_cov()
-        proj = np.sort(np.concatenate(self.proj), axis=0)
+        proj = self.fold.sorted_proj()
         out = {
             names["fd"]: frechet_distance(mu, sigma, ref.mu, ref.sigma),
             names["swd"]: float(np.sqrt(((proj - ref.data_proj) ** 2).mean())),
@@ -198,8 +218,7 @@ class StreamPoint:
         if self.predict is not None and ref.labels is not None and "cls_err" in names:
             out[names["cls_err"]] = self.misses / ref.n
         if ref.kid is not None:
-            sub_a = [np.stack([self.kid_rows[r] for r in rows_]) for rows_ in ref.kid["rows_a"]]
-            value, se = kid_of_subsets(sub_a, ref.kid["ref"], ref.kid["n"], ref.kid["m"], ref.kid["disjoint"])
+            value, se = kid_of_subsets(self.fold.kid, ref.kid["ref"], ref.kid["n"], ref.kid["m"], ref.kid["disjoint"])
             out |= {names["kid"]: value, f"{names['kid']}_se": se}
         return out
 
@@ -246,30 +265,25 @@ def make_stream_ref(
     n, shape = samples, tuple(data_dist.shape)
     feats_of = (lambda x: x) if features is None else features
     labels = label_rows(data_dist, seed, 0, n) if labelled else None
-    acc, proj, theta = StatsAccumulator(), [], None
+    acc = StatsAccumulator()
     stats_only = reference is not None and reference.features is None  # KID is skipped
     n_ref = n if reference is None or stats_only else len(reference.features)
     plan = None if stats_only else _kid_plan(n, n_ref, kid_subsets)
-    wanted = {} if plan is None else {r: None for sub in plan["ref_rows"] for r in sub}
+    fold = _Fold(n, None if plan is None or reference is not None else plan["ref_rows"])
     head_rows = {"data": [], "feats": []}
     for i0 in range(0, n, batch):
         x = data_rows(data_dist, seed, STREAM_DATA, i0, min(n, i0 + batch))
         f = np.asarray(feats_of(x), np.float64)
         acc.update(f)
-        theta = swd_directions(x.shape[1]) if theta is None else theta
-        proj.append(x @ theta)
-        if reference is None:
-            for j in range(len(x)):
-                if i0 + j in wanted:
-                    wanted[i0 + j] = f[j].copy()  # copies: views would keep every batch alive
+        fold.add(i0, x, f)
         if i0 < head:
             head_rows["data"].append(x[: head - i0].copy())
             head_rows["feats"].append(f[: head - i0].copy())
     mu, sigma = acc.mean_cov() if reference is None else (reference.mu, reference.sigma)
     kid = None
     if plan is not None:
-        source = wanted if reference is None else dict(enumerate(reference.features))
-        kid = plan | {"ref": [np.stack([source[r] for r in sub]) for sub in plan["ref_rows"]]}
+        ref_rows = fold.kid if reference is None else [reference.features[r] for r in plan["ref_rows"]]
+        kid = plan | {"ref": ref_rows}
     k = n if ode_samples is None else min(ode_samples, n)
     ode = None
     if k:
@@ -279,7 +293,7 @@ def make_stream_ref(
             y = None if labels is None else labels[i0:i1]
             z = noise_rows(seed, shape, i0, i1).double()
             ode[i0:i1] = _flat(ddim_sample(conditioned(teacher, y), sched, z, ode_steps)[0])
-    ref = StreamRef(n, shape, seed, mu, sigma, np.sort(np.concatenate(proj), axis=0), kid, ode, labels, {})
+    ref = StreamRef(n, shape, seed, mu, sigma, fold.sorted_proj(), kid, ode, labels, {})
     names = metric_names(n, extractor, False, None if ode is None else k)
     floor = StreamPoint(ref, names)
     for i0 in range(0, n, batch):
