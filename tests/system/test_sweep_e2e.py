@@ -32,6 +32,7 @@ def test_sweep_run_structure(ray_local, tiny_sweep, tmp_path, monkeypatch, capsy
     assert len(sweeps) == 1 and len(trials) == 2
     sweep = sweeps[0]
     assert sweep.info.status == "FINISHED"
+    assert sweep.data.tags["multistep.eval_protocol"].startswith("N=400, features identity, reference: a data sample")
     for t in trials:  # nested, finished, with the trial's params and a Ray trial id
         assert t.data.tags["mlflow.parentRunId"] == sweep.info.run_id
         assert t.info.status == "FINISHED"

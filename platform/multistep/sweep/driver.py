@@ -138,6 +138,16 @@ def _runner(cfg) -> str:
     return "tune" if cfg.resources.trial_trains_itself else "train"
 
 
+def _protocol(cfg) -> str:
+    """What the evaluation's numbers mean: N, the feature space (with the detector file's sha256), the reference."""
+    ev = cfg.eval
+    space = cfg.feature_space
+    if space == "inception":
+        space += f" {_sha256(ev.inception_path)[:16]}"
+    ref = f"reference {_sha256(ev.reference)[:16]}" if ev.reference else "reference: a data sample"
+    return f"N={ev.samples}, features {space}, {ref}, stream {ev.streaming}, repeats {ev.repeats}"
+
+
 def _sha256(path: str) -> str:
     from multistep.metrics.reference import sha256
 
@@ -226,7 +236,8 @@ def _open_runs(client, plan: SweepPlan, tracking_uri: str, storage: str, resume:
             tag.STORAGE: f"{storage}/{sweep_id}",
             "mlflow.note.content": cfg.description,
         }
-        | ({tag.EVAL_REFERENCE: _sha256(cfg.eval.reference)} if cfg.eval.reference else {}),
+        | ({tag.EVAL_REFERENCE: _sha256(cfg.eval.reference)} if cfg.eval.reference else {})
+        | {tag.EVAL_PROTOCOL: _protocol(cfg)},
     )
     srid = sweep_run.info.run_id
     ml.log_params(client, srid, ml.env_secrets_free(ml.flatten({k: v for k, v in plan.doc.items() if k != "search"})))

@@ -31,6 +31,7 @@ SWEEP_ID = "multistep.sweep_id"
 SWEEP_NAME = "multistep.sweep_name"
 TEACHER = "multistep.teacher"
 TEACHER_NAME = "multistep.teacher_name"
+EVAL_PROTOCOL = "multistep.eval_protocol"  # N, feature space (detector sha256), reference, streaming, repeats
 EVAL_REFERENCE = "multistep.eval_reference_sha256"  # sha256 of eval.reference, the statistics FD is measured against
 TEACHER_SOURCE = "multistep.teacher_source"  # an imported teacher run: diffusers, torchscript or state_dict
 TRIAL_INDEX = "multistep.trial_index"
