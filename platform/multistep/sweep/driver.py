@@ -143,7 +143,15 @@ def _protocol(cfg) -> str:
     ev = cfg.eval
     space = cfg.feature_space
     if space == "inception":
-        space += f" {_sha256(ev.inception_path)[:16]}"
+        import zipfile
+
+        try:  # TorchScript archives carry their code; state dicts do not
+            with zipfile.ZipFile(ev.inception_path) as z:
+                scripted = any("/code/" in n for n in z.namelist())
+        except zipfile.BadZipFile:  # a legacy (non-zip) torch.save file: a state dict
+            scripted = False
+        resize = "the detector graph's resize" if scripted else "bilinear 299 (metrics/inception.py)"
+        space += f" {_sha256(ev.inception_path)[:16]}, resize: {resize}"
     ref = f"reference {_sha256(ev.reference)[:16]}" if ev.reference else "reference: a data sample"
     return f"N={ev.samples}, features {space}, {ref}, stream {ev.streaming}, repeats {ev.repeats}"
 
