@@ -32,7 +32,7 @@ class Source:
 
 def load_source(arg: str) -> Source:
     """A teacher or student from SOURCE; bad input is a ConfigError naming it."""
-    from multistep.train.build import teacher_classes
+    from multistep.train.build import sample_shape, teacher_classes
 
     p = Path(arg)
     if not p.exists():
@@ -48,17 +48,17 @@ def load_source(arg: str) -> Source:
         doc = {"teacher": {"kind": "diffusers", "path": str(p)}} if p.is_dir() else read_yaml(p)
         if "teacher" not in doc:
             raise ConfigError(f"{arg}: no teacher: section")
-        shape_from_data = "data" in doc
         try:
             tc = TrialCfg.model_validate({k: doc[k] for k in ("teacher", "data") if k in doc})
         except ValidationError as e:
             raise ConfigError(f"{arg}: {describe(e)}") from None
         c = build(tc, load_data=tc.teacher.kind == "analytic")
-        shape = tuple(c.data.shape) if c.data is not None else None
-        if shape is None and tc.teacher.imported and tc.teacher.kind == "diffusers":
+        if "data" in doc or tc.teacher.kind == "analytic":
+            shape = sample_shape(tc.data, c.data)
+        elif tc.teacher.kind == "diffusers":  # a diffusers UNet knows its sample size
             u = c.teacher.net.unet.config
             shape = (u.in_channels, u.sample_size, u.sample_size)
-        if shape is None or (not shape_from_data and tc.teacher.kind not in ("diffusers", "analytic")):
+        else:
             raise ConfigError(f"{arg}: give a data: section (the sample shape of this teacher)")
         return Source(c.teacher, c.schedule, shape, "teacher", None, teacher_classes(c.teacher))
     from multistep.eval_cmd import _load_blob

@@ -187,3 +187,38 @@ def test_a_platform_student_for_an_imported_teacher_is_warm_started_onto_it(tmp_
     assert isinstance(c.student, VDenoiser) and c.student.net.net[0].in_features == 6 + 16  # 8 octave time features
     init = prepare(tc, tmp_path / "cache", log=lambda *_: None)["init"]
     assert init is not None and set(init) == set(c.student.net.state_dict())
+
+
+def test_sample_command_reads_a_teacher_yaml(tmp_path):
+    """`multistep sample SPEC.yaml`: a torchscript teacher with its data section (the sample shape) samples by DDIM."""
+    import numpy as np
+    import yaml
+
+    from multistep.cli import main
+
+    t = scripted_teacher(tmp_path, CASES[1][0], "ddpm", "v")
+    spec = {"teacher": t.model_dump(mode="json"), "data": {"kind": "gmm", "shape": [6]}}
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(spec))
+    assert (
+        main(
+            [
+                "sample",
+                str(tmp_path / "t.yaml"),
+                "--steps",
+                "4",
+                "--num",
+                "16",
+                "--seed",
+                "3",
+                "--out",
+                str(tmp_path / "x.npy"),
+            ]
+        )
+        == 0
+    )
+    f, _ = imported.load(t)
+    want = ddim_sample(f, f.schedule, torch.randn((16, 6), generator=torch.Generator().manual_seed(3), dtype=F64), 4)[0]
+    assert np.allclose(np.load(tmp_path / "x.npy"), want.float().numpy(), atol=1e-6)
+    del spec["data"]
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(spec))
+    assert main(["sample", str(tmp_path / "t.yaml"), "--steps", "4", "--out", str(tmp_path / "y.npy")]) == 2  # no shape
