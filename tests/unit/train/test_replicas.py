@@ -62,6 +62,7 @@ def _rank(rank: int, world: int, port: int, out: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         torch.save(_train(rank, world, seed=rank), f"{out}/rank{rank}.pt")
+        dist.barrier()  # both ranks are done before either tears gloo down (a peer gone mid-teardown can abort it)
     finally:
         dist.destroy_process_group()
 
