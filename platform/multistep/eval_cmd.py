@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 
 from multistep.config import ConfigError
+from multistep.metrics.reference import load_for
 
 TRIAL_DIR = re.compile(r"^trial-(\d+)$")  # Ray Train run folder of a sweep trial (sweep/driver.py)
 
@@ -33,15 +34,6 @@ def parse_steps(text: str | None) -> list[int] | None:
     if not steps or min(steps) < 1:
         raise ConfigError(f"--steps: expected positive integers separated by commas (e.g. 1,2,4,8), got {text!r}")
     return sorted(set(steps))
-
-
-def reference_of(ev):
-    """The eval.reference statistics (metrics/reference.py), or None."""
-    if not ev.reference:
-        return None
-    from multistep.metrics import reference
-
-    return reference.load(ev.reference)
 
 
 def make_reference(args, say=print) -> int:
@@ -175,7 +167,7 @@ def eval_teacher(p: Path, steps: list[int], samples: int, seed: int, say=print, 
     space, features, _, key = feature_setup(
         TrialCfg.model_construct(data=dcfg, eval=ev), data, say
     )  # unconditional: no cls_err
-    stats = reference_of(ev)
+    stats = load_for(ev)
     noise, names, dist, floor = fixed_draws(
         data, samples, seed, space, features, ev.kid_subsets, stats
     )  # + KID: the teacher run's curve
@@ -290,7 +282,7 @@ def eval_student(p: Path, blob: dict, args, steps: list[int] | None, say=print):
         features,
         kid_subsets,
         ev.ode_rows,
-        reference_of(tc.eval),
+        load_for(tc.eval),
     )  # as in sweeps
     names = ref.names(space, ref.labels is not None)
     label = method_label(tc)

@@ -11,7 +11,7 @@ from multistep.diffusion.samplers import ddim_sample, xvar_table
 from multistep.methods.base import conditioned
 from multistep.metrics.distances import paired_l2, sliced_wasserstein
 from multistep.metrics.frechet import frechet_distance, gaussian_stats
-from multistep.metrics.kid import kid
+from multistep.metrics.kid import kid, subset_size
 from multistep.metrics.reference import Reference
 
 
@@ -154,7 +154,7 @@ def evaluate(
     if predict is not None and ref.labels is not None and "cls_err" in names:
         out[names["cls_err"]] = float(np.mean(predict(f) != ref.labels.numpy()))
     if kid_subsets and fr is not None:
-        m = max(2, min(1000, len(f) // kid_subsets, len(fr) // kid_subsets))  # disjoint subsets: independent estimates
+        m = subset_size(len(f), len(fr), kid_subsets)  # disjoint subsets: independent estimates
         value, se = kid(f, fr, num_subsets=kid_subsets, subset_size=m)
         out |= {names["kid"]: value, f"{names['kid']}_se": se}
     return out

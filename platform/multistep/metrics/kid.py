@@ -36,6 +36,11 @@ def mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
     return float(same - 2.0 * kxy.sum() / m**2)
 
 
+def subset_size(n_a: int, n_b: int, num_subsets: int) -> int:
+    """The evaluation's KID subset size: disjoint subsets while they fit, at most 1,000 rows, at least 2."""
+    return max(2, min(1000, n_a // num_subsets, n_b // num_subsets))
+
+
 def kid_subsets(n_a: int, n_b: int, num_subsets: int = 100, subset_size: int = 1000, seed: int = 0):
     """(subset size m, [(rows of a, rows of b)] per subset, disjoint?) of `kid`: which rows each estimate uses.
     A streaming evaluation keeps only these rows' features."""

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,12 +39,9 @@ def expected_dim(space: str, shape: tuple) -> int | None:
     return {"identity": math.prod(shape), "pixel": math.prod(shape), "inception": INCEPTION_DIM}.get(space)
 
 
-def sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def load_for(ev) -> Reference | None:
+    """The statistics of an eval config's `reference`, or None when it names none."""
+    return load(ev.reference) if ev.reference else None
 
 
 def load(path: str | Path) -> Reference:
@@ -70,7 +66,9 @@ def load(path: str | Path) -> Reference:
         raise ValueError(f"{p}: mu has shape {mu.shape} and sigma {sigma.shape}; expected (D,) and (D, D)")
     if feats is not None and (feats.ndim != 2 or feats.shape[1] != len(mu)):
         raise ValueError(f"{p}: features have shape {feats.shape}; expected (n, {len(mu)})")
-    return Reference(mu, sigma, feats, sha256(p))
+    from multistep.metrics.extractors import file_sha256
+
+    return Reference(mu, sigma, feats, file_sha256(p, 64))
 
 
 def write(path: str | Path, mu: np.ndarray, sigma: np.ndarray, features: np.ndarray | None = None) -> Path:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from multistep.metrics.frechet import frechet_distance
-from multistep.metrics.kid import kid_of_subsets, kid_subsets
+from multistep.metrics.kid import kid_of_subsets, kid_subsets, subset_size
 from multistep.metrics.reference import Reference
 from multistep.metrics.stats import StatsAccumulator
 
@@ -230,8 +230,7 @@ def _kid_plan(n: int, n_ref: int, kid_subsets_: int) -> dict | None:
     """KID's subsets as evaluate() draws them (subset size min(1000, n / S, n_ref / S)), with the reference's rows."""
     if not kid_subsets_:
         return None
-    m = max(2, min(1000, n // kid_subsets_, n_ref // kid_subsets_))
-    m, idx, disjoint = kid_subsets(n, n_ref, kid_subsets_, m)
+    m, idx, disjoint = kid_subsets(n, n_ref, kid_subsets_, subset_size(n, n_ref, kid_subsets_))
     return {
         "m": m,
         "n": min(n, n_ref),

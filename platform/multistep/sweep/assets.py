@@ -15,6 +15,7 @@ import torch
 from multistep.config import ConfigError, TrialCfg
 from multistep.metrics.evaluate import make_eval_ref, teacher_curve
 from multistep.metrics.extractors import ClassifierExtractor, InceptionExtractor, features_fn, file_sha256, tree_sha256
+from multistep.metrics.reference import load_for
 from multistep.metrics.streaming import load_ref, make_stream_ref, stream_teacher_curve
 from multistep.tracking.teachers import resolve_mlflow_teacher
 from multistep.train import checkpoint
@@ -98,11 +99,8 @@ def prepare(cfg: TrialCfg, cache_dir: Path, log=print) -> dict:
     labelled = uses_labels(c.teacher, getattr(c.data, "labels", None) is not None)  # conditional teacher + labels
     ext = make_extractor_for(cfg, c.data, cache_dir, log)
     features = None if ext is None else features_fn(ext, c.data.shape)
-    reference = None
-    if ev.reference:
-        from multistep.metrics import reference as reference_file
-
-        reference = reference_file.load(ev.reference)
+    reference = load_for(ev)
+    if reference is not None:
         if reference.features is None and ev.kid_subsets:
             log(f"note: {ev.reference} holds statistics only (no features): KID is skipped")
     ref_key = content_hash(

@@ -16,6 +16,7 @@ from pathlib import Path
 from multistep.cli_common import say as cli_say
 from multistep.config import ConfigError, SweepPlan
 from multistep.metrics.evaluate import metric_names
+from multistep.metrics.extractors import file_sha256
 from multistep.sweep import ray_runtime
 from multistep.sweep import results as res
 from multistep.sweep.assets import content_hash, prepare, resolve_teachers
@@ -151,15 +152,9 @@ def _protocol(cfg) -> str:
         except zipfile.BadZipFile:  # a legacy (non-zip) torch.save file: a state dict
             scripted = False
         resize = "the detector graph's resize" if scripted else "bilinear 299 (metrics/inception.py)"
-        space += f" {_sha256(ev.inception_path)[:16]}, resize: {resize}"
-    ref = f"reference {_sha256(ev.reference)[:16]}" if ev.reference else "reference: a data sample"
+        space += f" {file_sha256(ev.inception_path)}, resize: {resize}"
+    ref = f"reference {file_sha256(ev.reference)}" if ev.reference else "reference: a data sample"
     return f"N={ev.samples}, features {space}, {ref}, stream {ev.streaming}, repeats {ev.repeats}"
-
-
-def _sha256(path: str) -> str:
-    from multistep.metrics.reference import sha256
-
-    return sha256(path)
 
 
 def plan_hash(plan: SweepPlan) -> str:
@@ -244,7 +239,7 @@ def _open_runs(client, plan: SweepPlan, tracking_uri: str, storage: str, resume:
             tag.STORAGE: f"{storage}/{sweep_id}",
             "mlflow.note.content": cfg.description,
         }
-        | ({tag.EVAL_REFERENCE: _sha256(cfg.eval.reference)} if cfg.eval.reference else {})
+        | ({tag.EVAL_REFERENCE: file_sha256(cfg.eval.reference, 64)} if cfg.eval.reference else {})
         | {tag.EVAL_PROTOCOL: _protocol(cfg)},
     )
     srid = sweep_run.info.run_id

@@ -178,7 +178,7 @@ def run_trial(cfg: dict, session: Session) -> dict:
     tc = TrialCfg.model_validate(cfg["trial"])
     torch.manual_seed(tc.train.seed + 1000 * rank)  # global RNG (e.g. dropout): the same in a fresh or a reused process
     stream = tc.data.kind == "parquet"  # each rank reads only its slice of the shards (not the whole dataset)
-    comps = build(tc, load_data=not stream)
+    comps = build(tc, load_data=not stream, check_teacher=False)  # the driver's shared assets checked it
     if cfg.get("init") is not None:
         comps.student.net.load_state_dict(cfg["init"])
     comps.student.to(device)

@@ -129,9 +129,10 @@ class Components:
     student: VDenoiser
 
 
-def build(cfg: TrialCfg, load_data: bool = True) -> Components:
+def build(cfg: TrialCfg, load_data: bool = True, check_teacher: bool = True) -> Components:
     """Schedule, data, teacher and student of a trial. `load_data=False` (network teachers only) leaves the
-    data to the caller, e.g. a worker streaming its slice of Parquet shards."""
+    data to the caller, e.g. a worker streaming its slice of Parquet shards. `check_teacher=False` skips an
+    imported teacher's plausibility check (trial workers: the driver's shared assets ran it already)."""
     d = cfg.data
     if cfg.teacher.kind == "analytic":
         sched = make_schedule(cfg.teacher.schedule.name, **cfg.teacher.schedule.params)
@@ -141,11 +142,8 @@ def build(cfg: TrialCfg, load_data: bool = True) -> Components:
     if cfg.teacher.imported:  # trained elsewhere: the adapter puts it on its student schedule (nets/imported.py)
         teacher = load_imported_teacher(cfg.teacher)
         data = make_data(d) if load_data else None
-        if (
-            data is not None
-            and cfg.teacher.check
-            and (err := imported.plausibility_error(teacher, *plausibility_rows(data)))
-        ):
+        check = check_teacher and cfg.teacher.check and data is not None
+        if check and (err := imported.plausibility_error(teacher, *plausibility_rows(data))):
             raise ConfigError(f"teacher.parameterization: {cfg.teacher.path}: {err}")
         student = copy.deepcopy(teacher).requires_grad_(True).train() if cfg.student.copy_teacher else None
         student = student or platform_student(cfg, teacher.schedule, sample_shape(d, data))
