@@ -55,6 +55,10 @@ def _stop(proc):
     proc.wait()
 
 
+@pytest.mark.skipif(
+    not os.environ.get("MULTISTEP_BIG_TESTS"),
+    reason="~65 s, beyond the suite's 10-minute budget on 2 cores: set MULTISTEP_BIG_TESTS=1",
+)
 def test_sweep_survives_a_tracking_server_outage(tiny_sweep, tmp_path, monkeypatch):
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")} | {
         "RAY_AUTH_MODE": "disabled"

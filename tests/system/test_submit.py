@@ -128,6 +128,10 @@ def local_head():
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+@pytest.mark.skipif(
+    not os.environ.get("MULTISTEP_BIG_TESTS"),
+    reason="~35 s, beyond the suite's 10-minute budget on 2 cores: set MULTISTEP_BIG_TESTS=1",
+)
 def test_submit_follow_runs_sweep_as_ray_job(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # absolute: the job runs in another directory
     job_id = f"multistep-test-{os.getpid()}-{int(time.time())}"
