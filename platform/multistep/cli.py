@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from multistep.commands import bench, compare, data, export, regress, sample, submit, sweep, teacher
+from multistep.commands import bench, claims, compare, data, export, regress, sample, submit, sweep, teacher
 from multistep.commands import eval as eval_
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -21,6 +21,7 @@ COMMANDS = (
     bench,
     regress,
     compare,
+    claims,
     eval_,
     sample,
     export,

@@ -311,7 +311,7 @@ def eval_student(p: Path, blob: dict, args, steps: list[int] | None, say=print):
 
     rows, kept = [], {}
     points = final_points(evaluations, ref, names, ev, "cpu", features or (lambda x: None), predict, 0)  # as trials
-    for lb, n, x, values, nfe in points:
+    for lb, n, x, values, nfe, _ in points:
         kept[(lb, n)] = x[: GRID**2]
         rows += [{"method": lb, "student_steps": n, "nfe": nfe, **common} | r for r in metric_rows(values, names)]
     if args.with_teacher:

@@ -73,3 +73,28 @@ def test_sweep_run_structure(ray_local, tiny_sweep, tmp_path, monkeypatch, capsy
     mcd = [r for r in table if r["method"] == "mcd" and r["metric"] == "fd_identity_400"]
     assert sorted(r["student_steps"] for r in mcd) == [1, 2]
     assert (out_dir / "metric_vs_steps.png").stat().st_size > 10_000
+
+    # eval.keep_rows: the rows `multistep claims` compares, on the sweep run (reference, largest teacher point) and
+    # on each trial; its FDs recomputed from them equal the logged ones (all 400 rows kept, float32)
+    assert {a.path for a in client.list_artifacts(sweep.info.run_id, "eval_rows")} == {
+        "eval_rows/reference.npy",
+        "eval_rows/teacher_ddim_4.npy",
+        "eval_rows/teacher_addim_4.npy",
+    }
+    from multistep.cli import main
+
+    assert main(["claims", sweep.info.run_id, "--n-boot", "20", "--tracking-uri", uri, "--out", str(tmp_path / "c")]) == 0
+    out = capsys.readouterr().out
+    assert "(1) MCD's FD falls as S grows" in out and "mcd S=2" in out and "not measured: mcd S=4" in out
+    claimed = {(r["method"], int(r["student_steps"])): float(r["fd"]) for r in csv_rows(tmp_path / "c" / "claims.csv")}
+    logged = {(r["method"], r["student_steps"]): r["value"] for r in table if r["metric"] == "fd_identity_400"}
+    for key in [("mcd", 1), ("mcd", 2), ("teacher_addim", 4)]:
+        assert claimed[key] == pytest.approx(logged[key], rel=1e-4)
+    assert (tmp_path / "c" / "claims.md").read_text().count("| (") == 6  # the six claims, each with its verdict
+
+
+def csv_rows(path):
+    import csv
+
+    with open(path) as f:
+        return list(csv.DictReader(f))

@@ -323,6 +323,9 @@ class EvalCfg(Strict):
     stream: Literal["auto", "on", "off"] = (
         "auto"  # streaming evaluation (memory bounded in samples; metrics/streaming.py): auto = above 10,000 samples
     )
+    keep_rows: Annotated[int, Field(ge=0)] = (
+        0  # features of the first rows of every final point kept as artifacts eval_rows/<label>_<steps>.npy (+ the reference's, the largest teacher point's) for `multistep claims`; 0 = off
+    )
 
     @property
     def streaming(self) -> bool:
@@ -341,6 +344,12 @@ class EvalCfg(Strict):
                 self.bootstrap,
                 "resamples the samples held in memory: not with a streaming evaluation (stream: off)",
             )
+        return self
+
+    @model_validator(mode="after")
+    def _keep(self):
+        if self.keep_rows > self.samples:
+            raise sub_field_error("keep_rows", self.keep_rows, f"more rows than eval.samples ({self.samples})")
         return self
 
     @model_validator(mode="after")

@@ -7,8 +7,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+
+EVAL_ROWS = "eval_rows"  # artifact folder of the kept feature rows (eval.keep_rows) on trial and sweep runs
+REFERENCE = "reference"  # the reference's rows, on the sweep run
+
+
+def rows_file(label: str, steps: int | None = None) -> str:
+    """eval_rows/<label>_<steps>.npy: one curve point's kept rows (reference.npy: the reference's)."""
+    return f"{label}.npy" if steps is None else f"{label}_{steps}.npy"
+
+
+def save_rows(rows: np.ndarray, folder: Path, label: str, steps: int | None = None) -> str:
+    path = Path(folder) / rows_file(label, steps)
+    np.save(path, np.asarray(rows, np.float32))
+    return str(path)
 
 
 @dataclass
@@ -30,19 +45,65 @@ class Difference:
         return f"{a} {word} than {b} by {abs(self.value):.4g} {ci}"
 
 
+@dataclass
+class Estimate:
+    value: float  # the metric on the full sets (the mean over training seeds)
+    lo: float  # its bootstrap interval
+    hi: float
+    level: float
+
+    def describe(self) -> str:
+        return f"{self.value:.4g} [{self.lo:.4g}, {self.hi:.4g}]"
+
+
+def _sets(x) -> list[np.ndarray]:
+    """One (n, d) float64 array per training seed (a single array: one seed)."""
+    xs = x if isinstance(x, (list, tuple)) else [x]
+    return [np.asarray(v, np.float64).reshape(len(v), -1) for v in xs]
+
+
+def _bootstrap(per_seed: Callable, n_seeds: int, n: int, n_ref: int, n_boot: int, seed: int, level: float):
+    """(value, lo, hi) of the mean over seeds of per_seed(k, rows, ref_rows), over n_boot resamples that draw the
+    seeds with replacement (when there are several), then sample rows i and reference rows j (each with replacement):
+    a hierarchical bootstrap over training seeds and evaluation samples."""
+    every, every_ref = np.arange(n), np.arange(n_ref)
+    value = float(np.mean([per_seed(k, every, every_ref) for k in range(n_seeds)]))
+    rng = np.random.default_rng(seed)
+    draws = np.empty(n_boot)
+    for r in range(n_boot):
+        ks = rng.integers(0, n_seeds, n_seeds) if n_seeds > 1 else [0]
+        i, j = rng.integers(0, n, n), rng.integers(0, n_ref, n_ref)
+        draws[r] = np.mean([per_seed(k, i, j) for k in ks])
+    tail = (1 - level) / 2
+    lo, hi = np.quantile(draws, [tail, 1 - tail])
+    return value, float(lo), float(hi)
+
+
+def interval(a, ref, metric: Callable, n_boot: int = 200, seed: int = 0, level: float = 0.95) -> Estimate:
+    """metric(a, ref) with its bootstrap interval; a: one array or one per training seed (then their mean)."""
+    A, ref = _sets(a), _sets(ref)[0]
+    fn = lambda k, i, j: metric(A[k][i], ref[j])  # noqa: E731
+    return Estimate(*_bootstrap(fn, len(A), len(A[0]), len(ref), n_boot, seed, level), level)
+
+
 def paired_difference(
     a, b, ref, metric: Callable[[np.ndarray, np.ndarray], float], n_boot: int = 200, seed: int = 0, level: float = 0.95
 ) -> Difference:
     """metric(a, ref) - metric(b, ref) and its percentile interval over n_boot paired resamples: the same row
-    indices i for a and b (they share their noise), independent indices j for the reference rows."""
-    a, b, ref = (np.asarray(x, np.float64).reshape(len(x), -1) for x in (a, b, ref))
-    if len(a) != len(b):
-        raise ValueError(f"paired sets need the same rows (noise), got {len(a)} and {len(b)}")
-    rng = np.random.default_rng(seed)
-    diffs = np.empty(n_boot)
-    for k in range(n_boot):
-        i, j = rng.integers(0, len(a), len(a)), rng.integers(0, len(ref), len(ref))
-        diffs[k] = metric(a[i], ref[j]) - metric(b[i], ref[j])
-    tail = (1 - level) / 2
-    lo, hi = np.quantile(diffs, [tail, 1 - tail])
-    return Difference(metric(a, ref) - metric(b, ref), float(lo), float(hi), level)
+    indices i for a and b (they share their noise), independent indices j for the reference rows. a and b may be
+    lists with one array per training seed (a[k] and b[k] trained from seed k): the difference is then the mean
+    over seeds and each resample also redraws the seeds, the same for both (hierarchical bootstrap)."""
+    A, B, ref = _sets(a), _sets(b), _sets(ref)[0]
+    if len(A) != len(B):
+        raise ValueError(f"paired sets need the same training seeds, got {len(A)} and {len(B)}")
+    if any(len(x) != len(y) for x, y in zip(A, B)):
+        raise ValueError(f"paired sets need the same rows (noise), got {len(A[0])} and {len(B[0])}")
+    fn = lambda k, i, j: metric(A[k][i], ref[j]) - metric(B[k][i], ref[j])  # noqa: E731
+    return Difference(*_bootstrap(fn, len(A), len(A[0]), len(ref), n_boot, seed, level), level)
+
+
+def fd(x: np.ndarray, ref: np.ndarray) -> float:
+    """The Frechet distance of two row sets (their Gaussian statistics)."""
+    from multistep.metrics.frechet import frechet_distance, gaussian_stats
+
+    return frechet_distance(*gaussian_stats(x), *gaussian_stats(ref))

@@ -182,9 +182,9 @@ class _Fold:
 class StreamPoint:
     """One curve point's samples folded in batch by batch (any batch size, rows in order)."""
 
-    def __init__(self, ref: StreamRef, names: dict[str, str], predict=None):
-        self.ref, self.names, self.predict = ref, names, predict
-        self.acc, self.ode_norms, self.grid = StatsAccumulator(), [], []
+    def __init__(self, ref: StreamRef, names: dict[str, str], predict=None, keep: int = 0):
+        self.ref, self.names, self.predict, self.keep = ref, names, predict, keep
+        self.acc, self.ode_norms, self.grid, self.kept = StatsAccumulator(), [], [], []
         self.fold = _Fold(ref.n, None if ref.kid is None else ref.kid["rows_a"])
         self.misses, self.seen = 0, 0
 
@@ -197,6 +197,8 @@ class StreamPoint:
         k = 0 if self.ref.ode is None else len(self.ref.ode)
         if i0 < k:  # the paired distances to the teacher's ODE rows, folded in as they come
             self.ode_norms.append(np.linalg.norm(s[: k - i0] - self.ref.ode[i0 : i0 + len(s)], axis=1))
+        if i0 < self.keep:  # the feature rows `multistep claims` resamples (float32)
+            self.kept.append(f[: self.keep - i0].astype(np.float32))
         if isinstance(x, torch.Tensor) and sum(len(g) for g in self.grid) < GRID_ROWS:
             self.grid.append(x.detach().cpu()[:GRID_ROWS].clone())
         if self.predict is not None and self.ref.labels is not None and "cls_err" in self.names:
@@ -224,6 +226,9 @@ class StreamPoint:
 
     def samples_for_grid(self) -> torch.Tensor:
         return torch.cat(self.grid)[:GRID_ROWS]
+
+    def kept_rows(self) -> np.ndarray | None:
+        return np.concatenate(self.kept) if self.kept else None
 
 
 def _kid_plan(n: int, n_ref: int, kid_subsets_: int) -> dict | None:
@@ -323,6 +328,7 @@ def stream_points(
     features=None,
     predict=None,
     noise_dtype=None,
+    keep: int = 0,
 ) -> list:
     """The streaming counterpart of evaluate.sample_points + evaluate: [(label, steps, StreamPoint, nfe)] of every
     point of a method's curve, sampled from the reference's noise in batches of `batch_size` rows on `device`."""
@@ -336,7 +342,7 @@ def stream_points(
                 x, nfe = sampler(noise.to(device))
                 x = x.cpu()
                 if (label, steps) not in points:
-                    points[(label, steps)] = (StreamPoint(ref, names, predict), nfe)
+                    points[(label, steps)] = (StreamPoint(ref, names, predict, keep), nfe)
                 points[(label, steps)][0].update(x, None if features is None else features(x))
     return [(label, steps, p, nfe) for (label, steps), (p, nfe) in points.items()]
 

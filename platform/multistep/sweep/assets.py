@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from multistep.config import ConfigError, TrialCfg
-from multistep.metrics.evaluate import make_eval_ref, teacher_curve
+from multistep.metrics.evaluate import make_eval_ref, teacher_curve, teacher_samplers
 from multistep.metrics.extractors import ClassifierExtractor, InceptionExtractor, features_fn, file_sha256, tree_sha256
 from multistep.metrics.reference import load_for
 from multistep.metrics.streaming import load_ref, make_stream_ref, stream_teacher_curve
@@ -174,6 +174,14 @@ def prepare(cfg: TrialCfg, cache_dir: Path, log=print) -> dict:
         )
         return {"state": state, "report": report}
 
+    rows = None
+    if (
+        ev.keep_rows
+    ):  # for `multistep claims`: the reference's rows and the largest teacher point's, paired by noise row
+        rows_key = content_hash({"ref": ref_key, "keep": ev.keep_rows, "steps": max(ev.teacher_steps)})
+        make_rows = lambda: kept_reference_rows(c, ref, ev, features)  # noqa: E731
+        rows = _cached(cache_dir / f"evalrows-{rows_key}.pt", make_rows, log)
+
     copied = cfg.teacher.imported and s.copy_teacher  # a copy of the teacher needs no warm start
     warm = s.init_iterations > 0 and (cfg.teacher.kind == "analytic" or (cfg.teacher.imported and not copied))
     init = _cached(cache_dir / f"init-{init_key}.pt", make_init, log) if warm else None
@@ -184,4 +192,34 @@ def prepare(cfg: TrialCfg, cache_dir: Path, log=print) -> dict:
         "init": None if init is None else init["state"],
         "init_report": None if init is None else init["report"],
         "extractor": None if ext is None else ext.spec(),
+        "eval_rows": rows,  # the driver logs them on the sweep run; they do not travel to the trials
     }
+
+
+def kept_reference_rows(c, ref, ev, features) -> dict:
+    """{reference: the features of the reference's first eval.keep_rows data rows, teacher_ddim_<N> / teacher_addim_<N>:
+    the teacher's at N = the largest teacher step count, from the same noise rows as the students'} (float32)."""
+    from multistep.metrics.streaming import STREAM_DATA, StreamRef, data_rows, stream_points
+    from multistep.sweep.worker import kept_rows
+
+    k, n = ev.keep_rows, max(ev.teacher_steps)
+    feats = (lambda x: x) if features is None else features
+    # all step counts' samplers, as the teacher curve draws their aDDIM tables from one generator in turn; the largest
+    samplers = [
+        sm
+        for sm in teacher_samplers(c.teacher, c.schedule, c.data, ev.teacher_steps, ref.labels is not None)
+        if sm[1] == n
+    ]
+    if isinstance(ref, StreamRef):
+        data = data_rows(c.data, ev.seed, STREAM_DATA, 0, k)
+        evaluations = lambda y, i0: [(lb, m, make(y)) for lb, m, make in samplers]  # noqa: E731
+        names = ref.names("identity")
+        points = stream_points(
+            evaluations, ref, names, ev.batch_size, features=features, noise_dtype=torch.float64, keep=k
+        )
+        teacher = {f"{lb}_{m}": p.kept_rows() for lb, m, p, _ in points}
+    else:
+        data, labels = ref.data[:k], None if ref.labels is None else ref.labels[:k]
+        noise = ref.noise[:k].double()
+        teacher = {f"{lb}_{m}": kept_rows(feats(make(labels)(noise)[0]), k) for lb, m, make in samplers}
+    return {"reference": kept_rows(feats(data), k)} | teacher

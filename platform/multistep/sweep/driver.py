@@ -9,6 +9,7 @@ config, each trial training in its own process (1 worker) or a small train drive
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -17,6 +18,7 @@ from multistep.cli_common import say as cli_say
 from multistep.config import ConfigError, SweepPlan
 from multistep.metrics.evaluate import metric_names
 from multistep.metrics.extractors import file_sha256
+from multistep.metrics.paired import EVAL_ROWS, save_rows
 from multistep.sweep import ray_runtime
 from multistep.sweep import results as res
 from multistep.sweep.assets import content_hash, prepare, resolve_teachers
@@ -279,7 +281,7 @@ def split_storage(storage: str) -> tuple[str, Path]:
 def _shared_assets(plan: SweepPlan, client, srid: str, storage_dir: Path, resume: bool, say):
     """Shared assets, computed once per distinct (data, teacher, student, eval): (assets, key per trial, the first
     trial's). In the main thread, so Ctrl-C stops them at once; the teacher curve goes on the sweep run."""
-    assets, asset_keys = {}, []
+    assets, asset_keys, eval_rows = {}, [], None
     for trial in plan.trials:
         tc, doc = trial.cfg, trial.doc()
         key = content_hash({k: doc[k] for k in ("data", "teacher", "student", "eval")} | {"seed": tc.train.seed})
@@ -287,6 +289,7 @@ def _shared_assets(plan: SweepPlan, client, srid: str, storage_dir: Path, resume
             assets[key] = prepare(tc, storage_dir / "cache", log=say) | {
                 "proxy_samples": plan.cfg.scheduler.proxy_samples
             }
+            eval_rows = assets[key].pop("eval_rows") or eval_rows  # the same for every trial of one evaluation
         asset_keys.append(key)
         if err := guidance_error(tc, assets[key]["eval_ref"]["labels"] is not None):  # CFG needs a conditional teacher
             raise ConfigError(f"{plan.path}: {err}")
@@ -296,6 +299,10 @@ def _shared_assets(plan: SweepPlan, client, srid: str, storage_dir: Path, resume
             ml.log_curve(client, srid, f"{row['metric']}/{row['method']}", [(row["student_steps"], row["value"])])
         client.set_tag(srid, tag.EVAL_REF_HASH, first["eval_ref_hash"])
         ml.log_params(client, srid, {f"noise_floor.{k}": f"{v:.6g}" for k, v in first["eval_ref"]["floor"].items()})
+        if eval_rows:  # eval.keep_rows: the reference's and the teacher's rows, for `multistep claims`
+            with tempfile.TemporaryDirectory() as d:
+                for name, rows in eval_rows.items():
+                    client.log_artifact(srid, save_rows(rows, Path(d), name), EVAL_ROWS)
         reports = [a["init_report"] for a in assets.values() if a.get("init_report")]
         for j, rep in enumerate(reports):  # the warm start's v-space error against the teacher, step = 1000 t
             suffix = "" if len(reports) == 1 else f"/{j}"

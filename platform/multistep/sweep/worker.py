@@ -118,10 +118,11 @@ def summary_metrics(final: dict, names: dict, state, gpus: float) -> dict[str, f
 
 
 def final_points(evaluations, ref, names, ev, device, features, predict, rank: int):
-    """[(label, steps, samples for the grid, metrics, nfe)] of every point of the curve on rank 0 (conditional
-    students: the reference's fixed labels); streamed in batches with a StreamRef, else held in memory. With
-    eval.repeats = K > 1 each point is evaluated from K noise seeds (the reference's, then seed + 1000 r): its
-    metrics are their mean, "<metric>_repeat_std" their standard deviation; the paired ODE error is the first's."""
+    """[(label, steps, samples for the grid, metrics, nfe, kept rows)] of every point of the curve on rank 0
+    (conditional students: the reference's fixed labels); streamed in batches with a StreamRef, else held in memory.
+    kept rows: the features of the first eval.keep_rows rows (float32; None when 0). With eval.repeats = K > 1 each
+    point is evaluated from K noise seeds (the reference's, then seed + 1000 r): its metrics are their mean,
+    "<metric>_repeat_std" their standard deviation; the paired ODE error and the kept rows are the first's."""
     if rank != 0:
         return []
     runs = [
@@ -131,14 +132,14 @@ def final_points(evaluations, ref, names, ev, device, features, predict, rank: i
     if ev.repeats == 1:
         return runs[0]
     out = []
-    for i, (label, steps, x, metrics, nfe) in enumerate(runs[0]):
+    for i, (label, steps, x, metrics, nfe, kept) in enumerate(runs[0]):
         merged = dict(metrics)
         for k in names.values():
             if k == names["ode"] or k not in metrics:
                 continue
             vals = [run[i][3][k] for run in runs]
             merged[k], merged[f"{k}_repeat_std"] = float(np.mean(vals)), float(np.std(vals, ddof=1))
-        out.append((label, steps, x, merged, nfe))
+        out.append((label, steps, x, merged, nfe, kept))
     return out
 
 
@@ -146,25 +147,34 @@ def _points(evaluations, ref, names, ev, device, features, predict, first: bool)
     from multistep.metrics.evaluate import bootstrap_se, evaluate, sample_points
     from multistep.metrics.streaming import StreamRef, stream_points
 
+    keep = ev.keep_rows if first else 0
     if isinstance(ref, StreamRef):
-        return [
-            (label, steps, p.samples_for_grid(), p.result(), nfe)
-            for label, steps, p, nfe in stream_points(evaluations, ref, names, ev.batch_size, device, features, predict)
-        ]
+        points = stream_points(evaluations, ref, names, ev.batch_size, device, features, predict, keep=keep)
+        return [(label, steps, p.samples_for_grid(), p.result(), nfe, p.kept_rows()) for label, steps, p, nfe in points]
     out = []
     for label, steps, x, nfe in sample_points(evaluations, ref.noise, ref.labels, ev.batch_size, device):
         feats = features(x)
         metrics = evaluate(x, ref, names, feats, ev.kid_subsets, predict)
         if ev.bootstrap and first:
             metrics |= bootstrap_se(x, ref, names, ev.bootstrap, ev.seed, feats)
-        out.append((label, steps, x, metrics, nfe))
+        kept = kept_rows(x if feats is None else feats, keep)
+        out.append((label, steps, x, metrics, nfe, kept))
     return out
+
+
+def kept_rows(x, keep: int) -> np.ndarray | None:
+    """The first `keep` rows of samples or features, flattened, float32 (None when keep is 0)."""
+    if not keep:
+        return None
+    x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    return x[:keep].reshape(min(keep, len(x)), -1).astype(np.float32)
 
 
 def run_trial(cfg: dict, session: Session) -> dict:
     from multistep.config import TrialCfg
     from multistep.metrics.evaluate import evaluate, sample_points
     from multistep.metrics.extractors import features_fn, from_spec
+    from multistep.metrics.paired import EVAL_ROWS, save_rows
     from multistep.metrics.streaming import load_ref
     from multistep.sweep.results import save_grid
     from multistep.tracking.mlflow_layout import RunLogger
@@ -303,7 +313,7 @@ def run_trial(cfg: dict, session: Session) -> dict:
         )
     final: dict = {}
     evaluations = lambda y, seed: method.evaluations(state.ema, y, seed)  # noqa: E731
-    for label, steps, x, metrics, nfe in final_points(
+    for label, steps, x, metrics, nfe, kept in final_points(
         evaluations, ref, names, tc.eval, device, features, predict, rank
     ):
         # metrics: + "<kid>_se" (the results table's se column), + "<metric>_se" of the others with eval.bootstrap
@@ -313,6 +323,10 @@ def run_trial(cfg: dict, session: Session) -> dict:
             if x.ndim == 4:  # images: an 8x8 grid of the first samples, artifact samples/<label>_<steps>steps.png
                 with tempfile.TemporaryDirectory() as d:  # named as in the results table
                     logger.artifact(str(save_grid(x, Path(d) / f"{label}_{steps}steps.png")), "samples")
+            if kept is not None:  # the rows `multistep claims` compares, paired by noise row
+                with tempfile.TemporaryDirectory() as d:
+                    name = method_label(tc) if label == method.label else label  # as in the results table
+                    logger.artifact(save_rows(kept, Path(d), name, steps), EVAL_ROWS)
         if steps == tc.method.student_steps and label == method.label:
             final = {**metrics, "nfe": nfe}
     final |= {**last_proxy, "iteration": state.iteration, "wall_seconds": state.wall_seconds, "final": 1}

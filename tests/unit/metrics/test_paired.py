@@ -36,3 +36,22 @@ def test_the_same_method_twice_is_no_difference():
     assert d.describe().startswith("no difference detected")
     with pytest.raises(ValueError, match="same rows"):
         paired_difference(a, a[:10], ref, fd)
+
+
+def test_training_seeds_are_resampled_together_with_the_rows():
+    """Three seeds: b_k = a_k + c_k. The difference is the mean over seeds of c_k^2 + 2 c_k (mu_a_k - mu_r); each
+    resample draws the seeds (with replacement), then rows shared by a and b, then reference rows: by hand."""
+    rng = np.random.default_rng(3)
+    a = [rng.normal(0.1 * k, 1.0, (200, 1)) for k in range(3)]
+    c, ref = [0.3, 0.5, 0.8], rng.normal(1.0, 1.0, (250, 1))
+    d = paired_difference([x + ck for x, ck in zip(a, c)], a, ref, fd, n_boot=100, seed=9)
+    closed = lambda k, i, j: c[k] ** 2 + 2 * c[k] * (a[k][i].mean() - ref[j].mean())  # noqa: E731
+    assert d.value == pytest.approx(np.mean([closed(k, slice(None), slice(None)) for k in range(3)]), rel=1e-9)
+    boot, hand = np.random.default_rng(9), []
+    for _ in range(100):
+        ks = boot.integers(0, 3, 3)
+        i, j = boot.integers(0, 200, 200), boot.integers(0, 250, 250)
+        hand.append(np.mean([closed(k, i, j) for k in ks]))
+    assert (d.lo, d.hi) == tuple(pytest.approx(q, rel=1e-9) for q in np.quantile(hand, [0.025, 0.975]))
+    with pytest.raises(ValueError, match="training seeds"):
+        paired_difference(a, a[:2], ref, fd)

@@ -112,7 +112,9 @@ def test_a_sweep_trial_evaluates_by_streaming(tmp_path):
     c = build(tc)
     names = ref.names("identity")
     evaluations = lambda y, seed: [("t4", 4, lambda z: (ddim_sample(c.teacher, c.schedule, z.double(), 4)[0], 4))]  # noqa: E731
-    [(label, steps, x, metrics, nfe)] = final_points(evaluations, ref, names, tc.eval, "cpu", lambda x: None, None, 0)
+    [(label, steps, x, metrics, nfe, _)] = final_points(
+        evaluations, ref, names, tc.eval, "cpu", lambda x: None, None, 0
+    )
     mem = in_memory()
     want = evaluate(samples(mem.noise), mem, names, kid_subsets=5)
     assert metrics[names["fd"]] == pytest.approx(want[names["fd"]], rel=1e-9) and x.shape == (64, 5)

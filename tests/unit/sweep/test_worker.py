@@ -23,7 +23,7 @@ def test_repeats_report_the_mean_and_std_over_noise_seeds():
     names = ref.names("identity")
     ev = EvalCfg(samples=400, repeats=3, seed=3, kid_subsets=0)
     sampler = lambda z: (ddim_sample(TEACHER, COS, z.double(), 2)[0], 2)  # noqa: E731
-    [(_, _, x, metrics, _)] = final_points(
+    [(_, _, x, metrics, _, _)] = final_points(
         lambda y, s: [("t2", 2, sampler)], ref, names, ev, "cpu", lambda x: None, None, 0
     )
     per_seed = [evaluate(sampler(ref.with_noise_seed(r, 3).noise)[0], ref, names)[names["fd"]] for r in range(3)]

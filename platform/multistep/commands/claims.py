@@ -1,0 +1,126 @@
+"""`multistep claims`: the paper's six claims decided on benchmark sweeps (regress/claims.py), from MLflow."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = """\
+Decide the MCM paper's claims on one or more finished benchmark sweeps (e.g. sweeps/paper_gmm_3k.yaml, _10k,
+_30k): every point's FD with its 95% interval, and for each claim the paired comparisons behind its verdict
+(holds / fails / undecided / not measured). The sweeps must keep their evaluation rows (eval.keep_rows > 0):
+a comparison resamples the same noise rows of both methods and pairs their training seeds. Labels read: mcd,
+mct, tract, pd, mcd_fixed<N>, mcd_ddim. --out DIR writes claims.md and claims.csv, and with several sweeps
+budget.png (FD against training iterations at S = 4 and 8). Exit codes: 0 decided, 2 bad input."""
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    s = subparsers.add_parser(
+        "claims",
+        help="the paper's six claims decided on benchmark sweeps (paired, with intervals)",
+        description=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    s.add_argument("sweeps", nargs="+", metavar="RUN_OR_SWEEP", help="sweep run ids or sweep names")
+    s.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples per interval (default 200)")
+    s.add_argument("--out", default=None, help="folder for claims.md, claims.csv, budget.png (default: print only)")
+    s.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default sqlite:///<cwd>/mlflow.db)")
+    return s
+
+
+def run(args) -> int:
+    from multistep.config import ConfigError
+
+    if args.n_boot < 20:
+        raise ConfigError(f"--n-boot {args.n_boot}: an interval needs at least 20 resamples")
+    from multistep.commands.compare import _find
+    from multistep.regress import claims
+    from multistep.sweep.preflight import tracking_uri
+    from multistep.tracking import eval_rows
+    from multistep.tracking import mlflow_layout as ml
+
+    client = ml.client(tracking_uri(args.tracking_uri))
+    sweeps = [_find(client, a) for a in args.sweeps]
+    sections, table, budget = [], [], {}
+    for arg, sweep in zip(args.sweeps, sweeps):
+        points, ref, iterations = eval_rows.load(client, sweep)
+        if ref is None:
+            raise ConfigError(
+                f"RUN_OR_SWEEP {arg}: sweep run {sweep.info.run_id} kept no evaluation rows (set eval.keep_rows)"
+            )
+        name = sweep.data.tags.get("multistep.sweep_id", sweep.info.run_id)
+        print(f"{name}: {len(points)} points, {len(ref)} rows each; {args.n_boot} paired resamples", flush=True)
+        rows = claims.point_table(points, ref, args.n_boot)
+        verdicts = claims.decide(points, ref, args.n_boot)
+        text = claims.format_verdicts(verdicts)
+        print(text + "\n")
+        for r in rows:
+            r |= {"sweep": name, "train_iterations": iterations.get((r["method"], r["student_steps"]))}
+            budget.setdefault((r["method"], r["student_steps"]), []).append(r)
+        table += rows
+        sections.append((name, rows, verdicts))
+    if args.out:
+        _write(args.out, table, sections, budget if len(sweeps) > 1 else None)
+    return 0
+
+
+def _write(out_dir: str, table: list[dict], sections: list, budget: dict | None) -> None:
+    import csv
+    from pathlib import Path
+
+    from multistep.atomic import write_with
+
+    out = Path(out_dir)
+
+    def write_csv(p):
+        with open(p, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(table[0]))
+            w.writeheader()
+            w.writerows(table)
+
+    md = []
+    for name, rows, verdicts in sections:
+        md += [f"### {name}", "", "| method | S | seeds | FD (95% CI) |", "|---|---|---|---|"]
+        md += [
+            f"| {r['method']} | {r['student_steps']} | {r['seeds']} | {r['fd']:.4g} [{r['lo']:.4g}, {r['hi']:.4g}] |"
+            for r in rows
+        ]
+        md += ["", "| claim | verdict | comparisons |", "|---|---|---|"]
+        md += [
+            f"| ({v.number}) {v.claim} | **{v.verdict}** | {'<br>'.join(c.describe() for c in v.comparisons) or '-'} |"
+            for v in verdicts
+        ]
+        md.append("")  # fmt: skip
+    write_with(out / "claims.csv", write_csv)
+    write_with(out / "claims.md", lambda p: p.write_text("\n".join(md)))
+    written = [out / "claims.csv", out / "claims.md"]
+    if budget:
+        written.append(_plot_budget(budget, out / "budget.png"))
+    print("wrote " + ", ".join(str(p) for p in written))
+
+
+def _plot_budget(budget: dict, path):
+    """FD against training iterations, one line per method, at S = 4 and 8, with the intervals as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from multistep.atomic import write_with
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, steps in zip(axes, (4, 8)):
+        for j, ((method, s), rows) in enumerate(sorted(budget.items())):
+            pts = sorted((r["train_iterations"], r) for r in rows if s == steps and r["train_iterations"])
+            if not pts:
+                continue
+            xs = [x for x, _ in pts]
+            ys = [r["fd"] for _, r in pts]
+            err = [[r["fd"] - r["lo"] for _, r in pts], [r["hi"] - r["fd"] for _, r in pts]]
+            ax.errorbar(xs, ys, yerr=err, marker="o", ms=3, capsize=2, color=f"C{j % 10}", label=method)
+        ax.set(xscale="log", yscale="log", xlabel="training iterations", title=f"S = {steps}")
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("FD (mean over seeds, 95% CI)")
+    fig.tight_layout()
+    write_with(path, lambda p: fig.savefig(p, dpi=120))
+    plt.close(fig)
+    return path
