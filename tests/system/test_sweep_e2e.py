@@ -83,7 +83,9 @@ def test_sweep_run_structure(ray_local, tiny_sweep, tmp_path, monkeypatch, capsy
     }
     from multistep.cli import main
 
-    assert main(["claims", sweep.info.run_id, "--n-boot", "20", "--tracking-uri", uri, "--out", str(tmp_path / "c")]) == 0
+    assert (
+        main(["claims", sweep.info.run_id, "--n-boot", "20", "--tracking-uri", uri, "--out", str(tmp_path / "c")]) == 0
+    )
     out = capsys.readouterr().out
     assert "(1) MCD's FD falls as S grows" in out and "mcd S=2" in out and "not measured: mcd S=4" in out
     claimed = {(r["method"], int(r["student_steps"])): float(r["fd"]) for r in csv_rows(tmp_path / "c" / "claims.csv")}

@@ -44,22 +44,80 @@ class Trial:
 
 
 class SweepPlan:
-    """A validated sweep: the config, the raw document, and the concrete trials it expands to."""
+    """A validated sweep: the config, the raw document, and the concrete trials it expands to. An adaptive search
+    (search_alg: optuna) plans one trial, the base config: its trials are proposed while the sweep runs
+    (`proposed` builds one from the search algorithm's values)."""
 
     def __init__(self, path: str, cfg: SweepCfg, doc: dict, trials: list[Trial]):
         self.path, self.cfg, self.doc, self.trials = path, cfg, doc, trials
 
+    @property
+    def adaptive(self) -> bool:
+        return self.cfg.search_alg.adaptive
+
     def trial_cfg(self, i: int) -> TrialCfg:
         return self.trials[i].cfg
 
+    def proposed(self, values: dict[str, Any]) -> Trial:
+        """The trial of a search algorithm's values (dotted config path -> value); ConfigError when invalid."""
+        return _trial(_base(self.doc), values, self.path)
+
+
+ASSET_SECTIONS = ("data", "teacher", "student", "eval")  # what the shared assets depend on (and train.seed)
+
+
+def _base(doc: dict) -> dict:
+    return {k: v for k, v in doc.items() if k in TrialCfg.model_fields}
+
+
+def _trial(base: dict, ov: dict[str, Any], path: str) -> Trial:
+    trial_doc = base
+    for k, v in ov.items():
+        if k.split(".")[0] not in TrialCfg.model_fields:
+            raise ConfigError(
+                f"{path}: search.{k}: unknown config path (expected one under {', '.join(TrialCfg.model_fields)})"
+            )
+        try:
+            trial_doc = set_path(trial_doc, k, v)
+        except KeyError:
+            raise ConfigError(f"{path}: search.{k}: path goes through a non-mapping value") from None
+    try:
+        tc = TrialCfg.model_validate(trial_doc)
+    except ValidationError as e:
+        raise ConfigError(f"{path}: {describe(e)} (from search values {ov})") from None
+    return Trial(ov, tc, tc.model_dump(mode="json"))
+
+
+def _adaptive(cfg: SweepCfg, doc: dict, path: str) -> list[Trial]:
+    """Check an adaptive search's axes before anything starts: one block, none under the shared assets' sections
+    (nor train.seed), every choice and both ends of every range a valid trial. Returns [the base trial]."""
+    if isinstance(cfg.search, list):
+        raise ConfigError(f"{path}: search: search_alg {cfg.search_alg.name} takes one block of axes, not a list")
+    if not cfg.search:
+        raise ConfigError(f"{path}: search: search_alg {cfg.search_alg.name} needs at least one axis to search")
+    if cfg.num_samples > cfg.max_trials:
+        raise ConfigError(f"{path}: num_samples {cfg.num_samples} is more than max_trials = {cfg.max_trials}")
+    base = _base(doc)
+    for k, a in cfg.search.items():
+        if k.split(".")[0] in ASSET_SECTIONS or k == "train.seed":
+            raise ConfigError(
+                f"{path}: search.{k}: an adaptive search cannot vary {k} (the shared warm start and evaluation "
+                f"depend on {', '.join(ASSET_SECTIONS)} and train.seed); use search_alg: grid"
+            )
+        for v in a.grid or a.choice or a.uniform or a.loguniform:
+            _trial(base, {k: v}, path)
+    return [_trial(base, {}, path)]
+
 
 def expand(cfg: SweepCfg, doc: dict, path: str) -> list[Trial]:
+    if cfg.search_alg.adaptive:
+        return _adaptive(cfg, doc, path)
     blocks = cfg.search if isinstance(cfg.search, list) else [cfg.search]
     n = sum(math.prod(len(a.grid) for a in b.values() if a.kind == "grid") * cfg.num_samples for b in blocks)
     if n > cfg.max_trials:
         raise ConfigError(f"{path}: search expands to {n} trials, more than max_trials = {cfg.max_trials}")
     rng = np.random.default_rng(cfg.train.seed)  # random axes are reproducible from the sweep file
-    base = {k: v for k, v in doc.items() if k in TrialCfg.model_fields}
+    base = _base(doc)
     return [t for b in blocks for t in _expand_block(b, base, cfg.num_samples, rng, path)]
 
 
@@ -78,21 +136,7 @@ def _expand_block(search: dict, base: dict, num_samples: int, rng, path: str) ->
                     ov[k] = float(np.exp(rng.uniform(np.log(a.loguniform[0]), np.log(a.loguniform[1]))))
                 else:
                     ov[k] = float(rng.uniform(*a.uniform))
-            trial_doc = base
-            for k, v in ov.items():
-                if k.split(".")[0] not in TrialCfg.model_fields:
-                    raise ConfigError(
-                        f"{path}: search.{k}: unknown config path (expected one under {', '.join(TrialCfg.model_fields)})"
-                    )
-                try:
-                    trial_doc = set_path(trial_doc, k, v)
-                except KeyError:
-                    raise ConfigError(f"{path}: search.{k}: path goes through a non-mapping value") from None
-            try:
-                tc = TrialCfg.model_validate(trial_doc)
-            except ValidationError as e:
-                raise ConfigError(f"{path}: {describe(e)} (from search values {ov})") from None
-            trials.append(Trial(ov, tc, tc.model_dump(mode="json")))
+            trials.append(_trial(base, ov, path))
     return trials
 
 

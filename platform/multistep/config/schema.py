@@ -416,6 +416,44 @@ class SchedulerCfg(Strict):
     reduction_factor: Annotated[float, Field(gt=1)] = 2  # asha: keep 1/reduction_factor of trials per rung
 
 
+Objective = Literal[
+    "fd", "kid", "swd", "ode", "nfe", "wall_seconds"
+]  # a metric family of the final evaluation, or a cost
+
+
+class SearchAlgCfg(Strict):
+    """How trials are chosen: grid (every combination and draw planned up front) or an adaptive Ray Tune search."""
+
+    name: Literal["grid", "optuna"] = "grid"  # optuna: Tune's OptunaSearch proposes num_samples trials in turn
+    sampler: Literal["tpe", "nsga2"] = "tpe"  # tpe: one objective; nsga2: several (a Pareto front)
+    metric: Objective | list[Objective] = (
+        "fd"  # what it minimises: a final metric family (at the trial's own S) or a cost
+    )
+    mode: Literal["min", "max"] | list[Literal["min", "max"]] = "min"  # one per metric
+    seed: int | None = None  # the sampler's seed (default train.seed): the same proposals in a rerun
+
+    @model_validator(mode="after")
+    def _objectives(self):
+        metrics = self.metrics
+        if len(set(metrics)) != len(metrics):
+            raise sub_field_error("metric", self.metric, "names a metric twice")
+        modes = self.mode if isinstance(self.mode, list) else [self.mode] * len(metrics)
+        if len(modes) != len(metrics):
+            raise sub_field_error("mode", self.mode, f"give one mode per metric ({len(metrics)})")
+        if self.name == "optuna" and self.sampler == "tpe" and len(metrics) > 1:
+            raise sub_field_error("sampler", "tpe", "several metrics need sampler: nsga2 (multi-objective)")
+        self.mode = modes if isinstance(self.metric, list) else modes[0]
+        return self
+
+    @property
+    def metrics(self) -> list[str]:
+        return self.metric if isinstance(self.metric, list) else [self.metric]
+
+    @property
+    def adaptive(self) -> bool:
+        return self.name != "grid"
+
+
 class Axis(Strict):
     """One search axis: exactly one of grid / choice / loguniform / uniform."""
 
@@ -526,6 +564,7 @@ class SweepCfg(TrialCfg):
     search: (
         dict[str, Axis] | list[dict[str, Axis]]
     ) = {}  # dotted config path -> axis; a list of such blocks = their union
-    num_samples: PosInt = 1  # draws of the random axes (grids are crossed with them)
+    search_alg: SearchAlgCfg = SearchAlgCfg()  # grid (default) or optuna (docs/search.md)
+    num_samples: PosInt = 1  # grid: draws of the random axes (grids are crossed with them); optuna: trials in all
     max_trials: PosInt = 256  # refuse sweeps that expand to more trials
     regression: RegressionCfg | None = None  # tolerances of `multistep regress` (ignored by `multistep sweep`)

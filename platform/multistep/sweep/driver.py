@@ -19,7 +19,7 @@ from multistep.config import ConfigError, SweepPlan
 from multistep.metrics.evaluate import metric_names
 from multistep.metrics.extractors import file_sha256
 from multistep.metrics.paired import EVAL_ROWS, save_rows
-from multistep.sweep import ray_runtime
+from multistep.sweep import ray_runtime, search
 from multistep.sweep import results as res
 from multistep.sweep.assets import content_hash, prepare, resolve_teachers
 from multistep.sweep.interrupts import Interrupts
@@ -35,15 +35,19 @@ def trial_driver(config: dict, ctx: dict) -> None:
 
     from multistep.sweep.worker import run_trial, tune_session
 
-    i = config["trial_index"]
     r = ctx["resources"]
+    if ctx["adaptive"]:  # the search algorithm's proposal: the trial opens its own MLflow run
+        i, doc, run_id = _proposed_trial(config, ctx)
+    else:
+        i = config["trial_index"]
+        doc, run_id = ctx["trials"][i], ctx["run_ids"][i]
     loop_cfg = {
-        "trial": ctx["trials"][i],
-        "run_id": ctx["run_ids"][i],  # + eval_ref, init, proxy_samples
+        "trial": doc,
+        "run_id": run_id,  # + eval_ref, init, proxy_samples
         "tracking_uri": ctx["tracking_uri"],
         "threads": r["cpus_per_worker"],
         "gpus_per_trial": r["num_workers"] * r["per_worker"].get("GPU", 0),  # for train_gpu_hours
-        **ctx["assets"][ctx["asset_keys"][i]],
+        **ctx["assets"][ctx["asset_keys"][0 if ctx["adaptive"] else i]],
     }
     if ctx["trains_itself"]:
         rv = run_trial(loop_cfg, tune_session(r["use_gpu"]))
@@ -51,6 +55,21 @@ def trial_driver(config: dict, ctx: dict) -> None:
         rv = _fit_trainer(loop_cfg, r, i, ctx["storage"])
     if rv.get("error"):  # e.g. a non-finite loss: fail the trial without retrying it
         tune.report({"error": rv["error"]})
+
+
+def _proposed_trial(config: dict, ctx: dict) -> tuple[int, dict, str]:
+    """(index, trial config, MLflow run id) of an adaptive search's trial: the run the driver opened when Tune
+    started the trial (waited for: the callback may still be writing it)."""
+    from ray import tune
+
+    trial_id = tune.get_context().get_trial_id()
+    doc = ctx["plan"].proposed(dict(config)).doc()
+    client = ml.client(ctx["tracking_uri"])
+    for _ in range(240):
+        if (run := ml.find_trial_run(client, ctx["sweep"], trial_id)) is not None:
+            return int(run.data.tags[tag.TRIAL_INDEX]), doc, run.info.run_id
+        time.sleep(0.5)
+    raise RuntimeError(f"trial {trial_id}: the driver opened no MLflow run for it in 120 s")
 
 
 def _fit_trainer(loop_cfg: dict, r: dict, i: int, storage: str) -> dict:
@@ -78,8 +97,22 @@ def _fit_trainer(loop_cfg: dict, r: dict, i: int, storage: str) -> dict:
     return trainer.fit().return_value or {}
 
 
-def _status_callback(client, run_ids: list[str], n: int, say):
+def _status_callback(client, run_ids: list[str], n: int, say, sweep: dict | None = None, plan=None):
+    """sweep (an adaptive search: {run_id, experiment_id, name}) and plan: trial runs are opened when Tune starts
+    a proposed trial and found again by its Ray trial id."""
     from ray import tune
+
+    def run_of(trial) -> tuple[int, str | None]:
+        if sweep is None:
+            return trial.config["trial_index"], run_ids[trial.config["trial_index"]]
+        if trial.trial_id not in known:
+            run = ml.find_trial_run(client, sweep, trial.trial_id)
+            if run is None:
+                return -1, None
+            known[trial.trial_id] = int(run.data.tags[tag.TRIAL_INDEX]), run.info.run_id
+        return known[trial.trial_id]
+
+    known: dict[str, tuple[int, str]] = {}  # adaptive: Ray trial id -> (index, run id)
 
     class MlflowStatus(tune.Callback):
         """Moves each trial's MLflow run through RUNNING -> FINISHED / FAILED / KILLED (early stop)."""
@@ -89,6 +122,19 @@ def _status_callback(client, run_ids: list[str], n: int, say):
             self.failed: list[int] = []
 
         def on_trial_start(self, iteration, trials, trial, **info):
+            if sweep is not None:  # an adaptive search's proposal: its run is opened now
+                values = dict(trial.config)
+                doc = plan.proposed(values).doc()
+                label = method_label(plan.proposed(values).cfg)
+                i, rid = known[trial.trial_id] = ml.proposed_trial_run(
+                    client, sweep, trial.trial_id, label, doc, values
+                )
+                self.t0[i] = time.time()
+                values = ", ".join(
+                    f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.config.items()
+                )
+                say(f"[trial {i + 1}/{n}] started ({trial.trial_id}): {values}")
+                return
             i = trial.config["trial_index"]
             self.t0[i] = time.time()
             client.set_tag(run_ids[i], "ray.trial_id", trial.trial_id)
@@ -98,30 +144,32 @@ def _status_callback(client, run_ids: list[str], n: int, say):
             say(f"[trial {i + 1}/{n}] started ({trial.trial_id})")
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            i = trial.config["trial_index"]
+            i = run_of(trial)[0]
             if "final" not in result and "iteration" in result:
                 say(f"[trial {i + 1}/{n}] iteration {result['iteration']}")
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            i = trial.config["trial_index"]
+            i, rid = run_of(trial)
             last = trial.last_result or {}
             took = f"{time.time() - self.t0.get(i, time.time()):.0f} s"
-            if last.get("error"):
+            if last.get("error") or rid is None:
                 self.failed.append(i)
-                client.set_terminated(run_ids[i], status="FAILED")
-                say(f"[trial {i + 1}/{n}] FAILED after {took}: {last['error']}")
+                if rid is not None:
+                    client.set_terminated(rid, status="FAILED")
+                say(f"[trial {i + 1}/{n}] FAILED after {took}: {last.get('error', 'it opened no MLflow run')}")
                 return
             done = bool(last.get("final"))
-            client.set_terminated(run_ids[i], status="FINISHED" if done else "KILLED")  # KILLED = stopped early
+            client.set_terminated(rid, status="FINISHED" if done else "KILLED")  # KILLED = stopped early
             say(f"[trial {i + 1}/{n}] {'finished' if done else 'stopped early by the scheduler'} in {took}")
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            i = trial.config["trial_index"]
+            i, rid = run_of(trial)
             self.failed.append(i)
             where = str(getattr(trial, "error_file", "") or "")
             why = _error_line(where)
-            client.set_tag(run_ids[i], tag.ERROR, f"{why} (details: {where or 'the Ray logs'})"[:5000])
-            client.set_terminated(run_ids[i], status="FAILED")
+            if rid is not None:
+                client.set_tag(rid, tag.ERROR, f"{why} (details: {where or 'the Ray logs'})"[:5000])
+                client.set_terminated(rid, status="FAILED")
             say(f"[trial {i + 1}/{n}] FAILED: {why}")
 
     return MlflowStatus()
@@ -160,7 +208,13 @@ def _protocol(cfg) -> str:
 
 
 def plan_hash(plan: SweepPlan) -> str:
-    return content_hash([{"overrides": t.overrides, "config": t.written} for t in plan.trials])
+    trials = [{"overrides": t.overrides, "config": t.written} for t in plan.trials]
+    if plan.adaptive:  # the base trial, and what the search algorithm may propose
+        c = plan.cfg
+        return content_hash(
+            {"base": trials, "search": plan.doc.get("search"), "alg": c.search_alg.model_dump(), "n": c.num_samples}
+        )
+    return content_hash(trials)
 
 
 def resume_target(client, plan: SweepPlan):
@@ -191,7 +245,9 @@ def resume_target(client, plan: SweepPlan):
         [exp.experiment_id], f"tags.`mlflow.parentRunId` = '{sweep.info.run_id}'", max_results=10000
     )
     have = {int(r.data.tags[tag.TRIAL_INDEX]) for r in children if tag.TRIAL_INDEX in r.data.tags}
-    if missing := [i for i in range(len(plan.trials)) if i not in have]:  # its start died while opening the runs
+    if not plan.adaptive and (
+        missing := [i for i in range(len(plan.trials)) if i not in have]
+    ):  # its start died while opening the runs
         raise ConfigError(
             f"{plan.path}: --resume: sweep run {sweep.info.run_id} has no trial run for {len(missing)} of its "
             f"{len(plan.trials)} trials (it stopped while creating them); start the sweep anew, without --resume"
@@ -214,8 +270,8 @@ def _open_runs(client, plan: SweepPlan, tracking_uri: str, storage: str, resume:
         srid = sweep.info.run_id
         children = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{srid}'", max_results=10000)
         by_index = {int(r.data.tags[tag.TRIAL_INDEX]): r.info.run_id for r in children}
-        run_ids = [by_index[i] for i in range(len(plan.trials))]
-        statuses = [client.get_run(rid).info.status for rid in run_ids]
+        run_ids = [] if plan.adaptive else [by_index[i] for i in range(len(plan.trials))]  # adaptive: by trial id
+        statuses = [r.info.status for r in children]
         if sweep.info.status == "FINISHED" and all(st in ("FINISHED", "KILLED") for st in statuses):
             say(f"sweep run {srid} ({sweep.data.tags[tag.SWEEP_ID]}) already finished: nothing to resume")
             return None, sweep.data.tags[tag.SWEEP_ID], run_ids
@@ -248,7 +304,7 @@ def _open_runs(client, plan: SweepPlan, tracking_uri: str, storage: str, resume:
     ml.log_params(client, srid, ml.env_secrets_free(ml.flatten({k: v for k, v in plan.doc.items() if k != "search"})))
     client.log_artifact(srid, plan.path)
     run_ids = []
-    for i, trial in enumerate(plan.trials):
+    for i, trial in enumerate([] if plan.adaptive else plan.trials):  # adaptive: each trial opens its own run
         tc = trial.cfg
         label = method_label(tc)
         r = client.create_run(
@@ -375,6 +431,8 @@ def _run_sweep(plan, tracking_uri, storage, say, resume, start_ray, stop: Interr
         # -- Ray Tune: one trial per planned config --------------------------------------------------
         r = cfg.resources
         itself = r.trial_trains_itself  # runner tune: the trial holds the worker's resources and checkpoints itself
+        adaptive = plan.adaptive
+        sweep_ref = {"run_id": srid, "experiment_id": client.get_run(srid).info.experiment_id, "name": cfg.name}
         ctx = {
             "trials": [t.doc() for t in plan.trials],  # dicts: what crosses the Ray boundary
             "run_ids": run_ids,
@@ -384,28 +442,42 @@ def _run_sweep(plan, tracking_uri, storage, say, resume, start_ray, stop: Interr
             "assets": assets,
             "asset_keys": asset_keys,
             "trains_itself": itself,
+            "adaptive": adaptive,
+            "plan": plan,  # an adaptive search: proposals become trial configs in the trial
+            "sweep": sweep_ref,
         }
         if itself:
             driver_res = r.per_worker
         else:
             driver_res = {"CPU": 0, "train_driver": 1} if ray.cluster_resources().get("train_driver") else {"CPU": 1}
         trainable = tune.with_resources(tune.with_parameters(trial_driver, ctx=ctx), driver_res)
-        status = _status_callback(client, run_ids, len(run_ids), say)
+        n_trials = cfg.num_samples if adaptive else len(run_ids)
+        status = _status_callback(client, run_ids, n_trials, say, *((sweep_ref, plan) if adaptive else ()))
         indices = list(range(len(plan.trials)))
         restorable = resume and tune.Tuner.can_restore(ray_dir)
         if restorable and (why := _unreadable_tune_state(ray_dir)):  # e.g. the driver was killed mid-write
             restorable = False
             say(f"Tune's state in {ray_dir} is unreadable ({why}); set aside, rebuilding the plan from MLflow")
+        if resume and not restorable and adaptive:  # its searcher's state is in Tune's, nowhere else
+            raise ConfigError(
+                f"{plan.path}: --resume: no readable Tune state in {ray_dir}; an adaptive search (search_alg: "
+                f"{cfg.search_alg.name}) resumes from it only. Start the sweep anew, without --resume"
+            )
         if resume and not restorable:  # (also a resume whose Tune state is elsewhere): MLflow says what is left
             indices = _unfinished(client, run_ids)
             say(f"{len(indices)} unfinished trial(s) start again from their first iteration")
         if restorable:
             tuner = tune.Tuner.restore(ray_dir, trainable, resume_unfinished=True, resume_errored=True)
         else:
+            space, search_alg = (
+                search.optuna(plan, names) if adaptive else ({"trial_index": tune.grid_search(indices)}, None)
+            )
             tuner = tune.Tuner(
                 trainable,
-                param_space={"trial_index": tune.grid_search(indices)},
+                param_space=space,
                 tune_config=tune.TuneConfig(
+                    search_alg=search_alg,
+                    num_samples=cfg.num_samples if adaptive else 1,
                     max_concurrent_trials=r.max_concurrent_trials,
                     scheduler=_scheduler(plan),
                     trial_dirname_creator=_trial_dir if itself else None,
@@ -420,7 +492,8 @@ def _run_sweep(plan, tracking_uri, storage, say, resume, start_ray, stop: Interr
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 ),
             )
-        say(f"running {len(run_ids)} trials, at most {r.max_concurrent_trials} at a time; Tune state in {ray_dir}")
+        what = f"{n_trials} trials proposed by {cfg.search_alg.name}" if adaptive else f"{n_trials} trials"
+        say(f"running {what}, at most {r.max_concurrent_trials} at a time; Tune state in {ray_dir}")
         stop.in_tune = True
         try:
             grid = tuner.fit() if indices else []  # nothing left to run: settle and finish
@@ -431,7 +504,22 @@ def _run_sweep(plan, tracking_uri, storage, say, resume, start_ray, stop: Interr
             stop.in_tune = False
         if stop.signal is not None:  # Tune stopped gracefully on our SIGUSR1: the sweep is not finished
             raise KeyboardInterrupt
-        failed = _settle_trials(client, run_ids, grid)
+        if adaptive:  # the trials the search proposed, as MLflow recorded them (the system of record)
+            plan, run_ids, position = _proposed_plan(client, plan, sweep_ref)
+            last = {
+                position[res.metrics["trial_id"]]: res.metrics
+                for res in grid
+                if res.metrics.get("trial_id") in position
+            }
+            orphans = cfg.num_samples - len(run_ids)  # proposed trials that never opened an MLflow run, or never ran
+        else:
+            last, orphans = {res.config["trial_index"]: res.metrics or {} for res in grid}, 0
+        failed = _settle_trials(client, run_ids, last)
+        if orphans:  # trials that failed before they could open an MLflow run
+            say(
+                f"{orphans} of {cfg.num_samples} proposed trial(s) did not run or opened no MLflow run (see the Ray logs)"
+            )
+            failed += [-1] * orphans
         rc = _finish(
             client, plan, srid, run_ids, names, teacher_rows, first, out_dir, failed, t_start, tracking_uri, say
         )
@@ -481,13 +569,28 @@ def _unfinished(client, run_ids: list[str]) -> list[int]:
     return out
 
 
-def _settle_trials(client, run_ids: list[str], grid) -> list[int]:
+def _proposed_plan(client, plan: SweepPlan, sweep: dict) -> tuple[SweepPlan, list[str]]:
+    """The plan of an adaptive sweep once it ran: its trials rebuilt from their runs' proposals, by index."""
+    import json
+
+    children = client.search_runs(
+        [sweep["experiment_id"]], f"tags.`mlflow.parentRunId` = '{sweep['run_id']}'", max_results=10000
+    )
+    runs = sorted(
+        (r for r in children if tag.SEARCH_VALUES in r.data.tags), key=lambda r: int(r.data.tags[tag.TRIAL_INDEX])
+    )
+    trials = [plan.proposed(json.loads(r.data.tags[tag.SEARCH_VALUES])) for r in runs]
+    position = {r.data.tags["ray.trial_id"]: i for i, r in enumerate(runs)}
+    return SweepPlan(plan.path, plan.cfg, plan.doc, trials), [r.info.run_id for r in runs], position
+
+
+def _settle_trials(client, run_ids: list[str], last: dict[int, dict]) -> list[int]:
     """Every trial run's final status, from MLflow (the system of record) and Tune's results: the failed indices.
 
     FINISHED and KILLED (stopped early by the scheduler) stand; FAILED counts as failed; a run left RUNNING or
     SCHEDULED (a restored Tuner's callbacks are its original ones) becomes FINISHED when its last result is final,
-    else FAILED. A trial Tune reports no result for at all (its state lost) is failed too."""
-    last = {res.config["trial_index"]: res.metrics or {} for res in grid}
+    else FAILED. A trial Tune reports no result for at all (its state lost) is failed too. last: each trial's last
+    result by index."""
     failed = []
     for i, rid in enumerate(run_ids):
         run = client.get_run(rid)
@@ -508,7 +611,7 @@ def _close_incomplete(client, srid: str, run_ids: list[str], interrupted: bool, 
     try:
         client.set_tag(srid, tag.INCOMPLETE, "interrupted" if interrupted else "failed")
         client.set_terminated(srid, status="KILLED" if interrupted else "FAILED")
-        for rid in run_ids:
+        for rid in run_ids or _child_ids(client, srid):  # an adaptive search: the runs its trials opened
             if client.get_run(rid).info.status in ("RUNNING", "SCHEDULED"):
                 client.set_tag(rid, tag.INTERRUPTED, "1")  # not stopped by the scheduler: a resume settles it again
                 client.set_terminated(rid, status="KILLED")
@@ -516,9 +619,16 @@ def _close_incomplete(client, srid: str, run_ids: list[str], interrupted: bool, 
         say(f"could not close the MLflow runs of sweep run {srid} ({type(e).__name__}: {e}); they stay open")
 
 
+def _child_ids(client, srid: str) -> list[str]:
+    exp_id = client.get_run(srid).info.experiment_id
+    return [
+        r.info.run_id for r in client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{srid}'", max_results=10000)
+    ]
+
+
 def _trial_dir(trial) -> str:
     """trial-NNN: where a self-training trial keeps its checkpoints (a TorchTrainer run has the same name)."""
-    return f"trial-{trial.config['trial_index']:03d}"
+    return f"trial-{trial.config['trial_index']:03d}" if "trial_index" in trial.config else f"trial-{trial.trial_id}"
 
 
 def _copy_results(out_dir: Path, uri: str, say) -> None:
@@ -599,7 +709,7 @@ def _finish(
         client.set_tag(srid, tag.INCOMPLETE, f"{len(failed)} trial(s) failed")
     client.set_terminated(srid, status="FAILED" if failed else "FINISHED")
     if failed:
-        say(f"{len(failed)} trial(s) failed: " + ", ".join(f"#{i + 1} (run {run_ids[i]})" for i in failed))
+        say(f"{len(failed)} trial(s) failed: " + ", ".join(f"#{i + 1} (run {run_ids[i]})" for i in failed if i >= 0))
         return 1
     exp_id = client.get_run(srid).info.experiment_id
     say(f"sweep finished in {time.time() - t_start:.0f} s; {ml.ui_hint(tracking_uri, exp_id)}")

@@ -175,6 +175,37 @@ def trial_tags(sweep_run_id: str, index: int, label: str, sweep_name: str) -> li
     ]
 
 
+def find_trial_run(client, sweep: dict, trial_id: str):
+    """The trial run nested under the sweep run with this Ray trial id, or None."""
+    found = client.search_runs(
+        [sweep["experiment_id"]],
+        f"tags.`mlflow.parentRunId` = '{sweep['run_id']}' and tags.`ray.trial_id` = '{trial_id}'",
+        max_results=1,
+    )
+    return found[0] if found else None
+
+
+def proposed_trial_run(client, sweep: dict, trial_id: str, label: str, doc: dict, values: dict) -> tuple[int, str]:
+    """(index, run id) of an adaptive search's trial, opened by the driver when Tune starts it (nothing is planned up
+    front): found again by its Ray trial id when the trial restarts (a resume, a retry), else created nested under
+    the sweep run as the next index, with the trial's params and the proposal as JSON. Left RUNNING."""
+    import json
+
+    if (run := find_trial_run(client, sweep, trial_id)) is not None:
+        if tag.INTERRUPTED in run.data.tags:
+            client.delete_tag(run.info.run_id, tag.INTERRUPTED)
+        client.update_run(run.info.run_id, status="RUNNING")
+        return int(run.data.tags[tag.TRIAL_INDEX]), run.info.run_id
+    srid, exp_id = sweep["run_id"], sweep["experiment_id"]
+    index = len(client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{srid}'", max_results=10000))
+    tags = {t.key: t.value for t in trial_tags(srid, index, label, sweep["name"])}
+    tags |= {"ray.trial_id": trial_id, tag.SEARCH_VALUES: json.dumps(values, sort_keys=True)}
+    S = doc["method"]["student_steps"]
+    rid = client.create_run(exp_id, run_name=f"{label}-S{S}-{index:03d}", tags=tags).info.run_id
+    log_params(client, rid, env_secrets_free(flatten(doc) | {f"search.{k}": str(v) for k, v in values.items()}))
+    return index, rid
+
+
 def env_secrets_free(params: dict[str, str]) -> dict[str, str]:
     """Drop anything that looks like a credential before it reaches params or tags."""
     secret_words = ("password", "token", "secret", "credential")

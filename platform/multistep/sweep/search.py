@@ -1,0 +1,36 @@
+"""Adaptive search (search_alg: optuna): the sweep's axes as a Ray Tune param_space, Optuna as Tune's searcher.
+
+Imports Ray Tune and Optuna at the top: only the driver imports this module, after Ray has started."""
+
+from __future__ import annotations
+
+from optuna.samplers import NSGAIISampler, TPESampler
+from ray import tune
+from ray.tune.search.optuna import OptunaSearch
+
+
+class FinalOnly(OptunaSearch):
+    """OptunaSearch told only a trial's final result: its in-training reports (checkpoints, the proxy metric) carry
+    no final metric, and early stopping is the scheduler's (ASHA), not Optuna's pruning."""
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        pass
+
+
+def optuna(plan, names: dict) -> tuple[dict, FinalOnly]:
+    """(Tune param_space, searcher): grid and choice axes categorical, ranges continuous (log for loguniform); the
+    objective(s) as the trial's final report names them (metric families resolved through `names`)."""
+    alg = plan.cfg.search_alg
+    space = {}
+    for k, a in plan.cfg.search.items():
+        if a.kind in ("grid", "choice"):
+            space[k] = tune.choice(a.grid or a.choice)
+        else:
+            space[k] = (tune.loguniform if a.kind == "loguniform" else tune.uniform)(*(a.loguniform or a.uniform))
+    metrics = [names.get(m, m) for m in alg.metrics]
+    seed = plan.cfg.train.seed if alg.seed is None else alg.seed
+    sampler = TPESampler(seed=seed) if alg.sampler == "tpe" else NSGAIISampler(seed=seed)
+    one = len(metrics) == 1
+    return space, FinalOnly(
+        metric=metrics[0] if one else metrics, mode=alg.mode if one else list(alg.mode), sampler=sampler
+    )
