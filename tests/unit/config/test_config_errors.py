@@ -67,6 +67,32 @@ CASES = [  # (sweep file text, text the message must contain)
     ("search:\n  nothing.here: {grid: [1]}\n", "search.nothing.here: unknown config path"),
     ("search:\n  method.student_steps: {grid: [1, 0]}\n", "method.student_steps"),
     ("max_trials: 3\nsearch:\n  method.student_steps: {grid: [1, 2, 4, 8]}\n", "more than max_trials"),
+    ("eval: {samples: 400, keep_rows: 500}\n", "eval.keep_rows: more rows than eval.samples (400)"),
+    ("search_alg: {name: optuna, metric: [fd, nfe]}\n", "search_alg.sampler: several metrics need sampler: nsga2"),
+    (
+        "search_alg: {name: optuna, sampler: nsga2, metric: [fd, nfe], mode: [min]}\n",
+        "search_alg.mode: give one mode per metric (2)",
+    ),
+    ("search_alg: {name: optuna, metric: [fd, fd], sampler: nsga2}\n", "search_alg.metric: names a metric twice"),
+    ("search_alg: {name: random}\n", "search_alg.name"),
+    ("search_alg: {name: optuna}\n", "search: search_alg optuna needs at least one axis"),
+    (
+        "search_alg: {name: optuna}\nsearch:\n  student.hidden: {grid: [16, 32]}\n",
+        "search.student.hidden: an adaptive search cannot vary",
+    ),
+    (
+        "search_alg: {name: optuna}\nsearch:\n  train.seed: {grid: [0, 1]}\n",
+        "search.train.seed: an adaptive search cannot vary",
+    ),
+    (
+        "search_alg: {name: optuna}\nsearch:\n  - method.student_steps: {grid: [1]}\n",
+        "takes one block of axes, not a list",
+    ),
+    ("search_alg: {name: optuna}\nsearch:\n  method.student_steps: {choice: [1, 0]}\n", "method.student_steps"),
+    (
+        "search_alg: {name: optuna}\nnum_samples: 300\nsearch:\n  method.student_steps: {grid: [1]}\n",
+        "num_samples 300 is more than max_trials",
+    ),
     ("name: 'bad name!'\n", "name"),
     ("- just\n- a list\n", "top level must be a mapping"),
     ("42\n", "top level must be a mapping"),
