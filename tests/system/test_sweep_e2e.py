@@ -18,6 +18,7 @@ def test_sweep_run_structure(ray_local, tiny_sweep, tmp_path, monkeypatch, capsy
     # the Tuner pickles its callbacks (with the default progress printer in them): do it first, as a slow sweep would.
     original = builtins.print
     monkeypatch.setattr(builtins, "print", lambda *a, **k: original(*a, **k))
+    tiny_sweep.write_text(tiny_sweep.read_text().replace("ode_steps: 64}", "ode_steps: 64, keep_rows: 400}"))
     rc = run_sweep(load_sweep(tiny_sweep), uri, str(tmp_path / "ray_results"))  # the default `say`, as the CLI's
     assert rc == 0
     out = capsys.readouterr().out
@@ -51,7 +52,15 @@ def test_sweep_run_structure(ray_local, tiny_sweep, tmp_path, monkeypatch, capsy
     assert sorted(m.step for m in teacher) == [1, 2, 4]
     assert sorted(m.step for m in client.get_metric_history(sweep.info.run_id, "fd_identity_400/mcd")) == [1, 2]
     arts = {a.path for a in client.list_artifacts(sweep.info.run_id)}
-    assert {"results.parquet", "results.csv", "metric_vs_steps.png", "tiny.yaml", "pareto.png", "pareto.csv"} <= arts
+    assert {
+        "results.parquet",
+        "results.csv",
+        "metric_vs_steps.png",
+        "tiny.yaml",
+        "pareto.png",
+        "pareto.csv",
+        "summary.csv",
+    } <= arts
 
     out_dir = next((tmp_path / "ray_results").glob("tiny-*"))
     table = pq.read_table(out_dir / "results.parquet").to_pylist()
@@ -100,3 +109,18 @@ def csv_rows(path):
 
     with open(path) as f:
         return list(csv.DictReader(f))
+
+
+def test_summary_table_one_row_per_method_and_steps():
+    from multistep.sweep.results import summary_table
+
+    trials = [
+        {"method": "mcd", "student_steps": 4, "final/fd": 0.3, "nfe": 4, "train_seconds": 10.0, "train_gpu_hours": 0.5, "params": 9},
+        {"method": "mcd", "student_steps": 4, "final/fd": 0.1, "nfe": 4, "train_seconds": 30.0, "train_gpu_hours": 1.5, "params": 9},
+        {"method": "pd", "student_steps": 1, "final/fd": 0.7, "nfe": 1, "train_seconds": 5.0, "train_gpu_hours": 0.0, "params": 9},
+        {"method": "tract", "student_steps": 2},  # failed before its final evaluation: left out
+    ]  # fmt: skip
+    mcd, pd = summary_table(trials, "fd")
+    assert (mcd["method"], mcd["student_steps"], mcd["trials"], mcd["best fd"]) == ("mcd", 4, 2, 0.1)
+    assert mcd["mean fd"] == pytest.approx(0.2) and mcd["std"] == pytest.approx(0.1414, rel=1e-3)
+    assert mcd["train_seconds"] == 20.0 and mcd["train_gpu_hours"] == 2.0 and pd["std"] is None

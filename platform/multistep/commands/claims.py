@@ -64,18 +64,12 @@ def run(args) -> int:
 
 
 def _write(out_dir: str, table: list[dict], sections: list, budget: dict | None) -> None:
-    import csv
     from pathlib import Path
 
     from multistep.atomic import write_with
+    from multistep.sweep.results import write_csv
 
     out = Path(out_dir)
-
-    def write_csv(p):
-        with open(p, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(table[0]))
-            w.writeheader()
-            w.writerows(table)
 
     md = []
     for name, rows, verdicts in sections:
@@ -90,7 +84,7 @@ def _write(out_dir: str, table: list[dict], sections: list, budget: dict | None)
             for v in verdicts
         ]
         md.append("")  # fmt: skip
-    write_with(out / "claims.csv", write_csv)
+    write_csv(table, out / "claims.csv")
     write_with(out / "claims.md", lambda p: p.write_text("\n".join(md)))
     written = [out / "claims.csv", out / "claims.md"]
     if budget:

@@ -74,20 +74,12 @@ def run(args) -> int:
     rows = sbs.side_by_side(tables, metric)
     print(f"{metric}:\n" + sbs.format_table(rows, list(tables)))
     if args.out:
-        import csv
         from pathlib import Path
 
-        from multistep.atomic import write_with
+        from multistep.sweep.results import write_csv
 
         out = Path(args.out)
-
-        def write_csv(p):
-            with open(p, "w", newline="") as fh:
-                w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-                w.writeheader()
-                w.writerows(rows)
-
-        write_with(out / "compare.csv", write_csv)
+        write_csv(rows, out / "compare.csv")
         sbs.plot(tables, metric, out / "compare.png")
         print(f"wrote {out / 'compare.csv'}, {out / 'compare.png'}")
     return 0

@@ -179,8 +179,8 @@ def prepare(cfg: TrialCfg, cache_dir: Path, log=print) -> dict:
         ev.keep_rows
     ):  # for `multistep claims`: the reference's rows and the largest teacher point's, paired by noise row
         rows_key = content_hash({"ref": ref_key, "keep": ev.keep_rows, "steps": max(ev.teacher_steps)})
-        make_rows = lambda: kept_reference_rows(c, ref, ev, features)  # noqa: E731
-        rows = _cached(cache_dir / f"evalrows-{rows_key}.pt", make_rows, log)
+        make_rows = lambda: {k: torch.from_numpy(v) for k, v in kept_reference_rows(c, ref, ev, features).items()}  # noqa: E731
+        rows = {k: v.numpy() for k, v in _cached(cache_dir / f"evalrows-{rows_key}.pt", make_rows, log).items()}
 
     copied = cfg.teacher.imported and s.copy_teacher  # a copy of the teacher needs no warm start
     warm = s.init_iterations > 0 and (cfg.teacher.kind == "analytic" or (cfg.teacher.imported and not copied))

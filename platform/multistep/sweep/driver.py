@@ -696,7 +696,13 @@ def _finish(
     pareto = [res.write_pareto(front, out_dir / "pareto.csv")]
     if front:
         pareto.append(res.plot_pareto(front, main_metric, out_dir / "pareto.png", f"{cfg.name}: {main_metric}"))
-    for p in [*paths.values(), png, *pareto]:
+    trials = [  # the flat per-trial summary metrics, one row per method x S on the sweep run
+        {"method": method_label(plan.trial_cfg(i)), "student_steps": plan.trial_cfg(i).method.student_steps}
+        | client.get_run(rid).data.metrics
+        for i, rid in enumerate(run_ids)
+    ]
+    summary = res.write_csv(res.summary_table(trials, main_metric), out_dir / "summary.csv")
+    for p in [*paths.values(), png, *pareto, summary]:
         client.log_artifact(srid, str(p))
     say("")
     say(res.format_table(rows, list(names.values())))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
@@ -223,16 +224,40 @@ def plot_pareto(points: list[dict], metric: str, path: Path, title: str) -> Path
     return path
 
 
-def write_pareto(points: list[dict], path: Path) -> Path:
+def write_csv(rows: list[dict], path: Path, fields: list[str] | None = None) -> Path:
     import csv
 
     def write(p):
         with open(p, "w", newline="") as fh:
-            w = csv.DictWriter(
-                fh, fieldnames=["method", "steps", "nfe", "value", "se", "train_seconds", "front_nfe", "front_train"]
-            )
+            w = csv.DictWriter(fh, fieldnames=fields or (list(rows[0]) if rows else ["method"]))
             w.writeheader()
-            w.writerows(points)
+            w.writerows(rows)
 
     _atomic(path, write)
     return path
+
+
+def write_pareto(points: list[dict], path: Path) -> Path:
+    return write_csv(
+        points, path, ["method", "steps", "nfe", "value", "se", "train_seconds", "front_nfe", "front_train"]
+    )
+
+
+def summary_table(trials: list[dict], metric: str) -> list[dict]:
+    """One row per (method, student steps) from the trials' flat run metrics (final/<metric>, nfe, train_seconds,
+    train_gpu_hours, params): how many trials, the best and the mean (std over trials: seeds, settings) of the
+    final metric, the NFE, the mean training seconds, the GPU-hours in all, the parameter count."""
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for t in trials:
+        if f"final/{metric}" in t:
+            groups.setdefault((t["method"], int(t["student_steps"])), []).append(t)
+    out = []
+    for (method, steps), ts in sorted(groups.items()):
+        vals = np.array([t[f"final/{metric}"] for t in ts])
+        out.append(
+            {"method": method, "student_steps": steps, "trials": len(ts), f"best {metric}": float(vals.min()),
+             f"mean {metric}": float(vals.mean()), "std": float(vals.std(ddof=1)) if len(vals) > 1 else None,
+             "nfe": ts[0].get("nfe"), "train_seconds": float(np.mean([t.get("train_seconds", np.nan) for t in ts])),
+             "train_gpu_hours": float(sum(t.get("train_gpu_hours", 0.0) for t in ts)), "params": ts[0].get("params")}
+        )  # fmt: skip
+    return out
