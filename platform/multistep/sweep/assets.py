@@ -10,6 +10,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from multistep.config import ConfigError, TrialCfg
@@ -27,17 +28,35 @@ def content_hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _pack(x):
+    """x with its numpy arrays as tagged tensors and numpy scalars as Python numbers: what torch.load(weights_only)
+    reads back (it refuses numpy objects, so a cache holding them would be recomputed every time)."""
+    if isinstance(x, np.ndarray):
+        return {"__ndarray__": torch.from_numpy(np.ascontiguousarray(x))}
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, dict):
+        return {k: _pack(v) for k, v in x.items()}
+    return type(x)(_pack(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def _unpack(x):
+    if isinstance(x, dict):
+        return x["__ndarray__"].numpy() if set(x) == {"__ndarray__"} else {k: _unpack(v) for k, v in x.items()}
+    return type(x)(_unpack(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
 def _cached(path: Path, compute, log=print):
     """The cached value at `path`, else compute() saved there (atomically, with a checksum). A cache file that fails
     to load (truncated, corrupt, from another version) is recomputed with a notice, never a crash."""
     if path.is_file():
         try:
-            return checkpoint.load(path)
+            return _unpack(checkpoint.load(path))
         except checkpoint.CorruptCheckpoint as e:
             log(f"cache {path.name}: {str(e).replace(str(path), 'file')}; recomputing it")
     value = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    checkpoint.save(path, value)
+    checkpoint.save(path, _pack(value))
     return value
 
 
@@ -179,8 +198,8 @@ def prepare(cfg: TrialCfg, cache_dir: Path, log=print) -> dict:
         ev.keep_rows
     ):  # for `multistep claims`: the reference's rows and the largest teacher point's, paired by noise row
         rows_key = content_hash({"ref": ref_key, "keep": ev.keep_rows, "steps": max(ev.teacher_steps)})
-        make_rows = lambda: {k: torch.from_numpy(v) for k, v in kept_reference_rows(c, ref, ev, features).items()}  # noqa: E731
-        rows = {k: v.numpy() for k, v in _cached(cache_dir / f"evalrows-{rows_key}.pt", make_rows, log).items()}
+        make_rows = lambda: kept_reference_rows(c, ref, ev, features)  # noqa: E731
+        rows = _cached(cache_dir / f"evalrows-{rows_key}.pt", make_rows, log)
 
     copied = cfg.teacher.imported and s.copy_teacher  # a copy of the teacher needs no warm start
     warm = s.init_iterations > 0 and (cfg.teacher.kind == "analytic" or (cfg.teacher.imported and not copied))
