@@ -1,5 +1,9 @@
 import os
+import signal
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -130,3 +134,44 @@ def tiny_unet(in_channels: int = 1, num_class_embeds: int | None = None, seed: i
         norm_num_groups=4,
         num_class_embeds=num_class_embeds,
     )
+
+
+def start_mlflow_server(tmp_path, port):
+    """`mlflow server` in its own process group (it forks workers), so the test can stop all of it by PID."""
+    from mlflow.tracking import MlflowClient
+
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{tmp_path / 'server.db'}",
+        "--artifacts-destination",
+        str(tmp_path / "art"),
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            MlflowClient(uri).search_experiments(max_results=1)
+            return proc, uri
+        except Exception:  # noqa: BLE001 - not up yet
+            assert proc.poll() is None, "mlflow server exited at start"
+            time.sleep(0.5)
+    stop_server(proc)
+    pytest.fail("mlflow server did not come up in 120 s")
+
+
+def stop_server(proc):
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()

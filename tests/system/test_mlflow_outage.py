@@ -4,55 +4,15 @@ training point, evaluation point or status is lost or written twice (retry with 
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import free_port
+from conftest import free_port, start_mlflow_server, stop_server
 
 pytestmark = pytest.mark.slow
-
-
-def _start_server(tmp_path, port):
-    """`mlflow server` in its own process group (it forks workers), so the test can stop all of it by PID."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-        "--backend-store-uri",
-        f"sqlite:///{tmp_path / 'server.db'}",
-        "--artifacts-destination",
-        str(tmp_path / "art"),
-    ]
-    proc = subprocess.Popen(
-        cmd, cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            MlflowClient(uri).search_experiments(max_results=1)
-            return proc, uri
-        except Exception:  # noqa: BLE001 - not up yet
-            assert proc.poll() is None, "mlflow server exited at start"
-            time.sleep(0.5)
-    _stop(proc)
-    pytest.fail("mlflow server did not come up in 120 s")
-
-
-def _stop(proc):
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
 
 
 @pytest.mark.skipif(
@@ -67,7 +27,7 @@ def test_sweep_survives_a_tracking_server_outage(tiny_sweep, tmp_path, monkeypat
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0"
     )  # this test's own polling fails fast; the sweep keeps the defaults
     port = free_port()
-    server, uri = _start_server(tmp_path, port)
+    server, uri = start_mlflow_server(tmp_path, port)
     doc = yaml.safe_load(tiny_sweep.read_text())
     doc["train"].update(iterations=400, log_every=20, checkpoint_every=100)
     doc["search"] = {"method.student_steps": {"grid": [2]}}
@@ -99,9 +59,9 @@ def test_sweep_survives_a_tracking_server_outage(tiny_sweep, tmp_path, monkeypat
                 None,
             )
         assert trial is not None, "the trial never logged a training point"
-        _stop(server)  # outage: connection refused from now on
+        stop_server(server)  # outage: connection refused from now on
         time.sleep(8)
-        server, _ = _start_server(tmp_path, port)  # same store, same port
+        server, _ = start_mlflow_server(tmp_path, port)  # same store, same port
         assert sweep.wait(timeout=400) == 0, log.read_text()[-3000:]
         run = client.get_run(trial.info.run_id)  # read back through the restarted server
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
@@ -112,4 +72,4 @@ def test_sweep_survives_a_tracking_server_outage(tiny_sweep, tmp_path, monkeypat
     finally:
         if sweep.poll() is None:
             os.killpg(sweep.pid, signal.SIGKILL)
-        _stop(server)
+        stop_server(server)

@@ -65,9 +65,13 @@ def git_commit() -> str:
 def ui_hint(uri: str, experiment_id: str) -> str:
     """Where to look: the address of the experiment's runs view (a server's own, or `mlflow ui`'s default port)."""
     view = f"/#/experiments/{experiment_id}/runs"
+    charts = (
+        " (expand the sweep run for its trials; the Chart view plots each metric against its step: sampling "
+        "steps for fd_*/kid_*/swd_*, iterations for train/*; the sweep run's <metric>/<method> are the curves)"
+    )
     if uri.startswith(("http://", "https://")):
-        return f"MLflow runs: {uri.rstrip('/')}{view}"
-    return f"MLflow runs: mlflow ui --backend-store-uri {uri}, then open http://127.0.0.1:5000{view}"
+        return f"MLflow runs: {uri.rstrip('/')}{view}{charts}"
+    return f"MLflow runs: mlflow ui --backend-store-uri {uri}, then open http://127.0.0.1:5000{view}{charts}"
 
 
 def client(uri: str) -> MlflowClient:
