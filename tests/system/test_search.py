@@ -41,12 +41,12 @@ def children(client, name):
 def test_optuna_proposes_trials_logged_as_nested_runs(ray_local, tiny_sweep, tmp_path):
     name, alg = "tpe", {"name": "optuna", "sampler": "tpe", "metric": "fd"}
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    f = sweep_file(tiny_sweep, tmp_path, name, alg)
+    f = sweep_file(tiny_sweep, tmp_path, name, alg, num_samples=2)
     plan = load_sweep(f)
     assert plan.adaptive and len(plan.trials) == 1  # only the base trial is planned
     assert run_sweep(plan, uri, str(tmp_path / "rr"), say=lambda *a: None) == 0
     sweeps, trials = children(MlflowClient(uri), name)
-    assert len(sweeps) == 1 and sweeps[0].info.status == "FINISHED" and len(trials) == 3
+    assert len(sweeps) == 1 and sweeps[0].info.status == "FINISHED" and len(trials) == 2
     proposed = [json.loads(t.data.tags["multistep.search_values"]) for t in trials]
     for t, values in zip(trials, proposed):
         assert t.info.status == "FINISHED" and t.data.tags["mlflow.parentRunId"] == sweeps[0].info.run_id
@@ -59,6 +59,10 @@ def test_optuna_proposes_trials_logged_as_nested_runs(ray_local, tiny_sweep, tmp
     assert not grid_lrs & {v["train.learning_rate"] for v in proposed}  # Optuna's proposals, not the grid's draws
 
 
+@pytest.mark.skipif(
+    not os.environ.get("MULTISTEP_BIG_TESTS"),
+    reason="~60 s (two sweep processes), beyond the suite's 10-minute budget on 2 cores: set MULTISTEP_BIG_TESTS=1",
+)
 def test_interrupted_multi_objective_sweep_resumes_its_searcher(tiny_sweep, tmp_path):
     """NSGA-II on FD and NFE together; Ctrl-C after its first trial; --resume restores Tune's searcher state."""
     f = sweep_file(
