@@ -409,6 +409,7 @@ def _run_sweep(plan, tracking_uri, storage, say, resume, start_ray, stop: Interr
 
             srid, sweep_id, run_ids = opening.result()
         except BaseException as e:
+            stop.acknowledge()
             if opening.exception() is None:  # waits for it (MLflow calls: seconds); the runs exist, close them
                 srid, _, run_ids = opening.result()
                 if srid is not None:
@@ -527,6 +528,7 @@ def _run_sweep(plan, tracking_uri, storage, say, resume, start_ray, stop: Interr
             _copy_results(out_dir, ray_dir, say)
         return rc
     except BaseException as e:
+        stop.acknowledge()
         try:
             _close_incomplete(client, srid, run_ids, interrupted=isinstance(e, KeyboardInterrupt), say=say)
         finally:

@@ -6,13 +6,19 @@ interrupt: trials stop, the experiment state is saved whole, so `--resume` finds
 `fit` then returns and the driver, seeing `Interrupts.signal` set, closes the runs as KILLED. A second signal
 raises KeyboardInterrupt at once. Tune's own SIGINT handler is switched off (TUNE_DISABLE_SIGINT_HANDLER) so the
 driver always knows that it was interrupted.
+
+A KeyboardInterrupt raised while the main thread runs a garbage-collector callback (e.g. SQLAlchemy's) is swallowed
+by Python ("Exception ignored in ..."); so until the driver acknowledges the interrupt (its cleanup has begun), the
+interrupt is delivered again every second.
 """
 
 from __future__ import annotations
 
+import _thread
 import os
 import signal
 import threading
+import time
 
 
 class Interrupts:
@@ -25,6 +31,8 @@ class Interrupts:
         self.in_tune = False  # inside Tuner.fit: ask Tune to stop instead of raising
         self.say = say or (lambda *a: None)
         self._old: dict[int, object] = {}
+        self.acknowledged = False  # the driver's cleanup has started: no more redeliveries
+        self._insisting = False
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -37,7 +45,26 @@ class Interrupts:
         if self._old:
             signal.signal(signal.SIGTERM, self._handle)
 
+    def acknowledge(self) -> None:
+        """Called first thing where the driver handles the interrupt (its except blocks)."""
+        self.acknowledged = True
+
+    def _insist(self) -> None:
+        if self._insisting:
+            return
+        self._insisting = True
+
+        def again():
+            while True:
+                time.sleep(1.0)
+                if self.acknowledged:
+                    return
+                _thread.interrupt_main(self.signal)  # the same handler again, in the main thread
+
+        threading.Thread(target=again, name="interrupt-redelivery", daemon=True).start()
+
     def __exit__(self, *exc):
+        self.acknowledged = True
         for sig, old in self._old.items():
             # SIGUSR1 belongs to Tune once it ran (its interrupt path); if Tune never took it, it is restored too
             if sig != signal.SIGUSR1 or signal.getsignal(sig) == self._handle:
@@ -49,6 +76,8 @@ class Interrupts:
         if first:
             self.signal = sig if sig != signal.SIGUSR1 else signal.SIGINT
         if sig == signal.SIGUSR1 or not (self.in_tune and first):
+            if not self.acknowledged:
+                self._insist()
             raise KeyboardInterrupt  # not (yet) in Tune's loop, or a second signal: stop now
         try:  # (a print interrupted by the signal makes a second one raise "reentrant call")
             self.say(f"{signal.Signals(sig).name}: stopping the trials and saving Tune's state (again to stop at once)")
