@@ -45,3 +45,17 @@ def test_a_far_teacher_fails_claim_two_and_points_carry_intervals():
     mcd = next(r for r in rows if r["method"] == "mcd")
     assert mcd["seeds"] == 2 and mcd["lo"] < mcd["fd"] < mcd["hi"]
     assert abs(mcd["fd"] - 0.5) < 0.1  # FD of a shifted copy: |shift|^2 over 2 dims = 0.5, plus sampling noise
+
+
+def test_budget_plot_draws_each_method_over_iterations(tmp_path):
+    from multistep.commands.claims import _plot_budget
+
+    budget = {
+        (m, s): [
+            {"train_iterations": it, "fd": f, "lo": 0.8 * f, "hi": 1.2 * f} for it, f in ((3000, 0.02), (10000, 0.01))
+        ]
+        for m in ("mcd", "tract")
+        for s in (4, 8)
+    }
+    path = _plot_budget(budget, tmp_path / "budget.png")
+    assert path.stat().st_size > 10_000
