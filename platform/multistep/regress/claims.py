@@ -90,8 +90,9 @@ def _paired(points: Points, a, b) -> tuple[list, list] | None:
     return ([pa[k] for k in seeds], [pb[k] for k in seeds]) if seeds else None
 
 
-def decide(points: Points, ref: np.ndarray, n_boot: int = 200, seed: int = 0) -> list[Verdict]:
-    """The six verdicts with every comparison behind them (labels: mcd, mct, tract, pd, mcd_fixed<N>, mcd_ddim)."""
+def decide(points: Points, ref: np.ndarray, n_boot: int = 200, seed: int = 0, progress=None) -> list[Verdict]:
+    """The six verdicts with every comparison behind them (labels: mcd, mct, tract, pd, mcd_fixed<N>, mcd_ddim);
+    progress(text) hears of each claim as it is decided (the resamples take minutes at 50k rows)."""
     fixed = sorted({lb for lb, _ in points if lb.startswith("mcd_fixed")}, key=lambda lb: int(lb[9:] or 0))
     teacher = max((k for k in points if k[0] == TEACHER), key=lambda k: k[1], default=(TEACHER, 512))
     out = []
@@ -106,10 +107,12 @@ def decide(points: Points, ref: np.ndarray, n_boot: int = 200, seed: int = 0) ->
             margin = 0.1 * fd(pair[1][0], ref) if want == "within" else 0.0
             v.comparisons.append(Comparison(a, b, want, diff, margin))
         out.append(v)
+        if progress:
+            progress(f"claim ({number}) {v.verdict}")
     return out
 
 
-def point_table(points: Points, ref: np.ndarray, n_boot: int = 200, seed: int = 0) -> list[dict]:
+def point_table(points: Points, ref: np.ndarray, n_boot: int = 200, seed: int = 0, progress=None) -> list[dict]:
     """Every point's FD (mean over its training seeds) with its 95% interval (seeds and rows resampled)."""
     rows = []
     for (label, steps), by_seed in sorted(points.items(), key=lambda kv: (kv[0][0].startswith("teacher"), kv[0])):
@@ -118,6 +121,8 @@ def point_table(points: Points, ref: np.ndarray, n_boot: int = 200, seed: int = 
             {"method": label, "student_steps": steps, "seeds": len(by_seed), "rows": len(next(iter(by_seed.values())))}
             | {"fd": est.value, "lo": est.lo, "hi": est.hi}
         )
+        if progress:
+            progress(f"{label} S={steps}: FD {est.describe()} ({len(rows)}/{len(points)})")
     return rows
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -26,6 +27,7 @@ def _point(path: Path) -> tuple[str, int]:
 def load(client, sweep) -> tuple[dict, np.ndarray | None, dict]:
     """(points {(label, steps): {train.seed: rows}}, the reference's rows or None, {(label, steps): iterations})
     of a sweep run's FINISHED trials; the teacher's points under train.seed -1 (the same rows for every seed)."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per file, dozens of files
     srid = sweep.info.run_id
     points: dict = {}
     iterations: dict = {}
