@@ -79,10 +79,38 @@ def _bootstrap(per_seed: Callable, n_seeds: int, n: int, n_ref: int, n_boot: int
     return value, float(lo), float(hi)
 
 
+class _Resampled:
+    """Gaussian statistics of a row set's resamples from their row counts (a matmul, no gathered copy; the same as
+    np.cov of the gathered rows), the last one kept: the reference's resample is shared by every seed and method."""
+
+    def __init__(self, x: np.ndarray):
+        self.x, self.last, self.stats = x, None, None
+
+    def __call__(self, idx: np.ndarray):
+        if idx is not self.last:
+            n, c = len(idx), np.bincount(idx, minlength=len(self.x)).astype(np.float64)
+            mu = c @ self.x / n
+            cov = ((self.x.T * c) @ self.x - n * np.outer(mu, mu)) / (n - 1)
+            self.last, self.stats = idx, (mu, cov)
+        return self.stats
+
+
+def _metric_fn(metric: Callable, sets: list[list[np.ndarray]], ref: np.ndarray) -> Callable:
+    """f(set index, seed, rows, ref rows) -> metric of the resampled rows; FD through resampled statistics."""
+    if metric is not fd:
+        return lambda s, k, i, j: metric(sets[s][k][i], ref[j])
+    from multistep.metrics.frechet import frechet_distance
+
+    stats = [[_Resampled(x) for x in group] for group in sets]
+    ref_stats = _Resampled(ref)
+    return lambda s, k, i, j: frechet_distance(*stats[s][k](i), *ref_stats(j))
+
+
 def interval(a, ref, metric: Callable, n_boot: int = 200, seed: int = 0, level: float = 0.95) -> Estimate:
     """metric(a, ref) with its bootstrap interval; a: one array or one per training seed (then their mean)."""
     A, ref = _sets(a), _sets(ref)[0]
-    fn = lambda k, i, j: metric(A[k][i], ref[j])  # noqa: E731
+    m = _metric_fn(metric, [A], ref)
+    fn = lambda k, i, j: m(0, k, i, j)  # noqa: E731
     return Estimate(*_bootstrap(fn, len(A), len(A[0]), len(ref), n_boot, seed, level), level)
 
 
@@ -98,7 +126,8 @@ def paired_difference(
         raise ValueError(f"paired sets need the same training seeds, got {len(A)} and {len(B)}")
     if any(len(x) != len(y) for x, y in zip(A, B)):
         raise ValueError(f"paired sets need the same rows (noise), got {len(A[0])} and {len(B[0])}")
-    fn = lambda k, i, j: metric(A[k][i], ref[j]) - metric(B[k][i], ref[j])  # noqa: E731
+    m = _metric_fn(metric, [A, B], ref)
+    fn = lambda k, i, j: m(0, k, i, j) - m(1, k, i, j)  # noqa: E731
     return Difference(*_bootstrap(fn, len(A), len(A[0]), len(ref), n_boot, seed, level), level)
 
 

@@ -55,3 +55,16 @@ def test_training_seeds_are_resampled_together_with_the_rows():
     assert (d.lo, d.hi) == tuple(pytest.approx(q, rel=1e-9) for q in np.quantile(hand, [0.025, 0.975]))
     with pytest.raises(ValueError, match="training seeds"):
         paired_difference(a, a[:2], ref, fd)
+
+
+def test_fd_from_resampled_counts_equals_fd_of_gathered_rows():
+    """paired.fd takes the counts path (statistics from row counts, the reference's shared per resample)."""
+    from multistep.metrics import paired
+
+    rng = np.random.default_rng(4)
+    a = [rng.normal(size=(300, 3)) @ rng.normal(size=(3, 3)) for _ in range(2)]
+    b, ref = [x + 0.2 for x in a], rng.normal(size=(350, 3))
+    fast, slow = (paired_difference(a, b, ref, f, n_boot=40, seed=2) for f in (paired.fd, fd))
+    assert (fast.value, fast.lo, fast.hi) == pytest.approx((slow.value, slow.lo, slow.hi), rel=1e-9)
+    fast, slow = (paired.interval(a, ref, f, n_boot=40, seed=2) for f in (paired.fd, fd))
+    assert (fast.value, fast.lo, fast.hi) == pytest.approx((slow.value, slow.lo, slow.hi), rel=1e-9)
