@@ -32,14 +32,14 @@ def run(args) -> int:
 
     if args.n_boot < 20:
         raise ConfigError(f"--n-boot {args.n_boot}: an interval needs at least 20 resamples")
-    from multistep.commands.compare import _find
     from multistep.regress import claims
+    from multistep.regress.baseline import sweep_run_or_latest
     from multistep.sweep.preflight import tracking_uri
     from multistep.tracking import eval_rows
     from multistep.tracking import mlflow_layout as ml
 
     client = ml.client(tracking_uri(args.tracking_uri))
-    sweeps = [_find(client, a) for a in args.sweeps]
+    sweeps = [sweep_run_or_latest(client, a) for a in args.sweeps]
     sections, table, budget = [], [], {}
     for arg, sweep in zip(args.sweeps, sweeps):
         points, ref, iterations = eval_rows.load(client, sweep)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import re
 
 HELP = """\
 Several sweeps side by side: each RUN_OR_SWEEP is a sweep run id (a regression run stands for the sweep it
@@ -28,41 +27,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return s
 
 
-def _find(client, arg: str):
-    from multistep.config import ConfigError
-    from multistep.regress.baseline import sweep_run
-    from multistep.tracking import tags as tag
-
-    if re.fullmatch(r"[0-9a-f]{32}", arg):
-        return sweep_run(client, arg, "RUN_OR_SWEEP")
-    exps = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(
-        exps,
-        f"tags.`{tag.KIND}` = 'sweep' and tags.`{tag.SWEEP_NAME}` = '{arg}' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    if not runs:
-        raise ConfigError(
-            f"RUN_OR_SWEEP {arg}: no finished sweep run of that name (nor a run id) in the tracking store"
-        )
-    return runs[0]
-
-
 def run(args) -> int:
     from multistep.config import ConfigError
 
     if len(args.sweeps) < 2:
         raise ConfigError("RUN_OR_SWEEP: give two or more sweeps to compare")
     from multistep.regress import side_by_side as sbs
-    from multistep.regress.baseline import read_run_table
+    from multistep.regress.baseline import read_run_table, sweep_run_or_latest
     from multistep.sweep.preflight import tracking_uri
     from multistep.tracking import mlflow_layout as ml
 
     client = ml.client(tracking_uri(args.tracking_uri))
     tables = {}
     for arg in args.sweeps:
-        r = _find(client, arg)
+        r = sweep_run_or_latest(client, arg)
         label = f"{r.data.tags.get('multistep.sweep_id', r.info.run_id[:8])}"
         tables[label if label not in tables else f"{label}#{len(tables)}"] = read_run_table(client, r, "RUN_OR_SWEEP")
     first = next(iter(tables.values()))

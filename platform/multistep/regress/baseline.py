@@ -13,6 +13,7 @@ from __future__ import annotations
 import getpass
 import math
 import os
+import re
 import socket
 import tempfile
 from datetime import datetime, timezone
@@ -56,6 +57,25 @@ def sweep_run(client, run_id: str, flag: str):
     return run
 
 
+def sweep_run_or_latest(client, arg: str):
+    """RUN_OR_SWEEP: a sweep run id (a regression run stands for the sweep it checked), or a sweep name: its latest
+    FINISHED sweep run in the tracking store. ConfigError (exit 2) when there is none."""
+    if re.fullmatch(r"[0-9a-f]{32}", arg):
+        return sweep_run(client, arg, "RUN_OR_SWEEP")
+    exps = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(
+        exps,
+        f"tags.`{tag.KIND}` = 'sweep' and tags.`{tag.SWEEP_NAME}` = '{arg}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not runs:
+        raise ConfigError(
+            f"RUN_OR_SWEEP {arg}: no finished sweep run of that name (nor a run id) in the tracking store"
+        )
+    return runs[0]
+
+
 def read_run_table(client, run, flag: str) -> list[dict]:
     from multistep.regress.compare import read_table
 
@@ -92,9 +112,11 @@ def promote(client, run_id: str, reason: str, file_name: str | None, say=cli_say
         raise ConfigError(
             f"--promote {run_id}: the sweep is incomplete ({why}); only a complete sweep can be a baseline"
         )
+    from multistep.tracking import mlflow_layout as ml
+
     open_trials = [
         t.info.run_id
-        for t in client.search_runs([run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{rid}'", max_results=10000)
+        for t in ml.child_runs(client, run.info.experiment_id, rid)
         if t.info.status not in ("FINISHED", "KILLED") or (t.info.status == "KILLED" and tag.INTERRUPTED in t.data.tags)
     ]
     if open_trials:
@@ -234,6 +256,7 @@ def cmd_regress(args, say=cli_say) -> int:
 
 def regress(client, plan, args, uri: str, say=cli_say) -> int:
     from multistep.regress import compare as rg
+    from multistep.sweep.results import write_csv
     from multistep.tracking import mlflow_layout as ml
 
     cfg, file = plan.cfg, args.file
@@ -314,7 +337,8 @@ def regress(client, plan, args, uri: str, say=cli_say) -> int:
     png = rg.plot(points, out / "regression.png", f"{cfg.name}: baseline (dashed) vs current (thick)")
     (out / "regression.md").write_text(rg.markdown(points, facts | {"regression run": run.info.run_id}, png.name))
     (out / "regression.txt").write_text(table + "\n")
-    _write_csv(rg.to_rows(points), out / "regression.csv")
+    blank_nan = lambda v: "" if isinstance(v, float) and math.isnan(v) else v  # noqa: E731
+    write_csv([{k: blank_nan(v) for k, v in r.items()} for r in rg.to_rows(points)], out / "regression.csv")
     for name in ("regression.md", "regression.png", "regression.csv", "regression.txt"):
         client.log_artifact(run.info.run_id, str(out / name))
     client.log_metric(run.info.run_id, "regressed_points", len(bad))
@@ -334,13 +358,3 @@ def regress(client, plan, args, uri: str, say=cli_say) -> int:
         return 1
     say(f"\nno regression: {len(points)} points within tolerance of the baseline")
     return 0
-
-
-def _write_csv(rows: list[dict], path: Path) -> None:
-    import csv
-
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["method"])
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()})

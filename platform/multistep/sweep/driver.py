@@ -124,16 +124,13 @@ def _status_callback(client, run_ids: list[str], n: int, say, sweep: dict | None
         def on_trial_start(self, iteration, trials, trial, **info):
             if sweep is not None:  # an adaptive search's proposal: its run is opened now
                 values = dict(trial.config)
-                doc = plan.proposed(values).doc()
-                label = method_label(plan.proposed(values).cfg)
+                proposal = plan.proposed(values)
                 i, rid = known[trial.trial_id] = ml.proposed_trial_run(
-                    client, sweep, trial.trial_id, label, doc, values
+                    client, sweep, trial.trial_id, method_label(proposal.cfg), proposal.doc(), values
                 )
                 self.t0[i] = time.time()
-                values = ", ".join(
-                    f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.config.items()
-                )
-                say(f"[trial {i + 1}/{n}] started ({trial.trial_id}): {values}")
+                shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+                say(f"[trial {i + 1}/{n}] started ({trial.trial_id}): {shown}")
                 return
             i = trial.config["trial_index"]
             self.t0[i] = time.time()
@@ -241,9 +238,7 @@ def resume_target(client, plan: SweepPlan):
         raise ConfigError(
             f"{plan.path}: --resume: the file no longer expands to the trials of sweep run {sweep.info.run_id}"
         )
-    children = client.search_runs(
-        [exp.experiment_id], f"tags.`mlflow.parentRunId` = '{sweep.info.run_id}'", max_results=10000
-    )
+    children = ml.child_runs(client, exp.experiment_id, sweep.info.run_id)
     have = {int(r.data.tags[tag.TRIAL_INDEX]) for r in children if tag.TRIAL_INDEX in r.data.tags}
     if not plan.adaptive and (
         missing := [i for i in range(len(plan.trials)) if i not in have]
@@ -268,7 +263,7 @@ def _open_runs(client, plan: SweepPlan, tracking_uri: str, storage: str, resume:
     if resume:
         sweep = resume_target(client, plan)
         srid = sweep.info.run_id
-        children = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{srid}'", max_results=10000)
+        children = ml.child_runs(client, exp_id, srid)
         by_index = {int(r.data.tags[tag.TRIAL_INDEX]): r.info.run_id for r in children}
         run_ids = [] if plan.adaptive else [by_index[i] for i in range(len(plan.trials))]  # adaptive: by trial id
         statuses = [r.info.status for r in children]
@@ -571,13 +566,12 @@ def _unfinished(client, run_ids: list[str]) -> list[int]:
     return out
 
 
-def _proposed_plan(client, plan: SweepPlan, sweep: dict) -> tuple[SweepPlan, list[str]]:
-    """The plan of an adaptive sweep once it ran: its trials rebuilt from their runs' proposals, by index."""
+def _proposed_plan(client, plan: SweepPlan, sweep: dict) -> tuple[SweepPlan, list[str], dict[str, int]]:
+    """The plan of an adaptive sweep once it ran: its trials rebuilt from their runs' proposals, by index; their
+    run ids; each Ray trial id's position."""
     import json
 
-    children = client.search_runs(
-        [sweep["experiment_id"]], f"tags.`mlflow.parentRunId` = '{sweep['run_id']}'", max_results=10000
-    )
+    children = ml.child_runs(client, sweep["experiment_id"], sweep["run_id"])
     runs = sorted(
         (r for r in children if tag.SEARCH_VALUES in r.data.tags), key=lambda r: int(r.data.tags[tag.TRIAL_INDEX])
     )
@@ -613,19 +607,13 @@ def _close_incomplete(client, srid: str, run_ids: list[str], interrupted: bool, 
     try:
         client.set_tag(srid, tag.INCOMPLETE, "interrupted" if interrupted else "failed")
         client.set_terminated(srid, status="KILLED" if interrupted else "FAILED")
-        for rid in run_ids or _child_ids(client, srid):  # an adaptive search: the runs its trials opened
+        exp_id = None if run_ids else client.get_run(srid).info.experiment_id
+        for rid in run_ids or [r.info.run_id for r in ml.child_runs(client, exp_id, srid)]:  # adaptive: the runs opened
             if client.get_run(rid).info.status in ("RUNNING", "SCHEDULED"):
                 client.set_tag(rid, tag.INTERRUPTED, "1")  # not stopped by the scheduler: a resume settles it again
                 client.set_terminated(rid, status="KILLED")
     except Exception as e:  # noqa: BLE001
         say(f"could not close the MLflow runs of sweep run {srid} ({type(e).__name__}: {e}); they stay open")
-
-
-def _child_ids(client, srid: str) -> list[str]:
-    exp_id = client.get_run(srid).info.experiment_id
-    return [
-        r.info.run_id for r in client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{srid}'", max_results=10000)
-    ]
 
 
 def _trial_dir(trial) -> str:

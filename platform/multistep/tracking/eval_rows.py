@@ -11,6 +11,7 @@ import numpy as np
 
 from multistep.metrics.paired import EVAL_ROWS, REFERENCE
 from multistep.tracking import tags as tag
+from multistep.tracking.mlflow_layout import child_runs
 
 
 def _download(client, run_id: str, dst: str) -> list[Path]:
@@ -38,10 +39,7 @@ def load(client, sweep) -> tuple[dict, np.ndarray | None, dict]:
                 ref = np.load(f)
             else:
                 points.setdefault(_point(f), {})[-1] = np.load(f)
-        children = client.search_runs(
-            [sweep.info.experiment_id], f"tags.`mlflow.parentRunId` = '{srid}'", max_results=10000
-        )
-        for run in children:
+        for run in child_runs(client, sweep.info.experiment_id, srid):
             if run.info.status != "FINISHED" or tag.TRIAL_INDEX not in run.data.tags:
                 continue
             seed = int(run.data.params.get("train.seed", 0))

@@ -179,13 +179,15 @@ def trial_tags(sweep_run_id: str, index: int, label: str, sweep_name: str) -> li
     ]
 
 
+def child_runs(client, experiment_id: str, parent_run_id: str, extra: str = "") -> list:
+    """The runs nested under a run (a sweep's trials), optionally filtered further (`extra`: an MLflow filter)."""
+    where = f"tags.`mlflow.parentRunId` = '{parent_run_id}'" + (f" and {extra}" if extra else "")
+    return client.search_runs([experiment_id], where, max_results=10000)
+
+
 def find_trial_run(client, sweep: dict, trial_id: str):
     """The trial run nested under the sweep run with this Ray trial id, or None."""
-    found = client.search_runs(
-        [sweep["experiment_id"]],
-        f"tags.`mlflow.parentRunId` = '{sweep['run_id']}' and tags.`ray.trial_id` = '{trial_id}'",
-        max_results=1,
-    )
+    found = child_runs(client, sweep["experiment_id"], sweep["run_id"], f"tags.`ray.trial_id` = '{trial_id}'")
     return found[0] if found else None
 
 
@@ -201,7 +203,7 @@ def proposed_trial_run(client, sweep: dict, trial_id: str, label: str, doc: dict
         client.update_run(run.info.run_id, status="RUNNING")
         return int(run.data.tags[tag.TRIAL_INDEX]), run.info.run_id
     srid, exp_id = sweep["run_id"], sweep["experiment_id"]
-    index = len(client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{srid}'", max_results=10000))
+    index = len(child_runs(client, exp_id, srid))
     tags = {t.key: t.value for t in trial_tags(srid, index, label, sweep["name"])}
     tags |= {"ray.trial_id": trial_id, tag.SEARCH_VALUES: json.dumps(values, sort_keys=True)}
     S = doc["method"]["student_steps"]
