@@ -71,19 +71,9 @@ def network_spec(tc, f) -> dict:
     """How to rebuild the student's network without this platform's trial config."""
     t = tc.teacher
     if t.kind == "analytic" or (t.imported and not tc.student.copy_teacher):
-        s = tc.student
-        return {
-            "kind": "platform",
-            "net": {
-                "kind": "mlp",
-                "dim": f.net.net[0].in_features - s.time_dim,  # the flattened sample
-                "hidden": s.hidden,
-                "depth": s.depth,
-                "time_dim": s.time_dim,
-                "time_features": s.time_features,
-                "dropout": s.dropout,
-            },
-        }
+        from multistep.train.build import sample_shape, student_net_cfg
+
+        return {"kind": "platform", "net": student_net_cfg(tc.student, sample_shape(tc.data))}
     if t.kind in ("checkpoint", "mlflow"):
         from multistep.train.teacher import load_teacher
 

@@ -66,18 +66,26 @@ def rel(a, b) -> float:
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 
-def test_an_mlp_student_round_trips_through_safetensors_and_torchscript(tmp_path):
+IMAGE_GMM = {  # a UNet student on a correlated image-shaped mixture (the second benchmark, tiny)
+    "data": {"kind": "gmm", "shape": [3, 8, 8], "components": 3, "rank": 2, "smooth": 2, "seed": 1},
+    "student": {"net": "unet", "base_ch": 8, "ch_mult": [1, 2], "time_dim": 8, "init_iterations": 0},
+    "method": {"student_steps": 3},
+}
+
+
+@pytest.mark.parametrize("doc, kind", [(GMM, "mlp"), (IMAGE_GMM, "unet")], ids=["mlp", "unet"])
+def test_a_platform_student_round_trips_through_safetensors_and_torchscript(tmp_path, doc, kind):
     from multistep import export
 
-    state = trial_checkpoint(tmp_path / "trial-000" / "state.pt", GMM)
-    noise = np.random.default_rng(0).standard_normal((32, 6)).astype(np.float32)
+    state = trial_checkpoint(tmp_path / "trial-000" / "state.pt", doc)
+    noise = np.random.default_rng(0).standard_normal((32, *doc["data"]["shape"])).astype(np.float32)
     want = platform_samples(tmp_path, state, noise)
     assert main(["export", state, "--out", str(tmp_path / "st")]) == 0
     spec = json.loads((tmp_path / "st" / "multistep.json").read_text())
     assert (
         spec["student_steps"] == 3
         and spec["time_grid"] == [1.0, 2 / 3, 1 / 3, 0.0]
-        and spec["network"]["net"]["kind"] == "mlp"
+        and spec["network"]["net"]["kind"] == kind
     )
     f, _ = export.load(tmp_path / "st")  # the reload code of docs/export.md
     from multistep.diffusion.samplers import mcm_sample

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -40,6 +41,13 @@ class DataCfg(Strict):
     components: PosInt = 10  # gmm: number of mixture components
     mean_std: PosFloat = 0.6  # gmm: component means ~ N(0, mean_std^2)
     component_std: PosFloat = 0.1  # gmm: isotropic std of every component
+    rank: Annotated[int, Field(ge=0)] = (
+        0  # gmm: correlated directions per component, Sigma_k = component_std^2 I + rank_std^2 Q_k Q_k^T (0: isotropic)
+    )
+    rank_std: PosFloat = 0.5  # gmm: extra std along each of a component's `rank` random orthonormal directions
+    smooth: PosInt = (
+        1  # gmm images: means and directions drawn at H/smooth x W/smooth, upsampled bilinearly (1: white noise)
+    )
     seed: int = 0  # gmm: seed of the mixture itself
     size: Literal[8, 16, 32] = 8  # digits: image side (8 = the real data, 16/32 nearest-upsampled)
     path: str | None = Field(
@@ -60,6 +68,14 @@ class DataCfg(Strict):
             raise ValueError(f"{p}: not found")
         return str(p)
 
+    @model_validator(mode="after")
+    def _rank(self):
+        if self.kind == "gmm" and self.rank > math.prod(self.shape):
+            raise sub_field_error(
+                "rank", self.rank, f"exceeds the dimension of shape {self.shape} ({math.prod(self.shape)})"
+            )
+        return self
+
     @property
     def fd_space(self) -> str:
         """Features of the Frechet distance: the vectors themselves (identity) for mixtures, pixels for image data."""
@@ -68,9 +84,8 @@ class DataCfg(Strict):
     @property
     def label(self) -> str:
         """Short description for tags, e.g. gmm[16], digits8, parquet:cifar10."""
-        return {"gmm": f"gmm{self.shape}", "digits": f"digits{self.size}"}.get(
-            self.kind
-        ) or f"parquet:{Path(self.path or '').name}"
+        gmm = f"gmm{self.shape}" + (f"x{self.components}r{self.rank}" if self.rank else "")
+        return {"gmm": gmm, "digits": f"digits{self.size}"}.get(self.kind) or f"parquet:{Path(self.path or '').name}"
 
 
 TEACHER_ARTIFACT = "teacher.pt"  # artifact path of the checkpoint on a `multistep teacher` run
@@ -180,12 +195,16 @@ class StudentCfg(Strict):
     """The student network for an analytic teacher; with a network teacher the student is a copy of it, unless
     copy_teacher is false (then this MLP, warm-started by v-loss regression onto the teacher)."""
 
-    net: Literal["mlp"] = "mlp"
+    net: Literal["mlp", "unet"] = "mlp"  # mlp: on flattened samples; unet: images [C, H, W] (nets/unet.py)
     copy_teacher: bool = (
         True  # imported teachers: start the student as a copy of their network (the paper); false: this MLP
     )
     hidden: PosInt = 256  # MLP width
-    depth: PosInt = 3  # hidden layers
+    depth: PosInt = 3  # MLP hidden layers
+    base_ch: PosInt = 32  # UNet channels at full resolution
+    ch_mult: list[PosInt] = [1, 2]  # UNet channel multiplier per level (len - 1 downsamplings)
+    num_res_blocks: PosInt = 1  # UNet ResBlocks per level
+    attn_resolutions: list[PosInt] = []  # UNet spatial sizes with self-attention
     time_features: Literal["octave", "sinusoid"] = (
         "octave"  # octave: sin, cos of 2^k pi t; sinusoid: DDPM-style of 1000 t
     )
@@ -519,6 +538,22 @@ class TrialCfg(Strict):
                 "teacher (kind: checkpoint with path, or kind: mlflow with run_id; see `multistep teacher`)"
             )
         return t
+
+    @field_validator("student")
+    @classmethod
+    def _student_fits_data(cls, s, info):
+        d = info.data.get("data")
+        if s.net != "unet" or d is None or d.kind == "parquet":  # Parquet images: checked when the UNet is built
+            return s
+        shape = d.shape if d.kind == "gmm" else [1, d.size, d.size]
+        down = 2 ** (len(s.ch_mult) - 1)
+        if len(shape) != 3 or shape[1] != shape[2] or shape[1] % down:
+            raise sub_field_error(
+                "net",
+                s.net,
+                f"needs square images [C, H, H] with H divisible by {down} (ch_mult {s.ch_mult}); data shape is {shape}",
+            )
+        return s
 
     @field_validator("method")
     @classmethod

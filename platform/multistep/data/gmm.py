@@ -1,11 +1,17 @@
-"""Seeded Gaussian mixtures x ~ sum_k w_k N(mu_k, diag(s_k^2)) in any shape (vectors or images)."""
+"""Seeded Gaussian mixtures x ~ sum_k w_k N(mu_k, Sigma_k) in any shape (vectors or images).
+
+Sigma_k = diag(s_k^2) + Q_k diag(lambda_k) Q_k^T: per-dimension variances plus, optionally, `rank`
+correlated directions per component (Q_k: d x r, orthonormal columns; lambda_k: the extra variance along
+each). A low rank keeps the exact denoiser O(B K d r) (Woodbury, nets/analytic.py) for d in the thousands.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 
 @dataclass(frozen=True)
@@ -14,6 +20,16 @@ class GaussianMixture:
     stds: torch.Tensor  # (K, d) float64, per-dimension standard deviations
     weights: torch.Tensor  # (K,) float64, sums to 1
     shape: tuple[int, ...]  # shape of one sample, prod(shape) = d
+    factors: torch.Tensor = field(default=None)  # (K, d, r) float64, orthonormal columns per component (r = 0: none)
+    factor_vars: torch.Tensor = field(default=None)  # (K, r) float64, extra variance along each factor
+
+    def __post_init__(self):
+        K, d = self.means.shape
+        if self.factors is None:  # frozen dataclass: fill the empty factors through object.__setattr__
+            object.__setattr__(self, "factors", torch.zeros(K, d, 0, dtype=torch.float64))
+            object.__setattr__(self, "factor_vars", torch.zeros(K, 0, dtype=torch.float64))
+        if self.rank and (self.stds != self.stds[:, :1]).any():
+            raise ValueError("a mixture with correlated factors needs one isotropic std per component")
 
     @classmethod
     def random(
@@ -23,20 +39,50 @@ class GaussianMixture:
         mean_std: float = 0.6,
         component_std: float = 0.1,
         seed: int = 0,
+        rank: int = 0,
+        rank_std: float = 0.0,
+        smooth: int = 1,
     ) -> GaussianMixture:
-        """Means ~ N(0, mean_std^2), every component isotropic with std component_std, equal weights."""
+        """Means ~ N(0, mean_std^2), isotropic std component_std, equal weights; with rank > 0 every component
+        also varies with std rank_std along `rank` random orthonormal directions. Images ([C, H, W]) with
+        smooth > 1 draw means and directions as random fields at H/smooth x W/smooth, upsampled bilinearly
+        (then rescaled to mean_std per pixel): image-like, spatially correlated structure."""
         d = int(np.prod(shape))
+        if rank > d:
+            raise ValueError(f"rank {rank} exceeds the dimension {d}")
         g = torch.Generator().manual_seed(seed)
-        means = torch.randn(components, d, generator=g, dtype=torch.float64) * mean_std
+        means = _fields(components, shape, smooth, g) * mean_std
         stds = torch.full((components, d), component_std, dtype=torch.float64)
-        return cls(means, stds, torch.full((components,), 1.0 / components, dtype=torch.float64), tuple(shape))
+        w = torch.full((components,), 1.0 / components, dtype=torch.float64)
+        if not rank:
+            return cls(means, stds, w, tuple(shape))
+        factors = torch.linalg.qr(_fields(components * rank, shape, smooth, g).reshape(components, rank, d).mT)[0]
+        return cls(means, stds, w, tuple(shape), factors, torch.full((components, rank), rank_std**2).double())
 
     @property
     def dim(self) -> int:
         return self.means.shape[1]
 
+    @property
+    def rank(self) -> int:
+        return self.factors.shape[2]
+
     def sample(self, n: int, generator: torch.Generator | None = None, dtype=torch.float32) -> torch.Tensor:
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         eps = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
         x = self.means[k] + self.stds[k] * eps
+        if self.rank:  # + Q_k (sqrt(lambda_k) * eta), eta ~ N(0, I_r)
+            eta = torch.randn(n, self.rank, generator=generator, dtype=torch.float64) * self.factor_vars[k].sqrt()
+            x = x + torch.einsum("ndr,nr->nd", self.factors[k], eta)
         return x.reshape(n, *self.shape).to(dtype)
+
+
+def _fields(n: int, shape: tuple[int, ...], smooth: int, g: torch.Generator) -> torch.Tensor:
+    """n float64 rows of unit-variance noise (n, d); images with smooth > 1: low-resolution noise, upsampled."""
+    d = int(np.prod(shape))
+    if smooth <= 1 or len(shape) != 3:
+        return torch.randn(n, d, generator=g, dtype=torch.float64)
+    c, h, w = shape
+    low = torch.randn(n, c, max(1, h // smooth), max(1, w // smooth), generator=g, dtype=torch.float64)
+    up = F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False).reshape(n, d)
+    return up / up.std(dim=1, keepdim=True).clamp_min(1e-12)

@@ -28,6 +28,13 @@ def octave_features(t: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([torch.sin(arg), torch.cos(arg)], dim=1)
 
 
+def features(t: torch.Tensor, dim: int, kind: str) -> torch.Tensor:
+    """The network's time input: "sinusoid" (DDPM-style features of 1000 t) or "octave" (sin, cos of 2^k pi t)."""
+    if kind not in ("sinusoid", "octave"):
+        raise ValueError(f"unknown time_features {kind!r} (sinusoid or octave)")
+    return octave_features(t, dim) if kind == "octave" else time_features(t, dim)
+
+
 class MLP(nn.Module):
     """v_theta(z, t): concat(z, time features) -> depth x [Linear, SiLU(, Dropout)] -> Linear.
 
@@ -43,8 +50,7 @@ class MLP(nn.Module):
         time_features: str = "sinusoid",
     ):
         super().__init__()
-        if time_features not in ("sinusoid", "octave"):
-            raise ValueError(f"unknown time_features {time_features!r} (sinusoid or octave)")
+        features(torch.zeros(1), 2, time_features)  # unknown kinds fail here, not at the first forward
         self.time_dim, self.time_features = time_dim, time_features
         layers: list[nn.Module] = []
         width = dim + time_dim
@@ -55,8 +61,7 @@ class MLP(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        feats = octave_features(t, self.time_dim) if self.time_features == "octave" else time_features(t, self.time_dim)
-        h = torch.cat([z.reshape(z.shape[0], -1), feats], dim=1)
+        h = torch.cat([z.reshape(z.shape[0], -1), features(t, self.time_dim, self.time_features)], dim=1)
         return self.net(h).reshape(z.shape)
 
 

@@ -1,7 +1,7 @@
 """A small, configurable UNet v-network for images (DDPM layout): v_theta(z_t, t[, y]).
 
 ResNet blocks (GroupNorm, SiLU, 3x3 convs) each add a projection of the time embedding
-(sinusoidal features of t, the same as the MLP's, through a 2-layer MLP), optionally plus a class
+(the MLP's features of t, sinusoid or octave, through a 2-layer MLP), optionally plus a class
 embedding; self-attention at chosen resolutions; strided-conv down, nearest-neighbour up, skip
 concatenation. Output convs are zero-initialised, so an untrained net predicts v = 0.
 Class conditioning reserves id `num_classes` as the "null" class used for classifier-free guidance
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from multistep.nets.mlp import time_features
+from multistep.nets.mlp import features
 
 
 def groups_for(ch: int) -> int:
@@ -82,14 +82,16 @@ class UNet(nn.Module):
         resolution: int = 8,  # input height = width
         dropout: float = 0.0,  # dropout inside ResBlocks
         num_classes: int | None = None,  # class-conditional if set; id num_classes is the null class
-        time_dim: int = 64,  # sinusoidal time features (even)
+        time_dim: int = 64,  # time features (even)
+        time_features: str = "sinusoid",  # sinusoid: DDPM-style of 1000 t; octave: sin, cos of 2^k pi t
     ):
         super().__init__()
         if resolution % 2 ** (len(ch_mult) - 1):
             raise ValueError(
                 f"resolution {resolution} is not divisible by 2^{len(ch_mult) - 1} (ch_mult {tuple(ch_mult)})"
             )
-        self.time_dim, self.num_classes = time_dim, num_classes
+        features(torch.zeros(1), 2, time_features)  # unknown kinds fail here
+        self.time_dim, self.time_features, self.num_classes = time_dim, time_features, num_classes
         emb_dim = 4 * base_ch
         self.time_mlp = nn.Sequential(nn.Linear(time_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.label_emb = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
@@ -140,7 +142,7 @@ class UNet(nn.Module):
         return self.num_classes
 
     def embed(self, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        emb = self.time_mlp(time_features(t, self.time_dim).to(self.conv_in.weight.dtype))
+        emb = self.time_mlp(features(t, self.time_dim, self.time_features).to(self.conv_in.weight.dtype))
         if self.label_emb is not None:
             if y is None:
                 y = torch.full((t.shape[0],), self.num_classes, dtype=torch.long, device=t.device)

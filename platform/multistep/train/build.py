@@ -12,14 +12,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from multistep.config import ConfigError, DataCfg, TeacherCfg, TrialCfg
+from multistep.config import ConfigError, DataCfg, StudentCfg, TeacherCfg, TrialCfg
 from multistep.data.gmm import GaussianMixture
 from multistep.diffusion.schedules import Schedule, make_schedule
 from multistep.methods import METHODS, method_label
 from multistep.nets import imported
 from multistep.nets.analytic import MixtureDenoiser
-from multistep.nets.mlp import MLP, VDenoiser
-from multistep.train.teacher import load_teacher
+from multistep.nets.mlp import VDenoiser
+from multistep.train.teacher import build_net, load_teacher
 
 DEFAULT_CACHE = Path(os.environ.get("MULTISTEP_CACHE", "~/.cache/multistep")).expanduser()
 
@@ -54,7 +54,8 @@ def as_float(x: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
 def make_data(d: DataCfg):
     """The data distribution of a config: a GaussianMixture, or ImageData for digits / Parquet shards."""
     if d.kind == "gmm":
-        return GaussianMixture.random(tuple(d.shape), d.components, d.mean_std, d.component_std, d.seed)
+        shape, k = tuple(d.shape), d.components
+        return GaussianMixture.random(shape, k, d.mean_std, d.component_std, d.seed, d.rank, d.rank_std, d.smooth)
     if d.kind == "digits":
         from multistep.data.digits import load_digits
 
@@ -86,12 +87,29 @@ def load_network_teacher(t: TeacherCfg) -> tuple[nn.Module, dict]:
         raise ConfigError(f"teacher.path: {e}") from None
 
 
+def student_net_cfg(s: StudentCfg, shape: tuple) -> dict:
+    """The student.* network for samples of `shape` as a build_net dict (also what an export records)."""
+    common = {"time_dim": s.time_dim, "time_features": s.time_features, "dropout": s.dropout}
+    if s.net == "mlp":
+        return {"kind": "mlp", "dim": math.prod(shape), "hidden": s.hidden, "depth": s.depth, **common}
+    unet = {"in_ch": shape[0], "resolution": shape[-1], "base_ch": s.base_ch, "ch_mult": list(s.ch_mult)}
+    return {
+        "kind": "unet",
+        **unet,
+        "num_res_blocks": s.num_res_blocks,
+        "attn_resolutions": list(s.attn_resolutions),
+        **common,
+    }
+
+
 def platform_student(cfg: TrialCfg, sched: Schedule, shape: tuple) -> VDenoiser:
-    """The student.* MLP on flattened samples of `shape`; initial weights from train.seed (re-runs agree)."""
-    s = cfg.student
+    """The student.* network for samples of `shape`; initial weights from train.seed (re-runs agree)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.train.seed)
-        net = MLP(math.prod(shape), s.hidden, s.depth, s.time_dim, s.dropout, s.time_features)
+        try:
+            net = build_net(student_net_cfg(cfg.student, shape))
+        except ValueError as e:  # e.g. a UNet on Parquet images whose side its downsamplings do not divide
+            raise ConfigError(f"student.net: {e}") from None
     return VDenoiser(net, sched)
 
 

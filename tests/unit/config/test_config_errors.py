@@ -35,6 +35,11 @@ CASES = [  # (sweep file text, text the message must contain)
     ("search:\n  method.guidance: {grid: [0, 1]}\n", "method.guidance: needs a class-conditional"),
     ("data: {shape: [0]}\n", "data.shape.0"),
     ("data: {components: 0}\n", "data.components"),
+    ("data: {shape: [4], rank: 5}\n", "data.rank: exceeds the dimension of shape [4] (4)"),
+    ("data: {rank: 2, rank_std: 0}\n", "data.rank_std"),
+    ("student: {net: unet}\n", "student.net: needs square images [C, H, H]"),  # the default data is 16-D vectors
+    ("data: {shape: [3, 12, 12]}\nstudent: {net: unet, ch_mult: [1, 2, 2, 2]}\n", "H divisible by 8"),
+    ("student: {net: resnet}\n", "student.net"),
     ("eval: {samples: 0}\n", "eval.samples"),
     ("eval: {teacher_steps: [1, -2]}\n", "eval.teacher_steps.1"),
     ("eval: {extractor: classifier}\n", "eval.extractor: classifier does not fit data.kind gmm"),

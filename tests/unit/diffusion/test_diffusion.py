@@ -311,13 +311,26 @@ def hetero_mixture(shape, K, seed):
     return GaussianMixture(means, stds, w / w.sum(), tuple(shape))
 
 
+def lowrank_mixture(shape, K, seed, rank=3):
+    """Correlated components: per-component isotropic stds plus `rank` orthonormal directions with their own
+    variances (the Woodbury path), non-uniform weights."""
+    g = torch.Generator().manual_seed(seed)
+    d = int(np.prod(shape))
+    means = torch.randn(K, d, generator=g, dtype=F64) * 0.6
+    stds = (0.05 + 0.15 * torch.rand(K, 1, generator=g, dtype=F64)).expand(K, d).clone()
+    factors = torch.linalg.qr(torch.randn(K, d, rank, generator=g, dtype=F64))[0]
+    lam = 0.5 * torch.rand(K, rank, generator=g, dtype=F64) ** 2
+    w = torch.arange(1, K + 1, dtype=F64)
+    return GaussianMixture(means, stds, w / w.sum(), tuple(shape), factors, lam)
+
+
 def reference_posterior(gmm, sch, z, t):
     """E[x | z_t] and diag Var[x | z_t] by generic Gaussian conditioning with full (B, K, d, d) covariances
     and torch.distributions log-densities (float64), independent of the module's algebra."""
     B, d = z.shape[0], gmm.dim
     zf = z.reshape(B, -1).double()
     a, s = (v.reshape(B, 1, 1, 1) for v in sch.alpha_sigma(t.double()))
-    D = torch.diag_embed(gmm.stds**2)[None]  # (1, K, d, d) Cov x | k
+    D = (torch.diag_embed(gmm.stds**2) + gmm.factors @ torch.diag_embed(gmm.factor_vars) @ gmm.factors.mT)[None]
     eye = torch.eye(d, dtype=F64)
     czz = a**2 * D + s**2 * eye  # Cov z | k
     cxz = a * D  # Cov(x, z) | k
@@ -334,10 +347,14 @@ def reference_posterior(gmm, sch, z, t):
     return m.reshape(z.shape), var.reshape(z.shape)
 
 
-@pytest.mark.parametrize("shape, kind", [((5,), "hetero"), ((3, 4, 4), "hetero"), ((3, 4, 4), "isotropic")])
+@pytest.mark.parametrize(
+    "shape, kind",
+    [((5,), "hetero"), ((3, 4, 4), "hetero"), ((3, 4, 4), "isotropic"), ((6,), "lowrank"), ((3, 4, 4), "lowrank")],
+)
 @pytest.mark.parametrize("single_t", [False, True])
 def test_mixture_denoiser_exact(shape, kind, single_t):
-    gmm = hetero_mixture(shape, 4, seed=9) if kind == "hetero" else GaussianMixture.random(shape, 5, 0.6, 0.1, seed=9)
+    make = {"hetero": hetero_mixture, "lowrank": lowrank_mixture}
+    gmm = make[kind](shape, 4, seed=9) if kind in make else GaussianMixture.random(shape, 5, 0.6, 0.1, seed=9)
     f = MixtureDenoiser(gmm, COS)
     g = torch.Generator().manual_seed(10)
     B = 48
