@@ -1,5 +1,7 @@
 """Early stopping with ASHA and failing trials, through real Ray Tune + Train and a real MLflow store."""
 
+import json
+
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -70,3 +72,42 @@ def test_non_finite_loss_fails_only_that_trial(ray_local, tiny_sweep, tmp_path):
     assert "iterations" in trials[1].data.tags["multistep.error"]
     assert sweep.info.status == "FAILED"
     assert any("1 trial(s) failed: #2" in line for line in lines)
+
+
+def test_pbt_clones_a_leaders_checkpoint_and_the_clone_records_its_parent(ray_local, tiny_sweep, tmp_path):
+    # Two trials side by side, a converged warm start and an untrained one: at a checkpoint the untrained one (bottom
+    # half) continues from the other's checkpoint with a perturbed copy of its learning rate.
+    p = _write(
+        tmp_path,
+        tiny_sweep,
+        train={"iterations": 120, "batch_size": 64, "log_every": 20, "checkpoint_every": 20},
+        scheduler={
+            "name": "pbt",
+            "proxy_samples": 200,
+            "quantile_fraction": 0.5,
+            "synch": True,  # both trials have a score at every decision (else a fast trial may finish alone)
+            "mutations": {"train.learning_rate": {"loguniform": [1e-4, 1e-2]}},
+        },
+        search={"student.init_iterations": {"grid": [400, 1]}, "method.student_steps": {"grid": [2]}},
+    )
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert run_sweep(load_sweep(p), uri, str(tmp_path / "rr"), say=lambda *_: None) == 0
+    client, sweep, trials = _runs(uri)
+    assert sweep.info.status == "FINISHED" and [t.info.status for t in trials] == ["FINISHED", "FINISHED"]
+    good, clone = trials  # the converged warm start and the untrained one (which may later lead in turn)
+    assert clone.data.tags["multistep.pbt.parent_run_id"] == good.info.run_id  # its latest exploit's parent
+    files = sorted(a.path for a in client.list_artifacts(clone.info.run_id, "pbt"))
+    assert files and files[0].startswith("pbt/exploit_")
+    record = json.loads(open(client.download_artifacts(clone.info.run_id, files[0])).read())  # its first exploit
+    at = record["parent"]["iteration"]
+    assert record["parent"]["run_id"] == good.info.run_id and at in (20, 40, 60, 80, 100)
+    assert record["parent"]["values"] == {"train.learning_rate": 2e-4}  # the leader's values, as it trained
+    assert record["parent"]["config"]["student"]["init_iterations"] == 400  # the leader's whole config
+    lr = record["values"]["train.learning_rate"]
+    assert lr != 2e-4 and 1e-4 <= lr <= 1e-2  # x0.8 / x1.2 of the leader's, or redrawn from the range
+    history = [(m.step, m.value) for m in client.get_metric_history(clone.info.run_id, "pbt/train.learning_rate")]
+    assert history[0] == (0, 2e-4) and (at, pytest.approx(lr)) in history  # the schedule the clone actually ran
+    assert clone.data.params["student.init_iterations"] == "1"  # params: the trial as planned
+    for t in trials:
+        assert client.get_metric_history(t.info.run_id, "wall_seconds")[-1].step == 120  # trained to the end
+        assert "fd_identity_400" in t.data.metrics

@@ -140,7 +140,44 @@ def _expand_block(search: dict, base: dict, num_samples: int, rng, path: str) ->
     return trials
 
 
+PBT_SHARED = ("method.name", "method.mode", "method.student_steps", "train.iterations", "train.checkpoint_every")
+
+
+def _check_pbt(cfg: SweepCfg, trials: list[Trial], path: str) -> None:
+    """scheduler: pbt clones checkpoints between the trials of one population: they must be able to take each other's
+    weights and schedules, and train in Tune's own trial process (where Tune keeps the checkpoints it hands over)."""
+    where = f"{path}: scheduler: pbt"
+    if cfg.search_alg.adaptive:
+        raise ConfigError(f"{where} cannot be combined with search_alg {cfg.search_alg.name} (Ray Tune refuses both)")
+    if not cfg.resources.trial_trains_itself:
+        raise ConfigError(f"{where} needs single-worker trials (resources.num_workers: 1, runner: auto or tune)")
+    if len(trials) < 2:
+        raise ConfigError(f"{where} needs a population: the search gives {len(trials)} trial")
+    for key in PBT_SHARED:
+        values = {str(get_path(t.doc(), key)) for t in trials}
+        if len(values) > 1:
+            raise ConfigError(
+                f"{where}: every trial must share {key} (checkpoints are cloned between them): {sorted(values)}"
+            )
+    if "method.anneal.end" in cfg.scheduler.mutations and any(
+        t.cfg.method.name != "mcm" or t.cfg.method.anneal.name != "loglinear" for t in trials
+    ):
+        raise ConfigError(f"{where}: mutations: method.anneal.end needs method.name mcm with anneal name loglinear")
+    for k, a in cfg.scheduler.mutations.items():  # every value PBT may set is a valid trial
+        for v in a.choice or a.uniform or a.loguniform:
+            _trial(trials[0].doc(), {k: v}, path)
+
+
+def get_path(doc: dict, dotted: str):
+    for part in dotted.split("."):
+        doc = doc[part]
+    return doc
+
+
 def load_sweep(path: str | os.PathLike, eval_overrides: dict | None = None) -> SweepPlan:
     """Read, validate and expand a sweep file; raises ConfigError with a one-line message."""
     cfg, doc = validate_file(SweepCfg, path, eval_overrides)
-    return SweepPlan(str(path), cfg, doc, expand(cfg, doc, str(path)))
+    trials = expand(cfg, doc, str(path))
+    if cfg.scheduler.name == "pbt":
+        _check_pbt(cfg, trials, str(path))
+    return SweepPlan(str(path), cfg, doc, trials)

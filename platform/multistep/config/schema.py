@@ -428,11 +428,37 @@ class ResourcesCfg(WorkerResourcesCfg):
         return self.runner == "tune" or (self.runner == "auto" and self.num_workers == 1)
 
 
+PBT_MUTABLE = Literal["train.learning_rate", "method.anneal.end"]  # what PBT may change in a running trial
+
+
 class SchedulerCfg(Strict):
-    name: Literal["fifo", "asha"] = "fifo"  # asha stops trials whose proxy metric lags at each rung
+    name: Literal["fifo", "asha", "pbt"] = (
+        "fifo"  # asha: stops trials whose proxy metric lags at each rung; pbt: lagging trials continue from a leader's checkpoint with perturbed hyperparameters
+    )
     proxy_samples: PosInt = 1000  # samples of the cheap in-training proxy (logged as proxy_<metric>)
     grace_checkpoints: PosInt = 1  # asha: checkpoints every trial runs before it may be stopped
     reduction_factor: Annotated[float, Field(gt=1)] = 2  # asha: keep 1/reduction_factor of trials per rung
+    perturb_checkpoints: PosInt = 1  # pbt: checkpoints between a trial's exploit / explore decisions
+    quantile_fraction: Annotated[float, Field(gt=0, le=0.5)] = (
+        0.25  # pbt: the bottom fraction (by proxy metric) that clones a trial of the top fraction
+    )
+    resample_probability: Annotated[float, Field(ge=0, le=1)] = (
+        0.25  # pbt: chance a cloned value is redrawn from its range instead of scaled by 0.8 / 1.2 (or shifted one choice)
+    )
+    synch: bool = False  # pbt: decide only when the whole population has reached the interval (paused trials wait; async: at once)
+    # pbt: what explore changes, as choice / uniform / loguniform axes (trials start from their own values)
+    mutations: dict[PBT_MUTABLE, Axis] = {}
+
+    @model_validator(mode="after")
+    def _mutations(self):
+        if self.name == "pbt" and not self.mutations:
+            raise sub_field_error("mutations", {}, "pbt needs at least one of train.learning_rate, method.anneal.end")
+        for k, a in self.mutations.items():
+            if a.kind == "grid":
+                raise sub_field_error(
+                    "mutations", k, f"{k}: give choice, uniform or loguniform (grid is for search axes)"
+                )
+        return self
 
 
 Objective = Literal[

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from multistep.cli_common import say as cli_say
 from multistep.config import ConfigError, SweepPlan
+from multistep.config.plan import get_path, set_path
 from multistep.metrics.evaluate import metric_names
 from multistep.metrics.extractors import file_sha256
 from multistep.metrics.paired import EVAL_ROWS, save_rows
@@ -36,13 +37,19 @@ def trial_driver(config: dict, ctx: dict) -> None:
     from multistep.sweep.worker import run_trial, tune_session
 
     r = ctx["resources"]
+    pbt = {k: config[k] for k in ctx["pbt"]}  # scheduler pbt: the values PBT set (a clone: its leader's, perturbed)
     if ctx["adaptive"]:  # the search algorithm's proposal: the trial opens its own MLflow run
         i, doc, run_id = _proposed_trial(config, ctx)
     else:
-        i = config["trial_index"]
+        i = config["trial_index"]  # a PBT clone: its leader's trial (the MLflow run stays this Ray trial's own)
         doc, run_id = ctx["trials"][i], ctx["run_ids"][i]
+        if pbt:
+            for k, v in pbt.items():
+                doc = set_path(doc, k, v)
+            run_id = _own_run(ctx, tune.get_context().get_trial_id()).info.run_id
     loop_cfg = {
         "trial": doc,
+        "pbt": pbt,
         "run_id": run_id,  # + eval_ref, init, proxy_samples
         "tracking_uri": ctx["tracking_uri"],
         "threads": r["cpus_per_worker"],
@@ -62,12 +69,18 @@ def _proposed_trial(config: dict, ctx: dict) -> tuple[int, dict, str]:
     started the trial (waited for: the callback may still be writing it)."""
     from ray import tune
 
-    trial_id = tune.get_context().get_trial_id()
     doc = ctx["plan"].proposed(dict(config)).doc()
+    run = _own_run(ctx, tune.get_context().get_trial_id())
+    return int(run.data.tags[tag.TRIAL_INDEX]), doc, run.info.run_id
+
+
+def _own_run(ctx: dict, trial_id: str):
+    """The MLflow run the driver's callback tagged with this Ray trial id when Tune started it (waited for: the
+    callback may still be writing it)."""
     client = ml.client(ctx["tracking_uri"])
     for _ in range(240):
         if (run := ml.find_trial_run(client, ctx["sweep"], trial_id)) is not None:
-            return int(run.data.tags[tag.TRIAL_INDEX]), doc, run.info.run_id
+            return run
         time.sleep(0.5)
     raise RuntimeError(f"trial {trial_id}: the driver opened no MLflow run for it in 120 s")
 
@@ -97,22 +110,24 @@ def _fit_trainer(loop_cfg: dict, r: dict, i: int, storage: str) -> dict:
     return trainer.fit().return_value or {}
 
 
-def _status_callback(client, run_ids: list[str], n: int, say, sweep: dict | None = None, plan=None):
-    """sweep (an adaptive search: {run_id, experiment_id, name}) and plan: trial runs are opened when Tune starts
-    a proposed trial and found again by its Ray trial id."""
+def _status_callback(client, run_ids: list[str], n: int, say, sweep: dict, plan=None):
+    """Trial runs are known by Ray trial id (the run's ray.trial_id tag): a planned trial's run is the one of its
+    config's trial_index when Tune first starts it (PBT later gives a clone its leader's trial_index); plan (an
+    adaptive search): runs are opened when Tune starts a proposed trial."""
     from ray import tune
 
     def run_of(trial) -> tuple[int, str | None]:
-        if sweep is None:
-            return trial.config["trial_index"], run_ids[trial.config["trial_index"]]
         if trial.trial_id not in known:
             run = ml.find_trial_run(client, sweep, trial.trial_id)
-            if run is None:
+            if run is not None:
+                known[trial.trial_id] = int(run.data.tags[tag.TRIAL_INDEX]), run.info.run_id
+            elif plan is None:
+                known[trial.trial_id] = trial.config["trial_index"], run_ids[trial.config["trial_index"]]
+            else:
                 return -1, None
-            known[trial.trial_id] = int(run.data.tags[tag.TRIAL_INDEX]), run.info.run_id
         return known[trial.trial_id]
 
-    known: dict[str, tuple[int, str]] = {}  # adaptive: Ray trial id -> (index, run id)
+    known: dict[str, tuple[int, str]] = {}  # Ray trial id -> (index, run id)
 
     class MlflowStatus(tune.Callback):
         """Moves each trial's MLflow run through RUNNING -> FINISHED / FAILED / KILLED (early stop)."""
@@ -120,9 +135,10 @@ def _status_callback(client, run_ids: list[str], n: int, say, sweep: dict | None
         def __init__(self):
             self.t0: dict[int, float] = {}
             self.failed: list[int] = []
+            self.known = known
 
         def on_trial_start(self, iteration, trials, trial, **info):
-            if sweep is not None:  # an adaptive search's proposal: its run is opened now
+            if plan is not None:  # an adaptive search's proposal: its run is opened now
                 values = dict(trial.config)
                 proposal = plan.proposed(values)
                 i, rid = known[trial.trial_id] = ml.proposed_trial_run(
@@ -132,12 +148,12 @@ def _status_callback(client, run_ids: list[str], n: int, say, sweep: dict | None
                 shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
                 say(f"[trial {i + 1}/{n}] started ({trial.trial_id}): {shown}")
                 return
-            i = trial.config["trial_index"]
-            self.t0[i] = time.time()
-            client.set_tag(run_ids[i], "ray.trial_id", trial.trial_id)
-            if tag.INTERRUPTED in client.get_run(run_ids[i]).data.tags:  # running again: a later KILLED is ASHA's
-                client.delete_tag(run_ids[i], tag.INTERRUPTED)
-            client.update_run(run_ids[i], status="RUNNING")
+            i, rid = run_of(trial)
+            self.t0.setdefault(i, time.time())  # a PBT clone restarting keeps its start time
+            client.set_tag(rid, "ray.trial_id", trial.trial_id)
+            if tag.INTERRUPTED in client.get_run(rid).data.tags:  # running again: a later KILLED is ASHA's
+                client.delete_tag(rid, tag.INTERRUPTED)
+            client.update_run(rid, status="RUNNING")
             say(f"[trial {i + 1}/{n}] started ({trial.trial_id})")
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -439,7 +455,8 @@ def _run_sweep(plan, tracking_uri, storage, say, resume, start_ray, stop: Interr
             "asset_keys": asset_keys,
             "trains_itself": itself,
             "adaptive": adaptive,
-            "plan": plan,  # an adaptive search: proposals become trial configs in the trial
+            "plan": plan,  # an adaptive search's proposals, PBT's values: trial configs in the trial
+            "pbt": list(cfg.scheduler.mutations) if cfg.scheduler.name == "pbt" else [],
             "sweep": sweep_ref,
         }
         if itself:
@@ -448,7 +465,7 @@ def _run_sweep(plan, tracking_uri, storage, say, resume, start_ray, stop: Interr
             driver_res = {"CPU": 0, "train_driver": 1} if ray.cluster_resources().get("train_driver") else {"CPU": 1}
         trainable = tune.with_resources(tune.with_parameters(trial_driver, ctx=ctx), driver_res)
         n_trials = cfg.num_samples if adaptive else len(run_ids)
-        status = _status_callback(client, run_ids, n_trials, say, *((sweep_ref, plan) if adaptive else ()))
+        status = _status_callback(client, run_ids, n_trials, say, sweep_ref, plan if adaptive else None)
         indices = list(range(len(plan.trials)))
         restorable = resume and tune.Tuner.can_restore(ray_dir)
         if restorable and (why := _unreadable_tune_state(ray_dir)):  # e.g. the driver was killed mid-write
@@ -465,9 +482,7 @@ def _run_sweep(plan, tracking_uri, storage, say, resume, start_ray, stop: Interr
         if restorable:
             tuner = tune.Tuner.restore(ray_dir, trainable, resume_unfinished=True, resume_errored=True)
         else:
-            space, search_alg = (
-                search.optuna(plan, names) if adaptive else ({"trial_index": tune.grid_search(indices)}, None)
-            )
+            space, search_alg = search.optuna(plan, names) if adaptive else (_grid_space(plan, indices), None)
             tuner = tune.Tuner(
                 trainable,
                 param_space=space,
@@ -485,7 +500,8 @@ def _run_sweep(plan, tracking_uri, storage, say, resume, start_ray, stop: Interr
                     callbacks=[status],
                     verbose=0,
                     failure_config=tune.FailureConfig(max_failures=r.max_failures if itself else 1),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                    # PBT: every checkpoint kept (a clone's checkpoint manager would otherwise delete its leader's)
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=None if ctx["pbt"] else 2),
                 ),
             )
         what = f"{n_trials} trials proposed by {cfg.search_alg.name}" if adaptive else f"{n_trials} trials"
@@ -509,7 +525,8 @@ def _run_sweep(plan, tracking_uri, storage, say, resume, start_ray, stop: Interr
             }
             orphans = cfg.num_samples - len(run_ids)  # proposed trials that never opened an MLflow run, or never ran
         else:
-            last, orphans = {res.config["trial_index"]: res.metrics or {} for res in grid}, 0
+            index = lambda res: status.known.get(res.metrics.get("trial_id"), (res.config["trial_index"],))[0]  # noqa: E731
+            last, orphans = {index(res): res.metrics for res in grid if res.metrics}, 0
         failed = _settle_trials(client, run_ids, last)
         if orphans:  # trials that failed before they could open an MLflow run
             say(
@@ -634,8 +651,20 @@ def _copy_results(out_dir: Path, uri: str, say) -> None:
     say(f"results copied to {uri}/")
 
 
+def _grid_space(plan: SweepPlan, indices: list[int]) -> dict:
+    """Tune's param_space of a planned sweep: one trial per index; with scheduler pbt, also the values PBT perturbs,
+    each trial starting from its own."""
+    from ray import tune
+
+    space = {"trial_index": tune.grid_search(indices)}
+    for k in plan.cfg.scheduler.mutations if plan.cfg.scheduler.name == "pbt" else ():
+        start = [get_path(t.doc(), k) for t in plan.trials]
+        space[k] = tune.sample_from(lambda config, start=start: start[config["trial_index"]])
+    return space
+
+
 def _scheduler(plan: SweepPlan):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 
     sc = plan.cfg.scheduler
     if sc.name == "fifo":
@@ -643,6 +672,21 @@ def _scheduler(plan: SweepPlan):
     cfgs = [plan.trial_cfg(i) for i in range(len(plan.trials))]
     every = min(c.train.checkpoint_every for c in cfgs)
     proxy = f"proxy_{metric_names(min(sc.proxy_samples, cfgs[0].eval.samples), cfgs[0].feature_space)['fd']}"
+    if sc.name == "pbt":  # time: checkpoint_iteration, reported at every checkpoint but the last (worker.py)
+        import logging
+
+        logging.getLogger("ray.tune.schedulers.pbt").setLevel(logging.ERROR)  # not "no time_attr" for final reports
+        return PopulationBasedTraining(
+            time_attr="checkpoint_iteration",
+            require_attrs=False,  # the final report (and a PBT-restarted trial's first) carries no checkpoint_iteration
+            metric=proxy,
+            mode="min",
+            perturbation_interval=sc.perturb_checkpoints * every,
+            hyperparam_mutations={k: search.domain(a) for k, a in sc.mutations.items()},
+            quantile_fraction=sc.quantile_fraction,
+            resample_probability=sc.resample_probability,
+            synch=sc.synch,
+        )
     # max_t one past the end: reaching the last iteration must not stop a trial before its final evaluation
     return ASHAScheduler(
         time_attr="iteration",

@@ -26,7 +26,7 @@ def optuna(plan, names: dict) -> tuple[dict, FinalOnly]:
         if a.kind in ("grid", "choice"):
             space[k] = tune.choice(a.grid or a.choice)
         else:
-            space[k] = (tune.loguniform if a.kind == "loguniform" else tune.uniform)(*(a.loguniform or a.uniform))
+            space[k] = domain(a)
     metrics = [names.get(m, m) for m in alg.metrics]
     seed = plan.cfg.train.seed if alg.seed is None else alg.seed
     sampler = TPESampler(seed=seed) if alg.sampler == "tpe" else NSGAIISampler(seed=seed)
@@ -34,3 +34,10 @@ def optuna(plan, names: dict) -> tuple[dict, FinalOnly]:
     return space, FinalOnly(
         metric=metrics[0] if one else metrics, mode=alg.mode if one else list(alg.mode), sampler=sampler
     )
+
+
+def domain(a):
+    """A choice axis as its list (PBT shifts a cloned value one place along it), a range as Tune's distribution."""
+    if a.kind in ("grid", "choice"):
+        return list(a.grid or a.choice)
+    return (tune.loguniform if a.kind == "loguniform" else tune.uniform)(*(a.loguniform or a.uniform))

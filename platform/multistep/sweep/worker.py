@@ -96,6 +96,31 @@ def load_checkpoint(ckpt) -> tuple[dict, str | None]:
     raise bad
 
 
+def pbt_exploit(state, sd: dict, cfg: dict, logger) -> None:
+    """A PBT clone starts from its leader's checkpoint `sd`: its own learning rate (the rest of the new config is read
+    from cfg by the method), a random stream of its own, and the parent recorded on its run: tags naming the leader's
+    run and iteration, and pbt/exploit_<iteration>.json with the leader's config and the values this trial now uses."""
+    import json
+    import zlib
+
+    from multistep.config.plan import get_path
+
+    lr = cfg["trial"]["train"]["learning_rate"]
+    for group in state.opt.param_groups:
+        group["lr"] = lr
+    state.gen.manual_seed(zlib.crc32(f"{cfg['run_id']}:{state.iteration}".encode()))  # not the leader's batches
+    if logger is None:
+        return
+    parent = {"run_id": sd["run_id"], "iteration": state.iteration, "config": sd["trial"]}
+    parent["values"] = {k: get_path(sd["trial"], k) for k in cfg["pbt"]}
+    logger.client.set_tag(cfg["run_id"], tag.PBT_PARENT_RUN, sd["run_id"])  # the latest exploit's
+    logger.client.set_tag(cfg["run_id"], tag.PBT_PARENT_ITERATION, str(state.iteration))
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / f"exploit_{state.iteration:07d}.json"
+        path.write_text(json.dumps({"parent": parent, "values": cfg["pbt"]}, indent=1, sort_keys=True))
+        logger.artifact(str(path), "pbt")
+
+
 def worker_main(cfg: dict) -> dict:
     """The TorchTrainer's train function (every Ray Train worker)."""
     return run_trial(cfg, train_session())
@@ -219,10 +244,14 @@ def run_trial(cfg: dict, session: Session) -> dict:
             torch.set_rng_state(cpu_rng)
         if logger:
             logger.client.set_tag(cfg["run_id"], tag.RESUMED_FROM_ITERATION, str(state.iteration))
+        if sd.get("run_id") not in (None, cfg["run_id"]):  # PBT cloned a leader's checkpoint into this trial
+            pbt_exploit(state, sd, cfg, logger)
     if (
         logger
     ):  # a restart (with or without a checkpoint) redoes work: points the run already holds are not logged again
         logger.resume()
+    if logger and cfg.get("pbt"):  # the values PBT set, step = the iteration they apply from (a chart per value)
+        logger.metrics(state.iteration, {f"pbt/{k}": float(v) for k, v in cfg["pbt"].items()})
 
     local_batch = tc.train.batch_size // world
     ref = load_ref(cfg["eval_ref"])  # an EvalRef, or a StreamRef (eval.stream): its noise drawn per batch
@@ -267,8 +296,10 @@ def run_trial(cfg: dict, session: Session) -> dict:
             last_proxy.update(proxy())
         rngs = replicas.gather((state.gen.get_state(), torch.get_rng_state())) if replicas else []  # all ranks call it
         metrics = {"iteration": it, **last_proxy}
-        if logger:
-            logger.metrics(it, {k: v for k, v in metrics.items() if k != "iteration"})  # step = iteration
+        if it < t.iterations:  # PBT's clock: a decision at the last checkpoint would only replace the finished weights
+            metrics["checkpoint_iteration"] = it
+        if logger:  # step = iteration
+            logger.metrics(it, {k: v for k, v in metrics.items() if k not in ("iteration", "checkpoint_iteration")})
         with tempfile.TemporaryDirectory() as d:
             if rank == 0:
                 payload = {

@@ -35,5 +35,7 @@ EVAL_PROTOCOL = "multistep.eval_protocol"  # N, feature space (detector sha256),
 EVAL_REFERENCE = "multistep.eval_reference_sha256"  # sha256 of eval.reference, the statistics FD is measured against
 TEACHER_SOURCE = "multistep.teacher_source"  # an imported teacher run: diffusers, torchscript or state_dict
 TRIAL_INDEX = "multistep.trial_index"
+PBT_PARENT_RUN = "multistep.pbt.parent_run_id"  # PBT: the run whose checkpoint this trial last continued from
+PBT_PARENT_ITERATION = "multistep.pbt.parent_iteration"  # ... and at which iteration (pbt/exploit_*.json: configs)
 SEARCH_VALUES = "multistep.search_values"  # an adaptive search's proposal (JSON, by dotted config path)
 BASELINE_PREFIX = "multistep.baseline."  # + promoted_by / promoted_at / reason / demoted_* / replaced_by / replaces

@@ -98,6 +98,35 @@ CASES = [  # (sweep file text, text the message must contain)
         "search_alg: {name: optuna}\nnum_samples: 300\nsearch:\n  method.student_steps: {grid: [1]}\n",
         "num_samples 300 is more than max_trials",
     ),
+    ("scheduler: {name: pbt}\n", "scheduler.mutations: pbt needs at least one of"),
+    ("scheduler: {name: pbt, mutations: {train.learning_rate: {grid: [0.1]}}}\n", "give choice, uniform or loguniform"),
+    ("scheduler: {name: pbt, mutations: {train.batch_size: {choice: [8]}}}\n", "scheduler.mutations.train.batch_size"),
+    (
+        "scheduler: {name: pbt, mutations: {train.learning_rate: {loguniform: [1.0e-4, 1.0e-2]}}}\nsearch:\n  method.student_steps: {grid: [4]}\n",
+        "scheduler: pbt needs a population: the search gives 1",
+    ),
+    (
+        "scheduler: {name: pbt, mutations: {train.learning_rate: {loguniform: [1.0e-4, 1.0e-2]}}}\nsearch:\n  method.student_steps: {grid: [2, 4]}\n",
+        "must share method.student_steps",
+    ),
+    (
+        "scheduler: {name: pbt, mutations: {train.learning_rate: {loguniform: [1.0e-4, 1.0e-2]}}}\nsearch:\n  train.seed: {grid: [0, 1]}\nresources: {num_workers: 2}\n",
+        "needs single-worker trials",
+    ),
+    (
+        "scheduler: {name: pbt, mutations: {train.learning_rate: {loguniform: [1.0e-4, 1.0e-2]}}}\nsearch_alg: {name: optuna}\nsearch:\n  train.batch_size: {grid: [32, 64]}\n",
+        "cannot be combined with search_alg",
+    ),
+    (
+        "scheduler: {name: pbt, mutations: {method.anneal.end: {choice: [64, 128]}}}\n"
+        "method: {name: tract, student_steps: 2}\nsearch:\n  train.seed: {grid: [0, 1]}\n",
+        "method.anneal.end needs method.name mcm",
+    ),
+    (
+        "scheduler: {name: pbt, mutations: {train.learning_rate: {uniform: [-1, 1]}}}\n"
+        "search:\n  train.seed: {grid: [0, 1]}\n",
+        "train.learning_rate",
+    ),
     ("name: 'bad name!'\n", "name"),
     ("- just\n- a list\n", "top level must be a mapping"),
     ("42\n", "top level must be a mapping"),
