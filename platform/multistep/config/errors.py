@@ -44,3 +44,9 @@ def describe(err: ValidationError, prefix: str = "") -> str:
     elif "input" in e and e["type"] not in ("missing", "value_error") and not isinstance(e["input"], (dict, list)):
         msg += f" (got {e['input']!r})"
     return f"{loc}: {msg}"
+
+
+def first_line(e: Exception, limit: int = 300) -> str:
+    """An exception as one short line: its message's first line (or its type's name), without a final full stop."""
+    text = str(e).strip()
+    return (text.splitlines()[0][:limit] if text else type(e).__name__).rstrip(".")

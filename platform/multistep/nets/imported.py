@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from multistep.config.errors import first_line
 from multistep.diffusion.ddim import bcast as _bc
 from multistep.diffusion.schedules import ClippedCosine, DiscreteVP, Schedule, make_schedule
 from multistep.nets.adapter import Adapted, Time, ddpm_betas
@@ -149,7 +150,7 @@ def network(t) -> nn.Module:
         try:
             net = DiffusersUNet(UNet2DModel.from_pretrained(str(unet), local_files_only=True, low_cpu_mem_usage=False))
         except Exception as e:  # noqa: BLE001 - diffusers raises many kinds for a broken folder
-            raise ValueError(f"teacher.path: {unet}: diffusers could not load it ({_line(e)})") from None
+            raise ValueError(f"teacher.path: {unet}: diffusers could not load it ({first_line(e, 200)})") from None
     elif t.kind == "torchscript":
         try:
             net = (
@@ -159,7 +160,7 @@ def network(t) -> nn.Module:
             )
         except Exception as e:  # noqa: BLE001
             raise ValueError(
-                f"teacher.path: {p}: not a TorchScript (torch.jit.save) or torch.export file ({_line(e)})"
+                f"teacher.path: {p}: not a TorchScript (torch.jit.save) or torch.export file ({first_line(e, 200)})"
             ) from None
     else:
         net = _built(t)
@@ -171,11 +172,13 @@ def _built(t) -> nn.Module:
     try:
         build = getattr(importlib.import_module(mod), fn)
     except (ImportError, AttributeError) as e:
-        raise ValueError(f"teacher.builder: {t.builder}: not importable ({_line(e)})") from None
+        raise ValueError(f"teacher.builder: {t.builder}: not importable ({first_line(e, 200)})") from None
     try:
         net = build(**t.builder_args)
     except Exception as e:  # noqa: BLE001 - the user's code
-        raise ValueError(f"teacher.builder_args: {t.builder}(**{t.builder_args}) failed ({_line(e)})") from None
+        raise ValueError(
+            f"teacher.builder_args: {t.builder}(**{t.builder_args}) failed ({first_line(e, 200)})"
+        ) from None
     p = Path(t.path)
     try:
         if p.suffix == ".safetensors":
@@ -186,17 +189,12 @@ def _built(t) -> nn.Module:
             sd = torch.load(str(p), map_location="cpu", weights_only=True)
             sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
     except Exception as e:  # noqa: BLE001
-        raise ValueError(f"teacher.path: {p}: not a readable state dict ({_line(e)})") from None
+        raise ValueError(f"teacher.path: {p}: not a readable state dict ({first_line(e, 200)})") from None
     try:
         net.load_state_dict(sd)
     except Exception as e:  # noqa: BLE001
-        raise ValueError(f"teacher.path: {p}: does not fit {t.builder} ({_line(e)})") from None
+        raise ValueError(f"teacher.path: {p}: does not fit {t.builder} ({first_line(e, 200)})") from None
     return net
-
-
-def _line(e: Exception) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0][:200] if text else type(e).__name__).rstrip(".")
 
 
 def time_of(t, decl: dict) -> Time:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from multistep.atomic import cannot_write_in, check_output_folder, existing_ancestor
 from multistep.config import ConfigError, SweepPlan, TrialCfg
+from multistep.config.errors import first_line
 
 # Tracking-store schemes MLflow 3.17 opens (its SQLAlchemy dialects, the REST client, Databricks, file stores)
 TRACKING_SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "mssql", "databricks")
@@ -76,7 +77,7 @@ class Storage:
         try:
             fs, root = pafs.FileSystem.from_uri(self.uri)
         except Exception as e:  # noqa: BLE001 - unknown scheme, bad bucket name, missing credentials
-            raise ConfigError(f"--storage {self.arg}: not a storage URI pyarrow can open ({_first_line(e)})") from None
+            raise ConfigError(f"--storage {self.arg}: not a storage URI pyarrow can open ({first_line(e)})") from None
         probe = f"{root}/.multistep-probe-{uuid.uuid4().hex[:8]}"
         try:
             fs.create_dir(root, recursive=True)
@@ -84,12 +85,7 @@ class Storage:
                 out.write(b"probe")
             fs.delete_file(probe)
         except Exception as e:  # noqa: BLE001
-            raise ConfigError(f"--storage {self.arg}: a probe write there failed ({_first_line(e)})") from None
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0][:300] if text else type(e).__name__).rstrip(".")
+            raise ConfigError(f"--storage {self.arg}: a probe write there failed ({first_line(e)})") from None
 
 
 def inputs(plan: SweepPlan) -> None:
@@ -133,7 +129,7 @@ def _check_pair(tc: TrialCfg, path: str) -> None:
         except Exception as e:  # noqa: BLE001 - a shape mismatch shows as any of several errors
             raise ConfigError(
                 f"{path}: teacher.path: {tc.teacher.path} does not take samples of this data's shape "
-                f"{tuple(shape)} ({_first_line(e)})"
+                f"{tuple(shape)} ({first_line(e)})"
             ) from None
 
 
@@ -187,7 +183,7 @@ def _check_imported(tc: TrialCfg, shape: tuple, path: str) -> None:
             out = f(x[:2].double(), torch.full((2,), 0.5, dtype=torch.float64), None if y is None else y[:2])
     except Exception as e:  # noqa: BLE001 - a shape or channel mismatch shows as any of several errors
         raise ConfigError(
-            f"{where} does not take samples of this data's shape {tuple(shape)} ({_first_line(e)})"
+            f"{where} does not take samples of this data's shape {tuple(shape)} ({first_line(e)})"
         ) from None
     if not torch.isfinite(out).all():
         raise ConfigError(f"{where} returns non-finite values on the first batch of this data")
