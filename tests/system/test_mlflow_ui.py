@@ -1,6 +1,7 @@
 """The address every MLflow hint prints opens the runs view: a real `mlflow server` on 127.0.0.1 (started and stopped
 by PID), the sweep's runs as the sweep driver lays them out, and Debian's headless Chromium driven by Playwright.
-The runs table lists the sweep run; expanding it lists its nested trials."""
+The address opens MLflow's model-training view, whose runs table lists the sweep run; expanding it lists its nested
+trials."""
 
 import re
 import shutil
@@ -36,12 +37,14 @@ def test_printed_address_opens_the_runs_table_with_the_sweep_and_its_trials(tiny
         exp_id = ml.client(uri).get_run(srid).info.experiment_id
         hint = ml.ui_hint(uri, exp_id)
         address = re.search(r"http://\S+", hint).group(0)
-        assert address == f"{uri}/#/experiments/{exp_id}/runs" and "Chart view" in hint
+        assert address == f"{uri}/#/experiments/{exp_id}/runs?workflowType=machine_learning" and "Chart view" in hint
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
             page = browser.new_page()
             page.goto(address)
             page.get_by_text(sweep_id).wait_for(timeout=60_000)  # the sweep run, in the runs table
+            page.get_by_text("Model registry").wait_for(timeout=30_000)  # the model-training view's navigation...
+            assert page.get_by_text("Prompts", exact=True).count() == 0  # ...not the GenAI one
             assert page.get_by_text(f"{1 + len(run_ids)} matching runs").count() == 1
             page.locator("button[data-component-id*='runnamecellrenderer']").first.click()  # expand the sweep run
             for rid in run_ids:

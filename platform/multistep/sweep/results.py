@@ -197,6 +197,7 @@ def plot_pareto(points: list[dict], metric: str, path: Path, title: str) -> Path
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
     fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.2))
     for ax, cost, flag, xlabel in (
@@ -214,7 +215,13 @@ def plot_pareto(points: list[dict], metric: str, path: Path, title: str) -> Path
             ax.annotate(f"{p['method']} S={p['steps']}", (p[cost], p["value"]), fontsize=7, xytext=(3, 3),
                         textcoords="offset points")  # fmt: skip
         ax.set(xlabel=xlabel, ylabel=metric)
-        ax.set_xscale("log")
+        xs = [p[cost] for p in usable if p[cost] > 0]
+        if xs and max(xs) >= 10 * min(xs):  # a log axis only where costs span a decade or more
+            ax.set_xscale("log")
+        if cost == "nfe" and xs:
+            ax.set_xticks(sorted(set(xs)))  # the NFE values themselves (1, 2, 4, 8, ...), not 3 x 10^0
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_yscale("log")
     axes[0].legend(fontsize=7)
     fig.suptitle(title)

@@ -63,8 +63,9 @@ def git_commit() -> str:
 
 
 def ui_hint(uri: str, experiment_id: str) -> str:
-    """Where to look: the address of the experiment's runs view (a server's own, or `mlflow ui`'s default port)."""
-    view = f"/#/experiments/{experiment_id}/runs"
+    """Where to look: the address of the experiment's runs view (a server's own, or `mlflow ui`'s default port), on
+    MLflow's model-training view (3.x opens on the GenAI one otherwise)."""
+    view = f"/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
     charts = (
         " (expand the sweep run for its trials; the Chart view plots each metric against its step: sampling "
         "steps for fd_*/kid_*/swd_*, iterations for train/*; the sweep run's <metric>/<method> are the curves)"
