@@ -48,6 +48,8 @@ def run(args) -> int:
                 f"RUN_OR_SWEEP {arg}: sweep run {sweep.info.run_id} kept no evaluation rows (set eval.keep_rows)"
             )
         name = sweep.data.tags.get("multistep.sweep_id", sweep.info.run_id)
+        if sweep.info.status != "FINISHED":  # decided on what finished, and said so wherever the verdicts go
+            name += f" (sweep {sweep.info.status}: only its finished trials count)"
         print(f"{name}: {len(points)} points, {len(ref)} rows each; {args.n_boot} paired resamples", flush=True)
         say = lambda text: print(f"  {text}", flush=True)  # noqa: E731 - progress: minutes at 50k rows
         rows = claims.point_table(points, ref, args.n_boot, progress=say)
