@@ -101,20 +101,28 @@ def _plot_budget(budget: dict, path):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
     from multistep.atomic import write_with
 
+    colour = {m: f"C{j % 10}" for j, m in enumerate(sorted({m for m, _ in budget}))}  # one colour per method
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, steps in zip(axes, (4, 8)):
-        for j, ((method, s), rows) in enumerate(sorted(budget.items())):
+        for (method, s), rows in sorted(budget.items()):
             pts = sorted((r["train_iterations"], r) for r in rows if s == steps and r["train_iterations"])
             if not pts:
                 continue
             xs = [x for x, _ in pts]
             ys = [r["fd"] for _, r in pts]
-            err = [[r["fd"] - r["lo"] for _, r in pts], [r["hi"] - r["fd"] for _, r in pts]]
-            ax.errorbar(xs, ys, yerr=err, marker="o", ms=3, capsize=2, color=f"C{j % 10}", label=method)
+            # an interval near the floor can sit above its point (docs/results.md): no negative bar
+            err = [[max(0.0, r["fd"] - r["lo"]) for _, r in pts], [max(0.0, r["hi"] - r["fd"]) for _, r in pts]]
+            ax.errorbar(xs, ys, yerr=err, marker="o", ms=3, capsize=2, color=colour[method], label=method)
         ax.set(xscale="log", yscale="log", xlabel="training iterations", title=f"S = {steps}")
+        ax.set_xticks(
+            sorted({r["train_iterations"] for rows in budget.values() for r in rows if r["train_iterations"]})
+        )
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.legend(fontsize=7)
     axes[0].set_ylabel("FD (mean over seeds, 95% CI)")
     fig.tight_layout()
