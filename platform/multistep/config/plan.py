@@ -153,8 +153,9 @@ def _check_pbt(cfg: SweepCfg, trials: list[Trial], path: str) -> None:
         raise ConfigError(f"{where} needs single-worker trials (resources.num_workers: 1, runner: auto or tune)")
     if len(trials) < 2:
         raise ConfigError(f"{where} needs a population: the search gives {len(trials)} trial")
+    docs = [t.doc() for t in trials]
     for key in PBT_SHARED:
-        values = {str(get_path(t.doc(), key)) for t in trials}
+        values = {str(get_path(doc, key)) for doc in docs}
         if len(values) > 1:
             raise ConfigError(
                 f"{where}: every trial must share {key} (checkpoints are cloned between them): {sorted(values)}"
@@ -165,7 +166,7 @@ def _check_pbt(cfg: SweepCfg, trials: list[Trial], path: str) -> None:
         raise ConfigError(f"{where}: mutations: method.anneal.end needs method.name mcm with anneal name loglinear")
     for k, a in cfg.scheduler.mutations.items():  # every value PBT may set is a valid trial
         for v in a.choice or a.uniform or a.loguniform:
-            _trial(trials[0].doc(), {k: v}, path)
+            _trial(docs[0], {k: v}, path)
 
 
 def get_path(doc: dict, dotted: str):

@@ -82,11 +82,12 @@ class MixtureDenoiser(nn.Module):
         log N(z; a mu_k, Cov_k) up to -d/2 log 2 pi, p = Q_k^T delta, g = s_k^2 / c_k, the factor gains' excess."""
         g = self.gmm
         mu, s2, lam = (v.to(zf.device) for v in (g.means, g.stds[:, 0] ** 2, g.factor_vars))  # (K, d), (K,), (K, r)
-        K, d, r = g.factors.shape
-        Q = g.factors.to(zf.device).permute(1, 0, 2).reshape(d, K * r)  # (d, K r): every component's directions
+        factors = g.factors.to(zf.device)  # (K, d, r)
+        K, d, r = factors.shape
+        Q = factors.permute(1, 0, 2).reshape(d, K * r)  # (d, K r): every component's directions
         c = a**2 * s2[None] + s**2  # (B, K)
         delta2 = (zf**2).sum(1, keepdim=True) - 2 * a * (zf @ mu.T) + a**2 * (mu**2).sum(1)[None]  # |z - a mu_k|^2
-        p = (zf @ Q).reshape(-1, K, r) - a[..., None] * torch.einsum("kd,kdr->kr", mu, g.factors.to(zf.device))[None]
+        p = (zf @ Q).reshape(-1, K, r) - a[..., None] * torch.einsum("kd,kdr->kr", mu, factors)[None]
         e = c[..., None] + a[..., None] ** 2 * lam[None]  # (B, K, r)
         quad = (delta2 - (p**2).sum(-1)) / c + (p**2 / e).sum(-1)
         logdet = (d - r) * torch.log(c) + torch.log(e).sum(-1)

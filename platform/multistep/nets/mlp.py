@@ -28,11 +28,16 @@ def octave_features(t: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([torch.sin(arg), torch.cos(arg)], dim=1)
 
 
-def features(t: torch.Tensor, dim: int, kind: str) -> torch.Tensor:
-    """The network's time input: "sinusoid" (DDPM-style features of 1000 t) or "octave" (sin, cos of 2^k pi t)."""
+def check_time_features(kind: str) -> str:
+    """A network's time_features setting, or ValueError (checked when the network is built, not at its first forward)."""
     if kind not in ("sinusoid", "octave"):
         raise ValueError(f"unknown time_features {kind!r} (sinusoid or octave)")
-    return octave_features(t, dim) if kind == "octave" else time_features(t, dim)
+    return kind
+
+
+def features(t: torch.Tensor, dim: int, kind: str) -> torch.Tensor:
+    """The network's time input: "sinusoid" (DDPM-style features of 1000 t) or "octave" (sin, cos of 2^k pi t)."""
+    return octave_features(t, dim) if check_time_features(kind) == "octave" else time_features(t, dim)
 
 
 class MLP(nn.Module):
@@ -50,8 +55,7 @@ class MLP(nn.Module):
         time_features: str = "sinusoid",
     ):
         super().__init__()
-        features(torch.zeros(1), 2, time_features)  # unknown kinds fail here, not at the first forward
-        self.time_dim, self.time_features = time_dim, time_features
+        self.time_dim, self.time_features = time_dim, check_time_features(time_features)
         layers: list[nn.Module] = []
         width = dim + time_dim
         for _ in range(depth):

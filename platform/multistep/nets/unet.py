@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from multistep.nets.mlp import features
+from multistep.nets.mlp import check_time_features, features
 
 
 def groups_for(ch: int) -> int:
@@ -90,8 +90,8 @@ class UNet(nn.Module):
             raise ValueError(
                 f"resolution {resolution} is not divisible by 2^{len(ch_mult) - 1} (ch_mult {tuple(ch_mult)})"
             )
-        features(torch.zeros(1), 2, time_features)  # unknown kinds fail here
-        self.time_dim, self.time_features, self.num_classes = time_dim, time_features, num_classes
+        self.time_dim, self.time_features = time_dim, check_time_features(time_features)
+        self.num_classes = num_classes
         emb_dim = 4 * base_ch
         self.time_mlp = nn.Sequential(nn.Linear(time_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.label_emb = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None

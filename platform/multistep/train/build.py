@@ -92,10 +92,12 @@ def student_net_cfg(s: StudentCfg, shape: tuple) -> dict:
     common = {"time_dim": s.time_dim, "time_features": s.time_features, "dropout": s.dropout}
     if s.net == "mlp":
         return {"kind": "mlp", "dim": math.prod(shape), "hidden": s.hidden, "depth": s.depth, **common}
-    unet = {"in_ch": shape[0], "resolution": shape[-1], "base_ch": s.base_ch, "ch_mult": list(s.ch_mult)}
     return {
         "kind": "unet",
-        **unet,
+        "in_ch": shape[0],
+        "resolution": shape[-1],
+        "base_ch": s.base_ch,
+        "ch_mult": list(s.ch_mult),
         "num_res_blocks": s.num_res_blocks,
         "attn_resolutions": list(s.attn_resolutions),
         **common,
