@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 from multistep.config import ConfigError
@@ -316,7 +317,7 @@ def eval_student(p: Path, blob: dict, args, steps: list[int] | None, say=print):
         rows += [{"method": lb, "student_steps": n, "nfe": nfe, **common} | r for r in metric_rows(values, names)]
     if args.with_teacher:
         t_steps = steps or sorted({n for _, n, *_ in points})
-        rows += (stream_teacher_curve if ev.streaming else teacher_curve)(
+        rows += (partial(stream_teacher_curve, batch_size=ev.batch_size) if ev.streaming else teacher_curve)(
             c.teacher,
             c.schedule,
             c.data,

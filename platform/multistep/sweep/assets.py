@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -151,7 +152,7 @@ def prepare(cfg: TrialCfg, cache_dir: Path, log=print) -> dict:
     def make_curve():
         log(f"computing the teacher curve (DDIM and aDDIM at {ev.teacher_steps} steps)")
         return {
-            "rows": (stream_teacher_curve if ev.streaming else teacher_curve)(
+            "rows": (partial(stream_teacher_curve, batch_size=ev.batch_size) if ev.streaming else teacher_curve)(
                 c.teacher,
                 c.schedule,
                 c.data,

@@ -119,3 +119,17 @@ def test_a_sweep_trial_evaluates_by_streaming(tmp_path):
     want = evaluate(samples(mem.noise), mem, names, kid_subsets=5)
     assert metrics[names["fd"]] == pytest.approx(want[names["fd"]], rel=1e-9) and x.shape == (64, 5)
     assert a["eval_ref"]["stream"] and "data" not in a["eval_ref"]  # nothing of size N x sample is shipped
+
+
+def test_the_streamed_teacher_curve_is_the_same_for_any_batch():
+    """The shared assets sample the teacher curve in eval.batch_size rows (fewer, larger teacher calls than CHUNK).
+    4 and 8 steps: 1-step DDIM samples nearly collapse, and their FD turns float64 rounding of the accumulation
+    order into ~1e-8."""
+    ref = st.make_stream_ref(GMM, TEACHER, COS, N, 8, SEED, kid_subsets=5, ode_samples=K)
+    small, large = (
+        st.stream_teacher_curve(TEACHER, COS, GMM, ref, [4, 8], kid_subsets=5, batch_size=b) for b in (256, 1000)
+    )
+    assert len(small) == len(large) > 0
+    for a, b in zip(small, large):
+        assert {k: v for k, v in a.items() if k != "value"} == {k: v for k, v in b.items() if k != "value"}
+        assert a["value"] == pytest.approx(b["value"], rel=1e-9, abs=1e-12), a
