@@ -9,8 +9,10 @@ Decide the MCM paper's claims on one or more finished benchmark sweeps (e.g. swe
 _30k): every point's FD with its 95% interval, and for each claim the paired comparisons behind its verdict
 (holds / fails / undecided / not measured). The sweeps must keep their evaluation rows (eval.keep_rows > 0):
 a comparison resamples the same noise rows of both methods and pairs their training seeds. Labels read: mcd,
-mct, tract, pd, mcd_fixed<N>, mcd_ddim. --out DIR writes claims.md and claims.csv, and with several sweeps
-budget.png (FD against training iterations at S = 4 and 8). Exit codes: 0 decided, 2 bad input."""
+mct, tract, pd, mcd_fixed<N>, mcd_ddim. With several sweeps of one benchmark at different budgets it also pairs
+each point with itself at the next longer budget (did more training help, with an interval). --out DIR writes
+claims.md and claims.csv, and with several sweeps budget.png (FD against training iterations at S = 4 and 8).
+Exit codes: 0 decided, 2 bad input."""
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -40,7 +42,7 @@ def run(args) -> int:
 
     client = ml.client(tracking_uri(args.tracking_uri))
     sweeps = [sweep_run_or_latest(client, a) for a in args.sweeps]
-    sections, table, budget = [], [], {}
+    sections, table, budget, loaded = [], [], {}, []
     for arg, sweep in zip(args.sweeps, sweeps):
         points, ref, iterations = eval_rows.load(client, sweep)
         if ref is None:
@@ -61,12 +63,30 @@ def run(args) -> int:
             budget.setdefault((r["method"], r["student_steps"]), []).append(r)
         table += rows
         sections.append((name, rows, verdicts))
+        loaded.append((points, iterations, ref))
+    changes = _budget_changes(loaded, args.n_boot, claims) if len(sweeps) > 1 else []
     if args.out:
-        _write(args.out, table, sections, budget if len(sweeps) > 1 else None)
+        _write(args.out, table, sections, budget if len(sweeps) > 1 else None, changes)
     return 0
 
 
-def _write(out_dir: str, table: list[dict], sections: list, budget: dict | None) -> None:
+def _budget_changes(loaded: list, n_boot: int, claims) -> list:
+    """Paired FD changes between budgets, when every sweep was evaluated on the same rows (same eval seed and
+    reference); otherwise the sweeps cannot be paired and only their intervals compare."""
+    import numpy as np
+
+    ref = loaded[0][2]
+    if any(r.shape != ref.shape or not np.array_equal(r, ref) for _, _, r in loaded[1:]):
+        print(
+            "budget: the sweeps were evaluated on different rows, so their changes are not paired (compare the intervals)"
+        )
+        return []
+    print(f"budget: paired changes between sweeps ({n_boot} resamples)", flush=True)
+    say = lambda text: print(f"  {text}", flush=True)  # noqa: E731
+    return claims.budget_changes([(p, it) for p, it, _ in loaded], ref, n_boot, progress=say)
+
+
+def _write(out_dir: str, table: list[dict], sections: list, budget: dict | None, changes: list) -> None:
     from pathlib import Path
 
     from multistep.atomic import write_with
@@ -87,6 +107,18 @@ def _write(out_dir: str, table: list[dict], sections: list, budget: dict | None)
             for v in verdicts
         ]
         md.append("")  # fmt: skip
+    if changes:
+        md += [
+            "### budget: paired FD change to the next longer budget",
+            "",
+            "| method | S | iterations | change (95% CI) |",
+        ]
+        md += ["|---|---|---|---|"] + [
+            f"| {c.point[0]} | {c.point[1]} | {c.iterations[0]} -> {c.iterations[1]} | {c.diff.value:+.4g} "
+            f"[{c.diff.lo:.4g}, {c.diff.hi:.4g}]{'' if c.diff.detected else ' (no difference detected)'} |"
+            for c in changes
+        ]
+        md.append("")
     write_csv(table, out / "claims.csv")
     write_with(out / "claims.md", lambda p: p.write_text("\n".join(md)))
     written = [out / "claims.csv", out / "claims.md"]

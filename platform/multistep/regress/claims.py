@@ -126,6 +126,42 @@ def point_table(points: Points, ref: np.ndarray, n_boot: int = 200, seed: int = 
     return rows
 
 
+@dataclass
+class BudgetChange:
+    point: tuple[str, int]  # (label, student steps)
+    iterations: tuple[int, int]  # (shorter, longer) training budget
+    diff: Difference  # FD at the longer budget minus FD at the shorter, paired by rows and seeds
+
+    def describe(self) -> str:
+        (label, s), (short, long) = self.point, self.iterations
+        return self.diff.describe(f"{label} S={s} at {long}", f"at {short} iterations")
+
+
+def budget_changes(
+    budgets: list[tuple[Points, dict]], ref: np.ndarray, n_boot: int = 200, seed: int = 0, progress=None
+) -> list[BudgetChange]:
+    """Did a longer budget help? For every student point two sweeps both measured (budgets: (points, {point:
+    iterations}) per sweep, evaluated on the same rows and ref), the paired FD difference between each budget and
+    the next longer one; teacher points, the same in every sweep, are skipped."""
+    out = []
+    by_point: dict = {}
+    for points, iterations in budgets:
+        for key, rows in points.items():
+            if not key[0].startswith("teacher") and key in iterations:
+                by_point.setdefault(key, []).append((iterations[key], rows))
+    for key, runs in sorted(by_point.items()):
+        runs.sort(key=lambda r: r[0])
+        for (short, ps), (long, pl) in zip(runs, runs[1:]):
+            seeds = sorted(set(ps) & set(pl))
+            if not seeds or short == long:
+                continue
+            diff = paired_difference([pl[k] for k in seeds], [ps[k] for k in seeds], ref, fd, n_boot, seed)
+            out.append(BudgetChange(key, (short, long), diff))
+            if progress:
+                progress(out[-1].describe())
+    return out
+
+
 def format_verdicts(verdicts: list[Verdict]) -> str:
     lines = []
     for v in verdicts:

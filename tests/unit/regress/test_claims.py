@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from multistep.regress.claims import decide, format_verdicts, point_table
+from multistep.regress.claims import budget_changes, decide, format_verdicts, point_table
 
 RNG = np.random.default_rng(0)
 REF = RNG.normal(size=(2000, 2))
@@ -59,3 +59,31 @@ def test_budget_plot_draws_each_method_over_iterations(tmp_path):
     }
     path = _plot_budget(budget, tmp_path / "budget.png")
     assert path.stat().st_size > 10_000
+
+
+def test_budget_changes_pair_each_point_with_itself_at_the_next_budget():
+    short = {("mcd", 4): point(0.4), ("tract", 4): point(0.2), ("teacher_addim", 512): {-1: Z[0]}}
+    long = {("mcd", 4): point(0.1), ("tract", 4): point(0.2), ("pd", 4): point(0.1), ("teacher_addim", 512): {-1: Z[0]}}
+    its = lambda pts, n: {k: n for k in pts if not k[0].startswith("teacher")}  # noqa: E731
+    changes = budget_changes([(long, its(long, 10000)), (short, its(short, 3000))], REF, n_boot=50)
+    by = {c.point: c for c in changes}
+    assert set(by) == {("mcd", 4), ("tract", 4)}  # pd has one budget, the teacher is the same everywhere
+    mcd, tract = by[("mcd", 4)], by[("tract", 4)]
+    assert mcd.iterations == (3000, 10000) and mcd.diff.hi < 0  # 0.4^2*2 -> 0.1^2*2: FD fell by ~0.3
+    assert abs(mcd.diff.value + 0.3) < 0.05
+    assert tract.diff.value == 0 and not tract.diff.detected  # identical rows: no difference, exactly
+    assert mcd.describe().startswith("mcd S=4 at 10000 lower than at 3000 iterations by")
+
+
+def test_the_claims_command_pairs_budgets_only_on_the_same_rows(tmp_path, capsys):
+    from multistep.commands.claims import _budget_changes, _write
+    from multistep.regress import claims
+
+    a, b = {("mcd", 8): point(0.3)}, {("mcd", 8): point(0.1)}
+    loaded = [(a, {("mcd", 8): 3000}, REF), (b, {("mcd", 8): 30000}, REF.copy())]
+    [change] = _budget_changes(loaded, 20, claims)
+    _write(str(tmp_path), [], [], None, [change])
+    assert change.diff.hi < 0 and abs(change.diff.value + 0.16) < 0.05  # 0.3^2*2 -> 0.1^2*2, plus sampling noise
+    assert f"| mcd | 8 | 3000 -> 30000 | {change.diff.value:+.4g} [" in (tmp_path / "claims.md").read_text()
+    assert _budget_changes([loaded[0], (b, {("mcd", 8): 30000}, REF + 1)], 20, claims) == []
+    assert "evaluated on different rows" in capsys.readouterr().out
