@@ -327,7 +327,7 @@ def eval_student(p: Path, blob: dict, args, steps: list[int] | None, say=print):
             features=features,
             kid_subsets=kid_subsets,
             predict=predict,
-        )
+        )[0]
     info = {
         "kind": "student",
         "data": tc.data.label,

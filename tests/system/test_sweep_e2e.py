@@ -83,13 +83,12 @@ def test_sweep_run_structure(ray_local, tiny_sweep, tmp_path, monkeypatch, capsy
     assert sorted(r["student_steps"] for r in mcd) == [1, 2]
     assert (out_dir / "metric_vs_steps.png").stat().st_size > 10_000
 
-    # eval.keep_rows: the rows `multistep claims` compares, on the sweep run (reference, largest teacher point) and
-    # on each trial; its FDs recomputed from them equal the logged ones (all 400 rows kept, float32)
+    # eval.keep_rows: the rows `multistep claims` compares, on the sweep run (reference, floor, every teacher point)
+    # and on each trial; its FDs recomputed from them equal the logged ones (all 400 rows kept, float32)
     assert {a.path for a in client.list_artifacts(sweep.info.run_id, "eval_rows")} == {
         "eval_rows/reference.npy",
-        "eval_rows/teacher_ddim_4.npy",
-        "eval_rows/teacher_addim_4.npy",
-    }
+        "eval_rows/floor.npy",
+    } | {f"eval_rows/teacher_{m}_{n}.npy" for m in ("ddim", "addim") for n in (1, 2, 4)}
     from multistep.cli import main
 
     assert (
@@ -99,8 +98,10 @@ def test_sweep_run_structure(ray_local, tiny_sweep, tmp_path, monkeypatch, capsy
     assert "(1) MCD's FD falls as S grows" in out and "mcd S=2" in out and "not measured: mcd S=4" in out
     claimed = {(r["method"], int(r["student_steps"])): float(r["fd"]) for r in csv_rows(tmp_path / "c" / "claims.csv")}
     logged = {(r["method"], r["student_steps"]): r["value"] for r in table if r["metric"] == "fd_identity_400"}
-    for key in [("mcd", 1), ("mcd", 2), ("teacher_addim", 4)]:
+    for key in [("mcd", 1), ("mcd", 2), ("teacher_addim", 4), ("teacher_ddim", 1), ("teacher_addim", 2)]:
         assert claimed[key] == pytest.approx(logged[key], rel=1e-4)
+    floor = float(client.get_run(sweep.info.run_id).data.params["noise_floor.fd_identity_400"])
+    assert claimed[("floor", 0)] == pytest.approx(floor, rel=1e-4)  # the floor, now with its interval
     assert (tmp_path / "c" / "claims.md").read_text().count("| (") == 6  # the six claims, each with its verdict
 
 

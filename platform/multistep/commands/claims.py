@@ -98,7 +98,7 @@ def _write(out_dir: str, table: list[dict], sections: list, budget: dict | None,
     for name, rows, verdicts in sections:
         md += [f"### {name}", "", "| method | S | seeds | FD (95% CI) |", "|---|---|---|---|"]
         md += [
-            f"| {r['method']} | {r['student_steps']} | {r['seeds']} | {r['fd']:.4g} [{r['lo']:.4g}, {r['hi']:.4g}] |"
+            f"| {r['method']} | {r['student_steps'] or '-'} | {r['seeds']} | {r['fd']:.4g} [{r['lo']:.4g}, {r['hi']:.4g}] |"
             for r in rows
         ]
         md += ["", "| claim | verdict | comparisons |", "|---|---|---|"]

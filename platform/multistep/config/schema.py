@@ -343,7 +343,7 @@ class EvalCfg(Strict):
         "auto"  # streaming evaluation (memory bounded in samples; metrics/streaming.py): auto = above 10,000 samples
     )
     keep_rows: Annotated[int, Field(ge=0)] = (
-        0  # features of the first rows of every final point kept as artifacts eval_rows/<label>_<steps>.npy (+ the reference's, the largest teacher point's) for `multistep claims`; 0 = off
+        0  # features of the first rows of every final point kept as artifacts eval_rows/<label>_<steps>.npy (+ the reference's, the floor's, every teacher point's) for `multistep claims`; 0 = off
     )
 
     @property

@@ -183,6 +183,14 @@ def bootstrap_se(
     return {f"{k}_se": float(np.std(v, ddof=1)) for k, v in reps.items()}
 
 
+def data_samples(data_dist, samples: int, seed: int) -> tuple[torch.Generator, torch.Tensor, torch.Tensor]:
+    """(the generator, drawn on next for the noise; the data sample; a second, independent one for the floor), each
+    `samples` rows, float64, flattened: the draws every in-memory evaluation starts from."""
+    g = torch.Generator().manual_seed(seed)
+    data = _flat(data_dist.sample(samples, g, dtype=torch.float64))
+    return g, data, _flat(data_dist.sample(samples, g, dtype=torch.float64))
+
+
 def make_eval_ref(
     data_dist,
     teacher,
@@ -205,9 +213,7 @@ def make_eval_ref(
     so conditional samples are compared with the unconditional data; the ODE is the conditional teacher's, solved
     for the first `ode_samples` rows only (default all; 0: none).
     The floor: the metrics of a second, independent data sample (KID's standard error left out)."""
-    g = torch.Generator().manual_seed(seed)
-    data = _flat(data_dist.sample(samples, g, dtype=torch.float64))
-    other = _flat(data_dist.sample(samples, g, dtype=torch.float64))
+    g, data, other = data_samples(data_dist, samples, seed)
     noise = torch.randn((samples, *data_dist.shape), generator=g, dtype=torch.float32)
     labels = data_dist.sample_labelled(samples, g)[1] if labelled else None
     k = samples if ode_samples is None else min(ode_samples, samples)
@@ -245,19 +251,25 @@ def teacher_curve(
     features=None,
     kid_subsets: int = 0,
     predict=None,
-) -> list[dict]:
-    """Teacher DDIM and aDDIM (empirical xvar table, eta = 0.75) at each step count: rows of
-    {method, steps, nfe, metric, value} (+ se: KID's own, the bootstrap's for the others when bootstrap > 0).
+    keep: int = 0,
+) -> tuple[list[dict], dict]:
+    """Teacher DDIM and aDDIM (empirical xvar table, eta = 0.75) at each step count: (rows of
+    {method, steps, nfe, metric, value} (+ se: KID's own, the bootstrap's for the others when bootstrap > 0),
+    {"<method>_<steps>": the features of the first `keep` rows (eval.keep_rows; empty when 0)}).
     With ref.labels the teacher is conditioned on them (unguided), its xvar table on the table rows' own labels."""
+    from multistep.metrics.paired import kept_rows
+
     names = ref.names(extractor, ref.labels is not None)
-    rows = []
+    rows, kept = [], {}
     for label, n, x, nfe in teacher_points(teacher, sched, data_dist, ref.noise.double(), steps, ref.labels, eta, seed):
         feats = None if features is None else features(x)
         values = evaluate(x, ref, names, feats, kid_subsets, predict)
         if bootstrap:
             values |= bootstrap_se(x, ref, names, bootstrap, seed, feats)
         rows += [{"method": label, "student_steps": n, "nfe": nfe} | r for r in metric_rows(values, names)]
-    return rows
+        if keep:
+            kept[f"{label}_{n}"] = kept_rows(x if feats is None else feats, keep)
+    return rows, kept
 
 
 def teacher_samplers(
@@ -309,9 +321,7 @@ def fixed_draws(
     """The draws behind a teacher's own curve (teacher runs and `multistep eval` share them, so their numbers
     agree): (fixed float64 noise, metric names, dist(samples) -> {fd, swd (, kid, kid_se)} to a data sample,
     the same distances of a second data sample: the floor)."""
-    g = torch.Generator().manual_seed(seed)
-    data = _flat(data_dist.sample(samples, g, dtype=torch.float64))
-    other = _flat(data_dist.sample(samples, g, dtype=torch.float64))
+    g, data, other = data_samples(data_dist, samples, seed)
     noise = torch.randn((samples, *data_dist.shape), generator=g, dtype=torch.float64)
     names = metric_names(samples, extractor)
     feats = (lambda x: None) if features is None else features  # noqa: E731

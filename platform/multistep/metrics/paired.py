@@ -13,11 +13,20 @@ import numpy as np
 
 EVAL_ROWS = "eval_rows"  # artifact folder of the kept feature rows (eval.keep_rows) on trial and sweep runs
 REFERENCE = "reference"  # the reference's rows, on the sweep run
+FLOOR = "floor"  # the rows of the second data sample the two-sample floor is measured on, on the sweep run
 
 
 def rows_file(label: str, steps: int | None = None) -> str:
     """eval_rows/<label>_<steps>.npy: one curve point's kept rows (reference.npy: the reference's)."""
     return f"{label}.npy" if steps is None else f"{label}_{steps}.npy"
+
+
+def kept_rows(x, keep: int) -> np.ndarray | None:
+    """The first `keep` rows of samples or features (a tensor or an array), flattened, float32 (None when keep is 0)."""
+    if not keep:
+        return None
+    x = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+    return x[:keep].reshape(min(keep, len(x)), -1).astype(np.float32)
 
 
 def save_rows(rows: np.ndarray, folder: Path, label: str, steps: int | None = None) -> str:

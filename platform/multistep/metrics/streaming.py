@@ -350,23 +350,25 @@ def stream_points(
 def stream_teacher_curve(
     teacher, sched, data_dist, ref: StreamRef, steps: list[int], eta: float = 0.75, seed: int = 0,
     extractor: str = "identity", bootstrap: int = 0, features=None, kid_subsets: int = 0, predict=None,
-    batch_size: int = CHUNK,
-) -> list[dict]:  # fmt: skip
+    batch_size: int = CHUNK, keep: int = 0,
+) -> tuple[list[dict], dict]:  # fmt: skip
     """evaluate.teacher_curve, streamed (the teacher from float64 noise, as there; no bootstrap), sampled in batches
-    of `batch_size` rows (eval.batch_size: the same figures for any batch, and fewer, larger teacher calls)."""
+    of `batch_size` rows (eval.batch_size: the same figures for any batch, and fewer, larger teacher calls); the
+    kept rows as there."""
     from multistep.metrics.evaluate import metric_rows, teacher_samplers
 
     names = ref.names(extractor, ref.labels is not None)
     samplers = teacher_samplers(teacher, sched, data_dist, steps, ref.labels is not None, eta, seed)
     evaluations = lambda y, i0: [(label, n, make(y)) for label, n, make in samplers]  # noqa: E731
     points = stream_points(
-        evaluations, ref, names, batch_size, features=features, predict=predict, noise_dtype=torch.float64
+        evaluations, ref, names, batch_size, features=features, predict=predict, noise_dtype=torch.float64, keep=keep
     )
-    return [
+    rows = [
         {"method": label, "student_steps": n, "nfe": nfe} | r
         for label, n, point, nfe in points
         for r in metric_rows(point.result(), names)
     ]
+    return rows, ({f"{label}_{n}": point.kept_rows() for label, n, point, _ in points} if keep else {})
 
 
 def load_ref(d: dict):

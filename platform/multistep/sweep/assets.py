@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from multistep.config import ConfigError, TrialCfg
-from multistep.metrics.evaluate import make_eval_ref, teacher_curve, teacher_samplers
+from multistep.metrics.evaluate import make_eval_ref, teacher_curve
 from multistep.metrics.extractors import ClassifierExtractor, InceptionExtractor, features_fn, file_sha256, tree_sha256
 from multistep.metrics.reference import load_for
 from multistep.metrics.streaming import load_ref, make_stream_ref, stream_teacher_curve
@@ -146,27 +146,29 @@ def prepare(cfg: TrialCfg, cache_dir: Path, log=print) -> dict:
     ref = load_ref(_cached(cache_dir / f"evalref-{ref_key}.pt", make_ref, log))
 
     curve_key = content_hash(
-        {"ref": ref_key, "steps": ev.teacher_steps} | ({"bootstrap": ev.bootstrap} if ev.bootstrap else {})
+        {"ref": ref_key, "steps": ev.teacher_steps}
+        | ({"bootstrap": ev.bootstrap} if ev.bootstrap else {})
+        | ({"keep_rows": ev.keep_rows} if ev.keep_rows else {})  # the curve keeps every point's rows
     )
 
     def make_curve():
         log(f"computing the teacher curve (DDIM and aDDIM at {ev.teacher_steps} steps)")
-        return {
-            "rows": (partial(stream_teacher_curve, batch_size=ev.batch_size) if ev.streaming else teacher_curve)(
-                c.teacher,
-                c.schedule,
-                c.data,
-                ref,
-                ev.teacher_steps,
-                extractor=cfg.feature_space,
-                bootstrap=ev.bootstrap,
-                features=features,
-                kid_subsets=ev.kid_subsets,
-                predict=getattr(ext, "predict", None),
-            )
-        }
+        rows, kept = (partial(stream_teacher_curve, batch_size=ev.batch_size) if ev.streaming else teacher_curve)(
+            c.teacher,
+            c.schedule,
+            c.data,
+            ref,
+            ev.teacher_steps,
+            extractor=cfg.feature_space,
+            bootstrap=ev.bootstrap,
+            features=features,
+            kid_subsets=ev.kid_subsets,
+            predict=getattr(ext, "predict", None),
+            keep=ev.keep_rows,
+        )
+        return {"rows": rows, "kept": kept}
 
-    curve = _cached(cache_dir / f"teachercurve-{curve_key}.pt", make_curve, log)["rows"]
+    curve = _cached(cache_dir / f"teachercurve-{curve_key}.pt", make_curve, log)
 
     s = cfg.student
     init_key = content_hash({**base, "student": s.model_dump(), "seed": cfg.train.seed})
@@ -195,12 +197,10 @@ def prepare(cfg: TrialCfg, cache_dir: Path, log=print) -> dict:
         return {"state": state, "report": report}
 
     rows = None
-    if (
-        ev.keep_rows
-    ):  # for `multistep claims`: the reference's rows and the largest teacher point's, paired by noise row
-        rows_key = content_hash({"ref": ref_key, "keep": ev.keep_rows, "steps": max(ev.teacher_steps)})
+    if ev.keep_rows:  # for `multistep claims`: the reference's and the floor's rows, and every teacher point's
+        rows_key = content_hash({"ref": ref_key, "keep": ev.keep_rows, "floor": True})
         make_rows = lambda: kept_reference_rows(c, ref, ev, features)  # noqa: E731
-        rows = _cached(cache_dir / f"evalrows-{rows_key}.pt", make_rows, log)
+        rows = _cached(cache_dir / f"evalrows-{rows_key}.pt", make_rows, log) | curve["kept"]
 
     copied = cfg.teacher.imported and s.copy_teacher  # a copy of the teacher needs no warm start
     warm = s.init_iterations > 0 and (cfg.teacher.kind == "analytic" or (cfg.teacher.imported and not copied))
@@ -208,7 +208,7 @@ def prepare(cfg: TrialCfg, cache_dir: Path, log=print) -> dict:
     return {
         "eval_ref": ref.to_dict(),
         "eval_ref_hash": ref_key,
-        "teacher_rows": curve,
+        "teacher_rows": curve["rows"],
         "init": None if init is None else init["state"],
         "init_report": None if init is None else init["report"],
         "extractor": None if ext is None else ext.spec(),
@@ -217,29 +217,16 @@ def prepare(cfg: TrialCfg, cache_dir: Path, log=print) -> dict:
 
 
 def kept_reference_rows(c, ref, ev, features) -> dict:
-    """{reference: the features of the reference's first eval.keep_rows data rows, teacher_ddim_<N> / teacher_addim_<N>:
-    the teacher's at N = the largest teacher step count, from the same noise rows as the students'} (float32)."""
-    from multistep.metrics.streaming import STREAM_DATA, StreamRef, data_rows, stream_points
-    from multistep.sweep.worker import kept_rows
+    """{reference: the features of the reference's first eval.keep_rows data rows, floor: those of the second data
+    sample the floor is measured on} (float32); the teacher's kept rows come with its curve."""
+    from multistep.metrics.evaluate import data_samples
+    from multistep.metrics.paired import kept_rows
+    from multistep.metrics.streaming import STREAM_DATA, STREAM_OTHER, StreamRef, data_rows
 
-    k, n = ev.keep_rows, max(ev.teacher_steps)
+    k = ev.keep_rows
     feats = (lambda x: x) if features is None else features
-    # all step counts' samplers, as the teacher curve draws their aDDIM tables from one generator in turn; the largest
-    samplers = [
-        sm
-        for sm in teacher_samplers(c.teacher, c.schedule, c.data, ev.teacher_steps, ref.labels is not None)
-        if sm[1] == n
-    ]
     if isinstance(ref, StreamRef):
-        data = data_rows(c.data, ev.seed, STREAM_DATA, 0, k)
-        evaluations = lambda y, i0: [(lb, m, make(y)) for lb, m, make in samplers]  # noqa: E731
-        names = ref.names("identity")
-        points = stream_points(
-            evaluations, ref, names, ev.batch_size, features=features, noise_dtype=torch.float64, keep=k
-        )
-        teacher = {f"{lb}_{m}": p.kept_rows() for lb, m, p, _ in points}
+        data, other = (data_rows(c.data, ev.seed, stream, 0, k) for stream in (STREAM_DATA, STREAM_OTHER))
     else:
-        data, labels = ref.data[:k], None if ref.labels is None else ref.labels[:k]
-        noise = ref.noise[:k].double()
-        teacher = {f"{lb}_{m}": kept_rows(feats(make(labels)(noise)[0]), k) for lb, m, make in samplers}
-    return {"reference": kept_rows(feats(data), k)} | teacher
+        _, data, other = data_samples(c.data, ev.samples, ev.seed)
+    return {"reference": kept_rows(feats(data[:k]), k), "floor": kept_rows(feats(other[:k]), k)}

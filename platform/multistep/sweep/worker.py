@@ -170,6 +170,7 @@ def final_points(evaluations, ref, names, ev, device, features, predict, rank: i
 
 def _points(evaluations, ref, names, ev, device, features, predict, first: bool) -> list:
     from multistep.metrics.evaluate import bootstrap_se, evaluate, sample_points
+    from multistep.metrics.paired import kept_rows
     from multistep.metrics.streaming import StreamRef, stream_points
 
     keep = ev.keep_rows if first else 0
@@ -185,14 +186,6 @@ def _points(evaluations, ref, names, ev, device, features, predict, first: bool)
         kept = kept_rows(x if feats is None else feats, keep)
         out.append((label, steps, x, metrics, nfe, kept))
     return out
-
-
-def kept_rows(x, keep: int) -> np.ndarray | None:
-    """The first `keep` rows of samples or features, flattened, float32 (None when keep is 0)."""
-    if not keep:
-        return None
-    x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-    return x[:keep].reshape(min(keep, len(x)), -1).astype(np.float32)
 
 
 def run_trial(cfg: dict, session: Session) -> dict:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from multistep.metrics.paired import EVAL_ROWS, REFERENCE
+from multistep.metrics.paired import EVAL_ROWS, FLOOR, REFERENCE
 from multistep.tracking import tags as tag
 from multistep.tracking.mlflow_layout import child_runs
 
@@ -27,7 +27,8 @@ def _point(path: Path) -> tuple[str, int]:
 
 def load(client, sweep) -> tuple[dict, np.ndarray | None, dict]:
     """(points {(label, steps): {train.seed: rows}}, the reference's rows or None, {(label, steps): iterations})
-    of a sweep run's FINISHED trials; the teacher's points under train.seed -1 (the same rows for every seed)."""
+    of a sweep run's FINISHED trials; the teacher's points under train.seed -1 (the same rows for every seed), and
+    the floor's second data sample as the point ("floor", 0)."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per file, dozens of files
     srid = sweep.info.run_id
     points: dict = {}
@@ -37,6 +38,8 @@ def load(client, sweep) -> tuple[dict, np.ndarray | None, dict]:
         for f in _download(client, srid, f"{d}/sweep"):
             if f.stem == REFERENCE:
                 ref = np.load(f)
+            elif f.stem == FLOOR:
+                points[(FLOOR, 0)] = {-1: np.load(f)}
             else:
                 points.setdefault(_point(f), {})[-1] = np.load(f)
         for run in child_runs(client, sweep.info.experiment_id, srid):

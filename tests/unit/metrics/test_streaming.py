@@ -11,6 +11,7 @@ from multistep.diffusion.schedules import make_schedule
 from multistep.metrics import streaming as st
 from multistep.metrics.evaluate import EvalRef, evaluate
 from multistep.metrics.frechet import gaussian_stats
+from multistep.metrics.paired import fd
 from multistep.metrics.reference import Reference
 from multistep.nets.analytic import MixtureDenoiser
 
@@ -126,10 +127,21 @@ def test_the_streamed_teacher_curve_is_the_same_for_any_batch():
     4 and 8 steps: 1-step DDIM samples nearly collapse, and their FD turns float64 rounding of the accumulation
     order into ~1e-8."""
     ref = st.make_stream_ref(GMM, TEACHER, COS, N, 8, SEED, kid_subsets=5, ode_samples=K)
-    small, large = (
-        st.stream_teacher_curve(TEACHER, COS, GMM, ref, [4, 8], kid_subsets=5, batch_size=b) for b in (256, 1000)
+    (small, _), (large, kept) = (
+        st.stream_teacher_curve(TEACHER, COS, GMM, ref, [4, 8], kid_subsets=5, batch_size=b, keep=k)
+        for b, k in ((256, 0), (1000, N))
     )
     assert len(small) == len(large) > 0
     for a, b in zip(small, large):
         assert {k: v for k, v in a.items() if k != "value"} == {k: v for k, v in b.items() if k != "value"}
         assert a["value"] == pytest.approx(b["value"], rel=1e-9, abs=1e-12), a
+    # every point keeps its rows (eval.keep_rows, for `multistep claims`): the FD recomputed from them is the logged one
+    assert set(kept) == {"teacher_ddim_4", "teacher_ddim_8", "teacher_addim_4", "teacher_addim_8"}
+    data = st.data_rows(GMM, SEED, st.STREAM_DATA, 0, N)
+    logged = {
+        (r["method"], r["student_steps"]): r["value"] for r in large if r["metric"] == ref.names("identity")["fd"]
+    }
+    for name, rows in kept.items():
+        label, _, n = name.rpartition("_")
+        assert rows.shape == (N, 5) and rows.dtype == np.float32
+        assert fd(rows.astype(np.float64), data) == pytest.approx(logged[(label, int(n))], rel=1e-4)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from multistep.config import TrialCfg
+from multistep.metrics.paired import fd
 from multistep.sweep.assets import prepare
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -15,7 +16,7 @@ def test_second_prepare_reads_every_cache_file(tmp_path, stream):
         {
             "data": {"kind": "gmm", "shape": [4], "components": 3, "seed": 1},
             "student": {"hidden": 16, "depth": 2, "init_iterations": 20},
-            "eval": {"samples": 300, "teacher_steps": [1, 2], "ode_steps": 8, "stream": stream, "keep_rows": 100},
+            "eval": {"samples": 300, "teacher_steps": [1, 2], "ode_steps": 8, "stream": stream, "keep_rows": 300},
         }
     )
     first_log, second_log = [], []
@@ -26,6 +27,17 @@ def test_second_prepare_reads_every_cache_file(tmp_path, stream):
     assert first["teacher_rows"] == second["teacher_rows"]
     for k in ("mu", "sigma") if stream == "on" else ("data", "ode"):
         np.testing.assert_array_equal(first["eval_ref"][k], second["eval_ref"][k])
-    assert set(second["eval_rows"]) == {"reference", "teacher_ddim_2", "teacher_addim_2"}
-    assert second["eval_rows"]["teacher_addim_2"].shape == (100, 4)
+    kept = second["eval_rows"]  # the reference's, the floor's and every teacher point's rows, for `multistep claims`
+    assert set(kept) == {"reference", "floor"} | {f"teacher_{m}_{n}" for m in ("ddim", "addim") for n in (1, 2)}
+    assert kept["teacher_addim_2"].shape == kept["floor"].shape == (300, 4)
+    # all rows kept: the FDs recomputed from them are the logged floor and teacher curve (float32 rows)
+    assert fd(kept["floor"].astype(float), kept["reference"]) == pytest.approx(
+        first["eval_ref"]["floor"]["fd_identity_300"], rel=1e-4
+    )
+    logged = {
+        (r["method"], r["student_steps"]): r["value"] for r in first["teacher_rows"] if r["metric"] == "fd_identity_300"
+    }
+    assert fd(kept["teacher_ddim_1"].astype(float), kept["reference"]) == pytest.approx(
+        logged[("teacher_ddim", 1)], rel=1e-4
+    )
     np.testing.assert_array_equal(first["eval_rows"]["reference"], second["eval_rows"]["reference"])
