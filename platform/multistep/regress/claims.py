@@ -144,12 +144,12 @@ def budget_changes(
 ) -> list[BudgetChange]:
     """Did a longer budget help? For every student point two sweeps both measured (budgets: (points, {point:
     iterations}) per sweep, evaluated on the same rows and ref), the paired FD difference between each budget and
-    the next longer one; teacher points, the same in every sweep, are skipped."""
+    the next longer one; the sweep run's own points (teacher, floor: trained by no trial) are skipped."""
     out = []
     by_point: dict = {}
     for points, iterations in budgets:
         for key, rows in points.items():
-            if not key[0].startswith("teacher") and key in iterations:
+            if key in iterations:
                 by_point.setdefault(key, []).append((iterations[key], rows))
     for key, runs in sorted(by_point.items()):
         runs.sort(key=lambda r: r[0])
