@@ -272,6 +272,17 @@ def teacher_curve(
     return rows, kept
 
 
+def mean_over_repeats(runs: list[list[dict]]) -> list[dict]:
+    """The rows of runs[0] (one teacher_curve per eval.repeats noise seed), each value the mean over the runs that
+    have the same (method, student_steps, metric) row, as a student's point; rows only the first has (the paired
+    ODE error) and its se stay the first's."""
+    values: dict[tuple, list[float]] = {}
+    for rows in runs:
+        for r in rows:
+            values.setdefault((r["method"], r["student_steps"], r["metric"]), []).append(r["value"])
+    return [r | {"value": float(np.mean(values[(r["method"], r["student_steps"], r["metric"])]))} for r in runs[0]]
+
+
 def teacher_samplers(
     teacher, sched, data_dist, steps: list[int], labelled: bool = False, eta: float = 0.75, seed: int = 0
 ):

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from multistep.config import ConfigError, TrialCfg
-from multistep.metrics.evaluate import make_eval_ref, teacher_curve
+from multistep.metrics.evaluate import make_eval_ref, mean_over_repeats, teacher_curve
 from multistep.metrics.extractors import ClassifierExtractor, InceptionExtractor, features_fn, file_sha256, tree_sha256
 from multistep.metrics.reference import load_for
 from multistep.metrics.streaming import load_ref, make_stream_ref, stream_teacher_curve
@@ -149,24 +149,29 @@ def prepare(cfg: TrialCfg, cache_dir: Path, log=print) -> dict:
         {"ref": ref_key, "steps": ev.teacher_steps}
         | ({"bootstrap": ev.bootstrap} if ev.bootstrap else {})
         | ({"keep_rows": ev.keep_rows} if ev.keep_rows else {})  # the curve keeps every point's rows
+        | ({"repeats": ev.repeats} if ev.repeats > 1 else {})
     )
 
     def make_curve():
         log(f"computing the teacher curve (DDIM and aDDIM at {ev.teacher_steps} steps)")
-        rows, kept = (partial(stream_teacher_curve, batch_size=ev.batch_size) if ev.streaming else teacher_curve)(
-            c.teacher,
-            c.schedule,
-            c.data,
-            ref,
-            ev.teacher_steps,
-            extractor=cfg.feature_space,
-            bootstrap=ev.bootstrap,
-            features=features,
-            kid_subsets=ev.kid_subsets,
-            predict=getattr(ext, "predict", None),
-            keep=ev.keep_rows,
-        )
-        return {"rows": rows, "kept": kept}
+        curve_at = partial(stream_teacher_curve, batch_size=ev.batch_size) if ev.streaming else teacher_curve
+        runs = [  # eval.repeats: the same noise seeds as the students' points, kept rows from the first
+            curve_at(
+                c.teacher,
+                c.schedule,
+                c.data,
+                ref.with_noise_seed(r, ev.seed),
+                ev.teacher_steps,
+                extractor=cfg.feature_space,
+                bootstrap=ev.bootstrap,
+                features=features,
+                kid_subsets=ev.kid_subsets,
+                predict=getattr(ext, "predict", None),
+                keep=ev.keep_rows if r == 0 else 0,
+            )
+            for r in range(ev.repeats)
+        ]
+        return {"rows": mean_over_repeats([rows for rows, _ in runs]), "kept": runs[0][1]}
 
     curve = _cached(cache_dir / f"teachercurve-{curve_key}.pt", make_curve, log)
 

@@ -45,3 +45,12 @@ def test_ode_rows_default_to_at_most_two_thousand():
         EvalCfg(samples=500, ode_samples=100).ode_rows == 100
         and EvalCfg(samples=500, ode_samples=10**6).ode_rows == 500
     )
+
+
+def test_mean_over_repeats_averages_matching_rows_and_keeps_the_first_only_rows():
+    from multistep.metrics.evaluate import mean_over_repeats
+
+    row = lambda m, v, **k: {"method": "teacher_ddim", "student_steps": 4, "nfe": 4, "metric": m, "value": v} | k
+    first = [row("fd", 1.0, se=0.1), row("ode_l2", 0.5)]
+    merged = mean_over_repeats([first, [row("fd", 2.0, se=0.3)], [row("fd", 6.0)]])
+    assert merged == [row("fd", 3.0, se=0.1), row("ode_l2", 0.5)]  # (1 + 2 + 6) / 3; the ODE row only in the first

@@ -41,3 +41,27 @@ def test_second_prepare_reads_every_cache_file(tmp_path, stream):
         logged[("teacher_ddim", 1)], rel=1e-4
     )
     np.testing.assert_array_equal(first["eval_rows"]["reference"], second["eval_rows"]["reference"])
+
+
+def test_the_teacher_curve_averages_the_same_noise_seeds_as_the_students(tmp_path):
+    from multistep.metrics.evaluate import teacher_curve
+    from multistep.metrics.streaming import load_ref
+    from multistep.train.build import build
+
+    doc = {
+        "data": {"kind": "gmm", "shape": [4], "components": 3, "seed": 1},
+        "student": {"hidden": 16, "depth": 2, "init_iterations": 20},
+        "eval": {"samples": 300, "teacher_steps": [2], "ode_steps": 8, "seed": 5, "kid_subsets": 0},
+    }
+    one = prepare(TrialCfg.model_validate(doc), tmp_path / "1", log=lambda m: None)
+    doc["eval"]["repeats"] = 2
+    cfg = TrialCfg.model_validate(doc)
+    two = prepare(cfg, tmp_path / "2", log=lambda m: None)
+    c = build(cfg)  # repeat 1 by hand: the same reference, the noise drawn with seed 5 + 1000
+    ref = load_ref(one["eval_ref"]).with_noise_seed(1, 5)
+    second, _ = teacher_curve(c.teacher, c.schedule, c.data, ref, [2], extractor=cfg.feature_space)
+    by_key = lambda rows: {(r["method"], r["metric"]): r["value"] for r in rows}
+    one, two, second = by_key(one["teacher_rows"]), by_key(two["teacher_rows"]), by_key(second)
+    for key in [("teacher_ddim", "fd_identity_300"), ("teacher_addim", "fd_identity_300")]:
+        assert two[key] == pytest.approx((one[key] + second[key]) / 2, rel=1e-9)
+        assert two[key] != pytest.approx(one[key], rel=1e-3)
