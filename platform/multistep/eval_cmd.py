@@ -252,7 +252,7 @@ def load_student(p: Path, blob: dict, config: str | None = None, trial: int | No
 def eval_student(p: Path, blob: dict, args, steps: list[int] | None, say=print):
     from multistep.diffusion.samplers import mcm_sample
     from multistep.methods.base import conditioned
-    from multistep.metrics.evaluate import make_eval_ref, metric_rows, teacher_curve
+    from multistep.metrics.evaluate import make_eval_ref, metric_rows, repeated_teacher_curve, teacher_curve
     from multistep.metrics.streaming import make_stream_ref, stream_teacher_curve
     from multistep.sweep.results import GRID, trial_cells
     from multistep.sweep.worker import final_points
@@ -317,12 +317,15 @@ def eval_student(p: Path, blob: dict, args, steps: list[int] | None, say=print):
         rows += [{"method": lb, "student_steps": n, "nfe": nfe, **common} | r for r in metric_rows(values, names)]
     if args.with_teacher:
         t_steps = steps or sorted({n for _, n, *_ in points})
-        rows += (partial(stream_teacher_curve, batch_size=ev.batch_size) if ev.streaming else teacher_curve)(
+        rows += repeated_teacher_curve(  # the same noise seeds as the student's points
+            partial(stream_teacher_curve, batch_size=ev.batch_size) if ev.streaming else teacher_curve,
             c.teacher,
             c.schedule,
             c.data,
             ref,
             t_steps,
+            ev.repeats,
+            ev.seed,
             extractor=space,
             features=features,
             kid_subsets=kid_subsets,

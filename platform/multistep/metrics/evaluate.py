@@ -272,10 +272,19 @@ def teacher_curve(
     return rows, kept
 
 
+def repeated_teacher_curve(curve, teacher, sched, data_dist, ref, steps, repeats: int, seed: int, keep: int = 0, **kw):
+    """`curve` (teacher_curve or streaming.stream_teacher_curve) from the noise seeds of eval.repeats, as a student's
+    point (sweep.worker.final_points): each value the mean over the runs that have its row; rows only the first has
+    (the paired ODE error), its se and its kept rows stay the first's."""
+    runs = [
+        curve(teacher, sched, data_dist, ref.with_noise_seed(r, seed), steps, keep=keep if r == 0 else 0, **kw)
+        for r in range(repeats)
+    ]
+    return mean_over_repeats([rows for rows, _ in runs]), runs[0][1]
+
+
 def mean_over_repeats(runs: list[list[dict]]) -> list[dict]:
-    """The rows of runs[0] (one teacher_curve per eval.repeats noise seed), each value the mean over the runs that
-    have the same (method, student_steps, metric) row, as a student's point; rows only the first has (the paired
-    ODE error) and its se stay the first's."""
+    """The rows of runs[0], each value the mean over the runs that have the same (method, student_steps, metric)."""
     values: dict[tuple, list[float]] = {}
     for rows in runs:
         for r in rows:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from multistep.config import ConfigError, TrialCfg
-from multistep.metrics.evaluate import make_eval_ref, mean_over_repeats, teacher_curve
+from multistep.metrics.evaluate import make_eval_ref, repeated_teacher_curve, teacher_curve
 from multistep.metrics.extractors import ClassifierExtractor, InceptionExtractor, features_fn, file_sha256, tree_sha256
 from multistep.metrics.reference import load_for
 from multistep.metrics.streaming import load_ref, make_stream_ref, stream_teacher_curve
@@ -154,24 +154,23 @@ def prepare(cfg: TrialCfg, cache_dir: Path, log=print) -> dict:
 
     def make_curve():
         log(f"computing the teacher curve (DDIM and aDDIM at {ev.teacher_steps} steps)")
-        curve_at = partial(stream_teacher_curve, batch_size=ev.batch_size) if ev.streaming else teacher_curve
-        runs = [  # eval.repeats: the same noise seeds as the students' points, kept rows from the first
-            curve_at(
-                c.teacher,
-                c.schedule,
-                c.data,
-                ref.with_noise_seed(r, ev.seed),
-                ev.teacher_steps,
-                extractor=cfg.feature_space,
-                bootstrap=ev.bootstrap,
-                features=features,
-                kid_subsets=ev.kid_subsets,
-                predict=getattr(ext, "predict", None),
-                keep=ev.keep_rows if r == 0 else 0,
-            )
-            for r in range(ev.repeats)
-        ]
-        return {"rows": mean_over_repeats([rows for rows, _ in runs]), "kept": runs[0][1]}
+        rows, kept = repeated_teacher_curve(
+            partial(stream_teacher_curve, batch_size=ev.batch_size) if ev.streaming else teacher_curve,
+            c.teacher,
+            c.schedule,
+            c.data,
+            ref,
+            ev.teacher_steps,
+            ev.repeats,  # the same noise seeds as the students' points
+            ev.seed,
+            keep=ev.keep_rows,
+            extractor=cfg.feature_space,
+            bootstrap=ev.bootstrap,
+            features=features,
+            kid_subsets=ev.kid_subsets,
+            predict=getattr(ext, "predict", None),
+        )
+        return {"rows": rows, "kept": kept}
 
     curve = _cached(cache_dir / f"teachercurve-{curve_key}.pt", make_curve, log)
 
