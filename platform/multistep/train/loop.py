@@ -126,6 +126,8 @@ def fit(
             sums, n_acc = {}, 0
         if state.iteration % checkpoint_every == 0 or state.iteration == total:
             hooks.checkpoint(state.iteration, state.state_dict())
+    if replicas is not None:
+        replicas.finish()
     return state
 
 

@@ -45,6 +45,12 @@ class Replicas:
         dist.all_reduce(values)
         return values / self.world
 
+    def finish(self) -> None:
+        """Every rank leaves training together. Without it a rank that finishes first can tear the process group
+        down (Ray Train's shutdown, destroy_process_group) while its peer's last collective is still in flight,
+        and gloo aborts that peer (SIGABRT, "terminate called without an active exception")."""
+        dist.barrier()
+
     def gather(self, obj) -> list:
         """Every rank's `obj` (e.g. its RNG states) on every rank, in rank order."""
         out = [None] * self.world

@@ -89,6 +89,8 @@ def train_teacher(
             if log is not None:
                 log(it, m)
             acc, n_acc = 0.0, 0
+    if replicas is not None:
+        replicas.finish()
     for b_ema, b in zip(ema_net.buffers(), net.buffers()):  # buffers (if any) are copied, not averaged
         b_ema.copy_(b)
     return net.eval(), ema_net.eval(), history
