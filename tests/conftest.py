@@ -79,6 +79,18 @@ def assert_no_duplicate_points(client, runs) -> dict:
     return points
 
 
+def garble(shard, row_group: int) -> None:
+    """Flip 16 bytes in the middle of a Parquet shard's image column in one row group; the footer stays intact."""
+    import pyarrow.parquet as pq
+
+    col = pq.ParquetFile(shard).metadata.row_group(row_group).column(0)
+    start = col.dictionary_page_offset if col.has_dictionary_page else col.data_page_offset
+    mid = start + col.total_compressed_size // 2
+    b = bytearray(shard.read_bytes())
+    b[mid : mid + 16] = bytes(x ^ 0xFF for x in b[mid : mid + 16])
+    shard.write_bytes(bytes(b))
+
+
 def free_port() -> int:
     import socket
 

@@ -14,3 +14,12 @@ def add_run_options(p: argparse.ArgumentParser, storage_help: str) -> None:
     )
     p.add_argument("--storage", default="./ray_results", help=f"{storage_help} (default ./ray_results)")
     p.add_argument("--dry-run", action="store_true", help="print the validated config; start nothing")
+
+
+def add_data_check_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--skip-data-check",
+        action="store_true",
+        help="do not read every byte of Parquet data before starting (by default each shard is checked against the "
+        "manifest.json `data convert` wrote, or decoded whole; the time it took is printed)",
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from multistep.commands.common import add_run_options
+from multistep.commands.common import add_data_check_option, add_run_options
 
 
 def add_parser(sub):
@@ -23,6 +23,7 @@ def add_parser(sub):
         "folder for Ray Tune/Train state, checkpoints, caches and results, or a URI pyarrow understands "
         "(s3://, gs://: shared storage for multi-node clusters; caches and results then also in ./ray_results)",
     )
+    add_data_check_option(s)
     s.add_argument(
         "--resume",
         action="store_true",
@@ -37,7 +38,8 @@ def run(args) -> int:
     from multistep.sweep.preflight import preflight
 
     plan = load_sweep(args.file)
-    uri, storage = preflight(plan, args.tracking_uri, args.storage, args.resume)  # before Ray or MLflow
+    # before Ray or MLflow
+    uri, storage = preflight(plan, args.tracking_uri, args.storage, args.resume, not args.skip_data_check)
     if args.dry_run:
         print(
             json.dumps(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from multistep.commands.common import add_run_options
+from multistep.commands.common import add_data_check_option, add_run_options
 from multistep.sweep import teacher_job as impl
 
 HELP = """\
@@ -32,6 +32,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--name", default=None, help="with `import`: the teacher's name in MLflow (tag multistep.teacher_name)"
     )
     add_run_options(s, "folder for Ray Train state and the checkpoint (teachers/ beneath it)")
+    add_data_check_option(s)
     return s
 
 

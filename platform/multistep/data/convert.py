@@ -224,6 +224,7 @@ def cmd_data_convert(args) -> int:
     rows = sum(shard_info(p).rows for p in paths)
     print(
         f"wrote {rows} images ({info.height}x{info.width}x{info.channels}"
-        f"{', labels' if info.has_labels else ''}) in {len(paths)} shard(s) under {Path(args.out)}"
+        f"{', labels' if info.has_labels else ''}) in {len(paths)} shard(s) under {Path(args.out)}, with "
+        f"manifest.json (each shard's sha256 and row count, checked before a sweep or teacher starts)"
     )
     return 0

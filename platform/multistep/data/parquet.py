@@ -4,7 +4,8 @@ Shard layout (schema_version "1"): column `image` binary (raw uint8 bytes of one
 as the `layout` metadata says), optional column `label` int64; file-level metadata schema_version,
 height, width, channels, layout, and optionally num_classes and class_names (JSON list).
 Every problem with a shard (missing, unreadable, empty, wrong schema version, wrong column types,
-wrong image byte size) raises ValueError naming the file.
+wrong image byte size) raises ValueError naming the file. Shards are written in row groups of ROW_GROUP rows
+with page checksums, and with a manifest.json of their sha256 and row counts (data/manifest.py).
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ import pyarrow.parquet as pq
 import torch
 
 from multistep.atomic import write_with
+from multistep.data import manifest
 
 SCHEMA_VERSION = "1"
 SHARD_GLOB = "shard-*.parquet"
+ROW_GROUP = 1024  # rows: the unit a garbled shard is reported in (data/manifest.py)
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,7 @@ class ShardWriter:
         labels: bool,
         num_classes: int | None = None,
         class_names: Sequence[str] | None = None,
+        row_group: int = ROW_GROUP,
     ):
         if shard_size < 1:
             raise ValueError(f"shard_size must be >= 1, got {shard_size}")
@@ -69,6 +73,7 @@ class ShardWriter:
         if any(self.out.glob(SHARD_GLOB)):
             raise ValueError(f"{self.out}: already contains {SHARD_GLOB} files; choose an empty folder")
         self.shard_size, self.hwc, self.labels = shard_size, (height, width, channels), labels
+        self.row_group = row_group
         meta = {
             "schema_version": SCHEMA_VERSION,
             "height": height,
@@ -84,7 +89,7 @@ class ShardWriter:
         self.schema = pa.schema(fields, metadata={k: str(v) for k, v in meta.items()})
         self.buf_x: list[np.ndarray] = []
         self.buf_y: list[np.ndarray] = []
-        self.buffered, self.paths = 0, []
+        self.buffered, self.paths, self.entries = 0, [], []
 
     def add(self, images: np.ndarray, labels: np.ndarray | None = None) -> None:
         images = np.asarray(images)
@@ -121,12 +126,17 @@ class ShardWriter:
         self.buffered -= n
         path = self.out / f"shard-{len(self.paths):05d}.parquet"
         table = pa.Table.from_arrays(cols, schema=self.schema)
-        write_with(path, lambda tmp: pq.write_table(table, tmp))
+        write_with(
+            path, lambda tmp: pq.write_table(table, tmp, row_group_size=self.row_group, write_page_checksum=True)
+        )
         self.paths.append(path)
+        self.entries.append(manifest.entry(path))
 
     def close(self) -> list[Path]:
+        """Writes the last shard and the folder's manifest.json; returns the shards' paths."""
         if self.buffered:
             self._flush(self.buffered)
+        manifest.write_manifest(self.out, self.entries)
         return list(self.paths)
 
 
@@ -137,6 +147,7 @@ def write_shards(
     shard_size: int,
     num_classes: int | None = None,
     class_names: Sequence[str] | None = None,
+    row_group: int = ROW_GROUP,
 ) -> list[Path]:
     """Write uint8 NHWC images (NHW for one channel) and optional int labels as shards of `shard_size` rows."""
     images = np.asarray(images)
@@ -153,6 +164,7 @@ def write_shards(
         labels=labels is not None,
         num_classes=num_classes,
         class_names=class_names,
+        row_group=row_group,
     )
     w.add(images, labels)
     return w.close()

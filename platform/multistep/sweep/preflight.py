@@ -88,10 +88,11 @@ class Storage:
             raise ConfigError(f"--storage {self.arg}: a probe write there failed ({first_line(e)})") from None
 
 
-def inputs(plan: SweepPlan) -> None:
+def inputs(plan: SweepPlan, check_data: bool = False, say=print) -> None:
     """Teacher and data files of every distinct (data, teacher) pair exist, open and agree in shape; eval sizes are
-    meaningful. Light: Parquet footers and teacher checkpoints are read, no images are decoded."""
-    seen = set()
+    meaningful. Parquet footers and teacher checkpoints are read; with `check_data`, every byte of the Parquet data
+    too (verify_data)."""
+    seen, checked = set(), set()
     for i in range(len(plan.trials)):
         tc = plan.trial_cfg(i)
         key = (repr(tc.data.model_dump()), repr(tc.teacher.model_dump()))
@@ -99,6 +100,21 @@ def inputs(plan: SweepPlan) -> None:
             continue
         seen.add(key)
         _check_pair(tc, plan.path)
+        if check_data and tc.data.kind == "parquet" and tc.data.path not in checked:
+            checked.add(tc.data.path)
+            verify_data(tc.data, f"{plan.path}: ", say)
+
+
+def verify_data(d, where: str = "", say=print) -> None:
+    """Parquet data read whole before anything starts: against its manifest.json (sha256 and rows per shard), or
+    by decoding every row group; a problem is a ConfigError naming the shard and the row group."""
+    from multistep.data.manifest import verify
+
+    try:
+        done = verify(d.path)
+    except ValueError as e:
+        raise ConfigError(f"{where}data.path: {e}") from None
+    say(done.line(f"data.path {d.path}"))
 
 
 def _check_pair(tc: TrialCfg, path: str) -> None:
@@ -252,12 +268,14 @@ def resumable(plan: SweepPlan, uri: str) -> None:
     resume_target(MlflowClient(uri), plan)
 
 
-def preflight(plan: SweepPlan, tracking: str | None, storage: str, resume: bool) -> tuple[str, str]:
+def preflight(
+    plan: SweepPlan, tracking: str | None, storage: str, resume: bool, check_data: bool = True, say=print
+) -> tuple[str, str]:
     """All checks, cheapest first: (tracking URI, storage path or URI) ready for run_sweep. Nothing is created."""
     resources(plan)
     uri = tracking_uri(tracking)
     store = Storage(storage)
-    inputs(plan)
+    inputs(plan, check_data, say)
     if resume:
         resumable(plan, uri)
     return uri, store.uri

@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from multistep.config import TEACHER_ARTIFACT, ConfigError, DataCfg, TeacherFileCfg, load_teacher_file
-from multistep.sweep.preflight import data_shape
+from multistep.sweep.preflight import data_shape, verify_data
 from multistep.tracking import tags as tag
 
 
@@ -52,6 +52,8 @@ def cmd_teacher(args) -> int:
 
     cfg = load_teacher_file(args.file)
     net_cfg, n_params = check(cfg, args.file)
+    if cfg.data.kind == "parquet" and not args.skip_data_check:
+        verify_data(cfg.data, f"{args.file}: ")
     uri = tracking_uri(args.tracking_uri)  # before Ray or MLflow: a supported, writable or answering store
     if "://" in args.storage:
         raise ConfigError(f"--storage {args.storage}: multistep teacher writes its checkpoint to a local folder")

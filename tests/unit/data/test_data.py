@@ -355,6 +355,10 @@ def test_convert_cifar10_batches(tmp_path, capsys):
     x, y = _read_all(tmp_path / "out")
     assert np.array_equal(x, np.concatenate(xs)) and np.array_equal(y, np.concatenate(ys))
     assert shard_info(list_shards(tmp_path / "out")[0]).num_classes == 10
+    from multistep.data.manifest import verify
+
+    done = verify(tmp_path / "out")  # the manifest moved with the shards out of the staging folder
+    assert (done.shards, done.rows, done.against) == (3, 12, "manifest.json")
 
     class Evil:  # a pickle that would run code on load
         def __reduce__(self):

@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO
+from conftest import REPO, garble
 
 TINY = yaml.safe_load((REPO / "tests" / "data" / "tiny_sweep.yaml").read_text())
 NO_GPU = not torch.cuda.is_available()
@@ -40,9 +40,13 @@ def _image_inputs(folder):
     write_shards(rng.integers(0, 256, (40, 8, 8, 3), dtype=np.uint8), None, folder / "trunc", shard_size=20)
     shard = sorted((folder / "trunc").glob("*.parquet"))[1]
     shard.write_bytes(shard.read_bytes()[:100])
+    write_shards(rng.integers(0, 256, (40, 8, 8, 3), dtype=np.uint8), None, folder / "garbled", 20, row_group=10)
+    garble(sorted((folder / "garbled").glob("*.parquet"))[1], row_group=1)  # data pages only: the footer reads
     net_cfg = {"kind": "unet", "base_ch": 4, "ch_mult": [1], "time_dim": 8, "in_ch": 1, "resolution": 8}
     meta = {"schedule": {"name": "cosine", "params": {}}, "shape": [1, 8, 8]}
     save_teacher(folder / "gray.pt", net_cfg, build_net(net_cfg).state_dict(), meta)
+    rgb_cfg = {**net_cfg, "in_ch": 3}
+    save_teacher(folder / "rgb.pt", rgb_cfg, build_net(rgb_cfg).state_dict(), {**meta, "shape": [3, 8, 8]})
     save_teacher(folder / "noshape.pt", net_cfg, build_net(net_cfg).state_dict(), {"schedule": meta["schedule"]})
     (folder / "garbage.pt").write_bytes(b"not a checkpoint at all")
     from multistep.train import checkpoint
@@ -155,6 +159,19 @@ def cases(tmp):
                 *st,
             ],
             "not a readable Parquet file",
+        ),
+        (
+            "parquet-garbled",
+            [
+                "sweep",
+                _sweep(
+                    tmp, "pg", data={"kind": "parquet", "path": str(tmp / "garbled")}, teacher=teacher(tmp / "rgb.pt")
+                ),
+                "--tracking-uri",
+                db,
+                *st,
+            ],
+            "shard-00001.parquet: does not match manifest.json",
         ),
         ("eval-samples", ["sweep", _sweep(tmp, "es", eval={"samples": 1}), "--tracking-uri", db, *st], "eval.samples"),
         (
@@ -324,3 +341,21 @@ def test_resume_of_a_sweep_whose_trial_runs_were_only_partly_created_is_refused(
     err = capsys.readouterr().err
     assert rc == 2 and f"sweep run {run.info.run_id} has no trial run for 1 of its 2 trials" in err
     assert not (tmp_path / "st").exists()
+
+
+def test_parquet_data_is_read_whole_before_anything_starts_unless_skipped(tmp_path, capsys):
+    """A shard garbled after `data convert` fails the pre-flight (its footer still reads); --skip-data-check lets
+    it through to the dry run; a sound folder reports what was read, against its manifest."""
+    from multistep.cli import main
+
+    _image_inputs(tmp_path)
+    rgb = {"kind": "checkpoint", "path": str(tmp_path / "rgb.pt")}
+    run = ["--dry-run", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--storage", str(tmp_path / "st")]
+    garbled = _sweep(tmp_path, "pg", data={"kind": "parquet", "path": str(tmp_path / "garbled")}, teacher=rgb)
+    assert main(["sweep", garbled, *run]) == 2
+    assert "row group 1 of 2 (rows 10-19)" in capsys.readouterr().err
+    assert main(["sweep", garbled, *run, "--skip-data-check"]) == 0
+    assert "manifest.json" not in capsys.readouterr().out
+    sound = _sweep(tmp_path, "ok", data={"kind": "parquet", "path": str(tmp_path / "rgb")}, teacher=rgb)
+    assert main(["sweep", sound, *run]) == 0
+    assert "2 shard(s), 40 rows" in capsys.readouterr().out
