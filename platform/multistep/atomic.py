@@ -81,3 +81,18 @@ def write_with(path: str | os.PathLike, write: Callable[[Path], object]) -> Path
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """Write a text file atomically."""
     return write_with(path, lambda tmp: tmp.write_text(text))
+
+
+def no_space(where: str, need_bytes: int | None, what: str, hint: str = "") -> OSError:
+    """A full disk as one line (ENOSPC): the folder (or storage URI), what did not fit and its size, the free space
+    there (local folders only), and a hint."""
+    import errno
+
+    free = None if "://" in where else shutil.disk_usage(existing_ancestor(Path(where))).free
+    size = f" of {need_bytes / 2**20:.2f} MiB" if need_bytes is not None else ""
+    left = f"; {free / 2**20:.2f} MiB free there" if free is not None else ""
+    return OSError(errno.ENOSPC, f"{where}: no space left for {what}{size}{left}{hint}")
+
+
+def folder_bytes(folder: str | os.PathLike) -> int:
+    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())

@@ -2,6 +2,7 @@
 checkpoints (train/checkpoint.py), the fall-back to an earlier checkpoint, caches that heal, staged output folders."""
 
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -145,11 +146,20 @@ def test_storage_that_fills_up_fails_the_sweep_in_one_line(ray_local, tiny_sweep
     rc = main(["sweep", str(tiny_sweep), "--tracking-uri", uri, "--storage", str(small_tmpfs / "rr")])
     out = capsys.readouterr()
     r = type("R", (), {"returncode": rc, "stdout": out.out, "stderr": out.err})
-    last = r.stderr.strip().splitlines()[-1]
-    assert r.returncode == 1 and last.startswith("multistep: error:") and "No space left on device" in last, last
-    assert "FAILED: OSError: [Errno 28]" in r.stdout
+    (line,) = [ln for ln in r.stderr.splitlines() if ln.startswith("multistep: error:")]
+    storage = str(small_tmpfs / "rr")
+    assert r.returncode == 1 and "Traceback" not in r.stderr + r.stdout, r.stderr[-3000:]
+    # one line: the storage folder, what did not fit and its size, the free space there
+    assert re.fullmatch(
+        rf"multistep: error: {re.escape(storage)}/tiny-[0-9-]+: no space left for a trial checkpoint of [0-9.]+ MiB; "
+        r"0\.[0-9]+ MiB free there \(Tune keeps the last 2 of each trial\); 2 of 2 trial\(s\) failed on it",
+        line,
+    ), line
+    assert "FAILED: OSError: [Errno 28]" in r.stdout and "errored after" not in r.stdout  # no Tune boxes
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
     assert sorted(x.info.status for x in runs) == ["FAILED", "FAILED", "FAILED"]  # the sweep and both trials
     trials = [x for x in runs if x.data.tags["multistep.kind"] == "trial"]
-    assert len(trials) == 2 and all("No space left on device" in x.data.tags["multistep.error"] for x in trials)
+    assert len(trials) == 2 and all(
+        "no space left for a trial checkpoint" in x.data.tags["multistep.error"] for x in trials
+    )

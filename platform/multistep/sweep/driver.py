@@ -8,6 +8,7 @@ config, each trial training in its own process (1 worker) or a small train drive
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 import time
@@ -52,6 +53,7 @@ def trial_driver(config: dict, ctx: dict) -> None:
         "pbt": pbt,
         "run_id": run_id,  # + eval_ref, init, proxy_samples
         "tracking_uri": ctx["tracking_uri"],
+        "storage": ctx["storage"],  # named when a checkpoint does not fit there
         "threads": r["cpus_per_worker"],
         "gpus_per_trial": r["num_workers"] * r["per_worker"].get("GPU", 0),  # for train_gpu_hours
         **ctx["assets"][ctx["asset_keys"][0 if ctx["adaptive"] else i]],
@@ -506,6 +508,7 @@ def _run_sweep(plan, tracking_uri, storage, say, resume, start_ray, stop: Interr
             )
         what = f"{n_trials} trials proposed by {cfg.search_alg.name}" if adaptive else f"{n_trials} trials"
         say(f"running {what}, at most {r.max_concurrent_trials} at a time; Tune state in {ray_dir}")
+        say(f"Ray's own messages (a failed trial's traceback, retries): {ray_runtime.ray_messages_to_file()}")
         stop.in_tune = True
         try:
             grid = tuner.fit() if indices else []  # nothing left to run: settle and finish
@@ -533,11 +536,16 @@ def _run_sweep(plan, tracking_uri, storage, say, resume, start_ray, stop: Interr
                 f"{orphans} of {cfg.num_samples} proposed trial(s) did not run or opened no MLflow run (see the Ray logs)"
             )
             failed += [-1] * orphans
-        rc = _finish(
-            client, plan, srid, run_ids, names, teacher_rows, first, out_dir, failed, t_start, tracking_uri, say
-        )
-        if ray_dir != str(out_dir):
-            _copy_results(out_dir, ray_dir, say)
+        try:
+            rc = _finish(
+                client, plan, srid, run_ids, names, teacher_rows, first, out_dir, failed, t_start, tracking_uri, say
+            )
+            if ray_dir != str(out_dir):
+                _copy_results(out_dir, ray_dir, say)
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise
+            raise _storage_full(client, run_ids, failed, out_dir) from None
         return rc
     except BaseException as e:
         stop.acknowledge()
@@ -616,6 +624,20 @@ def _settle_trials(client, run_ids: list[str], last: dict[int, dict]) -> list[in
         if st == "FAILED":
             failed.append(i)
     return failed
+
+
+def _storage_full(client, run_ids: list[str], failed: list[int], out_dir: Path) -> OSError:
+    """The sweep's storage filled up: one line naming it, from the trials' own errors when a checkpoint did not fit
+    (its size and the free space), else about the result files that did not."""
+    from multistep.atomic import no_space
+    from multistep.sweep.worker import STORAGE_FULL
+
+    errors = [client.get_run(run_ids[i]).data.tags.get(tag.ERROR, "") for i in failed if i >= 0]
+    full = [e for e in errors if STORAGE_FULL in e]
+    if not full:
+        return no_space(str(out_dir), None, "the sweep's result files")
+    line = full[0].split("] ", 1)[-1].split(" (details: ")[0]  # "OSError: [Errno 28] <the worker's line> (details: ..)"
+    return OSError(errno.ENOSPC, f"{line}; {len(full)} of {len(run_ids)} trial(s) failed on it")
 
 
 def _close_incomplete(client, srid: str, run_ids: list[str], interrupted: bool, say=print) -> None:

@@ -12,6 +12,7 @@ RAY_ENV_DEFAULTS = {
     "RAY_TRAIN_V2_ENABLED": "1",
     "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",  # error reports of failed trials carry no proxy metric
     "TUNE_DISABLE_SIGINT_HANDLER": "1",  # the driver owns SIGINT and stops Tune through SIGUSR1 (sweep/interrupts.py)
+    "RAY_AIR_NEW_OUTPUT": "0",  # Tune's legacy reporter, silent at verbose 0: no boxes, no per-trial error blocks
     # glibc: a fixed mmap threshold, so the evaluation's large per-batch arrays go back to the system when freed
     # (its dynamic threshold rises to their size and then serves them from a heap that only grows: +0.7 GB per
     # 30k rows of 3x64x64 samples, docs/evaluation.md); workers inherit it from the local Ray
@@ -48,6 +49,31 @@ def init_ray(say) -> bool:
         watch_local_ray()
         return True
     return False
+
+
+RAY_LOGGERS = ("ray.tune", "ray.train", "ray.air")
+
+
+def ray_messages_to_file() -> str:
+    """Ray Tune's and Ray Train's own log records (a failed trial's traceback, retries) go to a file in Ray's session
+    logs instead of the terminal, where the driver prints one line per trial event itself. Returns the file."""
+    import logging
+    import tempfile
+
+    import ray
+
+    try:
+        folder = ray._private.worker._global_node.get_logs_dir_path()  # no public API for the session's log folder
+    except AttributeError:
+        folder = tempfile.gettempdir()
+    path = os.path.join(folder, f"multistep-driver-{os.getpid()}.log")
+    handler = logging.FileHandler(path, delay=True)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in RAY_LOGGERS:
+        log = logging.getLogger(name)
+        log.handlers = [h for h in log.handlers if not isinstance(h, logging.FileHandler)] + [handler]
+        log.propagate = False
+    return path
 
 
 # Runs beside the driver in a session of its own: when the driver is gone (SIGKILL included: no handler can run),

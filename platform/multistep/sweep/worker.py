@@ -11,6 +11,7 @@ Rank 0 logs per-interval training metrics and the evaluation curve into the tria
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -23,6 +24,7 @@ from multistep.train import checkpoint as checkpoint_file
 
 CKPT_FILE = "state.pt"  # written and read by train/checkpoint.py (sha256 trailer)
 CKPT_VERSION = 1
+STORAGE_FULL = "a trial checkpoint"  # what did not fit: the driver looks for it in the trials' errors
 PREFETCH_BATCHES = 2  # Parquet data: batches a reader thread keeps ready (shard reads, shuffles) beside the step
 
 
@@ -39,14 +41,24 @@ class Session:
 
     def __init__(self, api, rank: int, world: int, device: torch.device):
         self.api, self.rank, self.world, self.device = api, rank, world, device
+        self.storage = ""  # the sweep's storage (path or URI), named when a checkpoint does not fit there
 
     def get_checkpoint(self):
         return self.api.get_checkpoint()
 
     def report(self, metrics: dict, checkpoint_dir: str | None = None) -> None:
-        self.api.report(
-            metrics, checkpoint=self.api.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        )
+        try:
+            self.api.report(
+                metrics, checkpoint=self.api.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+            )
+        except OSError as e:  # Ray copies the checkpoint to the storage: a full disk is one line naming it
+            if e.errno != errno.ENOSPC or not checkpoint_dir:
+                raise
+            from multistep.atomic import folder_bytes, no_space
+
+            raise no_space(
+                self.storage, folder_bytes(checkpoint_dir), STORAGE_FULL, " (Tune keeps the last 2 of each trial)"
+            ) from None
 
 
 def train_session() -> Session:
@@ -202,6 +214,7 @@ def run_trial(cfg: dict, session: Session) -> dict:
     from multistep.train.replicas import Replicas
 
     rank, world, device = session.rank, session.world, session.device
+    session.storage = cfg.get("storage", "")
     torch.set_num_threads(max(1, int(cfg["threads"])))
     tc = TrialCfg.model_validate(cfg["trial"])
     torch.manual_seed(tc.train.seed + 1000 * rank)  # global RNG (e.g. dropout): the same in a fresh or a reused process
