@@ -8,8 +8,8 @@ raises KeyboardInterrupt at once. Tune's own SIGINT handler is switched off (TUN
 driver always knows that it was interrupted.
 
 A KeyboardInterrupt raised while the main thread runs a garbage-collector callback (e.g. SQLAlchemy's) is swallowed
-by Python ("Exception ignored in ..."); so until the driver acknowledges the interrupt (its cleanup has begun), the
-interrupt is delivered again every second.
+by Python; so until the driver acknowledges the interrupt (its cleanup has begun), the interrupt is delivered again
+every second, and Python's report of the swallowed one ("Exception ignored in ...", a traceback) is not printed.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import _thread
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -38,7 +39,14 @@ class Interrupts:
         if threading.current_thread() is threading.main_thread():
             for sig in (*self.SIGNALS, signal.SIGUSR1):
                 self._old[sig] = signal.signal(sig, self._handle)
+            self._old_unraisable = sys.unraisablehook
+            sys.unraisablehook = self._unraisable
         return self
+
+    def _unraisable(self, info) -> None:
+        """Our KeyboardInterrupt swallowed by a finalizer: redelivered (_insist), so nothing to report."""
+        if not (issubclass(info.exc_type, KeyboardInterrupt) and self.signal is not None):
+            self._old_unraisable(info)
 
     def reclaim(self) -> None:
         """After ray.init: Ray's core worker installs a C++ SIGTERM handler that aborts the process; take it back."""
@@ -65,6 +73,8 @@ class Interrupts:
 
     def __exit__(self, *exc):
         self.acknowledged = True
+        if self._old:
+            sys.unraisablehook = self._old_unraisable
         for sig, old in self._old.items():
             # SIGUSR1 belongs to Tune once it ran (its interrupt path); if Tune never took it, it is restored too
             if sig != signal.SIGUSR1 or signal.getsignal(sig) == self._handle:

@@ -60,7 +60,7 @@ def compile_unavailable(device) -> str | None:
 
         get_cpp_compiler()
     except Exception as e:  # noqa: BLE001 - InvalidCxxCompiler and import problems alike
-        return f"no working C++ compiler for inductor ({type(e).__name__})"
+        return f"no working C++ compiler for inductor ({type(e).__name__}: {str(e).strip()[:200]})"
     return None
 
 
