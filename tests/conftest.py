@@ -19,6 +19,13 @@ os.environ.pop("RAY_ADDRESS", None)
 os.environ.setdefault("MULTISTEP_CACHE", tempfile.mkdtemp(prefix="multistep-test-cache-"))  # not the user's ~/.cache
 
 
+def pytest_collection_modifyitems(config, items):
+    """MULTISTEP_TEST_ORDER=reverse runs the suite back to front: a test that passes only after another one's
+    leftovers fails then (tools/suite_orders.sh runs both orders)."""
+    if os.environ.get("MULTISTEP_TEST_ORDER") == "reverse":
+        items.reverse()
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """One small local Ray instance for the whole session (Ray tests run serially on 2 cores)."""
@@ -89,6 +96,16 @@ def garble(shard, row_group: int) -> None:
     b = bytearray(shard.read_bytes())
     b[mid : mid + 16] = bytes(x ^ 0xFF for x in b[mid : mid + 16])
     shard.write_bytes(bytes(b))
+
+
+def exit_spawned_rank() -> None:
+    """End a spawned rank (torch.multiprocessing) without the interpreter's finalisation. Gloo's C++ threads and
+    objects outlive destroy_process_group and are torn down during finalisation, which aborts the process now and
+    then ("terminate called without an active exception", SIGABRT: 1 run in 15-60 here, 0 in 60 with this exit;
+    tools/repeat.sh). Ray Train's workers never finalise this way (Ray ends them): the product does not hit it."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def free_port() -> int:

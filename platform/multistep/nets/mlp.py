@@ -14,17 +14,17 @@ from multistep.diffusion.ddim import x_from_v
 from multistep.diffusion.schedules import Schedule
 
 
-def time_features(t: torch.Tensor, dim: int, scale: float = 1000.0) -> torch.Tensor:
-    """Sinusoidal features of t in [0, 1] (DDPM style on 1000 t), shape (B, dim)."""
+def time_features(t: torch.Tensor, dim: int, scale: float = 1000.0, dtype=torch.float32) -> torch.Tensor:
+    """Sinusoidal features of t in [0, 1] (DDPM style on 1000 t), shape (B, dim), computed in `dtype`."""
     half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    arg = scale * t.float()[:, None] * freqs[None]
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=dtype) / half)
+    arg = scale * t.to(dtype)[:, None] * freqs[None]
     return torch.cat([torch.sin(arg), torch.cos(arg)], dim=1)
 
 
-def octave_features(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """sin and cos of 2^k pi t for k < dim / 2: octaves of the time itself, shape (B, dim)."""
-    arg = math.pi * t.float()[:, None] * 2.0 ** torch.arange(dim // 2, device=t.device, dtype=torch.float32)[None]
+def octave_features(t: torch.Tensor, dim: int, dtype=torch.float32) -> torch.Tensor:
+    """sin and cos of 2^k pi t for k < dim / 2: octaves of the time itself, shape (B, dim), computed in `dtype`."""
+    arg = math.pi * t.to(dtype)[:, None] * 2.0 ** torch.arange(dim // 2, device=t.device, dtype=dtype)[None]
     return torch.cat([torch.sin(arg), torch.cos(arg)], dim=1)
 
 
@@ -35,9 +35,12 @@ def check_time_features(kind: str) -> str:
     return kind
 
 
-def features(t: torch.Tensor, dim: int, kind: str) -> torch.Tensor:
-    """The network's time input: "sinusoid" (DDPM-style features of 1000 t) or "octave" (sin, cos of 2^k pi t)."""
-    return octave_features(t, dim) if check_time_features(kind) == "octave" else time_features(t, dim)
+def features(t: torch.Tensor, dim: int, kind: str, dtype=torch.float32) -> torch.Tensor:
+    """The network's time input: "sinusoid" (DDPM-style features of 1000 t) or "octave" (sin, cos of 2^k pi t), in
+    `dtype` (the network's: float32, or float64 for sCM's finite-difference JVP)."""
+    if check_time_features(kind) == "octave":
+        return octave_features(t, dim, dtype)
+    return time_features(t, dim, dtype=dtype)
 
 
 class MLP(nn.Module):
@@ -65,7 +68,7 @@ class MLP(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        h = torch.cat([z.reshape(z.shape[0], -1), features(t, self.time_dim, self.time_features)], dim=1)
+        h = torch.cat([z.reshape(z.shape[0], -1), features(t, self.time_dim, self.time_features, z.dtype)], dim=1)
         return self.net(h).reshape(z.shape)
 
 

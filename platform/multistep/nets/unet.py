@@ -142,7 +142,7 @@ class UNet(nn.Module):
         return self.num_classes
 
     def embed(self, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        emb = self.time_mlp(features(t, self.time_dim, self.time_features).to(self.conv_in.weight.dtype))
+        emb = self.time_mlp(features(t, self.time_dim, self.time_features, self.conv_in.weight.dtype))
         if self.label_emb is not None:
             if y is None:
                 y = torch.full((t.shape[0],), self.num_classes, dtype=torch.long, device=t.device)

@@ -2,7 +2,6 @@
 two halves of a batch take exactly the step one process takes on the whole batch."""
 
 import os
-import sys
 
 import pytest
 import torch
@@ -10,6 +9,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from conftest import exit_spawned_rank
 from multistep.train.loop import fit, new_state
 from multistep.train.replicas import Replicas
 
@@ -57,16 +57,6 @@ def _train(rank: int, world: int, seed: int) -> tuple[dict, list]:
     return {k: v.detach().clone() for k, v in net.state_dict().items()}, logged
 
 
-def _exit_now() -> None:
-    """End a spawned rank without the interpreter's finalisation. Gloo's C++ threads and objects outlive
-    destroy_process_group and are torn down during finalisation, which aborts the process now and then ("terminate
-    called without an active exception", SIGABRT: 1 run in 15-60 here, 0 in 60 with this exit; tools/repeat.sh).
-    Ray Train's workers never finalise this way (Ray ends them), so the product does not hit it."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
-
-
 def _rank(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -75,7 +65,7 @@ def _rank(rank: int, world: int, port: int, out: str) -> None:
         torch.save(_train(rank, world, seed=rank), f"{out}/rank{rank}.pt")  # fit ends with a barrier (Replicas.finish)
     finally:
         dist.destroy_process_group()
-    _exit_now()
+    exit_spawned_rank()
 
 
 def test_two_gloo_ranks_take_the_single_process_step(tmp_path, one_thread):
@@ -154,7 +144,7 @@ def _teacher_rank(rank: int, world: int, port: int, out: str) -> None:
         torch.save((net.state_dict(), [h["loss"] for h in hist]), f"{out}/teacher{rank}.pt")
     finally:
         dist.destroy_process_group()
-    _exit_now()
+    exit_spawned_rank()
 
 
 def test_teacher_training_on_two_gloo_ranks_stays_in_step(tmp_path, one_thread):
