@@ -483,6 +483,7 @@ def _figures(name: str, r: dict) -> str:
         return (
             f"MCD {c['step_s'] * 1e3:.1f} ms/step ({c['img_per_s']:.0f} img/s, {c['tflops']:.3g} TFLOP/s), "
             f"diffusion {d['step_s'] * 1e3:.1f} ms; {mfu}MCD/diffusion {x['mcd_over_diffusion']:.2f} (goal <= 1.75); "
+            f"sCD/diffusion {x['scd_over_diffusion']:.2f} (goal <= {x['scd_goal_ratio']}); "
             f"compile {c['compile_s'] + d['compile_s']:.0f} s; peak {max(c['peak_memory_bytes'], d['peak_memory_bytes']) / 2**30:.1f} GiB"
         )
     if name == "sampling":

@@ -29,6 +29,10 @@ def table(res: dict) -> str:
         lines.append(
             f"  MCD / diffusion step: {tr['mcd_over_diffusion']:.3f} (FLOP ideal {tr['flop_ideal_ratio']:.3f}, goal <= {tr['goal_ratio']})"
         )
+        lines.append(
+            f"  sCD / diffusion step: {tr['scd_over_diffusion']:.3f} (FLOP ideal {tr['scd_flop_ideal_ratio']:.3f}, "
+            f"goal <= {tr['scd_goal_ratio']})"
+        )
     sa = res.get("sampling")
     if sa:
         lines += [

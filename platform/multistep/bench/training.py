@@ -1,7 +1,8 @@
-"""Training-step figures: diffusion step versus MCD step on the same UNet and batch (docs/performance.md).
+"""Training-step figures: diffusion step versus MCD and sCD steps on the same UNet and batch (docs/performance.md).
 
 The MCD step is a teacher forward, a no-grad reference forward and a forward+backward; the diffusion step only
-the last (FLOP ideal ratio 5/3). FLOPs are counted once per architecture (FlopCounterMode on a meta-device copy);
+the last (FLOP ideal ratio 5/3). The sCD step is a teacher forward, a JVP (about two forwards) and a
+forward+backward (FLOP ideal ratio 6/3 = 2). FLOPs are counted once per architecture (FlopCounterMode on a meta-device copy);
 TFLOP/s, MFU and peak memory are reported, compile time apart (it is paid once per trial).
 """
 
@@ -12,6 +13,7 @@ import statistics
 import time
 
 GOAL_MCD_RATIO = 1.75  # MCD step / diffusion step (issue 9)
+GOAL_SCD_RATIO = 2.3  # sCD step / diffusion step (issue 38)
 GOAL_MFU = 0.35  # 64x64 UNet, bf16 + compile on an H100
 GOAL_FD_SPEEDUP = 10.0  # frechet_distance versus sqrtm at d = 2048
 GOAL_FD_AGREEMENT = 1e-6  # relative
@@ -157,6 +159,7 @@ class Setup:
 
         from multistep.diffusion.schedules import make_schedule
         from multistep.methods.mcm import MCM
+        from multistep.methods.scm import SCM
         from multistep.nets.mlp import VDenoiser
         from multistep.train.loop import TrainState
         from multistep.train.perf import InferenceTeacher, apply_fast_paths, make_adam
@@ -174,6 +177,7 @@ class Setup:
         self.method = MCM(
             self.sched, student_steps=4, teacher=self.teacher, anneal="constant", anneal_params={"n": 256}
         )
+        self.scd = SCM(self.sched, student_steps=4, teacher=self.teacher, time_derivative_every=0)
         opt = make_adam(self.student.parameters(), 2e-4, device)
         self.state = TrainState(self.student, ema, opt, gen=torch.Generator().manual_seed(seed))
 
@@ -194,12 +198,14 @@ class Setup:
         if kind == "diffusion":
             loss = v_loss(self.student.v, self.sched, x, st.gen)  # the network under the same fast paths
         else:
-            loss, _ = self.method.loss(self.student, x, 0, 1000, st.gen)
+            loss, _ = (self.scd if kind == "scd" else self.method).loss(self.student, x, 0, 1000, st.gen)
         st.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.student.parameters(), 1.0)
         st.opt.step()
         ema_update(st.ema, self.student, 0.999)
+        if kind == "scd":
+            self.scd.after_step(self.student)  # its u(phi) takes its own Adam step
 
 
 # -- parts ---------------------------------------------------------------------------------------------
@@ -213,7 +219,8 @@ def bench_training(setup: Setup, batch: int, warmup: int, steps: int, peak_tflop
         "forward_gflop_per_image": f_img / 1e9,
         "params_millions": sum(p.numel() for p in setup.student.parameters()) / 1e6,
     }
-    for kind, passes in (("diffusion", 3), ("mcd", 5)):  # forward-equivalents: fwd+bwd = 3, + 2 no-grad forwards
+    # forward-equivalents: fwd+bwd = 3; MCD + 2 no-grad forwards; sCD + a teacher forward and a JVP (~2)
+    for kind, passes in (("diffusion", 3), ("mcd", 5), ("scd", 6)):
         reset_peak_memory(setup.device)
         warm_s, step_s = timed(lambda kind=kind: setup.step(kind, x), setup.device, warmup, steps)
         tflops = passes * f_img * batch / step_s / 1e12
@@ -229,4 +236,7 @@ def bench_training(setup: Setup, batch: int, warmup: int, steps: int, peak_tflop
     out["mcd_over_diffusion"] = out["mcd"]["step_s"] / out["diffusion"]["step_s"]
     out["flop_ideal_ratio"] = 5 / 3
     out["goal_ratio"] = GOAL_MCD_RATIO
+    out["scd_over_diffusion"] = out["scd"]["step_s"] / out["diffusion"]["step_s"]
+    out["scd_flop_ideal_ratio"] = 2.0
+    out["scd_goal_ratio"] = GOAL_SCD_RATIO
     return out

@@ -24,6 +24,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     s.add_argument("sweeps", nargs="+", metavar="RUN_OR_SWEEP", help="sweep run ids or sweep names")
     s.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples per interval (default 200)")
+    s.add_argument(
+        "--pair",
+        action="append",
+        default=[],
+        metavar="A,B",
+        help="also compare method A with method B (or a teacher curve, e.g. teacher_ddim) at every S both have, "
+        "paired (repeatable; e.g. --pair scd,mcd --pair scd,teacher_ddim)",
+    )
     s.add_argument("--out", default=None, help="folder for claims.md, claims.csv, budget.png (default: print only)")
     s.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default sqlite:///<cwd>/mlflow.db)")
     return s
@@ -40,6 +48,9 @@ def run(args) -> int:
     from multistep.tracking import eval_rows
     from multistep.tracking import mlflow_layout as ml
 
+    pairs = [tuple(p.split(",")) for p in args.pair]
+    if bad := [p for p, q in zip(args.pair, pairs) if len(q) != 2 or not all(q)]:
+        raise ConfigError(f"--pair {bad[0]}: expected two method labels separated by a comma, e.g. scd,mcd")
     client = ml.client(tracking_uri(args.tracking_uri))
     sweeps = [sweep_run_or_latest(client, a) for a in args.sweeps]
     sections, table, budget, loaded = [], [], {}, []
@@ -58,11 +69,14 @@ def run(args) -> int:
         verdicts = claims.decide(points, ref, args.n_boot, progress=say)
         text = claims.format_verdicts(verdicts)
         print(text + "\n")
+        compared = [c for a, b in pairs for c in claims.compare_methods(points, ref, a, b, args.n_boot)]
+        for c in compared:
+            print(f"  {c.describe()}")
         for r in rows:
             r |= {"sweep": name, "train_iterations": iterations.get((r["method"], r["student_steps"]))}
             budget.setdefault((r["method"], r["student_steps"]), []).append(r)
         table += rows
-        sections.append((name, rows, verdicts))
+        sections.append((name, rows, verdicts, compared))
         loaded.append((points, iterations, ref))
     changes = _budget_changes(loaded, args.n_boot, claims) if len(sweeps) > 1 else []
     if args.out:
@@ -95,7 +109,7 @@ def _write(out_dir: str, table: list[dict], sections: list, budget: dict | None,
     out = Path(out_dir)
 
     md = []
-    for name, rows, verdicts in sections:
+    for name, rows, verdicts, compared in sections:
         md += [f"### {name}", "", "| method | S | seeds | FD (95% CI) |", "|---|---|---|---|"]
         md += [
             f"| {r['method']} | {r['student_steps'] or '-'} | {r['seeds']} | {r['fd']:.4g} [{r['lo']:.4g}, {r['hi']:.4g}] |"
@@ -106,6 +120,9 @@ def _write(out_dir: str, table: list[dict], sections: list, budget: dict | None,
             f"| ({v.number}) {v.claim} | **{v.verdict}** | {'<br>'.join(c.describe() for c in v.comparisons) or '-'} |"
             for v in verdicts
         ]
+        if compared:
+            md += ["", "| comparison (paired, 95% CI) | outcome |", "|---|---|"]
+            md += [f"| {c.diff.describe(*(f'{lb} S={k}' for lb, k in (c.a, c.b)))} | {c.outcome} |" for c in compared]
         md.append("")  # fmt: skip
     if changes:
         md += [

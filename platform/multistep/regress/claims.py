@@ -23,13 +23,15 @@ TEACHER = "teacher_addim"  # the paper's "Diffusion (aDDIM), 512 steps" row: the
 class Comparison:
     a: tuple[str, int]
     b: tuple[str, int]
-    want: str  # "lower": a < b; "not higher": a <= b; "within": a - b <= margin
+    want: str  # "lower": a < b; "not higher": a <= b; "within": a - b <= margin; "compare": no side claimed
     diff: Difference
     margin: float = 0.0  # "within": how much higher a may be (10% of b's value)
 
     @property
     def outcome(self) -> str:
         d = self.diff
+        if self.want == "compare":  # no side claimed: which one is lower, if either
+            return (f"{self.a[0]} lower" if d.value < 0 else f"{self.b[0]} lower") if d.detected else "no difference"
         if self.want == "within":
             return (
                 "as claimed"
@@ -83,7 +85,7 @@ def _paired(points: Points, a, b) -> tuple[list, list] | None:
     pa, pb = points.get(a), points.get(b)
     if not pa or not pb:
         return None
-    if b[0] == TEACHER:
+    if b[0].startswith("teacher"):  # one set of rows, paired with every seed of a
         seeds = sorted(pa)
         return [pa[k] for k in seeds], [next(iter(pb.values()))] * len(seeds)
     seeds = sorted(set(pa) & set(pb))
@@ -109,6 +111,16 @@ def decide(points: Points, ref: np.ndarray, n_boot: int = 200, seed: int = 0, pr
         out.append(v)
         if progress:
             progress(f"claim ({number}) {v.verdict}")
+    return out
+
+
+def compare_methods(points: Points, ref: np.ndarray, a: str, b: str, n_boot: int = 200, seed: int = 0) -> list:
+    """Method a against method b (or a teacher curve) at every S both measured: paired FD differences, "compare"."""
+    steps = sorted({s for lb, s in points if lb == a} & {s for lb, s in points if lb == b})
+    out = []
+    for s in steps:
+        if pair := _paired(points, (a, s), (b, s)):
+            out.append(Comparison((a, s), (b, s), "compare", paired_difference(*pair, ref, fd, n_boot, seed)))
     return out
 
 

@@ -51,7 +51,7 @@ def test_cpu_bench_end_to_end_writes_json(tmp_path, capsys):
     te = res["teacher"]  # the imported-teacher adapter against the bare network, same batch
     assert te["batch"] == 8 and te["bare_s"] > 0 and te["ratio"] == pytest.approx(te["adapter_s"] / te["bare_s"])
     tr = res["training"]
-    for kind in ("diffusion", "mcd"):
+    for kind in ("diffusion", "mcd", "scd"):
         r = tr[kind]
         for key in ("step_s", "img_per_s", "tflops", "mfu", "peak_memory_bytes"):
             assert r[key] > 0, (kind, key)
@@ -59,6 +59,7 @@ def test_cpu_bench_end_to_end_writes_json(tmp_path, capsys):
         assert r["mfu"] == pytest.approx(r["tflops"] / 2)
     assert tr["mcd_over_diffusion"] == pytest.approx(tr["mcd"]["step_s"] / tr["diffusion"]["step_s"])
     assert tr["flop_ideal_ratio"] == pytest.approx(5 / 3)
+    assert tr["scd_over_diffusion"] == pytest.approx(tr["scd"]["step_s"] / tr["diffusion"]["step_s"])
     assert tr["forward_gflop_per_image"] > 0
     sa = res["sampling"]
     assert sa["teacher"]["img_per_s"] > 0

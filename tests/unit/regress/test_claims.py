@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from multistep.regress.claims import budget_changes, decide, format_verdicts, point_table
+from multistep.regress.claims import budget_changes, compare_methods, decide, format_verdicts, point_table
 
 RNG = np.random.default_rng(0)
 REF = RNG.normal(size=(2000, 2))
@@ -35,6 +35,26 @@ def test_verdicts_follow_the_paired_intervals():
     assert v[6].verdict == "fails" and v[6].comparisons[0].diff.lo > 0
     text = format_verdicts(list(v.values()))
     assert "(6) CD <= CT at S = 1 [Table 1]: FAILS" in text and "mcd S=1 higher than mct S=1 by" in text
+
+
+def test_two_methods_compared_at_every_shared_step_count():
+    """--pair scd,mcd: one paired comparison per S both measured, saying which is lower; a teacher curve pairs its
+    one set of rows with every seed."""
+    points = {
+        ("scd", 1): point(0.2),
+        ("scd", 2): point(0.3),
+        ("scd", 4): point(0.1),  # no mcd S = 4: not compared
+        ("mcd", 1): point(0.6),
+        ("mcd", 2): point(0.3),
+        ("teacher_ddim", 2): {-1: Z[0] + 0.8},
+    }
+    got = compare_methods(points, REF, "scd", "mcd", n_boot=50)
+    assert [(c.a, c.b) for c in got] == [(("scd", 1), ("mcd", 1)), (("scd", 2), ("mcd", 2))]
+    assert [c.outcome for c in got] == ["scd lower", "no difference"]
+    assert got[0].diff.hi < 0 and got[1].diff.lo <= 0 <= got[1].diff.hi
+    (teacher,) = compare_methods(points, REF, "scd", "teacher_ddim", n_boot=50)
+    assert teacher.outcome == "scd lower" and teacher.b == ("teacher_ddim", 2)
+    assert compare_methods(points, REF, "mcd", "scd", n_boot=50)[0].outcome == "scd lower"
 
 
 def test_a_far_teacher_fails_claim_two_and_points_carry_intervals():
