@@ -22,8 +22,14 @@ PROCESS = {"train": "RayTrainWorker", "tune": "ImplicitFunc"}  # Ray's process t
 
 
 def _pids(title: str) -> list[int]:
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [int(line.split()[0]) for line in out.splitlines()[1:] if f"ray::{title}" in line]
+    """This session's Ray workers with that title: children of the test's own raylet, never another Ray's on the
+    machine (a sweep running beside the suite keeps its trials)."""
+    import ray
+
+    raylet = ray._private.worker._global_node.all_processes["raylet"][0].process.pid
+    out = subprocess.run(["ps", "-eo", "pid,ppid,args"], capture_output=True, text=True).stdout
+    rows = [line.split(None, 2) for line in out.splitlines()[1:]]
+    return [int(pid) for pid, ppid, args in rows if int(ppid) == raylet and f"ray::{title}" in args]
 
 
 @pytest.mark.parametrize("runner", ["train", "tune"])
