@@ -214,7 +214,14 @@ def export(args, say=print) -> int:
     from multistep.train.build import teacher_classes
 
     p = Path(args.state)
+    from multistep.train.teacher import TEACHER_FORMAT
+
     blob = _load_blob(p)
+    if blob.get("format") == TEACHER_FORMAT:
+        raise ConfigError(
+            f"{p}: a teacher file from `multistep teacher`: export takes a student (a trial's state.pt); "
+            "sample the teacher with `multistep sample`, or distil it with a sweep (teacher: {kind: checkpoint})"
+        )
     if "state" not in blob:
         raise ConfigError(f"{p}: not a trial checkpoint (state.pt of a sweep trial)")
     out_dir = check_output_folder(args.out, "--out")

@@ -62,9 +62,10 @@ def load_source(arg: str) -> Source:
             raise ConfigError(f"{arg}: give a data: section (the sample shape of this teacher)")
         return Source(c.teacher, c.schedule, shape, "teacher", None, teacher_classes(c.teacher))
     from multistep.eval_cmd import _load_blob
+    from multistep.train.teacher import TEACHER_FORMAT
 
     blob = _load_blob(p)
-    if "state" in blob:  # a trial checkpoint: the student's EMA weights
+    if "state" in blob and blob.get("format") != TEACHER_FORMAT:  # a trial checkpoint: the student's EMA weights
         from multistep.eval_cmd import load_student
 
         tc, _, _, c, _, state = load_student(p, blob)

@@ -168,7 +168,7 @@ def run_teacher(cfg: TeacherFileCfg, file: str, net_cfg: dict, tracking_uri: str
 
 def _data_line(d: DataCfg) -> dict:
     keep = {
-        "gmm": ["kind", "shape", "components", "mean_std", "component_std", "seed"],
+        "gmm": ["kind", "shape", "components", "mean_std", "component_std", "rank", "rank_std", "smooth", "seed"],
         "digits": ["kind", "size"],
         "parquet": ["kind", "path"],
     }[d.kind]

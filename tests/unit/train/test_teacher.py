@@ -163,6 +163,17 @@ def _sweep_doc(path: str, run_id: str, shards: str) -> dict:
     }
 
 
+def test_a_teacher_file_records_its_whole_data_config():
+    """A correlated mixture keeps rank, rank_std and smooth in the teacher file's data line (`multistep eval
+    teacher.pt` rebuilds the data from it; the printed sweep line is pasted by users)."""
+    from multistep.config import DataCfg
+    from multistep.sweep.teacher_job import _data_line
+
+    d = DataCfg(kind="gmm", shape=[1, 8, 8], components=3, rank=2, rank_std=0.3, smooth=2, seed=5)
+    assert DataCfg.model_validate(_data_line(d)) == d
+    assert _data_line(DataCfg(kind="digits", size=16)) == {"kind": "digits", "size": 16}
+
+
 @pytest.mark.slow
 def test_teacher_job_then_sweep_by_path_and_by_run(ray_local, tmp_path, monkeypatch):
     from multistep.sweep.driver import run_sweep
@@ -187,6 +198,12 @@ def test_teacher_job_then_sweep_by_path_and_by_run(ray_local, tmp_path, monkeypa
     net, info = load_teacher(ckpt)
     assert info["meta"]["shape"] == [1, 8, 8] and info["meta"]["schedule"]["name"] == "cosine"
     assert sum(p.numel() for p in net.parameters()) == 2777
+    import numpy as np
+
+    out = tmp_path / "samples.npy"  # the teacher file samples as a teacher (it was taken for a trial checkpoint)
+    assert main(["sample", str(ckpt), "--steps", "2", "--num", "6", "--out", str(out)]) == 0
+    assert np.load(out).shape == (6, 1, 8, 8)
+    assert main(["export", str(ckpt), "--out", str(tmp_path / "exported")]) == 2  # a student's command, said so
 
     from multistep.config import DataCfg
     from multistep.data.parquet import write_shards
