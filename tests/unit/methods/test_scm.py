@@ -2,7 +2,6 @@
 reductions (S = 1 is plain sCM, f = z at the segment edges), and two data-parallel ranks staying in step."""
 
 import math
-import os
 
 import pytest
 import torch
@@ -170,13 +169,13 @@ def test_a_few_steps_train_log_and_checkpoint(mode):
     assert all(torch.equal(a, b) for a, b in zip(again._u.parameters(), m._u.parameters()))
 
 
-def _scm_rank(rank: int, world: int, port: int, out: str) -> None:
+def _scm_rank(rank: int, world: int, out: str) -> None:
     from multistep.train.loop import fit, new_state
     from multistep.train.replicas import Replicas
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # a FileStore rendezvous: no port picked in advance that another process can take first (EADDRINUSE)
+    dist.init_process_group("gloo", init_method=f"file://{out}/rendezvous", rank=rank, world_size=world)
     try:
         sched = make_schedule("cosine")
         student = _student(seed=rank)  # different starting weights: the broadcast must fix them
@@ -194,9 +193,7 @@ def _scm_rank(rank: int, world: int, port: int, out: str) -> None:
 
 def test_two_gloo_ranks_take_the_same_scm_step(tmp_path, one_thread):
     """Different data on each rank, the JVP on the bare network: student and u(phi) identical after two steps."""
-    from conftest import free_port
-
-    mp.spawn(_scm_rank, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_scm_rank, args=(2, str(tmp_path)), nprocs=2, join=True)
     (sd0, u0), (sd1, u1) = (torch.load(tmp_path / f"scm{r}.pt") for r in (0, 1))
     assert all(torch.equal(sd0[k], sd1[k]) for k in sd0) and all(torch.equal(u0[k], u1[k]) for k in u0)
     assert any(not torch.equal(sd0[k], _student(seed=0).state_dict()[k]) for k in sd0)  # they did move

@@ -1,8 +1,6 @@
 """Data parallelism of the sweep workers (train/replicas.py) with a real gloo process group: two ranks on
 two halves of a batch take exactly the step one process takes on the whole batch."""
 
-import os
-
 import pytest
 import torch
 import torch.distributed as dist
@@ -57,10 +55,10 @@ def _train(rank: int, world: int, seed: int) -> tuple[dict, list]:
     return {k: v.detach().clone() for k, v in net.state_dict().items()}, logged
 
 
-def _rank(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _rank(rank: int, world: int, out: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # a FileStore rendezvous: no port picked in advance that another process can take first (EADDRINUSE)
+    dist.init_process_group("gloo", init_method=f"file://{out}/rendezvous", rank=rank, world_size=world)
     try:
         torch.save(_train(rank, world, seed=rank), f"{out}/rank{rank}.pt")  # fit ends with a barrier (Replicas.finish)
     finally:
@@ -69,9 +67,7 @@ def _rank(rank: int, world: int, port: int, out: str) -> None:
 
 
 def test_two_gloo_ranks_take_the_single_process_step(tmp_path, one_thread):
-    from conftest import free_port
-
-    mp.spawn(_rank, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_rank, args=(2, str(tmp_path)), nprocs=2, join=True)
     (sd0, log0), (sd1, log1) = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     single, log = _train(0, 1, seed=0)
     for k in single:
@@ -120,14 +116,14 @@ def test_two_worker_trial_through_ray_train(ray_local, tiny_sweep, tmp_path, mon
     assert len(rngs) == 2 and not torch.equal(rngs[0][0], rngs[1][0])
 
 
-def _teacher_rank(rank: int, world: int, port: int, out: str) -> None:
+def _teacher_rank(rank: int, world: int, out: str) -> None:
     from multistep.diffusion.schedules import make_schedule
     from multistep.nets.mlp import MLP
     from multistep.train.teacher import train_teacher
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # a FileStore rendezvous: no port picked in advance that another process can take first (EADDRINUSE)
+    dist.init_process_group("gloo", init_method=f"file://{out}/rendezvous", rank=rank, world_size=world)
     try:
         torch.manual_seed(0)  # identical initial weights, as teacher_job seeds them
         g = torch.Generator().manual_seed(rank)  # each rank its own data
@@ -149,8 +145,6 @@ def _teacher_rank(rank: int, world: int, port: int, out: str) -> None:
 
 def test_teacher_training_on_two_gloo_ranks_stays_in_step(tmp_path, one_thread):
     """`multistep teacher` with several workers: different data per rank, one averaged step, one averaged loss."""
-    from conftest import free_port
-
-    mp.spawn(_teacher_rank, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_teacher_rank, args=(2, str(tmp_path)), nprocs=2, join=True)
     (sd0, loss0), (sd1, loss1) = (torch.load(tmp_path / f"teacher{r}.pt") for r in (0, 1))
     assert all(torch.equal(sd0[k], sd1[k]) for k in sd0) and loss0 == loss1 and len(loss0) == 2
