@@ -73,10 +73,23 @@ def _bcast(a: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return a.reshape(-1, *[1] * (like.dim() - 1)).to(like.dtype)
 
 
+def rng_state(device) -> tuple:
+    """The RNG states dropout draws from on `device` (CPU, and the device's CUDA generator on a GPU)."""
+    cuda = torch.cuda.get_rng_state(device) if torch.device(device).type == "cuda" else None
+    return torch.get_rng_state(), cuda, device
+
+
+def set_rng_state(state: tuple) -> None:
+    cpu, cuda, device = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda, device)
+
+
 def total_derivative(fn, z, t, dz, dt, mode: str = "autograd", fd_eps: float = 1e-6, rng=None) -> torch.Tensor:
     """d/dh fn(z + h dz, t + h dt) at h = 0: one forward-mode JVP, or a float64 central difference with step
-    fd_eps * t per row. `rng`: the CPU RNG state to replay before each evaluation (the same dropout mask)."""
-    replay = (lambda: torch.set_rng_state(rng)) if rng is not None else (lambda: None)
+    fd_eps * t per row. `rng` (rng_state): replayed before each evaluation, so every one sees one dropout mask."""
+    replay = (lambda: set_rng_state(rng)) if rng is not None else (lambda: None)
     if mode == "autograd":
         replay()
         return torch.func.jvp(fn, (z, t), (dz, dt))[1]
@@ -177,7 +190,7 @@ class SCM:
             v_T = self.teacher_velocity(x, z, t, eps, y)
         bare = lambda zz, tt: student.net(zz, tt) if y is None else student.net(zz, tt, y)  # noqa: E731
         cs = torch.cos(delta) * torch.sin(delta)
-        rng = torch.get_rng_state()  # the JVP and the main forward see the same dropout mask
+        rng = rng_state(dev)  # the JVP and the main forward see the same dropout mask
         with torch.no_grad(), _math_attention():
             z32, v32 = z.float(), v_T.float()
             if self.jvp == "autograd":  # tangent (cos sin v_T, cos sin dt/dphi) in the net's own time t
@@ -196,7 +209,7 @@ class SCM:
                     rng,
                 )
             probe = self._time_derivative(bare, z32, t, v32, rng, iteration)
-        torch.set_rng_state(rng)
+        set_rng_state(rng)
         F = student.v(z, t, y).double()  # the main forward, with gradients and the trial's fast paths
         F_minus = F.detach()
         r = min(1.0, (iteration + 1) / max(1.0, self.tangent_warmup * total))
