@@ -1,0 +1,88 @@
+"""The structure figures of issue 37 ("one owner for each concept"), rerunnable by anyone:
+
+    python tools/structure_counts.py [--root platform/multistep] [--limit 60]
+
+- functions longer than --limit lines in sweep/ and longer than 80 anywhere (argparse builders `add_parser` and
+  `add_*_options` aside), longest first;
+- `kind == "..."` / `kind != "..."` / `kind in (...)` comparisons (dispatch on a teacher or data kind), per file;
+- MLflow client calls (`client.<method>(` on an MlflowClient, `mlflow.<function>(`) inside and outside tracking/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+from collections import Counter
+from pathlib import Path
+
+CLIENT_NAMES = {"client"}  # how the package names its MlflowClient objects
+ARGPARSE_BUILDERS = ("add_parser", "add_run_options", "add_data_check_option")
+
+
+def _functions(tree: ast.AST):
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            yield node
+
+
+def _is_kind(node: ast.AST) -> bool:
+    return (isinstance(node, ast.Attribute) and node.attr == "kind") or (
+        isinstance(node, ast.Name) and node.id == "kind"
+    )
+
+
+def _kind_dispatches(tree: ast.AST) -> int:
+    n = 0
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare) and _is_kind(node.left):
+            consts = [c for c in node.comparators if isinstance(c, ast.Constant | ast.Tuple | ast.List | ast.Set)]
+            n += bool(consts)
+    return n
+
+
+def _mlflow_calls(tree: ast.AST) -> int:
+    n = 0
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+            continue
+        recv = node.func.value
+        if isinstance(recv, ast.Name) and (recv.id in CLIENT_NAMES or recv.id == "mlflow"):
+            n += 1
+        elif isinstance(recv, ast.Attribute) and recv.attr == "client":  # logger.client.set_tag(...)
+            n += 1
+    return n
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--root", default=str(Path(__file__).resolve().parents[1] / "platform" / "multistep"))
+    p.add_argument("--limit", type=int, default=60, help="line limit for functions in sweep/ (default 60)")
+    args = p.parse_args()
+    root = Path(args.root)
+    long, kinds, calls = [], Counter(), Counter()
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        tree = ast.parse(path.read_text())
+        for f in _functions(tree):
+            lines = f.end_lineno - f.lineno + 1
+            limit = args.limit if rel.startswith("sweep/") else 80
+            if lines > limit and not f.name.startswith(ARGPARSE_BUILDERS):
+                long.append((lines, f"{rel}:{f.lineno} {f.name}"))
+        kinds[rel] = _kind_dispatches(tree)
+        calls["tracking/" if rel.startswith("tracking/") else rel] += _mlflow_calls(tree)
+    print(f"functions over the limit ({args.limit} lines in sweep/, 80 elsewhere): {len(long)}")
+    for n, where in sorted(long, reverse=True):
+        print(f"  {n:4d}  {where}")
+    print(f"kind dispatches: {sum(kinds.values())}")
+    for rel, n in kinds.most_common():
+        if n:
+            print(f"  {n:4d}  {rel}")
+    inside = calls.pop("tracking/", 0)
+    print(f"MLflow client calls: {inside + sum(calls.values())}, outside tracking/: {sum(calls.values())}")
+    for rel, n in calls.most_common():
+        if n:
+            print(f"  {n:4d}  {rel}")
+
+
+if __name__ == "__main__":
+    main()
