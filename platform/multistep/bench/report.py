@@ -19,7 +19,7 @@ def table(res: dict) -> str:
             f"\ntraining  batch {tr['batch']}, {tr['params_millions']:.3g}M params, {tr['forward_gflop_per_image']:.3g} GFLOP/img forward",
             f"  {'step':<10}{'ms/step':>10}{'img/s':>10}{'TFLOP/s':>10}{'MFU':>8}{'compile s':>11}{'peak MiB':>10}",
         ]
-        for k in ("diffusion", "mcd"):
+        for k in ("diffusion", "mcd", "scd"):
             r = tr[k]
             lines.append(
                 f"  {k:<10}{r['step_s'] * 1e3:>10.2f}{r['img_per_s']:>10.1f}{fmt(r['tflops']):>10}"
