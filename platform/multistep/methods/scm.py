@@ -149,6 +149,7 @@ class SCM:
     fd_eps: float = 1e-6  # relative to t; float64 leaves room, and 1000 t time features need it small
     time_derivative_every: int = 50  # 0: off; else log ||dF/dphi|| and ||grad_z F . v_T|| every this many steps
     learning_rate: float = 2e-4  # u(phi)'s Adam
+    guidance: float = 0.0  # w: CFG scale of the teacher velocity (method.guidance, shared with MCD); 0 = unguided
     label: str = ""
     _u: LogVariance | None = field(default=None, repr=False)
     _u_opt: torch.optim.Optimizer | None = field(default=None, repr=False)
@@ -170,11 +171,14 @@ class SCM:
         return torch.atan(torch.exp(n)).clamp(lo, hi).to(device)
 
     def teacher_velocity(self, x, z, t, eps, y=None) -> torch.Tensor:
-        """v_T: the teacher's v = (alpha z - x_hat) / sigma (sCD), or cos(phi) eps - sin(phi) x (sCT); float64."""
+        """v_T: the teacher's v = (alpha z - x_hat) / sigma (sCD), or cos(phi) eps - sin(phi) x (sCT); float64.
+        With guidance w: x_hat = x_c + w (x_c - x_u) (x_u: the null class), so v_T = v_c + w (v_c - v_u)."""
         a, s = (_bcast(u, z) for u in self.schedule.alpha_sigma(t))
         if self.teacher is None:
             return a * eps - s * x
         x_hat = conditioned(self.teacher, y)(z, t).double()
+        if self.guidance:
+            x_hat = x_hat + self.guidance * (x_hat - self.teacher(z, t).double())
         return (a * z - x_hat) / s
 
     def loss(self, student: nn.Module, x: torch.Tensor, iteration: int, total: int, g: torch.Generator):
@@ -311,8 +315,10 @@ class Options(BaseModel):
 
 
 def label(m) -> str:
-    """scd / sct (sCM distillation / training; S > 1: segment-wise multistep sCM)."""
-    return "scd" if m.mode == "distill" else "sct"
+    """scd / sct (sCM distillation / training; S > 1: segment-wise multistep sCM); guided: e.g. scd_cfg1."""
+    if m.mode != "distill":
+        return "sct"
+    return f"scd_cfg{m.guidance:g}" if m.guidance > 0 else "scd"
 
 
 def build(cfg, c) -> SCM:
@@ -332,6 +338,7 @@ def build(cfg, c) -> SCM:
         fd_eps=m.fd_eps,
         time_derivative_every=m.time_derivative_every,
         learning_rate=cfg.train.learning_rate,
+        guidance=m.guidance,
     )
 
 

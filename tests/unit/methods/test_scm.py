@@ -199,6 +199,27 @@ def test_two_gloo_ranks_take_the_same_scm_step(tmp_path, one_thread):
     assert any(not torch.equal(sd0[k], _student(seed=0).state_dict()[k]) for k in sd0)  # they did move
 
 
+def test_guided_teacher_velocity_is_the_guided_combination():
+    """method.guidance w for sCD: v_T = v_c + w (v_c - v_u), v_u the teacher without labels (its null class);
+    the config accepts it for name: scm and labels the curve scd_cfg<w>."""
+    from multistep.config.schema import MethodCfg
+
+    sched = make_schedule("cosine")
+
+    def teacher(z, t, y=None):  # a toy conditional denoiser: labels shift x_hat
+        base = _gaussian_teacher(sched)(z, t)
+        return base if y is None else base + 0.1 * y.double()[:, None]
+
+    g = torch.Generator().manual_seed(11)
+    z, t = torch.randn(6, 3, generator=g, dtype=torch.float64), torch.rand(6, generator=g, dtype=torch.float64)
+    y = torch.arange(6)
+    plain, guided = SCM(sched, 1, teacher=teacher), SCM(sched, 1, teacher=teacher, guidance=2.0)
+    v_c, v_u = plain.teacher_velocity(None, z, t, None, y), plain.teacher_velocity(None, z, t, None, None)
+    torch.testing.assert_close(guided.teacher_velocity(None, z, t, None, y), v_c + 2.0 * (v_c - v_u))
+    assert not torch.allclose(v_c, v_u)
+    assert scm.label(MethodCfg(name="scm", guidance=1.5)) == "scd_cfg1.5"
+
+
 def test_time_law_and_inverse():
     sched = make_schedule("cosine")
     m = SCM(sched, 1)
