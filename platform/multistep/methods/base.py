@@ -82,6 +82,20 @@ def conditioned(f: Callable, y: Tensor | None) -> Denoiser:
     return f if y is None else (lambda z, t: f(z, t, y.to(z.device)))
 
 
+def rng_state(device) -> tuple:
+    """The RNG states dropout draws from on `device` (CPU, and the device's CUDA generator on a GPU): replayed so
+    that two passes of one network see one dropout mask (MCM's reference pass, sCM's JVP)."""
+    cuda = torch.cuda.get_rng_state(device) if torch.device(device).type == "cuda" else None
+    return torch.get_rng_state(), cuda, device
+
+
+def set_rng_state(state: tuple) -> None:
+    cpu, cuda, device = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda, device)
+
+
 def per_example_mean(a: Tensor) -> Tensor:
     return a.reshape(a.shape[0], -1).mean(1)
 

@@ -32,6 +32,8 @@ from multistep.methods.base import (
     distance,
     per_example_mean,
     register,
+    rng_state,
+    set_rng_state,
     split_batch,
     weight,
 )
@@ -163,14 +165,9 @@ class MCM:
     def loss(self, student: nn.Module, x: torch.Tensor, iteration: int, total: int, g: torch.Generator):
         x, y = split_batch(x)  # x, or (x, y) for a conditional teacher
         # Synchronized dropout (A11): the reference pass replays the RNG state of the online pass.
-        rng = torch.get_rng_state()
-        cuda_rng = (
-            torch.cuda.get_rng_state(x.device) if x.is_cuda else None
-        )  # GPU dropout draws from the CUDA generator
+        rng = rng_state(x.device)  # GPU dropout draws from the CUDA generator: replayed too
         z_t, t, x_tgt, n_rel, n_seg = self.targets(student, x, iteration, total, g, y)
-        torch.set_rng_state(rng)
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state(cuda_rng, x.device)
+        set_rng_state(rng)
         x_hat = conditioned(student, y)(z_t, t)  # x_hat = f(z_t, t[, y]), never guided
         w = weight(self.loss_weight, self.schedule.snr(t)).to(x_hat.dtype)  # w(t) = SNR(t) + 1
         per_ex = w * distance(self.distance, x_tgt - x_hat, self.huber_eps)  # L = w(t) D(x_tgt - x_hat)

@@ -39,9 +39,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from multistep.diffusion.ddim import bcast
 from multistep.diffusion.samplers import mcm_sample
 from multistep.diffusion.schedules import Schedule
-from multistep.methods.base import MethodSpec, conditioned, register, split_batch
+from multistep.methods.base import MethodSpec, conditioned, register, rng_state, set_rng_state, split_batch
 
 PHI_MARGIN = 1e-4  # phi kept this far inside (phi(t_min), phi(1)): FastGen clamps TrigFlow time to pi/2 - 1e-4
 
@@ -69,23 +70,6 @@ def segment_edge(schedule: Schedule, t: torch.Tensor, student_steps: int) -> tor
     return phi_of_t(schedule, k / student_steps)
 
 
-def _bcast(a: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return a.reshape(-1, *[1] * (like.dim() - 1)).to(like.dtype)
-
-
-def rng_state(device) -> tuple:
-    """The RNG states dropout draws from on `device` (CPU, and the device's CUDA generator on a GPU)."""
-    cuda = torch.cuda.get_rng_state(device) if torch.device(device).type == "cuda" else None
-    return torch.get_rng_state(), cuda, device
-
-
-def set_rng_state(state: tuple) -> None:
-    cpu, cuda, device = state
-    torch.set_rng_state(cpu)
-    if cuda is not None:
-        torch.cuda.set_rng_state(cuda, device)
-
-
 def total_derivative(fn, z, t, dz, dt, mode: str = "autograd", fd_eps: float = 1e-6, rng=None) -> torch.Tensor:
     """d/dh fn(z + h dz, t + h dt) at h = 0: one forward-mode JVP, or a float64 central difference with step
     fd_eps * t per row. `rng` (rng_state): replayed before each evaluation, so every one sees one dropout mask."""
@@ -96,15 +80,15 @@ def total_derivative(fn, z, t, dz, dt, mode: str = "autograd", fd_eps: float = 1
     h = fd_eps * t.double().abs().clamp_min(1e-3)
     z64, t64, dz64, dt64 = z.double(), t.double(), dz.double(), dt.double()
     replay()
-    up = fn(z64 + _bcast(h, z64) * dz64, t64 + h * dt64).double()
+    up = fn(z64 + bcast(h, z64) * dz64, t64 + h * dt64).double()
     replay()
-    down = fn(z64 - _bcast(h, z64) * dz64, t64 - h * dt64).double()
-    return (up - down) / _bcast(2 * h, z64)
+    down = fn(z64 - bcast(h, z64) * dz64, t64 - h * dt64).double()
+    return (up - down) / bcast(2 * h, z64)
 
 
 def tangent(F_minus, J, z, v_T, delta, r: float) -> torch.Tensor:
     """g = -cos^2(Delta) (F^- - v_T) - r (cos Delta sin Delta z + J), J = cos Delta sin Delta dF^-/dphi."""
-    c, s = _bcast(torch.cos(delta), z), _bcast(torch.sin(delta), z)
+    c, s = bcast(torch.cos(delta), z), bcast(torch.sin(delta), z)
     return -(c**2) * (F_minus - v_T) - r * (c * s * z + J)
 
 
@@ -113,7 +97,7 @@ def exact_flow_map_F(z, phi, s, c2: float):
     F* = (cos(phi - s) z - f*) / sin(phi - s). The fixed point every tangent must vanish at (tests)."""
     S = lambda p: c2 * torch.cos(p) ** 2 + torch.sin(p) ** 2  # noqa: E731
     d = phi - s
-    return (_bcast(torch.cos(d), z) * z - z * _bcast(torch.sqrt(S(s) / S(phi)), z)) / _bcast(torch.sin(d), z)
+    return (bcast(torch.cos(d), z) * z - z * bcast(torch.sqrt(S(s) / S(phi)), z)) / bcast(torch.sin(d), z)
 
 
 class LogVariance(nn.Module):
@@ -173,7 +157,7 @@ class SCM:
     def teacher_velocity(self, x, z, t, eps, y=None) -> torch.Tensor:
         """v_T: the teacher's v = (alpha z - x_hat) / sigma (sCD), or cos(phi) eps - sin(phi) x (sCT); float64.
         With guidance w: x_hat = x_c + w (x_c - x_u) (x_u: the null class), so v_T = v_c + w (v_c - v_u)."""
-        a, s = (_bcast(u, z) for u in self.schedule.alpha_sigma(t))
+        a, s = (bcast(u, z) for u in self.schedule.alpha_sigma(t))
         if self.teacher is None:
             return a * eps - s * x
         x_hat = conditioned(self.teacher, y)(z, t).double()
@@ -189,30 +173,28 @@ class SCM:
         s = segment_edge(self.schedule, t, self.student_steps)
         delta = phi - s
         eps = torch.randn(x.shape, generator=g, dtype=torch.float64).to(dev)
-        z = _bcast(torch.cos(phi), x) * x + _bcast(torch.sin(phi), x) * eps  # z = cos(phi) x + sin(phi) eps
+        z = bcast(torch.cos(phi), x) * x + bcast(torch.sin(phi), x) * eps  # z = cos(phi) x + sin(phi) eps
         with torch.no_grad():
             v_T = self.teacher_velocity(x, z, t, eps, y)
         bare = lambda zz, tt: student.net(zz, tt) if y is None else student.net(zz, tt, y)  # noqa: E731
-        cs = torch.cos(delta) * torch.sin(delta)
+        cs, dt_dphi = torch.cos(delta) * torch.sin(delta), 1.0 / dphi_dt(self.schedule, t)
         rng = rng_state(dev)  # the JVP and the main forward see the same dropout mask
         with torch.no_grad(), _math_attention():
             z32, v32 = z.float(), v_T.float()
             if self.jvp == "autograd":  # tangent (cos sin v_T, cos sin dt/dphi) in the net's own time t
-                J = total_derivative(
-                    bare, z32, t.float(), _bcast(cs, z32) * v32, (cs / dphi_dt(self.schedule, t)).float(), rng=rng
-                )
+                J = total_derivative(bare, z32, t.float(), bcast(cs, z32) * v32, (cs * dt_dphi).float(), rng=rng)
             else:
                 J = total_derivative(
                     _float64(student.net, y),
                     z,
                     t,
-                    _bcast(cs, z) * v_T,
-                    cs / dphi_dt(self.schedule, t),
+                    bcast(cs, z) * v_T,
+                    cs * dt_dphi,
                     "finite_difference",
                     self.fd_eps,
                     rng,
                 )
-            probe = self._time_derivative(bare, z32, t, v32, rng, iteration)
+            probe = self._time_derivative(bare, z32, t, v32, dt_dphi, rng, iteration)
         set_rng_state(rng)
         F = student.v(z, t, y).double()  # the main forward, with gradients and the trial's fast paths
         F_minus = F.detach()
@@ -224,7 +206,7 @@ class SCM:
             g_t = g_raw.clamp(-1.0, 1.0)
         else:
             scale = g_norm / math.sqrt(D) if self.tangent_norm == "rms" else g_norm
-            g_t = g_raw / _bcast(scale + self.tangent_norm_c, g_raw)
+            g_t = g_raw / bcast(scale + self.tangent_norm_c, g_raw)
         err = (F - F_minus - g_t).reshape(B, -1).pow(2).mean(1)  # ||F - F^- - g||^2 / D
         w = 1.0 / torch.tan(phi) if self.prior_weighting else torch.ones_like(phi)
         u = self.log_variance(dev)(phi).double() if self.adaptive_weighting else torch.zeros_like(phi)
@@ -239,13 +221,13 @@ class SCM:
         }
         return loss, logs | probe
 
-    def _time_derivative(self, bare, z32, t, v32, rng, iteration: int) -> dict:
+    def _time_derivative(self, bare, z32, t, v32, dt_dphi, rng, iteration: int) -> dict:
         """||dF/dphi|| (time alone) against ||grad_z F . v_T||: the high-frequency time features' share of the
         JVP (sCM Fig. 4), measured every `time_derivative_every` steps; logged as the last value measured."""
         if not self.time_derivative_every:
             return {}
         if iteration % self.time_derivative_every == 0 or not self._probe:
-            inv = (1.0 / dphi_dt(self.schedule, t)).float()
+            inv = dt_dphi.float()
             d_time = total_derivative(bare, z32, t.float(), torch.zeros_like(z32), inv, rng=rng)
             d_z = total_derivative(bare, z32, t.float(), v32, torch.zeros_like(inv), rng=rng)
             rms = lambda a: a.double().reshape(a.shape[0], -1).pow(2).mean(1).sqrt().mean()  # noqa: E731

@@ -12,6 +12,7 @@ from conftest import exit_spawned_rank
 from multistep.diffusion.ddim import ddim_step
 from multistep.diffusion.schedules import make_schedule
 from multistep.methods import scm
+from multistep.methods.base import rng_state
 from multistep.methods.scm import (
     SCM,
     dphi_dt,
@@ -86,7 +87,7 @@ def test_jvp_equals_the_float64_central_difference_with_dropout(time_features):
     g = torch.Generator().manual_seed(2)
     z, v = torch.randn(8, 6, generator=g, dtype=torch.float64), torch.randn(8, 6, generator=g, dtype=torch.float64)
     t, dt = torch.rand(8, generator=g, dtype=torch.float64) * 0.9 + 0.05, torch.ones(8, dtype=torch.float64)
-    rng = scm.rng_state("cpu")
+    rng = rng_state("cpu")
     jvp = total_derivative(net, z, t, v, dt, "autograd", rng=rng)
     fd = total_derivative(net, z, t, v, dt, "finite_difference", rng=rng)
     assert (jvp - fd).norm() / jvp.norm() < 1e-5
