@@ -241,7 +241,7 @@ class MethodCfg(Strict):
     shared by axes over method.name): they are validated and kept, and only the named method's are used."""
 
     model_config = ConfigDict(extra="allow")  # the registered methods' options; any other key is refused below
-    name: str = "mcm"  # a registered method: mcm (S = 1: CD/CT), tract, progressive
+    name: str = "mcm"  # a registered method: mcm (S = 1: CD/CT), tract, progressive, scm, flowmap
     mode: Literal["distill", "train"] = "distill"  # distil the teacher, or train on data (mcm: MCT)
     student_steps: PosInt = 4  # S: sampling steps of the (final) student
     loss_weight: Literal["snr+1", "max(snr,1)", "snr"] | None = None  # default: snr+1 (mcm), max(snr,1) (tract, pd)

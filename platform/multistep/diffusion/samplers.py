@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from multistep.diffusion.ddim import addim_step, analytic_xvar, ddim_step
+from multistep.diffusion.ddim import addim_step, analytic_xvar, bcast, ddim_step
 from multistep.diffusion.schedules import Schedule
 
 Tensor = torch.Tensor
@@ -50,6 +50,35 @@ def mcm_sample(f: Denoiser, sched: Schedule, noise: Tensor, student_steps: int) 
         t, s = _full(z, k / student_steps), _full(z, (k - 1) / student_steps)
         z = ddim_step(sched, f(z, t), z, t, s)  # z_s = DDIM_{t->s}(f(z_t, t), z_t); last step returns x_hat
     return z, student_steps
+
+
+@torch.no_grad()
+def flowmap_sample(
+    f: Callable[[Tensor, Tensor, Tensor], Tensor],
+    sched: Schedule,
+    noise: Tensor,
+    steps: int,
+    gamma: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, int]:
+    """A flow-map student f(z, t, s) -> x_hat over `steps` uniform jumps t_k = k / K (few-step-families.md §2).
+
+    gamma = 0: deterministic jumps z <- DDIM_{t->s}(f(z, t, s), z_t), which is f_theta(z, phi_t, phi_s) (A.1); with
+    f ignoring s this is MCM's Algorithm 2. gamma > 0 (gamma-sampling, CTM / TCD): jump further, to s' = (1 - gamma) s,
+    then renoise to s: z_s = (alpha_s / alpha_s') z_s' + sqrt(sigma_s^2 - (alpha_s sigma_s' / alpha_s')^2) eps;
+    gamma = 1 is the CM multistep sampler. One network evaluation per jump."""
+    z = noise
+    for k in range(steps, 0, -1):
+        t, s = _full(z, k / steps), _full(z, (k - 1) / steps)
+        lower = s * (1.0 - gamma)
+        z = ddim_step(sched, f(z, t, lower), z, t, lower)
+        if gamma > 0 and k > 1:
+            (a_l, sig_l), (a_s, sig_s) = sched.alpha_sigma(lower), sched.alpha_sigma(s)
+            ratio = a_s / a_l
+            noise_std = torch.sqrt((sig_s**2 - (ratio * sig_l) ** 2).clamp_min(0.0))
+            eps = torch.randn(z.shape, generator=generator, dtype=z.dtype, device=z.device)
+            z = bcast(ratio, z).to(z.dtype) * z + bcast(noise_std, z).to(z.dtype) * eps
+    return z, steps
 
 
 @torch.no_grad()

@@ -215,9 +215,10 @@ class Options(BaseModel):
 
 
 def check(m) -> None:
-    if m.guidance > 0 and (m.name not in ("mcm", "scm") or m.mode != "distill"):
+    if m.guidance > 0 and (m.name not in ("mcm", "scm", "flowmap") or m.mode != "distill"):
         raise OptionError(
-            "guidance", "needs name: mcm or scm and mode: distill (it guides the teacher step of MCD and sCD)"
+            "guidance",
+            "needs name: mcm, scm or flowmap and mode: distill (it guides the teacher step of MCD, sCD and FMD)",
         )
     if m.cm_sampler_steps and (m.name != "mcm" or m.student_steps != 1):
         raise ValueError("cm_sampler_steps needs name: mcm and student_steps: 1")

@@ -101,20 +101,23 @@ def exact_flow_map_F(z, phi, s, c2: float):
 
 
 class LogVariance(nn.Module):
-    """u(phi): the learned adaptive weighting's log-variance, a zero-initialised linear layer on positional
-    features of phi / (pi/2) (sCM §4.2)."""
+    """u(phi[, ...]): the learned adaptive weighting's log-variance, a zero-initialised linear layer on positional
+    features of each angle / (pi/2) (sCM §4.2; a flow map's u(phi, phi - s) takes two)."""
 
-    def __init__(self, dim: int = 16):
+    def __init__(self, dim: int = 16, inputs: int = 1):
         super().__init__()
         self.dim = dim
-        self.linear = nn.Linear(dim, 1)
+        self.linear = nn.Linear(dim * inputs, 1)
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
 
-    def forward(self, phi: torch.Tensor) -> torch.Tensor:
-        k = torch.arange(self.dim // 2, device=phi.device, dtype=torch.float32)
-        arg = (phi.float() / (math.pi / 2))[:, None] * math.pi * (k[None] + 1)
-        return self.linear(torch.cat([torch.sin(arg), torch.cos(arg)], 1))[:, 0]
+    def forward(self, *angles: torch.Tensor) -> torch.Tensor:
+        k = torch.arange(self.dim // 2, device=angles[0].device, dtype=torch.float32)
+        feats = []
+        for phi in angles:
+            arg = (phi.float() / (math.pi / 2))[:, None] * math.pi * (k[None] + 1)
+            feats += [torch.sin(arg), torch.cos(arg)]
+        return self.linear(torch.cat(feats, 1))[:, 0]
 
 
 @dataclass
@@ -134,6 +137,7 @@ class SCM:
     time_derivative_every: int = 50  # 0: off; else log ||dF/dphi|| and ||grad_z F . v_T|| every this many steps
     learning_rate: float = 2e-4  # u(phi)'s Adam
     guidance: float = 0.0  # w: CFG scale of the teacher velocity (method.guidance, shared with MCD); 0 = unguided
+    r_max: float = 1.0  # the tangent's r after its warm-up (sCM: 1; AYF keeps 1% of the straight-line term: 0.99)
     label: str = ""
     _u: LogVariance | None = field(default=None, repr=False)
     _u_opt: torch.optim.Optimizer | None = field(default=None, repr=False)
@@ -142,9 +146,11 @@ class SCM:
     def __post_init__(self):
         self.label = self.label or ("scd" if self.teacher is not None else "sct")
 
+    u_inputs = 1  # angles u(...) reads: phi (a flow map: phi and its jump phi - s)
+
     def log_variance(self, device) -> LogVariance:
         if self._u is None:
-            self._u = LogVariance().to(device)
+            self._u = LogVariance(inputs=self.u_inputs).to(device)
             self._u_opt = torch.optim.Adam(self._u.parameters(), lr=self.learning_rate)
         return self._u
 
@@ -165,18 +171,28 @@ class SCM:
             x_hat = x_hat + self.guidance * (x_hat - self.teacher(z, t).double())
         return (a * z - x_hat) / s
 
+    def jump_target(self, phi: torch.Tensor, t: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """s: the angle each row's map jumps to; here the lower edge of its segment (a flow map draws it)."""
+        return segment_edge(self.schedule, t, self.student_steps)
+
+    def target_input(self, s: torch.Tensor) -> dict:
+        """The network's keyword inputs for target angle s: none here (a flow map's: the target time)."""
+        return {}
+
     def loss(self, student: nn.Module, x: torch.Tensor, iteration: int, total: int, g: torch.Generator):
         x, y = split_batch(x)
         B, dev, x = x.shape[0], x.device, x.double()
         phi = self.sample_phi(B, g, dev)
         t = t_of_phi(self.schedule, phi)
-        s = segment_edge(self.schedule, t, self.student_steps)
-        delta = phi - s
         eps = torch.randn(x.shape, generator=g, dtype=torch.float64).to(dev)
+        s = self.jump_target(phi, t, g)
+        delta, kw = phi - s, self.target_input(s)
         z = bcast(torch.cos(phi), x) * x + bcast(torch.sin(phi), x) * eps  # z = cos(phi) x + sin(phi) eps
         with torch.no_grad():
             v_T = self.teacher_velocity(x, z, t, eps, y)
-        bare = lambda zz, tt: student.net(zz, tt) if y is None else student.net(zz, tt, y)  # noqa: E731
+        args = () if y is None else (y,)
+        kw32 = {k: v.float() for k, v in kw.items()}
+        bare = lambda zz, tt: student.net(zz, tt, *args, **kw32)  # noqa: E731
         cs, dt_dphi = torch.cos(delta) * torch.sin(delta), 1.0 / dphi_dt(self.schedule, t)
         rng = rng_state(dev)  # the JVP and the main forward see the same dropout mask
         with torch.no_grad(), _math_attention():
@@ -185,7 +201,7 @@ class SCM:
                 J = total_derivative(bare, z32, t.float(), bcast(cs, z32) * v32, (cs * dt_dphi).float(), rng=rng)
             else:
                 J = total_derivative(
-                    _float64(student.net, y),
+                    _float64(student.net, y, kw),
                     z,
                     t,
                     bcast(cs, z) * v_T,
@@ -194,11 +210,13 @@ class SCM:
                     self.fd_eps,
                     rng,
                 )
-            probe = self._time_derivative(bare, z32, t, v32, dt_dphi, rng, iteration)
+            probe = self._time_derivative(bare, z32, t, v32, dt_dphi, rng, iteration) | self.probes(
+                student, x, iteration
+            )
         set_rng_state(rng)
-        F = student.v(z, t, y).double()  # the main forward, with gradients and the trial's fast paths
+        F = student.v(z, t, y, **kw).double()  # the main forward, with gradients and the trial's fast paths
         F_minus = F.detach()
-        r = min(1.0, (iteration + 1) / max(1.0, self.tangent_warmup * total))
+        r = self.r_max * min(1.0, (iteration + 1) / max(1.0, self.tangent_warmup * total))
         g_raw = tangent(F_minus, J.double(), z, v_T, delta, r)
         D = g_raw[0].numel()
         g_norm = g_raw.reshape(B, -1).norm(dim=1)
@@ -208,18 +226,26 @@ class SCM:
             scale = g_norm / math.sqrt(D) if self.tangent_norm == "rms" else g_norm
             g_t = g_raw / bcast(scale + self.tangent_norm_c, g_raw)
         err = (F - F_minus - g_t).reshape(B, -1).pow(2).mean(1)  # ||F - F^- - g||^2 / D
-        w = 1.0 / torch.tan(phi) if self.prior_weighting else torch.ones_like(phi)
-        u = self.log_variance(dev)(phi).double() if self.adaptive_weighting else torch.zeros_like(phi)
-        loss = (w * torch.exp(-u) * err + u).mean()
+        loss, weights = self.weighted(err, phi, delta, dev)
         logs = {
             "loss": loss.detach(),
             "loss_unweighted": err.detach().mean(),
             "g_rms": (g_norm / math.sqrt(D)).mean(),
             "jvp_rms": J.double().reshape(B, -1).pow(2).mean(1).sqrt().mean(),
-            "u_mean": u.detach().mean(),
             "tangent_warmup": torch.tensor(r, dtype=torch.float64),
         }
-        return loss, logs | probe
+        return loss, logs | weights | probe
+
+    def weighted(self, err: torch.Tensor, phi: torch.Tensor, delta: torch.Tensor, dev) -> tuple[torch.Tensor, dict]:
+        """sCM's weighted loss: mean of w(phi) exp(-u) err + u, w = 1 / tan(phi) (prior), u the learned log-variance."""
+        w = 1.0 / torch.tan(phi) if self.prior_weighting else torch.ones_like(phi)
+        angles = (phi, delta)[: self.u_inputs]
+        u = self.log_variance(dev)(*angles).double() if self.adaptive_weighting else torch.zeros_like(phi)
+        return (w * torch.exp(-u) * err + u).mean(), {"u_mean": u.detach().mean()}
+
+    def probes(self, student: nn.Module, x: torch.Tensor, iteration: int) -> dict:
+        """Extra no-grad measurements logged with the loss (a flow map: its composition gap)."""
+        return {}
 
     def _time_derivative(self, bare, z32, t, v32, dt_dphi, rng, iteration: int) -> dict:
         """||dF/dphi|| (time alone) against ||grad_z F . v_T||: the high-frequency time features' share of the
@@ -270,13 +296,13 @@ def _math_attention():
         yield
 
 
-def _float64(net: nn.Module, y):
-    """net(z, t) with float64 copies of its parameters (the finite-difference JVP)."""
+def _float64(net: nn.Module, y, kw: dict):
+    """net(z, t) with float64 copies of its parameters (the finite-difference JVP); kw: its keyword inputs."""
     params = {k: v.double() for k, v in net.named_parameters()} | {
         k: v.double() if v.is_floating_point() else v for k, v in net.named_buffers()
     }
     args = () if y is None else (y,)
-    return lambda z, t: torch.func.functional_call(net, params, (z, t, *args))
+    return lambda z, t: torch.func.functional_call(net, params, (z, t, *args), kw)
 
 
 # ---- Registry entry: the `method:` keys of name: scm, its builder and its label ----

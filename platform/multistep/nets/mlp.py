@@ -43,10 +43,24 @@ def features(t: torch.Tensor, dim: int, kind: str, dtype=torch.float32) -> torch
     return time_features(t, dim, dtype=dtype)
 
 
+def target_projection(time_dim: int, width: int, like: nn.Module | None = None) -> nn.Linear:
+    """A flow-map student's second time input (few-step-families.md §2): features of the jump t - target, projected
+    to `width` by a zero-initialised layer (on `like`'s device and dtype), so the network is at first the same for
+    every target. Added where the first time enters: the MLP's first hidden layer, the UNet's time embedding."""
+    proj = nn.Linear(time_dim, width)
+    nn.init.zeros_(proj.weight)
+    nn.init.zeros_(proj.bias)
+    if like is not None:
+        w = next(like.parameters())
+        proj = proj.to(device=w.device, dtype=w.dtype)
+    return proj
+
+
 class MLP(nn.Module):
     """v_theta(z, t): concat(z, time features) -> depth x [Linear, SiLU(, Dropout)] -> Linear.
 
-    time_features: "sinusoid" (DDPM-style features of 1000 t) or "octave" (sin, cos of 2^k pi t)."""
+    time_features: "sinusoid" (DDPM-style features of 1000 t) or "octave" (sin, cos of 2^k pi t).
+    target_input: a flow-map student v_theta(z, t, target) (target_projection); target None means target = t."""
 
     def __init__(
         self,
@@ -56,6 +70,7 @@ class MLP(nn.Module):
         time_dim: int = 64,
         dropout: float = 0.0,
         time_features: str = "sinusoid",
+        target_input: bool = False,
     ):
         super().__init__()
         self.time_dim, self.time_features = time_dim, check_time_features(time_features)
@@ -66,10 +81,21 @@ class MLP(nn.Module):
             width = hidden
         layers.append(nn.Linear(width, dim))
         self.net = nn.Sequential(*layers)
+        self.target_proj = None
+        if target_input:
+            self.add_target_input()
 
-    def forward(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def add_target_input(self) -> None:
+        """Become a flow-map student: the zero-initialised second time input (the same outputs until it trains)."""
+        self.target_proj = target_projection(self.time_dim, self.net[0].out_features, like=self)
+
+    def forward(self, z: torch.Tensor, t: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
         h = torch.cat([z.reshape(z.shape[0], -1), features(t, self.time_dim, self.time_features, z.dtype)], dim=1)
-        return self.net(h).reshape(z.shape)
+        if self.target_proj is None:
+            return self.net(h).reshape(z.shape)
+        jump = t - (t if target is None else target)
+        h = self.net[0](h) + self.target_proj(features(jump, self.time_dim, self.time_features, z.dtype))
+        return self.net[1:](h).reshape(z.shape)
 
 
 class VDenoiser(nn.Module):
@@ -88,16 +114,25 @@ class VDenoiser(nn.Module):
         self.channels_last = False  # 4-D inputs in channels_last memory format (weights: the caller)
         self.compiled = False  # run the network through torch.compile (compiled once per net)
 
-    def v(self, z: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def v(
+        self, z: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, target: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """v_theta(z, t) in float32, the network run under the fast paths (autocast, channels_last, compile)."""
         # y: class labels for a class-conditional net (UNet with num_classes); None = unconditional / the null class
+        # target: a flow-map student's target time s (its jump t -> s); None for every other network
         zf = z.float()
         if self.channels_last and zf.dim() == 4:
             zf = zf.contiguous(memory_format=torch.channels_last)
         net = compiled(self.net) if self.compiled else self.net
         with torch.autocast(z.device.type, self.autocast_dtype) if self.autocast_dtype else contextlib.nullcontext():
-            v = net(zf, t) if y is None else net(zf, t, y)
+            args, kw = (() if y is None else (y,)), ({} if target is None else {"target": target})
+            v = net(zf, t, *args, **kw)
         return v.float()
+
+    @property
+    def flow_map(self) -> bool:
+        """A flow-map student (methods/flowmap.py): its network takes the target time of each jump."""
+        return getattr(self.net, "target_proj", None) is not None
 
     time_dtype = None  # the network's time input: the sampler's t as it comes (float64)
     num_classes = None  # see nets/adapter.py; a class-conditional platform net carries its own (net.num_classes)
@@ -108,8 +143,12 @@ class VDenoiser(nn.Module):
         a, s = self.schedule.alpha_sigma(t)
         return torch.ones_like(t), t, a, -s
 
-    def forward(self, z: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        return x_from_v(self.schedule, z, t, self.v(z, t, y).to(z.dtype))  # target maths in z's dtype, never bf16
+    def forward(
+        self, z: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, target: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        # target maths in z's dtype, never bf16; a flow-map student's x_hat is the one whose DDIM step t -> target
+        # is its jump f(z, t, target) (few-step-families.md A.1)
+        return x_from_v(self.schedule, z, t, self.v(z, t, y, target).to(z.dtype))
 
 
 _COMPILED: weakref.WeakKeyDictionary[nn.Module, nn.Module] = weakref.WeakKeyDictionary()

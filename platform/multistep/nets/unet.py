@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from multistep.nets.mlp import check_time_features, features
+from multistep.nets.mlp import check_time_features, features, target_projection
 
 
 def groups_for(ch: int) -> int:
@@ -84,6 +84,7 @@ class UNet(nn.Module):
         num_classes: int | None = None,  # class-conditional if set; id num_classes is the null class
         time_dim: int = 64,  # time features (even)
         time_features: str = "sinusoid",  # sinusoid: DDPM-style of 1000 t; octave: sin, cos of 2^k pi t
+        target_input: bool = False,  # a flow-map student v(z, t, y, target) (nets/mlp.py target_projection)
     ):
         super().__init__()
         if resolution % 2 ** (len(ch_mult) - 1):
@@ -94,6 +95,7 @@ class UNet(nn.Module):
         self.num_classes = num_classes
         emb_dim = 4 * base_ch
         self.time_mlp = nn.Sequential(nn.Linear(time_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.target_proj = target_projection(time_dim, emb_dim) if target_input else None
         self.label_emb = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
         self.conv_in = nn.Conv2d(in_ch, base_ch, 3, padding=1)
 
@@ -141,16 +143,26 @@ class UNet(nn.Module):
     def null_class(self) -> int | None:
         return self.num_classes
 
-    def embed(self, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        emb = self.time_mlp(features(t, self.time_dim, self.time_features, self.conv_in.weight.dtype))
+    def add_target_input(self) -> None:
+        """Become a flow-map student: the zero-initialised second time input (the same outputs until it trains)."""
+        self.target_proj = target_projection(self.time_dim, self.time_mlp[-1].out_features, like=self)
+
+    def embed(self, t: torch.Tensor, y: torch.Tensor | None, target: torch.Tensor | None = None) -> torch.Tensor:
+        dtype = self.conv_in.weight.dtype
+        emb = self.time_mlp(features(t, self.time_dim, self.time_features, dtype))
+        if self.target_proj is not None:
+            jump = t - (t if target is None else target)
+            emb = emb + self.target_proj(features(jump, self.time_dim, self.time_features, dtype))
         if self.label_emb is not None:
             if y is None:
                 y = torch.full((t.shape[0],), self.num_classes, dtype=torch.long, device=t.device)
             emb = emb + self.label_emb(y.long())
         return emb
 
-    def forward(self, z: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        emb = self.embed(t, y)
+    def forward(
+        self, z: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, target: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        emb = self.embed(t, y, target)
         h = self.conv_in(z)
         hs = [h]
         for layer in self.down:

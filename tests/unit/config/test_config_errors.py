@@ -30,7 +30,7 @@ CASES = [  # (sweep file text, text the message must contain)
     ("method: {name: mcm, student_steps: 2, cm_sampler_steps: [2]}\n", "cm_sampler_steps"),
     ("method: {guidance: -1}\n", "method.guidance"),
     ("method: {guidance: 1}\n", "method.guidance: needs a class-conditional network teacher"),  # analytic teacher, gmm
-    ("method: {mode: train, guidance: 1}\n", "method.guidance: needs name: mcm or scm and mode: distill"),
+    ("method: {mode: train, guidance: 1}\n", "method.guidance: needs name: mcm, scm or flowmap and mode: distill"),
     ("method: {name: tract, student_steps: 2, guidance: 2}\n", "method.guidance: needs name: mcm"),
     ("search:\n  method.guidance: {grid: [0, 1]}\n", "method.guidance: needs a class-conditional"),
     ("data: {shape: [0]}\n", "data.shape.0"),
