@@ -299,6 +299,8 @@ def eval_student(p: Path, blob: dict, args, steps: list[int] | None, say=print):
     if steps:
         if tc.method.name == "mcm":  # Algorithm 2 is defined at any step count; off its training grid: <label>_S<S>
             extra = [n for n in steps if n != S]
+        elif hasattr(method, "eval_steps"):  # a flow map: one student for every step count, its own curve
+            method.eval_steps = tuple(steps)
         elif not args.with_teacher:
             say(
                 f"note: {tc.method.name} samples only at the steps it was trained for; --steps is used by --with-teacher only"

@@ -70,14 +70,15 @@ def denoiser_spec(f) -> dict:
 def network_spec(tc, f) -> dict:
     """How to rebuild the student's network without this platform's trial config."""
     t = tc.teacher
+    flow_map = {"target_input": True} if getattr(f, "flow_map", False) else {}  # a flow-map student's second time
     if t.kind == "analytic" or (t.imported and not tc.student.copy_teacher):
         from multistep.train.build import sample_shape, student_net_cfg
 
-        return {"kind": "platform", "net": student_net_cfg(tc.student, sample_shape(tc.data))}
+        return {"kind": "platform", "net": student_net_cfg(tc.student, sample_shape(tc.data)) | flow_map}
     if t.kind in ("checkpoint", "mlflow"):
         from multistep.train.teacher import load_teacher
 
-        return {"kind": "platform", "net": load_teacher(t.path)[1]["net"]}
+        return {"kind": "platform", "net": load_teacher(t.path)[1]["net"] | flow_map}
     if t.kind == "diffusers":
         return {"kind": "diffusers", "config": dict(f.net.unet.config)}
     if t.kind == "state_dict":
@@ -197,10 +198,13 @@ def scripted_sampler(f, S: int, shape: tuple, num_classes: int | None) -> torch.
 
 # -- the command ------------------------------------------------------------------------------------
 def platform_samples(f, schedule, S: int, noise: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-    """What `multistep sample STATE.pt --noise ...` returns: MCM Algorithm 2 in float64, as float32."""
-    from multistep.diffusion.samplers import mcm_sample
+    """What `multistep sample STATE.pt --noise ...` returns: MCM Algorithm 2 in float64 (a flow-map student: its S
+    jumps), as float32."""
+    from multistep.diffusion.samplers import flowmap_sample, mcm_sample
     from multistep.methods.base import conditioned
 
+    if getattr(f, "flow_map", False):
+        return flowmap_sample(lambda z, t, s: f(z, t, labels, target=s), schedule, noise.double(), S)[0].float()
     return mcm_sample(conditioned(f, labels), schedule, noise.double(), S)[0].float()
 
 
@@ -247,6 +251,14 @@ def export(args, say=print) -> int:
         "trial_run_id": blob.get("run_id"),
         "iteration": int(blob["state"].get("iteration", 0)),
     }
+    flow_map = getattr(f, "flow_map", False)
+    if flow_map and args.format != "safetensors":
+        raise ConfigError(
+            f"--format {args.format}: {p} is a flow-map student ({spec['method']}), whose jumps take a target time "
+            "that TorchScript's MCM sampler and diffusers' schedulers do not pass; use --format safetensors"
+        )
+    if flow_map:  # any step count: `multistep sample DIR --steps K`
+        spec |= {"sampler": "flowmap", "time_grid": "t_k = k / K for any K (jumps t_k -> t_(k-1))"}
     if args.format == "safetensors" and spec["network"]["kind"] == "torchscript":
         raise ConfigError(
             f"--format safetensors: {p} is a student of a TorchScript teacher, whose architecture lives only in its TorchScript file; use --format torchscript"

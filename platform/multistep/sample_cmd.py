@@ -16,7 +16,8 @@ import numpy as np
 from multistep.atomic import write_with
 from multistep.config import ConfigError
 
-SAMPLERS = ("ddim", "addim", "mcm", "cm")  # teacher: ddim / addim; student: mcm (Algorithm 2) / cm (CM sampler)
+SAMPLERS = ("ddim", "addim", "mcm", "cm", "flowmap")  # teacher: ddim / addim; student: mcm (Algorithm 2) / cm (CM
+# sampler); a flow-map student: flowmap (deterministic jumps on the uniform grid)
 
 
 @dataclass
@@ -124,13 +125,20 @@ def _array(path: str, flag: str, dtype) -> np.ndarray:
 def run(args, say=print) -> int:
     import torch
 
-    from multistep.diffusion.samplers import cm_stochastic_sample, ddim_sample, mcm_sample
+    from multistep.diffusion.samplers import cm_stochastic_sample, ddim_sample, flowmap_sample, mcm_sample
     from multistep.methods.base import conditioned
 
     src = load_source(args.source)
-    sampler = args.sampler or ("ddim" if src.kind == "teacher" else "mcm")
-    if src.kind == "teacher" and sampler in ("mcm", "cm"):
+    flow_map = bool(getattr(src.f, "flow_map", False))
+    sampler = args.sampler or ("ddim" if src.kind == "teacher" else "flowmap" if flow_map else "mcm")
+    if src.kind == "teacher" and sampler in ("mcm", "cm", "flowmap"):
         raise ConfigError(f"--sampler {sampler}: a student's sampler; a teacher samples with ddim or addim")
+    if (sampler == "flowmap") != flow_map:
+        raise ConfigError(
+            f"--sampler {sampler}: a flow-map student samples with flowmap (its jumps need their target time)"
+            if flow_map
+            else f"--sampler {sampler}: for flow-map students (method flowmap) only"
+        )
     steps = args.steps or src.steps
     if steps is None:
         raise ConfigError("--steps: required for a teacher (a student defaults to the S it was trained for)")
@@ -168,6 +176,8 @@ def run(args, say=print) -> int:
             x, _ = ddim_sample(g, src.schedule, z, steps, xvar="analytic" if sampler == "addim" else None)
         elif sampler == "mcm":
             x, _ = mcm_sample(g, src.schedule, z, steps)
+        elif sampler == "flowmap":
+            x, _ = flowmap_sample(lambda zz, t, s, y=y: f(zz, t, y, target=s), src.schedule, z, steps)
         else:
             times = [k / steps for k in range(steps - 1, 0, -1)]  # after the first step at t = 1
             x, _ = cm_stochastic_sample(g, src.schedule, z, times, torch.Generator(device).manual_seed(args.seed + i))

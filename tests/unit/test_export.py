@@ -164,3 +164,38 @@ def test_exports_that_cannot_be_made_are_one_line_exit_2(tmp_path, capsys):
     doc = yaml.safe_dump({"x": 1})
     (tmp_path / "bad.pt").write_text(doc)
     assert main(["export", str(tmp_path / "bad.pt"), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_a_flow_map_student_samples_and_exports_at_any_step_count(tmp_path, capsys):
+    """`multistep sample STATE --steps K` of a flow-map student is its K jumps (the target time reaches the net),
+    the safetensors export records the flowmap sampler and reloads to the same samples at any K; the formats that
+    cannot pass a target time, and the MCM sampler, are one line, exit 2."""
+    from multistep.diffusion.samplers import flowmap_sample, mcm_sample
+    from multistep.eval_cmd import _load_blob, load_student
+
+    doc = GMM | {"method": {"name": "flowmap", "student_steps": 2, "eval_steps": [1, 2, 4], "p_mean": 0.5}}
+    state = trial_checkpoint(tmp_path / "trial-000" / "state.pt", doc)
+    f = load_student(tmp_path / "trial-000" / "state.pt", _load_blob(tmp_path / "trial-000" / "state.pt"))[5].ema
+    assert f.flow_map and f.net.target_proj.weight.abs().sum() > 0  # trained: the jump's target matters
+    noise = np.random.default_rng(0).standard_normal((32, 6)).astype(np.float32)
+    np.save(tmp_path / "noise.npy", noise)
+    z = torch.from_numpy(noise).double()
+    assert main(["export", state, "--out", str(tmp_path / "st")]) == 0
+    assert json.loads((tmp_path / "st" / "multistep.json").read_text())["sampler"] == "flowmap"
+    for K in (1, 3):
+        want = flowmap_sample(lambda zz, t, s: f(zz, t, target=s), f.schedule, z, K)[0].float().numpy()
+        ignoring_s = mcm_sample(f, f.schedule, z, K)[0].float().numpy()  # the net with its target left out
+        assert rel(ignoring_s, want) > 1e-6
+        for source in (state, str(tmp_path / "st")):
+            args = ["sample", source, "--steps", str(K), "--noise", str(tmp_path / "noise.npy")]
+            assert main([*args, "--out", str(tmp_path / "s.npy")]) == 0
+            assert rel(np.load(tmp_path / "s.npy"), want) < 1e-6
+    cases = [
+        (["export", state, "--out", str(tmp_path / "ts"), "--format", "torchscript"], "--format torchscript: "),
+        (["sample", state, "--sampler", "mcm", "--out", str(tmp_path / "m.npy")], "--sampler mcm: a flow-map"),
+    ]
+    for argv, msg in cases:
+        assert main(argv) == 2
+        err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("multistep:")]
+        assert len(err) == 1 and msg in err[0], err
+    assert not (tmp_path / "ts").exists() and not (tmp_path / "m.npy").exists()

@@ -9,7 +9,8 @@ Draw samples from a teacher or a distilled student, in this process (no Ray, no 
 float32 .npy in the teacher's own sample space (e.g. [-1, 1] for a diffusers pipeline), unclipped, with the
 same shape as the noise. SOURCE: a teacher YAML (a teacher: section, and data: where the shape is needed), a
 diffusers folder, a teacher.pt of `multistep teacher`, or a trial's state.pt. Default sampler: ddim for a
-teacher, MCM Algorithm 2 at its trained S for a student. Exit codes: 0 written, 2 bad input."""
+teacher, MCM Algorithm 2 at its trained S for a student; a flow-map student (method flowmap) jumps on the uniform
+grid at any --steps (sampler flowmap, its only one). Exit codes: 0 written, 2 bad input."""
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -23,9 +24,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, default=None, help="sampling steps (default: a student's trained S)")
     s.add_argument(
         "--sampler",
-        choices=("ddim", "addim", "mcm", "cm"),
+        choices=("ddim", "addim", "mcm", "cm", "flowmap"),
         default=None,
-        help="ddim / addim (teachers), mcm / cm (students)",
+        help="ddim / addim (teachers), mcm / cm (students), flowmap (flow-map students)",
     )
     s.add_argument("--num", type=int, default=64, help="samples to draw when no --noise is given (default 64)")
     s.add_argument("--seed", type=int, default=0, help="seed of the drawn noise (and of the cm sampler's noise)")

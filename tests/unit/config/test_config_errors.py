@@ -28,6 +28,10 @@ CASES = [  # (sweep file text, text the message must contain)
     ("method: {name: tract, student_steps: 4, time_schedule: [64, 8, 2]}\n", "time_schedule must end"),
     ("method: {name: progressive, student_steps: 3, pd_start_steps: 64}\n", "power of 2"),
     ("method: {name: mcm, student_steps: 2, cm_sampler_steps: [2]}\n", "cm_sampler_steps"),
+    ("method: {name: flowmap, student_steps: 3}\n", "method.student_steps: must be one of eval_steps [1, 2, 4, 8]"),
+    ("method: {name: flowmap, student_steps: 1, flow_ratio: 0.05}\n", "method.s_zero_prob: must be at most"),
+    ("method: {name: flowmap, student_steps: 1, weighting: magic}\n", "method.weighting"),
+    ("method: {name: flowmap, student_steps: 1, eval_steps: [0]}\n", "method.eval_steps.0"),
     ("method: {guidance: -1}\n", "method.guidance"),
     ("method: {guidance: 1}\n", "method.guidance: needs a class-conditional network teacher"),  # analytic teacher, gmm
     ("method: {mode: train, guidance: 1}\n", "method.guidance: needs name: mcm, scm or flowmap and mode: distill"),
