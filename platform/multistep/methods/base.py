@@ -45,6 +45,7 @@ class MethodSpec:
     build: Callable  # (trial config, train.build.Components) -> Method
     label: Callable  # `method:` config -> short name in tables and MLflow (mcd, tract, ...)
     check: Callable = lambda m: None  # rules on its own options, run on every `method:` config (raise OptionError)
+    guided: bool = False  # its teacher step takes method.guidance (classifier-free guidance of the teacher)
 
 
 class OptionError(ValueError):

@@ -198,4 +198,4 @@ def build(cfg, c) -> FlowMap:
     )
 
 
-register(MethodSpec("flowmap", Options, build, label, check))
+register(MethodSpec("flowmap", Options, build, label, check, guided=True))

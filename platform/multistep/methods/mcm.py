@@ -25,6 +25,7 @@ from multistep.diffusion.samplers import cm_stochastic_sample, mcm_sample
 from multistep.diffusion.schedules import Schedule
 from multistep.methods.anneal import AnnealCfg, LogLinearAnneal, teacher_steps
 from multistep.methods.base import (
+    METHODS,
     Denoiser,
     MethodSpec,
     OptionError,
@@ -215,11 +216,9 @@ class Options(BaseModel):
 
 
 def check(m) -> None:
-    if m.guidance > 0 and (m.name not in ("mcm", "scm", "flowmap") or m.mode != "distill"):
-        raise OptionError(
-            "guidance",
-            "needs name: mcm, scm or flowmap and mode: distill (it guides the teacher step of MCD, sCD and FMD)",
-        )
+    if m.guidance > 0 and (not METHODS[m.name].guided or m.mode != "distill"):
+        guided = ", ".join(sorted(name for name, spec in METHODS.items() if spec.guided))
+        raise OptionError("guidance", f"needs mode: distill and a method with a teacher step ({guided})")
     if m.cm_sampler_steps and (m.name != "mcm" or m.student_steps != 1):
         raise ValueError("cm_sampler_steps needs name: mcm and student_steps: 1")
 
@@ -253,4 +252,4 @@ def build(cfg, c) -> MCM:
     )
 
 
-register(MethodSpec("mcm", Options, build, label, check))
+register(MethodSpec("mcm", Options, build, label, check, guided=True))

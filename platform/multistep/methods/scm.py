@@ -64,6 +64,15 @@ def dphi_dt(schedule: Schedule, t: torch.Tensor) -> torch.Tensor:
     return torch.func.jvp(lambda u: phi_of_t(schedule, u), (t,), (torch.ones_like(t),))[1]
 
 
+def angle_law(schedule: Schedule, n: int, g: torch.Generator, p_mean: float, p_std: float) -> torch.Tensor:
+    """n angles phi = arctan(e^u), u ~ N(p_mean, p_std) (sigma_EDM = tan phi log-normal), clipped to the schedule's
+    own [phi(0), phi(1)] shrunk by PHI_MARGIN; float64 on the CPU."""
+    lo = float(phi_of_t(schedule, torch.tensor([0.0]))) + PHI_MARGIN
+    hi = float(phi_of_t(schedule, torch.tensor([1.0]))) - PHI_MARGIN
+    u = p_mean + p_std * torch.randn(n, generator=g, dtype=torch.float64)
+    return torch.atan(torch.exp(u)).clamp(lo, hi)
+
+
 def segment_edge(schedule: Schedule, t: torch.Tensor, student_steps: int) -> torch.Tensor:
     """s: the angle of the lower edge of t's segment on MCM's grid t_k = k / S (0 for S = 1)."""
     k = torch.clamp(torch.ceil(t.double() * student_steps) - 1, min=0)  # t in (k/S, (k+1)/S]
@@ -155,10 +164,7 @@ class SCM:
         return self._u
 
     def sample_phi(self, B: int, g: torch.Generator, device) -> torch.Tensor:
-        lo = float(phi_of_t(self.schedule, torch.tensor([0.0]))) + PHI_MARGIN
-        hi = float(phi_of_t(self.schedule, torch.tensor([1.0]))) - PHI_MARGIN
-        n = self.p_mean + self.p_std * torch.randn(B, generator=g, dtype=torch.float64)
-        return torch.atan(torch.exp(n)).clamp(lo, hi).to(device)
+        return angle_law(self.schedule, B, g, self.p_mean, self.p_std).to(device)
 
     def teacher_velocity(self, x, z, t, eps, y=None) -> torch.Tensor:
         """v_T: the teacher's v = (alpha z - x_hat) / sigma (sCD), or cos(phi) eps - sin(phi) x (sCT); float64.
@@ -350,4 +356,4 @@ def build(cfg, c) -> SCM:
     )
 
 
-register(MethodSpec("scm", Options, build, label))
+register(MethodSpec("scm", Options, build, label, guided=True))

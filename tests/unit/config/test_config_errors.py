@@ -34,8 +34,14 @@ CASES = [  # (sweep file text, text the message must contain)
     ("method: {name: flowmap, student_steps: 1, eval_steps: [0]}\n", "method.eval_steps.0"),
     ("method: {guidance: -1}\n", "method.guidance"),
     ("method: {guidance: 1}\n", "method.guidance: needs a class-conditional network teacher"),  # analytic teacher, gmm
-    ("method: {mode: train, guidance: 1}\n", "method.guidance: needs name: mcm, scm or flowmap and mode: distill"),
-    ("method: {name: tract, student_steps: 2, guidance: 2}\n", "method.guidance: needs name: mcm"),
+    (
+        "method: {mode: train, guidance: 1}\n",
+        "method.guidance: needs mode: distill and a method with a teacher step (dmd, flowmap, mcm, rcm, scm)",
+    ),
+    (
+        "method: {name: tract, student_steps: 2, guidance: 2}\n",
+        "method.guidance: needs mode: distill and a method with a teacher step",
+    ),
     ("search:\n  method.guidance: {grid: [0, 1]}\n", "method.guidance: needs a class-conditional"),
     ("data: {shape: [0]}\n", "data.shape.0"),
     ("data: {components: 0}\n", "data.components"),

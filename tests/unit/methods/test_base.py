@@ -132,6 +132,8 @@ def test_a_trial_of_a_registered_method_trains_in_the_ordinary_loop(registered):
 
 
 def test_config_errors_of_the_built_in_methods_still_name_their_field():
-    assert error({"name": "tract", "student_steps": 2, "guidance": 2}).startswith("method.guidance: needs name: mcm")
+    assert error({"name": "tract", "student_steps": 2, "guidance": 2}).startswith(
+        "method.guidance: needs mode: distill and a method with a teacher step"
+    )
     assert "pd_start_steps / student_steps must be a power of 2" in error({"name": "progressive", "student_steps": 3})
     assert error({"name": "tract", "mode": "train", "student_steps": 8}) == "method: tract only distils (mode: distill)"

@@ -1,0 +1,216 @@
+"""Distribution matching distillation (DMD2, Yin et al. 2024): reverse-KL gradients from a real and a fake score.
+
+Notation of few-step-families.md §3. The generator is a platform student sampled in S steps (MCM's Algorithm 2:
+x_hat at the grid points t_k = k / S). Every iteration:
+
+1. generator sample x_g = G(z_{t_k}, t_k) with gradients, where z_{t_k} comes from backward simulation (k - 1
+   no-grad student steps from noise; k cycles through 1..S with the iteration, DMD2's `backsim`) or, with
+   generator_input: forward, from real data noised to a random grid point (FastGen's cheaper variant);
+2. fake_updates steps of the fake score psi (a v-network, its own Adam) on x_g: v-regression at critic times
+   phi_D = arctan(e^n), n ~ N(critic_p_mean, critic_p_std), z_D = cos(phi_D) x_g + sin(phi_D) eps;
+3. the generator loss at one fresh critic time, real score = the teacher (guided with method.guidance):
+
+       grad = (x_psi - x_T) / (mean_dims |x_g - x_T| + 1e-6),    L_G = 1/2 mean (x_g - sg(x_g - grad))^2
+
+   so the generator moves along x_T - x_psi (towards the teacher's denoising of its own samples, away from the
+   fake's): the reverse-KL gradient E[s_fake - s_real] in x_hat form. An iteration is one generator update, so
+   the two-time-scale rule (DMD2: 5 fake updates per generator update) is `fake_updates`, and a DMD iteration
+   costs about fake_updates + 3 network passes (wall time is logged).
+
+Conventions chosen here (docs/methods.md):
+- the fake score starts as a copy of the student when the method is built: the teacher's copy for network
+  teachers (the student starts as one), the warm start for the analytic mixture teacher (which has no network).
+- the fake score's learning rate is train.learning_rate unless fake_learning_rate is set (DMD2: equal rates).
+- the GAN head (DMD2's classifier on the fake score's features) is not built here.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Annotated, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from multistep.diffusion.ddim import bcast, ddim_step
+from multistep.diffusion.samplers import mcm_sample
+from multistep.diffusion.schedules import Schedule
+from multistep.methods.base import MethodSpec, conditioned, register, split_batch
+from multistep.methods.scm import angle_law, t_of_phi
+
+
+def guided_x(teacher, z: torch.Tensor, t: torch.Tensor, y, guidance: float) -> torch.Tensor:
+    """The real score's x_hat (float64): x_c + w (x_c - x_u) with guidance w (x_u: the null class)."""
+    x_hat = conditioned(teacher, y)(z, t).double()
+    return x_hat + guidance * (x_hat - teacher(z, t).double()) if guidance else x_hat
+
+
+def dmd_gradient(x_g: torch.Tensor, x_T: torch.Tensor, x_psi: torch.Tensor) -> torch.Tensor:
+    """(x_psi - x_T) / (mean_dims |x_g - x_T| + 1e-6): descending it moves x_g along x_T - x_psi (DMD eq. 7)."""
+    scale = (x_g - x_T).abs().reshape(x_g.shape[0], -1).mean(1)
+    return (x_psi - x_T) / bcast(scale + 1e-6, x_g)
+
+
+@dataclass
+class FakeScore:
+    """psi: a denoiser trained online on the generator's samples, with its own Adam (averaged over ranks)."""
+
+    net: nn.Module  # a VDenoiser: net.v(z, t, y) is trained, net(z, t, y) is x_hat
+    schedule: Schedule
+    learning_rate: float
+    p_mean: float = 0.0  # critic time law (rCM: sigma ~ LogNormal(0, 1.6))
+    p_std: float = 1.6
+    steps: int = 0  # updates taken (checkpointed)
+    _opt: torch.optim.Optimizer | None = field(default=None, repr=False)
+
+    def optimizer(self) -> torch.optim.Optimizer:
+        if self._opt is None:
+            self._opt = torch.optim.Adam(self.net.parameters(), lr=self.learning_rate)
+        return self._opt
+
+    def noised(self, x: torch.Tensor, g: torch.Generator):
+        """(z_D, t_D, eps) at critic times phi_D of the law, float64."""
+        phi = angle_law(self.schedule, x.shape[0], g, self.p_mean, self.p_std).to(x.device)
+        eps = torch.randn(x.shape, generator=g, dtype=torch.float64).to(x.device)
+        z = bcast(torch.cos(phi), x) * x.double() + bcast(torch.sin(phi), x) * eps
+        return z, t_of_phi(self.schedule, phi), eps
+
+    def update(self, x_g: torch.Tensor, y, g: torch.Generator) -> torch.Tensor:
+        """One v-regression step on the generator's (detached) samples; returns its loss."""
+        z, t, eps = self.noised(x_g.detach(), g)
+        a, s = (bcast(u, z) for u in self.schedule.alpha_sigma(t))
+        v = a * eps - s * x_g.detach().double()  # v = cos(phi) eps - sin(phi) x_g
+        loss = (self.net.v(z, t, y).double() - v).pow(2).mean()
+        opt = self.optimizer()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        from multistep.train.replicas import Replicas, world_size
+
+        if world_size() > 1:
+            Replicas().average_gradients(self.net)  # every rank's fake score takes the same step
+        opt.step()
+        self.steps += 1
+        return loss.detach()
+
+    def state_dict(self) -> dict:
+        return {"net": self.net.state_dict(), "opt": self.optimizer().state_dict(), "steps": self.steps}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.net.load_state_dict(sd["net"])
+        self.optimizer().load_state_dict(sd["opt"])
+        self.steps = int(sd["steps"])
+
+
+def generator_sample(student, schedule, x, y, S: int, iteration: int, how: str, g: torch.Generator):
+    """x_g = G(z_{t_k}, t_k) with gradients; z_{t_k} by backward simulation (k - 1 no-grad steps from noise, k
+    cycling 1..S) or by noising real data x to a random grid point t_k (how = "forward")."""
+    B, dev = x.shape[0], x.device
+    if how == "backward":
+        k = iteration % S + 1  # the generator's k-th step
+        z = torch.randn(x.shape, generator=g, dtype=torch.float64).to(dev)  # z_1
+        with torch.no_grad():
+            for j in range(S, S - k + 1, -1):
+                t, s = (torch.full((B,), v, dtype=torch.float64, device=dev) for v in (j / S, (j - 1) / S))
+                z = ddim_step(schedule, conditioned(student, y)(z, t).double(), z, t, s)
+        t_k = torch.full((B,), (S - k + 1) / S, dtype=torch.float64, device=dev)
+    else:
+        j = torch.randint(1, S + 1, (B,), generator=g).to(dev)
+        t_k = j.double() / S
+        a, s = schedule.alpha_sigma(t_k)
+        eps = torch.randn(x.shape, generator=g, dtype=torch.float64).to(dev)
+        z = bcast(a, x) * x.double() + bcast(s, x) * eps
+    return conditioned(student, y)(z, t_k).double()
+
+
+def dmd_loss(teacher, fake: FakeScore, guidance: float, x_g: torch.Tensor, y, g: torch.Generator):
+    """L_G at one fresh critic time (the real score: the teacher, the fake: psi, both without gradients)."""
+    with torch.no_grad():
+        z, t, _ = fake.noised(x_g.detach(), g)
+        x_T = guided_x(teacher, z, t, y, guidance)
+        x_psi = conditioned(fake.net, y)(z, t).double()
+        grad = dmd_gradient(x_g.detach(), x_T, x_psi)
+    loss = 0.5 * (x_g - (x_g - grad).detach()).pow(2).mean()
+    return loss, {"dmd_grad_rms": grad.pow(2).mean().sqrt()}
+
+
+@dataclass
+class DMD:
+    schedule: Schedule
+    student_steps: int
+    teacher: nn.Module
+    fake: FakeScore
+    fake_updates: int = 5  # fake-score steps per generator step (DMD2's two-time-scale ratio)
+    generator_input: str = "backward"  # "backward" simulation | "forward" (noised real data)
+    guidance: float = 0.0  # CFG scale of the real score (a class-conditional teacher)
+    label: str = "dmd"
+
+    def loss(self, student: nn.Module, x: torch.Tensor, iteration: int, total: int, g: torch.Generator):
+        x, y = split_batch(x)
+        x_g = generator_sample(student, self.schedule, x, y, self.student_steps, iteration, self.generator_input, g)
+        fake_losses = [self.fake.update(x_g, y, g) for _ in range(self.fake_updates)]
+        loss, logs = dmd_loss(self.teacher, self.fake, self.guidance, x_g, y, g)
+        return loss, {"loss": loss.detach(), "fake_loss": torch.stack(fake_losses).mean()} | logs
+
+    def after_step(self, student: nn.Module, ema: nn.Module | None = None, iteration: int = 0, total: int = 1):
+        pass
+
+    def state_dict(self) -> dict:
+        return {"fake": self.fake.state_dict()}
+
+    def load_state_dict(self, sd: dict, student: nn.Module) -> None:
+        self.fake.load_state_dict(sd["fake"])
+
+    def evaluations(self, ema: nn.Module, y: torch.Tensor | None = None, seed: int = 0):
+        """The generator's S steps: MCM's Algorithm 2 (deterministic DDIM between its grid points)."""
+        S, sched, ema = self.student_steps, self.schedule, conditioned(ema, y)
+        return [(self.label, S, lambda noise: mcm_sample(ema, sched, noise, S))]
+
+
+def fake_score(cfg, c) -> FakeScore:
+    """psi as a copy of the student at build time (the teacher's copy, or the warm start) with its own Adam."""
+    m = cfg.method
+    net = copy.deepcopy(c.student).requires_grad_(True).train()
+    lr = m.fake_learning_rate or cfg.train.learning_rate
+    return FakeScore(net, c.schedule, lr, m.critic_p_mean, m.critic_p_std)
+
+
+# ---- Registry entry: the `method:` keys of name: dmd, its builder and its label ----
+
+
+class Options(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    fake_updates: Annotated[int, Field(ge=1)] = 5  # dmd, rcm: fake-score steps per generator step
+    fake_learning_rate: Annotated[float, Field(gt=0)] | None = None  # dmd, rcm: default train.learning_rate
+    critic_p_mean: float = 0.0  # dmd, rcm: critic times phi_D = arctan(e^n), n ~ N(critic_p_mean, critic_p_std)
+    critic_p_std: Annotated[float, Field(gt=0)] = 1.6
+    generator_input: Literal["backward", "forward"] = "backward"  # dmd: backward simulation or noised real data
+
+
+def label(m) -> str:
+    """dmd; guided: dmd_cfg<w>."""
+    return f"dmd_cfg{m.guidance:g}" if m.guidance > 0 else "dmd"
+
+
+def check(m) -> None:
+    from multistep.methods.base import OptionError
+
+    if m.name == "dmd" and m.mode != "distill":
+        raise OptionError("mode", "dmd distils a teacher (its real score): mode: distill")
+
+
+def build(cfg, c) -> DMD:
+    m = cfg.method
+    return DMD(
+        schedule=c.schedule,
+        student_steps=m.student_steps,
+        teacher=c.teacher,
+        fake=fake_score(cfg, c),
+        fake_updates=m.fake_updates,
+        generator_input=m.generator_input,
+        guidance=m.guidance,
+    )
+
+
+register(MethodSpec("dmd", Options, build, label, check, guided=True))
