@@ -32,6 +32,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="also compare method A with method B (or a teacher curve, e.g. teacher_ddim) at every S both have, "
         "paired (repeatable; e.g. --pair scd,mcd --pair scd,teacher_ddim)",
     )
+    s.add_argument(
+        "--diversity-rows",
+        type=int,
+        default=5000,
+        metavar="N",
+        help="precision / recall (and, for mixture data, mode coverage) of every point and --pair on its first N kept "
+        "rows, with paired intervals (default 5000; 0: off)",
+    )
     s.add_argument("--out", default=None, help="folder for claims.md, claims.csv, budget.png (default: print only)")
     s.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default sqlite:///<cwd>/mlflow.db)")
     return s
@@ -42,6 +50,8 @@ def run(args) -> int:
 
     if args.n_boot < 20:
         raise ConfigError(f"--n-boot {args.n_boot}: an interval needs at least 20 resamples")
+    if args.diversity_rows < 0 or 0 < args.diversity_rows < 2 * 3 + 1:
+        raise ConfigError(f"--diversity-rows {args.diversity_rows}: 0 (off) or at least 7 rows (k-NN with k = 3)")
     from multistep.regress import claims
     from multistep.regress.baseline import sweep_run_or_latest
     from multistep.sweep.preflight import tracking_uri
@@ -72,16 +82,71 @@ def run(args) -> int:
         compared = [c for a, b in pairs for c in claims.compare_methods(points, ref, a, b, args.n_boot)]
         for c in compared:
             print(f"  {c.describe()}")
+        diversity = _diversity(client, sweep, points, ref, pairs, args) if args.diversity_rows else ([], [])
         for r in rows:
             r |= {"sweep": name, "train_iterations": iterations.get((r["method"], r["student_steps"]))}
             budget.setdefault((r["method"], r["student_steps"]), []).append(r)
         table += rows
-        sections.append((name, rows, verdicts, compared))
+        sections.append((name, rows, verdicts, compared, diversity))
         loaded.append((points, iterations, ref))
     changes = _budget_changes(loaded, args.n_boot, claims) if len(sweeps) > 1 else []
     if args.out:
         _write(args.out, table, sections, budget if len(sweeps) > 1 else None, changes)
     return 0
+
+
+def _mixture(client, sweep):
+    """The sweep's Gaussian mixture when its data is one scored in identity features (mode coverage), else None."""
+    import tempfile
+
+    from multistep.config import load_sweep
+    from multistep.train.build import make_data
+
+    with tempfile.TemporaryDirectory() as d:
+        files = [a.path for a in client.list_artifacts(sweep.info.run_id) if a.path.endswith((".yaml", ".yml"))]
+        if not files:
+            return None
+        tc = load_sweep(client.download_artifacts(sweep.info.run_id, files[0], d)).trial_cfg(0)
+        return make_data(tc.data) if tc.data.kind == "gmm" and tc.feature_space == "identity" else None
+
+
+def _diversity(client, sweep, points, ref, pairs, args) -> tuple[list, list]:
+    """(every point's diversity with intervals, the --pair comparisons on each diversity metric), printed."""
+    from multistep.regress import claims
+
+    gmm = _mixture(client, sweep)
+    n = min(args.diversity_rows, len(ref))
+    print(f"diversity on the first {n} rows" + (" (+ mode coverage of the data's mixture)" if gmm else ""), flush=True)
+    say = lambda text: print(f"  {text}", flush=True)  # noqa: E731
+    table = claims.diversity_table(points, ref, gmm, n, args.n_boot, progress=say)
+    compared = [c for a, b in pairs for c in claims.compare_diversity(points, ref, a, b, gmm, n, args.n_boot)]
+    for by_metric in compared:
+        for m, c in by_metric.items():
+            print(f"  {m}: {c.describe()}")
+    return table, compared
+
+
+def _diversity_md(table: list[dict], compared: list[dict]) -> list[str]:
+    if not table:
+        return []
+    metrics = [m for m in table[0] if m not in ("method", "student_steps")]
+    md = [
+        "",
+        "| method | S | " + " | ".join(f"{m} (95% CI)" for m in metrics) + " |",
+        "|---|---|" + "---|" * len(metrics),
+    ]
+    md += [
+        f"| {r['method']} | {r['student_steps'] or '-'} | " + " | ".join(r[m].describe() for m in metrics) + " |"
+        for r in table
+    ]
+    if compared:
+        md += ["", "| diversity comparison (paired, 95% CI) | outcome |", "|---|---|"]
+        md += [
+            f"| {m}: {c.diff.describe(*(f'{lb} S={k}' for lb, k in (c.a, c.b)))} | {c.outcome} |"
+            for by_metric in compared
+            for m, c in by_metric.items()
+        ]
+    return md
 
 
 def _budget_changes(loaded: list, n_boot: int, claims) -> list:
@@ -109,7 +174,7 @@ def _write(out_dir: str, table: list[dict], sections: list, budget: dict | None,
     out = Path(out_dir)
 
     md = []
-    for name, rows, verdicts, compared in sections:
+    for name, rows, verdicts, compared, (div_rows, div_compared) in sections:
         md += [f"### {name}", "", "| method | S | seeds | FD (95% CI) |", "|---|---|---|---|"]
         md += [
             f"| {r['method']} | {r['student_steps'] or '-'} | {r['seeds']} | {r['fd']:.4g} [{r['lo']:.4g}, {r['hi']:.4g}] |"
@@ -123,6 +188,7 @@ def _write(out_dir: str, table: list[dict], sections: list, budget: dict | None,
         if compared:
             md += ["", "| comparison (paired, 95% CI) | outcome |", "|---|---|"]
             md += [f"| {c.diff.describe(*(f'{lb} S={k}' for lb, k in (c.a, c.b)))} | {c.outcome} |" for c in compared]
+        md += _diversity_md(div_rows, div_compared)
         md.append("")  # fmt: skip
     if changes:
         md += [

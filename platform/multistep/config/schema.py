@@ -316,6 +316,10 @@ class EvalCfg(Strict):
     kid_subsets: Annotated[int, Field(ge=0)] = (
         10  # KID (unbiased, cubic kernel): mean over this many disjoint subsets of min(1000, samples / kid_subsets) rows, SE in the se column; 0 = off
     )
+    # diversity beside FD (metrics/diversity.py): k-NN precision / recall on the first min(diversity_rows, samples)
+    # rows of each point and of the reference (+ exact mode coverage for mixture data); 0 = off
+    diversity_rows: Annotated[int, Field(ge=0)] = 5000
+    knn_k: PosInt = 3  # the k of the k-NN manifolds (Kynkaanniemi et al.)
 
     @field_validator("reference")
     @classmethod

@@ -140,6 +140,33 @@ def point_table(points: Points, ref: np.ndarray, n_boot: int = 200, seed: int = 
     return rows
 
 
+def diversity_table(points: Points, ref: np.ndarray, gmm=None, rows: int = 5000, n_boot: int = 200, progress=None):
+    """Every point's precision, recall (and, with the data's mixture, modes_missed and mode_tv) on its first `rows`
+    kept rows against the reference's, each with its 95% interval (metrics/diversity.py)."""
+    from multistep.metrics.diversity import diversity_intervals
+
+    out = []
+    for (label, steps), by_seed in sorted(points.items()):
+        est = diversity_intervals([by_seed[k] for k in sorted(by_seed)], ref[:rows], gmm, n_boot=n_boot)
+        out.append({"method": label, "student_steps": steps} | {m: e for m, e in est.items()})
+        if progress:
+            progress(f"{label} S={steps}: " + ", ".join(f"{m} {e.describe()}" for m, e in est.items()))
+    return out
+
+
+def compare_diversity(points: Points, ref: np.ndarray, a: str, b: str, gmm=None, rows: int = 5000, n_boot: int = 200):
+    """Method a against method b at every S both measured: {metric: Comparison} per S (paired as FD's)."""
+    from multistep.metrics.diversity import paired_diversity
+
+    steps = sorted({s for lb, s in points if lb == a} & {s for lb, s in points if lb == b})
+    out = []
+    for s in steps:
+        if pair := _paired(points, (a, s), (b, s)):
+            diffs = paired_diversity(*pair, ref[:rows], gmm, n_boot=n_boot)
+            out.append({m: Comparison((a, s), (b, s), "compare", d) for m, d in diffs.items()})
+    return out
+
+
 @dataclass
 class BudgetChange:
     point: tuple[str, int]  # (label, student steps)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from multistep.config import ConfigError, TrialCfg
+from multistep.metrics.diversity import diversity_rows
 from multistep.metrics.evaluate import make_eval_ref, repeated_teacher_curve, teacher_curve
 from multistep.metrics.extractors import ClassifierExtractor, InceptionExtractor, features_fn, file_sha256, tree_sha256
 from multistep.metrics.reference import load_for
@@ -145,11 +146,14 @@ def prepare(cfg: TrialCfg, cache_dir: Path, log=print) -> dict:
 
     ref = load_ref(_cached(cache_dir / f"evalref-{ref_key}.pt", make_ref, log))
 
+    n_div = diversity_rows(ev)  # the reference rows every point's precision / recall are measured against
+    div_ref = kept_reference_rows(c, ref, ev, features, n_div)["reference"] if n_div else None
     curve_key = content_hash(
         {"ref": ref_key, "steps": ev.teacher_steps}
         | ({"bootstrap": ev.bootstrap} if ev.bootstrap else {})
         | ({"keep_rows": ev.keep_rows} if ev.keep_rows else {})  # the curve keeps every point's rows
         | ({"repeats": ev.repeats} if ev.repeats > 1 else {})
+        | ({"diversity": [n_div, ev.knn_k]} if n_div else {})
     )
 
     def make_curve():
@@ -163,14 +167,16 @@ def prepare(cfg: TrialCfg, cache_dir: Path, log=print) -> dict:
             ev.teacher_steps,
             ev.repeats,  # the same noise seeds as the students' points
             ev.seed,
-            keep=ev.keep_rows,
+            keep=max(ev.keep_rows, n_div),
             extractor=cfg.feature_space,
             bootstrap=ev.bootstrap,
             features=features,
             kid_subsets=ev.kid_subsets,
             predict=getattr(ext, "predict", None),
         )
-        return {"rows": rows, "kept": kept}
+        if n_div:  # the teacher's points get the students' diversity metrics, from the same rows
+            rows += teacher_diversity(cfg, c.data, div_ref, rows, kept)
+        return {"rows": rows, "kept": {k: v[: ev.keep_rows] for k, v in kept.items()} if ev.keep_rows else {}}
 
     curve = _cached(cache_dir / f"teachercurve-{curve_key}.pt", make_curve, log)
 
@@ -210,6 +216,7 @@ def prepare(cfg: TrialCfg, cache_dir: Path, log=print) -> dict:
     warm = s.init_iterations > 0 and (cfg.teacher.kind == "analytic" or (cfg.teacher.imported and not copied))
     init = _cached(cache_dir / f"init-{init_key}.pt", make_init, log) if warm else None
     return {
+        "diversity_ref": div_ref,
         "eval_ref": ref.to_dict(),
         "eval_ref_hash": ref_key,
         "teacher_rows": curve["rows"],
@@ -220,14 +227,28 @@ def prepare(cfg: TrialCfg, cache_dir: Path, log=print) -> dict:
     }
 
 
-def kept_reference_rows(c, ref, ev, features) -> dict:
-    """{reference: the features of the reference's first eval.keep_rows data rows, floor: those of the second data
-    sample the floor is measured on} (float32); the teacher's kept rows come with its curve."""
+def teacher_diversity(cfg, data, reference, rows: list[dict], kept: dict) -> list[dict]:
+    """Result rows of the diversity metrics of every teacher point, from its kept rows (as the trials measure theirs)."""
+    from multistep.sweep.worker import trial_diversity
+
+    names, measure = trial_diversity(cfg, data, reference)
+    nfe = {(r["method"], r["student_steps"]): r["nfe"] for r in rows}
+    out = []
+    for key, x in kept.items():
+        label, steps = key.rsplit("_", 1)
+        point = {"method": label, "student_steps": int(steps), "nfe": nfe[(label, int(steps))]}
+        out += [point | {"metric": m, "value": v} for m, v in measure(x).items()]
+    return out
+
+
+def kept_reference_rows(c, ref, ev, features, k: int | None = None) -> dict:
+    """{reference: the features of the reference's first k (eval.keep_rows) data rows, floor: those of the second
+    data sample the floor is measured on} (float32); the teacher's kept rows come with its curve."""
     from multistep.metrics.evaluate import data_samples
     from multistep.metrics.paired import kept_rows
     from multistep.metrics.streaming import STREAM_DATA, STREAM_OTHER, StreamRef, data_rows
 
-    k = ev.keep_rows
+    k = ev.keep_rows if k is None else k
     feats = (lambda x: x) if features is None else features
     if isinstance(ref, StreamRef):
         data, other = (data_rows(c.data, ev.seed, stream, 0, k) for stream in (STREAM_DATA, STREAM_OTHER))

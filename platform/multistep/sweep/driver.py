@@ -18,6 +18,7 @@ from pathlib import Path
 from multistep.cli_common import say as cli_say
 from multistep.config import ConfigError, SweepPlan
 from multistep.config.plan import get_path, set_path
+from multistep.metrics.diversity import diversity_names, diversity_rows
 from multistep.metrics.evaluate import metric_names
 from multistep.metrics.extractors import file_sha256
 from multistep.metrics.paired import EVAL_ROWS, save_rows
@@ -440,6 +441,11 @@ def _run_sweep(plan, tracking_uri, storage, say, resume, start_ray, stop: Interr
         ev0 = plan.trial_cfg(0).eval
         labelled = first["eval_ref"]["labels"] is not None
         names = metric_names(ev0.samples, plan.trial_cfg(0).feature_space, labelled, ev0.ode_rows)
+        if (
+            first.get("diversity_ref") is not None
+        ):  # precision / recall (+ mode coverage: mixtures in identity features)
+            tc0 = plan.trial_cfg(0)
+            names |= diversity_names(diversity_rows(ev0), tc0.data.kind == "gmm" and tc0.feature_space == "identity")
         teacher_rows = first["teacher_rows"]
 
         # -- Ray Tune: one trial per planned config --------------------------------------------------

@@ -66,18 +66,23 @@ def write_table(rows: list[dict], out_dir: Path) -> dict[str, Path]:
     return paths
 
 
+HIGHER_IS_BETTER = ("precision", "recall")  # metric name prefixes whose best trial has the highest value
+LINEAR_SCALE = ("kid", "cls_err", "precision", "recall", "modes_missed", "mode_tv")  # can be <= 0: linear axes
+
+
 def best_by_steps(rows: list[dict], metric: str) -> dict[str, dict[int, float]]:
-    """{method: {steps: best (lowest) value}} for one metric."""
+    """{method: {steps: best value}} for one metric: the lowest, or the highest for precision and recall."""
+    pick, start = (max, -float("inf")) if metric.startswith(HIGHER_IS_BETTER) else (min, float("inf"))
     out: dict[str, dict[int, float]] = {}
     for r in rows:
         if r["metric"] == metric and r["value"] is not None:
             cur = out.setdefault(r["method"], {})
-            cur[r["student_steps"]] = min(cur.get(r["student_steps"], float("inf")), r["value"])
+            cur[r["student_steps"]] = pick(cur.get(r["student_steps"], start), r["value"])
     return out
 
 
 def plot(rows: list[dict], metrics: list[str], floor: dict[str, float], path: Path, title: str) -> Path:
-    """Metric versus steps (log steps; log values, linear for KID and cls_err), one line per method, teacher dashed,
+    """Metric versus steps (log steps; log values, linear for KID, cls_err and diversity), one line per method, teacher dashed,
     error bars where rows carry `se` (KID's subset standard error, or the bootstrap's)."""
     import matplotlib
 
@@ -103,7 +108,7 @@ def plot(rows: list[dict], metrics: list[str], floor: dict[str, float], path: Pa
         if floor.get(metric):
             ax.axhline(floor[metric], color="grey", ls=":", label="two-sample floor")
         ax.set_xscale("log", base=2)
-        ax.set_yscale("linear" if metric.startswith(("kid", "cls_err")) else "log")  # KID can be < 0, cls_err 0
+        ax.set_yscale("linear" if metric.startswith(LINEAR_SCALE) else "log")
         ax.set_xlabel("sampling steps (NFE)")
         ax.set_ylabel(metric)
         ax.grid(True, which="both", alpha=0.3)
@@ -129,6 +134,32 @@ def format_table(rows: list[dict], metrics: list[str]) -> str:
             f"{method:<15}{steps:>6}" + "".join(f"{v:>18.5f}" if v is not None else f"{'-':>18}" for v in vals)
         )
     return "\n".join(lines)
+
+
+SCATTER_ROWS = 2000  # points of a 2-D sample scatter
+
+
+def save_scatter(x, reference, path: Path, title: str) -> Path:
+    """2-D samples over the data's own rows (grey): where a method drops or thins modes (DMD's mode seeking)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(4.2, 4.2))
+    if reference is not None:
+        ref = np.asarray(reference)[:SCATTER_ROWS]
+        ax.scatter(ref[:, 0], ref[:, 1], s=3, c="0.75", label="data")
+    pts = (x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)).reshape(len(x), -1)[:SCATTER_ROWS]
+    ax.scatter(pts[:, 0], pts[:, 1], s=3, c="C3", alpha=0.6, label="samples")
+    ax.set_title(title, fontsize=9)
+    ax.set_aspect("equal")
+    ax.legend(fontsize=7, markerscale=3)
+    fig.tight_layout()
+    _atomic(path, lambda p: fig.savefig(p, dpi=110, format="png"))
+    plt.close(fig)
+    return path
 
 
 def save_grid(x, path: Path, grid: int = GRID) -> Path:

@@ -154,16 +154,17 @@ def summary_metrics(final: dict, names: dict, state, gpus: float) -> dict[str, f
     )
 
 
-def final_points(evaluations, ref, names, ev, device, features, predict, rank: int):
+def final_points(evaluations, ref, names, ev, device, features, predict, rank: int, diversity=None):
     """[(label, steps, samples for the grid, metrics, nfe, kept rows)] of every point of the curve on rank 0
     (conditional students: the reference's fixed labels); streamed in batches with a StreamRef, else held in memory.
     kept rows: the features of the first eval.keep_rows rows (float32; None when 0). With eval.repeats = K > 1 each
     point is evaluated from K noise seeds (the reference's, then seed + 1000 r): its metrics are their mean,
-    "<metric>_repeat_std" their standard deviation; the paired ODE error and the kept rows are the first's."""
+    "<metric>_repeat_std" their standard deviation; the paired ODE error and the kept rows are the first's.
+    diversity: rows -> precision / recall (/ coverage) of the first eval.diversity_rows feature rows, or None."""
     if rank != 0:
         return []
     runs = [
-        _points(evaluations, ref.with_noise_seed(r, ev.seed), names, ev, device, features, predict, r == 0)
+        _points(evaluations, ref.with_noise_seed(r, ev.seed), names, ev, device, features, predict, r == 0, diversity)
         for r in range(ev.repeats)
     ]
     if ev.repeats == 1:
@@ -180,24 +181,49 @@ def final_points(evaluations, ref, names, ev, device, features, predict, rank: i
     return out
 
 
-def _points(evaluations, ref, names, ev, device, features, predict, first: bool) -> list:
+def _points(evaluations, ref, names, ev, device, features, predict, first: bool, diversity=None) -> list:
+    from multistep.metrics.diversity import diversity_rows
     from multistep.metrics.evaluate import bootstrap_se, evaluate, sample_points
     from multistep.metrics.paired import kept_rows
     from multistep.metrics.streaming import StreamRef, stream_points
 
     keep = ev.keep_rows if first else 0
+    n_div = diversity_rows(ev) if diversity else 0
     if isinstance(ref, StreamRef):
-        points = stream_points(evaluations, ref, names, ev.batch_size, device, features, predict, keep=keep)
-        return [(label, steps, p.samples_for_grid(), p.result(), nfe, p.kept_rows()) for label, steps, p, nfe in points]
+        points = stream_points(evaluations, ref, names, ev.batch_size, device, features, predict, keep=max(keep, n_div))
+        out = []
+        for label, steps, p, nfe in points:
+            rows = p.kept_rows()
+            metrics = p.result() | (diversity(rows[:n_div]) if n_div else {})
+            x = p.samples_for_grid()  # images: the first 64; vectors: the kept rows (a 2-D scatter's points)
+            x = torch.from_numpy(rows) if x.ndim == 2 and rows is not None else x
+            out.append((label, steps, x, metrics, nfe, rows[:keep] if keep else None))
+        return out
     out = []
     for label, steps, x, nfe in sample_points(evaluations, ref.noise, ref.labels, ev.batch_size, device):
         feats = features(x)
         metrics = evaluate(x, ref, names, feats, ev.kid_subsets, predict)
         if ev.bootstrap and first:
             metrics |= bootstrap_se(x, ref, names, ev.bootstrap, ev.seed, feats)
+        if n_div:
+            metrics |= diversity(kept_rows(x if feats is None else feats, n_div))
         kept = kept_rows(x if feats is None else feats, keep)
         out.append((label, steps, x, metrics, nfe, kept))
     return out
+
+
+def trial_diversity(tc, data, reference) -> tuple[dict, object]:
+    """(metric names, rows -> metrics) of a trial's diversity measurement against the shared reference rows; the
+    mode coverage where the data is a Gaussian mixture scored on the samples themselves. ({}, None): off."""
+    from multistep.data.gmm import GaussianMixture
+    from multistep.metrics.diversity import diversity, diversity_names, diversity_rows
+
+    n = diversity_rows(tc.eval) if reference is not None else 0
+    if not n:
+        return {}, None
+    gmm = data if isinstance(data, GaussianMixture) and tc.feature_space == "identity" else None
+    names = diversity_names(n, gmm is not None)
+    return names, lambda rows: diversity(rows, reference, names, gmm, tc.eval.knn_k)
 
 
 def run_trial(cfg: dict, session: Session) -> dict:
@@ -206,7 +232,7 @@ def run_trial(cfg: dict, session: Session) -> dict:
     from multistep.metrics.extractors import features_fn, from_spec
     from multistep.metrics.paired import EVAL_ROWS, save_rows
     from multistep.metrics.streaming import load_ref
-    from multistep.sweep.results import save_grid
+    from multistep.sweep.results import save_grid, save_scatter
     from multistep.tracking.mlflow_layout import RunLogger
     from multistep.train.build import build, make_method, method_label
     from multistep.train.loop import Hooks, NonFiniteLoss, fit, new_state
@@ -281,6 +307,8 @@ def run_trial(cfg: dict, session: Session) -> dict:
             logger.metrics(it, {f"train/{k}": v for k, v in means.items()} | {"train/wall_seconds": state.wall_seconds})
 
     names = ref.names(tc.feature_space, labelled)
+    div_names, diversity = trial_diversity(tc, comps.data, cfg.get("diversity_ref"))
+    names |= div_names
     spec = cfg.get("extractor")  # classifier / inception features (None: the samples themselves)
     ext = from_spec(spec, device) if spec and rank == 0 else None  # only rank 0 evaluates
     features = features_fn(ext, ref.sample_shape) if ext else (lambda x: None)
@@ -351,15 +379,19 @@ def run_trial(cfg: dict, session: Session) -> dict:
     final: dict = {}
     evaluations = lambda y, seed: method.evaluations(state.ema, y, seed)  # noqa: E731
     for label, steps, x, metrics, nfe, kept in final_points(
-        evaluations, ref, names, tc.eval, device, features, predict, rank
+        evaluations, ref, names, tc.eval, device, features, predict, rank, diversity
     ):
         # metrics: + "<kid>_se" (the results table's se column), + "<metric>_se" of the others with eval.bootstrap
         if logger:
             suffix = "" if label == method.label else f"/{label}"
             logger.metrics(steps, {f"{k}{suffix}": v for k, v in metrics.items()})  # step = number of sampling steps
-            if x.ndim == 4:  # images: an 8x8 grid of the first samples, artifact samples/<label>_<steps>steps.png
-                with tempfile.TemporaryDirectory() as d:  # named as in the results table
-                    logger.artifact(str(save_grid(x, Path(d) / f"{label}_{steps}steps.png")), "samples")
+            picture = f"{label}_{steps}steps.png"  # artifact samples/<label>_<steps>steps.png, named as in the table
+            with tempfile.TemporaryDirectory() as d:
+                if x.ndim == 4:  # images: an 8x8 grid of the first samples
+                    logger.artifact(str(save_grid(x, Path(d) / picture)), "samples")
+                elif x.ndim == 2 and x.shape[1] == 2:  # 2-D data: the samples over the data (modes kept or dropped)
+                    title = f"{label}, {steps} steps"
+                    logger.artifact(str(save_scatter(x, cfg.get("diversity_ref"), Path(d) / picture, title)), "samples")
             if kept is not None:  # the rows `multistep claims` compares, paired by noise row
                 with tempfile.TemporaryDirectory() as d:
                     name = method_label(tc) if label == method.label else label  # as in the results table

@@ -107,3 +107,15 @@ def test_the_claims_command_pairs_budgets_only_on_the_same_rows(tmp_path, capsys
     assert f"| mcd | 8 | 3000 -> 30000 | {change.diff.value:+.4g} [" in (tmp_path / "claims.md").read_text()
     assert _budget_changes([loaded[0], (b, {("mcd", 8): 30000}, REF + 1)], 20, claims) == []
     assert "evaluated on different rows" in capsys.readouterr().out
+
+
+def test_diversity_of_each_point_and_of_a_pair():
+    """A point squeezed to a quarter of the spread loses recall, not precision; --pair sees it, paired per S."""
+    from multistep.regress.claims import compare_diversity, diversity_table
+
+    points = {("wide", 1): point(0.0), ("narrow", 1): {k: z * 0.25 for k, z in point(0.0).items()}}
+    table = {r["method"]: r for r in diversity_table(points, REF, rows=1000, n_boot=50)}
+    assert table["narrow"]["recall"].value < 0.5 < table["wide"]["recall"].value
+    assert table["narrow"]["precision"].value > 0.9 and "modes_missed" not in table["wide"]  # no mixture given
+    (by_metric,) = compare_diversity(points, REF, "narrow", "wide", rows=1000, n_boot=50)
+    assert by_metric["recall"].outcome == "narrow lower" and by_metric["recall"].diff.hi < 0
