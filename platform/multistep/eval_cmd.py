@@ -108,19 +108,6 @@ def _resolve_file(path: str) -> Path:
     return p
 
 
-def _load_blob(p: Path) -> dict:
-    from multistep.train import checkpoint
-
-    try:
-        blob = checkpoint.load(p)  # checksum verified before anything is unpickled
-    except checkpoint.CorruptCheckpoint as e:
-        raise ConfigError(str(e)) from None
-    if not isinstance(blob, dict):
-        raise ConfigError(f"{p}: not a multistep teacher or trial checkpoint")
-    return blob
-
-
-# -- teacher checkpoints ----------------------------------------------------------------------------
 def eval_teacher(p: Path, steps: list[int], samples: int, seed: int, say=print, eval_opts: dict | None = None):
     """(rows, floor, metric names, shape, {(method, steps): samples}) of a teacher's DDIM and aDDIM."""
     from pydantic import ValidationError
@@ -394,25 +381,23 @@ def cmd_eval(args, say=print) -> int:
     steps = parse_steps(args.steps)
     _check_args(args)
     out = Path(args.out or f"eval-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
-    p = _resolve_file(args.checkpoint)
-    blob = _load_blob(p)
+    from multistep.train.checkpoint import open_checkpoint
+
+    opened = open_checkpoint(_resolve_file(args.checkpoint))
+    p = opened.path
     check_output_folder(out, "--out")  # before the (long) evaluation; written whole at the end
     import torch
 
     from multistep.sweep import results as res
-    from multistep.train.teacher import TEACHER_FORMAT
 
-    if blob.get("format") == TEACHER_FORMAT:
-        del blob
+    if opened.kind == "teacher":
         samples, seed = args.samples or 1000, 1234 if args.seed is None else args.seed
         rows, floor, metrics, shape, kept, info = eval_teacher(
             p, steps or [1, 2, 4, 8], samples, seed, say, eval_opts(args)
         )
         rows = [{"trial_id": "", "run_id": info.get("teacher_run_id") or "", **r} for r in rows]
-    elif "version" in blob and isinstance(blob.get("state"), dict) and "ema" in blob["state"]:
-        rows, floor, metrics, shape, kept, info, samples, seed = eval_student(p, blob, args, steps, say)
     else:
-        raise ConfigError(f"{p}: not a multistep teacher checkpoint nor a trial checkpoint (state.pt with EMA weights)")
+        rows, floor, metrics, shape, kept, info, samples, seed = eval_student(p, opened.blob, args, steps, say)
     with staged_folder(out, "--out") as tmp:  # the results appear in OUT whole, or not at all
         written = res.write_table(rows, tmp)
         res.plot(rows, metrics, floor, tmp / "metric_vs_steps.png", f"{p.name}: metric versus sampling steps")

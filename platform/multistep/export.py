@@ -214,20 +214,19 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def export(args, say=print) -> int:
     from multistep.atomic import check_output_folder, staged_folder
-    from multistep.eval_cmd import _load_blob, load_student
+    from multistep.eval_cmd import load_student
     from multistep.train.build import teacher_classes
 
     p = Path(args.state)
-    from multistep.train.teacher import TEACHER_FORMAT
+    from multistep.train.checkpoint import open_checkpoint
 
-    blob = _load_blob(p)
-    if blob.get("format") == TEACHER_FORMAT:
+    opened = open_checkpoint(p)
+    if opened.kind == "teacher":
         raise ConfigError(
             f"{p}: a teacher file from `multistep teacher`: export takes a student (a trial's state.pt); "
             "sample the teacher with `multistep sample`, or distil it with a sweep (teacher: {kind: checkpoint})"
         )
-    if "state" not in blob:
-        raise ConfigError(f"{p}: not a trial checkpoint (state.pt of a sweep trial)")
+    blob = opened.blob
     out_dir = check_output_folder(args.out, "--out")
     if out_dir.is_dir() and any(out_dir.iterdir()):
         raise ConfigError(f"--out {args.out}: not empty (an export is written into a new or empty folder)")

@@ -62,13 +62,13 @@ def load_source(arg: str) -> Source:
         else:
             raise ConfigError(f"{arg}: give a data: section (the sample shape of this teacher)")
         return Source(c.teacher, c.schedule, shape, "teacher", None, teacher_classes(c.teacher))
-    from multistep.eval_cmd import _load_blob
-    from multistep.train.teacher import TEACHER_FORMAT
+    from multistep.train.checkpoint import open_checkpoint
 
-    blob = _load_blob(p)
-    if "state" in blob and blob.get("format") != TEACHER_FORMAT:  # a trial checkpoint: the student's EMA weights
+    opened = open_checkpoint(p)
+    if opened.kind == "trial":  # the student's EMA weights
         from multistep.eval_cmd import load_student
 
+        blob = opened.blob
         tc, _, _, c, _, state = load_student(p, blob)
         shape = tuple(c.data.shape) if c.data is not None else tuple(blob.get("shape", ()))
         return Source(state.ema, c.schedule, shape, "student", tc.method.student_steps, teacher_classes(c.teacher))

@@ -171,11 +171,12 @@ def test_a_flow_map_student_samples_and_exports_at_any_step_count(tmp_path, caps
     the safetensors export records the flowmap sampler and reloads to the same samples at any K; the formats that
     cannot pass a target time, and the MCM sampler, are one line, exit 2."""
     from multistep.diffusion.samplers import flowmap_sample, mcm_sample
-    from multistep.eval_cmd import _load_blob, load_student
+    from multistep.eval_cmd import load_student
+    from multistep.train.checkpoint import open_checkpoint
 
     doc = GMM | {"method": {"name": "flowmap", "student_steps": 2, "eval_steps": [1, 2, 4], "p_mean": 0.5}}
     state = trial_checkpoint(tmp_path / "trial-000" / "state.pt", doc)
-    f = load_student(tmp_path / "trial-000" / "state.pt", _load_blob(tmp_path / "trial-000" / "state.pt"))[5].ema
+    f = load_student(tmp_path / "trial-000" / "state.pt", open_checkpoint(state).blob)[5].ema
     assert f.flow_map and f.net.target_proj.weight.abs().sum() > 0  # trained: the jump's target matters
     noise = np.random.default_rng(0).standard_normal((32, 6)).astype(np.float32)
     np.save(tmp_path / "noise.npy", noise)

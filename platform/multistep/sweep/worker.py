@@ -337,6 +337,7 @@ def run_trial(cfg: dict, session: Session) -> dict:
         with tempfile.TemporaryDirectory() as d:
             if rank == 0:
                 payload = {
+                    "format": checkpoint_file.TRIAL_FORMAT,
                     "version": CKPT_VERSION,
                     "state": sd,
                     "rng_per_rank": rngs,

@@ -6,6 +6,11 @@
 to another payload. `load` verifies it and raises CorruptCheckpoint ("... is corrupt: checksum mismatch") before
 unpickling anything; it reads with torch.load(weights_only=True). Files written before the trailer existed load
 unverified. No Ray, no MLflow.
+
+`open_checkpoint(path)` is the one reader `multistep eval`, `sample` and `export` use: it verifies the file and says
+which of the platform's checkpoint formats it holds, a teacher file of `multistep teacher` (format
+"multistep-teacher", train/teacher.py) or a sweep trial's state.pt (format "multistep-trial", sweep/worker.py; the
+files written before the tag by their version and EMA weights); anything else is one line naming the file.
 """
 
 from __future__ import annotations
@@ -13,12 +18,15 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from multistep.atomic import write_with
 
+TEACHER_FORMAT = "multistep-teacher"  # a `multistep teacher` file (train/teacher.py)
+TRIAL_FORMAT = "multistep-trial"  # a sweep trial's state.pt (sweep/worker.py)
 TRAILER = b"\nmultistep-sha256:"
 TRAILER_LEN = len(TRAILER) + 64 + 1
 
@@ -59,3 +67,31 @@ def load(path: str | os.PathLike, map_location="cpu"):
     except Exception as e:  # noqa: BLE001 - truncated zip, foreign or unsafe pickle, text file, ...
         why = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
         raise CorruptCheckpoint(f"{path}: not a readable checkpoint ({type(e).__name__}: {why})") from None
+
+
+@dataclass
+class Opened:
+    kind: str  # "teacher" or "trial"
+    path: Path
+    blob: dict  # the verified payload
+
+
+def open_checkpoint(path: str | os.PathLike) -> Opened:
+    """A teacher file or a trial checkpoint, verified and named by its format; ConfigError (one line) otherwise."""
+    from multistep.config import ConfigError
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: checkpoint not found")
+    try:
+        blob = load(p)  # checksum verified before anything is unpickled
+    except CorruptCheckpoint as e:
+        raise ConfigError(str(e)) from None
+    if isinstance(blob, dict) and blob.get("format") == TEACHER_FORMAT:
+        return Opened("teacher", p, blob)
+    state = blob.get("state") if isinstance(blob, dict) else None
+    if isinstance(blob, dict) and (
+        blob.get("format") == TRIAL_FORMAT or ("version" in blob and isinstance(state, dict) and "ema" in state)
+    ):
+        return Opened("trial", p, blob)
+    raise ConfigError(f"{p}: not a multistep teacher checkpoint nor a trial checkpoint (state.pt with EMA weights)")

@@ -22,7 +22,6 @@ from multistep.diffusion.schedules import Schedule
 from multistep.train import checkpoint
 from multistep.train.loop import NonFiniteLoss, ema_update
 
-TEACHER_FORMAT = "multistep-teacher"
 TEACHER_VERSION = 1
 
 
@@ -115,7 +114,7 @@ def save_teacher(path: str | os.PathLike, net_cfg: dict, ema_state: dict, meta: 
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     blob = {
-        "format": TEACHER_FORMAT,
+        "format": checkpoint.TEACHER_FORMAT,
         "version": TEACHER_VERSION,
         "net": dict(net_cfg),
         "state": {k: v.detach().cpu() for k, v in ema_state.items()},
@@ -133,7 +132,7 @@ def load_teacher(path: str | os.PathLike) -> tuple[nn.Module, dict]:
         blob = checkpoint.load(p)  # checksum verified before anything is unpickled
     except checkpoint.CorruptCheckpoint as e:
         raise ValueError(str(e).replace("not a readable checkpoint", "not a readable teacher checkpoint")) from None
-    if not isinstance(blob, dict) or blob.get("format") != TEACHER_FORMAT:
+    if not isinstance(blob, dict) or blob.get("format") != checkpoint.TEACHER_FORMAT:
         raise ValueError(f"{p}: not a multistep teacher checkpoint")
     if blob.get("version") != TEACHER_VERSION:
         raise ValueError(
