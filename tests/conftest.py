@@ -194,7 +194,7 @@ def start_mlflow_server(tmp_path, port):
         try:
             MlflowClient(uri).search_experiments(max_results=1)
             return proc, uri
-        except Exception:  # noqa: BLE001 - not up yet
+        except Exception:  # not up yet
             assert proc.poll() is None, "mlflow server exited at start"
             time.sleep(0.5)
     stop_server(proc)

@@ -52,7 +52,7 @@ def test_sweep_survives_a_tracking_server_outage(tiny_sweep, tmp_path, monkeypat
             try:
                 exp = client.get_experiment_by_name("tests")
                 runs = client.search_runs([exp.experiment_id]) if exp else []
-            except Exception:  # noqa: BLE001
+            except Exception:
                 continue
             trial = next(
                 (r for r in runs if r.data.tags.get("multistep.kind") == "trial" and "train/loss" in r.data.metrics),

@@ -307,7 +307,7 @@ def test_rerun_of_the_same_sweep_passes(ray_local, store, capsys, tmp_path):
             ok.data.tags["multistep.regress.current_run"], "results.parquet", str(tmp_path / "cur")
         )
     )
-    key = lambda r: (r["method"], r["student_steps"], r["metric"])  # noqa: E731
+    key = lambda r: (r["method"], r["student_steps"], r["metric"])
     assert {key(r): r["value"] for r in current} == {key(r): r["value"] for r in table}  # same seeds: the same numbers
 
 

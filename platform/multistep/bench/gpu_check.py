@@ -118,7 +118,7 @@ def distil_mixture(
     teacher = MixtureDenoiser(gmm, sched)
     torch.manual_seed(seed)
     net = MLP(gmm.dim, hidden, depth).to(device)
-    sample = lambda g: gmm.sample(batch_size, g).to(device)  # noqa: E731
+    sample = lambda g: gmm.sample(batch_size, g).to(device)
     net.load_state_dict(
         warm_start(net, sched, teacher, sample, WarmStart(init_iterations, init_learning_rate, seed))[0]
     )
@@ -314,7 +314,7 @@ def child(args) -> int:
     t0 = time.perf_counter()
     try:
         res = {"status": "ok", "result": run_part(args.part, args.cpu_rehearsal, args.device, args.peak_tflops)}
-    except Exception as e:  # noqa: BLE001 - a failing part records its error; the driver goes on
+    except Exception as e:  # a failing part records its error; the driver goes on
         res = {
             "status": "failed",
             "error": f"{type(e).__name__}: {e}"[:2000],

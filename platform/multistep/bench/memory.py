@@ -40,7 +40,7 @@ def _run(mode: str, n: int) -> dict:
     from multistep.metrics import streaming as st
 
     w = torch.randn(int(np.prod(SHAPE)), DIM, generator=torch.Generator().manual_seed(0)) / 64
-    features = lambda x: (torch.as_tensor(x).reshape(len(x), -1).float() @ w).double().numpy()  # noqa: E731
+    features = lambda x: (torch.as_tensor(x).reshape(len(x), -1).float() @ w).double().numpy()
     teacher, sched = (lambda z, t: 0.5 * z), make_schedule("cosine")
     student = [("s", 1, lambda noise: (0.5 * noise, 1))]
     t0 = time.perf_counter()

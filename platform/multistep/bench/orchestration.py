@@ -148,7 +148,7 @@ def ray_processes() -> dict:
         for a in list_actors(limit=10000, raise_on_missing_output=False):
             counts[a.class_name] = counts.get(a.class_name, 0) + 1
         return counts
-    except Exception as e:  # noqa: BLE001 - the State API needs the dashboard; report, never fail the bench
+    except Exception as e:  # the State API needs the dashboard; report, never fail the bench
         return {"error": f"{type(e).__name__}: {e}"[:200]}
 
 
@@ -237,7 +237,7 @@ def bench_orchestration(trial_seconds: float = 20.0, work_dir: str | None = None
     n = 4
     rows = trial_timeline(sweep, n)
     sweep_s = sweep["t1"] - sweep["t0"]
-    mean = lambda xs: statistics.fmean(xs)  # noqa: E731
+    mean = lambda xs: statistics.fmean(xs)
     breakdown = {
         "trial start -> loop start": mean([r["loop_start"] - r["start"] for r in rows]),
         "loop (inside the sweep)": mean([r["loop_s"] for r in rows]),

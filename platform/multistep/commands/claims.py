@@ -74,7 +74,7 @@ def run(args) -> int:
         if sweep.info.status != "FINISHED":  # decided on what finished, and said so wherever the verdicts go
             name += f" (sweep {sweep.info.status}: only its finished trials count)"
         print(f"{name}: {len(points)} points, {len(ref)} rows each; {args.n_boot} paired resamples", flush=True)
-        say = lambda text: print(f"  {text}", flush=True)  # noqa: E731 - progress: minutes at 50k rows
+        say = lambda text: print(f"  {text}", flush=True)  # progress: minutes at 50k rows
         rows = claims.point_table(points, ref, args.n_boot, progress=say)
         verdicts = claims.decide(points, ref, args.n_boot, progress=say)
         text = claims.format_verdicts(verdicts)
@@ -117,7 +117,7 @@ def _diversity(client, sweep, points, ref, pairs, args) -> tuple[list, list]:
     gmm = _mixture(client, sweep)
     n = min(args.diversity_rows, len(ref))
     print(f"diversity on the first {n} rows" + (" (+ mode coverage of the data's mixture)" if gmm else ""), flush=True)
-    say = lambda text: print(f"  {text}", flush=True)  # noqa: E731
+    say = lambda text: print(f"  {text}", flush=True)
     table = claims.diversity_table(points, ref, gmm, n, args.n_boot, progress=say)
     compared = [c for a, b in pairs for c in claims.compare_diversity(points, ref, a, b, gmm, n, args.n_boot)]
     for by_metric in compared:
@@ -161,7 +161,7 @@ def _budget_changes(loaded: list, n_boot: int, claims) -> list:
         )
         return []
     print(f"budget: paired changes between sweeps ({n_boot} resamples)", flush=True)
-    say = lambda text: print(f"  {text}", flush=True)  # noqa: E731
+    say = lambda text: print(f"  {text}", flush=True)
     return claims.budget_changes([(p, it) for p, it, _ in loaded], ref, n_boot, progress=say)
 
 

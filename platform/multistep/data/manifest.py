@@ -70,14 +70,14 @@ def bad_row_group(path: Path) -> str | None:
     """'row group K of N (rows a-b): why' for the first row group of `path` that does not decode, else None."""
     try:
         f = pq.ParquetFile(path, page_checksum_verification=True)
-    except Exception as e:  # noqa: BLE001 - ArrowInvalid / OSError alike
+    except Exception as e:  # ArrowInvalid / OSError alike
         return f"footer unreadable ({_first_line(e)})"
     start = 0
     for i in range(f.num_row_groups):
         n = f.metadata.row_group(i).num_rows
         try:
             f.read_row_group(i)
-        except Exception as e:  # noqa: BLE001 - a CRC mismatch, a decompression error, a bad encoding
+        except Exception as e:  # a CRC mismatch, a decompression error, a bad encoding
             return f"row group {i} of {f.num_row_groups} (rows {start}-{start + n - 1}): {_first_line(e)}"
         start += n
     return None
@@ -113,7 +113,7 @@ def verify(src) -> Verified:
         want = listed[p.name]
         try:
             got = entry(p)
-        except Exception as e:  # noqa: BLE001 - a garbled footer
+        except Exception as e:  # a garbled footer
             raise ValueError(f"{p}: not a readable Parquet file ({_first_line(e)})") from None
         if got["sha256"] != want["sha256"] or got["rows"] != want["rows"]:
             where = bad_row_group(p) or "every row group still decodes, so pixels or metadata changed"

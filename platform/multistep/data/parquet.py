@@ -416,7 +416,7 @@ class Prefetch:
                 if not put(item):
                     return
             put(Prefetch._END)
-        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+        except BaseException as e:  # handed to the consumer
             put(e)
 
     def __iter__(self):

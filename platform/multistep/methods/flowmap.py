@@ -46,7 +46,7 @@ COMPOSITION_ROWS = 256
 
 def compose_gap(f, noise: torch.Tensor, mid: float = 0.5) -> torch.Tensor:
     """|| f(f(z, 1, mid), mid, 0) - f(z, 1, 0) ||_rms for a flow map f(z, t, s) -> z_s (in the network's time t)."""
-    full = lambda v: torch.full((noise.shape[0],), v, dtype=torch.float64, device=noise.device)  # noqa: E731
+    full = lambda v: torch.full((noise.shape[0],), v, dtype=torch.float64, device=noise.device)
     two = f(f(noise, full(1.0), full(mid)), full(mid), full(0.0))
     one = f(noise, full(1.0), full(0.0))
     return (two - one).double().pow(2).mean().sqrt()
@@ -110,7 +110,7 @@ class FlowMap(SCM):
     def evaluations(self, ema: nn.Module, y: torch.Tensor | None = None, seed: int = 0):
         """Deterministic jumps on the uniform grid at every count in eval_steps (and gamma-sampling with gamma > 0)."""
         sched = self.schedule
-        f = lambda z, t, s: ema(z, t, y, target=s)  # noqa: E731 - x_hat whose DDIM step t -> s is the jump
+        f = lambda z, t, s: ema(z, t, y, target=s)  # x_hat whose DDIM step t -> s is the jump
         out = [(self.label, K, lambda noise, K=K: flowmap_sample(f, sched, noise, K)) for K in self.eval_steps]
         if self.gamma > 0:
             out += [

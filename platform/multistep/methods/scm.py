@@ -104,7 +104,7 @@ def tangent(F_minus, J, z, v_T, delta, r: float) -> torch.Tensor:
 def exact_flow_map_F(z, phi, s, c2: float):
     """F* of Gaussian data x ~ N(0, c2 I) (appendix A.2): f* = z sqrt(S(s) / S(phi)), S(p) = c2 cos^2 p + sin^2 p,
     F* = (cos(phi - s) z - f*) / sin(phi - s). The fixed point every tangent must vanish at (tests)."""
-    S = lambda p: c2 * torch.cos(p) ** 2 + torch.sin(p) ** 2  # noqa: E731
+    S = lambda p: c2 * torch.cos(p) ** 2 + torch.sin(p) ** 2
     d = phi - s
     return (bcast(torch.cos(d), z) * z - z * bcast(torch.sqrt(S(s) / S(phi)), z)) / bcast(torch.sin(d), z)
 
@@ -198,7 +198,7 @@ class SCM:
             v_T = self.teacher_velocity(x, z, t, eps, y)
         args = () if y is None else (y,)
         kw32 = {k: v.float() for k, v in kw.items()}
-        bare = lambda zz, tt: student.net(zz, tt, *args, **kw32)  # noqa: E731
+        bare = lambda zz, tt: student.net(zz, tt, *args, **kw32)
         cs, dt_dphi = torch.cos(delta) * torch.sin(delta), 1.0 / dphi_dt(self.schedule, t)
         rng = rng_state(dev)  # the JVP and the main forward see the same dropout mask
         with torch.no_grad(), _math_attention():
@@ -262,7 +262,7 @@ class SCM:
             inv = dt_dphi.float()
             d_time = total_derivative(bare, z32, t.float(), torch.zeros_like(z32), inv, rng=rng)
             d_z = total_derivative(bare, z32, t.float(), v32, torch.zeros_like(inv), rng=rng)
-            rms = lambda a: a.double().reshape(a.shape[0], -1).pow(2).mean(1).sqrt().mean()  # noqa: E731
+            rms = lambda a: a.double().reshape(a.shape[0], -1).pow(2).mean(1).sqrt().mean()
             self._probe = {"dF_dphi_rms": rms(d_time), "gradzF_v_rms": rms(d_z)}
         return dict(self._probe)
 

@@ -126,7 +126,7 @@ def diversity_intervals(a: list, ref: np.ndarray, gmm=None, k: int = K_NEAREST, 
     w = None if gmm is None else gmm.weights.numpy()
     out = {}
     for m in metrics_of(gmm):
-        fn = lambda s, i, j, m=m: _value(m, per[s], i, j, w)  # noqa: E731
+        fn = lambda s, i, j, m=m: _value(m, per[s], i, j, w)
         out[m] = Estimate(*_bootstrap(fn, len(per), n, n, n_boot, seed, 0.95), 0.95)
     return out
 
@@ -139,6 +139,6 @@ def paired_diversity(a: list, b: list, ref: np.ndarray, gmm=None, k: int = K_NEA
     w = None if gmm is None else gmm.weights.numpy()
     out = {}
     for m in metrics_of(gmm):
-        fn = lambda s, i, j, m=m: _value(m, pa[s], i, j, w) - _value(m, pb[s], i, j, w)  # noqa: E731
+        fn = lambda s, i, j, m=m: _value(m, pa[s], i, j, w) - _value(m, pb[s], i, j, w)
         out[m] = Difference(*_bootstrap(fn, len(pa), n, n, n_boot, seed, 0.95), 0.95)
     return out

@@ -344,7 +344,7 @@ def fixed_draws(
     g, data, other = data_samples(data_dist, samples, seed)
     noise = torch.randn((samples, *data_dist.shape), generator=g, dtype=torch.float64)
     names = metric_names(samples, extractor)
-    feats = (lambda x: None) if features is None else features  # noqa: E731
+    feats = (lambda x: None) if features is None else features
     ref = EvalRef(data, noise, None, {}, None, feats(data), reference)
 
     def dist(s) -> dict[str, float]:

@@ -145,7 +145,7 @@ def load_state_dict_detector(path, device="cpu") -> FIDInception:
     file when it is not one, or not this graph's."""
     try:
         sd = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling problem
+    except Exception as e:  # any unpickling problem
         raise ValueError(f"{path}: neither a TorchScript detector nor a state dict ({type(e).__name__}: {e})") from None
     if not isinstance(sd, dict) or "Mixed_7c.branch_pool.conv.weight" not in sd:
         raise ValueError(f"{path}: a state dict, but not of the FID Inception-v3 graph (no Mixed_7c weights)")

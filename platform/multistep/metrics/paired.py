@@ -119,7 +119,7 @@ def interval(a, ref, metric: Callable, n_boot: int = 200, seed: int = 0, level: 
     """metric(a, ref) with its bootstrap interval; a: one array or one per training seed (then their mean)."""
     A, ref = _sets(a), _sets(ref)[0]
     m = _metric_fn(metric, [A], ref)
-    fn = lambda k, i, j: m(0, k, i, j)  # noqa: E731
+    fn = lambda k, i, j: m(0, k, i, j)
     return Estimate(*_bootstrap(fn, len(A), len(A[0]), len(ref), n_boot, seed, level), level)
 
 
@@ -136,7 +136,7 @@ def paired_difference(
     if any(len(x) != len(y) for x, y in zip(A, B)):
         raise ValueError(f"paired sets need the same rows (noise), got {len(A[0])} and {len(B[0])}")
     m = _metric_fn(metric, [A, B], ref)
-    fn = lambda k, i, j: m(0, k, i, j) - m(1, k, i, j)  # noqa: E731
+    fn = lambda k, i, j: m(0, k, i, j) - m(1, k, i, j)
     return Difference(*_bootstrap(fn, len(A), len(A[0]), len(ref), n_boot, seed, level), level)
 
 

@@ -49,7 +49,7 @@ def noise_rows(seed: int, shape: tuple, i0: int, i1: int) -> torch.Tensor:
 
 
 def data_rows(data_dist, seed: int, stream: int, i0: int, i1: int) -> np.ndarray:
-    draw = lambda c: _flat(data_dist.sample(CHUNK, _gen(seed, stream, c), dtype=torch.float64))  # noqa: E731
+    draw = lambda c: _flat(data_dist.sample(CHUNK, _gen(seed, stream, c), dtype=torch.float64))
     return rows(draw, i0, i1)
 
 
@@ -359,7 +359,7 @@ def stream_teacher_curve(
 
     names = ref.names(extractor, ref.labels is not None)
     samplers = teacher_samplers(teacher, sched, data_dist, steps, ref.labels is not None, eta, seed)
-    evaluations = lambda y, i0: [(label, n, make(y)) for label, n, make in samplers]  # noqa: E731
+    evaluations = lambda y, i0: [(label, n, make(y)) for label, n, make in samplers]
     points = stream_points(
         evaluations, ref, names, batch_size, features=features, predict=predict, noise_dtype=torch.float64, keep=keep
     )

@@ -37,7 +37,7 @@ def ddpm_betas(beta_schedule: str, beta_start: float, beta_end: float, steps: in
     if beta_schedule == "scaled_linear":  # latent diffusion: linear in sqrt(beta)
         return torch.linspace(beta_start**0.5, beta_end**0.5, steps, dtype=torch.float64) ** 2
     if beta_schedule == "squaredcos_cap_v2":  # improved DDPM's cosine, betas capped at 0.999
-        f = lambda i: math.cos((i / steps + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+        f = lambda i: math.cos((i / steps + 0.008) / 1.008 * math.pi / 2) ** 2
         return torch.tensor([min(1 - f(i + 1) / f(i), 0.999) for i in range(steps)], dtype=torch.float64)
     raise ValueError(f"unsupported beta_schedule {beta_schedule!r} (linear, scaled_linear, squaredcos_cap_v2)")
 

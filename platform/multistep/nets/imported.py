@@ -149,7 +149,7 @@ def network(t) -> nn.Module:
         unet, _ = diffusers_folder(t.path)
         try:
             net = DiffusersUNet(UNet2DModel.from_pretrained(str(unet), local_files_only=True, low_cpu_mem_usage=False))
-        except Exception as e:  # noqa: BLE001 - diffusers raises many kinds for a broken folder
+        except Exception as e:  # diffusers raises many kinds for a broken folder
             raise ValueError(f"teacher.path: {unet}: diffusers could not load it ({first_line(e, 200)})") from None
     elif t.kind == "torchscript":
         try:
@@ -158,7 +158,7 @@ def network(t) -> nn.Module:
                 if p.suffix == ".pt2"
                 else Scripted(torch.jit.load(str(p), map_location="cpu"))
             )
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise ValueError(
                 f"teacher.path: {p}: not a TorchScript (torch.jit.save) or torch.export file ({first_line(e, 200)})"
             ) from None
@@ -175,7 +175,7 @@ def _built(t) -> nn.Module:
         raise ValueError(f"teacher.builder: {t.builder}: not importable ({first_line(e, 200)})") from None
     try:
         net = build(**t.builder_args)
-    except Exception as e:  # noqa: BLE001 - the user's code
+    except Exception as e:  # the user's code
         raise ValueError(
             f"teacher.builder_args: {t.builder}(**{t.builder_args}) failed ({first_line(e, 200)})"
         ) from None
@@ -188,11 +188,11 @@ def _built(t) -> nn.Module:
         else:
             sd = torch.load(str(p), map_location="cpu", weights_only=True)
             sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise ValueError(f"teacher.path: {p}: not a readable state dict ({first_line(e, 200)})") from None
     try:
         net.load_state_dict(sd)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise ValueError(f"teacher.path: {p}: does not fit {t.builder} ({first_line(e, 200)})") from None
     return net
 

@@ -84,7 +84,7 @@ def read_run_table(client, run, flag: str) -> list[dict]:
     with tempfile.TemporaryDirectory() as d:
         try:
             path = client.download_artifacts(run.info.run_id, TABLE, d)
-        except Exception:  # noqa: BLE001 - any failure means there is no table to compare
+        except Exception:  # any failure means there is no table to compare
             raise ConfigError(
                 f"{flag} {run.info.run_id}: the run has no {TABLE} artifact (the sweep did not finish)"
             ) from None
@@ -163,7 +163,7 @@ def resolve_baseline(client, arg: str | None, cfg, file: str) -> tuple[list[dict
     if arg and Path(arg).exists():
         try:
             rows = read_table(arg)
-        except Exception as e:  # noqa: BLE001 - unreadable or not a table: bad input
+        except Exception as e:  # unreadable or not a table: bad input
             raise ConfigError(f"--baseline {arg}: cannot read a results table ({e.__class__.__name__}: {e})") from None
         path = str(Path(arg).resolve())
         return rows, {"baseline": f"results file {path}"}, {tag.REGRESS_BASELINE: f"file:{path}"}
@@ -337,7 +337,7 @@ def regress(client, plan, args, uri: str, say=cli_say) -> int:
     png = rg.plot(points, out / "regression.png", f"{cfg.name}: baseline (dashed) vs current (thick)")
     (out / "regression.md").write_text(rg.markdown(points, facts | {"regression run": run.info.run_id}, png.name))
     (out / "regression.txt").write_text(table + "\n")
-    blank_nan = lambda v: "" if isinstance(v, float) and math.isnan(v) else v  # noqa: E731
+    blank_nan = lambda v: "" if isinstance(v, float) and math.isnan(v) else v
     write_csv([{k: blank_nan(v) for k, v in r.items()} for r in rg.to_rows(points)], out / "regression.csv")
     for name in ("regression.md", "regression.png", "regression.csv", "regression.txt"):
         client.log_artifact(run.info.run_id, str(out / name))

@@ -128,7 +128,7 @@ def point_table(points: Points, ref: np.ndarray, n_boot: int = 200, seed: int = 
     """Every point's FD (mean over its training seeds) with its 95% interval (seeds and rows resampled); the
     teacher's points and the floor's ("floor", 0: a second data sample) last, with intervals alike."""
     rows = []
-    last = lambda kv: (kv[0][0].startswith(("teacher", "floor")), kv[0])  # noqa: E731
+    last = lambda kv: (kv[0][0].startswith(("teacher", "floor")), kv[0])
     for (label, steps), by_seed in sorted(points.items(), key=last):
         est: Estimate = interval([by_seed[k] for k in sorted(by_seed)], ref, fd, n_boot, seed)
         rows.append(

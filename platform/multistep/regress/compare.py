@@ -126,7 +126,7 @@ def _cells(p: Point) -> list[str]:
 def format_table(points: list[Point]) -> str:
     rows = [HEADER] + [_cells(p) for p in points]
     width = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
-    line = lambda r: "  ".join(c.ljust(w) if i < 3 or i == 7 else c.rjust(w) for i, (c, w) in enumerate(zip(r, width)))  # noqa: E731
+    line = lambda r: "  ".join(c.ljust(w) if i < 3 or i == 7 else c.rjust(w) for i, (c, w) in enumerate(zip(r, width)))
     return "\n".join([line(rows[0]), "-" * len(line(rows[0]))] + [line(r) for r in rows[1:]])
 
 

@@ -188,7 +188,7 @@ def prepare(cfg: TrialCfg, cache_dir: Path, log=print) -> dict:
             f"warm-starting the student: up to {s.init_iterations} iterations of v-loss regression onto the teacher "
             f"({s.init_optimizer}, lr {s.init_learning_rate:g} {s.init_schedule})"
         )
-        sample = lambda g: c.data.sample(cfg.train.batch_size, g)  # noqa: E731
+        sample = lambda g: c.data.sample(cfg.train.batch_size, g)
         ws = WarmStart(
             s.init_iterations,
             s.init_learning_rate,
@@ -209,7 +209,7 @@ def prepare(cfg: TrialCfg, cache_dir: Path, log=print) -> dict:
     rows = None
     if ev.keep_rows:  # for `multistep claims`: the reference's and the floor's rows, and every teacher point's
         rows_key = content_hash({"ref": ref_key, "keep": ev.keep_rows, "floor": True})
-        make_rows = lambda: kept_reference_rows(c, ref, ev, features)  # noqa: E731
+        make_rows = lambda: kept_reference_rows(c, ref, ev, features)
         rows = _cached(cache_dir / f"evalrows-{rows_key}.pt", make_rows, log) | curve["kept"]
 
     copied = cfg.teacher.imported and s.copy_teacher  # a copy of the teacher needs no warm start

@@ -518,7 +518,7 @@ def _run_sweep(plan, tracking_uri, storage, say, resume, start_ray, stop: Interr
         stop.in_tune = True
         try:
             grid = tuner.fit() if indices else []  # nothing left to run: settle and finish
-        except Exception as e:  # noqa: BLE001 - Tune ran but could not collect its results (e.g. a full disk)
+        except Exception as e:  # Tune ran but could not collect its results (e.g. a full disk)
             say(f"Ray Tune could not collect the trials' results ({type(e).__name__}: {e}); statuses from MLflow")
             grid = []
         finally:
@@ -534,7 +534,7 @@ def _run_sweep(plan, tracking_uri, storage, say, resume, start_ray, stop: Interr
             }
             orphans = cfg.num_samples - len(run_ids)  # proposed trials that never opened an MLflow run, or never ran
         else:
-            index = lambda res: status.known.get(res.metrics.get("trial_id"), (res.config["trial_index"],))[0]  # noqa: E731
+            index = lambda res: status.known.get(res.metrics.get("trial_id"), (res.config["trial_index"],))[0]
             last, orphans = {index(res): res.metrics for res in grid if res.metrics}, 0
         failed = _settle_trials(client, run_ids, last)
         if orphans:  # trials that failed before they could open an MLflow run
@@ -657,7 +657,7 @@ def _close_incomplete(client, srid: str, run_ids: list[str], interrupted: bool, 
             if client.get_run(rid).info.status in ("RUNNING", "SCHEDULED"):
                 client.set_tag(rid, tag.INTERRUPTED, "1")  # not stopped by the scheduler: a resume settles it again
                 client.set_terminated(rid, status="KILLED")
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         say(f"could not close the MLflow runs of sweep run {srid} ({type(e).__name__}: {e}); they stay open")
 
 

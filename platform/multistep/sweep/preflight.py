@@ -76,7 +76,7 @@ class Storage:
 
         try:
             fs, root = pafs.FileSystem.from_uri(self.uri)
-        except Exception as e:  # noqa: BLE001 - unknown scheme, bad bucket name, missing credentials
+        except Exception as e:  # unknown scheme, bad bucket name, missing credentials
             raise ConfigError(f"--storage {self.arg}: not a storage URI pyarrow can open ({first_line(e)})") from None
         probe = f"{root}/.multistep-probe-{uuid.uuid4().hex[:8]}"
         try:
@@ -84,7 +84,7 @@ class Storage:
             with fs.open_output_stream(probe) as out:
                 out.write(b"probe")
             fs.delete_file(probe)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise ConfigError(f"--storage {self.arg}: a probe write there failed ({first_line(e)})") from None
 
 
@@ -142,7 +142,7 @@ def _check_pair(tc: TrialCfg, path: str) -> None:
         try:
             with torch.no_grad():
                 net(torch.zeros((1, *shape)), torch.full((1,), 0.5))
-        except Exception as e:  # noqa: BLE001 - a shape mismatch shows as any of several errors
+        except Exception as e:  # a shape mismatch shows as any of several errors
             raise ConfigError(
                 f"{path}: teacher.path: {tc.teacher.path} does not take samples of this data's shape "
                 f"{tuple(shape)} ({first_line(e)})"
@@ -197,7 +197,7 @@ def _check_imported(tc: TrialCfg, shape: tuple, path: str) -> None:
     try:
         with torch.no_grad():
             out = f(x[:2].double(), torch.full((2,), 0.5, dtype=torch.float64), None if y is None else y[:2])
-    except Exception as e:  # noqa: BLE001 - a shape or channel mismatch shows as any of several errors
+    except Exception as e:  # a shape or channel mismatch shows as any of several errors
         raise ConfigError(
             f"{where} does not take samples of this data's shape {tuple(shape)} ({first_line(e)})"
         ) from None

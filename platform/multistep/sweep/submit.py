@@ -79,7 +79,7 @@ def cmd_submit(args) -> int:
     hidden = {v: os.environ.pop(v) for v in ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS") if v in os.environ}
     try:  # (Ray would let those override the address chosen above)
         client = JobSubmissionClient(address)
-    except Exception as e:  # noqa: BLE001 - unreachable, refused, or auth: all fixed by the user
+    except Exception as e:  # unreachable, refused, or auth: all fixed by the user
         hint = "; token auth: set RAY_AUTH_MODE=token (see --help)" if "uthentication" in str(e) else ""
         raise ConfigError(f"--address {address}: cannot use the Ray Jobs API ({_one_line(e)}){hint}") from None
     finally:
@@ -88,7 +88,7 @@ def cmd_submit(args) -> int:
         job_id = client.submit_job(
             entrypoint=shlex.join(entry), runtime_env=runtime_env(), submission_id=args.submission_id
         )
-    except Exception as e:  # noqa: BLE001 - e.g. duplicate submission id, upload too large
+    except Exception as e:  # e.g. duplicate submission id, upload too large
         raise ConfigError(f"{args.file}: job not submitted ({_one_line(e)})") from None
     print(job_id, flush=True)
     if not args.tracking_uri:

@@ -139,7 +139,7 @@ def run_teacher(cfg: TeacherFileCfg, file: str, net_cfg: dict, tracking_uri: str
         )
         say(f"training teacher '{cfg.name}' ({cfg.train.iterations} iterations, {r.num_workers} worker(s))")
         out = trainer.fit().return_value or {}
-    except Exception as e:  # noqa: BLE001 - a failed training is exit 1 with the reason, not a traceback
+    except Exception as e:  # a failed training is exit 1 with the reason, not a traceback
         client.set_tag(rid, tag.ERROR, f"{type(e).__name__}: {e}"[:5000])
         client.set_terminated(rid, status="FAILED")
         say(f"teacher training FAILED: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")

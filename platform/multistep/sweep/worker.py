@@ -297,10 +297,10 @@ def run_trial(cfg: dict, session: Session) -> dict:
 
         shards = ShardStream(tc.data.path, rank, world, seed=tc.train.seed + 1000 * rank, batch_size=local_batch)
         batches = shards.batches(start=state.iteration, prefetch=PREFETCH_BATCHES, device=device)  # uint8 to the device
-        draw = lambda g: next(batches) if labelled else next(batches)[0]  # noqa: E731
+        draw = lambda g: next(batches) if labelled else next(batches)[0]
     else:
-        draw = lambda g: comps.data.sample_labelled(local_batch, g) if labelled else comps.data.sample(local_batch, g)  # noqa: E731
-    sample = lambda g: on_device(draw(g), device)  # noqa: E731
+        draw = lambda g: comps.data.sample_labelled(local_batch, g) if labelled else comps.data.sample(local_batch, g)
+    sample = lambda g: on_device(draw(g), device)
 
     def log(it: int, means: dict[str, float]) -> None:
         if logger:
@@ -319,7 +319,7 @@ def run_trial(cfg: dict, session: Session) -> dict:
 
     def proxy() -> dict[str, float]:
         """Cheap in-training evaluation (few samples, current EMA): what ASHA compares; never the final number."""
-        first = lambda y, seed: method.evaluations(state.ema, y, seed)[:1]  # noqa: E731 - the method's own sampler
+        first = lambda y, seed: method.evaluations(state.ema, y, seed)[:1]  # the method's own sampler
         points = sample_points(first, proxy_ref.noise, proxy_ref.labels, tc.eval.batch_size, device)
         return evaluate(points[0][2], proxy_ref, proxy_names, features(points[0][2]), predict=predict) if points else {}
 
@@ -378,7 +378,7 @@ def run_trial(cfg: dict, session: Session) -> dict:
             f"final evaluation: {tc.eval.samples} samples, {method_label(tc)} S={tc.method.student_steps}", flush=True
         )
     final: dict = {}
-    evaluations = lambda y, seed: method.evaluations(state.ema, y, seed)  # noqa: E731
+    evaluations = lambda y, seed: method.evaluations(state.ema, y, seed)
     for label, steps, x, metrics, nfe, kept in final_points(
         evaluations, ref, names, tc.eval, device, features, predict, rank, diversity
     ):

@@ -44,7 +44,7 @@ def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
     try:
         with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as r:
             r.read()
-    except Exception as e:  # noqa: BLE001 - any failure means unreachable
+    except Exception as e:  # any failure means unreachable
         raise ConfigError(
             f"--tracking-uri {uri}: MLflow tracking server unreachable ({e.__class__.__name__}: {e})"
         ) from None
@@ -58,7 +58,7 @@ def git_commit() -> str:
             ).stdout.strip()
             or "unknown"
         )
-    except Exception:  # noqa: BLE001
+    except Exception:
         return "unknown"
 
 
@@ -160,7 +160,7 @@ class RunLogger:
                     self.client.log_batch(self.run_id, metrics=self.pending[i : i + 1000])
                 self.pending = []
                 return
-            except Exception:  # noqa: BLE001
+            except Exception:
                 if attempt == self.retries - 1:
                     raise
                 time.sleep(delay)

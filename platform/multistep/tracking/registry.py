@@ -23,7 +23,7 @@ def register(uri: str, name: str, folder: str | Path, fmt: str, spec: dict) -> s
     client.log_artifacts(rid, str(folder), f"export/{fmt}")
     try:
         client.get_registered_model(name)
-    except Exception:  # noqa: BLE001 - not registered yet
+    except Exception:  # not registered yet
         client.create_registered_model(name, description="multistep students (multistep export --register)")
     S = spec["student_steps"]
     tags = {

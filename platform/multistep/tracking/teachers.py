@@ -26,7 +26,7 @@ def resolve_mlflow_teacher(t: TeacherCfg, cache_dir: str | os.PathLike = DEFAULT
     client = MlflowClient(os.environ.get("MLFLOW_TRACKING_URI"))
     try:
         source = client.get_run(t.run_id).data.tags.get(tag.TEACHER_SOURCE)
-    except Exception:  # noqa: BLE001 - unknown run, unreachable server: fetch_mlflow_teacher says which
+    except Exception:  # unknown run, unreachable server: fetch_mlflow_teacher says which
         source = None
     if source is None:
         return t.model_copy(update={"path": fetch_mlflow_teacher(t, cache_dir)})
@@ -41,7 +41,7 @@ def resolve_mlflow_teacher(t: TeacherCfg, cache_dir: str | os.PathLike = DEFAULT
             shutil.rmtree(dst / FILES, ignore_errors=True)
             os.replace(tmp / FILES, dst / FILES)
             os.replace(tmp / IMPORT_FILE, body_file)  # last: its presence says the copy is whole
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise ConfigError(
                 f"teacher.run_id: cannot fetch the imported teacher of MLflow run {t.run_id}: {e}"
             ) from None
@@ -68,7 +68,7 @@ def fetch_mlflow_teacher(t: TeacherCfg, cache_dir: str | os.PathLike = DEFAULT_C
         if not Path(got).is_file():
             raise ValueError(f"artifact {t.artifact_path!r} is a folder, not a checkpoint file")
         os.replace(got, dst)
-    except Exception as e:  # noqa: BLE001 - unknown run, missing artifact, unreachable server
+    except Exception as e:  # unknown run, missing artifact, unreachable server
         msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
         raise ConfigError(
             f"teacher.run_id: cannot fetch artifact {t.artifact_path!r} of MLflow run {t.run_id} "

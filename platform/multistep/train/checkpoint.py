@@ -64,7 +64,7 @@ def load(path: str | os.PathLike, map_location="cpu"):
     payload = read_verified(path)
     try:
         return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - truncated zip, foreign or unsafe pickle, text file, ...
+    except Exception as e:  # truncated zip, foreign or unsafe pickle, text file, ...
         why = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
         raise CorruptCheckpoint(f"{path}: not a readable checkpoint ({type(e).__name__}: {why})") from None
 

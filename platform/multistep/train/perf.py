@@ -59,7 +59,7 @@ def compile_unavailable(device) -> str | None:
         from torch._inductor.cpp_builder import get_cpp_compiler
 
         get_cpp_compiler()
-    except Exception as e:  # noqa: BLE001 - InvalidCxxCompiler and import problems alike
+    except Exception as e:  # InvalidCxxCompiler and import problems alike
         return f"no working C++ compiler for inductor ({type(e).__name__}: {str(e).strip()[:200]})"
     return None
 

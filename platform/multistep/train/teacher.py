@@ -64,7 +64,7 @@ def train_teacher(
         if null is not None and y is not None:
             drop = (torch.rand(y.shape[0], generator=g) < label_dropout).to(y.device)
             y = torch.where(drop, torch.full_like(y, null), y)
-            fn = lambda z, t, y=y: net(z, t, y)  # noqa: E731
+            fn = lambda z, t, y=y: net(z, t, y)
         else:
             fn = net
         loss = v_loss(fn, sched, x, g)

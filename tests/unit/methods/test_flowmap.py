@@ -60,7 +60,7 @@ def test_tangent_vanishes_at_the_exact_flow_map_for_every_target(name):
     v_T = (torch.sin(phi) * torch.cos(phi) * (1 - C2) / S)[:, None] * z
     delta = phi - s
     cs = torch.cos(delta) * torch.sin(delta)
-    fn = lambda zz, tt: exact_flow_map_F(zz, phi_of_t(sched, tt), s, C2)  # noqa: E731 - s held along the ODE
+    fn = lambda zz, tt: exact_flow_map_F(zz, phi_of_t(sched, tt), s, C2)  # s held along the ODE
     J = total_derivative(fn, z, t, cs[:, None] * v_T, cs / dphi_dt(sched, t))
     assert tangent(fn(z, t), J, z, v_T, delta, r=1.0).abs().max() < 1e-8
     no_chain = total_derivative(fn, z, t, cs[:, None] * v_T, cs)
@@ -89,7 +89,7 @@ def test_exact_flow_map_composes_through_the_platform_jump():
     sched = make_schedule("cosine")
 
     def f_star(z, t, s):
-        S = lambda p: C2 * torch.cos(p) ** 2 + torch.sin(p) ** 2  # noqa: E731
+        S = lambda p: C2 * torch.cos(p) ** 2 + torch.sin(p) ** 2
         return z * torch.sqrt(S(phi_of_t(sched, s)) / S(phi_of_t(sched, t)))[:, None]
 
     noise = torch.randn(64, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
@@ -168,7 +168,7 @@ def test_sampler_generalises_mcm_and_the_cm_sampler():
     """f ignoring s: gamma = 0 is MCM's Algorithm 2 bit for bit; gamma = 1 (jump to 0, renoise) is the CM sampler."""
     sched = make_schedule("cosine")
     teacher = _gaussian_teacher(sched)
-    f = lambda z, t, s: teacher(z, t)  # noqa: E731
+    f = lambda z, t, s: teacher(z, t)
     noise = torch.randn(32, 3, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
     assert torch.equal(flowmap_sample(f, sched, noise, 4)[0], mcm_sample(teacher, sched, noise, 4)[0])
     cm = cm_stochastic_sample(teacher, sched, noise, [0.75, 0.5, 0.25], torch.Generator().manual_seed(9))[0]
@@ -201,7 +201,7 @@ def test_training_on_a_mixture_teacher_closes_the_composition_gap():
     teacher = MixtureDenoiser(gmm, sched)
     torch.manual_seed(0)
     student = VDenoiser(MLP(2, 64, 3, 8, time_features="octave"), sched)
-    sample = lambda g: gmm.sample(256, g)  # noqa: E731
+    sample = lambda g: gmm.sample(256, g)
     warm_start(student.net, sched, teacher, sample, WarmStart(1000, 2e-3, 0))
     m = flowmap.FlowMap(
         sched, 1, teacher=teacher, p_mean=0.5, composition_every=10, time_derivative_every=0, learning_rate=2e-3

@@ -138,7 +138,7 @@ def test_batched_cm_sampler_draws_fresh_noise_per_batch():
     net = VDenoiser(tiny_unet().eval(), COS)
     method = MCM(COS, 1, teacher=net, cm_sampler_steps=(2,))
     noise = torch.randn((2, 1, 8, 8), generator=torch.Generator().manual_seed(0)).repeat(2, 1, 1, 1)  # rows 0,1 = 2,3
-    run = lambda: {lb: x for lb, _, x, _ in sample_points(lambda y, s: method.evaluations(net, y, s), noise, None, 2)}  # noqa: E731
+    run = lambda: {lb: x for lb, _, x, _ in sample_points(lambda y, s: method.evaluations(net, y, s), noise, None, 2)}
     out = run()
     torch.testing.assert_close(out["mcd"][:2], out["mcd"][2:])  # deterministic one-step map
     assert not torch.allclose(out["mcd_cm_sampler"][:2], out["mcd_cm_sampler"][2:])  # not the same noise twice

@@ -74,7 +74,7 @@ def test_the_inference_ema_is_bias_corrected():
     state = new_state(VDenoiser(MLP(GMM.dim, 16, 1, 8), COS), 1e-2, 0, tract)
     total, mu = 4, tract.eval_ema_decay(4)
     students = []
-    log = lambda it, m: students.append([p.detach().clone() for p in state.student.parameters()])  # noqa: E731
+    log = lambda it, m: students.append([p.detach().clone() for p in state.student.parameters()])
     fit(state, tract, lambda g: GMM.sample(32, g), total, 1.0, mu, 1, 10**6, Hooks(log=log))
     expected = [p.clone() for p in students[0]]  # k = 1: a copy
     for k, params in enumerate(students[1:], start=2):

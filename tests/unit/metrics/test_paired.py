@@ -45,7 +45,7 @@ def test_training_seeds_are_resampled_together_with_the_rows():
     a = [rng.normal(0.1 * k, 1.0, (200, 1)) for k in range(3)]
     c, ref = [0.3, 0.5, 0.8], rng.normal(1.0, 1.0, (250, 1))
     d = paired_difference([x + ck for x, ck in zip(a, c)], a, ref, fd, n_boot=100, seed=9)
-    closed = lambda k, i, j: c[k] ** 2 + 2 * c[k] * (a[k][i].mean() - ref[j].mean())  # noqa: E731
+    closed = lambda k, i, j: c[k] ** 2 + 2 * c[k] * (a[k][i].mean() - ref[j].mean())
     assert d.value == pytest.approx(np.mean([closed(k, slice(None), slice(None)) for k in range(3)]), rel=1e-9)
     boot, hand = np.random.default_rng(9), []
     for _ in range(100):

@@ -40,7 +40,7 @@ def test_streaming_equals_in_memory(batch):
     mem = in_memory()
     names = ref.names("identity")
     assert names == mem.names("identity") and names["ode"] == "ode_l2_300"
-    evaluations = lambda y, seed: [("t4", 4, lambda z: (samples(z), 4))]  # noqa: E731
+    evaluations = lambda y, seed: [("t4", 4, lambda z: (samples(z), 4))]
     [(label, steps, point, nfe)] = st.stream_points(evaluations, ref, names, batch)
     got, want = point.result(), evaluate(samples(mem.noise), mem, names, kid_subsets=5)
     assert set(got) == set(want) and (label, steps, nfe) == ("t4", 4, 4)
@@ -60,7 +60,7 @@ def test_streaming_against_a_reference_file_and_with_labels():
     ref = st.make_stream_ref(GMM, TEACHER, COS, N, 8, SEED, kid_subsets=5, ode_samples=K, reference=stats, batch=700)
     mem.reference = stats
     names = ref.names("identity")
-    evaluations = lambda y, seed: [("t4", 4, lambda z: (samples(z), 4))]  # noqa: E731
+    evaluations = lambda y, seed: [("t4", 4, lambda z: (samples(z), 4))]
     [(_, _, point, _)] = st.stream_points(evaluations, ref, names, 512)
     got, want = point.result(), evaluate(samples(mem.noise), mem, names, kid_subsets=5)
     assert names["kid"] not in got and got[names["fd"]] == pytest.approx(want[names["fd"]], rel=1e-9)
@@ -112,7 +112,7 @@ def test_a_sweep_trial_evaluates_by_streaming(tmp_path):
     }
     c = build(tc)
     names = ref.names("identity")
-    evaluations = lambda y, seed: [("t4", 4, lambda z: (ddim_sample(c.teacher, c.schedule, z.double(), 4)[0], 4))]  # noqa: E731
+    evaluations = lambda y, seed: [("t4", 4, lambda z: (ddim_sample(c.teacher, c.schedule, z.double(), 4)[0], 4))]
     [(label, steps, x, metrics, nfe, _)] = final_points(
         evaluations, ref, names, tc.eval, "cpu", lambda x: None, None, 0
     )

@@ -67,7 +67,7 @@ def test_class_conditional_unet_takes_the_labels_and_maps_the_null_class(tmp_pat
     f, decl = imported.load(t)
     assert (f.num_classes, decl["num_classes"]) == (3, 3)
     z, tt = NOISE.double(), torch.full((4,), 0.5, dtype=torch.float64)
-    label = lambda k: torch.full((4,), k)  # noqa: E731
+    label = lambda k: torch.full((4,), k)
     assert torch.equal(f(z, tt, label(3)), f(z, tt, label(0)))  # the platform's null class (3) is the UNet's 0
     assert not torch.allclose(f(z, tt, label(1)), f(z, tt, label(0)))  # the labels reach the UNet
     unconditional = imported.load(TeacherCfg(kind="diffusers", path=str(tmp_path / "p")))[0]

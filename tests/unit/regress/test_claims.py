@@ -84,7 +84,7 @@ def test_budget_plot_draws_each_method_over_iterations(tmp_path):
 def test_budget_changes_pair_each_point_with_itself_at_the_next_budget():
     short = {("mcd", 4): point(0.4), ("tract", 4): point(0.2), ("teacher_addim", 512): {-1: Z[0]}}
     long = {("mcd", 4): point(0.1), ("tract", 4): point(0.2), ("pd", 4): point(0.1), ("teacher_addim", 512): {-1: Z[0]}}
-    its = lambda pts, n: {k: n for k in pts if not k[0].startswith("teacher")}  # noqa: E731
+    its = lambda pts, n: {k: n for k in pts if not k[0].startswith("teacher")}
     changes = budget_changes([(long, its(long, 10000)), (short, its(short, 3000))], REF, n_boot=50)
     by = {c.point: c for c in changes}
     assert set(by) == {("mcd", 4), ("tract", 4)}  # pd has one budget, the teacher is the same everywhere

@@ -66,7 +66,7 @@ def cases(tmp):
     _image_inputs(tmp)
     db = f"sqlite:///{tmp / 'db' / 'm.db'}"
     st = ["--storage", str(tmp / "st")]
-    teacher = lambda p: {"kind": "checkpoint", "path": str(p)}  # noqa: E731
+    teacher = lambda p: {"kind": "checkpoint", "path": str(p)}
     rows = [
         ("scheme", ["sweep", ok, "--tracking-uri", "foo://x", *st], "--tracking-uri foo://x: unsupported scheme 'foo'"),
         (

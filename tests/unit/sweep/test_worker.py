@@ -22,7 +22,7 @@ def test_repeats_report_the_mean_and_std_over_noise_seeds():
     ref = make_eval_ref(GMM, TEACHER, COS, 400, 8, seed=3)
     names = ref.names("identity")
     ev = EvalCfg(samples=400, repeats=3, seed=3, kid_subsets=0)
-    sampler = lambda z: (ddim_sample(TEACHER, COS, z.double(), 2)[0], 2)  # noqa: E731
+    sampler = lambda z: (ddim_sample(TEACHER, COS, z.double(), 2)[0], 2)
     [(_, _, x, metrics, _, _)] = final_points(
         lambda y, s: [("t2", 2, sampler)], ref, names, ev, "cpu", lambda x: None, None, 0
     )

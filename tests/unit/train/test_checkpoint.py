@@ -18,7 +18,11 @@ def test_each_format_is_named_and_anything_else_refused(tmp_path):
     torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
     data = (tmp_path / "state.pt").read_bytes()
     (tmp_path / "corrupt.pt").write_bytes(data[:100] + bytes([data[100] ^ 1]) + data[101:])
-    cases = {"foreign.pt": "not a multistep teacher checkpoint", "corrupt.pt": "checksum mismatch", "none.pt": "not found"}
+    cases = {
+        "foreign.pt": "not a multistep teacher checkpoint",
+        "corrupt.pt": "checksum mismatch",
+        "none.pt": "not found",
+    }
     for name, why in cases.items():
         with pytest.raises(ConfigError) as e:
             checkpoint.open_checkpoint(tmp_path / name)

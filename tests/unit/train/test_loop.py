@@ -14,7 +14,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 GMM = GaussianMixture.random((4,), 3, 0.6, 0.2, seed=2)
 COS = make_schedule("cosine")
 TEACHER = MixtureDenoiser(GMM, COS)
-sample = lambda g: GMM.sample(256, g)  # noqa: E731
+sample = lambda g: GMM.sample(256, g)
 
 
 class ExactV(nn.Module):
