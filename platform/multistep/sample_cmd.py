@@ -122,15 +122,11 @@ def _array(path: str, flag: str, dtype) -> np.ndarray:
     return a
 
 
-def run(args, say=print) -> int:
-    import torch
-
-    from multistep.diffusion.samplers import cm_stochastic_sample, ddim_sample, flowmap_sample, mcm_sample
-    from multistep.methods.base import conditioned
-
-    src = load_source(args.source)
+def _sampler_name(src: Source, asked: str | None) -> str:
+    """The sampler: the one asked for, else ddim (teachers), flowmap (flow-map students) or mcm; a wrong pairing is
+    one line."""
     flow_map = bool(getattr(src.f, "flow_map", False))
-    sampler = args.sampler or ("ddim" if src.kind == "teacher" else "flowmap" if flow_map else "mcm")
+    sampler = asked or ("ddim" if src.kind == "teacher" else "flowmap" if flow_map else "mcm")
     if src.kind == "teacher" and sampler in ("mcm", "cm", "flowmap"):
         raise ConfigError(f"--sampler {sampler}: a student's sampler; a teacher samples with ddim or addim")
     if (sampler == "flowmap") != flow_map:
@@ -139,9 +135,13 @@ def run(args, say=print) -> int:
             if flow_map
             else f"--sampler {sampler}: for flow-map students (method flowmap) only"
         )
-    steps = args.steps or src.steps
-    if steps is None:
-        raise ConfigError("--steps: required for a teacher (a student defaults to the S it was trained for)")
+    return sampler
+
+
+def _noise_and_labels(args, src: Source):
+    """(float64 noise rows, int labels or None) from --noise / --labels, or drawn with --seed."""
+    import torch
+
     if args.noise:
         noise = torch.from_numpy(_array(args.noise, "--noise", np.floating).astype(np.float64))
         if tuple(noise.shape[1:]) != src.shape:
@@ -152,15 +152,45 @@ def run(args, say=print) -> int:
         noise = torch.randn(
             (args.num, *src.shape), generator=torch.Generator().manual_seed(args.seed), dtype=torch.float64
         )
-    labels = None
-    if args.labels:
-        labels = torch.from_numpy(_array(args.labels, "--labels", np.integer).astype(np.int64))
-        if src.num_classes is None:
-            raise ConfigError(f"--labels {args.labels}: the source is not class-conditional")
-        if labels.shape != (len(noise),) or labels.min() < 0 or labels.max() > src.num_classes:
-            raise ConfigError(
-                f"--labels {args.labels}: need {len(noise)} labels in 0 .. {src.num_classes} (= no class)"
-            )
+    if not args.labels:
+        return noise, None
+    labels = torch.from_numpy(_array(args.labels, "--labels", np.integer).astype(np.int64))
+    if src.num_classes is None:
+        raise ConfigError(f"--labels {args.labels}: the source is not class-conditional")
+    if labels.shape != (len(noise),) or labels.min() < 0 or labels.max() > src.num_classes:
+        raise ConfigError(f"--labels {args.labels}: need {len(noise)} labels in 0 .. {src.num_classes} (= no class)")
+    return noise, labels
+
+
+def _draw(f, src: Source, sampler: str, z, y, steps: int, seed: int):
+    """One batch of samples of the source with the named sampler."""
+    import torch
+
+    from multistep.diffusion.samplers import cm_stochastic_sample, ddim_sample, flowmap_sample, mcm_sample
+    from multistep.methods.base import conditioned
+
+    g = conditioned(f, y)
+    if src.scripted is not None:
+        return f.sample(z, y)
+    if sampler in ("ddim", "addim"):
+        return ddim_sample(g, src.schedule, z, steps, xvar="analytic" if sampler == "addim" else None)[0]
+    if sampler == "mcm":
+        return mcm_sample(g, src.schedule, z, steps)[0]
+    if sampler == "flowmap":
+        return flowmap_sample(lambda zz, t, s: f(zz, t, y, target=s), src.schedule, z, steps)[0]
+    times = [k / steps for k in range(steps - 1, 0, -1)]  # after the first step at t = 1
+    return cm_stochastic_sample(g, src.schedule, z, times, torch.Generator(z.device).manual_seed(seed))[0]
+
+
+def run(args, say=print) -> int:
+    import torch
+
+    src = load_source(args.source)
+    sampler = _sampler_name(src, args.sampler)
+    steps = args.steps or src.steps
+    if steps is None:
+        raise ConfigError("--steps: required for a teacher (a student defaults to the S it was trained for)")
+    noise, labels = _noise_and_labels(args, src)
     device = torch.device(args.device)
     if src.scripted is not None and steps != src.steps:
         raise ConfigError(f"--steps {steps}: a TorchScript export samples at its own S = {src.steps}")
@@ -169,19 +199,7 @@ def run(args, say=print) -> int:
     for i in range(0, len(noise), args.batch_size):
         z = noise[i : i + args.batch_size].to(device)
         y = None if labels is None else labels[i : i + args.batch_size].to(device)
-        g = conditioned(f, y)
-        if src.scripted is not None:
-            x = f.sample(z, y)
-        elif sampler in ("ddim", "addim"):
-            x, _ = ddim_sample(g, src.schedule, z, steps, xvar="analytic" if sampler == "addim" else None)
-        elif sampler == "mcm":
-            x, _ = mcm_sample(g, src.schedule, z, steps)
-        elif sampler == "flowmap":
-            x, _ = flowmap_sample(lambda zz, t, s, y=y: f(zz, t, y, target=s), src.schedule, z, steps)
-        else:
-            times = [k / steps for k in range(steps - 1, 0, -1)]  # after the first step at t = 1
-            x, _ = cm_stochastic_sample(g, src.schedule, z, times, torch.Generator(device).manual_seed(args.seed + i))
-        out.append(x.float().cpu())
+        out.append(_draw(f, src, sampler, z, y, steps, args.seed + i).float().cpu())
         say(f"sampled {min(i + args.batch_size, len(noise))}/{len(noise)}")
     x = torch.cat(out).numpy()
     write_with(Path(args.out), lambda p: np.save(p, x))
