@@ -227,181 +227,239 @@ def trial_diversity(tc, data, reference) -> tuple[dict, object]:
 
 
 def run_trial(cfg: dict, session: Session) -> dict:
-    from multistep.config import TrialCfg
-    from multistep.metrics.evaluate import evaluate, sample_points
-    from multistep.metrics.extractors import features_fn, from_spec
-    from multistep.metrics.paired import EVAL_ROWS, save_rows
-    from multistep.metrics.streaming import load_ref
-    from multistep.sweep.results import save_grid, save_scatter
-    from multistep.tracking.mlflow_layout import RunLogger
-    from multistep.train.build import build, make_method, method_label
-    from multistep.train.loop import Hooks, NonFiniteLoss, fit, new_state
-    from multistep.train.perf import apply_fast_paths
-    from multistep.train.replicas import Replicas
+    """One trial on one rank, as named steps (docs/architecture.md, "The trial as steps")."""
+    trial = Trial(cfg, session)
+    trial.set_up()
+    trial.resume()
+    trial.data()
+    trial.evaluator()
+    if error := trial.train():
+        return {"error": error}
+    return trial.report(trial.evaluate())
 
-    rank, world, device = session.rank, session.world, session.device
-    session.storage = cfg.get("storage", "")
-    torch.set_num_threads(max(1, int(cfg["threads"])))
-    tc = TrialCfg.model_validate(cfg["trial"])
-    torch.manual_seed(tc.train.seed + 1000 * rank)  # global RNG (e.g. dropout): the same in a fresh or a reused process
-    stream = tc.data.kind == "parquet"  # each rank reads only its slice of the shards (not the whole dataset)
-    comps = build(tc, load_data=not stream, check_teacher=False)  # the driver's shared assets checked it
-    if cfg.get("init") is not None:
-        comps.student.net.load_state_dict(cfg["init"])
-    comps.student.to(device)
-    comps.teacher.to(device)
-    t = tc.train
-    for note in apply_fast_paths([comps.student, comps.teacher], device, t.precision, t.channels_last, t.compile):
-        print(note, flush=True)
-    replicas = Replicas() if world > 1 else None  # data parallel: averaged gradients, identical replicas
-    if replicas:
-        replicas.broadcast(comps.student.net)
-    method = make_method(tc, comps)
-    state = new_state(comps.student, tc.train.learning_rate, tc.train.seed + 1000 * rank, method)
-    logger = RunLogger(cfg["tracking_uri"], cfg["run_id"]) if rank == 0 else None
 
-    ckpt = session.get_checkpoint()
-    if ckpt is not None:  # a restarted worker group (or trial) continues the same curve
-        sd, fallback = load_checkpoint(ckpt)
-        if fallback and logger:  # the latest checkpoint was corrupt: say so where the trial's results are
-            logger.client.set_tag(cfg["run_id"], tag.CHECKPOINT_FALLBACK, fallback)
-        if fallback:
-            print(f"trial {cfg['run_id']}: {fallback}", flush=True)
-        if sd.get("version") != CKPT_VERSION:
-            raise RuntimeError(f"checkpoint version {sd.get('version')} is not {CKPT_VERSION}")
-        state.load_state_dict(sd["state"])
-        if len(sd.get("rng_per_rank", [])) == world:  # each rank its own random stream again, not rank 0's
-            gen, cpu_rng = sd["rng_per_rank"][rank]
-            state.gen.set_state(gen)
-            torch.set_rng_state(cpu_rng)
-        if logger:
-            logger.client.set_tag(cfg["run_id"], tag.RESUMED_FROM_ITERATION, str(state.iteration))
-        if sd.get("run_id") not in (None, cfg["run_id"]):  # PBT cloned a leader's checkpoint into this trial
-            pbt_exploit(state, sd, cfg, logger)
-    if (
-        logger
-    ):  # a restart (with or without a checkpoint) redoes work: points the run already holds are not logged again
-        logger.resume()
-    if logger and cfg.get("pbt"):  # the values PBT set, step = the iteration they apply from (a chart per value)
-        logger.metrics(state.iteration, {f"pbt/{k}": float(v) for k, v in cfg["pbt"].items()})
+class Trial:
+    """A trial's job on one rank: set_up (components, method, state, logger) -> resume (a checkpoint, PBT) -> data
+    (the batch stream) -> evaluator (reference, metric names, features, proxy) -> train (fit with its hooks) ->
+    evaluate (the final curve, logged with its pictures and kept rows) -> report (to Tune and the run table)."""
 
-    local_batch = tc.train.batch_size // world
-    ref = load_ref(cfg["eval_ref"])  # an EvalRef, or a StreamRef (eval.stream): its noise drawn per batch
-    labelled = (
-        ref.labels is not None
-    )  # class-conditional teacher + labelled data: batches (x, y), students conditioned on y
-    if (
-        stream
-    ):  # reshuffled every epoch; a resumed trial continues after the last batch it drew (fit: one per iteration)
-        from multistep.data.parquet import ShardStream
+    def __init__(self, cfg: dict, session: Session):
+        from multistep.config import TrialCfg
 
-        shards = ShardStream(tc.data.path, rank, world, seed=tc.train.seed + 1000 * rank, batch_size=local_batch)
-        batches = shards.batches(start=state.iteration, prefetch=PREFETCH_BATCHES, device=device)  # uint8 to the device
-        draw = lambda g: next(batches) if labelled else next(batches)[0]
-    else:
-        draw = lambda g: comps.data.sample_labelled(local_batch, g) if labelled else comps.data.sample(local_batch, g)
-    sample = lambda g: on_device(draw(g), device)
+        self.cfg, self.session = cfg, session
+        self.rank, self.world, self.device = session.rank, session.world, session.device
+        session.storage = cfg.get("storage", "")
+        torch.set_num_threads(max(1, int(cfg["threads"])))
+        self.tc = TrialCfg.model_validate(cfg["trial"])
+        self.stream = self.tc.data.kind == "parquet"  # each rank reads only its slice of the shards
+        self.last_proxy: dict[str, float] = {}
 
-    def log(it: int, means: dict[str, float]) -> None:
-        if logger:
-            logger.metrics(it, {f"train/{k}": v for k, v in means.items()} | {"train/wall_seconds": state.wall_seconds})
+    def set_up(self) -> None:
+        from multistep.tracking.mlflow_layout import RunLogger
+        from multistep.train.build import build, make_method
+        from multistep.train.loop import new_state
+        from multistep.train.perf import apply_fast_paths
+        from multistep.train.replicas import Replicas
 
-    names = ref.names(tc.feature_space, labelled)
-    div_names, diversity = trial_diversity(tc, comps.data, cfg.get("diversity_ref"))
-    names |= div_names
-    spec = cfg.get("extractor")  # classifier / inception features (None: the samples themselves)
-    ext = from_spec(spec, device) if spec and rank == 0 else None  # only rank 0 evaluates
-    features = features_fn(ext, ref.sample_shape) if ext else (lambda x: None)
-    predict = getattr(ext, "predict", None)  # classifier: cls_err of conditional samples
-    n_proxy = min(cfg.get("proxy_samples", 1000), ref.rows)
-    proxy_ref = ref.head(n_proxy)
-    proxy_names = {k: f"proxy_{v}" for k, v in proxy_ref.names(tc.feature_space, labelled).items()}
+        tc, t, rank = self.tc, self.tc.train, self.rank
+        torch.manual_seed(t.seed + 1000 * rank)  # global RNG (e.g. dropout): the same in a fresh or a reused process
+        comps = build(tc, load_data=not self.stream, check_teacher=False)  # the driver's shared assets checked it
+        if self.cfg.get("init") is not None:
+            comps.student.net.load_state_dict(self.cfg["init"])
+        comps.student.to(self.device)
+        comps.teacher.to(self.device)
+        for note in apply_fast_paths(
+            [comps.student, comps.teacher], self.device, t.precision, t.channels_last, t.compile
+        ):
+            print(note, flush=True)
+        self.replicas = Replicas() if self.world > 1 else None  # data parallel: averaged gradients, identical replicas
+        if self.replicas:
+            self.replicas.broadcast(comps.student.net)
+        self.comps, self.method = comps, make_method(tc, comps)
+        self.state = new_state(comps.student, t.learning_rate, t.seed + 1000 * rank, self.method)
+        self.logger = RunLogger(self.cfg["tracking_uri"], self.cfg["run_id"]) if rank == 0 else None
 
-    def proxy() -> dict[str, float]:
+    def resume(self) -> None:
+        """A restarted worker group (or trial) continues the same curve; a PBT clone starts from its leader's."""
+        cfg, state, logger = self.cfg, self.state, self.logger
+        ckpt = self.session.get_checkpoint()
+        if ckpt is not None:
+            sd, fallback = load_checkpoint(ckpt)
+            if fallback and logger:  # the latest checkpoint was corrupt: say so where the trial's results are
+                logger.client.set_tag(cfg["run_id"], tag.CHECKPOINT_FALLBACK, fallback)
+            if fallback:
+                print(f"trial {cfg['run_id']}: {fallback}", flush=True)
+            if sd.get("version") != CKPT_VERSION:
+                raise RuntimeError(f"checkpoint version {sd.get('version')} is not {CKPT_VERSION}")
+            state.load_state_dict(sd["state"])
+            if len(sd.get("rng_per_rank", [])) == self.world:  # each rank its own random stream again, not rank 0's
+                gen, cpu_rng = sd["rng_per_rank"][self.rank]
+                state.gen.set_state(gen)
+                torch.set_rng_state(cpu_rng)
+            if logger:
+                logger.client.set_tag(cfg["run_id"], tag.RESUMED_FROM_ITERATION, str(state.iteration))
+            if sd.get("run_id") not in (None, cfg["run_id"]):  # PBT cloned a leader's checkpoint into this trial
+                pbt_exploit(state, sd, cfg, logger)
+        if logger:  # a restart (with or without a checkpoint) redoes work: points the run holds are not logged again
+            logger.resume()
+        if logger and cfg.get("pbt"):  # the values PBT set, step = the iteration they apply from (a chart per value)
+            logger.metrics(state.iteration, {f"pbt/{k}": float(v) for k, v in cfg["pbt"].items()})
+
+    def data(self) -> None:
+        """self.sample(g): the next training batch on the device, x or (x, y) (labelled: a class-conditional teacher)."""
+        from multistep.metrics.streaming import load_ref
+
+        self.ref = load_ref(self.cfg["eval_ref"])  # an EvalRef, or a StreamRef (eval.stream): noise drawn per batch
+        self.labelled = self.ref.labels is not None  # batches (x, y), students conditioned on y
+        local_batch, labelled, data = self.tc.train.batch_size // self.world, self.labelled, self.comps.data
+        self.batches = None
+        if self.stream:  # reshuffled every epoch; a resumed trial continues after the last batch it drew
+            from multistep.data.parquet import ShardStream
+
+            seed = self.tc.train.seed + 1000 * self.rank
+            shards = ShardStream(self.tc.data.path, self.rank, self.world, seed=seed, batch_size=local_batch)
+            self.batches = shards.batches(start=self.state.iteration, prefetch=PREFETCH_BATCHES, device=self.device)
+            draw = lambda g: next(self.batches) if labelled else next(self.batches)[0]
+        else:
+            draw = lambda g: data.sample_labelled(local_batch, g) if labelled else data.sample(local_batch, g)
+        self.sample = lambda g: on_device(draw(g), self.device)
+
+    def evaluator(self) -> None:
+        """Metric names, features, the diversity measurement and the proxy's reference (rank 0 evaluates)."""
+        from multistep.metrics.extractors import features_fn, from_spec
+
+        tc, ref = self.tc, self.ref
+        self.names = ref.names(tc.feature_space, self.labelled)
+        div_names, self.diversity = trial_diversity(tc, self.comps.data, self.cfg.get("diversity_ref"))
+        self.names |= div_names
+        spec = self.cfg.get("extractor")  # classifier / inception features (None: the samples themselves)
+        ext = from_spec(spec, self.device) if spec and self.rank == 0 else None
+        self.features = features_fn(ext, ref.sample_shape) if ext else (lambda x: None)
+        self.predict = getattr(ext, "predict", None)  # classifier: cls_err of conditional samples
+        self.proxy_ref = ref.head(min(self.cfg.get("proxy_samples", 1000), ref.rows))
+        self.proxy_names = {k: f"proxy_{v}" for k, v in self.proxy_ref.names(tc.feature_space, self.labelled).items()}
+
+    def proxy(self) -> dict[str, float]:
         """Cheap in-training evaluation (few samples, current EMA): what ASHA compares; never the final number."""
-        first = lambda y, seed: method.evaluations(state.ema, y, seed)[:1]  # the method's own sampler
-        points = sample_points(first, proxy_ref.noise, proxy_ref.labels, tc.eval.batch_size, device)
-        return evaluate(points[0][2], proxy_ref, proxy_names, features(points[0][2]), predict=predict) if points else {}
+        from multistep.metrics.evaluate import evaluate, sample_points
 
-    last_proxy: dict[str, float] = {}
+        first = lambda y, seed: self.method.evaluations(self.state.ema, y, seed)[:1]  # the method's own sampler
+        ref = self.proxy_ref
+        points = sample_points(first, ref.noise, ref.labels, self.tc.eval.batch_size, self.device)
+        if not points:
+            return {}
+        x = points[0][2]
+        return evaluate(x, ref, self.proxy_names, self.features(x), predict=self.predict)
 
-    def checkpoint(it: int, sd: dict) -> None:
-        if rank == 0:  # the replicas are identical: one rank evaluates (only rank 0's metrics reach Tune)
-            last_proxy.update(proxy())
-        rngs = replicas.gather((state.gen.get_state(), torch.get_rng_state())) if replicas else []  # all ranks call it
-        metrics = {"iteration": it, **last_proxy}
-        if it < t.iterations:  # PBT's clock: a decision at the last checkpoint would only replace the finished weights
+    def log(self, it: int, means: dict[str, float]) -> None:
+        if self.logger:
+            wall = {"train/wall_seconds": self.state.wall_seconds}
+            self.logger.metrics(it, {f"train/{k}": v for k, v in means.items()} | wall)
+
+    def checkpoint(self, it: int, sd: dict) -> None:
+        """Proxy metrics, then the checkpoint reported with them (rank 0 writes it; every rank reports)."""
+        if self.rank == 0:  # the replicas are identical: one rank evaluates (only rank 0's metrics reach Tune)
+            self.last_proxy.update(self.proxy())
+        st = self.state
+        rngs = self.replicas.gather((st.gen.get_state(), torch.get_rng_state())) if self.replicas else []  # all ranks
+        metrics = {"iteration": it, **self.last_proxy}
+        if it < self.tc.train.iterations:  # PBT's clock: a decision at the end would only replace finished weights
             metrics["checkpoint_iteration"] = it
-        if logger:  # step = iteration
-            logger.metrics(it, {k: v for k, v in metrics.items() if k not in ("iteration", "checkpoint_iteration")})
+        if self.logger:  # step = iteration
+            self.logger.metrics(
+                it, {k: v for k, v in metrics.items() if k not in ("iteration", "checkpoint_iteration")}
+            )
         with tempfile.TemporaryDirectory() as d:
-            if rank == 0:
-                payload = {
-                    "format": checkpoint_file.TRIAL_FORMAT,
-                    "version": CKPT_VERSION,
-                    "state": sd,
-                    "rng_per_rank": rngs,
-                    "trial": cfg["trial"],
-                    "run_id": cfg["run_id"],  # the trial's MLflow run (`multistep export --register` links it)
-                }
-                checkpoint_file.save(os.path.join(d, CKPT_FILE), payload)  # atomic, with its sha256
-                session.report(metrics, d)
-            else:
-                session.report(metrics)
+            if self.rank != 0:
+                self.session.report(metrics)
+                return
+            payload = {
+                "format": checkpoint_file.TRIAL_FORMAT,
+                "version": CKPT_VERSION,
+                "state": sd,
+                "rng_per_rank": rngs,
+                "trial": self.cfg["trial"],
+                "run_id": self.cfg["run_id"],  # the trial's MLflow run (`multistep export --register` links it)
+            }
+            checkpoint_file.save(os.path.join(d, CKPT_FILE), payload)  # atomic, with its sha256
+            self.session.report(metrics, d)
 
-    try:
-        fit(
-            state,
-            method,
-            sample,
-            t.iterations,
-            t.grad_clip,
-            t.eval_ema,
-            t.log_every,
-            t.checkpoint_every,
-            Hooks(log, checkpoint),
-            replicas,
-        )
-    except NonFiniteLoss as e:  # deterministic: retrying would fail again, so the trial fails with the reason
-        if logger:
-            logger.client.set_tag(cfg["run_id"], tag.ERROR, str(e))
-        return {"error": str(e)}
-    finally:
-        if stream:
-            batches.close()  # the reader thread stops now, not at the end of the evaluation
+    def train(self) -> str | None:
+        """fit with the trial's hooks; a non-finite loss is the trial's error (deterministic: no retry)."""
+        from multistep.train.loop import Hooks, NonFiniteLoss, fit
 
-    # Evaluation at the trial's step count(s), with the eval-EMA weights, on the sweep's fixed noise.
-    # The method's own label logs under the plain metric name; extra samplers under "<metric>/<label>".
-    state.ema.eval()
-    if rank == 0:
-        print(
-            f"final evaluation: {tc.eval.samples} samples, {method_label(tc)} S={tc.method.student_steps}", flush=True
-        )
-    final: dict = {}
-    evaluations = lambda y, seed: method.evaluations(state.ema, y, seed)
-    for label, steps, x, metrics, nfe, kept in final_points(
-        evaluations, ref, names, tc.eval, device, features, predict, rank, diversity
-    ):
-        # metrics: + "<kid>_se" (the results table's se column), + "<metric>_se" of the others with eval.bootstrap
-        if logger:
-            suffix = "" if label == method.label else f"/{label}"
-            logger.metrics(steps, {f"{k}{suffix}": v for k, v in metrics.items()})  # step = number of sampling steps
-            picture = f"{label}_{steps}steps.png"  # artifact samples/<label>_<steps>steps.png, named as in the table
-            with tempfile.TemporaryDirectory() as d:
-                if x.ndim == 4:  # images: an 8x8 grid of the first samples
-                    logger.artifact(str(save_grid(x, Path(d) / picture)), "samples")
-                elif x.ndim == 2 and x.shape[1] == 2:  # 2-D data: the samples over the data (modes kept or dropped)
-                    title = f"{label}, {steps} steps"
-                    logger.artifact(str(save_scatter(x, cfg.get("diversity_ref"), Path(d) / picture, title)), "samples")
+        t = self.tc.train
+        try:
+            fit(
+                self.state,
+                self.method,
+                self.sample,
+                t.iterations,
+                t.grad_clip,
+                t.eval_ema,
+                t.log_every,
+                t.checkpoint_every,
+                Hooks(self.log, self.checkpoint),
+                self.replicas,
+            )
+        except NonFiniteLoss as e:
+            if self.logger:
+                self.logger.client.set_tag(self.cfg["run_id"], tag.ERROR, str(e))
+            return str(e)
+        finally:
+            if self.batches is not None:
+                self.batches.close()  # the reader thread stops now, not at the end of the evaluation
+        return None
+
+    def evaluate(self) -> dict:
+        """The curve at the trial's step count(s), with the eval-EMA weights, on the sweep's fixed noise; returns the
+        metrics of the trial's own point. The method's own label logs under the plain metric name, extra samplers
+        under "<metric>/<label>"."""
+        from multistep.train.build import method_label
+
+        tc, state, method = self.tc, self.state, self.method
+        state.ema.eval()
+        if self.rank == 0:
+            print(
+                f"final evaluation: {tc.eval.samples} samples, {method_label(tc)} S={tc.method.student_steps}",
+                flush=True,
+            )
+        final: dict = {}
+        evaluations = lambda y, seed: method.evaluations(state.ema, y, seed)
+        args = (self.ref, self.names, tc.eval, self.device, self.features, self.predict, self.rank, self.diversity)
+        for label, steps, x, metrics, nfe, kept in final_points(evaluations, *args):
+            # metrics: + "<kid>_se" (the table's se column), + "<metric>_se" of the others with eval.bootstrap
+            if self.logger:
+                self.log_point(label, steps, x, metrics, kept)
+            if steps == tc.method.student_steps and label == method.label:
+                final = {**metrics, "nfe": nfe}
+        return final
+
+    def log_point(self, label: str, steps: int, x, metrics: dict, kept) -> None:
+        """One point in the trial's run: metrics at step = sampling steps, its picture, its kept rows."""
+        from multistep.metrics.paired import EVAL_ROWS, save_rows
+        from multistep.sweep.results import save_grid, save_scatter
+        from multistep.train.build import method_label
+
+        logger, own = self.logger, label == self.method.label
+        logger.metrics(steps, {f"{k}{'' if own else '/' + label}": v for k, v in metrics.items()})
+        picture = f"{label}_{steps}steps.png"  # artifact samples/<label>_<steps>steps.png, named as in the table
+        with tempfile.TemporaryDirectory() as d:
+            if x.ndim == 4:  # images: an 8x8 grid of the first samples
+                logger.artifact(str(save_grid(x, Path(d) / picture)), "samples")
+            elif x.ndim == 2 and x.shape[1] == 2:  # 2-D data: the samples over the data (modes kept or dropped)
+                scatter = save_scatter(x, self.cfg.get("diversity_ref"), Path(d) / picture, f"{label}, {steps} steps")
+                logger.artifact(str(scatter), "samples")
             if kept is not None:  # the rows `multistep claims` compares, paired by noise row
-                with tempfile.TemporaryDirectory() as d:
-                    name = method_label(tc) if label == method.label else label  # as in the results table
-                    logger.artifact(save_rows(kept, Path(d), name, steps), EVAL_ROWS)
-        if steps == tc.method.student_steps and label == method.label:
-            final = {**metrics, "nfe": nfe}
-    final |= {**last_proxy, "iteration": state.iteration, "wall_seconds": state.wall_seconds, "final": 1}
-    if logger:
-        logger.metrics(state.iteration, {"wall_seconds": state.wall_seconds})
-        logger.metrics(0, summary_metrics(final, names, state, cfg.get("gpus_per_trial", 0)))  # the run table's columns
-    session.report(final)
-    return final
+                name = method_label(self.tc) if own else label  # as in the results table
+                logger.artifact(save_rows(kept, Path(d), name, steps), EVAL_ROWS)
+
+    def report(self, final: dict) -> dict:
+        state = self.state
+        final |= {**self.last_proxy, "iteration": state.iteration, "wall_seconds": state.wall_seconds, "final": 1}
+        if self.logger:
+            self.logger.metrics(state.iteration, {"wall_seconds": state.wall_seconds})
+            summary = summary_metrics(final, self.names, state, self.cfg.get("gpus_per_trial", 0))
+            self.logger.metrics(0, summary)  # the run table's columns
+        self.session.report(final)
+        return final
