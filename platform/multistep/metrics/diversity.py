@@ -90,14 +90,19 @@ def diversity_rows(ev) -> int:
     return min(ev.diversity_rows, ev.samples)
 
 
-def diversity(fake, real, names: dict[str, str], gmm=None, k: int = K_NEAREST) -> dict[str, float]:
-    """The diversity metrics of generated rows against real rows (the same count), under `names`."""
+def diversity(fake, real, names: dict[str, str], gmm=None, k: int = K_NEAREST, n_boot: int = 0) -> dict[str, float]:
+    """The diversity metrics of generated rows against real rows (the same count), under `names`; with n_boot also
+    "<name>_se": their bootstrap standard errors over resampled rows (the manifolds held fixed, as in the intervals)."""
     n = min(len(fake), len(real))
-    prec, rec = manifold_hits(fake[:n], real[:n], k)
-    out = {names["precision"]: float(prec.mean()), names["recall"]: float(rec.mean())}
-    if gmm is not None and "modes_missed" in names:
-        cov = coverage(mixture_assign(gmm, fake[:n]), gmm.weights.numpy())
-        out |= {names[m]: v for m, v in cov.items()}
+    rows = _per_row(fake[:n], real[:n], k, gmm if "modes_missed" in names else None)
+    w = None if gmm is None else gmm.weights.numpy()
+    every = np.arange(n)
+    out = {names[m]: _value(m, rows, every, every, w) for m in metrics_of(gmm if "assign" in rows else None)}
+    if n_boot:
+        rng = np.random.default_rng(0)
+        draws = [(rng.integers(0, n, n), rng.integers(0, n, n)) for _ in range(n_boot)]
+        for m in metrics_of(gmm if "assign" in rows else None):
+            out[f"{names[m]}_se"] = float(np.std([_value(m, rows, i, j, w) for i, j in draws], ddof=1))
     return out
 
 

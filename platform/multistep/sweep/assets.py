@@ -229,6 +229,7 @@ def prepare(cfg: TrialCfg, cache_dir: Path, log=print) -> dict:
 
 def teacher_diversity(cfg, data, reference, rows: list[dict], kept: dict) -> list[dict]:
     """Result rows of the diversity metrics of every teacher point, from its kept rows (as the trials measure theirs)."""
+    from multistep.metrics.evaluate import metric_rows
     from multistep.sweep.worker import trial_diversity
 
     names, measure = trial_diversity(cfg, data, reference)
@@ -237,7 +238,7 @@ def teacher_diversity(cfg, data, reference, rows: list[dict], kept: dict) -> lis
     for key, x in kept.items():
         label, steps = key.rsplit("_", 1)
         point = {"method": label, "student_steps": int(steps), "nfe": nfe[(label, int(steps))]}
-        out += [point | {"metric": m, "value": v} for m, v in measure(x).items()]
+        out += [point | r for r in metric_rows(measure(x, cfg.eval.bootstrap), names)]
     return out
 
 

@@ -194,7 +194,7 @@ def _points(evaluations, ref, names, ev, device, features, predict, first: bool,
         out = []
         for label, steps, p, nfe in points:
             rows = p.kept_rows()
-            metrics = p.result() | (diversity(rows[:n_div]) if n_div else {})
+            metrics = p.result() | (diversity(rows[:n_div], ev.bootstrap if first else 0) if n_div else {})
             x = p.samples_for_grid()  # images: the first 64; vectors: the kept rows (a 2-D scatter's points)
             x = torch.from_numpy(rows) if x.ndim == 2 and rows is not None else x
             out.append((label, steps, x, metrics, nfe, rows[:keep] if keep else None))
@@ -206,7 +206,7 @@ def _points(evaluations, ref, names, ev, device, features, predict, first: bool,
         if ev.bootstrap and first:
             metrics |= bootstrap_se(x, ref, names, ev.bootstrap, ev.seed, feats)
         if n_div:
-            metrics |= diversity(kept_rows(x if feats is None else feats, n_div))
+            metrics |= diversity(kept_rows(x if feats is None else feats, n_div), ev.bootstrap if first else 0)
         kept = kept_rows(x if feats is None else feats, keep)
         out.append((label, steps, x, metrics, nfe, kept))
     return out
@@ -223,7 +223,7 @@ def trial_diversity(tc, data, reference) -> tuple[dict, object]:
         return {}, None
     gmm = data if isinstance(data, GaussianMixture) and tc.feature_space == "identity" else None
     names = diversity_names(n, gmm is not None)
-    return names, lambda rows: diversity(rows, reference, names, gmm, tc.eval.knn_k)
+    return names, lambda rows, n_boot=0: diversity(rows, reference, names, gmm, tc.eval.knn_k, n_boot)
 
 
 def run_trial(cfg: dict, session: Session) -> dict:
