@@ -142,21 +142,12 @@ def _status_callback(client, run_ids: list[str], n: int, say, sweep: dict, plan=
 
         def on_trial_start(self, iteration, trials, trial, **info):
             if plan is not None:  # an adaptive search's proposal: its run is opened now
-                values = dict(trial.config)
-                proposal = plan.proposed(values)
-                i, rid = known[trial.trial_id] = ml.proposed_trial_run(
-                    client, sweep, trial.trial_id, method_label(proposal.cfg), proposal.doc(), values
-                )
+                i, rid = known[trial.trial_id] = _open_proposed(client, plan, sweep, trial, n, say)
                 self.t0[i] = time.time()
-                shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
-                say(f"[trial {i + 1}/{n}] started ({trial.trial_id}): {shown}")
                 return
             i, rid = run_of(trial)
             self.t0.setdefault(i, time.time())  # a PBT clone restarting keeps its start time
-            client.set_tag(rid, "ray.trial_id", trial.trial_id)
-            if tag.INTERRUPTED in client.get_run(rid).data.tags:  # running again: a later KILLED is ASHA's
-                client.delete_tag(rid, tag.INTERRUPTED)
-            client.update_run(rid, status="RUNNING")
+            _mark_running(client, rid, trial.trial_id)
             say(f"[trial {i + 1}/{n}] started ({trial.trial_id})")
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -189,6 +180,24 @@ def _status_callback(client, run_ids: list[str], n: int, say, sweep: dict, plan=
             say(f"[trial {i + 1}/{n}] FAILED: {why}")
 
     return MlflowStatus()
+
+
+def _open_proposed(client, plan, sweep: dict, trial, n: int, say) -> tuple[int, str]:
+    """(index, run id) of the MLflow run opened for a trial an adaptive search proposed, announced with its values."""
+    values = dict(trial.config)
+    proposal = plan.proposed(values)
+    i, rid = ml.proposed_trial_run(client, sweep, trial.trial_id, method_label(proposal.cfg), proposal.doc(), values)
+    shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+    say(f"[trial {i + 1}/{n}] started ({trial.trial_id}): {shown}")
+    return i, rid
+
+
+def _mark_running(client, rid: str, trial_id: str) -> None:
+    """A planned trial's run at its (re)start: RUNNING, known by its Ray trial id, no longer marked interrupted."""
+    client.set_tag(rid, "ray.trial_id", trial_id)
+    if tag.INTERRUPTED in client.get_run(rid).data.tags:  # running again: a later KILLED is ASHA's
+        client.delete_tag(rid, tag.INTERRUPTED)
+    client.update_run(rid, status="RUNNING")
 
 
 def _error_line(error_file: str) -> str:
@@ -418,8 +427,7 @@ def _run_sweep(plan, tracking_uri, storage, say, resume, start_ray, stop: Interr
             start = start_ray or ray_runtime.init_ray  # Ray needs the main thread (its signal handlers)
             started_ray = start(say) is True
             stop.reclaim()  # Ray's core worker replaced our SIGTERM handler
-            import ray
-            from ray import tune  # (~2 s) while the runs are still being opened
+            import ray.tune  # noqa: F401 - imported (~2 s) while the runs are still being opened
 
             srid, sweep_id, run_ids = opening.result()
         except BaseException as e:
@@ -438,80 +446,15 @@ def _run_sweep(plan, tracking_uri, storage, say, resume, start_ray, stop: Interr
         say(f"MLflow: experiment '{cfg.experiment}', sweep run {srid} with {len(run_ids)} trial runs ({tracking_uri})")
         out_dir.mkdir(parents=True, exist_ok=True)
         assets, asset_keys, first = _shared_assets(plan, client, srid, storage_dir, resume, say)
-        ev0 = plan.trial_cfg(0).eval
-        labelled = first["eval_ref"]["labels"] is not None
-        names = metric_names(ev0.samples, plan.trial_cfg(0).feature_space, labelled, ev0.ode_rows)
-        if (
-            first.get("diversity_ref") is not None
-        ):  # precision / recall (+ mode coverage: mixtures in identity features)
-            tc0 = plan.trial_cfg(0)
-            names |= diversity_names(diversity_rows(ev0), tc0.data.kind == "gmm" and tc0.feature_space == "identity")
-        teacher_rows = first["teacher_rows"]
+        names, teacher_rows = sweep_metric_names(plan, first), first["teacher_rows"]
 
         # -- Ray Tune: one trial per planned config --------------------------------------------------
-        r = cfg.resources
-        itself = r.trial_trains_itself  # runner tune: the trial holds the worker's resources and checkpoints itself
-        adaptive = plan.adaptive
+        r, adaptive = cfg.resources, plan.adaptive
         sweep_ref = {"run_id": srid, "experiment_id": client.get_run(srid).info.experiment_id, "name": cfg.name}
-        ctx = {
-            "trials": [t.doc() for t in plan.trials],  # dicts: what crosses the Ray boundary
-            "run_ids": run_ids,
-            "tracking_uri": tracking_uri,
-            "storage": ray_dir,
-            "resources": r.model_dump() | {"per_worker": r.per_worker},
-            "assets": assets,
-            "asset_keys": asset_keys,
-            "trains_itself": itself,
-            "adaptive": adaptive,
-            "plan": plan,  # an adaptive search's proposals, PBT's values: trial configs in the trial
-            "pbt": list(cfg.scheduler.mutations) if cfg.scheduler.name == "pbt" else [],
-            "sweep": sweep_ref,
-        }
-        if itself:
-            driver_res = r.per_worker
-        else:
-            driver_res = {"CPU": 0, "train_driver": 1} if ray.cluster_resources().get("train_driver") else {"CPU": 1}
-        trainable = tune.with_resources(tune.with_parameters(trial_driver, ctx=ctx), driver_res)
+        ctx = _trial_context(plan, run_ids, tracking_uri, ray_dir, assets, asset_keys, sweep_ref)
         n_trials = cfg.num_samples if adaptive else len(run_ids)
         status = _status_callback(client, run_ids, n_trials, say, sweep_ref, plan if adaptive else None)
-        indices = list(range(len(plan.trials)))
-        restorable = resume and tune.Tuner.can_restore(ray_dir)
-        if restorable and (why := _unreadable_tune_state(ray_dir)):  # e.g. the driver was killed mid-write
-            restorable = False
-            say(f"Tune's state in {ray_dir} is unreadable ({why}); set aside, rebuilding the plan from MLflow")
-        if resume and not restorable and adaptive:  # its searcher's state is in Tune's, nowhere else
-            raise ConfigError(
-                f"{plan.path}: --resume: no readable Tune state in {ray_dir}; an adaptive search (search_alg: "
-                f"{cfg.search_alg.name}) resumes from it only. Start the sweep anew, without --resume"
-            )
-        if resume and not restorable:  # (also a resume whose Tune state is elsewhere): MLflow says what is left
-            indices = _unfinished(client, run_ids)
-            say(f"{len(indices)} unfinished trial(s) start again from their first iteration")
-        if restorable:
-            tuner = tune.Tuner.restore(ray_dir, trainable, resume_unfinished=True, resume_errored=True)
-        else:
-            space, search_alg = search.optuna(plan, names) if adaptive else (_grid_space(plan, indices), None)
-            tuner = tune.Tuner(
-                trainable,
-                param_space=space,
-                tune_config=tune.TuneConfig(
-                    search_alg=search_alg,
-                    num_samples=cfg.num_samples if adaptive else 1,
-                    max_concurrent_trials=r.max_concurrent_trials,
-                    scheduler=_scheduler(plan),
-                    trial_dirname_creator=_trial_dir if itself else None,
-                    reuse_actors=itself,
-                ),  # the next trial skips a process start + imports
-                run_config=tune.RunConfig(
-                    name=sweep_id,
-                    storage_path=storage,
-                    callbacks=[status],
-                    verbose=0,
-                    failure_config=tune.FailureConfig(max_failures=r.max_failures if itself else 1),
-                    # PBT: every checkpoint kept (a clone's checkpoint manager would otherwise delete its leader's)
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=None if ctx["pbt"] else 2),
-                ),
-            )
+        tuner, indices = _tuner(plan, ctx, status, client, run_ids, names, storage, ray_dir, sweep_id, resume, say)
         what = f"{n_trials} trials proposed by {cfg.search_alg.name}" if adaptive else f"{n_trials} trials"
         say(f"running {what}, at most {r.max_concurrent_trials} at a time; Tune state in {ray_dir}")
         say(f"Ray's own messages (a failed trial's traceback, retries): {ray_runtime.ray_messages_to_file()}")
@@ -525,17 +468,7 @@ def _run_sweep(plan, tracking_uri, storage, say, resume, start_ray, stop: Interr
             stop.in_tune = False
         if stop.signal is not None:  # Tune stopped gracefully on our SIGUSR1: the sweep is not finished
             raise KeyboardInterrupt
-        if adaptive:  # the trials the search proposed, as MLflow recorded them (the system of record)
-            plan, run_ids, position = _proposed_plan(client, plan, sweep_ref)
-            last = {
-                position[res.metrics["trial_id"]]: res.metrics
-                for res in grid
-                if res.metrics.get("trial_id") in position
-            }
-            orphans = cfg.num_samples - len(run_ids)  # proposed trials that never opened an MLflow run, or never ran
-        else:
-            index = lambda res: status.known.get(res.metrics.get("trial_id"), (res.config["trial_index"],))[0]
-            last, orphans = {index(res): res.metrics for res in grid if res.metrics}, 0
+        plan, run_ids, last, orphans = _results(client, plan, run_ids, grid, status, sweep_ref)
         failed = _settle_trials(client, run_ids, last)
         if orphans:  # trials that failed before they could open an MLflow run
             say(
@@ -560,6 +493,101 @@ def _run_sweep(plan, tracking_uri, storage, say, resume, start_ray, stop: Interr
         finally:
             ray_runtime.shutdown(started_ray)
         raise
+
+
+def sweep_metric_names(plan, first: dict) -> dict[str, str]:
+    """The metrics of the results table: the evaluation's, plus precision / recall (and mode coverage for mixtures
+    in identity features) when the assets measured diversity."""
+    tc0 = plan.trial_cfg(0)
+    ev0, labelled = tc0.eval, first["eval_ref"]["labels"] is not None
+    names = metric_names(ev0.samples, tc0.feature_space, labelled, ev0.ode_rows)
+    if first.get("diversity_ref") is not None:
+        names |= diversity_names(diversity_rows(ev0), tc0.data.kind == "gmm" and tc0.feature_space == "identity")
+    return names
+
+
+def _trial_context(plan, run_ids, tracking_uri, ray_dir, assets, asset_keys, sweep_ref) -> dict:
+    """What every trial receives through tune.with_parameters (dicts: what crosses the Ray boundary)."""
+    cfg, r = plan.cfg, plan.cfg.resources
+    return {
+        "trials": [t.doc() for t in plan.trials],
+        "run_ids": run_ids,
+        "tracking_uri": tracking_uri,
+        "storage": ray_dir,
+        "resources": r.model_dump() | {"per_worker": r.per_worker},
+        "assets": assets,
+        "asset_keys": asset_keys,
+        "trains_itself": r.trial_trains_itself,  # runner tune: the trial holds the worker's resources, checkpoints
+        "adaptive": plan.adaptive,
+        "plan": plan,  # an adaptive search's proposals, PBT's values: trial configs in the trial
+        "pbt": list(cfg.scheduler.mutations) if cfg.scheduler.name == "pbt" else [],
+        "sweep": sweep_ref,
+    }
+
+
+def _tuner(plan, ctx, status, client, run_ids, names, storage, ray_dir, sweep_id, resume, say):
+    """(the Tuner: restored from Tune's state on --resume when readable, else new; the planned trial indices it
+    runs). A resume without readable Tune state restarts the trials MLflow does not show finished."""
+    import ray
+    from ray import tune
+
+    cfg, r, adaptive, itself = plan.cfg, plan.cfg.resources, plan.adaptive, ctx["trains_itself"]
+    if itself:
+        driver_res = r.per_worker
+    else:
+        driver_res = {"CPU": 0, "train_driver": 1} if ray.cluster_resources().get("train_driver") else {"CPU": 1}
+    trainable = tune.with_resources(tune.with_parameters(trial_driver, ctx=ctx), driver_res)
+    indices = list(range(len(plan.trials)))
+    restorable = resume and tune.Tuner.can_restore(ray_dir)
+    if restorable and (why := _unreadable_tune_state(ray_dir)):  # e.g. the driver was killed mid-write
+        restorable = False
+        say(f"Tune's state in {ray_dir} is unreadable ({why}); set aside, rebuilding the plan from MLflow")
+    if resume and not restorable and adaptive:  # its searcher's state is in Tune's, nowhere else
+        raise ConfigError(
+            f"{plan.path}: --resume: no readable Tune state in {ray_dir}; an adaptive search (search_alg: "
+            f"{cfg.search_alg.name}) resumes from it only. Start the sweep anew, without --resume"
+        )
+    if resume and not restorable:  # (also a resume whose Tune state is elsewhere): MLflow says what is left
+        indices = _unfinished(client, run_ids)
+        say(f"{len(indices)} unfinished trial(s) start again from their first iteration")
+    if restorable:
+        return tune.Tuner.restore(ray_dir, trainable, resume_unfinished=True, resume_errored=True), indices
+    space, search_alg = search.optuna(plan, names) if adaptive else (_grid_space(plan, indices), None)
+    tuner = tune.Tuner(
+        trainable,
+        param_space=space,
+        tune_config=tune.TuneConfig(
+            search_alg=search_alg,
+            num_samples=cfg.num_samples if adaptive else 1,
+            max_concurrent_trials=r.max_concurrent_trials,
+            scheduler=_scheduler(plan),
+            trial_dirname_creator=_trial_dir if itself else None,
+            reuse_actors=itself,  # the next trial skips a process start + imports
+        ),
+        run_config=tune.RunConfig(
+            name=sweep_id,
+            storage_path=storage,
+            callbacks=[status],
+            verbose=0,
+            failure_config=tune.FailureConfig(max_failures=r.max_failures if itself else 1),
+            # PBT: every checkpoint kept (a clone's checkpoint manager would otherwise delete its leader's)
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None if ctx["pbt"] else 2),
+        ),
+    )
+    return tuner, indices
+
+
+def _results(client, plan, run_ids, grid, status, sweep_ref):
+    """(plan, run ids, {trial index: last result}, orphans) after Tune: an adaptive search's trials as MLflow recorded
+    them (the system of record), and how many proposed trials never opened a run."""
+    if plan.adaptive:
+        plan, run_ids, position = _proposed_plan(client, plan, sweep_ref)
+        last = {
+            position[res.metrics["trial_id"]]: res.metrics for res in grid if res.metrics.get("trial_id") in position
+        }
+        return plan, run_ids, last, plan.cfg.num_samples - len(run_ids)
+    index = lambda res: status.known.get(res.metrics.get("trial_id"), (res.config["trial_index"],))[0]
+    return plan, run_ids, {index(res): res.metrics for res in grid if res.metrics}, 0
 
 
 def _unreadable_tune_state(ray_dir: str) -> str | None:
