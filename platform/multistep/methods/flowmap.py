@@ -39,7 +39,7 @@ from torch import nn
 
 from multistep.diffusion.samplers import flowmap_sample
 from multistep.methods.base import MethodSpec, OptionError, register
-from multistep.methods.scm import SCM, phi_of_t, t_of_phi
+from multistep.methods.scm import SCM, phi_of_t, scm_options, t_of_phi
 
 COMPOSITION_ROWS = 256
 
@@ -171,21 +171,7 @@ def build(cfg, c) -> FlowMap:
     if getattr(c.student.net, "target_proj", None) is None:
         c.student.net.add_target_input()  # zero-initialised: the warm start's outputs for every s
     return FlowMap(
-        schedule=c.schedule,
-        student_steps=m.student_steps,
-        teacher=c.teacher if m.mode == "distill" else None,
-        p_mean=m.p_mean,
-        p_std=m.p_std,
-        tangent_warmup=m.tangent_warmup,
-        tangent_norm=m.tangent_norm,
-        tangent_norm_c=m.tangent_norm_c,
-        prior_weighting=m.prior_weighting,
-        adaptive_weighting=m.adaptive_weighting,
-        jvp=m.jvp,
-        fd_eps=m.fd_eps,
-        time_derivative_every=m.time_derivative_every,
-        learning_rate=cfg.train.learning_rate,
-        guidance=m.guidance,
+        **scm_options(cfg, c),
         r_max=m.r_max,
         eval_steps=tuple(m.eval_steps),
         flow_ratio=m.flow_ratio,

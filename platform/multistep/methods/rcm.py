@@ -21,10 +21,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from multistep.methods import scm
 from multistep.methods.base import MethodSpec, register, split_batch
 from multistep.methods.dmd import FakeScore, dmd_loss, fake_score, generator_sample
-from multistep.methods.scm import SCM
+from multistep.methods.scm import SCM, scm_options
 
 ZERO = {"dmd_loss": 0.0, "fake_loss": 0.0, "dmd_grad_rms": 0.0}  # the DMD logs before the warm-up ends
 
@@ -80,10 +79,8 @@ def label(m) -> str:
 
 
 def build(cfg, c) -> RCM:
-    base = scm.build(cfg, c)
     m = cfg.method
-    fields = {k: getattr(base, k) for k in SCM.__dataclass_fields__ if not k.startswith("_") and k != "label"}
-    return RCM(**fields, fake=fake_score(cfg, c), fake_updates=m.fake_updates, dmd_weight=m.dmd_weight)
+    return RCM(**scm_options(cfg, c), fake=fake_score(cfg, c), fake_updates=m.fake_updates, dmd_weight=m.dmd_weight)
 
 
 register(MethodSpec("rcm", Options, build, label, check, guided=True))

@@ -335,25 +335,30 @@ def label(m) -> str:
     return f"scd_cfg{m.guidance:g}" if m.guidance > 0 else "scd"
 
 
-def build(cfg, c) -> SCM:
+def scm_options(cfg, c) -> dict:
+    """SCM's constructor arguments from a trial config (flowmap and rcm build on them)."""
     m = cfg.method
-    return SCM(
-        schedule=c.schedule,
-        student_steps=m.student_steps,
-        teacher=c.teacher if m.mode == "distill" else None,
-        p_mean=m.p_mean,
-        p_std=m.p_std,
-        tangent_warmup=m.tangent_warmup,
-        tangent_norm=m.tangent_norm,
-        tangent_norm_c=m.tangent_norm_c,
-        prior_weighting=m.prior_weighting,
-        adaptive_weighting=m.adaptive_weighting,
-        jvp=m.jvp,
-        fd_eps=m.fd_eps,
-        time_derivative_every=m.time_derivative_every,
-        learning_rate=cfg.train.learning_rate,
-        guidance=m.guidance,
-    )
+    return {
+        "schedule": c.schedule,
+        "student_steps": m.student_steps,
+        "teacher": c.teacher if m.mode == "distill" else None,
+        "p_mean": m.p_mean,
+        "p_std": m.p_std,
+        "tangent_warmup": m.tangent_warmup,
+        "tangent_norm": m.tangent_norm,
+        "tangent_norm_c": m.tangent_norm_c,
+        "prior_weighting": m.prior_weighting,
+        "adaptive_weighting": m.adaptive_weighting,
+        "jvp": m.jvp,
+        "fd_eps": m.fd_eps,
+        "time_derivative_every": m.time_derivative_every,
+        "learning_rate": cfg.train.learning_rate,
+        "guidance": m.guidance,
+    }
+
+
+def build(cfg, c) -> SCM:
+    return SCM(**scm_options(cfg, c))
 
 
 register(MethodSpec("scm", Options, build, label, guided=True))
