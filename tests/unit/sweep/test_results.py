@@ -35,3 +35,22 @@ def test_the_front_keeps_only_points_no_other_beats_in_both(tmp_path):
     assert {k for k, p in pts.items() if p["front_train"]} == {("mcd", 8)}  # at 10 s nothing beats 0.03
     assert write_pareto(list(pts.values()), tmp_path / "p.csv").read_text().count("\n") == 6
     assert plot_pareto(list(pts.values()), M, tmp_path / "p.png", "t").stat().st_size > 0
+
+
+def test_a_2d_scatter_draws_samples_over_the_data(tmp_path):
+    """save_scatter: a whole PNG of 2-D samples over the reference rows; the table's best precision is the highest."""
+    import matplotlib.image as mpimg
+    import numpy as np
+
+    from multistep.sweep.results import best_by_steps, save_scatter
+
+    rng = np.random.default_rng(0)
+    path = save_scatter(rng.normal(size=(300, 2)), rng.normal(size=(300, 2)), tmp_path / "s.png", "dmd, 1 steps")
+    img = mpimg.imread(path)
+    assert img.ndim == 3 and img.shape[0] > 100 and not list(tmp_path.glob("*.tmp*"))
+    rows = [
+        {"method": "dmd", "student_steps": 1, "metric": m, "value": v}
+        for m, v in (("precision_5k", 0.2), ("precision_5k", 0.7), ("fd_identity_5k", 0.3), ("fd_identity_5k", 0.1))
+    ]
+    assert best_by_steps(rows, "precision_5k") == {"dmd": {1: 0.7}}
+    assert best_by_steps(rows, "fd_identity_5k") == {"dmd": {1: 0.1}}
