@@ -37,6 +37,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from multistep.diffusion.ddim import ddim_step
 from multistep.diffusion.samplers import flowmap_sample
 from multistep.methods.base import MethodSpec, OptionError, register
 from multistep.methods.scm import SCM, phi_of_t, scm_options, t_of_phi
@@ -54,8 +55,6 @@ def compose_gap(f, noise: torch.Tensor, mid: float = 0.5) -> torch.Tensor:
 
 def jump(student: nn.Module, y=None):
     """The student's flow map f(z, t, s) -> z_s: a DDIM step t -> s with its x_hat for target s (A.1)."""
-    from multistep.diffusion.ddim import ddim_step
-
     return lambda z, t, s: ddim_step(student.schedule, student(z, t, y, target=s).to(z.dtype), z, t, s)
 
 

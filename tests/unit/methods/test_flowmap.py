@@ -216,3 +216,17 @@ def test_training_on_a_mixture_teacher_closes_the_composition_gap():
     again = flowmap.FlowMap(sched, 1, learning_rate=1e-3)
     again.load_state_dict(state.state_dict()["method"], state.student)
     assert all(torch.equal(a, b) for a, b in zip(again._u.parameters(), m._u.parameters()))
+
+
+def test_meanflow_weighting_is_the_adaptive_loss():
+    """weighting: meanflow, p = 0 is the plain mean error (the logged loss_unweighted); p = 1 maps each row's error
+    e to e / (e + c) < 1."""
+    sched, plain, twin = _pair()
+    x = torch.randn(32, 6, generator=torch.Generator().manual_seed(12))
+    for p, check in ((0.0, "equal"), (1.0, "below one")):
+        m = FlowMap(sched, 1, teacher=_gaussian_teacher(sched), weighting="meanflow", meanflow_p=p)
+        loss, logs = m.loss(twin, x, 50, 100, torch.Generator().manual_seed(13))
+        if check == "equal":
+            torch.testing.assert_close(loss.detach(), logs["loss_unweighted"], rtol=1e-12, atol=0)
+        else:
+            assert 0 < loss < 1 and loss < logs["loss_unweighted"] / 1e-3
