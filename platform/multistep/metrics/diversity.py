@@ -28,7 +28,7 @@ CHUNK = 2048  # rows per distance block
 
 
 def _rows(x) -> torch.Tensor:
-    x = x.detach().cpu() if hasattr(x, "detach") else torch.from_numpy(np.asarray(x))
+    x = x.detach().cpu() if hasattr(x, "detach") else torch.from_numpy(np.array(x))  # a copy: the rows may be read-only
     return x.reshape(len(x), -1).double()
 
 
