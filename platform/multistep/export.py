@@ -201,10 +201,10 @@ def platform_samples(f, schedule, S: int, noise: torch.Tensor, labels: torch.Ten
     """What `multistep sample STATE.pt --noise ...` returns: MCM Algorithm 2 in float64 (a flow-map student: its S
     jumps), as float32."""
     from multistep.diffusion.samplers import flowmap_sample, mcm_sample
-    from multistep.methods.base import conditioned
+    from multistep.methods.base import conditioned, targeted
 
     if getattr(f, "flow_map", False):
-        return flowmap_sample(lambda z, t, s: f(z, t, labels, target=s), schedule, noise.double(), S)[0].float()
+        return flowmap_sample(targeted(f, labels), schedule, noise.double(), S)[0].float()
     return mcm_sample(conditioned(f, labels), schedule, noise.double(), S)[0].float()
 
 

@@ -167,7 +167,7 @@ def _draw(f, src: Source, sampler: str, z, y, steps: int, seed: int):
     import torch
 
     from multistep.diffusion.samplers import cm_stochastic_sample, ddim_sample, flowmap_sample, mcm_sample
-    from multistep.methods.base import conditioned
+    from multistep.methods.base import conditioned, targeted
 
     g = conditioned(f, y)
     if src.scripted is not None:
@@ -177,7 +177,7 @@ def _draw(f, src: Source, sampler: str, z, y, steps: int, seed: int):
     if sampler == "mcm":
         return mcm_sample(g, src.schedule, z, steps)[0]
     if sampler == "flowmap":
-        return flowmap_sample(lambda zz, t, s: f(zz, t, y, target=s), src.schedule, z, steps)[0]
+        return flowmap_sample(targeted(f, y), src.schedule, z, steps)[0]
     times = [k / steps for k in range(steps - 1, 0, -1)]  # after the first step at t = 1
     return cm_stochastic_sample(g, src.schedule, z, times, torch.Generator(z.device).manual_seed(seed))[0]
 

@@ -100,6 +100,7 @@ def _mixture(client, sweep):
     import tempfile
 
     from multistep.config import load_sweep
+    from multistep.metrics.diversity import scores_modes
     from multistep.train.build import make_data
 
     with tempfile.TemporaryDirectory() as d:
@@ -107,7 +108,7 @@ def _mixture(client, sweep):
         if not files:
             return None
         tc = load_sweep(client.download_artifacts(sweep.info.run_id, files[0], d)).trial_cfg(0)
-        return make_data(tc.data) if tc.data.kind == "gmm" and tc.feature_space == "identity" else None
+        return make_data(tc.data) if scores_modes(tc) else None
 
 
 def _diversity(client, sweep, points, ref, pairs, args) -> tuple[list, list]:

@@ -17,7 +17,8 @@ Tensor = torch.Tensor
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 
 
-def _full(z: Tensor, value: float) -> Tensor:
+def full_time(z: Tensor, value: float) -> Tensor:
+    """t = value for every row of z (float64, on z's device)."""
     return torch.full((z.shape[0],), value, dtype=torch.float64, device=z.device)
 
 
@@ -32,7 +33,7 @@ def ddim_sample(
     """
     z = noise
     for i in range(steps, 0, -1):  # t = 1, 1 - 1/N, ..., 1/N
-        t, s = _full(z, i / steps), _full(z, (i - 1) / steps)
+        t, s = full_time(z, i / steps), full_time(z, (i - 1) / steps)
         x_hat = f(z, t)
         if xvar is None:
             z = ddim_step(sched, x_hat, z, t, s)
@@ -47,7 +48,7 @@ def mcm_sample(f: Denoiser, sched: Schedule, noise: Tensor, student_steps: int) 
     """MCM Algorithm 2: plain deterministic DDIM over S uniform steps with the student."""
     z = noise  # z_1 ~ N(0, I)
     for k in range(student_steps, 0, -1):  # k = S, ..., 1
-        t, s = _full(z, k / student_steps), _full(z, (k - 1) / student_steps)
+        t, s = full_time(z, k / student_steps), full_time(z, (k - 1) / student_steps)
         z = ddim_step(sched, f(z, t), z, t, s)  # z_s = DDIM_{t->s}(f(z_t, t), z_t); last step returns x_hat
     return z, student_steps
 
@@ -69,7 +70,7 @@ def flowmap_sample(
     gamma = 1 is the CM multistep sampler. One network evaluation per jump."""
     z = noise
     for k in range(steps, 0, -1):
-        t, s = _full(z, k / steps), _full(z, (k - 1) / steps)
+        t, s = full_time(z, k / steps), full_time(z, (k - 1) / steps)
         lower = s * (1.0 - gamma)
         z = ddim_step(sched, f(z, t, lower), z, t, lower)
         if gamma > 0 and k > 1:
@@ -90,9 +91,9 @@ def cm_stochastic_sample(
     x <- f(z_1, 1); for each tau in `times` (decreasing, in (0, 1)): z = alpha_tau x + sigma_tau eps
     with fresh eps, x <- f(z, tau). Used to evaluate a 1-step-trained CM at 2, 4, 8 steps.
     """
-    x = f(noise, _full(noise, 1.0))
+    x = f(noise, full_time(noise, 1.0))
     for tau in times:
-        t = _full(noise, tau)
+        t = full_time(noise, tau)
         a, s = sched.alpha_sigma(t)
         eps = torch.randn(noise.shape, generator=generator, dtype=noise.dtype, device=noise.device)
         z = (
@@ -114,7 +115,7 @@ def xvar_table(
     grid = torch.arange(1, steps + 1, dtype=torch.float64) / steps
     table = torch.empty(steps, dtype=torch.float64)
     for i, tv in enumerate(grid):
-        t = _full(data, float(tv))
+        t = full_time(data, float(tv))
         a, s = sched.alpha_sigma(t)
         eps = torch.randn(data.shape, generator=generator, dtype=data.dtype)
         shape = (-1,) + (1,) * (data.ndim - 1)

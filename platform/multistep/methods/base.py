@@ -83,6 +83,17 @@ def conditioned(f: Callable, y: Tensor | None) -> Denoiser:
     return f if y is None else (lambda z, t: f(z, t, y.to(z.device)))
 
 
+def guided(teacher: Callable, z: Tensor, t: Tensor, y: Tensor | None, w: float) -> Tensor:
+    """The teacher's x_hat in float64, with classifier-free guidance w > 0: x_c + w (x_c - x_u), x_u the null class."""
+    x_hat = conditioned(teacher, y)(z, t).double()
+    return x_hat + w * (x_hat - teacher(z, t).double()) if w else x_hat
+
+
+def targeted(f: Callable, y: Tensor | None = None) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+    """A flow-map student's denoiser f(z, t[, y], target) as z, t, s -> x_hat for target time s (conditioned on y)."""
+    return lambda z, t, s: f(z, t, y, target=s)
+
+
 def rng_state(device) -> tuple:
     """The RNG states dropout draws from on `device` (CPU, and the device's CUDA generator on a GPU): replayed so
     that two passes of one network see one dropout mask (MCM's reference pass, sCM's JVP)."""

@@ -35,16 +35,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from multistep.diffusion.ddim import bcast, ddim_step
-from multistep.diffusion.samplers import mcm_sample
+from multistep.diffusion.samplers import full_time, mcm_sample
 from multistep.diffusion.schedules import Schedule
-from multistep.methods.base import MethodSpec, conditioned, register, split_batch
+from multistep.methods.base import MethodSpec, conditioned, guided, register, split_batch
 from multistep.methods.scm import angle_law, t_of_phi
-
-
-def guided_x(teacher, z: torch.Tensor, t: torch.Tensor, y, guidance: float) -> torch.Tensor:
-    """The real score's x_hat (float64): x_c + w (x_c - x_u) with guidance w (x_u: the null class)."""
-    x_hat = conditioned(teacher, y)(z, t).double()
-    return x_hat + guidance * (x_hat - teacher(z, t).double()) if guidance else x_hat
 
 
 def dmd_gradient(x_g: torch.Tensor, x_T: torch.Tensor, x_psi: torch.Tensor) -> torch.Tensor:
@@ -112,9 +106,9 @@ def generator_sample(student, schedule, x, y, S: int, iteration: int, how: str, 
         z = torch.randn(x.shape, generator=g, dtype=torch.float64).to(dev)  # z_1
         with torch.no_grad():
             for j in range(S, S - k + 1, -1):
-                t, s = (torch.full((B,), v, dtype=torch.float64, device=dev) for v in (j / S, (j - 1) / S))
+                t, s = full_time(z, j / S), full_time(z, (j - 1) / S)
                 z = ddim_step(schedule, conditioned(student, y)(z, t).double(), z, t, s)
-        t_k = torch.full((B,), (S - k + 1) / S, dtype=torch.float64, device=dev)
+        t_k = full_time(z, (S - k + 1) / S)
     else:
         j = torch.randint(1, S + 1, (B,), generator=g).to(dev)
         t_k = j.double() / S
@@ -128,7 +122,7 @@ def dmd_loss(teacher, fake: FakeScore, guidance: float, x_g: torch.Tensor, y, g:
     """L_G at one fresh critic time (the real score: the teacher, the fake: psi, both without gradients)."""
     with torch.no_grad():
         z, t, _ = fake.noised(x_g.detach(), g)
-        x_T = guided_x(teacher, z, t, y, guidance)
+        x_T = guided(teacher, z, t, y, guidance)  # the real score, guided as for every teacher step
         x_psi = conditioned(fake.net, y)(z, t).double()
         grad = dmd_gradient(x_g.detach(), x_T, x_psi)
     loss = 0.5 * (x_g - (x_g - grad).detach()).pow(2).mean()

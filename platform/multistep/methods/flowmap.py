@@ -38,8 +38,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from multistep.diffusion.ddim import ddim_step
-from multistep.diffusion.samplers import flowmap_sample
-from multistep.methods.base import MethodSpec, OptionError, register
+from multistep.diffusion.samplers import flowmap_sample, full_time
+from multistep.methods.base import MethodSpec, OptionError, register, targeted
 from multistep.methods.scm import SCM, phi_of_t, scm_options, t_of_phi
 
 COMPOSITION_ROWS = 256
@@ -47,15 +47,16 @@ COMPOSITION_ROWS = 256
 
 def compose_gap(f, noise: torch.Tensor, mid: float = 0.5) -> torch.Tensor:
     """|| f(f(z, 1, mid), mid, 0) - f(z, 1, 0) ||_rms for a flow map f(z, t, s) -> z_s (in the network's time t)."""
-    full = lambda v: torch.full((noise.shape[0],), v, dtype=torch.float64, device=noise.device)
-    two = f(f(noise, full(1.0), full(mid)), full(mid), full(0.0))
-    one = f(noise, full(1.0), full(0.0))
+    one_, mid_, zero_ = (full_time(noise, v) for v in (1.0, mid, 0.0))
+    two = f(f(noise, one_, mid_), mid_, zero_)
+    one = f(noise, one_, zero_)
     return (two - one).double().pow(2).mean().sqrt()
 
 
 def jump(student: nn.Module, y=None):
     """The student's flow map f(z, t, s) -> z_s: a DDIM step t -> s with its x_hat for target s (A.1)."""
-    return lambda z, t, s: ddim_step(student.schedule, student(z, t, y, target=s).to(z.dtype), z, t, s)
+    x_hat = targeted(student, y)
+    return lambda z, t, s: ddim_step(student.schedule, x_hat(z, t, s).to(z.dtype), z, t, s)
 
 
 @dataclass
@@ -109,7 +110,7 @@ class FlowMap(SCM):
     def evaluations(self, ema: nn.Module, y: torch.Tensor | None = None, seed: int = 0):
         """Deterministic jumps on the uniform grid at every count in eval_steps (and gamma-sampling with gamma > 0)."""
         sched = self.schedule
-        f = lambda z, t, s: ema(z, t, y, target=s)  # x_hat whose DDIM step t -> s is the jump
+        f = targeted(ema, y)  # x_hat whose DDIM step t -> s is the jump
         out = [(self.label, K, lambda noise, K=K: flowmap_sample(f, sched, noise, K)) for K in self.eval_steps]
         if self.gamma > 0:
             out += [

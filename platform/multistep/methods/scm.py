@@ -42,7 +42,15 @@ from torch import nn
 from multistep.diffusion.ddim import bcast
 from multistep.diffusion.samplers import mcm_sample
 from multistep.diffusion.schedules import Schedule
-from multistep.methods.base import MethodSpec, conditioned, register, rng_state, set_rng_state, split_batch
+from multistep.methods.base import (
+    MethodSpec,
+    conditioned,
+    guided,
+    register,
+    rng_state,
+    set_rng_state,
+    split_batch,
+)
 
 PHI_MARGIN = 1e-4  # phi kept this far inside (phi(t_min), phi(1)): FastGen clamps TrigFlow time to pi/2 - 1e-4
 
@@ -172,10 +180,7 @@ class SCM:
         a, s = (bcast(u, z) for u in self.schedule.alpha_sigma(t))
         if self.teacher is None:
             return a * eps - s * x
-        x_hat = conditioned(self.teacher, y)(z, t).double()
-        if self.guidance:
-            x_hat = x_hat + self.guidance * (x_hat - self.teacher(z, t).double())
-        return (a * z - x_hat) / s
+        return (a * z - guided(self.teacher, z, t, y, self.guidance)) / s
 
     def jump_target(self, phi: torch.Tensor, t: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """s: the angle each row's map jumps to; here the lower edge of its segment (a flow map draws it)."""

@@ -85,6 +85,11 @@ def diversity_names(rows: int, mixture: bool) -> dict[str, str]:
     return names | ({"modes_missed": f"modes_missed_{c}", "mode_tv": f"mode_tv_{c}"} if mixture else {})
 
 
+def scores_modes(tc) -> bool:
+    """Whether a trial config's points get mode coverage: Gaussian-mixture data scored in identity features."""
+    return tc.data.kind == "gmm" and tc.feature_space == "identity"
+
+
 def diversity_rows(ev) -> int:
     """The rows an evaluation config measures diversity on (0: off)."""
     return min(ev.diversity_rows, ev.samples)
@@ -94,14 +99,15 @@ def diversity(fake, real, names: dict[str, str], gmm=None, k: int = K_NEAREST, n
     """The diversity metrics of generated rows against real rows (the same count), under `names`; with n_boot also
     "<name>_se": their bootstrap standard errors over resampled rows (the manifolds held fixed, as in the intervals)."""
     n = min(len(fake), len(real))
-    rows = _per_row(fake[:n], real[:n], k, gmm if "modes_missed" in names else None)
-    w = None if gmm is None else gmm.weights.numpy()
+    mix = gmm if "modes_missed" in names else None
+    rows = _per_row(fake[:n], real[:n], k, mix)
+    w = None if mix is None else mix.weights.numpy()
     every = np.arange(n)
-    out = {names[m]: _value(m, rows, every, every, w) for m in metrics_of(gmm if "assign" in rows else None)}
+    out = {names[m]: _value(m, rows, every, every, w) for m in metrics_of(mix)}
     if n_boot:
         rng = np.random.default_rng(0)
         draws = [(rng.integers(0, n, n), rng.integers(0, n, n)) for _ in range(n_boot)]
-        for m in metrics_of(gmm if "assign" in rows else None):
+        for m in metrics_of(mix):
             out[f"{names[m]}_se"] = float(np.std([_value(m, rows, i, j, w) for i, j in draws], ddof=1))
     return out
 

@@ -43,6 +43,11 @@ def features(t: torch.Tensor, dim: int, kind: str, dtype=torch.float32) -> torch
     return time_features(t, dim, dtype=dtype)
 
 
+def jump_features(t: torch.Tensor, target: torch.Tensor | None, dim: int, kind: str, dtype) -> torch.Tensor:
+    """The target-time input's features: those of the jump t - target (target None: no jump, target = t)."""
+    return features(t - (t if target is None else target), dim, kind, dtype)
+
+
 def target_projection(time_dim: int, width: int, like: nn.Module | None = None) -> nn.Linear:
     """A flow-map student's second time input (few-step-families.md §2): features of the jump t - target, projected
     to `width` by a zero-initialised layer (on `like`'s device and dtype), so the network is at first the same for
@@ -93,8 +98,8 @@ class MLP(nn.Module):
         h = torch.cat([z.reshape(z.shape[0], -1), features(t, self.time_dim, self.time_features, z.dtype)], dim=1)
         if self.target_proj is None:
             return self.net(h).reshape(z.shape)
-        jump = t - (t if target is None else target)
-        h = self.net[0](h) + self.target_proj(features(jump, self.time_dim, self.time_features, z.dtype))
+        jump = jump_features(t, target, self.time_dim, self.time_features, z.dtype)
+        h = self.net[0](h) + self.target_proj(jump)
         return self.net[1:](h).reshape(z.shape)
 
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from multistep.nets.mlp import check_time_features, features, target_projection
+from multistep.nets.mlp import check_time_features, features, jump_features, target_projection
 
 
 def groups_for(ch: int) -> int:
@@ -151,8 +151,7 @@ class UNet(nn.Module):
         dtype = self.conv_in.weight.dtype
         emb = self.time_mlp(features(t, self.time_dim, self.time_features, dtype))
         if self.target_proj is not None:
-            jump = t - (t if target is None else target)
-            emb = emb + self.target_proj(features(jump, self.time_dim, self.time_features, dtype))
+            emb = emb + self.target_proj(jump_features(t, target, self.time_dim, self.time_features, dtype))
         if self.label_emb is not None:
             if y is None:
                 y = torch.full((t.shape[0],), self.num_classes, dtype=torch.long, device=t.device)

@@ -147,7 +147,7 @@ def prepare(cfg: TrialCfg, cache_dir: Path, log=print) -> dict:
     ref = load_ref(_cached(cache_dir / f"evalref-{ref_key}.pt", make_ref, log))
 
     n_div = diversity_rows(ev)  # the reference rows every point's precision / recall are measured against
-    div_ref = kept_reference_rows(c, ref, ev, features, n_div)["reference"] if n_div else None
+    div_ref = first_rows(c, ref, ev, features, n_div) if n_div else None
     curve_key = content_hash(
         {"ref": ref_key, "steps": ev.teacher_steps}
         | ({"bootstrap": ev.bootstrap} if ev.bootstrap else {})
@@ -242,17 +242,22 @@ def teacher_diversity(cfg, data, reference, rows: list[dict], kept: dict) -> lis
     return out
 
 
-def kept_reference_rows(c, ref, ev, features, k: int | None = None) -> dict:
-    """{reference: the features of the reference's first k (eval.keep_rows) data rows, floor: those of the second
-    data sample the floor is measured on} (float32); the teacher's kept rows come with its curve."""
+def kept_reference_rows(c, ref, ev, features) -> dict:
+    """{reference: the features of the reference's first eval.keep_rows data rows, floor: those of the second data
+    sample the floor is measured on} (float32); the teacher's kept rows come with its curve."""
+    k = ev.keep_rows
+    return {"reference": first_rows(c, ref, ev, features, k), "floor": first_rows(c, ref, ev, features, k, True)}
+
+
+def first_rows(c, ref, ev, features, k: int, floor: bool = False):
+    """The features of the first k rows of the reference's data sample (floor: of the second sample the floor is
+    measured on), float32; only those k rows are featurised."""
     from multistep.metrics.evaluate import data_samples
     from multistep.metrics.paired import kept_rows
     from multistep.metrics.streaming import STREAM_DATA, STREAM_OTHER, StreamRef, data_rows
 
-    k = ev.keep_rows if k is None else k
-    feats = (lambda x: x) if features is None else features
     if isinstance(ref, StreamRef):
-        data, other = (data_rows(c.data, ev.seed, stream, 0, k) for stream in (STREAM_DATA, STREAM_OTHER))
+        rows = data_rows(c.data, ev.seed, STREAM_OTHER if floor else STREAM_DATA, 0, k)
     else:
-        _, data, other = data_samples(c.data, ev.samples, ev.seed)
-    return {"reference": kept_rows(feats(data[:k]), k), "floor": kept_rows(feats(other[:k]), k)}
+        rows = data_samples(c.data, ev.samples, ev.seed)[2 if floor else 1][:k]
+    return kept_rows(rows if features is None else features(rows), k)

@@ -18,7 +18,7 @@ from pathlib import Path
 from multistep.cli_common import say as cli_say
 from multistep.config import ConfigError, SweepPlan
 from multistep.config.plan import get_path, set_path
-from multistep.metrics.diversity import diversity_names, diversity_rows
+from multistep.metrics.diversity import diversity_names, diversity_rows, scores_modes
 from multistep.metrics.evaluate import metric_names
 from multistep.metrics.extractors import file_sha256
 from multistep.metrics.paired import EVAL_ROWS, save_rows
@@ -502,7 +502,7 @@ def sweep_metric_names(plan, first: dict) -> dict[str, str]:
     ev0, labelled = tc0.eval, first["eval_ref"]["labels"] is not None
     names = metric_names(ev0.samples, tc0.feature_space, labelled, ev0.ode_rows)
     if first.get("diversity_ref") is not None:
-        names |= diversity_names(diversity_rows(ev0), tc0.data.kind == "gmm" and tc0.feature_space == "identity")
+        names |= diversity_names(diversity_rows(ev0), scores_modes(tc0))
     return names
 
 

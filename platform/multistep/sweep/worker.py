@@ -215,13 +215,12 @@ def _points(evaluations, ref, names, ev, device, features, predict, first: bool,
 def trial_diversity(tc, data, reference) -> tuple[dict, object]:
     """(metric names, rows -> metrics) of a trial's diversity measurement against the shared reference rows; the
     mode coverage where the data is a Gaussian mixture scored on the samples themselves. ({}, None): off."""
-    from multistep.data.gmm import GaussianMixture
-    from multistep.metrics.diversity import diversity, diversity_names, diversity_rows
+    from multistep.metrics.diversity import diversity, diversity_names, diversity_rows, scores_modes
 
     n = diversity_rows(tc.eval) if reference is not None else 0
     if not n:
         return {}, None
-    gmm = data if isinstance(data, GaussianMixture) and tc.feature_space == "identity" else None
+    gmm = data if scores_modes(tc) else None
     names = diversity_names(n, gmm is not None)
     return names, lambda rows, n_boot=0: diversity(rows, reference, names, gmm, tc.eval.knn_k, n_boot)
 
