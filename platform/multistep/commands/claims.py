@@ -40,6 +40,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="precision / recall (and, for mixture data, mode coverage) of every point and --pair on its first N kept "
         "rows, with paired intervals (default 5000; 0: off)",
     )
+    s.add_argument(
+        "--merge",
+        action="store_true",
+        help="decide the sweeps as one: sweeps of one budget split to fit a time slot (e.g. dmd_gmm_10k and "
+        "rcm_gmm_10k), evaluated on the same rows, each method in one of them; --pair then pairs across them",
+    )
     s.add_argument("--out", default=None, help="folder for claims.md, claims.csv, budget.png (default: print only)")
     s.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default sqlite:///<cwd>/mlflow.db)")
     return s
@@ -62,17 +68,11 @@ def run(args) -> int:
     if bad := [p for p, q in zip(args.pair, pairs) if len(q) != 2 or not all(q)]:
         raise ConfigError(f"--pair {bad[0]}: expected two method labels separated by a comma, e.g. scd,mcd")
     client = ml.client(tracking_uri(args.tracking_uri))
-    sweeps = [sweep_run_or_latest(client, a) for a in args.sweeps]
-    sections, table, budget, loaded = [], [], {}, []
-    for arg, sweep in zip(args.sweeps, sweeps):
-        points, ref, iterations = eval_rows.load(client, sweep)
-        if ref is None:
-            raise ConfigError(
-                f"RUN_OR_SWEEP {arg}: sweep run {sweep.info.run_id} kept no evaluation rows (set eval.keep_rows)"
-            )
-        name = sweep.data.tags.get("multistep.sweep_id", sweep.info.run_id)
-        if sweep.info.status != "FINISHED":  # decided on what finished, and said so wherever the verdicts go
-            name += f" (sweep {sweep.info.status}: only its finished trials count)"
+    loaded = [_load(client, a, sweep_run_or_latest(client, a), eval_rows) for a in args.sweeps]
+    if args.merge:
+        loaded = [_merged(loaded)]
+    sections, table, budget = [], [], {}
+    for name, sweep, (points, ref, iterations) in loaded:
         print(f"{name}: {len(points)} points, {len(ref)} rows each; {args.n_boot} paired resamples", flush=True)
         say = lambda text: print(f"  {text}", flush=True)  # progress: minutes at 50k rows
         rows = claims.point_table(points, ref, args.n_boot, progress=say)
@@ -88,11 +88,50 @@ def run(args) -> int:
             budget.setdefault((r["method"], r["student_steps"]), []).append(r)
         table += rows
         sections.append((name, rows, verdicts, compared, diversity))
-        loaded.append((points, iterations, ref))
-    changes = _budget_changes(loaded, args.n_boot, claims) if len(sweeps) > 1 else []
+    loaded = [rows for _, _, rows in loaded]
+    changes = _budget_changes(loaded, args.n_boot, claims) if len(loaded) > 1 else []
     if args.out:
-        _write(args.out, table, sections, budget if len(sweeps) > 1 else None, changes)
+        _write(args.out, table, sections, budget if len(loaded) > 1 else None, changes)
     return 0
+
+
+def _load(client, arg: str, sweep, eval_rows) -> tuple[str, object, tuple]:
+    """(the sweep's name as the tables show it, its run, (points, ref, iterations)); exit 2 without kept rows."""
+    from multistep.config import ConfigError
+
+    points, ref, iterations = eval_rows.load(client, sweep)
+    if ref is None:
+        raise ConfigError(
+            f"RUN_OR_SWEEP {arg}: sweep run {sweep.info.run_id} kept no evaluation rows (set eval.keep_rows)"
+        )
+    name = sweep.data.tags.get("multistep.sweep_id", sweep.info.run_id)
+    if sweep.info.status != "FINISHED":  # decided on what finished, and said so wherever the verdicts go
+        name += f" (sweep {sweep.info.status}: only its finished trials count)"
+    return name, sweep, (points, ref, iterations)
+
+
+def _merged(loaded: list) -> tuple[str, object, tuple]:
+    """Several sweeps as one: the same reference rows, every student point from one sweep only (the teacher's
+    curve and the floor, the same rows in each, from the first)."""
+    import numpy as np
+
+    from multistep.config import ConfigError
+
+    name, sweep, (points, ref, iterations) = loaded[0]
+    points, iterations, names = dict(points), dict(iterations), [name]
+    for other, _, (more, other_ref, more_iterations) in loaded[1:]:
+        if other_ref.shape != ref.shape or not np.array_equal(other_ref, ref):
+            raise ConfigError(f"--merge: {other} was evaluated on other rows than {name} (eval seed, data or size)")
+        for key, by_seed in more.items():
+            if key not in points:
+                points[key] = by_seed
+            elif key in iterations and key in more_iterations:
+                raise ConfigError(
+                    f"--merge: {key[0]} S={key[1]} is in both {names[0]} and {other}; merge sweeps whose methods differ"
+                )
+        iterations |= more_iterations
+        names.append(other)
+    return " + ".join(names), sweep, (points, ref, iterations)
 
 
 def _mixture(client, sweep):
