@@ -62,7 +62,7 @@ def make_reference(args, say=print) -> int:
 
     tc = TrialCfg.model_construct(data=d, eval=ev)
     first = read_shard(list_shards(d.path)[0])[0]
-    from multistep.train.build import ImageData
+    from multistep.data import ImageData
 
     space, features, _, key = feature_setup(
         tc, ImageData(torch.from_numpy(first[:1].transpose(0, 3, 1, 2).copy())), say

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -10,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from multistep.config.errors import sub_field_error
+from multistep.data import DATA_KINDS, FieldError
 from multistep.methods import METHODS, OptionError
 
 
@@ -31,61 +31,49 @@ class ScheduleCfg(Strict):
 
 
 class DataCfg(Strict):
-    """The data distribution. Fields of other kinds may stay in the file and are ignored
-    (gmm: shape .. seed; digits: size; parquet: path)."""
+    """The `data:` section, flat as in the YAML: a registered data kind (data/kinds.py) and the fields every kind
+    declares in data/<kind>.py (gmm: shape .. seed; digits: size; parquet: path). Fields of other kinds may stay in
+    the file (a sweep's base shared by axes over data.kind): they are validated and kept, and only the kind's are used."""
 
-    kind: Literal["gmm", "digits", "parquet"] = (
-        "gmm"  # gmm: mixture with an exact denoiser; digits: sklearn 8x8 digits; parquet: image shards
-    )
-    shape: list[PosInt] = [16]  # gmm: shape of one sample (vectors: [d]; images: [C, H, W])
-    components: PosInt = 10  # gmm: number of mixture components
-    mean_std: PosFloat = 0.6  # gmm: component means ~ N(0, mean_std^2)
-    component_std: PosFloat = 0.1  # gmm: isotropic std of every component
-    rank: Annotated[int, Field(ge=0)] = (
-        0  # gmm: correlated directions per component, Sigma_k = component_std^2 I + rank_std^2 Q_k Q_k^T (0: isotropic)
-    )
-    rank_std: PosFloat = 0.5  # gmm: extra std along each of a component's `rank` random orthonormal directions
-    smooth: PosInt = (
-        1  # gmm images: means and directions drawn at H/smooth x W/smooth, upsampled bilinearly (1: white noise)
-    )
-    seed: int = 0  # gmm: seed of the mixture itself
-    size: Literal[8, 16, 32] = 8  # digits: image side (8 = the real data, 16/32 nearest-upsampled)
-    path: str | None = Field(
-        None, validate_default=True
-    )  # parquet: folder of shard-*.parquet files (`multistep data convert`); relative to the cwd
+    model_config = ConfigDict(extra="allow")  # the registered kinds' fields; any other key is refused below
+    kind: str = "gmm"  # gmm: mixture with an exact denoiser; digits: sklearn 8x8 digits; parquet: image shards
 
-    @field_validator("path")
+    @model_validator(mode="before")
     @classmethod
-    def _path(cls, v, info):
-        if info.data.get("kind") != "parquet":
-            return v
-        if v is None:
-            raise ValueError(
-                "required for kind: parquet (a folder of shard-*.parquet files from `multistep data convert`)"
-            )
-        p = Path(v).expanduser().resolve()
-        if not p.exists():
-            raise ValueError(f"{p}: not found")
-        return str(p)
+    def _fields(cls, data):
+        if not isinstance(data, dict):
+            return data
+        out = {k: v for k, v in data.items() if k in cls.model_fields}
+        for kind in DATA_KINDS.values():  # every kind's fields, validated by its own model (errors: data.<key>)
+            out |= dict(kind.options.model_validate({k: v for k, v in data.items() if k in kind.options.model_fields}))
+        if unknown := [k for k in data if k not in out]:
+            raise sub_field_error(unknown[0], data[unknown[0]], "unknown key")
+        return out
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, v):
+        if v not in DATA_KINDS:
+            raise ValueError(f"{v!r}: not a data kind (registered: {', '.join(sorted(DATA_KINDS))})")
+        return v
 
     @model_validator(mode="after")
-    def _rank(self):
-        if self.kind == "gmm" and self.rank > math.prod(self.shape):
-            raise sub_field_error(
-                "rank", self.rank, f"exceeds the dimension of shape {self.shape} ({math.prod(self.shape)})"
-            )
+    def _kind_rules(self):
+        try:
+            DATA_KINDS[self.kind].check(self)
+        except FieldError as e:
+            raise sub_field_error(e.field, getattr(self, e.field), str(e)) from None
         return self
 
     @property
     def fd_space(self) -> str:
         """Features of the Frechet distance: the vectors themselves (identity) for mixtures, pixels for image data."""
-        return "identity" if self.kind == "gmm" else "pixel"
+        return DATA_KINDS[self.kind].fd_space
 
     @property
     def label(self) -> str:
         """Short description for tags, e.g. gmm[16], digits8, parquet:cifar10."""
-        gmm = f"gmm{self.shape}" + (f"x{self.components}r{self.rank}" if self.rank else "")
-        return {"gmm": gmm, "digits": f"digits{self.size}"}.get(self.kind) or f"parquet:{Path(self.path or '').name}"
+        return DATA_KINDS[self.kind].label(self)
 
 
 TEACHER_ARTIFACT = "teacher.pt"  # artifact path of the checkpoint on a `multistep teacher` run
@@ -562,7 +550,7 @@ class TrialCfg(Strict):
     @classmethod
     def _teacher_fits_data(cls, t, info):
         d = info.data.get("data")
-        if t.kind == "analytic" and d is not None and d.kind != "gmm":
+        if t.kind == "analytic" and d is not None and not DATA_KINDS[d.kind].mixture:
             raise ValueError(
                 f"the analytic teacher is the exact denoiser of a gmm; data kind {d.kind} needs a trained "
                 "teacher (kind: checkpoint with path, or kind: mlflow with run_id; see `multistep teacher`)"
@@ -573,9 +561,9 @@ class TrialCfg(Strict):
     @classmethod
     def _student_fits_data(cls, s, info):
         d = info.data.get("data")
-        if s.net != "unet" or d is None or d.kind == "parquet":  # Parquet images: checked when the UNet is built
+        if s.net != "unet" or d is None or DATA_KINDS[d.kind].files:  # images in files: checked when the UNet is built
             return s
-        shape = d.shape if d.kind == "gmm" else [1, d.size, d.size]
+        shape = list(DATA_KINDS[d.kind].shape(d))
         down = 2 ** (len(s.ch_mult) - 1)
         if len(shape) != 3 or shape[1] != shape[2] or shape[1] % down:
             raise sub_field_error(
@@ -589,7 +577,12 @@ class TrialCfg(Strict):
     @classmethod
     def _guidance_fits_teacher(cls, m, info):
         t, d = info.data.get("teacher"), info.data.get("data")
-        if m.guidance > 0 and t is not None and d is not None and (t.kind == "analytic" or d.kind == "gmm"):
+        if (
+            m.guidance > 0
+            and t is not None
+            and d is not None
+            and (t.kind == "analytic" or DATA_KINDS[d.kind].labelled is False)
+        ):
             raise sub_field_error(
                 "guidance",
                 m.guidance,
@@ -614,7 +607,7 @@ class TrialCfg(Strict):
 
 def extractor_error(d: DataCfg, e: EvalCfg) -> str | None:
     """Why eval.extractor does not fit the data kind, or None."""
-    fits = ("auto", "identity") if d.kind == "gmm" else ("auto", "pixel", "classifier", "inception")
+    fits = ("auto", "identity") if d.fd_space == "identity" else ("auto", "pixel", "classifier", "inception")
     if e.extractor not in fits:
         return f"{e.extractor} does not fit data.kind {d.kind} (gmm: auto or identity; images: auto, pixel, classifier or inception)"
     return None

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 
 from multistep.config.io import validate_file
 from multistep.config.schema import DataCfg, PosFloat, PosInt, RunName, ScheduleCfg, Strict, WorkerResourcesCfg
+from multistep.data import DATA_KINDS
 
 
 class UNetCfg(Strict):
@@ -71,8 +72,9 @@ class TeacherFileCfg(Strict):
     @classmethod
     def _net_fits_data(cls, net, info):
         d = info.data.get("data")
-        if net.kind == "unet" and d is not None and d.kind == "gmm" and len(d.shape) != 3:
-            raise ValueError(f"unet needs image data ([C, H, W]) but data.shape is {d.shape}: use kind: mlp")
+        kind = DATA_KINDS[d.kind] if d is not None else None
+        if net.kind == "unet" and kind and not kind.files and len(shape := kind.shape(d)) != 3:
+            raise ValueError(f"unet needs image data ([C, H, W]) but the data's shape is {list(shape)}: use kind: mlp")
         return net
 
 

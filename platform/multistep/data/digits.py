@@ -7,10 +7,13 @@ optionally upsampled to s = 16 or 32 (nearest or bilinear).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from multistep.data import kinds
 
 
 def load_digits(size: int = 8, mode: str = "nearest") -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,3 +46,26 @@ def batches(
         for i in range(0, len(x) - batch_size + 1, batch_size):
             idx = perm[i : i + batch_size]
             yield x[idx], (y[idx] if y is not None else None)
+
+
+# -- the data kind `digits` (data/kinds.py) ---------------------------------------------------------------------
+def _epochs(d, data, rank: int, world: int, batch_size: int, seed: int):
+    """Teacher training on the 1,797 digits: epochs reshuffled per seed (not draws with replacement)."""
+    return batches(data.x, data.labels, batch_size, seed=seed)
+
+
+class DigitsOptions(kinds.Options):
+    size: Literal[8, 16, 32] = 8  # image side (8 = the real data, 16/32 nearest-upsampled)
+
+
+DIGITS = kinds.register(
+    kinds.DataKind(
+        name="digits",
+        options=DigitsOptions,
+        shape=lambda d: (1, d.size, d.size),
+        load=lambda d: kinds.ImageData(*load_digits(d.size)),
+        label=lambda d: f"digits{d.size}",
+        labelled=True,
+        batches=_epochs,
+    )
+)

@@ -7,11 +7,16 @@ each). A low rank keeps the exact denoiser O(B K d r) (Woodbury, nets/analytic.p
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
+
+from multistep.data import kinds
 
 
 @dataclass(frozen=True)
@@ -86,3 +91,38 @@ def _fields(n: int, shape: tuple[int, ...], smooth: int, g: torch.Generator) -> 
     low = torch.randn(n, c, max(1, h // smooth), max(1, w // smooth), generator=g, dtype=torch.float64)
     up = F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False).reshape(n, d)
     return up / up.std(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+# -- the data kind `gmm` (data/kinds.py) ------------------------------------------------------------------------
+def _check(d) -> None:
+    if d.rank > math.prod(d.shape):
+        raise kinds.FieldError("rank", f"exceeds the dimension of shape {d.shape} ({math.prod(d.shape)})")
+
+
+class GmmOptions(kinds.Options):
+    shape: list[Annotated[int, Field(ge=1)]] = [16]  # shape of one sample (vectors: [d]; images: [C, H, W])
+    components: Annotated[int, Field(ge=1)] = 10  # number of mixture components
+    mean_std: Annotated[float, Field(gt=0)] = 0.6  # component means ~ N(0, mean_std^2)
+    component_std: Annotated[float, Field(gt=0)] = 0.1  # isotropic std of every component
+    # correlated directions per component, Sigma_k = component_std^2 I + rank_std^2 Q_k Q_k^T (0: isotropic)
+    rank: Annotated[int, Field(ge=0)] = 0
+    rank_std: Annotated[float, Field(gt=0)] = 0.5  # extra std along each of a component's `rank` directions
+    smooth: Annotated[int, Field(ge=1)] = 1  # images: means, directions drawn at H/smooth x W/smooth, upsampled
+    seed: int = 0  # seed of the mixture itself
+
+
+GMM = kinds.register(
+    kinds.DataKind(
+        name="gmm",
+        options=GmmOptions,
+        shape=lambda d: tuple(d.shape),
+        load=lambda d: GaussianMixture.random(
+            tuple(d.shape), d.components, d.mean_std, d.component_std, d.seed, d.rank, d.rank_std, d.smooth
+        ),
+        label=lambda d: f"gmm{d.shape}" + (f"x{d.components}r{d.rank}" if d.rank else ""),
+        check=_check,
+        fd_space="identity",
+        mixture=True,
+        labelled=False,
+    )
+)

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import torch
 
 from multistep.atomic import write_with
-from multistep.data import manifest
+from multistep.data import kinds, manifest
 
 SCHEMA_VERSION = "1"
 SHARD_GLOB = "shard-*.parquet"
@@ -437,3 +437,57 @@ class Prefetch:
         self._stop.set()
 
     __del__ = close
+
+
+# -- the data kind `parquet` (data/kinds.py) --------------------------------------------------------------------
+def _check(d) -> None:
+    if d.path is None:
+        raise kinds.FieldError(
+            "path", f"required for kind: parquet (a folder of {SHARD_GLOB} files from `multistep data convert`)"
+        )
+    p = Path(d.path).expanduser().resolve()
+    if not p.exists():
+        raise kinds.FieldError("path", f"{p}: not found")
+    d.path = str(p)  # relative to the cwd of whoever read the file; workers run elsewhere
+
+
+def _shape(d) -> tuple[int, ...]:
+    """Every shard's footer read (schema, image shape, rows > 0), all of one shape."""
+    try:
+        shapes = {shard_info(p).shape for p in list_shards(d.path)}
+    except ValueError as e:
+        raise kinds.FieldError("path", str(e)) from None
+    if len(shapes) > 1:
+        raise kinds.FieldError("path", f"{d.path}: shards of different image shapes {sorted(shapes)}")
+    return shapes.pop()
+
+
+def _images(parts: list) -> kinds.ImageData:
+    x = torch.from_numpy(np.concatenate([a for a, _ in parts]).transpose(0, 3, 1, 2).copy())  # NHWC -> NCHW uint8
+    labels = [b for _, b in parts]
+    return kinds.ImageData(x, torch.from_numpy(np.concatenate(labels)) if all(b is not None for b in labels) else None)
+
+
+def _load(d, first: int | None = None) -> kinds.ImageData:
+    try:
+        return _images([read_shard(p) for p in list_shards(d.path)[:first]])
+    except ValueError as e:
+        raise kinds.FieldError("path", str(e)) from None
+
+
+class ParquetOptions(kinds.Options):
+    path: str | None = None  # folder of shard-*.parquet files (`multistep data convert`); relative to the cwd
+
+
+PARQUET = kinds.register(
+    kinds.DataKind(
+        name="parquet",
+        options=ParquetOptions,
+        shape=_shape,
+        load=_load,
+        label=lambda d: f"parquet:{Path(d.path or '').name}",
+        check=_check,
+        stream=lambda d, rank, world, seed, batch_size: ShardStream(d.path, rank, world, seed, batch_size),
+        first_rows=lambda d: _load(d, first=1),  # checks need a few rows, not the dataset
+    )
+)

@@ -87,7 +87,9 @@ def diversity_names(rows: int, mixture: bool) -> dict[str, str]:
 
 def scores_modes(tc) -> bool:
     """Whether a trial config's points get mode coverage: Gaussian-mixture data scored in identity features."""
-    return tc.data.kind == "gmm" and tc.feature_space == "identity"
+    from multistep.data import data_kind
+
+    return data_kind(tc.data).mixture and tc.feature_space == "identity"
 
 
 def diversity_rows(ev) -> int:

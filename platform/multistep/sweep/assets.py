@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from multistep.config import ConfigError, TrialCfg
+from multistep.data import as_float, data_kind
 from multistep.metrics.diversity import diversity_rows
 from multistep.metrics.evaluate import make_eval_ref, repeated_teacher_curve, teacher_curve
 from multistep.metrics.extractors import ClassifierExtractor, InceptionExtractor, features_fn, file_sha256, tree_sha256
@@ -22,7 +23,7 @@ from multistep.metrics.reference import load_for
 from multistep.metrics.streaming import load_ref, make_stream_ref, stream_teacher_curve
 from multistep.tracking.teachers import resolve_mlflow_teacher
 from multistep.train import checkpoint
-from multistep.train.build import as_float, build, uses_labels
+from multistep.train.build import build, uses_labels
 from multistep.train.loop import WarmStart, warm_start
 
 
@@ -76,13 +77,6 @@ def resolve_teachers(trials: list, cache_dir: Path, log=print) -> None:
             trial.cfg.teacher = seen[key].model_copy()
 
 
-def data_identity(cfg: TrialCfg) -> dict:
-    d = cfg.data
-    if d.kind == "gmm":  # the fields a mixture had before other kinds existed: cache keys stay the same
-        return d.model_dump(exclude={"size", "path"})
-    return {"kind": d.kind, "size": d.size} if d.kind == "digits" else {"kind": d.kind, "path": d.path}
-
-
 def teacher_identity(cfg: TrialCfg) -> dict:
     t = cfg.teacher
     if t.kind == "analytic":
@@ -115,7 +109,7 @@ def make_extractor_for(cfg: TrialCfg, data, cache_dir: Path, log=print):
 
 def prepare(cfg: TrialCfg, cache_dir: Path, log=print) -> dict:
     c = build(cfg)
-    base = {"data": data_identity(cfg), "teacher": teacher_identity(cfg)}
+    base = {"data": data_kind(cfg.data).identity(cfg.data), "teacher": teacher_identity(cfg)}
     ev = cfg.eval
     labelled = uses_labels(c.teacher, getattr(c.data, "labels", None) is not None)  # conditional teacher + labels
     ext = make_extractor_for(cfg, c.data, cache_dir, log)

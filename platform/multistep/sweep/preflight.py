@@ -15,6 +15,7 @@ from pathlib import Path
 from multistep.atomic import cannot_write_in, check_output_folder, existing_ancestor
 from multistep.config import ConfigError, SweepPlan, TrialCfg
 from multistep.config.errors import first_line
+from multistep.data import data_kind
 
 # Tracking-store schemes MLflow 3.17 opens (its SQLAlchemy dialects, the REST client, Databricks, file stores)
 TRACKING_SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "mssql", "databricks")
@@ -100,7 +101,7 @@ def inputs(plan: SweepPlan, check_data: bool = False, say=print) -> None:
             continue
         seen.add(key)
         _check_pair(tc, plan.path)
-        if check_data and tc.data.kind == "parquet" and tc.data.path not in checked:
+        if check_data and data_kind(tc.data).files and tc.data.path not in checked:
             checked.add(tc.data.path)
             verify_data(tc.data, f"{plan.path}: ", say)
 
@@ -118,7 +119,9 @@ def verify_data(d, where: str = "", say=print) -> None:
 
 
 def _check_pair(tc: TrialCfg, path: str) -> None:
-    shape = data_shape(tc.data, f"{path}: ")
+    from multistep.train.build import sample_shape
+
+    shape = sample_shape(tc.data, where=f"{path}: ")
     check_eval(tc, shape, f"{path}: ")
     if tc.teacher.imported:
         return _check_imported(tc, shape, path)
@@ -177,20 +180,13 @@ def _check_imported(tc: TrialCfg, shape: tuple, path: str) -> None:
     import torch
 
     from multistep.nets import imported
-    from multistep.train.build import ImageData, make_data, plausibility_rows
+    from multistep.train.build import make_data, plausibility_rows
 
     try:
         f, _ = imported.load(tc.teacher)
     except ValueError as e:
         raise ConfigError(f"{path}: {e}") from None
-    d = tc.data
-    if d.kind == "parquet":  # the first shard only: the check needs a few rows, not the dataset
-        from multistep.data.parquet import list_shards, read_shard
-
-        x, y = read_shard(list_shards(d.path)[0])
-        data = ImageData(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), None if y is None else torch.from_numpy(y))
-    else:
-        data = make_data(d)
+    data = make_data(tc.data, f"{path}: ", rows=True)  # a few rows, not the dataset
     x, y = plausibility_rows(data)
     y = y if f.num_classes is not None else None
     where = f"{path}: teacher.path: {tc.teacher.path}"
@@ -211,24 +207,6 @@ def _check_imported(tc: TrialCfg, shape: tuple, path: str) -> None:
         return
     if err := imported.plausibility_error(f, x, y):
         raise ConfigError(f"{path}: teacher.parameterization: {err}")
-
-
-def data_shape(d, where: str = "") -> tuple[int, ...]:
-    """Shape of one sample without loading the data (Parquet: every shard's footer read, all of one shape);
-    a problem is a ConfigError `<where>data.path: ...`. Also `multistep teacher`'s check."""
-    if d.kind == "gmm":
-        return tuple(d.shape)
-    if d.kind == "digits":
-        return (1, d.size, d.size)
-    from multistep.data.parquet import list_shards, shard_info
-
-    try:
-        shapes = {shard_info(p).shape for p in list_shards(d.path)}  # schema, image shape, rows > 0
-    except ValueError as e:
-        raise ConfigError(f"{where}data.path: {e}") from None
-    if len(shapes) > 1:
-        raise ConfigError(f"{where}data.path: {d.path}: shards of different image shapes {sorted(shapes)}")
-    return shapes.pop()
 
 
 def resources(plan: SweepPlan) -> None:

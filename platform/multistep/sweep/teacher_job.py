@@ -18,8 +18,9 @@ from pathlib import Path
 
 import yaml
 
-from multistep.config import TEACHER_ARTIFACT, ConfigError, DataCfg, TeacherFileCfg, load_teacher_file
-from multistep.sweep.preflight import data_shape, verify_data
+from multistep.config import TEACHER_ARTIFACT, ConfigError, TeacherFileCfg, load_teacher_file
+from multistep.data import data_kind
+from multistep.sweep.preflight import verify_data
 from multistep.tracking import tags as tag
 
 
@@ -35,10 +36,12 @@ def net_config(cfg: TeacherFileCfg, shape: tuple[int, ...]) -> dict:
 
 def check(cfg: TeacherFileCfg, file: str) -> tuple[dict, int]:
     """(net config, parameter count); a net that cannot be built for the data is bad input."""
+    from multistep.train.build import sample_shape
     from multistep.train.teacher import build_net
 
+    shape = sample_shape(cfg.data, where=f"{file}: ")
     try:
-        net_cfg = net_config(cfg, data_shape(cfg.data))
+        net_cfg = net_config(cfg, shape)
         n_params = sum(p.numel() for p in build_net(net_cfg).parameters())
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{file}: net: {e}") from None
@@ -52,7 +55,7 @@ def cmd_teacher(args) -> int:
 
     cfg = load_teacher_file(args.file)
     net_cfg, n_params = check(cfg, args.file)
-    if cfg.data.kind == "parquet" and not args.skip_data_check:
+    if data_kind(cfg.data).files and not args.skip_data_check:
         verify_data(cfg.data, f"{args.file}: ")
     uri = tracking_uri(args.tracking_uri)  # before Ray or MLflow: a supported, writable or answering store
     if "://" in args.storage:
@@ -161,40 +164,20 @@ def run_teacher(cfg: TeacherFileCfg, file: str, net_cfg: dict, tracking_uri: str
         "to distil it, put these two lines in a sweep file (or name it by run: "
         f"teacher: {{kind: mlflow, run_id: {rid}}}):"
     )
-    say(f"  data: {yaml.safe_dump(_data_line(cfg.data), default_flow_style=True, width=1000).strip()}")
+    say(
+        f"  data: {yaml.safe_dump(data_kind(cfg.data).identity(cfg.data), default_flow_style=True, width=1000).strip()}"
+    )
     say(f"  teacher: {{kind: checkpoint, path: {path}}}")
     return {"status": "FINISHED", "run_id": rid, "path": str(path), **out}
 
 
-def _data_line(d: DataCfg) -> dict:
-    keep = {
-        "gmm": ["kind", "shape", "components", "mean_std", "component_std", "rank", "rank_std", "smooth", "seed"],
-        "digits": ["kind", "size"],
-        "parquet": ["kind", "path"],
-    }[d.kind]
-    return {k: v for k, v in d.model_dump(mode="json").items() if k in keep}
-
-
 # -- worker: one Ray Train rank ---------------------------------------------------------------------
 def _batches(cfg: TeacherFileCfg, data, rank: int, world: int, device):
-    """Endless training batches of this rank's share (x or (x, y)) on `device`."""
-    import torch
-
+    """Endless training batches of this rank's share (x or (x, y)) on `device`, as the data kind draws them."""
     from multistep.sweep.worker import on_device
 
     b, seed = cfg.train.batch_size // world, cfg.train.seed + 1000 * rank
-    if cfg.data.kind == "parquet":
-        from multistep.data.parquet import ShardStream
-
-        it = iter(ShardStream(cfg.data.path, rank, world, seed=seed, batch_size=b))
-    elif cfg.data.kind == "digits":
-        from multistep.data.digits import batches
-
-        it = batches(data.x, data.labels, b, seed=seed)
-    else:
-        g = torch.Generator().manual_seed(seed)
-        it = iter(lambda: data.sample(b, g), None)
-    for batch in it:
+    for batch in data_kind(cfg.data).training_batches(cfg.data, data, rank, world, b, seed):
         yield on_device(batch, device)
 
 
@@ -223,7 +206,7 @@ def teacher_worker(config: dict) -> dict:
     sched = make_schedule(cfg.schedule.name, **cfg.schedule.params)
     torch.manual_seed(t.seed)  # identical initial weights on every rank
     net = build_net(config["net"]).to(device)
-    data = make_data(cfg.data) if cfg.data.kind != "parquet" or rank == 0 else None
+    data = make_data(cfg.data) if not data_kind(cfg.data).files or rank == 0 else None
     logger = RunLogger(config["tracking_uri"], config["run_id"]) if rank == 0 else None
 
     def log(it: int, m: dict) -> None:
@@ -251,7 +234,7 @@ def teacher_worker(config: dict) -> dict:
         "name": cfg.name,
         "run_id": config["run_id"],
         "schedule": cfg.schedule.model_dump(mode="json"),
-        "data": _data_line(cfg.data),
+        "data": data_kind(cfg.data).identity(cfg.data),
         "shape": shape,
         "iterations": t.iterations,
         "final_loss": history[-1]["loss"],

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from multistep.data import data_kind
 from multistep.tracking import tags as tag
 from multistep.train import checkpoint as checkpoint_file
 
@@ -250,7 +251,7 @@ class Trial:
         session.storage = cfg.get("storage", "")
         torch.set_num_threads(max(1, int(cfg["threads"])))
         self.tc = TrialCfg.model_validate(cfg["trial"])
-        self.stream = self.tc.data.kind == "parquet"  # each rank reads only its slice of the shards
+        self.stream = data_kind(self.tc.data).files  # each rank reads only its slice of the shards
         self.last_proxy: dict[str, float] = {}
 
     def set_up(self) -> None:
@@ -313,10 +314,8 @@ class Trial:
         local_batch, labelled, data = self.tc.train.batch_size // self.world, self.labelled, self.comps.data
         self.batches = None
         if self.stream:  # reshuffled every epoch; a resumed trial continues after the last batch it drew
-            from multistep.data.parquet import ShardStream
-
             seed = self.tc.train.seed + 1000 * self.rank
-            shards = ShardStream(self.tc.data.path, self.rank, self.world, seed=seed, batch_size=local_batch)
+            shards = data_kind(self.tc.data).stream(self.tc.data, self.rank, self.world, seed, local_batch)
             self.batches = shards.batches(start=self.state.iteration, prefetch=PREFETCH_BATCHES, device=self.device)
             draw = lambda g: next(self.batches) if labelled else next(self.batches)[0]
         else:

@@ -8,12 +8,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from multistep.config import ConfigError, DataCfg, StudentCfg, TeacherCfg, TrialCfg
-from multistep.data.gmm import GaussianMixture
+from multistep.data import FieldError, data_kind
 from multistep.diffusion.schedules import Schedule, make_schedule
 from multistep.methods import METHODS, method_label
 from multistep.nets import imported
@@ -24,51 +23,14 @@ from multistep.train.teacher import build_net, load_teacher
 DEFAULT_CACHE = Path(os.environ.get("MULTISTEP_CACHE", "~/.cache/multistep")).expanduser()
 
 
-class ImageData:
-    """In-memory images behind the mixture's interface: `.shape` and `.sample(n, generator, dtype)`.
-
-    Rows are drawn with replacement by the generator; uint8 pixels are mapped to [-1, 1] as they are drawn.
-    """
-
-    def __init__(self, x: torch.Tensor, labels: torch.Tensor | None = None):
-        self.x, self.labels = x, labels  # x: (N, C, H, W) uint8 or float in [-1, 1]
-        self.shape = tuple(x.shape[1:])
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def sample(self, n: int, generator: torch.Generator | None = None, dtype=torch.float32) -> torch.Tensor:
-        return self.sample_labelled(n, generator, dtype)[0]
-
-    def sample_labelled(self, n: int, generator: torch.Generator | None = None, dtype=torch.float32):
-        """(x, y): the rows `sample` draws (same generator use) and their labels (None for unlabelled data)."""
-        i = torch.randint(len(self.x), (n,), generator=generator)
-        return as_float(self.x[i], dtype), None if self.labels is None else self.labels[i].long()
-
-
-def as_float(x: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
-    """Images in [-1, 1] as `dtype`: uint8 pixels mapped by p / 127.5 - 1, float images as they are."""
-    return x.to(dtype).div_(127.5).sub_(1.0) if x.dtype == torch.uint8 else x.to(dtype)
-
-
-def make_data(d: DataCfg):
-    """The data distribution of a config: a GaussianMixture, or ImageData for digits / Parquet shards."""
-    if d.kind == "gmm":
-        shape, k = tuple(d.shape), d.components
-        return GaussianMixture.random(shape, k, d.mean_std, d.component_std, d.seed, d.rank, d.rank_std, d.smooth)
-    if d.kind == "digits":
-        from multistep.data.digits import load_digits
-
-        return ImageData(*load_digits(d.size))
-    from multistep.data.parquet import list_shards, read_shard
-
+def make_data(d: DataCfg, where: str = "", rows: bool = False):
+    """The data distribution of a config in memory (a GaussianMixture, ImageData, ...; rows: only the few rows a
+    check needs); a problem with its files is a ConfigError `<where>data.<field>: ...`."""
+    kind = data_kind(d)
     try:
-        parts = [read_shard(p) for p in list_shards(d.path)]
-        x = torch.from_numpy(np.concatenate([a for a, _ in parts]).transpose(0, 3, 1, 2).copy())  # NHWC -> NCHW uint8
-    except ValueError as e:
-        raise ConfigError(f"data.path: {e}") from None
-    labels = [b for _, b in parts]
-    return ImageData(x, torch.from_numpy(np.concatenate(labels)) if all(b is not None for b in labels) else None)
+        return kind.sample_rows(d) if rows else kind.load(d)
+    except FieldError as e:
+        raise ConfigError(f"{where}data.{e.field}: {e}") from None
 
 
 def teacher_file(t: TeacherCfg) -> str:
@@ -115,15 +77,15 @@ def platform_student(cfg: TrialCfg, sched: Schedule, shape: tuple) -> VDenoiser:
     return VDenoiser(net, sched)
 
 
-def sample_shape(d: DataCfg, data=None) -> tuple:
-    """The shape of one sample: the loaded data's, else from the config (Parquet: the first shard's footer)."""
+def sample_shape(d: DataCfg, data=None, where: str = "") -> tuple:
+    """The shape of one sample: the loaded data's, else the kind's without loading (a problem with its files is a
+    ConfigError `<where>data.<field>: ...`; also `multistep teacher`'s check)."""
     if data is not None:
         return tuple(data.shape)
-    if d.kind == "parquet":
-        from multistep.data.parquet import list_shards, shard_info
-
-        return tuple(shard_info(list_shards(d.path)[0]).shape)
-    return tuple(d.shape) if d.kind == "gmm" else (1, d.size, d.size)
+    try:
+        return tuple(data_kind(d).shape(d))
+    except FieldError as e:
+        raise ConfigError(f"{where}data.{e.field}: {e}") from None
 
 
 def load_imported_teacher(t: TeacherCfg):

@@ -167,11 +167,12 @@ def test_a_teacher_file_records_its_whole_data_config():
     """A correlated mixture keeps rank, rank_std and smooth in the teacher file's data line (`multistep eval
     teacher.pt` rebuilds the data from it; the printed sweep line is pasted by users)."""
     from multistep.config import DataCfg
-    from multistep.sweep.teacher_job import _data_line
+    from multistep.data import data_kind
 
     d = DataCfg(kind="gmm", shape=[1, 8, 8], components=3, rank=2, rank_std=0.3, smooth=2, seed=5)
-    assert DataCfg.model_validate(_data_line(d)) == d
-    assert _data_line(DataCfg(kind="digits", size=16)) == {"kind": "digits", "size": 16}
+    assert DataCfg.model_validate(data_kind(d).identity(d)) == d
+    digits = DataCfg(kind="digits", size=16)
+    assert data_kind(digits).identity(digits) == {"kind": "digits", "size": 16}
 
 
 @pytest.mark.slow
