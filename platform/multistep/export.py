@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from multistep.config import ConfigError
+from multistep.teachers import teacher_kind
 
 FORMATS = ("safetensors", "torchscript", "diffusers")
 SPEC = "multistep.json"
@@ -71,19 +72,13 @@ def network_spec(tc, f) -> dict:
     """How to rebuild the student's network without this platform's trial config."""
     t = tc.teacher
     flow_map = {"target_input": True} if getattr(f, "flow_map", False) else {}  # a flow-map student's second time
-    if t.kind == "analytic" or (t.imported and not tc.student.copy_teacher):
+    kind = teacher_kind(t)
+    if not kind.copies(tc):
         from multistep.train.build import sample_shape, student_net_cfg
 
         return {"kind": "platform", "net": student_net_cfg(tc.student, sample_shape(tc.data)) | flow_map}
-    if t.kind in ("checkpoint", "mlflow"):
-        from multistep.train.teacher import load_teacher
-
-        return {"kind": "platform", "net": load_teacher(t.path)[1]["net"] | flow_map}
-    if t.kind == "diffusers":
-        return {"kind": "diffusers", "config": dict(f.net.unet.config)}
-    if t.kind == "state_dict":
-        return {"kind": "builder", "builder": t.builder, "builder_args": t.builder_args}
-    return {"kind": "torchscript"}  # the architecture lives only in the TorchScript file
+    spec = kind.network(tc, f)
+    return spec | flow_map if spec["kind"] == "platform" else spec
 
 
 def build_network(spec: dict) -> nn.Module:

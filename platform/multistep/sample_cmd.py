@@ -44,6 +44,7 @@ def load_source(arg: str) -> Source:
         from pydantic import ValidationError
 
         from multistep.config import TrialCfg, describe, read_yaml
+        from multistep.teachers import teacher_kind
         from multistep.train.build import build
 
         doc = {"teacher": {"kind": "diffusers", "path": str(p)}} if p.is_dir() else read_yaml(p)
@@ -53,13 +54,10 @@ def load_source(arg: str) -> Source:
             tc = TrialCfg.model_validate({k: doc[k] for k in ("teacher", "data") if k in doc})
         except ValidationError as e:
             raise ConfigError(f"{arg}: {describe(e)}") from None
-        c = build(tc, load_data=tc.teacher.kind == "analytic")
-        if "data" in doc or tc.teacher.kind == "analytic":
-            shape = sample_shape(tc.data, c.data)
-        elif tc.teacher.kind == "diffusers":  # a diffusers UNet knows its sample size
-            u = c.teacher.net.unet.config
-            shape = (u.in_channels, u.sample_size, u.sample_size)
-        else:
+        kind = teacher_kind(tc.teacher)
+        c = build(tc, load_data=False)
+        shape = sample_shape(tc.data, c.data) if "data" in doc or kind.exact else kind.known_shape(c.teacher)
+        if shape is None:
             raise ConfigError(f"{arg}: give a data: section (the sample shape of this teacher)")
         return Source(c.teacher, c.schedule, shape, "teacher", None, teacher_classes(c.teacher))
     from multistep.train.checkpoint import open_checkpoint

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from multistep.config.errors import sub_field_error
-from multistep.data import DATA_KINDS, FieldError
+from multistep.data import DATA_KINDS
 from multistep.methods import METHODS, OptionError
+from multistep.registry import FieldError
+from multistep.teachers import TEACHER_KINDS
 
 
 class Strict(BaseModel):
@@ -98,7 +99,6 @@ class EdmCfg(Strict):
 
 
 STREAM_ABOVE = 10_000  # eval.stream auto: stream evaluations of more samples than this
-IMPORTED = ("diffusers", "torchscript", "state_dict")  # teachers trained elsewhere (nets/imported.py)
 
 
 class TeacherCfg(Strict):
@@ -106,12 +106,11 @@ class TeacherCfg(Strict):
     diffusers / torchscript / state_dict: a network trained elsewhere (docs/teachers.md). A network teacher brings the
     schedule it was trained with and the student starts as a copy of it (no warm start)."""
 
-    kind: Literal["analytic", "checkpoint", "mlflow", "diffusers", "torchscript", "state_dict"] = "analytic"
+    kind: str = "analytic"  # a registered teacher kind (teachers/kinds.py)
     schedule: ScheduleCfg = ScheduleCfg()  # analytic: noise schedule; imported eps/v/x0 nets without ddpm: theirs
-    path: str | None = Field(
-        None, validate_default=True
-    )  # checkpoint, torchscript, state_dict: a local file; diffusers: a save_pretrained folder; mlflow: set by the driver
-    run_id: str | None = Field(None, validate_default=True)  # mlflow: run id of a `multistep teacher` run
+    # checkpoint, torchscript, state_dict: a local file; diffusers: a save_pretrained folder; mlflow: set by the driver
+    path: str | None = None
+    run_id: str | None = None  # mlflow: run id of a `multistep teacher` run
     artifact_path: str = TEACHER_ARTIFACT  # mlflow: the checkpoint's artifact path on that run
     builder: str | None = None  # state_dict: "package.module:callable" that builds the network (importable here)
     builder_args: dict[str, Any] = {}  # state_dict: keyword arguments of the builder
@@ -133,50 +132,25 @@ class TeacherCfg(Strict):
     logsnr_min: float | None = None  # imported: lowest log-SNR of the student's schedule; default: the teacher's lowest
     check: bool = True  # imported: the plausibility check at load (x_hat at the lowest and highest noise, finite)
 
-    @field_validator("path")
+    @field_validator("kind")
     @classmethod
-    def _path(cls, v, info):
-        kind = info.data.get("kind")
-        if v is None:
-            if kind in ("checkpoint", *IMPORTED):
-                what = (
-                    "a teacher file written by `multistep teacher`" if kind == "checkpoint" else "the teacher's files"
-                )
-                raise ValueError(f"required for kind: {kind} ({what})")
-            return v
-        p = Path(v).expanduser().resolve()
-        if kind == "diffusers":
-            if not p.is_dir():
-                raise ValueError(f"{p}: not a folder (kind diffusers needs a save_pretrained folder)")
-            return str(p)
-        if not p.is_file():
-            raise ValueError(f"{p}: teacher checkpoint not found")
-        if not os.access(p, os.R_OK):
-            raise ValueError(f"{p}: teacher checkpoint not readable")
-        return str(p)
-
-    @field_validator("run_id")
-    @classmethod
-    def _run_id(cls, v, info):
-        if info.data.get("kind") == "mlflow" and not v:
-            raise ValueError("required for kind: mlflow (the run id `multistep teacher` printed)")
+    def _kind(cls, v):
+        if v not in TEACHER_KINDS:
+            raise ValueError(f"{v!r}: not a teacher kind (registered: {', '.join(TEACHER_KINDS)})")
         return v
 
     @model_validator(mode="after")
-    def _declaration(self):
-        if self.kind in ("torchscript", "state_dict") and self.parameterization is None:
-            raise sub_field_error("parameterization", None, f"required for kind: {self.kind} (eps, v, x0, edm or flow)")
-        if self.kind == "state_dict" and (not self.builder or ":" not in self.builder):
-            raise sub_field_error(
-                "builder", self.builder, 'required for kind: state_dict, as "package.module:callable"'
-            )
-        if self.null_label is not None and self.num_classes is None and self.kind != "diffusers":
-            raise sub_field_error("null_label", self.null_label, "needs num_classes")
+    def _kind_rules(self):
+        try:
+            TEACHER_KINDS[self.kind].check(self)
+        except FieldError as e:
+            raise sub_field_error(e.field, getattr(self, e.field), str(e)) from None
         return self
 
     @property
     def imported(self) -> bool:
-        return self.kind in IMPORTED
+        """Trained elsewhere (nets/imported.py): diffusers, torchscript, state_dict."""
+        return TEACHER_KINDS[self.kind].imported
 
 
 class StudentCfg(Strict):
@@ -550,7 +524,7 @@ class TrialCfg(Strict):
     @classmethod
     def _teacher_fits_data(cls, t, info):
         d = info.data.get("data")
-        if t.kind == "analytic" and d is not None and not DATA_KINDS[d.kind].mixture:
+        if TEACHER_KINDS[t.kind].exact and d is not None and not DATA_KINDS[d.kind].mixture:
             raise ValueError(
                 f"the analytic teacher is the exact denoiser of a gmm; data kind {d.kind} needs a trained "
                 "teacher (kind: checkpoint with path, or kind: mlflow with run_id; see `multistep teacher`)"
@@ -581,7 +555,7 @@ class TrialCfg(Strict):
             m.guidance > 0
             and t is not None
             and d is not None
-            and (t.kind == "analytic" or DATA_KINDS[d.kind].labelled is False)
+            and (TEACHER_KINDS[t.kind].exact or DATA_KINDS[d.kind].labelled is False)
         ):
             raise sub_field_error(
                 "guidance",

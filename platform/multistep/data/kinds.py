@@ -14,6 +14,9 @@ from dataclasses import dataclass
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from multistep import registry
+from multistep.registry import FieldError  # noqa: F401  (a kind's check raises it)
+
 
 class ImageData:
     """In-memory images behind the mixture's interface: `.shape` and `.sample(n, generator, dtype)`.
@@ -97,26 +100,15 @@ class DataKind:
         return (self.first_rows or self.load)(d)
 
 
-class FieldError(ValueError):
-    """A data kind's rule broken by one of its fields; the config reports it at data.<field>."""
-
-    def __init__(self, field: str, msg: str):
-        super().__init__(msg)
-        self.field = field
-
-
 DATA_KINDS: dict[str, DataKind] = {}
 
 
 def register(kind: DataKind) -> DataKind:
-    if kind.name in DATA_KINDS:
-        raise ValueError(f"data kind {kind.name!r} registered twice")
-    taken = {f: k.name for k in DATA_KINDS.values() for f in k.options.model_fields}
+    taken = {f: k.name for k in DATA_KINDS.values() if k.name != kind.name for f in k.options.model_fields}
     if clash := [f for f in kind.options.model_fields if f in taken or f == "kind"]:
         owner = f"data kind {taken[clash[0]]!r}" if clash[0] in taken else "the data section"
         raise ValueError(f"data kind {kind.name!r}: field {clash[0]!r} is already declared by {owner}")
-    DATA_KINDS[kind.name] = kind
-    return kind
+    return registry.register(DATA_KINDS, kind, "data kind")
 
 
 def data_kind(d) -> DataKind:

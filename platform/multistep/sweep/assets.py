@@ -18,9 +18,10 @@ from multistep.config import ConfigError, TrialCfg
 from multistep.data import as_float, data_kind
 from multistep.metrics.diversity import diversity_rows
 from multistep.metrics.evaluate import make_eval_ref, repeated_teacher_curve, teacher_curve
-from multistep.metrics.extractors import ClassifierExtractor, InceptionExtractor, features_fn, file_sha256, tree_sha256
+from multistep.metrics.extractors import ClassifierExtractor, InceptionExtractor, features_fn
 from multistep.metrics.reference import load_for
 from multistep.metrics.streaming import load_ref, make_stream_ref, stream_teacher_curve
+from multistep.teachers import teacher_kind
 from multistep.tracking.teachers import resolve_mlflow_teacher
 from multistep.train import checkpoint
 from multistep.train.build import build, uses_labels
@@ -69,23 +70,12 @@ def resolve_teachers(trials: list, cache_dir: Path, log=print) -> None:
     seen: dict[str, object] = {}
     for trial in trials:
         t = trial.cfg.teacher
-        if t.kind == "mlflow":
+        if teacher_kind(t).fetched:
             key = f"{t.run_id}/{t.artifact_path}"
             if key not in seen:
                 seen[key] = resolve_mlflow_teacher(t, cache_dir)
                 log(f"teacher of MLflow run {t.run_id}: {seen[key].kind} {seen[key].path}")
             trial.cfg.teacher = seen[key].model_copy()
-
-
-def teacher_identity(cfg: TrialCfg) -> dict:
-    t = cfg.teacher
-    if t.kind == "analytic":
-        return t.model_dump(include={"kind", "schedule"})
-    if t.imported:  # its files and everything that declares how to read them
-        return {"kind": t.kind, "sha256": tree_sha256(t.path)} | t.model_dump(
-            exclude={"kind", "path", "run_id", "artifact_path"}
-        )
-    return {"kind": "network", "sha256": file_sha256(t.path, 32) if t.path else f"{t.run_id}/{t.artifact_path}"}
 
 
 def make_extractor_for(cfg: TrialCfg, data, cache_dir: Path, log=print):
@@ -109,7 +99,7 @@ def make_extractor_for(cfg: TrialCfg, data, cache_dir: Path, log=print):
 
 def prepare(cfg: TrialCfg, cache_dir: Path, log=print) -> dict:
     c = build(cfg)
-    base = {"data": data_kind(cfg.data).identity(cfg.data), "teacher": teacher_identity(cfg)}
+    base = {"data": data_kind(cfg.data).identity(cfg.data), "teacher": teacher_kind(cfg.teacher).identity(cfg.teacher)}
     ev = cfg.eval
     labelled = uses_labels(c.teacher, getattr(c.data, "labels", None) is not None)  # conditional teacher + labels
     ext = make_extractor_for(cfg, c.data, cache_dir, log)
@@ -206,8 +196,7 @@ def prepare(cfg: TrialCfg, cache_dir: Path, log=print) -> dict:
         make_rows = lambda: kept_reference_rows(c, ref, ev, features)
         rows = _cached(cache_dir / f"evalrows-{rows_key}.pt", make_rows, log) | curve["kept"]
 
-    copied = cfg.teacher.imported and s.copy_teacher  # a copy of the teacher needs no warm start
-    warm = s.init_iterations > 0 and (cfg.teacher.kind == "analytic" or (cfg.teacher.imported and not copied))
+    warm = s.init_iterations > 0 and not teacher_kind(cfg.teacher).copies(cfg)  # a copy of the teacher needs none
     init = _cached(cache_dir / f"init-{init_key}.pt", make_init, log) if warm else None
     return {
         "diversity_ref": div_ref,

@@ -16,6 +16,7 @@ from multistep.atomic import cannot_write_in, check_output_folder, existing_ance
 from multistep.config import ConfigError, SweepPlan, TrialCfg
 from multistep.config.errors import first_line
 from multistep.data import data_kind
+from multistep.teachers import teacher_kind
 
 # Tracking-store schemes MLflow 3.17 opens (its SQLAlchemy dialects, the REST client, Databricks, file stores)
 TRACKING_SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "mssql", "databricks")
@@ -123,33 +124,7 @@ def _check_pair(tc: TrialCfg, path: str) -> None:
 
     shape = sample_shape(tc.data, where=f"{path}: ")
     check_eval(tc, shape, f"{path}: ")
-    if tc.teacher.imported:
-        return _check_imported(tc, shape, path)
-    if tc.teacher.kind != "checkpoint":  # analytic: made for the data; mlflow: fetched (and checked) by the driver
-        return
-    from multistep.train.teacher import load_teacher
-
-    try:
-        net, info = load_teacher(tc.teacher.path)
-    except ValueError as e:
-        raise ConfigError(f"{path}: teacher.path: {e}") from None
-    trained_on = info["meta"].get("shape")
-    if trained_on is not None and tuple(trained_on) != tuple(shape):
-        raise ConfigError(
-            f"{path}: teacher.path: {tc.teacher.path} was trained on samples of shape {tuple(trained_on)}, "
-            f"but this data ({tc.data.label}) has shape {tuple(shape)}"
-        )
-    if trained_on is None:  # an older checkpoint without its shape: one forward tells whether it fits the data
-        import torch
-
-        try:
-            with torch.no_grad():
-                net(torch.zeros((1, *shape)), torch.full((1,), 0.5))
-        except Exception as e:  # a shape mismatch shows as any of several errors
-            raise ConfigError(
-                f"{path}: teacher.path: {tc.teacher.path} does not take samples of this data's shape "
-                f"{tuple(shape)} ({first_line(e)})"
-            ) from None
+    teacher_kind(tc.teacher).preflight(tc, shape, f"{path}: ")
 
 
 def check_eval(tc: TrialCfg, shape: tuple, where: str = "") -> None:
@@ -172,41 +147,6 @@ def check_eval(tc: TrialCfg, shape: tuple, where: str = "") -> None:
                 f"{where}eval.reference: {ev.reference} holds statistics of dimension {r.dim}, but {tc.feature_space} "
                 f"features of this data have dimension {dim}"
             )
-
-
-def _check_imported(tc: TrialCfg, shape: tuple, path: str) -> None:
-    """A teacher trained elsewhere loads, takes the data's shape (and labels), returns finite values, and its declared
-    parameterisation passes the plausibility check on up to 256 rows of the data."""
-    import torch
-
-    from multistep.nets import imported
-    from multistep.train.build import make_data, plausibility_rows
-
-    try:
-        f, _ = imported.load(tc.teacher)
-    except ValueError as e:
-        raise ConfigError(f"{path}: {e}") from None
-    data = make_data(tc.data, f"{path}: ", rows=True)  # a few rows, not the dataset
-    x, y = plausibility_rows(data)
-    y = y if f.num_classes is not None else None
-    where = f"{path}: teacher.path: {tc.teacher.path}"
-    try:
-        with torch.no_grad():
-            out = f(x[:2].double(), torch.full((2,), 0.5, dtype=torch.float64), None if y is None else y[:2])
-    except Exception as e:  # a shape or channel mismatch shows as any of several errors
-        raise ConfigError(
-            f"{where} does not take samples of this data's shape {tuple(shape)} ({first_line(e)})"
-        ) from None
-    if not torch.isfinite(out).all():
-        raise ConfigError(f"{where} returns non-finite values on the first batch of this data")
-    if tuple(out.shape[1:]) != tuple(shape):
-        raise ConfigError(
-            f"{where} returns samples of shape {tuple(out.shape[1:])}, but this data has shape {tuple(shape)}"
-        )
-    if not tc.teacher.check:
-        return
-    if err := imported.plausibility_error(f, x, y):
-        raise ConfigError(f"{path}: teacher.parameterization: {err}")
 
 
 def resources(plan: SweepPlan) -> None:

@@ -42,13 +42,16 @@ def load_spec(file: str) -> tuple[TrialCfg, str, list[int]]:
 
 
 def cmd_import(args, say=print) -> int:
-    from multistep.sweep.preflight import _check_imported, tracking_uri
+    from multistep.sweep.preflight import tracking_uri
+    from multistep.teachers import teacher_kind
     from multistep.train.build import sample_shape
 
     if not args.name:
         raise ConfigError("--name: required for `multistep teacher import` (the teacher's name in MLflow)")
     tc, experiment, steps = load_spec(args.spec)
-    _check_imported(tc, sample_shape(tc.data, where=f"{args.spec}: "), args.spec)  # loads, fits the data, plausible
+    teacher_kind(tc.teacher).preflight(
+        tc, sample_shape(tc.data, where=f"{args.spec}: "), f"{args.spec}: "
+    )  # loads, fits the data, plausible
     uri = tracking_uri(args.tracking_uri)
     if args.dry_run:
         say(f"{args.spec}: teacher {tc.teacher.kind} {tc.teacher.path} checked; nothing logged (--dry-run)")

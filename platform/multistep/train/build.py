@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 from dataclasses import dataclass
@@ -11,14 +10,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from multistep.config import ConfigError, DataCfg, StudentCfg, TeacherCfg, TrialCfg
+from multistep.config import ConfigError, DataCfg, StudentCfg, TrialCfg
 from multistep.data import FieldError, data_kind
-from multistep.diffusion.schedules import Schedule, make_schedule
+from multistep.diffusion.schedules import Schedule
 from multistep.methods import METHODS, method_label
-from multistep.nets import imported
-from multistep.nets.analytic import MixtureDenoiser
 from multistep.nets.mlp import VDenoiser
-from multistep.train.teacher import build_net, load_teacher
+from multistep.teachers import teacher_kind
+from multistep.train.teacher import build_net
 
 DEFAULT_CACHE = Path(os.environ.get("MULTISTEP_CACHE", "~/.cache/multistep")).expanduser()
 
@@ -31,22 +29,6 @@ def make_data(d: DataCfg, where: str = "", rows: bool = False):
         return kind.sample_rows(d) if rows else kind.load(d)
     except FieldError as e:
         raise ConfigError(f"{where}data.{e.field}: {e}") from None
-
-
-def teacher_file(t: TeacherCfg) -> str:
-    """Local checkpoint of a network teacher. An MLflow teacher is fetched by the driver first
-    (tracking/teachers.py), which writes its local path into the trial configs."""
-    if not t.path:
-        raise ConfigError(f"teacher.run_id: {t.run_id}: not fetched to a local file (the sweep driver does this)")
-    return t.path
-
-
-def load_network_teacher(t: TeacherCfg) -> tuple[nn.Module, dict]:
-    path = teacher_file(t)
-    try:
-        return load_teacher(path)
-    except ValueError as e:
-        raise ConfigError(f"teacher.path: {e}") from None
 
 
 def student_net_cfg(s: StudentCfg, shape: tuple) -> dict:
@@ -88,13 +70,6 @@ def sample_shape(d: DataCfg, data=None, where: str = "") -> tuple:
         raise ConfigError(f"{where}data.{e.field}: {e}") from None
 
 
-def load_imported_teacher(t: TeacherCfg):
-    try:
-        return imported.load(t)[0]
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-
-
 def plausibility_rows(data, n: int = 256) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(x, y): n data rows (and their labels) for the imported teacher's plausibility check, drawn with a fixed seed."""
     g = torch.Generator().manual_seed(0)
@@ -112,45 +87,11 @@ class Components:
 
 
 def build(cfg: TrialCfg, load_data: bool = True, check_teacher: bool = True) -> Components:
-    """Schedule, data, teacher and student of a trial. `load_data=False` (network teachers only) leaves the
-    data to the caller, e.g. a worker streaming its slice of Parquet shards. `check_teacher=False` skips an
-    imported teacher's plausibility check (trial workers: the driver's shared assets ran it already)."""
-    d = cfg.data
-    if cfg.teacher.kind == "analytic":
-        sched = make_schedule(cfg.teacher.schedule.name, **cfg.teacher.schedule.params)
-        gmm = make_data(d)
-        teacher = MixtureDenoiser(gmm, sched)
-        return Components(sched, gmm, teacher, platform_student(cfg, sched, gmm.shape))
-    if cfg.teacher.imported:  # trained elsewhere: the adapter puts it on its student schedule (nets/imported.py)
-        teacher = load_imported_teacher(cfg.teacher)
-        data = make_data(d) if load_data else None
-        check = check_teacher and cfg.teacher.check and data is not None
-        if check and (err := imported.plausibility_error(teacher, *plausibility_rows(data))):
-            raise ConfigError(f"teacher.parameterization: {cfg.teacher.path}: {err}")
-        student = copy.deepcopy(teacher).requires_grad_(True).train() if cfg.student.copy_teacher else None
-        student = student or platform_student(cfg, teacher.schedule, sample_shape(d, data))
-        return Components(teacher.schedule, data, teacher, student)
-    # A network teacher: its own schedule; the student starts as a copy of it (MCM paper).
-    net, info = load_network_teacher(cfg.teacher)
-    sc = info["meta"].get("schedule") or cfg.teacher.schedule.model_dump()
-    sched = make_schedule(sc["name"], **sc.get("params", {}))
-    data = make_data(d) if load_data else None
-    trained_on = info["meta"].get("shape")
-    if data is not None and trained_on is not None and tuple(trained_on) != tuple(data.shape):
-        raise ConfigError(
-            f"teacher.path: {teacher_file(cfg.teacher)} was trained on samples of shape {tuple(trained_on)}, "
-            f"but this data ({d.label}) has shape {tuple(data.shape)}"
-        )
-    k, labels = getattr(net, "num_classes", None), getattr(data, "labels", None)
-    if (
-        k is not None and labels is not None and len(labels) and int(labels.max()) >= k
-    ):  # students see the data's labels
-        raise ConfigError(
-            f"teacher.path: {teacher_file(cfg.teacher)} is conditional on {k} classes, but this data "
-            f"({d.label}) has labels up to {int(labels.max())}"
-        )
-    student_net = copy.deepcopy(net).requires_grad_(True).train()
-    return Components(sched, data, VDenoiser(net, sched), VDenoiser(student_net, sched))
+    """Schedule, data, teacher and student of a trial, built by the teacher's kind (teachers/<kind>.py).
+    `load_data=False` leaves the data to the caller (None), e.g. a worker streaming its slice of Parquet shards, when
+    the teacher does not need it (an exact teacher is the data's). `check_teacher=False` skips an imported teacher's
+    plausibility check (trial workers: the driver's shared assets ran it already)."""
+    return teacher_kind(cfg.teacher).build(cfg, load_data, check_teacher)
 
 
 def teacher_classes(teacher) -> int | None:

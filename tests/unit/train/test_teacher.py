@@ -39,7 +39,7 @@ def _write(tmp_path, name: str, doc: dict):
         ),
         (
             {"teacher": {"kind": "hub"}},
-            "teacher.kind: Input should be 'analytic', 'checkpoint', 'mlflow', 'diffusers', 'torchscript' or 'state_dict'",
+            "teacher.kind: 'hub': not a teacher kind (registered: analytic, checkpoint, mlflow, diffusers, torchscript, state_dict)",
         ),
         ({"teacher": {"kind": "mlflow"}}, "teacher.run_id: required for kind: mlflow"),
         (

@@ -1,0 +1,153 @@
+"""The teacher kinds `diffusers` (a save_pretrained folder), `torchscript` (a TorchScript or torch.export file) and
+`state_dict` (weights loaded into the user's own builder): networks trained elsewhere, loaded and put on the
+platform's schedule by nets/imported.py (docs/teachers.md). The student starts as a copy of the network
+(student.copy_teacher), else as the platform network warm-started onto it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from multistep.registry import FieldError
+from multistep.teachers import kinds
+from multistep.teachers.network import readable_file
+
+
+def load(t):
+    """The teacher as a denoiser on its student schedule; a problem is a ConfigError naming the teacher field."""
+    from multistep.config import ConfigError
+    from multistep.nets import imported
+
+    try:
+        return imported.load(t)[0]
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _build(cfg, load_data: bool = True, check: bool = True):
+    import copy
+
+    from multistep.config import ConfigError
+    from multistep.nets import imported
+    from multistep.train.build import Components, make_data, platform_student, plausibility_rows, sample_shape
+
+    teacher = load(cfg.teacher)  # trained elsewhere: the adapter puts it on its student schedule
+    data = make_data(cfg.data) if load_data else None
+    if check and cfg.teacher.check and data is not None:
+        if err := imported.plausibility_error(teacher, *plausibility_rows(data)):
+            raise ConfigError(f"teacher.parameterization: {cfg.teacher.path}: {err}")
+    student = copy.deepcopy(teacher).requires_grad_(True).train() if cfg.student.copy_teacher else None
+    student = student or platform_student(cfg, teacher.schedule, sample_shape(cfg.data, data))
+    return Components(teacher.schedule, data, teacher, student)
+
+
+def _preflight(cfg, shape: tuple, where: str) -> None:
+    """The network loads, takes the data's shape (and labels), returns finite values, and its declared
+    parameterisation passes the plausibility check on up to 256 rows of the data."""
+    import torch
+
+    from multistep.config import ConfigError
+    from multistep.config.errors import first_line
+    from multistep.nets import imported
+    from multistep.train.build import make_data, plausibility_rows
+
+    try:
+        f, _ = imported.load(cfg.teacher)
+    except ValueError as e:
+        raise ConfigError(f"{where}{e}") from None
+    x, y = plausibility_rows(make_data(cfg.data, where, rows=True))  # a few rows, not the dataset
+    y = y if f.num_classes is not None else None
+    at = f"{where}teacher.path: {cfg.teacher.path}"
+    try:
+        with torch.no_grad():
+            out = f(x[:2].double(), torch.full((2,), 0.5, dtype=torch.float64), None if y is None else y[:2])
+    except Exception as e:  # a shape or channel mismatch shows as any of several errors
+        raise ConfigError(f"{at} does not take samples of this data's shape {tuple(shape)} ({first_line(e)})") from None
+    if not torch.isfinite(out).all():
+        raise ConfigError(f"{at} returns non-finite values on the first batch of this data")
+    if tuple(out.shape[1:]) != tuple(shape):
+        raise ConfigError(
+            f"{at} returns samples of shape {tuple(out.shape[1:])}, but this data has shape {tuple(shape)}"
+        )
+    if cfg.teacher.check and (err := imported.plausibility_error(f, x, y)):
+        raise ConfigError(f"{where}teacher.parameterization: {err}")
+
+
+def _identity(t) -> dict:
+    """Its files and everything that declares how to read them."""
+    from multistep.metrics.extractors import tree_sha256
+
+    return {"kind": t.kind, "sha256": tree_sha256(t.path)} | t.model_dump(
+        exclude={"kind", "path", "run_id", "artifact_path"}
+    )
+
+
+def _files(t) -> None:
+    if t.path is None:
+        raise FieldError("path", f"required for kind: {t.kind} (the teacher's files)")
+    t.path = readable_file(t.path)
+
+
+def _declared(t) -> None:
+    _files(t)
+    if t.parameterization is None:
+        raise FieldError("parameterization", f"required for kind: {t.kind} (eps, v, x0, edm or flow)")
+    if t.null_label is not None and t.num_classes is None:
+        raise FieldError("null_label", "needs num_classes")
+
+
+def _built(t) -> None:
+    _declared(t)
+    if not t.builder or ":" not in t.builder:
+        raise FieldError("builder", 'required for kind: state_dict, as "package.module:callable"')
+
+
+def _folder(t) -> None:
+    if t.path is None:
+        raise FieldError("path", "required for kind: diffusers (the teacher's files)")
+    p = Path(t.path).expanduser().resolve()
+    if not p.is_dir():
+        raise FieldError("path", f"{p}: not a folder (kind diffusers needs a save_pretrained folder)")
+    t.path = str(p)  # num_classes and null_label may come from the folder's UNet config
+
+
+def _diffusers_shape(teacher) -> tuple[int, ...]:
+    u = teacher.net.unet.config  # a diffusers UNet knows its sample size
+    return (u.in_channels, u.sample_size, u.sample_size)
+
+
+common = dict(
+    build=_build,
+    identity=_identity,
+    preflight=_preflight,
+    copies=lambda cfg: cfg.student.copy_teacher,
+    imported=True,
+)
+DIFFUSERS = kinds.register(
+    kinds.TeacherKind(
+        name="diffusers",
+        check=_folder,
+        network=lambda cfg, f: {"kind": "diffusers", "config": dict(f.net.unet.config)},
+        known_shape=_diffusers_shape,
+        **common,
+    )
+)
+TORCHSCRIPT = kinds.register(
+    kinds.TeacherKind(
+        name="torchscript",
+        check=_declared,
+        network=lambda cfg, f: {"kind": "torchscript"},  # the architecture lives only in the TorchScript file
+        **common,
+    )
+)
+STATE_DICT = kinds.register(
+    kinds.TeacherKind(
+        name="state_dict",
+        check=_built,
+        network=lambda cfg, f: {
+            "kind": "builder",
+            "builder": cfg.teacher.builder,
+            "builder_args": cfg.teacher.builder_args,
+        },
+        **common,
+    )
+)
