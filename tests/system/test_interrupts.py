@@ -51,7 +51,8 @@ def _run_until(cmd, tmp_path, marker: str, timeout=180):
     deadline = time.time() + timeout
     while marker not in log.read_text():
         if proc.poll() is not None or time.time() > deadline:
-            os.killpg(proc.pid, signal.SIGKILL)
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
             pytest.fail(f"never saw {marker!r}:\n{log.read_text()[-3000:]}")
         time.sleep(0.2)
     return proc, log
@@ -84,7 +85,7 @@ def test_interrupted_twice_then_resumed_the_sweep_never_looks_finished(ray_local
         assert trials[0].data.tags.get("multistep.interrupted") == "1", signal_name
         return sweep
 
-    proc, log = _run_until(cmd, tmp_path, "[trial 1/1] iteration")
+    proc, log = _run_until(cmd, tmp_path, "[trial 1/1] mcd S=2 iteration")
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal: the whole process group
     rc = _wait(proc)
     out = log.read_text()

@@ -113,24 +113,27 @@ def _fit_trainer(loop_cfg: dict, r: dict, i: int, storage: str) -> dict:
     return trainer.fit().return_value or {}
 
 
-def _status_callback(client, run_ids: list[str], n: int, say, sweep: dict, plan=None):
+def _status_callback(client, run_ids: list[str], n: int, say, sweep: dict, plan, adaptive: bool = False):
     """Trial runs are known by Ray trial id (the run's ray.trial_id tag): a planned trial's run is the one of its
-    config's trial_index when Tune first starts it (PBT later gives a clone its leader's trial_index); plan (an
-    adaptive search): runs are opened when Tune starts a proposed trial."""
+    config's trial_index when Tune first starts it (PBT later gives a clone its leader's trial_index); an adaptive
+    search: runs are opened when Tune starts a proposed trial. Progress is shown by sweep/progress.py."""
     from ray import tune
+
+    from multistep.sweep.progress import TrialProgress
 
     def run_of(trial) -> tuple[int, str | None]:
         if trial.trial_id not in known:
             run = ml.find_trial_run(client, sweep, trial.trial_id)
             if run is not None:
                 known[trial.trial_id] = int(run.data.tags[tag.TRIAL_INDEX]), run.info.run_id
-            elif plan is None:
+            elif not adaptive:
                 known[trial.trial_id] = trial.config["trial_index"], run_ids[trial.config["trial_index"]]
             else:
                 return -1, None
         return known[trial.trial_id]
 
     known: dict[str, tuple[int, str]] = {}  # Ray trial id -> (index, run id)
+    progress = TrialProgress(n, say)
 
     class MlflowStatus(tune.Callback):
         """Moves each trial's MLflow run through RUNNING -> FINISHED / FAILED / KILLED (early stop)."""
@@ -139,21 +142,25 @@ def _status_callback(client, run_ids: list[str], n: int, say, sweep: dict, plan=
             self.t0: dict[int, float] = {}
             self.failed: list[int] = []
             self.known = known
+            self.progress = progress
 
         def on_trial_start(self, iteration, trials, trial, **info):
-            if plan is not None:  # an adaptive search's proposal: its run is opened now
-                i, rid = known[trial.trial_id] = _open_proposed(client, plan, sweep, trial, n, say)
+            if adaptive:  # an adaptive search's proposal: its run is opened now
+                i, rid, cfg, shown = _open_proposed(client, plan, sweep, trial)
+                known[trial.trial_id] = i, rid
                 self.t0[i] = time.time()
+                progress.started(i, _what(cfg), cfg.train.iterations, f" ({trial.trial_id}): {shown}")
                 return
             i, rid = run_of(trial)
             self.t0.setdefault(i, time.time())  # a PBT clone restarting keeps its start time
             _mark_running(client, rid, trial.trial_id)
-            say(f"[trial {i + 1}/{n}] started ({trial.trial_id})")
+            cfg = plan.trials[i].cfg
+            progress.started(i, _what(cfg), cfg.train.iterations, f" ({trial.trial_id})")
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             i = run_of(trial)[0]
             if "final" not in result and "iteration" in result:
-                say(f"[trial {i + 1}/{n}] iteration {result['iteration']}")
+                progress.result(i, result["iteration"], result.get("train_loss"))
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             i, rid = run_of(trial)
@@ -163,11 +170,11 @@ def _status_callback(client, run_ids: list[str], n: int, say, sweep: dict, plan=
                 self.failed.append(i)
                 if rid is not None:
                     client.set_terminated(rid, status="FAILED")
-                say(f"[trial {i + 1}/{n}] FAILED after {took}: {last.get('error', 'it opened no MLflow run')}")
+                progress.ended(i, f"FAILED after {took}: {last.get('error', 'it opened no MLflow run')}")
                 return
             done = bool(last.get("final"))
             client.set_terminated(rid, status="FINISHED" if done else "KILLED")  # KILLED = stopped early
-            say(f"[trial {i + 1}/{n}] {'finished' if done else 'stopped early by the scheduler'} in {took}")
+            progress.ended(i, f"{'finished' if done else 'stopped early by the scheduler'} in {took}")
 
         def on_trial_error(self, iteration, trials, trial, **info):
             i, rid = run_of(trial)
@@ -177,19 +184,24 @@ def _status_callback(client, run_ids: list[str], n: int, say, sweep: dict, plan=
             if rid is not None:
                 client.set_tag(rid, tag.ERROR, f"{why} (details: {where or 'the Ray logs'})"[:5000])
                 client.set_terminated(rid, status="FAILED")
-            say(f"[trial {i + 1}/{n}] FAILED: {why}")
+            progress.ended(i, f"FAILED: {why}")
 
     return MlflowStatus()
 
 
-def _open_proposed(client, plan, sweep: dict, trial, n: int, say) -> tuple[int, str]:
-    """(index, run id) of the MLflow run opened for a trial an adaptive search proposed, announced with its values."""
+def _what(cfg) -> str:
+    """A trial as its progress line names it: method label and S."""
+    return f"{method_label(cfg)} S={cfg.method.student_steps}"
+
+
+def _open_proposed(client, plan, sweep: dict, trial) -> tuple[int, str, object, str]:
+    """(index, run id, trial config, its values shown) of the MLflow run opened for a trial an adaptive search
+    proposed."""
     values = dict(trial.config)
     proposal = plan.proposed(values)
     i, rid = ml.proposed_trial_run(client, sweep, trial.trial_id, method_label(proposal.cfg), proposal.doc(), values)
     shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
-    say(f"[trial {i + 1}/{n}] started ({trial.trial_id}): {shown}")
-    return i, rid
+    return i, rid, proposal.cfg, shown
 
 
 def _mark_running(client, rid: str, trial_id: str) -> None:
@@ -453,11 +465,12 @@ def _run_sweep(plan, tracking_uri, storage, say, resume, start_ray, stop: Interr
         sweep_ref = {"run_id": srid, "experiment_id": client.get_run(srid).info.experiment_id, "name": cfg.name}
         ctx = _trial_context(plan, run_ids, tracking_uri, ray_dir, assets, asset_keys, sweep_ref)
         n_trials = cfg.num_samples if adaptive else len(run_ids)
-        status = _status_callback(client, run_ids, n_trials, say, sweep_ref, plan if adaptive else None)
+        status = _status_callback(client, run_ids, n_trials, say, sweep_ref, plan, adaptive)
         tuner, indices = _tuner(plan, ctx, status, client, run_ids, names, storage, ray_dir, sweep_id, resume, say)
         what = f"{n_trials} trials proposed by {cfg.search_alg.name}" if adaptive else f"{n_trials} trials"
         say(f"running {what}, at most {r.max_concurrent_trials} at a time; Tune state in {ray_dir}")
         say(f"Ray's own messages (a failed trial's traceback, retries): {ray_runtime.ray_messages_to_file()}")
+        say(f"the trials' own output (Ray worker logs): {ray_runtime.worker_logs()}")
         stop.in_tune = True
         try:
             grid = tuner.fit() if indices else []  # nothing left to run: settle and finish
@@ -466,6 +479,7 @@ def _run_sweep(plan, tracking_uri, storage, say, resume, start_ray, stop: Interr
             grid = []
         finally:
             stop.in_tune = False
+            status.progress.close()  # the live lines go; what follows is printed below them
         if stop.signal is not None:  # Tune stopped gracefully on our SIGUSR1: the sweep is not finished
             raise KeyboardInterrupt
         plan, run_ids, last, orphans = _results(client, plan, run_ids, grid, status, sweep_ref)

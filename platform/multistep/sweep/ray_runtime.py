@@ -35,14 +35,14 @@ def init_ray(say) -> bool:
     apply_env()
     address = os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=False)
     else:
         say(f"starting a local Ray instance ({os.cpu_count()} CPUs)")
         ray.init(
             num_cpus=os.cpu_count(),
             resources={"train_driver": 1000},
             include_dashboard=True,
-            log_to_driver=True,
+            log_to_driver=False,  # workers' output stays in Ray's worker logs (worker_logs): the driver shows progress
             configure_logging=True,
             logging_level="WARNING",
         )
@@ -54,19 +54,28 @@ def init_ray(say) -> bool:
 RAY_LOGGERS = ("ray.tune", "ray.train", "ray.air")
 
 
-def ray_messages_to_file() -> str:
-    """Ray Tune's and Ray Train's own log records (a failed trial's traceback, retries) go to a file in Ray's session
-    logs instead of the terminal, where the driver prints one line per trial event itself. Returns the file."""
-    import logging
+def _logs_dir() -> str:
     import tempfile
 
     import ray
 
     try:
-        folder = ray._private.worker._global_node.get_logs_dir_path()  # no public API for the session's log folder
+        return ray._private.worker._global_node.get_logs_dir_path()  # no public API for the session's log folder
     except AttributeError:
-        folder = tempfile.gettempdir()
-    path = os.path.join(folder, f"multistep-driver-{os.getpid()}.log")
+        return tempfile.gettempdir()
+
+
+def worker_logs() -> str:
+    """Where the trial processes' own output goes (Ray's worker-*.out / .err files of this session)."""
+    return os.path.join(_logs_dir(), "worker-*.out")
+
+
+def ray_messages_to_file() -> str:
+    """Ray Tune's and Ray Train's own log records (a failed trial's traceback, retries) go to a file in Ray's session
+    logs instead of the terminal, where the driver prints one line per trial event itself. Returns the file."""
+    import logging
+
+    path = os.path.join(_logs_dir(), f"multistep-driver-{os.getpid()}.log")
     handler = logging.FileHandler(path, delay=True)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     for name in RAY_LOGGERS:

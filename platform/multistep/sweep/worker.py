@@ -253,6 +253,7 @@ class Trial:
         self.tc = TrialCfg.model_validate(cfg["trial"])
         self.stream = data_kind(self.tc.data).files  # each rank reads only its slice of the shards
         self.last_proxy: dict[str, float] = {}
+        self.last_loss: float | None = None  # the latest logged mean training loss (progress lines)
 
     def set_up(self) -> None:
         from multistep.tracking.mlflow_layout import RunLogger
@@ -350,6 +351,7 @@ class Trial:
         return evaluate(x, ref, self.proxy_names, self.features(x), predict=self.predict)
 
     def log(self, it: int, means: dict[str, float]) -> None:
+        self.last_loss = means.get("loss")
         if self.logger:
             wall = {"train/wall_seconds": self.state.wall_seconds}
             self.logger.metrics(it, {f"train/{k}": v for k, v in means.items()} | wall)
@@ -367,6 +369,8 @@ class Trial:
             self.logger.metrics(
                 it, {k: v for k, v in metrics.items() if k not in ("iteration", "checkpoint_iteration")}
             )
+        if self.last_loss is not None:  # the driver's progress line (not an MLflow metric: train/loss is)
+            metrics["train_loss"] = self.last_loss
         with tempfile.TemporaryDirectory() as d:
             if self.rank != 0:
                 self.session.report(metrics)
