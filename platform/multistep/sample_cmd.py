@@ -103,10 +103,12 @@ def _exported(p: Path) -> Source:
         f, _ = export.load(p)
         return Source(f, f.schedule, shape, "student", S, k)
     from multistep.config import TeacherCfg
-    from multistep.nets import imported
+    from multistep.teachers import teacher_kind
 
-    null = spec["denoiser"].get("null_label")
-    f, _ = imported.load(TeacherCfg(kind="diffusers", path=str(p), num_classes=k, null_label=null, check=False))
+    t = TeacherCfg(
+        kind="diffusers", path=str(p), num_classes=k, null_label=spec["denoiser"].get("null_label"), check=False
+    )
+    f, _ = teacher_kind(t).open(t)
     return Source(f, f.schedule, shape, "student", S, k)  # its S-step DDIM is MCM Algorithm 2
 
 

@@ -150,7 +150,8 @@ def timed(fn, device, warmup: int, steps: int, blocks: int = 5) -> tuple[float, 
 
 
 class Setup:
-    """Student, frozen teacher (same architecture) and the MCM method, with the fast paths switched on."""
+    """Student, frozen teacher (same architecture) and the MCM method, with the fast paths switched on; the
+    optimiser, teacher and step are the trials' own (train/loop.py new_state, optimizer_step)."""
 
     def __init__(self, size: str, device, precision="fp32", compile=False, channels_last=False, seed=0):
         import copy
@@ -161,25 +162,20 @@ class Setup:
         from multistep.methods.mcm import MCM
         from multistep.methods.scm import SCM
         from multistep.nets.mlp import VDenoiser
-        from multistep.train.loop import TrainState
-        from multistep.train.perf import InferenceTeacher, apply_fast_paths, make_adam
+        from multistep.train.loop import new_state
+        from multistep.train.perf import apply_fast_paths
 
         torch.manual_seed(seed)
         self.size, self.device, self.sched = size, device, make_schedule("cosine")
         net = make_net(size, device)
         tnet = copy.deepcopy(net).requires_grad_(False).eval()  # the teacher: a trained copy in real use
-        self.student, teacher = VDenoiser(net, self.sched), VDenoiser(tnet, self.sched)
-        self.notes = apply_fast_paths(
-            [self.student, teacher], device, precision, channels_last, compile
-        )  # as sweeps do
-        self.teacher = InferenceTeacher(teacher)
-        ema = copy.deepcopy(net).requires_grad_(False)  # eval EMA: the student's parameter order and layout
+        self.student, self.teacher = VDenoiser(net, self.sched), VDenoiser(tnet, self.sched)
+        self.notes = apply_fast_paths([self.student, self.teacher], device, precision, channels_last, compile)
         self.method = MCM(
             self.sched, student_steps=4, teacher=self.teacher, anneal="constant", anneal_params={"n": 256}
         )
         self.scd = SCM(self.sched, student_steps=4, teacher=self.teacher, time_derivative_every=0)
-        opt = make_adam(self.student.parameters(), 2e-4, device)
-        self.state = TrainState(self.student, ema, opt, gen=torch.Generator().manual_seed(seed))
+        self.state = new_state(self.student, 2e-4, seed)  # Adam (foreach) and the eval EMA, as trials make them
 
     def batch(self, n: int):
         import torch
@@ -189,20 +185,16 @@ class Setup:
 
     def step(self, kind: str, x) -> None:
         """One optimizer step of the training loop (loss, backward, grad clip, Adam, eval EMA); no host sync."""
-        import torch
 
         from multistep.diffusion.loss import v_loss
-        from multistep.train.loop import ema_update
+        from multistep.train.loop import ema_update, optimizer_step
 
         st = self.state
         if kind == "diffusion":
             loss = v_loss(self.student.v, self.sched, x, st.gen)  # the network under the same fast paths
         else:
             loss, _ = (self.scd if kind == "scd" else self.method).loss(self.student, x, 0, 1000, st.gen)
-        st.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.student.parameters(), 1.0)
-        st.opt.step()
+        optimizer_step(self.student, st.opt, loss, grad_clip=1.0)
         ema_update(st.ema, self.student, 0.999)
         if kind == "scd":
             self.scd.after_step(self.student)  # its u(phi) takes its own Adam step

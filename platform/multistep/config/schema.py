@@ -12,6 +12,7 @@ from multistep.data import DATA_KINDS
 from multistep.methods import METHODS, OptionError
 from multistep.registry import FieldError
 from multistep.teachers import TEACHER_KINDS
+from multistep.train.loop import WarmStart
 
 
 class Strict(BaseModel):
@@ -172,21 +173,16 @@ class StudentCfg(Strict):
     )
     time_dim: PosInt | None = None  # time features (default: 16 octave = 8 octaves, 64 sinusoid)
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    init_iterations: Annotated[int, Field(ge=0)] = (
-        3000  # analytic teacher (or copy_teacher: false): warm start by v-loss regression onto it (the paper starts from the diffusion model), at most this many iterations; a copied teacher needs none
-    )
-    init_learning_rate: PosFloat = 1e-3
-    init_optimizer: Literal["adam", "adamw"] = "adam"  # warm start optimiser
-    init_schedule: Literal["constant", "cosine"] = (
-        "constant"  # warm start learning-rate schedule (cosine: annealed over init_iterations)
-    )
-    init_check_every: PosInt = (
-        250  # iterations between measurements of the warm start's v-space error against the teacher
-    )
-    init_patience: Annotated[int, Field(ge=0)] = (
-        2  # stop after this many measurements without init_min_improvement (0: run to the cap)
-    )
-    init_min_improvement: Annotated[float, Field(ge=0, lt=1)] = 0.01  # relative improvement that counts
+    # analytic teacher (or copy_teacher: false): warm start by v-loss regression onto it (the paper starts from the
+    # diffusion model), at most this many iterations; a copied teacher needs none. Defaults: train/loop.py WarmStart
+    init_iterations: Annotated[int, Field(ge=0)] = WarmStart.iterations
+    init_learning_rate: PosFloat = WarmStart.lr
+    init_optimizer: Literal["adam", "adamw"] = WarmStart.optimizer  # warm start optimiser
+    init_schedule: Literal["constant", "cosine"] = WarmStart.schedule  # cosine: annealed over init_iterations
+    init_check_every: PosInt = WarmStart.check_every  # iterations between measurements of its v-space error
+    init_patience: Annotated[int, Field(ge=0)] = WarmStart.patience  # stop after this many measurements without
+    # init_min_improvement (0: run to the cap)
+    init_min_improvement: Annotated[float, Field(ge=0, lt=1)] = WarmStart.min_improvement  # relative, that counts
 
     @model_validator(mode="after")
     def _time_dim(self):

@@ -102,16 +102,20 @@ def diffusers_folder(path: str) -> tuple[Path, dict | None]:
     return unet, (_read_json(sched, "teacher.path") if sched.is_file() else None)
 
 
-def declaration(t) -> dict:
-    """The teacher's effective declaration: the YAML's fields, completed from a diffusers scheduler config."""
+def declaration(t, complete=None) -> dict:
+    """The teacher's effective declaration: the YAML's fields, completed by `complete(t, declared)` (a diffusers
+    folder: its scheduler config); an eps/v/x0 network without a discrete schedule is an error."""
     d = {
         "parameterization": t.parameterization,
         "ddpm": t.ddpm.model_dump() if t.ddpm else None,
         "clip_sample": t.clip_sample,
         "num_classes": t.num_classes,
     }
-    if t.kind != "diffusers":
-        return d
+    return complete(t, d) if complete else d
+
+
+def diffusers_declaration(t, d: dict) -> dict:
+    """A diffusers folder's declaration: what the YAML leaves out, from its scheduler and UNet configs."""
     unet, sc = diffusers_folder(t.path)
     if sc is not None:
         pt = sc.get("prediction_type", "epsilon")
@@ -140,34 +144,32 @@ def declaration(t) -> dict:
     return d
 
 
-def network(t) -> nn.Module:
-    """The bare network of a diffusers / torchscript / state_dict teacher, on the CPU, in eval mode."""
+def diffusers_network(t) -> nn.Module:
+    """The UNet2DModel of a diffusers folder (pipeline or bare model)."""
+    from diffusers import UNet2DModel
+
+    unet, _ = diffusers_folder(t.path)
+    try:
+        return DiffusersUNet(UNet2DModel.from_pretrained(str(unet), local_files_only=True, low_cpu_mem_usage=False))
+    except Exception as e:  # diffusers raises many kinds for a broken folder
+        raise ValueError(f"teacher.path: {unet}: diffusers could not load it ({first_line(e, 200)})") from None
+
+
+def scripted_network(t) -> nn.Module:
+    """A TorchScript (torch.jit.save) or torch.export (.pt2) file."""
     p = Path(t.path)
-    if t.kind == "diffusers":
-        from diffusers import UNet2DModel
-
-        unet, _ = diffusers_folder(t.path)
-        try:
-            net = DiffusersUNet(UNet2DModel.from_pretrained(str(unet), local_files_only=True, low_cpu_mem_usage=False))
-        except Exception as e:  # diffusers raises many kinds for a broken folder
-            raise ValueError(f"teacher.path: {unet}: diffusers could not load it ({first_line(e, 200)})") from None
-    elif t.kind == "torchscript":
-        try:
-            net = (
-                Exported(torch.export.load(str(p)).module())
-                if p.suffix == ".pt2"
-                else Scripted(torch.jit.load(str(p), map_location="cpu"))
-            )
-        except Exception as e:
-            raise ValueError(
-                f"teacher.path: {p}: not a TorchScript (torch.jit.save) or torch.export file ({first_line(e, 200)})"
-            ) from None
-    else:
-        net = _built(t)
-    return net.float().eval()
+    try:
+        if p.suffix == ".pt2":
+            return Exported(torch.export.load(str(p)).module())
+        return Scripted(torch.jit.load(str(p), map_location="cpu"))
+    except Exception as e:
+        raise ValueError(
+            f"teacher.path: {p}: not a TorchScript (torch.jit.save) or torch.export file ({first_line(e, 200)})"
+        ) from None
 
 
-def _built(t) -> nn.Module:
+def built_network(t) -> nn.Module:
+    """The user's builder(**builder_args) with the state dict (torch or safetensors file) loaded into it."""
     mod, _, fn = t.builder.partition(":")
     try:
         build = getattr(importlib.import_module(mod), fn)
@@ -231,13 +233,15 @@ def student_schedule(t, time: Time) -> Schedule:
     return ClippedCosine(logsnr_min=t.logsnr_min if t.logsnr_min is not None else lo, logsnr_max=LOGSNR_MAX)
 
 
-def load(t) -> tuple[Adapted, dict]:
-    """(the teacher as a denoiser on its student schedule, its effective declaration)."""
-    decl = declaration(t)
+def load(t, network, complete=None) -> tuple[Adapted, dict]:
+    """(the teacher as a denoiser on its student schedule, its effective declaration): `network(t)` the bare network
+    (diffusers_network, scripted_network, built_network), `complete` as for `declaration`."""
+    decl = declaration(t, complete)
     time = time_of(t, decl)
     sched = student_schedule(t, time)
+    net = network(t).float().eval()  # on the CPU
     f = Adapted(
-        network(t), sched, time, decl["parameterization"], decl["num_classes"], t.null_label, decl["clip_sample"] or 0.0
+        net, sched, time, decl["parameterization"], decl["num_classes"], t.null_label, decl["clip_sample"] or 0.0
     )
     return f.requires_grad_(False), decl
 

@@ -57,12 +57,11 @@ def cmd_import(args, say=print) -> int:
         say(f"{args.spec}: teacher {tc.teacher.kind} {tc.teacher.path} checked; nothing logged (--dry-run)")
         return 0
     from multistep.metrics.evaluate import ddim_curve
-    from multistep.nets import imported
     from multistep.tracking import mlflow_layout as ml
     from multistep.train.build import build
 
     c = build(tc)
-    decl = imported.declaration(tc.teacher)
+    decl = teacher_kind(tc.teacher).open(tc.teacher)[1]
     client = ml.client(uri)
     exp_id = ml.ensure_experiment(client, experiment, uri)
     t = tc.teacher

@@ -9,16 +9,16 @@ from pathlib import Path
 
 from multistep.registry import FieldError
 from multistep.teachers import kinds
+from multistep.teachers.kinds import teacher_kind
 from multistep.teachers.network import readable_file
 
 
 def load(t):
     """The teacher as a denoiser on its student schedule; a problem is a ConfigError naming the teacher field."""
     from multistep.config import ConfigError
-    from multistep.nets import imported
 
     try:
-        return imported.load(t)[0]
+        return teacher_kind(t).open(t)[0]
     except ValueError as e:
         raise ConfigError(str(e)) from None
 
@@ -51,7 +51,7 @@ def _preflight(cfg, shape: tuple, where: str) -> None:
     from multistep.train.build import make_data, plausibility_rows
 
     try:
-        f, _ = imported.load(cfg.teacher)
+        f, _ = teacher_kind(cfg.teacher).open(cfg.teacher)
     except ValueError as e:
         raise ConfigError(f"{where}{e}") from None
     x, y = plausibility_rows(make_data(cfg.data, where, rows=True))  # a few rows, not the dataset
@@ -110,6 +110,24 @@ def _folder(t) -> None:
     t.path = str(p)  # num_classes and null_label may come from the folder's UNet config
 
 
+def _open_diffusers(t):
+    from multistep.nets import imported
+
+    return imported.load(t, imported.diffusers_network, imported.diffusers_declaration)
+
+
+def _open_scripted(t):
+    from multistep.nets import imported
+
+    return imported.load(t, imported.scripted_network)
+
+
+def _open_built(t):
+    from multistep.nets import imported
+
+    return imported.load(t, imported.built_network)
+
+
 def _diffusers_shape(teacher) -> tuple[int, ...]:
     u = teacher.net.unet.config  # a diffusers UNet knows its sample size
     return (u.in_channels, u.sample_size, u.sample_size)
@@ -126,6 +144,7 @@ DIFFUSERS = kinds.register(
     kinds.TeacherKind(
         name="diffusers",
         check=_folder,
+        open=_open_diffusers,
         network=lambda cfg, f: {"kind": "diffusers", "config": dict(f.net.unet.config)},
         known_shape=_diffusers_shape,
         **common,
@@ -135,6 +154,7 @@ TORCHSCRIPT = kinds.register(
     kinds.TeacherKind(
         name="torchscript",
         check=_declared,
+        open=_open_scripted,
         network=lambda cfg, f: {"kind": "torchscript"},  # the architecture lives only in the TorchScript file
         **common,
     )
@@ -143,6 +163,7 @@ STATE_DICT = kinds.register(
     kinds.TeacherKind(
         name="state_dict",
         check=_built,
+        open=_open_built,
         network=lambda cfg, f: {
             "kind": "builder",
             "builder": cfg.teacher.builder,

@@ -32,6 +32,7 @@ class TeacherKind:
     known_shape: Callable = lambda teacher: None  # teacher -> the sample shape its network declares, or None
     exact: bool = False  # the exact denoiser of the data (a data kind with mixture=True): needs the data, no guidance
     imported: bool = False  # trained elsewhere (nets/imported.py): `multistep teacher import`, null_label for guidance
+    open: Callable | None = None  # imported: t -> (the network as a denoiser on its student schedule, its declaration)
     fetched: bool = False  # stands for another kind's teacher that the sweep driver fetches before trials start
 
 

@@ -68,6 +68,21 @@ def new_state(student: nn.Module, lr: float, seed: int, method=None) -> TrainSta
     return TrainState(student, ema, opt, gen=torch.Generator().manual_seed(seed), method=method)
 
 
+def optimizer_step(
+    net: nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor, grad_clip: float = 0.0, replicas=None
+):
+    """The one training step every loop takes (trials, teacher training, the warm start, `multistep bench`):
+    backward, gradients averaged over ranks, clipped to grad_clip (0: not), the optimiser's step. Returns the
+    gradient norm before clipping, or None."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if replicas is not None:
+        replicas.average_gradients(net)  # every rank now takes the same step
+    norm = torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip) if grad_clip > 0 else None
+    opt.step()
+    return norm
+
+
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     e, m = list(ema.parameters()), list(model.parameters())
@@ -95,13 +110,8 @@ def fit(
     while state.iteration < total:
         x = sample_batch(state.gen)
         loss, logs = method.loss(student, x, state.iteration, total, state.gen)
-        state.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if replicas is not None:
-            replicas.average_gradients(student)  # every rank now takes the same step
-        if grad_clip > 0:
-            logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(student.parameters(), grad_clip)
-        state.opt.step()
+        if (norm := optimizer_step(student, state.opt, loss, grad_clip, replicas)) is not None:
+            logs["grad_norm"] = norm
         k = state.iteration + 1  # this is the k-th EMA update (a resumed run continues the count)
         ema_update(state.ema, student, 1 - (1 - decay) / (1 - decay**k) if corrected else decay)
         state.iteration += 1
@@ -136,15 +146,16 @@ WARM_START_T = (0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 0.95)  # where the warm start's v
 
 @dataclass
 class WarmStart:
-    """How a student is warm-started onto its teacher (StudentCfg.init_*)."""
+    """How a student is warm-started onto its teacher. These defaults are the config's (StudentCfg.init_* reads
+    them): the sweep, the GPU kit and the benchmarks warm-start the same way."""
 
-    iterations: int  # the cap
-    lr: float
-    seed: int
+    iterations: int = 3000  # the cap
+    lr: float = 1e-3
+    seed: int = 0
     optimizer: str = "adam"  # adam | adamw
-    schedule: str = "cosine"  # cosine (annealed over the cap) | constant
-    check_every: int = 0  # iterations between error measurements (0: none, run to the cap)
-    patience: int = 0  # measurements without min_improvement before stopping (0: run to the cap)
+    schedule: str = "constant"  # constant | cosine (annealed over the cap)
+    check_every: int = 250  # iterations between error measurements (0: none, run to the cap)
+    patience: int = 2  # measurements without min_improvement before stopping (0: run to the cap)
     min_improvement: float = 0.01  # relative improvement of the mean error that counts
 
 
@@ -185,10 +196,7 @@ def warm_start(net: nn.Module, sched, teacher, sample_batch, ws: WarmStart) -> t
     )
     history, best, stale, stopped, it = [], float("inf"), 0, "cap", 0
     while it < ws.iterations:
-        loss = v_loss(net, sched, sample_batch(g), g, teacher)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        optimizer_step(net, opt, v_loss(net, sched, sample_batch(g), g, teacher))
         if sched_lr is not None:
             sched_lr.step()
         it += 1

@@ -1,5 +1,5 @@
-"""GPU fast paths that also run on CPU with small shapes (bf16 autocast, channels_last, torch.compile,
-fused Adam), plus the two measurements the benchmark needs: FLOPs of a call and peak memory.
+"""GPU fast paths that also run on CPU with small shapes (bf16 autocast, channels_last, torch.compile),
+plus the two measurements the benchmark needs: FLOPs of a call and peak memory.
 
 Precision policy (algorithms.md A7): autocast covers the network forward only. `apply_fast_paths` switches
 them on in a `VDenoiser` (nets/mlp.py), whose `v` runs the network under autocast and hands back float32,
@@ -31,22 +31,6 @@ def channels_last(x):
     return x
 
 
-class InferenceTeacher(nn.Module):
-    """A frozen denoiser whose forward runs under torch.inference_mode (no autograd bookkeeping at all).
-
-    The output is cloned outside inference mode, so callers may use it like any tensor.
-    """
-
-    def __init__(self, f: nn.Module):
-        super().__init__()
-        self.f = f.requires_grad_(False).eval()
-
-    def forward(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            out = self.f(z, t)
-        return out.clone()
-
-
 def compile_unavailable(device) -> str | None:
     """Why torch.compile's default backend (inductor) cannot build kernels for `device`; None if it can."""
     if device_type(device) == "cuda":
@@ -62,13 +46,6 @@ def compile_unavailable(device) -> str | None:
     except Exception as e:  # InvalidCxxCompiler and import problems alike
         return f"no working C++ compiler for inductor ({type(e).__name__}: {str(e).strip()[:200]})"
     return None
-
-
-def make_adam(params, lr: float, device="cpu", **kwargs) -> torch.optim.Adam:
-    """Adam with the fused CUDA kernel on GPU (one launch for all parameters), foreach ops elsewhere."""
-    if device_type(device) == "cuda":
-        return torch.optim.Adam(params, lr=lr, fused=True, **kwargs)
-    return torch.optim.Adam(params, lr=lr, foreach=True, **kwargs)
 
 
 def flops_per_call(fn, *args, **kwargs) -> int:

@@ -20,7 +20,7 @@ from torch import nn
 from multistep.diffusion.loss import v_loss
 from multistep.diffusion.schedules import Schedule
 from multistep.train import checkpoint
-from multistep.train.loop import NonFiniteLoss, ema_update
+from multistep.train.loop import NonFiniteLoss, ema_update, optimizer_step
 
 TEACHER_VERSION = 1
 
@@ -68,13 +68,7 @@ def train_teacher(
         else:
             fn = net
         loss = v_loss(fn, sched, x, g)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if replicas is not None:
-            replicas.average_gradients(net)
-        if grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
-        opt.step()
+        optimizer_step(net, opt, loss, grad_clip, replicas)
         ema_update(ema_net, net, min(ema, (1 + it) / (10 + it)))
         acc, n_acc = acc + loss.detach(), n_acc + 1  # summed on device: one sync per log interval
         if it % log_every == 0 or it == iterations:

@@ -135,14 +135,13 @@ def test_mcd_step_under_bf16_keeps_float64_targets():
     assert any(not torch.equal(a, b) for a, b in zip(before, after))
     assert all(not p.requires_grad for p in setup.teacher.parameters())
     cl = torch.channels_last
-    assert setup.state.ema.conv_in.weight.is_contiguous(memory_format=cl)  # EMA lerps between like layouts
-    assert setup.teacher.f.net.conv_in.weight.is_contiguous(memory_format=cl)
+    assert setup.state.ema.net.conv_in.weight.is_contiguous(memory_format=cl)  # EMA lerps between like layouts
+    assert setup.teacher.net.conv_in.weight.is_contiguous(memory_format=cl)
 
 
-def test_fused_or_foreach_adam_and_flop_count():
-    p = [nn.Parameter(torch.ones(3))]
-    opt = perf.make_adam(p, 1e-3, "cpu")
-    assert opt.defaults["foreach"] is True and not opt.defaults.get("fused")
+def test_the_benchmark_steps_with_the_trials_adam_and_flop_count():
+    setup = bench.Setup("cpu", "cpu")
+    assert setup.state.opt.defaults["foreach"] is True and not setup.state.opt.defaults.get("fused")
     lin = nn.Linear(8, 4, bias=False)
     assert perf.flops_per_call(lin, torch.randn(5, 8)) == 2 * 5 * 8 * 4
     assert perf.peak_memory("cpu") > 0

@@ -56,7 +56,13 @@ def _mixture_student(seed=0):
     teacher = MixtureDenoiser(gmm, sched)
     torch.manual_seed(seed)
     student = VDenoiser(MLP(2, 64, 3, 8, time_features="octave"), sched)
-    warm_start(student.net, sched, teacher, lambda g: gmm.sample(256, g), WarmStart(400, 2e-3, 0))
+    warm_start(
+        student.net,
+        sched,
+        teacher,
+        lambda g: gmm.sample(256, g),
+        WarmStart(400, 2e-3, 0, schedule="cosine", check_every=0, patience=0),
+    )
     return sched, gmm, teacher, student
 
 

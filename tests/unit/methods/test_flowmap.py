@@ -202,7 +202,9 @@ def test_training_on_a_mixture_teacher_closes_the_composition_gap():
     torch.manual_seed(0)
     student = VDenoiser(MLP(2, 64, 3, 8, time_features="octave"), sched)
     sample = lambda g: gmm.sample(256, g)
-    warm_start(student.net, sched, teacher, sample, WarmStart(1000, 2e-3, 0))
+    warm_start(
+        student.net, sched, teacher, sample, WarmStart(1000, 2e-3, 0, schedule="cosine", check_every=0, patience=0)
+    )
     m = flowmap.FlowMap(
         sched, 1, teacher=teacher, p_mean=0.5, composition_every=10, time_derivative_every=0, learning_rate=2e-3
     )

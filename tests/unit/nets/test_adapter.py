@@ -16,6 +16,7 @@ from multistep.diffusion.schedules import make_schedule
 from multistep.nets import imported
 from multistep.nets.adapter import Time, ddpm_betas
 from multistep.nets.analytic import MixtureDenoiser
+from multistep.teachers import teacher_kind
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 GMM = GaussianMixture.random((6,), 4, 0.6, 0.15, seed=3)
@@ -70,6 +71,11 @@ CASES = [  # (teacher YAML fields, input kind, parameterisation)
 ]
 
 
+def open_teacher(t: TeacherCfg):
+    """(denoiser, declaration) of an imported teacher, as its teacher kind opens it."""
+    return teacher_kind(t).open(t)
+
+
 def scripted_teacher(tmp_path, fields: dict, kind: str, p: str) -> TeacherCfg:
     probe = TeacherCfg.model_validate({"kind": "torchscript", "path": __file__, **fields})
     time = imported.time_of(probe, imported.declaration(probe))
@@ -83,7 +89,7 @@ def scripted_teacher(tmp_path, fields: dict, kind: str, p: str) -> TeacherCfg:
 
 @pytest.mark.parametrize("fields,kind,p", CASES, ids=[f"{c[1]}-{c[2]}" for c in CASES])
 def test_an_imported_teacher_in_any_parameterisation_is_the_exact_teacher(tmp_path, fields, kind, p):
-    f, decl = imported.load(scripted_teacher(tmp_path, fields, kind, p))
+    f, decl = open_teacher(scripted_teacher(tmp_path, fields, kind, p))
     exact = MixtureDenoiser(GMM, f.schedule)  # the analytic teacher on the same (student) schedule
     g = torch.Generator().manual_seed(0)
     x = GMM.sample(512, g, dtype=F64)
@@ -101,21 +107,21 @@ def test_an_imported_teacher_in_any_parameterisation_is_the_exact_teacher(tmp_pa
 
 def test_the_student_schedule_stays_in_the_range_the_teacher_covers(tmp_path):
     t = scripted_teacher(tmp_path, CASES[0][0], "ddpm", "eps")
-    f, _ = imported.load(t)
+    f, _ = open_teacher(t)
     abar_T = torch.cumprod(1 - ddpm_betas("linear", 1e-4, 0.02, 1000), 0)[-1]
     lowest = float(f.schedule.logsnr(torch.ones((), dtype=F64)))
     assert lowest == pytest.approx(float(torch.log(abar_T / (1 - abar_T))), abs=1e-9)  # DDPM's abar_T
     with pytest.raises(ValueError, match=r"teacher.logsnr_min: -12 is below the lowest log-SNR the teacher covers"):
-        imported.load(t.model_copy(update={"logsnr_min": -12.0}))
+        open_teacher(t.model_copy(update={"logsnr_min": -12.0}))
     edm = scripted_teacher(tmp_path, CASES[3][0], "edm", "edm")
-    lowest = float(imported.load(edm)[0].schedule.logsnr(torch.ones((), dtype=F64)))
+    lowest = float(open_teacher(edm)[0].schedule.logsnr(torch.ones((), dtype=F64)))
     assert lowest == pytest.approx(-2 * math.log(80), abs=1e-9)  # EDM's sigma_max
 
 
 @pytest.mark.parametrize("declared", ["v", "x0", "edm"])
 def test_a_wrong_parameterisation_fails_the_plausibility_check(tmp_path, declared):
     t = scripted_teacher(tmp_path, CASES[0][0], "ddpm", "eps")  # the network returns eps
-    f, _ = imported.load(t.model_copy(update={"parameterization": declared}))
+    f, _ = open_teacher(t.model_copy(update={"parameterization": declared}))
     err = imported.plausibility_error(f, GMM.sample(256, torch.Generator().manual_seed(1), dtype=F64))
     assert err is not None and err.startswith(f"its output does not look like {declared}")
 
@@ -153,7 +159,7 @@ def test_a_torch_export_file_is_a_teacher_and_its_copies_train(tmp_path):
     program = torch.export.export(X0(), (torch.randn(4, 6), torch.rand(4)), dynamic_shapes=({0: batch}, {0: batch}))
     torch.export.save(program, str(path))
     t = TeacherCfg(kind="torchscript", path=str(path), parameterization="x0", ddpm={})
-    f, _ = imported.load(t)
+    f, _ = open_teacher(t)
     z, tt = torch.randn(8, 6, dtype=F64), torch.rand(8, dtype=F64)
     assert torch.allclose(f(z, tt), X0()(z.float(), tt.float()).double(), atol=1e-6)
     student = copy.deepcopy(f).requires_grad_(True)
@@ -216,7 +222,7 @@ def test_sample_command_reads_a_teacher_yaml(tmp_path):
         )
         == 0
     )
-    f, _ = imported.load(t)
+    f, _ = open_teacher(t)
     want = ddim_sample(f, f.schedule, torch.randn((16, 6), generator=torch.Generator().manual_seed(3), dtype=F64), 4)[0]
     assert np.allclose(np.load(tmp_path / "x.npy"), want.float().numpy(), atol=1e-6)
     del spec["data"]

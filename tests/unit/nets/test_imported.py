@@ -12,9 +12,15 @@ from conftest import tiny_unet
 from multistep.config import TeacherCfg
 from multistep.diffusion.samplers import ddim_sample
 from multistep.nets import imported
+from multistep.teachers import teacher_kind
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 diffusers = pytest.importorskip("diffusers")
+
+
+def open_teacher(t: TeacherCfg):
+    """(denoiser, declaration) of a diffusers teacher, as its teacher kind opens it."""
+    return teacher_kind(t).open(t)
 
 
 def save_pipeline(path, prediction_type="epsilon", beta_schedule="linear", num_class_embeds=None, **sched):
@@ -45,7 +51,7 @@ NOISE = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
 )
 def test_ddim_equals_diffusers_ddim_step_for_step(tmp_path, prediction_type, beta_schedule):
     unet, s = save_pipeline(tmp_path / "p", prediction_type, beta_schedule)
-    f, decl = imported.load(TeacherCfg(kind="diffusers", path=str(tmp_path / "p")))
+    f, decl = open_teacher(TeacherCfg(kind="diffusers", path=str(tmp_path / "p")))
     assert decl["parameterization"] == imported.PREDICTION_TYPES[prediction_type]
     theirs = diffusers_ddim(unet, s, NOISE, 20, timestep_spacing="trailing")
     ours = ddim_sample(f, f.schedule, NOISE.double(), 20)[0]
@@ -55,7 +61,7 @@ def test_ddim_equals_diffusers_ddim_step_for_step(tmp_path, prediction_type, bet
 
 def test_many_step_ddim_converges_to_diffusers_default_ddim(tmp_path):
     unet, s = save_pipeline(tmp_path / "p", "v_prediction", "linear", num_train_timesteps=200)
-    f, _ = imported.load(TeacherCfg(kind="diffusers", path=str(tmp_path / "p")))
+    f, _ = open_teacher(TeacherCfg(kind="diffusers", path=str(tmp_path / "p")))
     theirs = diffusers_ddim(unet, s, NOISE, 200)  # default ("leading") spacing: every timestep
     err = [float((ddim_sample(f, f.schedule, NOISE.double(), n)[0] - theirs).abs().max()) for n in (10, 200)]
     assert err[1] < 1e-4 < err[0], err  # 10 steps: a coarser solve of the same ODE; 200: the same steps
@@ -64,13 +70,13 @@ def test_many_step_ddim_converges_to_diffusers_default_ddim(tmp_path):
 def test_class_conditional_unet_takes_the_labels_and_maps_the_null_class(tmp_path):
     save_pipeline(tmp_path / "p", num_class_embeds=4)
     t = TeacherCfg(kind="diffusers", path=str(tmp_path / "p"), num_classes=3, null_label=0)  # trained: 0 = no class
-    f, decl = imported.load(t)
+    f, decl = open_teacher(t)
     assert (f.num_classes, decl["num_classes"]) == (3, 3)
     z, tt = NOISE.double(), torch.full((4,), 0.5, dtype=torch.float64)
     label = lambda k: torch.full((4,), k)
     assert torch.equal(f(z, tt, label(3)), f(z, tt, label(0)))  # the platform's null class (3) is the UNet's 0
     assert not torch.allclose(f(z, tt, label(1)), f(z, tt, label(0)))  # the labels reach the UNet
-    unconditional = imported.load(TeacherCfg(kind="diffusers", path=str(tmp_path / "p")))[0]
+    unconditional = open_teacher(TeacherCfg(kind="diffusers", path=str(tmp_path / "p")))[0]
     assert unconditional.num_classes == 4  # num_class_embeds, when the YAML does not say
 
 
@@ -78,8 +84,8 @@ def test_bad_diffusers_folders_are_one_line_naming_the_field(tmp_path):
     bare = tmp_path / "bare"
     tiny_unet().save_pretrained(str(bare))  # a model folder without a scheduler config
     with pytest.raises(ValueError, match=r"^teacher.path: .* has no scheduler config .* give teacher.parameterization"):
-        imported.load(TeacherCfg(kind="diffusers", path=str(bare)))
-    f, decl = imported.load(
+        open_teacher(TeacherCfg(kind="diffusers", path=str(bare)))
+    f, decl = open_teacher(
         TeacherCfg(kind="diffusers", path=str(bare), parameterization="eps", ddpm={"beta_schedule": "linear"})
     )
     assert decl["parameterization"] == "eps"
@@ -87,13 +93,13 @@ def test_bad_diffusers_folders_are_one_line_naming_the_field(tmp_path):
     cfg = tmp_path / "flow" / "scheduler" / "scheduler_config.json"
     cfg.write_text(json.dumps(json.loads(cfg.read_text()) | {"prediction_type": "flow_prediction"}))
     with pytest.raises(ValueError, match=r"^teacher.path: .*unsupported prediction_type 'flow_prediction'"):
-        imported.load(TeacherCfg(kind="diffusers", path=str(tmp_path / "flow")))
+        open_teacher(TeacherCfg(kind="diffusers", path=str(tmp_path / "flow")))
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match=r"^teacher.path: .*neither a diffusers pipeline"):
-        imported.load(TeacherCfg(kind="diffusers", path=str(tmp_path / "empty")))
+        open_teacher(TeacherCfg(kind="diffusers", path=str(tmp_path / "empty")))
     (bare / "diffusion_pytorch_model.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(ValueError, match=r"^teacher.path: .*diffusers could not load it"):
-        imported.load(TeacherCfg(kind="diffusers", path=str(bare), parameterization="eps", ddpm={}))
+        open_teacher(TeacherCfg(kind="diffusers", path=str(bare), parameterization="eps", ddpm={}))
 
 
 def test_sample_command_writes_diffusers_ddim_samples_from_a_noise_file(tmp_path):

@@ -40,7 +40,9 @@ def test_warm_start_stops_when_the_error_stops_improving_and_reports_it():
     frozen = WarmStart(100, 1e-12, 0, schedule="constant", check_every=5, patience=2)  # cannot improve
     state, rep = warm_start(net, COS, TEACHER, sample, frozen)
     assert (rep["iterations"], rep["stopped"]) == (15, "converged") and [it for it, _ in rep["history"]] == [5, 10, 15]
-    _, rep = warm_start(net, COS, TEACHER, sample, WarmStart(12, 1e-12, 0, check_every=5, patience=0))
+    _, rep = warm_start(
+        net, COS, TEACHER, sample, WarmStart(12, 1e-12, 0, schedule="cosine", check_every=5, patience=0)
+    )
     assert (rep["iterations"], rep["stopped"]) == (12, "cap")  # patience 0: to the cap
     before = v_error(net, COS, TEACHER, *_held())
     _, rep = warm_start(net, COS, TEACHER, sample, WarmStart(300, 3e-3, 0, "adamw", "constant", 100, 2))
