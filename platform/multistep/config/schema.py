@@ -115,21 +115,17 @@ class TeacherCfg(Strict):
     artifact_path: str = TEACHER_ARTIFACT  # mlflow: the checkpoint's artifact path on that run
     builder: str | None = None  # state_dict: "package.module:callable" that builds the network (importable here)
     builder_args: dict[str, Any] = {}  # state_dict: keyword arguments of the builder
-    parameterization: Literal["eps", "v", "x0", "edm", "flow"] | None = (
-        None  # imported: what the network returns (diffusers: from its scheduler's prediction_type)
-    )
+    # imported: what the network returns (diffusers: from its scheduler's prediction_type)
+    parameterization: Literal["eps", "v", "x0", "edm", "flow"] | None = None
     ddpm: DdpmCfg | None = None  # imported eps/v/x0 nets: the discrete schedule (diffusers: its scheduler config)
     edm: EdmCfg = EdmCfg()  # parameterization edm: the sigma range of net(x, sigma[, labels])
     time_scale: PosFloat = 1.0  # vp and flow nets: the network receives its continuous time times this (e.g. 1000)
-    clip_sample: Annotated[float, Field(ge=0)] | None = (
-        None  # clip the teacher's x_hat to [-c, c] (diffusers: clip_sample_range)
-    )
-    num_classes: PosInt | None = (
-        None  # imported class-conditional nets: labels 0 .. num_classes - 1 (diffusers: num_class_embeds)
-    )
-    null_label: Annotated[int, Field(ge=0)] | None = (
-        None  # the label the network was trained with for "no class" (guidance)
-    )
+    # clip the teacher's x_hat to [-c, c] (diffusers: clip_sample_range)
+    clip_sample: Annotated[float, Field(ge=0)] | None = None
+    # imported class-conditional nets: labels 0 .. num_classes - 1 (diffusers: num_class_embeds)
+    num_classes: PosInt | None = None
+    # the label the network was trained with for "no class" (guidance)
+    null_label: Annotated[int, Field(ge=0)] | None = None
     logsnr_min: float | None = None  # imported: lowest log-SNR of the student's schedule; default: the teacher's lowest
     check: bool = True  # imported: the plausibility check at load (x_hat at the lowest and highest noise, finite)
 
@@ -159,18 +155,16 @@ class StudentCfg(Strict):
     copy_teacher is false (then this MLP, warm-started by v-loss regression onto the teacher)."""
 
     net: Literal["mlp", "unet"] = "mlp"  # mlp: on flattened samples; unet: images [C, H, W] (nets/unet.py)
-    copy_teacher: bool = (
-        True  # imported teachers: start the student as a copy of their network (the paper); false: this MLP
-    )
+    # imported teachers: start the student as a copy of their network (the paper); false: this MLP
+    copy_teacher: bool = True
     hidden: PosInt = 256  # MLP width
     depth: PosInt = 3  # MLP hidden layers
     base_ch: PosInt = 32  # UNet channels at full resolution
     ch_mult: list[PosInt] = [1, 2]  # UNet channel multiplier per level (len - 1 downsamplings)
     num_res_blocks: PosInt = 1  # UNet ResBlocks per level
     attn_resolutions: list[PosInt] = []  # UNet spatial sizes with self-attention
-    time_features: Literal["octave", "sinusoid"] = (
-        "octave"  # octave: sin, cos of 2^k pi t; sinusoid: DDPM-style of 1000 t
-    )
+    # octave: sin, cos of 2^k pi t; sinusoid: DDPM-style of 1000 t
+    time_features: Literal["octave", "sinusoid"] = "octave"
     time_dim: PosInt | None = None  # time features (default: 16 octave = 8 octaves, 64 sinusoid)
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     # analytic teacher (or copy_teacher: false): warm start by v-loss regression onto it (the paper starts from the
@@ -203,9 +197,8 @@ class MethodCfg(Strict):
     mode: Literal["distill", "train"] = "distill"  # distil the teacher, or train on data (mcm: MCT)
     student_steps: PosInt = 4  # S: sampling steps of the (final) student
     loss_weight: Literal["snr+1", "max(snr,1)", "snr"] | None = None  # default: snr+1 (mcm), max(snr,1) (tract, pd)
-    distance: Literal["pseudo_huber", "pseudo_huber_ict", "l2sq", "l2sq_sum"] | None = (
-        None  # default: pseudo_huber / l2sq_sum / l2sq
-    )
+    # default: pseudo_huber / l2sq_sum / l2sq
+    distance: Literal["pseudo_huber", "pseudo_huber_ict", "l2sq", "l2sq_sum"] | None = None
     huber_eps: PosFloat = 1e-4  # epsilon of pseudo_huber
     clip_x: Annotated[float, Field(ge=0)] = 0.0  # clip x_hat to [-c, c] inside target steps (tract; 0 = off)
 
@@ -256,24 +249,20 @@ class EvalCfg(Strict):
     samples: PosInt = 5000  # samples per evaluation (fixed noise per sample index)
     teacher_steps: list[PosInt] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]  # teacher curve, once per sweep
     ode_steps: PosInt = 1024  # teacher DDIM steps for the paired-error reference
-    ode_samples: Annotated[int, Field(ge=0)] | None = (
-        None  # rows of the paired ODE metric (ode_l2_*): the first of the fixed noise rows; None: min(samples, 2000); 0: off
-    )
+    # rows of the paired ODE metric (ode_l2_*): the first of the fixed noise rows; None: min(samples, 2000); 0: off
+    ode_samples: Annotated[int, Field(ge=0)] | None = None
     seed: int = 1234
-    bootstrap: Annotated[int, Field(ge=0)] = (
-        0  # resamples for each metric's bootstrap standard error (results column se; 0 = off; regression `ci` tolerances need it)
-    )
-    extractor: Literal["auto", "identity", "pixel", "classifier", "inception"] = (
-        "auto"  # features of FD and KID: auto = identity (gmm) / pixel (images); classifier = a small MLP trained on the labelled data; inception = the FID detector at inception_path (metrics fid_* / kid_*)
-    )
+    # resamples for each metric's bootstrap standard error (results column se; 0 = off; regression `ci` tolerances need it)
+    bootstrap: Annotated[int, Field(ge=0)] = 0
+    # features of FD and KID: auto = identity (gmm) / pixel (images); classifier = a small MLP trained on the labelled data; inception = the FID detector at inception_path (metrics fid_* / kid_*)
+    extractor: Literal["auto", "identity", "pixel", "classifier", "inception"] = "auto"
     inception_path: str | None = None  # local TorchScript FID detector (inception-2015-12-05.pt); nothing is downloaded
     reference: str | None = Field(
         None, validate_default=True
     )  # a local .npz of reference statistics (mu, sigma[, features]: EDM fid.py, pytorch-fid, clean-fid): FD against them; KID needs its features
     batch_size: PosInt = 2048  # samples per sampling batch of an evaluation (each batch on the trial's device)
-    kid_subsets: Annotated[int, Field(ge=0)] = (
-        10  # KID (unbiased, cubic kernel): mean over this many disjoint subsets of min(1000, samples / kid_subsets) rows, SE in the se column; 0 = off
-    )
+    # KID (unbiased, cubic kernel): mean over this many disjoint subsets of min(1000, samples / kid_subsets) rows, SE in the se column; 0 = off
+    kid_subsets: Annotated[int, Field(ge=0)] = 10
     # diversity beside FD (metrics/diversity.py): k-NN precision / recall on the first min(diversity_rows, samples)
     # rows of each point and of the reference (+ exact mode coverage for mixture data); 0 = off
     diversity_rows: Annotated[int, Field(ge=0)] = 5000
@@ -301,12 +290,10 @@ class EvalCfg(Strict):
         return self
 
     repeats: PosInt = 1  # evaluations from this many noise seeds: each metric their mean, <metric>_repeat_std their std (EDM's practice)
-    stream: Literal["auto", "on", "off"] = (
-        "auto"  # streaming evaluation (memory bounded in samples; metrics/streaming.py): auto = above 10,000 samples
-    )
-    keep_rows: Annotated[int, Field(ge=0)] = (
-        0  # features of the first rows of every final point kept as artifacts eval_rows/<label>_<steps>.npy (+ the reference's, the floor's, every teacher point's) for `multistep claims`; 0 = off
-    )
+    # streaming evaluation (memory bounded in samples; metrics/streaming.py): auto = above 10,000 samples
+    stream: Literal["auto", "on", "off"] = "auto"
+    # features of the first rows of every final point kept as artifacts eval_rows/<label>_<steps>.npy (+ the reference's, the floor's, every teacher point's) for `multistep claims`; 0 = off
+    keep_rows: Annotated[int, Field(ge=0)] = 0
 
     @property
     def streaming(self) -> bool:
@@ -394,19 +381,16 @@ PBT_MUTABLE = Literal["train.learning_rate", "method.anneal.end"]  # what PBT ma
 
 
 class SchedulerCfg(Strict):
-    name: Literal["fifo", "asha", "pbt"] = (
-        "fifo"  # asha: stops trials whose proxy metric lags at each rung; pbt: lagging trials continue from a leader's checkpoint with perturbed hyperparameters
-    )
+    # asha: stops trials whose proxy metric lags at each rung; pbt: lagging trials continue from a leader's checkpoint with perturbed hyperparameters
+    name: Literal["fifo", "asha", "pbt"] = "fifo"
     proxy_samples: PosInt = 1000  # samples of the cheap in-training proxy (logged as proxy_<metric>)
     grace_checkpoints: PosInt = 1  # asha: checkpoints every trial runs before it may be stopped
     reduction_factor: Annotated[float, Field(gt=1)] = 2  # asha: keep 1/reduction_factor of trials per rung
     perturb_checkpoints: PosInt = 1  # pbt: checkpoints between a trial's exploit / explore decisions
-    quantile_fraction: Annotated[float, Field(gt=0, le=0.5)] = (
-        0.25  # pbt: the bottom fraction (by proxy metric) that clones a trial of the top fraction
-    )
-    resample_probability: Annotated[float, Field(ge=0, le=1)] = (
-        0.25  # pbt: chance a cloned value is redrawn from its range instead of scaled by 0.8 / 1.2 (or shifted one choice)
-    )
+    # pbt: the bottom fraction (by proxy metric) that clones a trial of the top fraction
+    quantile_fraction: Annotated[float, Field(gt=0, le=0.5)] = 0.25
+    # pbt: chance a cloned value is redrawn from its range instead of scaled by 0.8 / 1.2 (or shifted one choice)
+    resample_probability: Annotated[float, Field(ge=0, le=1)] = 0.25
     synch: bool = False  # pbt: decide only when the whole population has reached the interval (paused trials wait; async: at once)
     # pbt: what explore changes, as choice / uniform / loguniform axes (trials start from their own values)
     mutations: dict[PBT_MUTABLE, Axis] = {}
@@ -433,9 +417,8 @@ class SearchAlgCfg(Strict):
 
     name: Literal["grid", "optuna"] = "grid"  # optuna: Tune's OptunaSearch proposes num_samples trials in turn
     sampler: Literal["tpe", "nsga2"] = "tpe"  # tpe: one objective; nsga2: several (a Pareto front)
-    metric: Objective | list[Objective] = (
-        "fd"  # what it minimises: a final metric family (at the trial's own S) or a cost
-    )
+    # what it minimises: a final metric family (at the trial's own S) or a cost
+    metric: Objective | list[Objective] = "fd"
     mode: Literal["min", "max"] | list[Literal["min", "max"]] = "min"  # one per metric
     seed: int | None = None  # the sampler's seed (default train.seed): the same proposals in a rerun
 
@@ -491,9 +474,8 @@ class ToleranceCfg(Strict):
 
     abs: Annotated[float, Field(ge=0)] = 0.0  # in the metric's own units
     rel: Annotated[float, Field(ge=0)] = 0.0  # as a fraction of the baseline value
-    ci: Annotated[float, Field(gt=0, lt=1)] | None = (
-        None  # e.g. 0.95: also within that two-sided confidence of the difference (se: eval.bootstrap > 0; kid: its own)
-    )
+    # e.g. 0.95: also within that two-sided confidence of the difference (se: eval.bootstrap > 0; kid: its own)
+    ci: Annotated[float, Field(gt=0, lt=1)] | None = None
 
 
 class RegressionCfg(Strict):

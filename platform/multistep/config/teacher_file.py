@@ -19,9 +19,8 @@ class UNetCfg(Strict):
     num_res_blocks: PosInt = 1  # ResBlocks per level
     attn_resolutions: list[PosInt] = []  # spatial sizes with self-attention
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    num_classes: PosInt | None = (
-        None  # class-conditional (needs labelled data); sweeps condition students on the labels (method.guidance: CFG)
-    )
+    # class-conditional (needs labelled data); sweeps condition students on the labels (method.guidance: CFG)
+    num_classes: PosInt | None = None
     time_dim: Annotated[int, Field(ge=2, multiple_of=2)] = 64  # sinusoidal time features
 
 

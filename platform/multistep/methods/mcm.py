@@ -204,9 +204,8 @@ class Options(BaseModel):
     model_config = ConfigDict(extra="forbid")
     anneal: AnnealCfg = LogLinearAnneal(name="loglinear", start=16, end=256, fraction=0.5)  # teacher steps N(i)
     xvar_frac: Annotated[float, Field(ge=0)] = 0.75  # eta of the aDDIM teacher step
-    guidance: Annotated[float, Field(ge=0)] = (
-        0.0  # distill: CFG scale w of the teacher step, x_g = x_c + w (x_c - x_u); 0 = none; needs a class-conditional teacher and labels
-    )
+    # distill: CFG scale w of the teacher step, x_g = x_c + w (x_c - x_u); 0 = none; needs a class-conditional teacher and labels
+    guidance: Annotated[float, Field(ge=0)] = 0.0
     teacher_integrator: Literal["addim", "ddim"] = "addim"  # distill: teacher step
     target_ema: Annotated[float, Field(ge=0, lt=1)] = 0.0  # 0 = stop-gradient of the online net; >0 EMA target
     t_sampling: Literal["uniform", "lognormal"] = "uniform"  # grid positions uniform or iCT lognormal

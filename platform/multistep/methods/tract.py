@@ -123,9 +123,8 @@ class TRACT:
 
 class Options(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    time_schedule: list[Annotated[int, Field(ge=1)]] | None = (
-        None  # phases ts[p] -> ts[p+1] steps; default [64, 8S, S] (or [64, S] when 8S >= 64)
-    )
+    # phases ts[p] -> ts[p+1] steps; default [64, 8S, S] (or [64, S] when 8S >= 64)
+    time_schedule: list[Annotated[int, Field(ge=1)]] | None = None
     self_teacher_ema: Annotated[float, Field(ge=0, lt=1)] = 0.5  # mu_S (bias-corrected)
 
 

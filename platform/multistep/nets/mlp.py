@@ -113,9 +113,8 @@ class VDenoiser(nn.Module):
     def __init__(self, net: nn.Module, schedule: Schedule):
         super().__init__()
         self.net, self.schedule = net, schedule
-        self.autocast_dtype: torch.dtype | None = (
-            None  # e.g. torch.bfloat16: the network forward only under autocast (A7)
-        )
+        # e.g. torch.bfloat16: the network forward only under autocast (A7)
+        self.autocast_dtype: torch.dtype | None = None
         self.channels_last = False  # 4-D inputs in channels_last memory format (weights: the caller)
         self.compiled = False  # run the network through torch.compile (compiled once per net)
 
