@@ -204,6 +204,15 @@ class SCM:
         args = () if y is None else (y,)
         kw32 = {k: v.float() for k, v in kw.items()}
         bare = lambda zz, tt: student.net(zz, tt, *args, **kw32)
+        if getattr(student, "channels_last", False):  # forward-mode AD through GroupNorm refuses channels_last
+            # activations (PyTorch's view in its JVP rule): the JVP runs on contiguous copies of the conv weights
+            weights = {
+                k: p.clone(memory_format=torch.contiguous_format)
+                for k, p in student.net.named_parameters()
+                if p.dim() == 4
+            }
+            net = student.net
+            bare = lambda zz, tt: torch.func.functional_call(net, weights, (zz, tt, *args), kw32, strict=False)
         cs, dt_dphi = torch.cos(delta) * torch.sin(delta), 1.0 / dphi_dt(self.schedule, t)
         rng = rng_state(dev)  # the JVP and the main forward see the same dropout mask
         with torch.no_grad(), _math_attention():

@@ -229,3 +229,27 @@ def test_time_law_and_inverse():
     n = torch.log(torch.tan(phi))  # = the normal draw where unclipped
     assert abs(n.mean().item() + 1.0) < 0.05 and abs(n.std().item() - 1.4) < 0.05
     torch.testing.assert_close(phi_of_t(sched, t_of_phi(sched, phi)), phi.double(), rtol=1e-12, atol=1e-12)
+
+
+def test_a_channels_last_unet_takes_the_same_scm_step():
+    """train.channels_last: the JVP through GroupNorm runs (PyTorch's forward-mode rule refuses channels_last
+    activations, so it sees contiguous copies of the conv weights) and gives the contiguous student's loss and
+    gradients (C_in = 1: a weight whose layout is ambiguous, the case .contiguous() leaves as it is)."""
+    from multistep.nets.unet import UNet
+    from multistep.train.perf import apply_fast_paths
+
+    sched = make_schedule("cosine")
+    x = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(7)) * 0.5
+
+    def step(channels_last: bool):
+        torch.manual_seed(0)
+        student = VDenoiser(UNet(in_ch=1, base_ch=8, ch_mult=(1, 2), num_res_blocks=1, resolution=8), sched)
+        apply_fast_paths([student], "cpu", "fp32", channels_last)
+        m = SCM(sched, 2, teacher=lambda z, t, y=None: 0.5 * z, time_derivative_every=0)
+        loss, _ = m.loss(student, x, 10, 100, torch.Generator().manual_seed(5))
+        loss.backward()
+        return loss.detach(), [p.grad.contiguous() for p in student.parameters()]
+
+    (loss, grads), (cl_loss, cl_grads) = step(False), step(True)
+    assert torch.allclose(cl_loss, loss, rtol=1e-5)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(cl_grads, grads))
