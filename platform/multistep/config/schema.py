@@ -26,6 +26,19 @@ RunName = Annotated[
 ]  # a sweep's or a teacher's name (folders, tags)
 
 
+def with_registered_options(cls, data, models):
+    """A flat section (`data:`, `method:`) as its model's own keys plus every registered entry's options, each set
+    validated by its own pydantic model (errors at <section>.<key>); any other key is refused."""
+    if not isinstance(data, dict):
+        return data
+    out = {k: v for k, v in data.items() if k in cls.model_fields}
+    for options in models:
+        out |= dict(options.model_validate({k: v for k, v in data.items() if k in options.model_fields}))
+    if unknown := [k for k in data if k not in out]:
+        raise sub_field_error(unknown[0], data[unknown[0]], "unknown key")
+    return out
+
+
 # -- components -----------------------------------------------------------------------------------
 class ScheduleCfg(Strict):
     name: Literal["cosine", "clipped_cosine", "shifted_cosine", "interpolated_cosine"] = "cosine"
@@ -43,14 +56,7 @@ class DataCfg(Strict):
     @model_validator(mode="before")
     @classmethod
     def _fields(cls, data):
-        if not isinstance(data, dict):
-            return data
-        out = {k: v for k, v in data.items() if k in cls.model_fields}
-        for kind in DATA_KINDS.values():  # every kind's fields, validated by its own model (errors: data.<key>)
-            out |= dict(kind.options.model_validate({k: v for k, v in data.items() if k in kind.options.model_fields}))
-        if unknown := [k for k in data if k not in out]:
-            raise sub_field_error(unknown[0], data[unknown[0]], "unknown key")
-        return out
+        return with_registered_options(cls, data, (k.options for k in DATA_KINDS.values()))
 
     @field_validator("kind")
     @classmethod
@@ -205,14 +211,7 @@ class MethodCfg(Strict):
     @model_validator(mode="before")
     @classmethod
     def _options(cls, data):
-        if not isinstance(data, dict):
-            return data
-        out = {k: v for k, v in data.items() if k in cls.model_fields}
-        for spec in METHODS.values():  # every method's options, validated by its own model (errors: method.<key>)
-            out |= dict(spec.options.model_validate({k: v for k, v in data.items() if k in spec.options.model_fields}))
-        if unknown := [k for k in data if k not in out]:
-            raise sub_field_error(unknown[0], data[unknown[0]], "unknown key")
-        return out
+        return with_registered_options(cls, data, (spec.options for spec in METHODS.values()))
 
     @field_validator("name")
     @classmethod
