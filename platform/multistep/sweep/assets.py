@@ -98,16 +98,42 @@ def make_extractor_for(cfg: TrialCfg, data, cache_dir: Path, log=print):
 
 
 def prepare(cfg: TrialCfg, cache_dir: Path, log=print) -> dict:
+    """What every trial of a sweep shares, each piece cached in cache_dir by what decides it: the evaluation
+    reference, the teacher's curve, the warm start, and (eval.keep_rows) the rows `multistep claims` pairs."""
     c = build(cfg)
     base = {"data": data_kind(cfg.data).identity(cfg.data), "teacher": teacher_kind(cfg.teacher).identity(cfg.teacher)}
     ev = cfg.eval
-    labelled = uses_labels(c.teacher, getattr(c.data, "labels", None) is not None)  # conditional teacher + labels
     ext = make_extractor_for(cfg, c.data, cache_dir, log)
     features = None if ext is None else features_fn(ext, c.data.shape)
+    ref, ref_key = _reference(cfg, c, base, ext, features, cache_dir, log)
+    n_div = diversity_rows(ev)  # the reference rows every point's precision / recall are measured against
+    div_ref = first_rows(c, ref, ev, features, n_div) if n_div else None
+    curve = _teacher_curve(cfg, c, ref, ref_key, ext, features, div_ref, cache_dir, log)
+    rows = None
+    if ev.keep_rows:  # for `multistep claims`: the reference's and the floor's rows, and every teacher point's
+        rows_key = content_hash({"ref": ref_key, "keep": ev.keep_rows, "floor": True})
+        make_rows = lambda: kept_reference_rows(c, ref, ev, features)
+        rows = _cached(cache_dir / f"evalrows-{rows_key}.pt", make_rows, log) | curve["kept"]
+    init = _warm_start(cfg, c, base, cache_dir, log)
+    return {
+        "diversity_ref": div_ref,
+        "eval_ref": ref.to_dict(),
+        "eval_ref_hash": ref_key,
+        "teacher_rows": curve["rows"],
+        "init": None if init is None else init["state"],
+        "init_report": None if init is None else init["report"],
+        "extractor": None if ext is None else ext.spec(),
+        "eval_rows": rows,  # the driver logs them on the sweep run; they do not travel to the trials
+    }
+
+
+def _reference(cfg: TrialCfg, c, base: dict, ext, features, cache_dir: Path, log):
+    """(the evaluation reference: fixed noise, labels, teacher-ODE rows and data statistics, its cache key)."""
+    ev = cfg.eval
+    labelled = uses_labels(c.teacher, getattr(c.data, "labels", None) is not None)  # conditional teacher + labels
     reference = load_for(ev)
-    if reference is not None:
-        if reference.features is None and ev.kid_subsets:
-            log(f"note: {ev.reference} holds statistics only (no features): KID is skipped")
+    if reference is not None and reference.features is None and ev.kid_subsets:
+        log(f"note: {ev.reference} holds statistics only (no features): KID is skipped")
     ref_key = content_hash(
         {**base, "samples": ev.samples, "ode_steps": ev.ode_steps, "seed": ev.seed}
         | ({"ode_rows": ev.ode_rows} if ev.ode_rows != ev.samples else {})  # (the keys of whole-reference ODEs stay)
@@ -128,10 +154,13 @@ def prepare(cfg: TrialCfg, cache_dir: Path, log=print) -> dict:
         args = (c.data, c.teacher, c.schedule, ev.samples, ev.ode_steps, ev.seed, cfg.feature_space, labelled)
         return make(*args, features, ev.kid_subsets, ev.ode_rows, reference).to_dict() | {"hash": ref_key}
 
-    ref = load_ref(_cached(cache_dir / f"evalref-{ref_key}.pt", make_ref, log))
+    return load_ref(_cached(cache_dir / f"evalref-{ref_key}.pt", make_ref, log)), ref_key
 
-    n_div = diversity_rows(ev)  # the reference rows every point's precision / recall are measured against
-    div_ref = first_rows(c, ref, ev, features, n_div) if n_div else None
+
+def _teacher_curve(cfg: TrialCfg, c, ref, ref_key: str, ext, features, div_ref, cache_dir: Path, log) -> dict:
+    """{"rows": the teacher's DDIM and aDDIM points (with diversity), "kept": their rows for `multistep claims`}."""
+    ev = cfg.eval
+    n_div = diversity_rows(ev)
     curve_key = content_hash(
         {"ref": ref_key, "steps": ev.teacher_steps}
         | ({"bootstrap": ev.bootstrap} if ev.bootstrap else {})
@@ -162,9 +191,15 @@ def prepare(cfg: TrialCfg, cache_dir: Path, log=print) -> dict:
             rows += teacher_diversity(cfg, c.data, div_ref, rows, kept)
         return {"rows": rows, "kept": {k: v[: ev.keep_rows] for k, v in kept.items()} if ev.keep_rows else {}}
 
-    curve = _cached(cache_dir / f"teachercurve-{curve_key}.pt", make_curve, log)
+    return _cached(cache_dir / f"teachercurve-{curve_key}.pt", make_curve, log)
 
+
+def _warm_start(cfg: TrialCfg, c, base: dict, cache_dir: Path, log) -> dict | None:
+    """{"state", "report"} of the student's warm start by v-regression onto the teacher (per seed), or None where the
+    student is a copy of the teacher or student.init_iterations is 0."""
     s = cfg.student
+    if s.init_iterations == 0 or teacher_kind(cfg.teacher).copies(cfg):
+        return None
     init_key = content_hash({**base, "student": s.model_dump(), "seed": cfg.train.seed})
 
     def make_init():
@@ -190,24 +225,7 @@ def prepare(cfg: TrialCfg, cache_dir: Path, log=print) -> dict:
         )
         return {"state": state, "report": report}
 
-    rows = None
-    if ev.keep_rows:  # for `multistep claims`: the reference's and the floor's rows, and every teacher point's
-        rows_key = content_hash({"ref": ref_key, "keep": ev.keep_rows, "floor": True})
-        make_rows = lambda: kept_reference_rows(c, ref, ev, features)
-        rows = _cached(cache_dir / f"evalrows-{rows_key}.pt", make_rows, log) | curve["kept"]
-
-    warm = s.init_iterations > 0 and not teacher_kind(cfg.teacher).copies(cfg)  # a copy of the teacher needs none
-    init = _cached(cache_dir / f"init-{init_key}.pt", make_init, log) if warm else None
-    return {
-        "diversity_ref": div_ref,
-        "eval_ref": ref.to_dict(),
-        "eval_ref_hash": ref_key,
-        "teacher_rows": curve["rows"],
-        "init": None if init is None else init["state"],
-        "init_report": None if init is None else init["report"],
-        "extractor": None if ext is None else ext.spec(),
-        "eval_rows": rows,  # the driver logs them on the sweep run; they do not travel to the trials
-    }
+    return _cached(cache_dir / f"init-{init_key}.pt", make_init, log)
 
 
 def teacher_diversity(cfg, data, reference, rows: list[dict], kept: dict) -> list[dict]:
