@@ -113,57 +113,66 @@ def _fit_trainer(loop_cfg: dict, r: dict, i: int, storage: str) -> dict:
     return trainer.fit().return_value or {}
 
 
+class _TrialRuns:
+    """Ray trial id -> (trial index, MLflow run id). A planned trial's run is the one of its config's trial_index when
+    Tune first starts it (PBT later gives a clone its leader's trial_index); an adaptive search's proposal gets its
+    run when Tune starts it (`opened`); a trial whose run is not found yet is (-1, None)."""
+
+    def __init__(self, client, run_ids: list[str], sweep: dict, adaptive: bool):
+        self.client, self.run_ids, self.sweep, self.adaptive = client, run_ids, sweep, adaptive
+        self.known: dict[str, tuple[int, str]] = {}
+
+    def of(self, trial) -> tuple[int, str | None]:
+        if trial.trial_id not in self.known:
+            run = ml.find_trial_run(self.client, self.sweep, trial.trial_id)
+            if run is not None:
+                self.known[trial.trial_id] = int(run.data.tags[tag.TRIAL_INDEX]), run.info.run_id
+            elif not self.adaptive:
+                i = trial.config["trial_index"]
+                self.known[trial.trial_id] = i, self.run_ids[i]
+            else:
+                return -1, None
+        return self.known[trial.trial_id]
+
+    def start(self, plan, trial) -> tuple[int, object, str]:
+        """(index, trial config, what the start line adds) of a trial Tune starts; its run RUNNING (opened first
+        for an adaptive search's proposal)."""
+        if self.adaptive:
+            i, rid, cfg, shown = _open_proposed(self.client, plan, self.sweep, trial)
+            self.known[trial.trial_id] = i, rid
+            return i, cfg, f" ({trial.trial_id}): {shown}"
+        i, rid = self.of(trial)
+        _mark_running(self.client, rid, trial.trial_id)
+        return i, plan.trials[i].cfg, f" ({trial.trial_id})"
+
+
 def _status_callback(client, run_ids: list[str], n: int, say, sweep: dict, plan, adaptive: bool = False):
-    """Trial runs are known by Ray trial id (the run's ray.trial_id tag): a planned trial's run is the one of its
-    config's trial_index when Tune first starts it (PBT later gives a clone its leader's trial_index); an adaptive
-    search: runs are opened when Tune starts a proposed trial. Progress is shown by sweep/progress.py."""
+    """The Tune callback that moves each trial's MLflow run through RUNNING -> FINISHED / FAILED / KILLED (early
+    stop) and shows the trials' progress (sweep/progress.py)."""
     from ray import tune
 
     from multistep.sweep.progress import TrialProgress
 
-    def run_of(trial) -> tuple[int, str | None]:
-        if trial.trial_id not in known:
-            run = ml.find_trial_run(client, sweep, trial.trial_id)
-            if run is not None:
-                known[trial.trial_id] = int(run.data.tags[tag.TRIAL_INDEX]), run.info.run_id
-            elif not adaptive:
-                known[trial.trial_id] = trial.config["trial_index"], run_ids[trial.config["trial_index"]]
-            else:
-                return -1, None
-        return known[trial.trial_id]
-
-    known: dict[str, tuple[int, str]] = {}  # Ray trial id -> (index, run id)
-    progress = TrialProgress(n, say)
+    runs, progress = _TrialRuns(client, run_ids, sweep, adaptive), TrialProgress(n, say)
 
     class MlflowStatus(tune.Callback):
-        """Moves each trial's MLflow run through RUNNING -> FINISHED / FAILED / KILLED (early stop)."""
-
         def __init__(self):
             self.t0: dict[int, float] = {}
             self.failed: list[int] = []
-            self.known = known
+            self.known = runs.known
             self.progress = progress
 
         def on_trial_start(self, iteration, trials, trial, **info):
-            if adaptive:  # an adaptive search's proposal: its run is opened now
-                i, rid, cfg, shown = _open_proposed(client, plan, sweep, trial)
-                known[trial.trial_id] = i, rid
-                self.t0[i] = time.time()
-                progress.started(i, _what(cfg), cfg.train.iterations, f" ({trial.trial_id}): {shown}")
-                return
-            i, rid = run_of(trial)
+            i, cfg, note = runs.start(plan, trial)
             self.t0.setdefault(i, time.time())  # a PBT clone restarting keeps its start time
-            _mark_running(client, rid, trial.trial_id)
-            cfg = plan.trials[i].cfg
-            progress.started(i, _what(cfg), cfg.train.iterations, f" ({trial.trial_id})")
+            progress.started(i, _what(cfg), cfg.train.iterations, note)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            i = run_of(trial)[0]
             if "final" not in result and "iteration" in result:
-                progress.result(i, result["iteration"], result.get("train_loss"))
+                progress.result(runs.of(trial)[0], result["iteration"], result.get("train_loss"))
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            i, rid = run_of(trial)
+            i, rid = runs.of(trial)
             last = trial.last_result or {}
             took = f"{time.time() - self.t0.get(i, time.time()):.0f} s"
             if last.get("error") or rid is None:
@@ -177,7 +186,7 @@ def _status_callback(client, run_ids: list[str], n: int, say, sweep: dict, plan,
             progress.ended(i, f"{'finished' if done else 'stopped early by the scheduler'} in {took}")
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            i, rid = run_of(trial)
+            i, rid = runs.of(trial)
             self.failed.append(i)
             where = str(getattr(trial, "error_file", "") or "")
             why = _error_line(where)
