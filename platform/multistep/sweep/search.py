@@ -4,6 +4,8 @@ Imports Ray Tune and Optuna at the top: only the driver imports this module, aft
 
 from __future__ import annotations
 
+import threading
+
 from optuna.samplers import NSGAIISampler, TPESampler
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
@@ -15,6 +17,18 @@ class FinalOnly(OptunaSearch):
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         pass
+
+
+class PicklableNSGAII(NSGAIISampler):
+    """Optuna 5's NSGA-II sampler holds a thread lock, so Tune could not save the searcher with its state (every
+    NSGA-II sweep failed as the Tuner started): the lock is left out of the pickle and made anew on load."""
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_thread_lock"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._thread_lock = threading.Lock()
 
 
 def optuna(plan, names: dict) -> tuple[dict, FinalOnly]:
@@ -29,7 +43,7 @@ def optuna(plan, names: dict) -> tuple[dict, FinalOnly]:
             space[k] = domain(a)
     metrics = [names.get(m, m) for m in alg.metrics]
     seed = plan.cfg.train.seed if alg.seed is None else alg.seed
-    sampler = TPESampler(seed=seed) if alg.sampler == "tpe" else NSGAIISampler(seed=seed)
+    sampler = TPESampler(seed=seed) if alg.sampler == "tpe" else PicklableNSGAII(seed=seed)
     one = len(metrics) == 1
     return space, FinalOnly(
         metric=metrics[0] if one else metrics, mode=alg.mode if one else list(alg.mode), sampler=sampler
