@@ -39,6 +39,21 @@ def with_registered_options(cls, data, models):
     return out
 
 
+def registered_kind(name: str, registry: dict, what: str) -> str:
+    if name not in registry:
+        raise ValueError(f"{name!r}: not a {what} kind (registered: {', '.join(registry)})")
+    return name
+
+
+def kind_rules(cfg, registry: dict):
+    """The section's kind checks its own fields (registry.FieldError -> an error at <section>.<field>)."""
+    try:
+        registry[cfg.kind].check(cfg)
+    except FieldError as e:
+        raise sub_field_error(e.field, getattr(cfg, e.field), str(e)) from None
+    return cfg
+
+
 # -- components -----------------------------------------------------------------------------------
 class ScheduleCfg(Strict):
     name: Literal["cosine", "clipped_cosine", "shifted_cosine", "interpolated_cosine"] = "cosine"
@@ -61,17 +76,11 @@ class DataCfg(Strict):
     @field_validator("kind")
     @classmethod
     def _kind(cls, v):
-        if v not in DATA_KINDS:
-            raise ValueError(f"{v!r}: not a data kind (registered: {', '.join(sorted(DATA_KINDS))})")
-        return v
+        return registered_kind(v, DATA_KINDS, "data")
 
     @model_validator(mode="after")
     def _kind_rules(self):
-        try:
-            DATA_KINDS[self.kind].check(self)
-        except FieldError as e:
-            raise sub_field_error(e.field, getattr(self, e.field), str(e)) from None
-        return self
+        return kind_rules(self, DATA_KINDS)
 
     @property
     def fd_space(self) -> str:
@@ -138,17 +147,11 @@ class TeacherCfg(Strict):
     @field_validator("kind")
     @classmethod
     def _kind(cls, v):
-        if v not in TEACHER_KINDS:
-            raise ValueError(f"{v!r}: not a teacher kind (registered: {', '.join(TEACHER_KINDS)})")
-        return v
+        return registered_kind(v, TEACHER_KINDS, "teacher")
 
     @model_validator(mode="after")
     def _kind_rules(self):
-        try:
-            TEACHER_KINDS[self.kind].check(self)
-        except FieldError as e:
-            raise sub_field_error(e.field, getattr(self, e.field), str(e)) from None
-        return self
+        return kind_rules(self, TEACHER_KINDS)
 
     @property
     def imported(self) -> bool:
