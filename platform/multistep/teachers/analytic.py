@@ -21,6 +21,7 @@ ANALYTIC = kinds.register(
         name="analytic",
         build=_build,
         identity=lambda t: t.model_dump(include={"kind", "schedule"}),
+        check=kinds.null_label_needs_classes,
         copies=lambda cfg: False,
         exact=True,
     )

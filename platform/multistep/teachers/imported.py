@@ -91,8 +91,7 @@ def _declared(t) -> None:
     _files(t)
     if t.parameterization is None:
         raise FieldError("parameterization", f"required for kind: {t.kind} (eps, v, x0, edm or flow)")
-    if t.null_label is not None and t.num_classes is None:
-        raise FieldError("null_label", "needs num_classes")
+    kinds.null_label_needs_classes(t)
 
 
 def _built(t) -> None:

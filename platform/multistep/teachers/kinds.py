@@ -43,6 +43,12 @@ def register(kind: TeacherKind) -> TeacherKind:
     return registry.register(TEACHER_KINDS, kind, "teacher kind")
 
 
+def null_label_needs_classes(t) -> None:
+    """teacher.null_label names a label of a declared num_classes (diffusers folders declare theirs)."""
+    if t.null_label is not None and t.num_classes is None:
+        raise registry.FieldError("null_label", "needs num_classes")
+
+
 def teacher_kind(t) -> TeacherKind:
     """The registry entry of a `teacher:` config (its kind was checked against the registry when it was read)."""
     return TEACHER_KINDS[t.kind]

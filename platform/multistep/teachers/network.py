@@ -99,6 +99,7 @@ def _identity(t) -> dict:
 
 
 def _checkpoint_file(t) -> None:
+    kinds.null_label_needs_classes(t)
     if t.path is None:
         raise FieldError("path", "required for kind: checkpoint (a teacher file written by `multistep teacher`)")
     t.path = readable_file(t.path)
@@ -115,6 +116,7 @@ def readable_file(path: str) -> str:
 
 
 def _run_id(t) -> None:
+    kinds.null_label_needs_classes(t)
     if not t.run_id:
         raise FieldError("run_id", "required for kind: mlflow (the run id `multistep teacher` printed)")
     if t.path is not None:  # set by the driver once fetched

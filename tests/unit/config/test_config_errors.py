@@ -8,6 +8,14 @@ S = "search:\n  method.student_steps: {grid: [1, 2]}\n"
 CASES = [  # (sweep file text, text the message must contain)
     ("bogus: 1\n", "bogus: unknown key"),
     ("data: {kind: gmm, colour: red}\n", "data.colour: unknown key"),
+    ("teacher: {kind: analytic, null_label: 3}\n", "teacher.null_label: needs num_classes"),
+    ("teacher: {kind: checkpoint, path: /etc/hosts, null_label: 1}\n", "teacher.null_label: needs num_classes"),
+    (
+        "teacher: {kind: torchscript, path: /etc/hosts, parameterization: eps, null_label: 1}\n",
+        "teacher.null_label: needs num_classes",
+    ),
+    ("teacher: {kind: hub}\n", "teacher.kind: 'hub': not a teacher kind"),
+    ("data: {kind: gmm, shape: [4], rank: 5}\n", "data.rank: exceeds the dimension of shape [4] (4)"),
     ("train: {iterations: many}\n", "train.iterations"),
     ("train: {iterations: 0}\n", "train.iterations"),
     ("train: {iterations: 2.5}\n", "train.iterations"),
