@@ -61,7 +61,7 @@ def cmd_import(args, say=print) -> int:
     from multistep.train.build import build
 
     c = build(tc)
-    decl = teacher_kind(tc.teacher).open(tc.teacher)[1]
+    decl = teacher_kind(tc.teacher).declare(tc.teacher)  # c.teacher holds the network: not loaded again
     client = ml.client(uri)
     exp_id = ml.ensure_experiment(client, experiment, uri)
     t = tc.teacher

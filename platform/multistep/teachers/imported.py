@@ -13,14 +13,14 @@ from multistep.teachers.kinds import teacher_kind
 from multistep.teachers.network import readable_file
 
 
-def load(t):
-    """The teacher as a denoiser on its student schedule; a problem is a ConfigError naming the teacher field."""
+def load(t, where: str = ""):
+    """The teacher as a denoiser on its student schedule; a problem is a ConfigError `<where><teacher field>: ...`."""
     from multistep.config import ConfigError
 
     try:
-        return teacher_kind(t).open(t)[0]
+        return teacher_kind(t).open(t)
     except ValueError as e:
-        raise ConfigError(str(e)) from None
+        raise ConfigError(f"{where}{e}") from None
 
 
 def _build(cfg, load_data: bool = True, check: bool = True):
@@ -30,7 +30,7 @@ def _build(cfg, load_data: bool = True, check: bool = True):
     from multistep.nets import imported
     from multistep.train.build import Components, make_data, platform_student, plausibility_rows, sample_shape
 
-    teacher = load(cfg.teacher)  # trained elsewhere: the adapter puts it on its student schedule
+    teacher = load(cfg.teacher)[0]  # trained elsewhere: the adapter puts it on its student schedule
     data = make_data(cfg.data) if load_data else None
     if check and cfg.teacher.check and data is not None:
         if err := imported.plausibility_error(teacher, *plausibility_rows(data)):
@@ -50,10 +50,7 @@ def _preflight(cfg, shape: tuple, where: str) -> None:
     from multistep.nets import imported
     from multistep.train.build import make_data, plausibility_rows
 
-    try:
-        f, _ = teacher_kind(cfg.teacher).open(cfg.teacher)
-    except ValueError as e:
-        raise ConfigError(f"{where}{e}") from None
+    f, _ = load(cfg.teacher, where)
     x, y = plausibility_rows(make_data(cfg.data, where, rows=True))  # a few rows, not the dataset
     y = y if f.num_classes is not None else None
     at = f"{where}teacher.path: {cfg.teacher.path}"
@@ -109,6 +106,18 @@ def _folder(t) -> None:
     t.path = str(p)  # num_classes and null_label may come from the folder's UNet config
 
 
+def _declare(t) -> dict:
+    from multistep.nets import imported
+
+    return imported.declaration(t)
+
+
+def _declare_diffusers(t) -> dict:
+    from multistep.nets import imported
+
+    return imported.declaration(t, imported.diffusers_declaration)
+
+
 def _open_diffusers(t):
     from multistep.nets import imported
 
@@ -144,6 +153,7 @@ DIFFUSERS = kinds.register(
         name="diffusers",
         check=_folder,
         open=_open_diffusers,
+        declare=_declare_diffusers,
         network=lambda cfg, f: {"kind": "diffusers", "config": dict(f.net.unet.config)},
         known_shape=_diffusers_shape,
         **common,
@@ -154,6 +164,7 @@ TORCHSCRIPT = kinds.register(
         name="torchscript",
         check=_declared,
         open=_open_scripted,
+        declare=_declare,
         network=lambda cfg, f: {"kind": "torchscript"},  # the architecture lives only in the TorchScript file
         **common,
     )
@@ -163,6 +174,7 @@ STATE_DICT = kinds.register(
         name="state_dict",
         check=_built,
         open=_open_built,
+        declare=_declare,
         network=lambda cfg, f: {
             "kind": "builder",
             "builder": cfg.teacher.builder,

@@ -33,6 +33,7 @@ class TeacherKind:
     exact: bool = False  # the exact denoiser of the data (a data kind with mixture=True): needs the data, no guidance
     imported: bool = False  # trained elsewhere (nets/imported.py): `multistep teacher import`, null_label for guidance
     open: Callable | None = None  # imported: t -> (the network as a denoiser on its student schedule, its declaration)
+    declare: Callable | None = None  # imported: t -> its declaration alone (parameterisation, schedule; no network)
     fetched: bool = False  # stands for another kind's teacher that the sweep driver fetches before trials start
 
 

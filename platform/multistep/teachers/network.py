@@ -45,12 +45,8 @@ def _build(cfg, load_data: bool = True, check: bool = True):
     sc = info["meta"].get("schedule") or cfg.teacher.schedule.model_dump()
     sched = make_schedule(sc["name"], **sc.get("params", {}))
     data = make_data(d) if load_data else None
-    trained_on = info["meta"].get("shape")
-    if data is not None and trained_on is not None and tuple(trained_on) != tuple(data.shape):
-        raise ConfigError(
-            f"teacher.path: {cfg.teacher.path} was trained on samples of shape {tuple(trained_on)}, "
-            f"but this data ({d.label}) has shape {tuple(data.shape)}"
-        )
+    if data is not None:
+        _trained_on(cfg, info, tuple(data.shape))
     k, labels = getattr(net, "num_classes", None), getattr(data, "labels", None)
     if k is not None and labels is not None and len(labels) and int(labels.max()) >= k:  # students see the labels
         raise ConfigError(
@@ -73,13 +69,7 @@ def _preflight(cfg, shape: tuple, where: str) -> None:
         net, info = load_teacher(cfg.teacher.path)
     except ValueError as e:
         raise ConfigError(f"{where}teacher.path: {e}") from None
-    trained_on = info["meta"].get("shape")
-    if trained_on is not None and tuple(trained_on) != tuple(shape):
-        raise ConfigError(
-            f"{where}teacher.path: {cfg.teacher.path} was trained on samples of shape {tuple(trained_on)}, "
-            f"but this data ({cfg.data.label}) has shape {tuple(shape)}"
-        )
-    if trained_on is None:
+    if not _trained_on(cfg, info, tuple(shape), where):
         import torch
 
         try:
@@ -90,6 +80,20 @@ def _preflight(cfg, shape: tuple, where: str) -> None:
                 f"{where}teacher.path: {cfg.teacher.path} does not take samples of this data's shape "
                 f"{tuple(shape)} ({first_line(e)})"
             ) from None
+
+
+def _trained_on(cfg, info: dict, shape: tuple, where: str = "") -> bool:
+    """Whether the checkpoint records the sample shape it was trained on (an older one does not); a shape other
+    than the data's is a ConfigError at teacher.path."""
+    from multistep.config import ConfigError
+
+    trained_on = info["meta"].get("shape")
+    if trained_on is not None and tuple(trained_on) != shape:
+        raise ConfigError(
+            f"{where}teacher.path: {cfg.teacher.path} was trained on samples of shape {tuple(trained_on)}, "
+            f"but this data ({cfg.data.label}) has shape {shape}"
+        )
+    return trained_on is not None
 
 
 def _identity(t) -> dict:

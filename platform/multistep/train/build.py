@@ -25,8 +25,13 @@ def make_data(d: DataCfg, where: str = "", rows: bool = False):
     """The data distribution of a config in memory (a GaussianMixture, ImageData, ...; rows: only the few rows a
     check needs); a problem with its files is a ConfigError `<where>data.<field>: ...`."""
     kind = data_kind(d)
+    return _from_kind(kind.sample_rows if rows else kind.load, d, where)
+
+
+def _from_kind(fn, d: DataCfg, where: str):
+    """fn(d), one of the data kind's functions; a problem with its files is a ConfigError `<where>data.<field>: ...`."""
     try:
-        return kind.sample_rows(d) if rows else kind.load(d)
+        return fn(d)
     except FieldError as e:
         raise ConfigError(f"{where}data.{e.field}: {e}") from None
 
@@ -62,12 +67,7 @@ def platform_student(cfg: TrialCfg, sched: Schedule, shape: tuple) -> VDenoiser:
 def sample_shape(d: DataCfg, data=None, where: str = "") -> tuple:
     """The shape of one sample: the loaded data's, else the kind's without loading (a problem with its files is a
     ConfigError `<where>data.<field>: ...`; also `multistep teacher`'s check)."""
-    if data is not None:
-        return tuple(data.shape)
-    try:
-        return tuple(data_kind(d).shape(d))
-    except FieldError as e:
-        raise ConfigError(f"{where}data.{e.field}: {e}") from None
+    return tuple(data.shape if data is not None else _from_kind(data_kind(d).shape, d, where))
 
 
 def plausibility_rows(data, n: int = 256) -> tuple[torch.Tensor, torch.Tensor | None]:
