@@ -239,6 +239,12 @@ def _bad_cases(tmp_path):
             "teacher.parameterization: its output does not look like v",
         ),
         (gmm, {"kind": "torchscript", "path": good_eps, "parameterization": "eps", **ddpm}, None),  # right: passes
+        (  # DMD2's GAN head reads middle features, which a TorchScript copy does not expose
+            gmm,
+            {"kind": "torchscript", "path": good_eps, "parameterization": "eps", **ddpm},
+            "method.gan: the fake score copies the TorchScript teacher",
+            {"method": {"name": "dmd", "gan": True}},
+        ),
     ]
 
 
@@ -248,9 +254,9 @@ class _Nan(nn.Module):
 
 
 def test_bad_teachers_are_one_line_before_anything_starts(tmp_path):
-    for i, (data, teacher, msg) in enumerate(_bad_cases(tmp_path)):
+    for i, (data, teacher, msg, *method) in enumerate(_bad_cases(tmp_path)):
         f = tmp_path / f"s{i}.yaml"
-        f.write_text(yaml.safe_dump({"name": "b", "data": data, "teacher": teacher, "eval": EVAL}))
+        f.write_text(yaml.safe_dump({"name": "b", "data": data, "teacher": teacher, "eval": EVAL, **dict(*method)}))
         try:
             preflight.inputs(load_sweep(f))
         except ConfigError as e:

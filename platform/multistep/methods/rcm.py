@@ -33,6 +33,7 @@ class RCM(SCM):
     fake: FakeScore | None = None
     fake_updates: int = 5
     dmd_weight: float | None = None  # None: 1 / (100 D), rCM's balance
+    gan_weight: float = 0.0  # the generator's GAN term inside L_DMD (when fake.head is set)
 
     def __post_init__(self):
         self.label = self.label or "rcm"
@@ -40,11 +41,12 @@ class RCM(SCM):
     def loss(self, student: nn.Module, x: torch.Tensor, iteration: int, total: int, g: torch.Generator):
         loss, logs = super().loss(student, x, iteration, total, g)
         if iteration + 1 < self.tangent_warmup * total:  # sCM alone while its tangent warms up
-            return loss, logs | {k: torch.tensor(v, dtype=torch.float64) for k, v in ZERO.items()}
+            zero = ZERO | ({"gan_loss": 0.0} if self.fake.head is not None else {})
+            return loss, logs | {k: torch.tensor(v, dtype=torch.float64) for k, v in zero.items()}
         x, y = split_batch(x)
         x_g = generator_sample(student, self.schedule, x, y, self.student_steps, iteration, "backward", g)
-        fake_losses = [self.fake.update(x_g, y, g) for _ in range(self.fake_updates)]
-        l_dmd, dmd_logs = dmd_loss(self.teacher, self.fake, self.guidance, x_g, y, g)
+        fake_losses = [self.fake.update(x_g, y, g, x) for _ in range(self.fake_updates)]
+        l_dmd, dmd_logs = dmd_loss(self.teacher, self.fake, self.guidance, x_g, y, g, self.gan_weight)
         w = self.dmd_weight if self.dmd_weight is not None else 1.0 / (100 * x[0].numel())
         total_loss = loss + w * l_dmd
         extra = {"dmd_loss": l_dmd.detach(), "fake_loss": torch.stack(fake_losses).mean()}
@@ -80,7 +82,13 @@ def label(m) -> str:
 
 def build(cfg, c) -> RCM:
     m = cfg.method
-    return RCM(**scm_options(cfg, c), fake=fake_score(cfg, c), fake_updates=m.fake_updates, dmd_weight=m.dmd_weight)
+    return RCM(
+        **scm_options(cfg, c),
+        fake=fake_score(cfg, c),
+        fake_updates=m.fake_updates,
+        dmd_weight=m.dmd_weight,
+        gan_weight=m.gan_weight,
+    )
 
 
 register(MethodSpec("rcm", Options, build, label, check, guided=True))

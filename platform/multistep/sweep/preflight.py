@@ -97,11 +97,16 @@ def inputs(plan: SweepPlan, check_data: bool = False, say=print) -> None:
     seen, checked = set(), set()
     for i in range(len(plan.trials)):
         tc = plan.trial_cfg(i)
-        key = (repr(tc.data.model_dump()), repr(tc.teacher.model_dump()))
+        key = (repr(tc.data.model_dump()), repr(tc.teacher.model_dump()), tc.method.gan)
         if key in seen:
             continue
         seen.add(key)
         _check_pair(tc, plan.path)
+        if tc.method.gan and tc.teacher.kind == "torchscript" and tc.student.copy_teacher:
+            raise ConfigError(
+                f"{plan.path}: method.gan: the fake score copies the TorchScript teacher, which has no middle "
+                "features to read; use student.copy_teacher: false or a state_dict / diffusers teacher"
+            )
         if check_data and data_kind(tc.data).files and tc.data.path not in checked:
             checked.add(tc.data.path)
             verify_data(tc.data, f"{plan.path}: ", say)

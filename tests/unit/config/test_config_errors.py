@@ -40,6 +40,8 @@ CASES = [  # (sweep file text, text the message must contain)
     ("method: {name: flowmap, student_steps: 1, flow_ratio: 0.05}\n", "method.s_zero_prob: must be at most"),
     ("method: {name: flowmap, student_steps: 1, weighting: magic}\n", "method.weighting"),
     ("method: {name: flowmap, student_steps: 1, eval_steps: [0]}\n", "method.eval_steps.0"),
+    ("method: {name: mcm, gan: true}\n", "method.gan: the GAN head sits on a fake score: method dmd or rcm, not mcm"),
+    ("method: {name: dmd, gan_weight: -1}\n", "method.gan_weight"),
     ("method: {guidance: -1}\n", "method.guidance"),
     ("method: {guidance: 1}\n", "method.guidance: needs a class-conditional network teacher"),  # analytic teacher, gmm
     (
