@@ -239,10 +239,12 @@ def load_student(p: Path, blob: dict, config: str | None = None, trial: int | No
 def eval_student(p: Path, blob: dict, args, steps: list[int] | None, say=print):
     from multistep.diffusion.samplers import mcm_sample
     from multistep.methods.base import conditioned
+    from multistep.metrics.diversity import diversity_rows
     from multistep.metrics.evaluate import make_eval_ref, metric_rows, repeated_teacher_curve, teacher_curve
     from multistep.metrics.streaming import make_stream_ref, stream_teacher_curve
+    from multistep.sweep.assets import first_rows, teacher_diversity
     from multistep.sweep.results import GRID, trial_cells
-    from multistep.sweep.worker import final_points
+    from multistep.sweep.worker import final_points, trial_diversity
     from multistep.train.build import method_label, uses_labels
 
     tc, trial, args.config, c, method, state = load_student(p, blob, args.config, args.trial, eval_opts(args))
@@ -272,7 +274,11 @@ def eval_student(p: Path, blob: dict, args, steps: list[int] | None, say=print):
         ev.ode_rows,
         load_for(tc.eval),
     )  # as in sweeps
-    names = ref.names(space, ref.labels is not None)
+    n_div = diversity_rows(ev)  # precision / recall (/ mode coverage) against the first rows, as in sweeps
+    div_ref = first_rows(c, ref, ev, features, n_div) if n_div else None
+    as_run = tc.model_copy(update={"eval": ev})  # the trial config with this evaluation's sample count
+    div_names, diversity = trial_diversity(as_run, c.data, div_ref)
+    names = ref.names(space, ref.labels is not None) | div_names  # as the trial's evaluator names them
     label = method_label(tc)
     common = {
         "trial_id": f"trial-{trial:03d}" if trial is not None else "",
@@ -300,13 +306,14 @@ def eval_student(p: Path, blob: dict, args, steps: list[int] | None, say=print):
         ]
 
     rows, kept = [], {}
-    points = final_points(evaluations, ref, names, ev, "cpu", features or (lambda x: None), predict, 0)  # as trials
+    no_features = lambda x: None
+    points = final_points(evaluations, ref, names, ev, "cpu", features or no_features, predict, 0, diversity)
     for lb, n, x, values, nfe, _ in points:
         kept[(lb, n)] = x[: GRID**2]
         rows += [{"method": lb, "student_steps": n, "nfe": nfe, **common} | r for r in metric_rows(values, names)]
     if args.with_teacher:
         t_steps = steps or sorted({n for _, n, *_ in points})
-        rows += repeated_teacher_curve(  # the same noise seeds as the student's points
+        t_rows, t_kept = repeated_teacher_curve(  # the same noise seeds as the student's points
             partial(stream_teacher_curve, batch_size=ev.batch_size) if ev.streaming else teacher_curve,
             c.teacher,
             c.schedule,
@@ -319,7 +326,9 @@ def eval_student(p: Path, blob: dict, args, steps: list[int] | None, say=print):
             features=features,
             kid_subsets=kid_subsets,
             predict=predict,
-        )[0]
+            keep=n_div,
+        )
+        rows += t_rows + (teacher_diversity(as_run, c.data, div_ref, t_rows, t_kept) if n_div else [])
     info = {
         "kind": "student",
         "data": tc.data.label,

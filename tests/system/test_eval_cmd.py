@@ -149,9 +149,9 @@ def test_student_checkpoint(student, tmp_path, capsys):
         (m, n) for m in ("teacher_addim", "teacher_ddim") for n in (1, 2, 4)
     ]
     rows, got = _pivot(out)
-    assert {r["metric"] for r in rows} == {"fd_identity_200", "kid_identity_200", "swd_200", "ode_l2_200"} and len(
-        rows
-    ) == 4 * 9
+    diversity = {"precision_200", "recall_200", "modes_missed_200", "mode_tv_200"}  # eval.diversity_rows, cut to 200
+    quality = {"fd_identity_200", "kid_identity_200", "swd_200", "ode_l2_200"}
+    assert {r["metric"] for r in rows} == quality | diversity and len(rows) == 8 * 9
     mine = [r for r in rows if r["method"] == "mcd"]
     assert {r["trial_id"] for r in mine} == {"trial-001"} and {r["train_iterations"] for r in mine} == {8}
     assert not list(out.glob("grid_*.png"))
@@ -161,6 +161,14 @@ def test_student_checkpoint(student, tmp_path, capsys):
     ((_, _, sampler),) = method.evaluations(state.ema)
     want = evaluate(sampler(ref.noise)[0], ref, names)
     assert {k: got[("mcd", 2, k)] for k in want} == pytest.approx(want, rel=1e-9)
+    from multistep.metrics.diversity import diversity_names
+    from multistep.metrics.diversity import diversity as measure
+    from multistep.metrics.evaluate import data_samples
+
+    real = data_samples(c.data, 200, tc.eval.seed)[1]  # the reference's data rows: precision / recall against them
+    div = measure(sampler(ref.noise)[0], real, diversity_names(200, True), c.data, tc.eval.knn_k)
+    assert {k: got[("mcd", 2, k)] for k in div} == pytest.approx(div, rel=1e-12) and set(div) == diversity
+    assert 0 < div["recall_200"] <= 1 and all(("teacher_ddim", 4, k) in got for k in diversity)
     online = evaluate(method.evaluations(state.student)[0][2](ref.noise)[0], ref, names)
     assert online[names["fd"]] != pytest.approx(want[names["fd"]], rel=1e-6)  # it was the EMA that got evaluated
     assert got[("mcd_S2", 4, names["ode"])] != got[("mcd", 2, names["ode"])]
