@@ -161,8 +161,8 @@ def test_student_checkpoint(student, tmp_path, capsys):
     ((_, _, sampler),) = method.evaluations(state.ema)
     want = evaluate(sampler(ref.noise)[0], ref, names)
     assert {k: got[("mcd", 2, k)] for k in want} == pytest.approx(want, rel=1e-9)
-    from multistep.metrics.diversity import diversity_names
     from multistep.metrics.diversity import diversity as measure
+    from multistep.metrics.diversity import diversity_names
     from multistep.metrics.evaluate import data_samples
 
     real = data_samples(c.data, 200, tc.eval.seed)[1]  # the reference's data rows: precision / recall against them
