@@ -13,16 +13,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
     c = dsub.add_parser(
         "convert",
-        help="convert CIFAR-10 batches, ImageNet 32/64 .npz or an image folder to Parquet shards",
+        help="convert CIFAR-10 batches, ImageNet 32/64 .npz, an image folder or captioned images to Parquet shards",
         description=impl.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     c.add_argument("kind", choices=impl.KINDS, help="input format")
-    c.add_argument("src", help="input file or folder")
+    c.add_argument("src", help="input file or folder (imagefolder: images + metadata.jsonl or captions.csv)")
     c.add_argument("out", help="output folder for shard-*.parquet (must hold no shards yet)")
     c.add_argument("--shard-size", type=int, default=10000, help="images per shard (default 10000)")
-    c.add_argument("--size", type=int, default=None, help="folder only: resize every image to SIZE x SIZE")
-    c.add_argument("--grayscale", action="store_true", help="folder only: decode as one channel")
+    c.add_argument("--size", type=int, default=None, help="folder, imagefolder: resize every image to SIZE x SIZE")
+    c.add_argument("--grayscale", action="store_true", help="folder, imagefolder: decode as one channel")
     return d
 
 

@@ -24,12 +24,30 @@ class ImageData:
     Rows are drawn with replacement by the generator; uint8 pixels are mapped to [-1, 1] as they are drawn.
     """
 
-    def __init__(self, x: torch.Tensor, labels: torch.Tensor | None = None):
+    def __init__(
+        self,
+        x: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        captions: list[str] | None = None,
+        classes: torch.Tensor | None = None,
+    ):
         self.x, self.labels = x, labels  # x: (N, C, H, W) uint8 or float in [-1, 1]
         self.shape = tuple(x.shape[1:])
+        # caption data: labels are ids into the vocabulary `captions`; classes, where the files have a label
+        # column too, are each row's class (the digit of "a handwritten seven"): what a classifier is trained on
+        self.captions, self.classes = captions, classes
 
     def __len__(self) -> int:
         return len(self.x)
+
+    def caption_classes(self) -> list[int]:
+        """The class of each caption id (the most frequent class of its rows; -1 for a caption no row has)."""
+        out = [-1] * len(self.captions)
+        for c in range(len(self.captions)):
+            rows = self.classes[self.labels == c]
+            if len(rows):
+                out[c] = int(torch.bincount(rows.long()).argmax())
+        return out
 
     def sample(self, n: int, generator: torch.Generator | None = None, dtype=torch.float32) -> torch.Tensor:
         return self.sample_labelled(n, generator, dtype)[0]
@@ -79,6 +97,8 @@ class DataKind:
     first_rows: Callable | None = None  # cfg -> a few rows in memory for checks (default: load)
     batches: Callable | None = None  # (cfg, data, rank, world, batch_size, seed) -> endless training batches of a
     # teacher (default: the stream's, else drawn from the loaded data with replacement)
+    # caption data: cfg -> its vocabulary (sorted distinct captions; their indices are the rows' labels) or None
+    captions: Callable | None = None
 
     @property
     def files(self) -> bool:

@@ -1,11 +1,13 @@
 """Image datasets as Parquet shards (pyarrow), streamed per DDP rank.
 
 Shard layout (schema_version "1"): column `image` binary (raw uint8 bytes of one image, HWC or CHW
-as the `layout` metadata says), optional column `label` int64; file-level metadata schema_version,
-height, width, channels, layout, and optionally num_classes and class_names (JSON list).
+as the `layout` metadata says), optional column `label` int64, optional column `caption` string (one
+caption per image, for text-to-image data); file-level metadata schema_version, height, width, channels,
+layout, and optionally num_classes and class_names (JSON list). Readers of images and labels never read
+the caption column; read_captions and caption_vocabulary read only it.
 Every problem with a shard (missing, unreadable, empty, wrong schema version, wrong column types,
-wrong image byte size) raises ValueError naming the file. Shards are written in row groups of ROW_GROUP rows
-with page checksums, and with a manifest.json of their sha256 and row counts (data/manifest.py).
+wrong image byte size, a null caption) raises ValueError naming the file. Shards are written in row groups
+of ROW_GROUP rows with page checksums, and with a manifest.json of their sha256 and row counts (data/manifest.py).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class ShardInfo:
     has_labels: bool
     num_classes: int | None
     class_names: list[str] | None
+    has_captions: bool = False  # a `caption` string column beside each image
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -50,7 +53,8 @@ class ShardInfo:
 
 # -- writing --------------------------------------------------------------------------------------
 class ShardWriter:
-    """Buffers uint8 NHWC images (+ labels) and writes `shard_size`-row shards atomically (tmp + rename)."""
+    """Buffers uint8 NHWC images (+ labels, + captions) and writes `shard_size`-row shards atomically (tmp +
+    rename). With captions=True every `add` call takes one caption string per image."""
 
     def __init__(
         self,
@@ -63,6 +67,7 @@ class ShardWriter:
         num_classes: int | None = None,
         class_names: Sequence[str] | None = None,
         row_group: int = ROW_GROUP,
+        captions: bool = False,
     ):
         if shard_size < 1:
             raise ValueError(f"shard_size must be >= 1, got {shard_size}")
@@ -72,7 +77,7 @@ class ShardWriter:
         self.out.mkdir(parents=True, exist_ok=True)
         if any(self.out.glob(SHARD_GLOB)):
             raise ValueError(f"{self.out}: already contains {SHARD_GLOB} files; choose an empty folder")
-        self.shard_size, self.hwc, self.labels = shard_size, (height, width, channels), labels
+        self.shard_size, self.hwc, self.labels, self.captions = shard_size, (height, width, channels), labels, captions
         self.row_group = row_group
         meta = {
             "schema_version": SCHEMA_VERSION,
@@ -86,17 +91,25 @@ class ShardWriter:
         if class_names is not None:
             meta["class_names"] = json.dumps(list(class_names))
         fields = [pa.field("image", pa.binary())] + ([pa.field("label", pa.int64())] if labels else [])
+        fields += [pa.field("caption", pa.string())] if captions else []
         self.schema = pa.schema(fields, metadata={k: str(v) for k, v in meta.items()})
         self.buf_x: list[np.ndarray] = []
         self.buf_y: list[np.ndarray] = []
+        self.buf_t: list[str] = []
         self.buffered, self.paths, self.entries = 0, [], []
 
-    def add(self, images: np.ndarray, labels: np.ndarray | None = None) -> None:
+    def add(
+        self, images: np.ndarray, labels: np.ndarray | None = None, captions: Sequence[str] | np.ndarray | None = None
+    ) -> None:
         images = np.asarray(images)
         if images.dtype != np.uint8:
             raise ValueError(f"images must be uint8, got {images.dtype}")
         if images.ndim != 4 or images.shape[1:] != self.hwc:
             raise ValueError(f"images must be (n, {', '.join(map(str, self.hwc))}) NHWC, got {images.shape}")
+        if self.captions:
+            texts = _caption_list(captions, len(images))
+        elif captions is not None:
+            raise ValueError("captions given to a ShardWriter made without captions=True")
         if self.labels:
             labels = np.asarray(labels)
             if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer) or (labels < 0).any():
@@ -104,6 +117,8 @@ class ShardWriter:
                     f"labels must be {len(images)} non-negative integers, got shape {labels.shape} dtype {labels.dtype}"
                 )
             self.buf_y.append(labels.astype(np.int64))
+        if self.captions:
+            self.buf_t.extend(texts)
         self.buf_x.append(images)
         self.buffered += len(images)
         while self.buffered >= self.shard_size:
@@ -123,6 +138,9 @@ class ShardWriter:
             y = np.concatenate(self.buf_y)
             self.buf_y = [y[n:]]
             cols.append(pa.array(y[:n], pa.int64()))
+        if self.captions:
+            cols.append(pa.array(self.buf_t[:n], pa.string()))
+            del self.buf_t[:n]
         self.buffered -= n
         path = self.out / f"shard-{len(self.paths):05d}.parquet"
         table = pa.Table.from_arrays(cols, schema=self.schema)
@@ -140,6 +158,17 @@ class ShardWriter:
         return list(self.paths)
 
 
+def _caption_list(captions, n: int) -> list[str]:
+    """`n` caption strings from a list or a numpy array of str, or ValueError."""
+    if captions is None:
+        raise ValueError(f"captions must be {n} strings, got None (the writer was made with captions=True)")
+    texts = captions.tolist() if isinstance(captions, np.ndarray) else list(captions)
+    if len(texts) != n or not all(isinstance(t, str) for t in texts):
+        types = sorted({type(t).__name__ for t in texts})
+        raise ValueError(f"captions must be {n} strings, got {len(texts)} of type {', '.join(types) or '-'}")
+    return texts
+
+
 def write_shards(
     images: np.ndarray,
     labels: np.ndarray | None,
@@ -148,8 +177,10 @@ def write_shards(
     num_classes: int | None = None,
     class_names: Sequence[str] | None = None,
     row_group: int = ROW_GROUP,
+    captions: Sequence[str] | None = None,
 ) -> list[Path]:
-    """Write uint8 NHWC images (NHW for one channel) and optional int labels as shards of `shard_size` rows."""
+    """Write uint8 NHWC images (NHW for one channel), optional int labels and optional caption strings as shards
+    of `shard_size` rows."""
     images = np.asarray(images)
     if images.ndim == 3:
         images = images[..., None]
@@ -165,8 +196,9 @@ def write_shards(
         num_classes=num_classes,
         class_names=class_names,
         row_group=row_group,
+        captions=captions is not None,
     )
-    w.add(images, labels)
+    w.add(images, labels, captions)
     return w.close()
 
 
@@ -215,11 +247,14 @@ def shard_info(path: str | os.PathLike) -> ShardInfo:
     has_labels = "label" in schema.names
     if has_labels and schema.field("label").type != pa.int64():
         raise ValueError(f"{p}: column 'label' must be int64, got {schema.field('label').type}")
+    has_captions = "caption" in schema.names
+    if has_captions and schema.field("caption").type not in (pa.string(), pa.large_string()):
+        raise ValueError(f"{p}: column 'caption' must be string, got {schema.field('caption').type}")
     if f.metadata.num_rows == 0:
         raise ValueError(f"{p}: empty shard (0 rows)")
     nc = int(meta["num_classes"]) if "num_classes" in meta else None
     names = json.loads(meta["class_names"]) if "class_names" in meta else None
-    return ShardInfo(p, f.metadata.num_rows, h, w, c, layout, has_labels, nc, names)
+    return ShardInfo(p, f.metadata.num_rows, h, w, c, layout, has_labels, nc, names, has_captions)
 
 
 def read_shard(path: str | os.PathLike, info: ShardInfo | None = None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -227,7 +262,7 @@ def read_shard(path: str | os.PathLike, info: ShardInfo | None = None) -> tuple[
     info = info or shard_info(path)
     p = info.path
     try:
-        table = pq.read_table(p)
+        table = pq.read_table(p, columns=["image"] + (["label"] if info.has_labels else []))  # never the captions
     except Exception as e:
         raise ValueError(f"{p}: cannot read Parquet data ({type(e).__name__}: {e})") from None
     col = table.column("image").combine_chunks()
@@ -253,6 +288,45 @@ def read_shard(path: str | os.PathLike, info: ShardInfo | None = None) -> tuple[
     return x, y
 
 
+def read_captions(path: str | os.PathLike) -> list[str] | None:
+    """The captions of one shard, in row order (only its `caption` column is read), or None for a shard without
+    captions. A null caption raises ValueError naming the shard and the row."""
+    info = shard_info(path)
+    if not info.has_captions:
+        return None
+    try:
+        col = pq.read_table(info.path, columns=["caption"]).column("caption")
+    except Exception as e:
+        raise ValueError(f"{info.path}: cannot read Parquet data ({type(e).__name__}: {e})") from None
+    if col.null_count:
+        bad = np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0]
+        raise ValueError(f"{info.path}: row {bad}: null caption")
+    return col.to_pylist()
+
+
+def caption_vocabulary(shards: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+    """The sorted unique captions over `shards` (a folder, a shard or a list of shards, as list_shards takes them),
+    reading only their caption columns; a shard without captions raises ValueError naming it."""
+    vocab: set[str] = set()
+    for p in list_shards(shards):
+        texts = read_captions(p)
+        if texts is None:
+            raise ValueError(
+                f"{p}: no 'caption' column (convert captioned images with `multistep data convert imagefolder`)"
+            )
+        vocab.update(texts)
+    return sorted(vocab)
+
+
+def caption_ids(path, vocabulary: list[str]) -> np.ndarray:
+    """The caption id (index into the vocabulary) of every row of one shard (int64)."""
+    index = {c: i for i, c in enumerate(vocabulary)}
+    try:
+        return np.array([index[c] for c in read_captions(path) or []], np.int64)
+    except KeyError as e:
+        raise ValueError(f"{path}: caption {e.args[0]!r} is not in the data's vocabulary") from None
+
+
 class ShardStream:
     """Float32 NCHW batches in [-1, 1] (+ int64 labels or None) for one DDP rank.
 
@@ -272,7 +346,9 @@ class ShardStream:
         batch_size: int = 64,
         drop_last: bool = True,
         window: int = 4,
+        captions: list[str] | None = None,
     ):
+        """captions: the vocabulary of caption data; its batches' labels are then caption ids (caption_ids)."""
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world_size {world_size}")
         self.infos = [shard_info(p) for p in list_shards(paths)]
@@ -283,7 +359,8 @@ class ShardStream:
                     f"{i.path}: shape {i.shape} labels={i.has_labels} differs from {first.path}: "
                     f"shape {first.shape} labels={first.has_labels}"
                 )
-        self.shape, self.has_labels = first.shape, first.has_labels
+        self.shape, self.has_labels = first.shape, first.has_labels or bool(captions)
+        self.vocabulary = captions
         self.num_classes = first.num_classes
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.batch_size, self.drop_last, self.window = batch_size, drop_last, max(1, window)
@@ -309,6 +386,8 @@ class ShardStream:
             return self._cache[j]
         k, a, b = self.pieces[j]
         x, y = read_shard(self.infos[k].path, self.infos[k])
+        if self.vocabulary:
+            y = caption_ids(self.infos[k].path, self.vocabulary)
         out = (x[a:b], None if y is None else y[a:b])
         if len(self.pieces) <= self.window:
             self._cache[j] = out
@@ -462,15 +541,28 @@ def _shape(d) -> tuple[int, ...]:
     return shapes.pop()
 
 
-def _images(parts: list) -> kinds.ImageData:
+def _images(parts: list, words: list[str] | None = None, ids: list | None = None) -> kinds.ImageData:
+    """Shards' (images, labels) as one ImageData; caption data (words, one ids array per shard): the labels are the
+    caption ids and the label column, where there is one, each row's class."""
     x = torch.from_numpy(np.concatenate([a for a, _ in parts]).transpose(0, 3, 1, 2).copy())  # NHWC -> NCHW uint8
     labels = [b for _, b in parts]
-    return kinds.ImageData(x, torch.from_numpy(np.concatenate(labels)) if all(b is not None for b in labels) else None)
+    labels = torch.from_numpy(np.concatenate(labels)) if all(b is not None for b in labels) else None
+    if words is None:
+        return kinds.ImageData(x, labels)
+    return kinds.ImageData(x, torch.from_numpy(np.concatenate(ids)), words, labels)
+
+
+def _vocabulary(d) -> list[str] | None:
+    """Caption data's vocabulary (its sorted distinct captions), or None for shards without a caption column."""
+    shards = list_shards(d.path)
+    return caption_vocabulary(shards) if shard_info(shards[0]).has_captions else None
 
 
 def _load(d, first: int | None = None) -> kinds.ImageData:
     try:
-        return _images([read_shard(p) for p in list_shards(d.path)[:first]])
+        shards, words = list_shards(d.path)[:first], _vocabulary(d)
+        ids = [caption_ids(p, words) for p in shards] if words else None
+        return _images([read_shard(p) for p in shards], words, ids)
     except ValueError as e:
         raise kinds.FieldError("path", str(e)) from None
 
@@ -487,7 +579,10 @@ PARQUET = kinds.register(
         load=_load,
         label=lambda d: f"parquet:{Path(d.path or '').name}",
         check=_check,
-        stream=lambda d, rank, world, seed, batch_size: ShardStream(d.path, rank, world, seed, batch_size),
+        stream=lambda d, rank, world, seed, batch_size: ShardStream(
+            d.path, rank, world, seed, batch_size, captions=_vocabulary(d)
+        ),
+        captions=_vocabulary,
         first_rows=lambda d: _load(d, first=1),  # checks need a few rows, not the dataset
     )
 )

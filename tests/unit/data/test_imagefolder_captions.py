@@ -1,0 +1,249 @@
+"""`multistep data convert imagefolder`: captioned images (metadata.jsonl / captions.csv) -> Parquet shards with a
+caption column; read_captions and caption_vocabulary; bad folders refused with one `FILE:LINE: why` line, exit 2."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from multistep.cli import main
+from multistep.data import manifest
+from multistep.data.parquet import (
+    ShardStream,
+    ShardWriter,
+    caption_vocabulary,
+    list_shards,
+    read_captions,
+    read_shard,
+    shard_info,
+    write_shards,
+)
+
+PATTERN = np.array(  # a 3x4 RGB image with every byte distinct: PNG keeps it exactly
+    [[[3 * (4 * r + c) + k for k in range(3)] for c in range(4)] for r in range(3)], np.uint8
+)
+UNICODE = "ein Straßenfuchs 🦊 über „Schnee“"
+
+
+def _solid(path, mode, size, color):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if mode == "P":
+        im = Image.new("P", size, 0)
+        im.putpalette(list(color) + [0] * 765)
+    else:
+        im = Image.new(mode, size, color)
+    im.save(path)
+
+
+def _convert(src, out, *opts):
+    return main(["data", "convert", "imagefolder", str(src), str(out), *opts])
+
+
+def _jsonl(rows) -> str:
+    return "".join((json.dumps(r, ensure_ascii=False) if not isinstance(r, str) else r) + "\n" for r in rows)
+
+
+def test_jsonl_folder_keeps_order_pixels_captions_and_labels(tmp_path, capsys):
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    Image.fromarray(PATTERN).save(src / "a.png")
+    _solid(src / "sub" / "b.png", "L", (4, 3), 77)
+    _solid(src / "c.png", "RGBA", (4, 3), (10, 20, 30, 40))
+    _solid(src / "d.png", "P", (4, 3), (200, 100, 50))
+    _solid(src / "unlisted.png", "RGB", (9, 9), (1, 2, 3))  # not in metadata.jsonl: ignored (its size differs)
+    (src / "metadata.jsonl").write_text(
+        _jsonl(
+            [
+                {"file_name": "c.png", "text": "a red fox", "label": 2},
+                {"file_name": "a.png", "text": UNICODE, "label": 0},
+                "",
+                {"file_name": "sub/b.png", "text": "a red fox", "label": 1, "extra": "ignored"},
+                {"file_name": "d.png", "text": "  palette  ", "label": 0},
+            ]
+        ),
+        encoding="utf-8",
+    )
+    assert _convert(src, out, "--shard-size", "3") == 0
+    assert f"wrote 4 images (3x4x3, labels, captions) in 2 shard(s) under {out}" in capsys.readouterr().out
+
+    paths = list_shards(out)
+    assert [p.name for p in paths] == ["shard-00000.parquet", "shard-00001.parquet"]
+    info = shard_info(paths[0])
+    assert (info.rows, info.height, info.width, info.channels) == (3, 3, 4, 3)
+    assert (info.has_labels, info.has_captions, info.num_classes, info.class_names) == (True, True, 3, None)
+    (x0, y0), (x1, y1) = read_shard(paths[0]), read_shard(paths[1])
+    x, y = np.concatenate([x0, x1]), np.concatenate([y0, y1])
+    want = np.stack(
+        [
+            np.full((3, 4, 3), (10, 20, 30), np.uint8),  # RGBA: alpha dropped
+            PATTERN,
+            np.full((3, 4, 3), 77, np.uint8),  # L: gray in every channel
+            np.full((3, 4, 3), (200, 100, 50), np.uint8),  # P: the palette colour
+        ]
+    )
+    np.testing.assert_array_equal(x, want)
+    assert y.tolist() == [2, 0, 1, 0]
+    assert read_captions(paths[0]) == ["a red fox", UNICODE, "a red fox"]
+    assert read_captions(paths[1]) == ["  palette  "]
+    assert caption_vocabulary(out) == ["  palette  ", "a red fox", UNICODE]
+    assert caption_vocabulary([paths[1]]) == ["  palette  "]
+
+    doc = json.loads((out / "manifest.json").read_text())
+    assert [(e["file"], e["rows"]) for e in doc["shards"]] == [("shard-00000.parquet", 3), ("shard-00001.parquet", 1)]
+    assert [e["sha256"] for e in doc["shards"]] == [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
+    assert manifest.verify(out).rows == 4
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "shard-00000.parquet", "shard-00001.parquet"]
+
+    batches = list(ShardStream(out, batch_size=4).epoch_arrays(0))  # the stream reads captioned shards as before
+    assert len(batches) == 1 and sorted(batches[0][1].tolist()) == [0, 0, 1, 2]
+
+
+def test_captions_csv_resized_grayscale_no_labels(tmp_path, capsys):
+    src, out = tmp_path / "src", tmp_path / "out"
+    _solid(src / "r.png", "RGB", (5, 7), (255, 0, 0))
+    _solid(src / "g.png", "RGB", (3, 3), (0, 255, 0))
+    _solid(src / "b.jpg", "RGB", (8, 4), (0, 0, 255))
+    (src / "captions.csv").write_text(
+        'file_name,text\nr.png,"a cat, ""sitting""\non red"\ng.png,green\n\nb.jpg,blue\n', encoding="utf-8"
+    )
+    assert _convert(src, out) == 2  # three sizes and no --size
+    assert capsys.readouterr().err == (
+        f"multistep: error: {src}/captions.csv:4: image 'g.png' is 3x3 but 'r.png' (line 2) is 5x7 "
+        "(use --size to resize)\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]  # no OUT, no staging folder left
+
+    assert _convert(src, out, "--size", "2", "--grayscale", "--shard-size", "2") == 0
+    assert "wrote 3 images (2x2x1, captions) in 2 shard(s)" in capsys.readouterr().out
+    paths = list_shards(out)
+    info = shard_info(paths[0])
+    assert (info.has_labels, info.has_captions, info.num_classes) == (False, True, None)
+    x = np.concatenate([read_shard(p)[0] for p in paths])
+    assert read_shard(paths[0])[1] is None
+    # luma of pure red, green, blue (ITU-R 601: 0.299, 0.587, 0.114 of 255); a solid image stays solid when resized
+    np.testing.assert_array_equal(x, np.array([76, 150, 29], np.uint8)[:, None, None, None] * np.ones((3, 2, 2, 1)))
+    assert [read_captions(p) for p in paths] == [['a cat, "sitting"\non red', "green"], ["blue"]]
+    assert caption_vocabulary(out) == ['a cat, "sitting"\non red', "blue", "green"]
+
+
+def test_csv_labels_and_shards_without_captions(tmp_path):
+    src, out = tmp_path / "src", tmp_path / "out"
+    for i in range(3):
+        _solid(src / f"{i}.png", "RGB", (2, 2), (i, i, i))
+    (src / "captions.csv").write_text("label,file_name,text\n4,2.png,two\n 0 ,0.png,zero\n1,1.png,two\n")
+    assert _convert(src, out) == 0
+    (p,) = list_shards(out)
+    x, y = read_shard(p)
+    assert x[:, 0, 0, 0].tolist() == [2, 0, 1] and y.tolist() == [4, 0, 1]
+    assert shard_info(p).num_classes == 5
+    assert read_captions(p) == ["two", "zero", "two"] and caption_vocabulary(out) == ["two", "zero"]
+
+    plain = write_shards(np.zeros((2, 2, 2, 3), np.uint8), None, tmp_path / "plain", shard_size=5)
+    assert shard_info(plain[0]).has_captions is False and read_captions(plain[0]) is None
+    with pytest.raises(ValueError, match=r"shard-00000.parquet: no 'caption' column"):
+        caption_vocabulary([p, plain[0]])
+
+
+def test_writer_refuses_bad_captions_and_readers_bad_columns(tmp_path):
+    w = ShardWriter(tmp_path / "w", 4, 1, 1, 1, labels=False, captions=True)
+    with pytest.raises(ValueError, match="captions must be 2 strings, got 1 of type str"):
+        w.add(np.zeros((2, 1, 1, 1), np.uint8), captions=["one"])
+    with pytest.raises(ValueError, match="captions must be 1 strings, got 1 of type int"):
+        w.add(np.zeros((1, 1, 1, 1), np.uint8), captions=[3])
+    with pytest.raises(ValueError, match="captions must be 1 strings, got None"):
+        w.add(np.zeros((1, 1, 1, 1), np.uint8))
+    w.add(np.zeros((1, 1, 1, 1), np.uint8), captions=np.array(["kept"]))  # a failed add left nothing behind
+    assert read_captions(w.close()[0]) == ["kept"]
+    plain = ShardWriter(tmp_path / "p", 4, 1, 1, 1, labels=False)
+    with pytest.raises(ValueError, match="captions given to a ShardWriter made without captions=True"):
+        plain.add(np.zeros((1, 1, 1, 1), np.uint8), captions=["x"])
+
+    meta = {b"schema_version": b"1", b"height": b"1", b"width": b"1", b"channels": b"1"}
+    for name, col, match in (
+        ("ints", pa.array([1, 2], pa.int64()), "column 'caption' must be string, got int64"),
+        ("nulls", pa.array(["a", None], pa.string()), "row 1: null caption"),
+    ):
+        table = pa.table({"image": pa.array([b"\0", b"\1"]), "caption": col}).replace_schema_metadata(meta)
+        pq.write_table(table, tmp_path / f"{name}.parquet")
+        with pytest.raises(ValueError, match=match):
+            read_captions(tmp_path / f"{name}.parquet")
+
+
+_OK = {"file_name": "ok.png", "text": "fine"}
+# (name, {file: text or bytes} in SRC beside ok.png (RGB 2x2) and bad.png (not an image), the one line after
+# "multistep: error: ", with {src} and {meta} for the folder and its metadata file)
+BAD = [
+    ("missing image", {"metadata.jsonl": _jsonl([_OK, {"file_name": "x.png", "text": "a"}])},
+     "{meta}:2: image 'x.png' not found"),
+    ("empty caption", {"metadata.jsonl": _jsonl([_OK, {"file_name": "bad.png", "text": ""}])},
+     "{meta}:2: empty caption"),
+    ("blank caption", {"metadata.jsonl": _jsonl(["", "", {"file_name": "ok.png", "text": " \t "}])},
+     "{meta}:3: empty caption"),
+    ("undecodable", {"metadata.jsonl": _jsonl([_OK, {"file_name": "bad.png", "text": "b"}])},
+     "{meta}:2: cannot decode 'bad.png' (cannot identify image file '{src}/bad.png')"),
+    ("not json", {"metadata.jsonl": _jsonl([_OK, "", '{"file_name": "ok.png", text}'])},
+     "{meta}:3: not JSON (Expecting property name enclosed in double quotes at column 25)"),
+    ("not an object", {"metadata.jsonl": _jsonl([["ok.png", "fine"]])}, "{meta}:1: not a JSON object (got list)"),
+    ("missing file_name", {"metadata.jsonl": _jsonl([_OK, {"text": "a"}])}, "{meta}:2: missing file_name"),
+    ("empty file_name", {"metadata.jsonl": _jsonl([_OK, {"file_name": "", "text": "a"}])}, "{meta}:2: missing file_name"),
+    ("file_name a number", {"metadata.jsonl": _jsonl([{"file_name": 7, "text": "a"}])},
+     "{meta}:1: file_name must be a string, got int"),
+    ("duplicate", {"metadata.jsonl": _jsonl([_OK, {"file_name": "bad.png", "text": "b"}, {"file_name": "./ok.png", "text": "c"}])},
+     "{meta}:3: duplicate file_name './ok.png' (also on line 1)"),
+    ("outside", {"metadata.jsonl": _jsonl([{"file_name": "../src/ok.png", "text": "a"}, {"file_name": "../x.png", "text": "a"}])},
+     "{meta}:2: image '../x.png' is outside {src}"),
+    ("missing text", {"metadata.jsonl": _jsonl([{"file_name": "ok.png"}])}, "{meta}:1: missing text"),
+    ("text a list", {"metadata.jsonl": _jsonl([{"file_name": "ok.png", "text": ["a", "b"]}])},
+     "{meta}:1: text must be a string, got list"),
+    ("negative label", {"metadata.jsonl": _jsonl([_OK | {"label": -1}])},
+     "{meta}:1: label must be a non-negative integer, got -1"),
+    ("string label", {"metadata.jsonl": _jsonl([_OK | {"label": "3"}])},
+     "{meta}:1: label must be a non-negative integer, got '3'"),
+    ("some labels", {"metadata.jsonl": _jsonl([_OK | {"label": 1}, {"file_name": "bad.png", "text": "b"}])},
+     "{meta}:2: missing label (line 1 has one; give every row a label or none)"),
+    ("late label", {"metadata.jsonl": _jsonl([_OK, {"file_name": "bad.png", "text": "b", "label": 0}])},
+     "{meta}:2: label given, but line 1 has none (give every row a label or none)"),
+    ("not utf-8", {"metadata.jsonl": _jsonl([_OK]).encode() + b'{"file_name": "bad.png", "text": "\xff"}\n'},
+     "{meta}:2: not UTF-8 text"),
+    ("empty jsonl", {"metadata.jsonl": "\n\n"}, "{meta}: no rows (one per image, with file_name and text)"),
+    ("both files", {"metadata.jsonl": _jsonl([_OK]), "captions.csv": "file_name,text\nok.png,fine\n"},
+     "{src}: has both metadata.jsonl and captions.csv; keep one of them"),
+    ("neither file", {"metadata.csv": "file_name,text\nok.png,fine\n"},
+     "{src}: imagefolder needs metadata.jsonl (one JSON object per line with file_name and text) "
+     "or captions.csv (a header row file_name,text[,label]) in this folder"),
+    ("csv header", {"captions.csv": "file_name,caption\nok.png,fine\n"},
+     "{meta}:1: header needs columns file_name and text, got file_name,caption"),
+    ("csv fields", {"captions.csv": "file_name,text\nok.png,fine\nbad.png,b,extra\n"},
+     "{meta}:3: 3 fields, the header has 2"),
+    ("csv label", {"captions.csv": "file_name,text,label\nok.png,fine,x\n"},
+     "{meta}:2: label must be a non-negative integer, got 'x'"),
+    ("csv lines", {"captions.csv": 'file_name,text\nok.png,"two\nlines"\n\nx.png,a\n'},
+     "{meta}:5: image 'x.png' not found"),
+    ("csv empty caption", {"captions.csv": "file_name,text\nok.png,\n"}, "{meta}:2: empty caption"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("files, message", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_folder_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, files, message):
+    src, out = tmp_path / "src", tmp_path / "out"
+    _solid(src / "ok.png", "RGB", (2, 2), (9, 9, 9))
+    (src / "bad.png").write_bytes(b"\x89PNG not really")
+    for name, text in files.items():
+        (src / name).write_bytes(text if isinstance(text, bytes) else text.encode())
+    meta = next((src / n for n in ("metadata.jsonl", "captions.csv") if n in files), None)
+    assert _convert(src, out) == 2
+    err = capsys.readouterr().err
+    assert err == f"multistep: error: {message.format(src=src, meta=meta)}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]  # no OUT, no staging folder left
+
+
+def test_src_must_be_a_folder(tmp_path, capsys):
+    assert _convert(tmp_path / "nowhere", tmp_path / "out") == 2
+    assert capsys.readouterr().err == f"multistep: error: {tmp_path}/nowhere: not found (imagefolder needs a folder)\n"
+    assert not (tmp_path / "out").exists()
