@@ -370,13 +370,13 @@ def _trial_cfg(doc: dict, where: str):
 def feature_setup(tc, data, say=print):
     """(metric space name, features fn or None, class predictor or None, the extractor's key) of tc.eval.extractor;
     the classifier is cached in the user cache."""
-    from multistep.metrics.extractors import features_fn
+    from multistep.metrics.extractors import class_predictor, features_fn
     from multistep.sweep.assets import make_extractor_for
     from multistep.train.build import DEFAULT_CACHE
 
     ext = make_extractor_for(tc, data, DEFAULT_CACHE, say)
     key = ext.key if ext else {"name": tc.feature_space}  # recorded in eval.json (the detector's / weights' hash)
-    return tc.feature_space, None if ext is None else features_fn(ext, data.shape), getattr(ext, "predict", None), key
+    return tc.feature_space, None if ext is None else features_fn(ext, data.shape), class_predictor(ext), key
 
 
 # -- outputs ----------------------------------------------------------------------------------------

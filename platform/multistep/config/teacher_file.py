@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
@@ -22,6 +23,16 @@ class UNetCfg(Strict):
     # class-conditional (needs labelled data); sweeps condition students on the labels (method.guidance: CFG)
     num_classes: PosInt | None = None
     time_dim: Annotated[int, Field(ge=2, multiple_of=2)] = 64  # sinusoidal time features
+    # caption-conditional (needs caption data): a local transformers text-encoder folder; each distinct caption's
+    # pooled encoding (and the empty prompt's, the null condition) conditions the net (nets/text.py)
+    text_encoder: str | None = None
+
+    @field_validator("text_encoder")
+    @classmethod
+    def _encoder_folder(cls, v):
+        if v is not None and not (Path(v).expanduser() / "config.json").is_file():
+            raise ValueError(f"{v}: not a transformers model folder (no config.json)")
+        return v if v is None else str(Path(v).expanduser().resolve())
 
 
 class MLPNetCfg(Strict):

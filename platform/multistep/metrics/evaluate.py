@@ -131,6 +131,20 @@ def _flat(x) -> np.ndarray:
     return x.reshape(len(x), -1).astype(np.float64)
 
 
+def share_with_se(name: str, hits: np.ndarray) -> dict[str, float]:
+    """{name: the share of hits, "<name>_se": its binomial standard error sqrt(p (1 - p) / n)}."""
+    p, n = float(np.mean(hits)), len(hits)
+    return {name: p, f"{name}_se": float(np.sqrt(p * (1 - p) / max(n, 1)))}
+
+
+def misclassified(predict, feats, labels: torch.Tensor) -> np.ndarray:
+    """Per row: the class predicted from its features is not its label's class (the label itself, or for caption
+    data the class of its caption, `predict.label_classes`, e.g. 7 for "a handwritten seven")."""
+    y = labels.cpu().numpy()
+    classes = getattr(predict, "label_classes", None)
+    return predict(feats) != (y if classes is None else np.asarray(classes)[y])
+
+
 def evaluate(
     samples, ref: EvalRef, names: dict[str, str], feats=None, kid_subsets: int = 0, predict=None
 ) -> dict[str, float]:
@@ -152,7 +166,7 @@ def evaluate(
     if ref.ode is not None:
         out[names["ode"]] = paired_l2(s[: len(ref.ode)], ref.ode)  # the first rows: those with an ODE solution
     if predict is not None and ref.labels is not None and "cls_err" in names:
-        out[names["cls_err"]] = float(np.mean(predict(f) != ref.labels.numpy()))
+        out |= share_with_se(names["cls_err"], misclassified(predict, f, ref.labels))
     if kid_subsets and fr is not None:
         m = subset_size(len(f), len(fr), kid_subsets)  # disjoint subsets: independent estimates
         value, se = kid(f, fr, num_subsets=kid_subsets, subset_size=m)

@@ -154,6 +154,23 @@ def _load_dataset(name: str, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     raise ValueError(f"unknown classifier dataset {name!r} (known: digits; or pass data=(x, y) with a dataset name)")
 
 
+class CaptionClasses:
+    """A classifier's predictions for caption-conditioned samples: cls_err compares them with label_classes[id],
+    the class of each sample's caption (metrics.evaluate.misclassified)."""
+
+    def __init__(self, predict, label_classes: list[int]):
+        self.predict, self.label_classes = predict, label_classes
+
+    def __call__(self, feats) -> np.ndarray:
+        return self.predict(feats)
+
+
+def class_predictor(ext):
+    """What cls_err calls: the extractor's predict (None without a classifier), wrapped for caption data."""
+    predict, classes = getattr(ext, "predict", None), getattr(ext, "label_classes", None)
+    return predict if predict is None or classes is None else CaptionClasses(predict, classes)
+
+
 class ClassifierExtractor(Extractor):
     """Penultimate-layer features of a small MLP trained on (x, y) images, cached in cache_dir by dataset + settings."""
 
@@ -172,7 +189,10 @@ class ClassifierExtractor(Extractor):
         batch_size: int = 128,
         seed: int = 0,
         device: str = "cpu",
+        label_classes=None,
     ):
+        # label_classes: caption data (trained on its rows' classes): the class of each caption id, for cls_err
+        self.label_classes = None if label_classes is None else [int(c) for c in label_classes]
         # dataset: name (cache key; loads it unless `data` is given); data: optional (x NCHW in [-1, 1], y int labels);
         # size: image side for a named dataset; width, feat_dim: hidden and feature sizes; epochs, lr,
         # batch_size, seed: Adam training; device: where features are computed.
@@ -188,6 +208,8 @@ class ClassifierExtractor(Extractor):
         }
         if data is not None:
             self.settings["data_sha256"] = _data_hash(*data)
+        if self.label_classes is not None:
+            self.settings["label_classes"] = self.label_classes
         x, y = (_tensor(data[0]).float(), _tensor(data[1]).long()) if data is not None else _load_dataset(dataset, size)
         self.device = torch.device(device)
         tag = hashlib.sha256(json.dumps(self.settings, sort_keys=True).encode()).hexdigest()[:12]
@@ -274,6 +296,7 @@ class ClassifierExtractor(Extractor):
     def from_state(cls, spec: dict, device: str = "cpu") -> ClassifierExtractor:
         self = cls.__new__(cls)
         st = self.settings = dict(spec["settings"])
+        self.label_classes = st.get("label_classes")
         self.in_dim, self.accuracy, self.sha256, self.trained, self.path = (
             spec["in_dim"],
             spec["accuracy"],
@@ -308,6 +331,33 @@ def _data_hash(x, y) -> str:
     return h.hexdigest()[:16]
 
 
+class DecodedExtractor(Extractor):
+    """A latent teacher's samples as the pipeline VAE decodes them, flattened: FD of latents in pixel space."""
+
+    name = "pixel"
+
+    def __init__(self, path: str, device: str = "cpu"):
+        from multistep.nets.text import folder_sha256
+        from multistep.teachers.text_to_image import load_vae
+
+        self.path, self.device = str(path), torch.device(device)
+        self.vae = load_vae(Path(path)).to(self.device)
+        self.sha256 = folder_sha256(Path(path) / "vae")
+
+    @property
+    def key(self) -> dict:
+        return {"name": self.name, "decoded_by": "vae", "vae_sha256": self.sha256}
+
+    def spec(self) -> dict:
+        return {"name": "decoded", "path": self.path}
+
+    def __call__(self, x) -> np.ndarray:
+        from multistep.teachers.text_to_image import decode_latents
+
+        images = decode_latents(self.vae, _tensor(x).float().to(self.device))
+        return images.reshape(len(images), -1).double().cpu().numpy()
+
+
 EXTRACTORS = {"identity": IdentityExtractor, "inception": InceptionExtractor, "classifier": ClassifierExtractor}
 
 
@@ -317,6 +367,8 @@ def from_spec(spec: dict, device: str = "cpu") -> Extractor:
         return ClassifierExtractor.from_state(spec, device)
     if spec["name"] == "inception":
         return InceptionExtractor(spec["path"], device, spec["batch_size"])
+    if spec["name"] == "decoded":
+        return DecodedExtractor(spec["path"], device)
     return make_extractor(spec["name"])
 
 

@@ -202,7 +202,9 @@ class StreamPoint:
         if isinstance(x, torch.Tensor) and sum(len(g) for g in self.grid) < GRID_ROWS:
             self.grid.append(x.detach().cpu()[:GRID_ROWS].clone())
         if self.predict is not None and self.ref.labels is not None and "cls_err" in self.names:
-            self.misses += int(np.sum(self.predict(f) != self.ref.labels[i0 : i0 + len(s)].numpy()))
+            from multistep.metrics.evaluate import misclassified
+
+            self.misses += int(np.sum(misclassified(self.predict, f, self.ref.labels[i0 : i0 + len(s)])))
         self.seen += len(s)
 
     def result(self) -> dict[str, float]:
@@ -218,7 +220,8 @@ class StreamPoint:
         if ref.ode is not None:
             out[names["ode"]] = float(np.concatenate(self.ode_norms).mean())  # = distances.paired_l2
         if self.predict is not None and ref.labels is not None and "cls_err" in names:
-            out[names["cls_err"]] = self.misses / ref.n
+            p = self.misses / ref.n
+            out |= {names["cls_err"]: p, f"{names['cls_err']}_se": float(np.sqrt(p * (1 - p) / ref.n))}
         if ref.kid is not None:
             value, se = kid_of_subsets(self.fold.kid, ref.kid["ref"], ref.kid["n"], ref.kid["m"], ref.kid["disjoint"])
             out |= {names["kid"]: value, f"{names['kid']}_se": se}

@@ -95,9 +95,11 @@ def diffusers_folder(path: str) -> tuple[Path, dict | None]:
             f"teacher.path: {root}: neither a diffusers pipeline (model_index.json) nor a model folder (config.json)"
         )
     cls = _read_json(unet / "config.json", "teacher.path").get("_class_name")
-    if cls != "UNet2DModel":
+    pipeline = (root / "model_index.json").is_file()
+    if cls != "UNet2DModel" and not (pipeline and cls == "UNet2DConditionModel"):
         raise ValueError(
-            f"teacher.path: {unet}: a {cls}, not a UNet2DModel (the diffusers network this platform distils)"
+            f"teacher.path: {unet}: a {cls}, not a UNet2DModel (or a UNet2DConditionModel in a text-to-image "
+            "pipeline folder): not a diffusers network this platform distils"
         )
     return unet, (_read_json(sched, "teacher.path") if sched.is_file() else None)
 

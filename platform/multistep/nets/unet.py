@@ -5,7 +5,8 @@ ResNet blocks (GroupNorm, SiLU, 3x3 convs) each add a projection of the time emb
 embedding; self-attention at chosen resolutions; strided-conv down, nearest-neighbour up, skip
 concatenation. Output convs are zero-initialised, so an untrained net predicts v = 0.
 Class conditioning reserves id `num_classes` as the "null" class used for classifier-free guidance
-dropout (and whenever y is None). Works down to a few thousand parameters on 8x8 inputs; all
+dropout (and whenever y is None). Caption conditioning (text_dim) is the same with caption ids: the label
+embedding is a frozen table of pooled text encodings through a trained projection (nets/text.py). Works down to a few thousand parameters on 8x8 inputs; all
 reshapes are layout-agnostic, so the model runs under channels_last too.
 """
 
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from multistep.nets.mlp import check_time_features, features, jump_features, target_projection
+from multistep.nets.text import CaptionEmbedding
 
 
 def groups_for(ch: int) -> int:
@@ -85,6 +87,7 @@ class UNet(nn.Module):
         time_dim: int = 64,  # time features (even)
         time_features: str = "sinusoid",  # sinusoid: DDPM-style of 1000 t; octave: sin, cos of 2^k pi t
         target_input: bool = False,  # a flow-map student v(z, t, y, target) (nets/mlp.py target_projection)
+        text_dim: int | None = None,  # caption-conditional: y are caption ids into a frozen table (nets/text.py)
     ):
         super().__init__()
         if resolution % 2 ** (len(ch_mult) - 1):
@@ -96,7 +99,10 @@ class UNet(nn.Module):
         emb_dim = 4 * base_ch
         self.time_mlp = nn.Sequential(nn.Linear(time_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.target_proj = target_projection(time_dim, emb_dim) if target_input else None
-        self.label_emb = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
+        if num_classes and text_dim:  # the num_classes captions' pooled encodings (+ the null prompt's), projected
+            self.label_emb = CaptionEmbedding(num_classes + 1, text_dim, emb_dim)
+        else:
+            self.label_emb = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
         self.conv_in = nn.Conv2d(in_ch, base_ch, 3, padding=1)
 
         attn, res = set(attn_resolutions), resolution

@@ -18,7 +18,13 @@ from multistep.config import ConfigError, TrialCfg
 from multistep.data import as_float, data_kind
 from multistep.metrics.diversity import diversity_rows
 from multistep.metrics.evaluate import make_eval_ref, repeated_teacher_curve, teacher_curve
-from multistep.metrics.extractors import ClassifierExtractor, InceptionExtractor, features_fn
+from multistep.metrics.extractors import (
+    ClassifierExtractor,
+    DecodedExtractor,
+    InceptionExtractor,
+    class_predictor,
+    features_fn,
+)
 from multistep.metrics.reference import load_for
 from multistep.metrics.streaming import load_ref, make_stream_ref, stream_teacher_curve
 from multistep.teachers import teacher_kind
@@ -84,13 +90,23 @@ def make_extractor_for(cfg: TrialCfg, data, cache_dir: Path, log=print):
     space = cfg.feature_space
     if space == "inception":  # the reference's and the teacher curve's features: on a GPU when this process has one
         return InceptionExtractor(cfg.eval.inception_path, "cuda" if torch.cuda.is_available() else "cpu")
+    if space == "pixel" and (root := teacher_kind(cfg.teacher).latent(cfg)):  # latents: FD of the decoded images
+        return DecodedExtractor(root)
     if space != "classifier":
         return None
     if getattr(data, "labels", None) is None:
         raise ConfigError(
             f"eval.extractor: classifier needs labelled data (data.kind {cfg.data.kind} has no class labels)"
         )
-    ext = ClassifierExtractor(dataset=cfg.data.kind, data=(as_float(data.x), data.labels), cache_dir=cache_dir)
+    captioned = getattr(data, "captions", None) is not None
+    if captioned and getattr(data, "classes", None) is None:
+        raise ConfigError(
+            f"eval.extractor: classifier on caption data needs a label column (each row's class) in {cfg.data.path}"
+        )
+    y, label_classes = (data.classes, data.caption_classes()) if captioned else (data.labels, None)
+    ext = ClassifierExtractor(
+        dataset=cfg.data.kind, data=(as_float(data.x), y), cache_dir=cache_dir, label_classes=label_classes
+    )
     log(
         f"feature classifier {'trained' if ext.trained else 'from the cache'}: held-out accuracy {ext.accuracy:.3f} ({ext.path})"
     )
@@ -185,7 +201,7 @@ def _teacher_curve(cfg: TrialCfg, c, ref, ref_key: str, ext, features, div_ref, 
             bootstrap=ev.bootstrap,
             features=features,
             kid_subsets=ev.kid_subsets,
-            predict=getattr(ext, "predict", None),
+            predict=class_predictor(ext),
         )
         if n_div:  # the teacher's points get the students' diversity metrics, from the same rows
             rows += teacher_diversity(cfg, c.data, div_ref, rows, kept)

@@ -24,37 +24,59 @@ from multistep.sweep.preflight import verify_data
 from multistep.tracking import tags as tag
 
 
-def net_config(cfg: TeacherFileCfg, shape: tuple[int, ...]) -> dict:
-    """The `build_net` config of the file's net for samples of `shape`."""
+def net_config(cfg: TeacherFileCfg, shape: tuple[int, ...], captions: list[str] | None = None) -> dict:
+    """The `build_net` config of the file's net for samples of `shape` (a caption-conditional UNet: one class per
+    caption of the data's vocabulary, the text encoder's width)."""
     n = cfg.net.model_dump()
     if n["kind"] == "mlp":
         return {**n, "dim": math.prod(shape)}
     if len(shape) != 3 or shape[1] != shape[2]:
         raise ValueError(f"unet needs square images (C, H, H), the data has shape {shape}")
+    if encoder := n.pop("text_encoder"):
+        if not captions:
+            raise ValueError(f"text_encoder: {cfg.data.label} has no captions (caption data: a caption column)")
+        if n["num_classes"] is not None:
+            raise ValueError("num_classes: a caption-conditional net has one class per caption; leave it out")
+        width = json.loads((Path(encoder) / "config.json").read_text()).get("hidden_size")
+        n |= {"num_classes": len(captions), "text_dim": int(width)}
     return {**n, "in_ch": shape[0], "resolution": shape[1]}
 
 
-def check(cfg: TeacherFileCfg, file: str) -> tuple[dict, int]:
-    """(net config, parameter count); a net that cannot be built for the data is bad input."""
+def check(cfg: TeacherFileCfg, file: str) -> tuple[dict, int, dict | None]:
+    """(net config, parameter count, captions) ; a net that cannot be built for the data is bad input. captions, for
+    a caption-conditional net: {"captions": the data's vocabulary, "text_encoder": its folder, "table": the
+    vocabulary's pooled encodings and the null prompt's}, encoded here once."""
     from multistep.train.build import sample_shape
     from multistep.train.teacher import build_net
 
     shape = sample_shape(cfg.data, where=f"{file}: ")
+    kind = data_kind(cfg.data)
+    encoder = getattr(cfg.net, "text_encoder", None)
     try:
-        net_cfg = net_config(cfg, shape)
+        vocabulary = kind.captions(cfg.data) if encoder and kind.captions else None
+        net_cfg = net_config(cfg, shape, vocabulary)
         n_params = sum(p.numel() for p in build_net(net_cfg).parameters())
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{file}: net: {e}") from None
     if cfg.train.batch_size < cfg.resources.num_workers:
         raise ConfigError(f"{file}: train.batch_size {cfg.train.batch_size} is smaller than resources.num_workers")
-    return net_cfg, n_params
+    captions = None
+    if encoder:
+        from multistep.nets.text import TextEncoder, caption_table
+
+        try:
+            table = caption_table(TextEncoder(encoder), vocabulary, "pooled")
+        except ValueError as e:
+            raise ConfigError(f"{file}: net.text_encoder: {e}") from None
+        captions = {"captions": vocabulary, "text_encoder": encoder, "table": table}
+    return net_cfg, n_params, captions
 
 
 def cmd_teacher(args) -> int:
     from multistep.sweep.preflight import Storage, tracking_uri
 
     cfg = load_teacher_file(args.file)
-    net_cfg, n_params = check(cfg, args.file)
+    net_cfg, n_params, captions = check(cfg, args.file)
     if data_kind(cfg.data).files and not args.skip_data_check:
         verify_data(cfg.data, f"{args.file}: ")
     uri = tracking_uri(args.tracking_uri)  # before Ray or MLflow: a supported, writable or answering store
@@ -71,18 +93,21 @@ def cmd_teacher(args) -> int:
                     "storage": str(storage),
                     "net": net_cfg,
                     "parameters": n_params,
+                    "captions": captions and len(captions["captions"]),
                     "config": cfg.model_dump(mode="json"),
                 },
                 indent=2,
             )
         )
         return 0
-    out = run_teacher(cfg, args.file, net_cfg, uri, storage)
+    out = run_teacher(cfg, args.file, net_cfg, uri, storage, captions=captions)
     return 0 if out.get("status") == "FINISHED" else 1
 
 
 # -- driver: MLflow run lifecycle + TorchTrainer ----------------------------------------------------
-def run_teacher(cfg: TeacherFileCfg, file: str, net_cfg: dict, tracking_uri: str, storage: Path, say=print) -> dict:
+def run_teacher(
+    cfg: TeacherFileCfg, file: str, net_cfg: dict, tracking_uri: str, storage: Path, say=print, captions=None
+) -> dict:
     """Train, log and save one teacher; returns {status, run_id, path, history, curve}."""
     from mlflow.tracking import MlflowClient
 
@@ -130,6 +155,7 @@ def run_teacher(cfg: TeacherFileCfg, file: str, net_cfg: dict, tracking_uri: str
                 "tracking_uri": tracking_uri,
                 "path": str(path),
                 "threads": r.cpus_per_worker,
+                "captions": captions,
             },
             scaling_config=ray.train.ScalingConfig(
                 num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker=r.per_worker
@@ -205,7 +231,10 @@ def teacher_worker(config: dict) -> dict:
         device = get_device()
     sched = make_schedule(cfg.schedule.name, **cfg.schedule.params)
     torch.manual_seed(t.seed)  # identical initial weights on every rank
-    net = build_net(config["net"]).to(device)
+    net = build_net(config["net"])
+    if captions := config.get("captions"):  # the frozen caption table the net looks its conditions up in
+        net.label_emb.table.copy_(captions["table"])
+    net = net.to(device)
     data = make_data(cfg.data) if not data_kind(cfg.data).files or rank == 0 else None
     logger = RunLogger(config["tracking_uri"], config["run_id"]) if rank == 0 else None
 
@@ -239,6 +268,8 @@ def teacher_worker(config: dict) -> dict:
         "iterations": t.iterations,
         "final_loss": history[-1]["loss"],
     }
+    if captions:  # ids 0 .. K-1 of the net's conditions are these captions (K: the empty prompt)
+        meta |= {"captions": captions["captions"], "text_encoder": captions["text_encoder"]}
     path = save_teacher(config["path"], config["net"], ema_net.state_dict(), meta)
     logger.artifact(str(path))  # -> artifact "teacher.pt"
     ev = cfg.eval

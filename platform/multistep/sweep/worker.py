@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from multistep.data import data_kind
+from multistep.teachers import teacher_kind
 from multistep.tracking import tags as tag
 from multistep.train import checkpoint as checkpoint_file
 
@@ -251,7 +252,8 @@ class Trial:
         session.storage = cfg.get("storage", "")
         torch.set_num_threads(max(1, int(cfg["threads"])))
         self.tc = TrialCfg.model_validate(cfg["trial"])
-        self.stream = data_kind(self.tc.data).files  # each rank reads only its slice of the shards
+        # each rank reads only its slice of the shards (a latent teacher's latents are in memory instead)
+        self.stream = data_kind(self.tc.data).files and not teacher_kind(self.tc.teacher).latent(self.tc)
         self.last_proxy: dict[str, float] = {}
         self.last_loss: float | None = None  # the latest logged mean training loss (progress lines)
 
@@ -325,7 +327,7 @@ class Trial:
 
     def evaluator(self) -> None:
         """Metric names, features, the diversity measurement and the proxy's reference (rank 0 evaluates)."""
-        from multistep.metrics.extractors import features_fn, from_spec
+        from multistep.metrics.extractors import class_predictor, features_fn, from_spec
 
         tc, ref = self.tc, self.ref
         self.names = ref.names(tc.feature_space, self.labelled)
@@ -334,7 +336,7 @@ class Trial:
         spec = self.cfg.get("extractor")  # classifier / inception features (None: the samples themselves)
         ext = from_spec(spec, self.device) if spec and self.rank == 0 else None
         self.features = features_fn(ext, ref.sample_shape) if ext else (lambda x: None)
-        self.predict = getattr(ext, "predict", None)  # classifier: cls_err of conditional samples
+        self.predict = class_predictor(ext)  # classifier: cls_err of conditional samples
         self.proxy_ref = ref.head(min(self.cfg.get("proxy_samples", 1000), ref.rows))
         self.proxy_names = {k: f"proxy_{v}" for k, v in self.proxy_ref.names(tc.feature_space, self.labelled).items()}
 

@@ -136,9 +136,34 @@ def _open_built(t):
     return imported.load(t, imported.built_network)
 
 
-def _diffusers_shape(teacher) -> tuple[int, ...]:
+def _diffusers_shape(teacher) -> tuple[int, ...] | None:
+    if hasattr(teacher.net, "table"):  # a text-to-image UNet's samples are latents, not the data's images
+        return None
     u = teacher.net.unet.config  # a diffusers UNet knows its sample size
     return (u.in_channels, u.sample_size, u.sample_size)
+
+
+def _pipeline(cfg) -> str | None:
+    """The folder of a text-to-image pipeline teacher (teachers/text_to_image.py), else None."""
+    from multistep.teachers.text_to_image import is_pipeline
+
+    return cfg.teacher.path if is_pipeline(cfg.teacher.path) else None
+
+
+def _build_diffusers(cfg, load_data: bool = True, check: bool = True):
+    if _pipeline(cfg):
+        from multistep.teachers import text_to_image
+
+        return text_to_image.build(cfg, load_data, check)
+    return _build(cfg, load_data, check)
+
+
+def _preflight_diffusers(cfg, shape: tuple, where: str) -> None:
+    if _pipeline(cfg):
+        from multistep.teachers import text_to_image
+
+        return text_to_image.preflight(cfg, shape, where)
+    return _preflight(cfg, shape, where)
 
 
 common = dict(
@@ -156,7 +181,8 @@ DIFFUSERS = kinds.register(
         declare=_declare_diffusers,
         network=lambda cfg, f: {"kind": "diffusers", "config": dict(f.net.unet.config)},
         known_shape=_diffusers_shape,
-        **common,
+        latent=_pipeline,
+        **common | {"build": _build_diffusers, "preflight": _preflight_diffusers},
     )
 )
 TORCHSCRIPT = kinds.register(

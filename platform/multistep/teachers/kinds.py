@@ -35,6 +35,9 @@ class TeacherKind:
     open: Callable | None = None  # imported: t -> (the network as a denoiser on its student schedule, its declaration)
     declare: Callable | None = None  # imported: t -> its declaration alone (parameterisation, schedule; no network)
     fetched: bool = False  # stands for another kind's teacher that the sweep driver fetches before trials start
+    # cfg -> the pipeline folder of a latent teacher (its build encodes the data into latents held in memory, so
+    # trials do not stream the data's files; FD is measured on decoded images), or None
+    latent: Callable = lambda cfg: None
 
 
 TEACHER_KINDS: dict[str, TeacherKind] = {}
