@@ -165,6 +165,90 @@ def tiny_unet(in_channels: int = 1, num_class_embeds: int | None = None, seed: i
     )
 
 
+CAPTIONS = ["a red square", "a blue circle", "two lines"]
+
+
+def tiny_sd_pipeline(root: Path, seed: int = 0, text_dim: int = 16) -> Path:
+    """A random Stable-Diffusion-format folder (model_index.json, unet UNet2DConditionModel, vae AutoencoderKL,
+    CLIPTextModel text encoder, CLIPTokenizer from a character vocabulary written here, DDIM scheduler), saved by
+    diffusers' own save_pretrained: 8x8 RGB images, 4x4x4 latents, 12-token prompts."""
+    import json
+
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in "abcdefghijklmnopqrstuvwxyz0123456789":
+        vocab |= {c: len(vocab), c + "</w>": len(vocab) + 1}
+    words = root / "tokenizer-src"
+    words.mkdir(parents=True, exist_ok=True)
+    (words / "vocab.json").write_text(json.dumps(vocab))
+    (words / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(words / "vocab.json"), str(words / "merges.txt"), model_max_length=12)
+    text = CLIPTextConfig(
+        vocab_size=len(vocab),
+        hidden_size=text_dim,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=12,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+    )
+    vae = AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8, 8),
+        latent_channels=4,
+        norm_num_groups=4,
+        layers_per_block=1,
+        sample_size=8,
+    )
+    unet = UNet2DConditionModel(
+        sample_size=4,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=text_dim,
+        attention_head_dim=2,
+        norm_num_groups=4,
+    )
+    scheduler = DDIMScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False, set_alpha_to_one=False
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=CLIPTextModel(text),
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(str(root / "pipeline"))
+    return root / "pipeline"
+
+
+def caption_set(out: Path, n: int = 96, size: int = 8, channels: int = 3, seed: int = 0) -> Path:
+    """Parquet caption data: n images, each a noisy pattern of its caption (CAPTIONS), with the caption column."""
+    import numpy as np
+
+    from multistep.data.parquet import write_shards
+
+    rng = np.random.default_rng(seed)
+    ids = np.arange(n) % len(CAPTIONS)
+    base = rng.integers(0, 256, (len(CAPTIONS), size, size, channels))
+    images = np.clip(base[ids] + rng.normal(0, 20, (n, size, size, channels)), 0, 255).astype(np.uint8)
+    write_shards(images, ids, out, shard_size=64, captions=[CAPTIONS[i] for i in ids])
+    return out
+
+
 def start_mlflow_server(tmp_path, port):
     """`mlflow server` in its own process group (it forks workers), so the test can stop all of it by PID."""
     from mlflow.tracking import MlflowClient

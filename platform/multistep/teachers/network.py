@@ -47,6 +47,7 @@ def _build(cfg, load_data: bool = True, check: bool = True):
     data = make_data(d) if load_data else None
     if data is not None:
         _trained_on(cfg, info, tuple(data.shape))
+    _same_captions(cfg, net, info)
     k, labels = getattr(net, "num_classes", None), getattr(data, "labels", None)
     if k is not None and labels is not None and len(labels) and int(labels.max()) >= k:  # students see the labels
         raise ConfigError(
@@ -69,6 +70,7 @@ def _preflight(cfg, shape: tuple, where: str) -> None:
         net, info = load_teacher(cfg.teacher.path)
     except ValueError as e:
         raise ConfigError(f"{where}teacher.path: {e}") from None
+    _same_captions(cfg, net, info, where)
     if not _trained_on(cfg, info, tuple(shape), where):
         import torch
 
@@ -80,6 +82,24 @@ def _preflight(cfg, shape: tuple, where: str) -> None:
                 f"{where}teacher.path: {cfg.teacher.path} does not take samples of this data's shape "
                 f"{tuple(shape)} ({first_line(e)})"
             ) from None
+
+
+def _same_captions(cfg, net, info: dict, where: str = "") -> None:
+    """A caption-conditional teacher distils caption data with its own vocabulary (caption id k means the same
+    caption to both); a class-conditional one does not take caption ids for classes."""
+    from multistep.config import ConfigError
+    from multistep.data import data_kind
+
+    kind = data_kind(cfg.data)
+    words, trained = (kind.captions(cfg.data) if kind.captions else None), info["meta"].get("captions")
+    at = f"{where}teacher.path: {cfg.teacher.path}"
+    if trained is not None and words != trained:
+        got = "no captions" if words is None else f"{len(words)} other captions"
+        raise ConfigError(
+            f"{at} is conditioned on the {len(trained)} captions it was trained with; this data has {got}"
+        )
+    if trained is None and words is not None and getattr(net, "num_classes", None) is not None:
+        raise ConfigError(f"{at} is class-conditional; caption data needs a caption-conditional teacher")
 
 
 def _trained_on(cfg, info: dict, shape: tuple, where: str = "") -> bool:

@@ -108,7 +108,8 @@ def uses_labels(teacher, data_has_labels: bool) -> bool:
 def guidance_error(cfg: TrialCfg, labelled: bool) -> str | None:
     """Why method.guidance cannot be used with this trial's teacher and data (None when it can)."""
     w = cfg.method.guidance
-    if w > 0 and cfg.teacher.imported and cfg.teacher.null_label is None:
+    text_to_image = teacher_kind(cfg.teacher).latent(cfg)  # its null condition is the empty prompt
+    if w > 0 and cfg.teacher.imported and cfg.teacher.null_label is None and not text_to_image:
         return f"method.guidance: {w:g} needs teacher.null_label (the label {cfg.teacher.path} was trained with for no class)"
     if w > 0 and not labelled:
         return (
