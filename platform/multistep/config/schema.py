@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -159,6 +160,14 @@ class TeacherCfg(Strict):
         return TEACHER_KINDS[self.kind].imported
 
 
+class LoraCfg(Strict):
+    """Low-rank adapters on the student's copy of the teacher (nets/lora.py): only they train and are saved."""
+
+    rank: PosInt = 8
+    alpha: PosFloat = 8.0  # the adapters' scale is alpha / rank
+    target_modules: list[str] = ["to_q", "to_k", "to_v", "to_out.0"]  # module-name suffixes (diffusers attention)
+
+
 class StudentCfg(Strict):
     """The student network for an analytic teacher; with a network teacher the student is a copy of it, unless
     copy_teacher is false (then this MLP, warm-started by v-loss regression onto the teacher)."""
@@ -176,6 +185,7 @@ class StudentCfg(Strict):
     time_features: Literal["octave", "sinusoid"] = "octave"
     time_dim: PosInt | None = None  # time features (default: 16 octave = 8 octaves, 64 sinusoid)
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    lora: LoraCfg | None = None  # a copied teacher: train LoRA adapters only (peft) instead of every weight
     # analytic teacher (or copy_teacher: false): warm start by v-loss regression onto it (the paper starts from the
     # diffusion model), at most this many iterations; a copied teacher needs none. Defaults: train/loop.py WarmStart
     init_iterations: Annotated[int, Field(ge=0)] = WarmStart.iterations
@@ -514,7 +524,11 @@ class TrialCfg(Strict):
     @field_validator("student")
     @classmethod
     def _student_fits_data(cls, s, info):
-        d = info.data.get("data")
+        d, t = info.data.get("data"), info.data.get("teacher")
+        if s.lora is not None and t is not None and not TEACHER_KINDS[t.kind].copies(SimpleNamespace(student=s)):
+            raise sub_field_error(
+                "lora", "", "adapters go on a copy of the teacher's network: a network teacher, copy_teacher: true"
+            )
         if s.net != "unet" or d is None or DATA_KINDS[d.kind].files:  # images in files: checked when the UNet is built
             return s
         shape = list(DATA_KINDS[d.kind].shape(d))

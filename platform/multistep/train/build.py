@@ -91,7 +91,15 @@ def build(cfg: TrialCfg, load_data: bool = True, check_teacher: bool = True) -> 
     `load_data=False` leaves the data to the caller (None), e.g. a worker streaming its slice of Parquet shards, when
     the teacher does not need it (an exact teacher is the data's). `check_teacher=False` skips an imported teacher's
     plausibility check (trial workers: the driver's shared assets ran it already)."""
-    return teacher_kind(cfg.teacher).build(cfg, load_data, check_teacher)
+    c = teacher_kind(cfg.teacher).build(cfg, load_data, check_teacher)
+    if (lora := cfg.student.lora) is not None:
+        from multistep.nets.lora import add_lora
+
+        try:
+            add_lora(c.student.net, lora.rank, lora.alpha, lora.target_modules)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    return c
 
 
 def teacher_classes(teacher) -> int | None:

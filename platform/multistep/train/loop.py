@@ -39,10 +39,27 @@ class TrainState:
     wall_seconds: float = 0.0
     method: object = None  # the method's own state (target EMA, phase, phase teachers) travels in checkpoints
 
+    def _weights(self, net: nn.Module) -> dict:
+        """net's state dict; of a LoRA student (nets/lora.py) only the adapters (the rest is the teacher's copy)."""
+        from multistep.nets.lora import adapter_names, has_lora
+
+        sd = net.state_dict()
+        return {k: v for k, v in sd.items() if k in adapter_names(self.student)} if has_lora(self.student) else sd
+
+    def _load_weights(self, net: nn.Module, sd: dict) -> None:
+        from multistep.nets.lora import adapter_names, has_lora
+
+        if not has_lora(self.student):
+            net.load_state_dict(sd)
+            return
+        if set(sd) != adapter_names(self.student):
+            raise ValueError(f"a LoRA student's checkpoint holds other weights than its {len(sd)} adapters")
+        net.load_state_dict(sd, strict=False)
+
     def state_dict(self) -> dict:
         return {
-            "student": self.student.state_dict(),
-            "ema": self.ema.state_dict(),
+            "student": self._weights(self.student),
+            "ema": self._weights(self.ema),
             "opt": self.opt.state_dict(),
             "iteration": self.iteration,
             "gen": self.gen.get_state(),
@@ -52,8 +69,8 @@ class TrainState:
         }
 
     def load_state_dict(self, sd: dict) -> None:
-        self.student.load_state_dict(sd["student"])
-        self.ema.load_state_dict(sd["ema"])
+        self._load_weights(self.student, sd["student"])
+        self._load_weights(self.ema, sd["ema"])
         self.opt.load_state_dict(sd["opt"])
         self.iteration, self.wall_seconds = int(sd["iteration"]), float(sd["wall_seconds"])
         self.gen.set_state(sd["gen"])

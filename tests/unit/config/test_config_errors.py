@@ -60,6 +60,8 @@ CASES = [  # (sweep file text, text the message must contain)
     ("student: {net: unet}\n", "student.net: needs square images [C, H, H]"),  # the default data is 16-D vectors
     ("data: {shape: [3, 12, 12]}\nstudent: {net: unet, ch_mult: [1, 2, 2, 2]}\n", "H divisible by 8"),
     ("student: {net: resnet}\n", "student.net"),
+    ("student: {lora: {rank: 2}}\n", "student.lora: adapters go on a copy of the teacher's network"),  # analytic
+    ("teacher: {kind: checkpoint, path: /etc/hosts}\nstudent: {lora: {rank: 0}}\n", "student.lora.rank"),
     ("eval: {samples: 0}\n", "eval.samples"),
     ("eval: {teacher_steps: [1, -2]}\n", "eval.teacher_steps.1"),
     ("eval: {extractor: classifier}\n", "eval.extractor: classifier does not fit data.kind gmm"),
