@@ -226,7 +226,16 @@ def export(args, say=print) -> int:
     if out_dir.is_dir() and any(out_dir.iterdir()):
         raise ConfigError(f"--out {args.out}: not empty (an export is written into a new or empty folder)")
     tc, _, _, c, _, state = load_student(p, blob)
-    f, S = state.ema.float().eval().requires_grad_(False), tc.method.student_steps
+    from multistep.nets.lora import has_lora, merged
+
+    text_to_image = teacher_kind(tc.teacher).latent(tc)
+    if text_to_image and args.format != "diffusers":
+        raise ConfigError(f"--format {args.format}: {p} distils a text-to-image pipeline; use --format diffusers")
+    lora_only = getattr(args, "lora_only", False)
+    if lora_only and not (text_to_image and has_lora(state.ema)):
+        raise ConfigError(f"--lora-only: {p} is not a LoRA student of a text-to-image pipeline")
+    ema = state.ema if lora_only or not has_lora(state.ema) else merged(state.ema)  # the teacher's architecture
+    f, S = ema.float().eval().requires_grad_(False), tc.method.student_steps
     k = teacher_classes(c.teacher)
     shape = tuple(c.data.shape) if c.data is not None else tuple(tc.data.shape)
     spec = {
@@ -281,6 +290,9 @@ def export(args, say=print) -> int:
             torch.jit.save(scripted_sampler(f, S, shape, k), str(out / "sampler.pt"))
             (out / SPEC).write_text(json.dumps(spec | {"sampler": "sampler.pt"}, indent=2))
             got = torch.jit.load(str(out / "sampler.pt")).sample(noise, labels)
+        elif text_to_image:
+            got = _pipeline_export(f, text_to_image, S, out, noise, [c.data.captions[i] for i in labels], lora_only)
+            (out / SPEC).write_text(json.dumps(spec | {"captions": c.data.captions}, indent=2))
         else:
             got = _diffusers_export(f, c, S, out, noise, labels)
             (out / SPEC).write_text(json.dumps(spec, indent=2))
@@ -301,17 +313,16 @@ def export(args, say=print) -> int:
     return 0
 
 
-def _diffusers_export(f, c, S, out: Path, noise, labels) -> torch.Tensor:
-    """unet/ + scheduler/ of a DDIMPipeline; returns diffusers' own S-step DDIM samples of the reloaded folder."""
-    import copy
-
-    from diffusers import DDIMPipeline, DDIMScheduler, UNet2DModel
+def _ddim_scheduler(f):
+    """diffusers' DDIM on the teacher's discrete schedule with trailing timesteps and alpha 1 at the end: its S
+    steps visit the student's grid t_k = k / S (DiscreteVP), so it is MCM's Algorithm 2 (deterministic DDIM)."""
+    from diffusers import DDIMScheduler
 
     t = f.time
     abar = torch.sigmoid(t.logsnr_k)  # abar_k from lambda_k
     betas = 1 - abar / torch.cat([torch.ones(1, dtype=abar.dtype), abar[:-1]])
     pred = {"eps": "epsilon", "v": "v_prediction", "x0": "sample"}[f.parameterization]
-    sched = DDIMScheduler(
+    return DDIMScheduler(
         num_train_timesteps=len(betas),
         trained_betas=betas.tolist(),
         prediction_type=pred,
@@ -320,7 +331,15 @@ def _diffusers_export(f, c, S, out: Path, noise, labels) -> torch.Tensor:
         timestep_spacing="trailing",
         set_alpha_to_one=True,
     )
-    DDIMPipeline(unet=copy.deepcopy(f.net.unet), scheduler=sched).save_pretrained(str(out))
+
+
+def _diffusers_export(f, c, S, out: Path, noise, labels) -> torch.Tensor:
+    """unet/ + scheduler/ of a DDIMPipeline; returns diffusers' own S-step DDIM samples of the reloaded folder."""
+    import copy
+
+    from diffusers import DDIMPipeline, DDIMScheduler, UNet2DModel
+
+    DDIMPipeline(unet=copy.deepcopy(f.net.unet), scheduler=_ddim_scheduler(f)).save_pretrained(str(out))
     unet = UNet2DModel.from_pretrained(str(out / "unet"), local_files_only=True, low_cpu_mem_usage=False).eval()
     d = DDIMScheduler.from_pretrained(str(out / "scheduler"), local_files_only=True)
     d.set_timesteps(S)
@@ -330,6 +349,49 @@ def _diffusers_export(f, c, S, out: Path, noise, labels) -> torch.Tensor:
         for ts in d.timesteps:
             x = d.step(unet(x, ts, class_labels=y).sample, ts, x, eta=0.0).prev_sample
     return x
+
+
+def _pipeline_export(f, teacher_path: str, S: int, out: Path, noise, prompts: list[str], lora_only: bool):
+    """A StableDiffusionPipeline folder: the student's UNet with the teacher's VAE, text encoder and tokenizer and
+    the trailing-DDIM scheduler (or, lora_only, the adapters as save_lora_weights writes them, and the scheduler);
+    returns the reloaded pipeline's own S-step latents for the prompts, unguided, from `noise`."""
+    import copy
+
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    def pipeline(path):
+        return StableDiffusionPipeline.from_pretrained(
+            str(path), local_files_only=True, safety_checker=None, requires_safety_checker=False
+        )
+
+    unet = copy.deepcopy(f.net.unet)
+    if lora_only:
+        from multistep.nets.lora import adapter_weights, lora_config
+
+        StableDiffusionPipeline.save_lora_weights(
+            str(out), unet_lora_layers=adapter_weights(unet), unet_lora_adapter_metadata=lora_config(f)
+        )
+        _ddim_scheduler(f).save_pretrained(str(out / "scheduler"))
+        pipe = pipeline(teacher_path)
+        pipe.load_lora_weights(str(out))
+        pipe.scheduler = DDIMScheduler.from_pretrained(str(out / "scheduler"), local_files_only=True)
+    else:
+        pipe = pipeline(teacher_path)
+        pipe.unet, pipe.scheduler = unet, _ddim_scheduler(f)
+        pipe.save_pretrained(str(out))
+        pipe = pipeline(out)
+    pipe.set_progress_bar_config(disable=True)
+    size = noise.shape[-1] * pipe.vae_scale_factor
+    with torch.no_grad():
+        return pipe(
+            prompts,
+            height=size,
+            width=size,
+            num_inference_steps=S,
+            guidance_scale=1.0,
+            latents=noise.float(),
+            output_type="latent",
+        ).images
 
 
 def _version() -> str:

@@ -8,6 +8,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from conftest import CAPTIONS, caption_set, tiny_sd_pipeline
+from multistep.cli import main
 from multistep.config import ConfigError, load_sweep
 from multistep.sweep import preflight
 
@@ -28,7 +29,7 @@ def sweep_doc(pipe, captions, **over) -> dict:
         "data": {"kind": "parquet", "path": str(captions)},
         "teacher": {"kind": "diffusers", "path": str(pipe), "check": False},  # random weights: not plausible
         "method": {"name": "mcm", "student_steps": 2, "guidance": 1.0, "anneal": {"name": "constant", "n": 8}},
-        "train": {"iterations": 6, "batch_size": 8, "log_every": 3, "checkpoint_every": 6},
+        "train": {"iterations": 6, "batch_size": 8, "learning_rate": 3e-3, "log_every": 3, "checkpoint_every": 6},
         "eval": {"samples": 48, "teacher_steps": [2], "ode_steps": 4, "diversity_rows": 0, "kid_subsets": 0},
         "resources": {"max_concurrent_trials": 1},
     } | over
@@ -39,7 +40,6 @@ def test_the_teacher_runs_in_latent_space_on_caption_ids(pipeline_and_captions, 
     labels caption ids into the sorted vocabulary, and the teacher's x_hat for id k is the UNet with caption k's
     token states (id K, the empty prompt's) through the DDPM adapter: checked against diffusers' own calls."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
 
     from multistep.config import TrialCfg
     from multistep.data.kinds import as_float
@@ -61,13 +61,13 @@ def test_the_teacher_runs_in_latent_space_on_caption_ids(pipeline_and_captions, 
     torch.testing.assert_close(c.data.x[:5], want, rtol=1e-5, atol=1e-5)
     assert [words[i] for i in c.data.labels[:5]] == read_captions(shard)[:5]
     # the teacher's x_hat: eps-prediction DDPM, so x_hat = (z - sigma eps) / alpha at the discrete timestep
-    tok = CLIPTokenizer.from_pretrained(str(pipe / "tokenizer"))
-    enc = CLIPTextModel.from_pretrained(str(pipe / "text_encoder"))
+    from diffusers import StableDiffusionPipeline
+
+    sd = StableDiffusionPipeline.from_pretrained(str(pipe), local_files_only=True)
     unet = UNet2DConditionModel.from_pretrained(str(pipe / "unet"))
     prompts = [words[1], ""]
-    ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
     with torch.no_grad():
-        states = enc(ids.input_ids, attention_mask=ids.attention_mask).last_hidden_state
+        states = sd.encode_prompt(prompts, "cpu", 1, False)[0]  # diffusers' own prompt encoding
         z = torch.randn(2, 4, 4, 4, dtype=torch.float64)
         t = torch.ones(2, dtype=torch.float64)  # the last discrete timestep (999)
         got = c.teacher(z, t, torch.tensor([1, len(words)]))
@@ -94,16 +94,54 @@ def test_a_sweep_distils_a_pipeline_folder_on_a_caption_set(ray_local, pipeline_
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "unset")
     pipe, data = pipeline_and_captions
     f = tmp_path / "t2i.yaml"
-    f.write_text(yaml.safe_dump(sweep_doc(pipe, data)))
+    lora = {"rank": 2, "alpha": 2, "target_modules": ["to_q", "to_k", "to_v", "to_out.0"]}
+    f.write_text(yaml.safe_dump(sweep_doc(pipe, data, search={"student.lora": {"grid": [None, lora]}})))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert run_sweep(load_sweep(f), uri, str(tmp_path / "ray"), say=lambda *_: None) == 0
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("tests-t2i").experiment_id])
-    [trial] = [r for r in runs if r.data.tags.get("multistep.kind") == "trial"]
-    assert trial.info.status == "FINISHED" and trial.data.tags["multistep.method"] == "mcd_cfg1"
-    m = trial.data.metrics
-    fd = [k for k in m if k.startswith("fd_pixel")]
-    assert fd and all(torch.isfinite(torch.tensor(m[k])) for k in fd), m  # FD on decoded 8x8x3 images
+    trials = [r for r in runs if r.data.tags.get("multistep.kind") == "trial"]
+    assert [t.info.status for t in trials] == ["FINISHED"] * 2
+    for trial in trials:
+        m = trial.data.metrics
+        fd = [k for k in m if k.startswith("fd_pixel")]
+        assert fd and all(torch.isfinite(torch.tensor(m[k])) for k in fd), m  # FD on decoded 8x8x3 images
+    # the exports load in diffusers' StableDiffusionPipeline and reproduce the student's samples (export checks it
+    # to 1e-5 of the platform's MCM samples from the same latents and prompts, or exits 1)
+    full, trained = (next((tmp_path / "ray").glob(f"*/trial-00{i}/checkpoint_*/state.pt")) for i in (0, 1))
+    blob = torch.load(trained, weights_only=False)  # 6 iterations barely move the adapters: make them count
+    g = torch.Generator().manual_seed(1)
+    for k, v in blob["state"]["ema"].items():
+        if "lora_B" in k:
+            v.copy_(0.3 * torch.randn(v.shape, generator=g))
+    adapters = tmp_path / "trial-001" / "state.pt"
+    adapters.parent.mkdir()
+    torch.save(blob, adapters)
+    assert main(["export", str(full), "--format", "diffusers", "--out", str(tmp_path / "full")]) == 0
+    assert main(["export", str(adapters), "--format", "diffusers", "--out", str(tmp_path / "merged")]) == 0
+    assert main(["export", str(adapters), "--format", "diffusers", "--lora-only", "--out", str(tmp_path / "lora")]) == 0
+    assert (tmp_path / "full" / "model_index.json").is_file() and (tmp_path / "merged" / "vae").is_dir()
+    assert {p.name for p in (tmp_path / "lora").iterdir()} == {
+        "pytorch_lora_weights.safetensors",
+        "scheduler",
+        "multistep.json",
+    }
+    assert main(["export", str(full), "--format", "diffusers", "--lora-only", "--out", str(tmp_path / "x")]) == 2
+    # not vacuous: the adapters moved the student away from the teacher further than the export's tolerance
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    teacher = StableDiffusionPipeline.from_pretrained(str(pipe), local_files_only=True, safety_checker=None)
+    teacher.scheduler = DDIMScheduler.from_pretrained(str(tmp_path / "lora" / "scheduler"))
+    latents = torch.randn(3, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+
+    def sample():
+        kw = {"height": 8, "width": 8, "num_inference_steps": 2, "guidance_scale": 1.0, "output_type": "latent"}
+        return teacher(CAPTIONS, latents=latents, **kw).images
+
+    before = sample()
+    teacher.load_lora_weights(str(tmp_path / "lora"))
+    after = sample()
+    assert (after - before).abs().max() > 0.01 * before.abs().max(), (after - before).abs().max()
 
 
 def test_bad_text_to_image_input_is_one_line_before_anything_starts(pipeline_and_captions, tmp_path):

@@ -61,13 +61,14 @@ class TextEncoder:
         self.dim = int(self.model.config.hidden_size)
 
     @torch.no_grad()
-    def encode(self, captions: list[str], max_length: int | None = None, batch_size: int = 64):
-        """(last hidden states (N, L, D) float32, attention mask (N, L)); padded to max_length when given."""
+    def encode(self, captions: list[str], max_length: int | None = None, batch_size: int = 64, mask: bool = True):
+        """(last hidden states (N, L, D) float32, attention mask (N, L)); padded to max_length when given; mask:
+        pass the attention mask to the encoder (False: as Stable Diffusion pipelines call CLIP, unmasked)."""
         states, masks = [], []
         for i in range(0, len(captions), batch_size):
             pad = {"padding": "max_length", "max_length": max_length} if max_length else {"padding": "longest"}
             b = self.tokenizer(captions[i : i + batch_size], truncation=True, return_tensors="pt", **pad)
-            out = self.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
+            out = self.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"] if mask else None)
             states.append(out.last_hidden_state.float())
             masks.append(b["attention_mask"])
         width = max(s.shape[1] for s in states)
@@ -82,8 +83,10 @@ class TextEncoder:
         return (states * m).sum(1) / m.sum(1).clamp_min(1.0)
 
     def tokens(self, captions: list[str]) -> torch.Tensor:
-        """Token states padded to the tokenizer's model_max_length, as Stable Diffusion pipelines encode (N, L, D)."""
-        return self.encode(captions, max_length=int(self.tokenizer.model_max_length))[0]
+        """Token states padded to the tokenizer's model_max_length, as Stable Diffusion pipelines encode prompts
+        (StableDiffusionPipeline.encode_prompt: the attention mask only where the encoder's config asks for it)."""
+        mask = bool(getattr(self.model.config, "use_attention_mask", False))
+        return self.encode(captions, max_length=int(self.tokenizer.model_max_length), mask=mask)[0]
 
 
 def caption_table(encoder: TextEncoder, vocabulary: list[str], how: str = "pooled") -> torch.Tensor:
@@ -103,6 +106,7 @@ def cached_caption_table(
                 "tokenizer": tokenizer_path and folder_sha256(tokenizer_path),
                 "captions": vocabulary,
                 "how": how,
+                "format": 2,  # tokens: the attention mask as Stable Diffusion pipelines pass it
             }
         ).encode()
     ).hexdigest()[:16]

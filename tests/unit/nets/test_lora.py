@@ -66,3 +66,19 @@ def test_only_the_adapters_train_and_travel_in_checkpoints(tmp_path):
     fit(b, mb, lambda g: cb.data.sample(16, g), 6, 1.0, 0.9, 3, 3)
     for x, y in ((a.student, b.student), (a.ema, b.ema)):
         assert all(torch.equal(p, q) for p, q in zip(x.state_dict().values(), y.state_dict().values()))
+
+
+def test_merging_the_adapters_gives_the_plain_network_with_the_same_outputs(tmp_path):
+    """merged(): W + (alpha / rank) B A in the base layers, no adapter left, the teacher's architecture (its state
+    dict loads into a fresh network of the teacher file's config), and the student's outputs to float error."""
+    from multistep.nets.lora import has_lora, merged
+
+    c, m, a = fresh(trial(tmp_path))
+    fit(a, m, lambda g: c.data.sample(16, g), 4, 1.0, 0.9, 4, 10)
+    plain = merged(c.student)
+    assert not has_lora(plain) and has_lora(c.student)
+    net = build_net(NET)
+    net.load_state_dict(plain.net.state_dict())  # strict: exactly the teacher's keys
+    z, t = torch.randn(4, 1, 8, 8, dtype=torch.float64), torch.full((4,), 0.3, dtype=torch.float64)
+    torch.testing.assert_close(plain(z, t), c.student(z, t), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(plain(z, t), c.teacher(z, t), atol=1e-4)  # the merged adapters are in it
