@@ -168,26 +168,57 @@ def tiny_unet(in_channels: int = 1, num_class_embeds: int | None = None, seed: i
 CAPTIONS = ["a red square", "a blue circle", "two lines"]
 
 
+def char_clip_tokenizer(folder: Path, model_max_length: int = 12):
+    """A CLIPTokenizer from local files written here: single characters as tokens, no merges."""
+    import json
+
+    from transformers import CLIPTokenizer
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in "abcdefghijklmnopqrstuvwxyz0123456789":
+        vocab |= {c: len(vocab), c + "</w>": len(vocab) + 1}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=model_max_length)
+
+
+def tiny_clip(root: Path, seed: int = 0) -> Path:
+    """A random transformers CLIPModel (8x8 images, 4x4 patches, 8-d projections) with its tokenizer, saved by
+    save_pretrained into root/clip."""
+    import transformers
+
+    tok = char_clip_tokenizer(root / "clip-tokenizer", model_max_length=12)
+    torch.manual_seed(seed)
+    small = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}
+    cfg = transformers.CLIPConfig(
+        text_config=small
+        | {
+            "vocab_size": len(tok),
+            "max_position_embeddings": 12,
+            "bos_token_id": 0,
+            "eos_token_id": 1,
+            "pad_token_id": 1,
+        },
+        vision_config=small | {"image_size": 8, "patch_size": 4},
+        projection_dim=8,
+    )
+    transformers.CLIPModel(cfg).save_pretrained(str(root / "clip"))
+    tok.save_pretrained(str(root / "clip"))
+    return root / "clip"
+
+
 def tiny_sd_pipeline(root: Path, seed: int = 0, text_dim: int = 16) -> Path:
     """A random Stable-Diffusion-format folder (model_index.json, unet UNet2DConditionModel, vae AutoencoderKL,
     CLIPTextModel text encoder, CLIPTokenizer from a character vocabulary written here, DDIM scheduler), saved by
     diffusers' own save_pretrained: 8x8 RGB images, 4x4x4 latents, 12-token prompts."""
-    import json
-
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in "abcdefghijklmnopqrstuvwxyz0123456789":
-        vocab |= {c: len(vocab), c + "</w>": len(vocab) + 1}
-    words = root / "tokenizer-src"
-    words.mkdir(parents=True, exist_ok=True)
-    (words / "vocab.json").write_text(json.dumps(vocab))
-    (words / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(words / "vocab.json"), str(words / "merges.txt"), model_max_length=12)
+    tokenizer = char_clip_tokenizer(root / "tokenizer-src", model_max_length=12)
     text = CLIPTextConfig(
-        vocab_size=len(vocab),
+        vocab_size=len(tokenizer),
         hidden_size=text_dim,
         intermediate_size=32,
         num_hidden_layers=1,

@@ -255,7 +255,7 @@ def eval_student(p: Path, blob: dict, args, steps: list[int] | None, say=print):
     samples = args.samples or tc.eval.samples
     seed = tc.eval.seed if args.seed is None else args.seed
     say(f"evaluation reference: {samples} samples, seed {seed}, {tc.eval.ode_steps}-step teacher ODE")
-    space, features, predict, key = feature_setup(tc, c.data, say)
+    space, features, checks, key = feature_setup(tc, c.data, say)
     kid_subsets = tc.eval.kid_subsets
     ev = tc.eval.model_copy(update={"samples": samples, "bootstrap": 0})
     if ev.streaming:
@@ -279,6 +279,7 @@ def eval_student(p: Path, blob: dict, args, steps: list[int] | None, say=print):
     as_run = tc.model_copy(update={"eval": ev})  # the trial config with this evaluation's sample count
     div_names, diversity = trial_diversity(as_run, c.data, div_ref)
     names = ref.names(space, ref.labels is not None) | div_names  # as the trial's evaluator names them
+    names |= checks.names(ref.rows) if checks and ref.labels is not None else {}
     label = method_label(tc)
     common = {
         "trial_id": f"trial-{trial:03d}" if trial is not None else "",
@@ -307,7 +308,7 @@ def eval_student(p: Path, blob: dict, args, steps: list[int] | None, say=print):
 
     rows, kept = [], {}
     no_features = lambda x: None
-    points = final_points(evaluations, ref, names, ev, "cpu", features or no_features, predict, 0, diversity)
+    points = final_points(evaluations, ref, names, ev, "cpu", features or no_features, checks, 0, diversity)
     for lb, n, x, values, nfe, _ in points:
         kept[(lb, n)] = x[: GRID**2]
         rows += [{"method": lb, "student_steps": n, "nfe": nfe, **common} | r for r in metric_rows(values, names)]
@@ -325,7 +326,7 @@ def eval_student(p: Path, blob: dict, args, steps: list[int] | None, say=print):
             extractor=space,
             features=features,
             kid_subsets=kid_subsets,
-            predict=predict,
+            checks=checks,
             keep=n_div,
         )
         rows += t_rows + (teacher_diversity(as_run, c.data, div_ref, t_rows, t_kept) if n_div else [])
@@ -368,15 +369,16 @@ def _trial_cfg(doc: dict, where: str):
 
 
 def feature_setup(tc, data, say=print):
-    """(metric space name, features fn or None, class predictor or None, the extractor's key) of tc.eval.extractor;
+    """(metric space name, features fn or None, LabelChecks or None, the extractor's key) of tc.eval.extractor;
     the classifier is cached in the user cache."""
-    from multistep.metrics.extractors import class_predictor, features_fn
-    from multistep.sweep.assets import make_extractor_for
+    from multistep.metrics.extractors import features_fn, label_checks
+    from multistep.sweep.assets import alignment_for, make_extractor_for
     from multistep.train.build import DEFAULT_CACHE
 
     ext = make_extractor_for(tc, data, DEFAULT_CACHE, say)
     key = ext.key if ext else {"name": tc.feature_space}  # recorded in eval.json (the detector's / weights' hash)
-    return tc.feature_space, None if ext is None else features_fn(ext, data.shape), class_predictor(ext), key
+    checks = label_checks(ext, alignment_for(tc) if getattr(data, "labels", None) is not None else None)
+    return tc.feature_space, None if ext is None else features_fn(ext, data.shape), checks, key
 
 
 # -- outputs ----------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import CAPTIONS, caption_set, tiny_sd_pipeline
+from conftest import CAPTIONS, caption_set, tiny_clip, tiny_sd_pipeline
 from multistep.cli import main
 from multistep.config import ConfigError, load_sweep
 from multistep.sweep import preflight
@@ -19,7 +19,7 @@ pytest.importorskip("transformers")
 @pytest.fixture(scope="module")
 def pipeline_and_captions(tmp_path_factory):
     root = tmp_path_factory.mktemp("t2i")
-    return tiny_sd_pipeline(root), caption_set(root / "captions")
+    return tiny_sd_pipeline(root), caption_set(root / "captions"), tiny_clip(root)
 
 
 def sweep_doc(pipe, captions, **over) -> dict:
@@ -45,7 +45,7 @@ def test_the_teacher_runs_in_latent_space_on_caption_ids(pipeline_and_captions, 
     from multistep.data.kinds import as_float
     from multistep.train.build import build
 
-    pipe, data = pipeline_and_captions
+    pipe, data, clip = pipeline_and_captions
     doc = {k: v for k, v in sweep_doc(pipe, data).items() if k in TrialCfg.model_fields}
     tc = TrialCfg.model_validate(doc | {"method": {"name": "mcm"}})
     c = build(tc)
@@ -92,10 +92,12 @@ def test_a_sweep_distils_a_pipeline_folder_on_a_caption_set(ray_local, pipeline_
     from multistep.sweep.driver import run_sweep
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "unset")
-    pipe, data = pipeline_and_captions
+    pipe, data, clip = pipeline_and_captions
     f = tmp_path / "t2i.yaml"
     lora = {"rank": 2, "alpha": 2, "target_modules": ["to_q", "to_k", "to_v", "to_out.0"]}
-    f.write_text(yaml.safe_dump(sweep_doc(pipe, data, search={"student.lora": {"grid": [None, lora]}})))
+    doc = sweep_doc(pipe, data, search={"student.lora": {"grid": [None, lora]}})
+    doc["eval"] |= {"clip_path": str(clip)}  # CLIPScore of the decoded samples against their prompts
+    f.write_text(yaml.safe_dump(doc))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert run_sweep(load_sweep(f), uri, str(tmp_path / "ray"), say=lambda *_: None) == 0
     client = MlflowClient(uri)
@@ -106,6 +108,9 @@ def test_a_sweep_distils_a_pipeline_folder_on_a_caption_set(ray_local, pipeline_
         m = trial.data.metrics
         fd = [k for k in m if k.startswith("fd_pixel")]
         assert fd and all(torch.isfinite(torch.tensor(m[k])) for k in fd), m  # FD on decoded 8x8x3 images
+        assert 0 <= m["clip_score_48"] <= 100 and m["clip_score_48_se"] >= 0
+        pictures = {a.path for a in client.list_artifacts(trial.info.run_id, "samples")}
+        assert {"samples/prompts.png", "samples/mcd_cfg1_2steps.png"} <= pictures, pictures
     # the exports load in diffusers' StableDiffusionPipeline and reproduce the student's samples (export checks it
     # to 1e-5 of the platform's MCM samples from the same latents and prompts, or exits 1)
     full, trained = (next((tmp_path / "ray").glob(f"*/trial-00{i}/checkpoint_*/state.pt")) for i in (0, 1))
@@ -145,7 +150,7 @@ def test_a_sweep_distils_a_pipeline_folder_on_a_caption_set(ray_local, pipeline_
 
 
 def test_bad_text_to_image_input_is_one_line_before_anything_starts(pipeline_and_captions, tmp_path):
-    pipe, data = pipeline_and_captions
+    pipe, data, clip = pipeline_and_captions
     cases = [
         ({"data": {"kind": "digits"}}, "is a text-to-image pipeline; it needs caption data"),
         ({"data": {"kind": "digits", "size": 16}}, "is a text-to-image pipeline; it needs caption data"),
@@ -156,6 +161,12 @@ def test_bad_text_to_image_input_is_one_line_before_anything_starts(pipeline_and
         with pytest.raises(ConfigError, match=msg) as e:
             preflight.inputs(load_sweep(f))
         assert "\n" not in str(e.value) and str(e.value).startswith(str(f))
+    bad = tmp_path / "clip.yaml"  # text alignment of data without captions
+    doc = sweep_doc(pipe, data, data={"kind": "gmm"}, teacher={"kind": "analytic"}, method={"name": "mcm"})
+    doc["eval"] |= {"clip_path": str(clip)}
+    bad.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError, match="eval.clip_path: text alignment needs caption data; gmm"):
+        preflight.inputs(load_sweep(bad))
     good = tmp_path / "good.yaml"
     good.write_text(yaml.safe_dump(sweep_doc(pipe, data)))
     preflight.inputs(load_sweep(good))  # passes

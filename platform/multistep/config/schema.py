@@ -301,6 +301,17 @@ class EvalCfg(Strict):
                 raise sub_field_error("inception_path", self.inception_path, f"file not found: {self.inception_path}")
         return self
 
+    # text alignment of caption-conditioned samples: clip_score (100 max(cos, 0) of CLIP's image and caption
+    # embeddings, metrics/clip.py) with a local transformers CLIPModel folder (save_pretrained); nothing downloaded
+    clip_path: str | None = None
+
+    @field_validator("clip_path")
+    @classmethod
+    def _clip_folder(cls, v):
+        if v is not None and not (Path(v).expanduser() / "config.json").is_file():
+            raise ValueError(f"{v}: not a transformers model folder (no config.json)")
+        return v if v is None else str(Path(v).expanduser().resolve())
+
     repeats: PosInt = 1  # evaluations from this many noise seeds: each metric their mean, <metric>_repeat_std their std (EDM's practice)
     # streaming evaluation (memory bounded in samples; metrics/streaming.py): auto = above 10,000 samples
     stream: Literal["auto", "on", "off"] = "auto"

@@ -131,27 +131,51 @@ def _flat(x) -> np.ndarray:
     return x.reshape(len(x), -1).astype(np.float64)
 
 
-def share_with_se(name: str, hits: np.ndarray) -> dict[str, float]:
-    """{name: the share of hits, "<name>_se": its binomial standard error sqrt(p (1 - p) / n)}."""
-    p, n = float(np.mean(hits)), len(hits)
-    return {name: p, f"{name}_se": float(np.sqrt(p * (1 - p) / max(n, 1)))}
+def mean_with_se(name: str, values: np.ndarray) -> dict[str, float]:
+    """{name: the mean of per-row values, "<name>_se": its standard error sqrt(var / n) (for 0/1 hits: the
+    binomial sqrt(p (1 - p) / n))}."""
+    v, n = np.asarray(values, np.float64), max(len(values), 1)
+    return {name: float(v.mean()), f"{name}_se": float(v.std() / np.sqrt(n))}
 
 
-def misclassified(predict, feats, labels: torch.Tensor) -> np.ndarray:
-    """Per row: the class predicted from its features is not its label's class (the label itself, or for caption
-    data the class of its caption, `predict.label_classes`, e.g. 7 for "a handwritten seven")."""
-    y = labels.cpu().numpy()
-    classes = getattr(predict, "label_classes", None)
-    return predict(feats) != (y if classes is None else np.asarray(classes)[y])
+def clip_names(samples: int) -> dict[str, str]:
+    return {"clip": f"clip_score_{count_label(samples)}"}
+
+
+@dataclass
+class LabelChecks:
+    """How conditional samples are checked against the label of their noise row: `cls_err`, a classifier's class of
+    each sample against its label's class (the label, or for caption data the class of its caption, label_classes:
+    7 for "a handwritten seven"), and `clip_score`, a CLIP model's text alignment of each sample with its caption
+    (metrics/clip.py)."""
+
+    predict: object = None  # features -> classes (ClassifierExtractor.predict), or None
+    label_classes: list[int] | None = None
+    align: object = None  # (samples, labels) -> per-row CLIP scores, or None
+
+    def names(self, samples: int) -> dict[str, str]:
+        """The names these checks add to metric_names (cls_err is metric_names' own)."""
+        return clip_names(samples) if self.align is not None else {}
+
+    def per_row(self, samples, feats, labels: torch.Tensor, names: dict[str, str]) -> dict[str, np.ndarray]:
+        """{logged name: one value per row} of the checks `names` asks for."""
+        out = {}
+        if self.predict is not None and "cls_err" in names:
+            y = labels.cpu().numpy()
+            truth = y if self.label_classes is None else np.asarray(self.label_classes)[y]
+            out[names["cls_err"]] = (self.predict(feats) != truth).astype(np.float64)
+        if self.align is not None and "clip" in names:
+            out[names["clip"]] = np.asarray(self.align(samples, labels.cpu()), np.float64)
+        return out
 
 
 def evaluate(
-    samples, ref: EvalRef, names: dict[str, str], feats=None, kid_subsets: int = 0, predict=None
+    samples, ref: EvalRef, names: dict[str, str], feats=None, kid_subsets: int = 0, checks: LabelChecks | None = None
 ) -> dict[str, float]:
     """Frechet distance (and, with kid_subsets > 0, KID with its standard error "<kid>_se") between the features
     of the samples (`feats`; None: the flattened samples) and the reference's; sliced W2 and the paired error to
-    the teacher's ODE solutions in sample space; with `predict(feats) -> classes`, ref.labels and a "cls_err"
-    name, the fraction of samples not classified as the label of their noise row."""
+    the teacher's ODE solutions in sample space; with ref.labels, the LabelChecks `names` asks for (cls_err, the
+    fraction of samples not classified as their label's class; clip_score), each with its standard error."""
     s = _flat(samples)
     f, fr, r = (s if feats is None else np.asarray(feats, np.float64)), ref.ref_feats, ref.reference
     if r is not None and f.shape[1] != r.dim:
@@ -165,8 +189,9 @@ def evaluate(
         fr = r.features  # KID against the reference's features; a stats-only reference has none (KID skipped)
     if ref.ode is not None:
         out[names["ode"]] = paired_l2(s[: len(ref.ode)], ref.ode)  # the first rows: those with an ODE solution
-    if predict is not None and ref.labels is not None and "cls_err" in names:
-        out |= share_with_se(names["cls_err"], misclassified(predict, f, ref.labels))
+    if checks is not None and ref.labels is not None:
+        for name, values in checks.per_row(samples, f, ref.labels, names).items():
+            out |= mean_with_se(name, values)
     if kid_subsets and fr is not None:
         m = subset_size(len(f), len(fr), kid_subsets)  # disjoint subsets: independent estimates
         value, se = kid(f, fr, num_subsets=kid_subsets, subset_size=m)
@@ -264,7 +289,7 @@ def teacher_curve(
     bootstrap: int = 0,
     features=None,
     kid_subsets: int = 0,
-    predict=None,
+    checks: LabelChecks | None = None,
     keep: int = 0,
 ) -> tuple[list[dict], dict]:
     """Teacher DDIM and aDDIM (empirical xvar table, eta = 0.75) at each step count: (rows of
@@ -273,11 +298,11 @@ def teacher_curve(
     With ref.labels the teacher is conditioned on them (unguided), its xvar table on the table rows' own labels."""
     from multistep.metrics.paired import kept_rows
 
-    names = ref.names(extractor, ref.labels is not None)
+    names = ref.names(extractor, ref.labels is not None) | (checks.names(ref.rows) if checks else {})
     rows, kept = [], {}
     for label, n, x, nfe in teacher_points(teacher, sched, data_dist, ref.noise.double(), steps, ref.labels, eta, seed):
         feats = None if features is None else features(x)
-        values = evaluate(x, ref, names, feats, kid_subsets, predict)
+        values = evaluate(x, ref, names, feats, kid_subsets, checks)
         if bootstrap:
             values |= bootstrap_se(x, ref, names, bootstrap, seed, feats)
         rows += [{"method": label, "student_steps": n, "nfe": nfe} | r for r in metric_rows(values, names)]

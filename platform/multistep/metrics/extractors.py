@@ -154,21 +154,15 @@ def _load_dataset(name: str, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     raise ValueError(f"unknown classifier dataset {name!r} (known: digits; or pass data=(x, y) with a dataset name)")
 
 
-class CaptionClasses:
-    """A classifier's predictions for caption-conditioned samples: cls_err compares them with label_classes[id],
-    the class of each sample's caption (metrics.evaluate.misclassified)."""
+def label_checks(ext, align=None):
+    """The LabelChecks of conditional samples (metrics/evaluate.py): the classifier's predict and, for caption data,
+    each caption's class (cls_err), and the CLIP alignment (clip_score); None when there is neither."""
+    from multistep.metrics.evaluate import LabelChecks
 
-    def __init__(self, predict, label_classes: list[int]):
-        self.predict, self.label_classes = predict, label_classes
-
-    def __call__(self, feats) -> np.ndarray:
-        return self.predict(feats)
-
-
-def class_predictor(ext):
-    """What cls_err calls: the extractor's predict (None without a classifier), wrapped for caption data."""
-    predict, classes = getattr(ext, "predict", None), getattr(ext, "label_classes", None)
-    return predict if predict is None or classes is None else CaptionClasses(predict, classes)
+    predict = getattr(ext, "predict", None)
+    if predict is None and align is None:
+        return None
+    return LabelChecks(predict, getattr(ext, "label_classes", None), align)
 
 
 class ClassifierExtractor(Extractor):
@@ -351,10 +345,14 @@ class DecodedExtractor(Extractor):
     def spec(self) -> dict:
         return {"name": "decoded", "path": self.path}
 
-    def __call__(self, x) -> np.ndarray:
+    def decode(self, x) -> torch.Tensor:
+        """Latents -> images in [-1, 1] (float32, on this extractor's device)."""
         from multistep.teachers.text_to_image import decode_latents
 
-        images = decode_latents(self.vae, _tensor(x).float().to(self.device))
+        return decode_latents(self.vae, _tensor(x).float().to(self.device))
+
+    def __call__(self, x) -> np.ndarray:
+        images = self.decode(x)
         return images.reshape(len(images), -1).double().cpu().numpy()
 
 

@@ -182,11 +182,12 @@ class _Fold:
 class StreamPoint:
     """One curve point's samples folded in batch by batch (any batch size, rows in order)."""
 
-    def __init__(self, ref: StreamRef, names: dict[str, str], predict=None, keep: int = 0):
-        self.ref, self.names, self.predict, self.keep = ref, names, predict, keep
+    def __init__(self, ref: StreamRef, names: dict[str, str], checks=None, keep: int = 0):
+        self.ref, self.names, self.checks, self.keep = ref, names, checks, keep
         self.acc, self.ode_norms, self.grid, self.kept = StatsAccumulator(), [], [], []
         self.fold = _Fold(ref.n, None if ref.kid is None else ref.kid["rows_a"])
-        self.misses, self.seen = 0, 0
+        self.checked: dict[str, list[np.ndarray]] = {}  # LabelChecks' per-row values, batch by batch
+        self.seen = 0
 
     def update(self, x, feats=None) -> None:
         i0 = self.seen
@@ -201,10 +202,9 @@ class StreamPoint:
             self.kept.append(f[: self.keep - i0].astype(np.float32))
         if isinstance(x, torch.Tensor) and sum(len(g) for g in self.grid) < GRID_ROWS:
             self.grid.append(x.detach().cpu()[:GRID_ROWS].clone())
-        if self.predict is not None and self.ref.labels is not None and "cls_err" in self.names:
-            from multistep.metrics.evaluate import misclassified
-
-            self.misses += int(np.sum(misclassified(self.predict, f, self.ref.labels[i0 : i0 + len(s)])))
+        if self.checks is not None and self.ref.labels is not None:
+            for name, v in self.checks.per_row(x, f, self.ref.labels[i0 : i0 + len(s)], self.names).items():
+                self.checked.setdefault(name, []).append(v)
         self.seen += len(s)
 
     def result(self) -> dict[str, float]:
@@ -219,9 +219,11 @@ class StreamPoint:
         }
         if ref.ode is not None:
             out[names["ode"]] = float(np.concatenate(self.ode_norms).mean())  # = distances.paired_l2
-        if self.predict is not None and ref.labels is not None and "cls_err" in names:
-            p = self.misses / ref.n
-            out |= {names["cls_err"]: p, f"{names['cls_err']}_se": float(np.sqrt(p * (1 - p) / ref.n))}
+        if self.checked:
+            from multistep.metrics.evaluate import mean_with_se
+
+            for name, parts in self.checked.items():
+                out |= mean_with_se(name, np.concatenate(parts))
         if ref.kid is not None:
             value, se = kid_of_subsets(self.fold.kid, ref.kid["ref"], ref.kid["n"], ref.kid["m"], ref.kid["disjoint"])
             out |= {names["kid"]: value, f"{names['kid']}_se": se}
@@ -329,7 +331,7 @@ def stream_points(
     batch_size: int,
     device="cpu",
     features=None,
-    predict=None,
+    checks=None,
     noise_dtype=None,
     keep: int = 0,
 ) -> list:
@@ -345,14 +347,14 @@ def stream_points(
                 x, nfe = sampler(noise.to(device))
                 x = x.cpu()
                 if (label, steps) not in points:
-                    points[(label, steps)] = (StreamPoint(ref, names, predict, keep), nfe)
+                    points[(label, steps)] = (StreamPoint(ref, names, checks, keep), nfe)
                 points[(label, steps)][0].update(x, None if features is None else features(x))
     return [(label, steps, p, nfe) for (label, steps), (p, nfe) in points.items()]
 
 
 def stream_teacher_curve(
     teacher, sched, data_dist, ref: StreamRef, steps: list[int], eta: float = 0.75, seed: int = 0,
-    extractor: str = "identity", bootstrap: int = 0, features=None, kid_subsets: int = 0, predict=None,
+    extractor: str = "identity", bootstrap: int = 0, features=None, kid_subsets: int = 0, checks=None,
     batch_size: int = CHUNK, keep: int = 0,
 ) -> tuple[list[dict], dict]:  # fmt: skip
     """evaluate.teacher_curve, streamed (the teacher from float64 noise, as there; no bootstrap), sampled in batches
@@ -360,11 +362,11 @@ def stream_teacher_curve(
     kept rows as there."""
     from multistep.metrics.evaluate import metric_rows, teacher_samplers
 
-    names = ref.names(extractor, ref.labels is not None)
+    names = ref.names(extractor, ref.labels is not None) | (checks.names(ref.rows) if checks else {})
     samplers = teacher_samplers(teacher, sched, data_dist, steps, ref.labels is not None, eta, seed)
     evaluations = lambda y, i0: [(label, n, make(y)) for label, n, make in samplers]
     points = stream_points(
-        evaluations, ref, names, batch_size, features=features, predict=predict, noise_dtype=torch.float64, keep=keep
+        evaluations, ref, names, batch_size, features=features, checks=checks, noise_dtype=torch.float64, keep=keep
     )
     rows = [
         {"method": label, "student_steps": n, "nfe": nfe} | r

@@ -22,8 +22,8 @@ from multistep.metrics.extractors import (
     ClassifierExtractor,
     DecodedExtractor,
     InceptionExtractor,
-    class_predictor,
     features_fn,
+    label_checks,
 )
 from multistep.metrics.reference import load_for
 from multistep.metrics.streaming import load_ref, make_stream_ref, stream_teacher_curve
@@ -82,6 +82,21 @@ def resolve_teachers(trials: list, cache_dir: Path, log=print) -> None:
                 seen[key] = resolve_mlflow_teacher(t, cache_dir)
                 log(f"teacher of MLflow run {t.run_id}: {seen[key].kind} {seen[key].path}")
             trial.cfg.teacher = seen[key].model_copy()
+
+
+def alignment_for(cfg: TrialCfg, device: str = "cpu", decode=None):
+    """The CLIP text alignment of a trial's caption-conditioned samples (eval.clip_path; metrics/clip.py), decoding
+    a latent teacher's samples first (with `decode`, or its own VAE); None without eval.clip_path."""
+    if not cfg.eval.clip_path:
+        return None
+    from multistep.metrics.clip import Alignment, ClipScore
+
+    kind, root = data_kind(cfg.data), teacher_kind(cfg.teacher).latent(cfg)
+    captions = kind.captions(cfg.data) if kind.captions else None
+    if captions is None:  # pre-flight refuses eval.clip_path without caption data
+        return None
+    decode = decode or (DecodedExtractor(root, device).decode if root else None)
+    return Alignment(ClipScore(cfg.eval.clip_path, device), captions, decode)
 
 
 def make_extractor_for(cfg: TrialCfg, data, cache_dir: Path, log=print):
@@ -201,7 +216,7 @@ def _teacher_curve(cfg: TrialCfg, c, ref, ref_key: str, ext, features, div_ref, 
             bootstrap=ev.bootstrap,
             features=features,
             kid_subsets=ev.kid_subsets,
-            predict=class_predictor(ext),
+            checks=label_checks(ext, alignment_for(cfg)),
         )
         if n_div:  # the teacher's points get the students' diversity metrics, from the same rows
             rows += teacher_diversity(cfg, c.data, div_ref, rows, kept)

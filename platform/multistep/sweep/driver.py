@@ -19,7 +19,7 @@ from multistep.cli_common import say as cli_say
 from multistep.config import ConfigError, SweepPlan
 from multistep.config.plan import get_path, set_path
 from multistep.metrics.diversity import diversity_names, diversity_rows, scores_modes
-from multistep.metrics.evaluate import metric_names
+from multistep.metrics.evaluate import clip_names, metric_names
 from multistep.metrics.extractors import file_sha256
 from multistep.metrics.paired import EVAL_ROWS, save_rows
 from multistep.sweep import ray_runtime, search
@@ -526,6 +526,8 @@ def sweep_metric_names(plan, first: dict) -> dict[str, str]:
     names = metric_names(ev0.samples, tc0.feature_space, labelled, ev0.ode_rows)
     if first.get("diversity_ref") is not None:
         names |= diversity_names(diversity_rows(ev0), scores_modes(tc0))
+    if ev0.clip_path and labelled:
+        names |= clip_names(ev0.samples)
     return names
 
 

@@ -143,6 +143,8 @@ def check_eval(tc: TrialCfg, shape: tuple, where: str = "") -> None:
             InceptionExtractor(ev.inception_path)
         except ValueError as e:
             raise ConfigError(f"{where}eval.inception_path: {e}") from None
+    if ev.clip_path:
+        _check_clip(tc, where)
     if ev.reference:
         from multistep.metrics.reference import expected_dim, load
 
@@ -152,6 +154,19 @@ def check_eval(tc: TrialCfg, shape: tuple, where: str = "") -> None:
                 f"{where}eval.reference: {ev.reference} holds statistics of dimension {r.dim}, but {tc.feature_space} "
                 f"features of this data have dimension {dim}"
             )
+
+
+def _check_clip(tc: TrialCfg, where: str) -> None:
+    """eval.clip_path scores caption data with a CLIPModel that loads."""
+    from multistep.metrics.clip import ClipScore
+
+    kind = data_kind(tc.data)
+    if not (kind.captions and kind.captions(tc.data)):
+        raise ConfigError(f"{where}eval.clip_path: text alignment needs caption data; {tc.data.label} has no captions")
+    try:
+        ClipScore(tc.eval.clip_path)
+    except ValueError as e:
+        raise ConfigError(f"{where}{e}") from None
 
 
 def resources(plan: SweepPlan) -> None:

@@ -66,8 +66,16 @@ def write_table(rows: list[dict], out_dir: Path) -> dict[str, Path]:
     return paths
 
 
-HIGHER_IS_BETTER = ("precision", "recall")  # metric name prefixes whose best trial has the highest value
-LINEAR_SCALE = ("kid", "cls_err", "precision", "recall", "modes_missed", "mode_tv")  # can be <= 0: linear axes
+HIGHER_IS_BETTER = ("precision", "recall", "clip_score")  # metric name prefixes whose best trial has the highest value
+LINEAR_SCALE = (
+    "kid",
+    "cls_err",
+    "precision",
+    "recall",
+    "modes_missed",
+    "mode_tv",
+    "clip_score",
+)  # can be <= 0: linear axes
 
 
 def best_by_steps(rows: list[dict], metric: str) -> dict[str, dict[int, float]]:
@@ -158,6 +166,32 @@ def save_scatter(x, reference, path: Path, title: str) -> Path:
     ax.legend(fontsize=7, markerscale=3)
     fig.tight_layout()
     _atomic(path, lambda p: fig.savefig(p, dpi=110, format="png"))
+    plt.close(fig)
+    return path
+
+
+def save_prompt_grid(columns: list[tuple[str, object]], prompts: list[str], path: Path) -> Path:
+    """A prompts x points mosaic (PNG): row i holds the sample of prompt i (its noise row) at each point, e.g. a
+    student and the teacher at each step count; images (N, C, H, W) in [-1, 1], the prompt as the row's title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows, cols = len(prompts), len(columns)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols + 2.2, 1.3 * rows), squeeze=False)
+    for j, (title, x) in enumerate(columns):
+        x = np.clip((x.detach().cpu().double().numpy() + 1) / 2, 0, 1)
+        axes[0, j].set_title(title, fontsize=7)
+        for i in range(rows):
+            img = x[i].transpose(1, 2, 0)
+            axes[i, j].imshow(img[..., 0] if img.shape[2] == 1 else img[..., :3], cmap="gray", vmin=0, vmax=1)
+            axes[i, j].set_xticks([]), axes[i, j].set_yticks([])
+    for i, prompt in enumerate(prompts):
+        axes[i, 0].set_ylabel(prompt if len(prompt) <= 28 else prompt[:27] + "...", fontsize=7, rotation=0, ha="right")
+    fig.tight_layout()
+    _atomic(path, lambda p: fig.savefig(p, format="png", dpi=100))
     plt.close(fig)
     return path
 

@@ -28,6 +28,7 @@ CKPT_FILE = "state.pt"  # written and read by train/checkpoint.py (sha256 traile
 CKPT_VERSION = 1
 STORAGE_FULL = "a trial checkpoint"  # what did not fit: the driver looks for it in the trials' errors
 PREFETCH_BATCHES = 2  # Parquet data: batches a reader thread keeps ready (shard reads, shuffles) beside the step
+PROMPT_ROWS = 8  # caption data: prompts (rows) of the trial's prompts x points picture
 
 
 def on_device(batch, device):
@@ -156,7 +157,7 @@ def summary_metrics(final: dict, names: dict, state, gpus: float) -> dict[str, f
     )
 
 
-def final_points(evaluations, ref, names, ev, device, features, predict, rank: int, diversity=None):
+def final_points(evaluations, ref, names, ev, device, features, checks, rank: int, diversity=None):
     """[(label, steps, samples for the grid, metrics, nfe, kept rows)] of every point of the curve on rank 0
     (conditional students: the reference's fixed labels); streamed in batches with a StreamRef, else held in memory.
     kept rows: the features of the first eval.keep_rows rows (float32; None when 0). With eval.repeats = K > 1 each
@@ -166,7 +167,7 @@ def final_points(evaluations, ref, names, ev, device, features, predict, rank: i
     if rank != 0:
         return []
     runs = [
-        _points(evaluations, ref.with_noise_seed(r, ev.seed), names, ev, device, features, predict, r == 0, diversity)
+        _points(evaluations, ref.with_noise_seed(r, ev.seed), names, ev, device, features, checks, r == 0, diversity)
         for r in range(ev.repeats)
     ]
     if ev.repeats == 1:
@@ -183,7 +184,7 @@ def final_points(evaluations, ref, names, ev, device, features, predict, rank: i
     return out
 
 
-def _points(evaluations, ref, names, ev, device, features, predict, first: bool, diversity=None) -> list:
+def _points(evaluations, ref, names, ev, device, features, checks, first: bool, diversity=None) -> list:
     from multistep.metrics.diversity import diversity_rows
     from multistep.metrics.evaluate import bootstrap_se, evaluate, sample_points
     from multistep.metrics.paired import kept_rows
@@ -192,7 +193,7 @@ def _points(evaluations, ref, names, ev, device, features, predict, first: bool,
     keep = ev.keep_rows if first else 0
     n_div = diversity_rows(ev) if diversity else 0
     if isinstance(ref, StreamRef):
-        points = stream_points(evaluations, ref, names, ev.batch_size, device, features, predict, keep=max(keep, n_div))
+        points = stream_points(evaluations, ref, names, ev.batch_size, device, features, checks, keep=max(keep, n_div))
         out = []
         for label, steps, p, nfe in points:
             rows = p.kept_rows()
@@ -204,7 +205,7 @@ def _points(evaluations, ref, names, ev, device, features, predict, first: bool,
     out = []
     for label, steps, x, nfe in sample_points(evaluations, ref.noise, ref.labels, ev.batch_size, device):
         feats = features(x)
-        metrics = evaluate(x, ref, names, feats, ev.kid_subsets, predict)
+        metrics = evaluate(x, ref, names, feats, ev.kid_subsets, checks)
         if ev.bootstrap and first:
             metrics |= bootstrap_se(x, ref, names, ev.bootstrap, ev.seed, feats)
         if n_div:
@@ -327,7 +328,8 @@ class Trial:
 
     def evaluator(self) -> None:
         """Metric names, features, the diversity measurement and the proxy's reference (rank 0 evaluates)."""
-        from multistep.metrics.extractors import class_predictor, features_fn, from_spec
+        from multistep.metrics.extractors import DecodedExtractor, features_fn, from_spec, label_checks
+        from multistep.sweep.assets import alignment_for
 
         tc, ref = self.tc, self.ref
         self.names = ref.names(tc.feature_space, self.labelled)
@@ -336,7 +338,17 @@ class Trial:
         spec = self.cfg.get("extractor")  # classifier / inception features (None: the samples themselves)
         ext = from_spec(spec, self.device) if spec and self.rank == 0 else None
         self.features = features_fn(ext, ref.sample_shape) if ext else (lambda x: None)
-        self.predict = class_predictor(ext)  # classifier: cls_err of conditional samples
+        root = teacher_kind(tc.teacher).latent(tc) if self.rank == 0 else None  # a latent teacher's samples
+        self.to_images = DecodedExtractor(root, self.device).decode if root else (lambda x: x)  # for pictures, CLIP
+        kind = data_kind(tc.data)
+        self.captions = kind.captions(tc.data) if kind.captions and self.labelled else None  # the prompts grid's
+        align = (
+            alignment_for(tc, self.device, self.to_images if root else None)
+            if self.labelled and self.rank == 0
+            else None
+        )
+        self.checks = label_checks(ext, align)  # cls_err (classifier), clip_score (eval.clip_path)
+        self.names |= self.checks.names(ref.rows) if self.checks else {}
         self.proxy_ref = ref.head(min(self.cfg.get("proxy_samples", 1000), ref.rows))
         self.proxy_names = {k: f"proxy_{v}" for k, v in self.proxy_ref.names(tc.feature_space, self.labelled).items()}
 
@@ -350,7 +362,7 @@ class Trial:
         if not points:
             return {}
         x = points[0][2]
-        return evaluate(x, ref, self.proxy_names, self.features(x), predict=self.predict)
+        return evaluate(x, ref, self.proxy_names, self.features(x), checks=self.checks)
 
     def log(self, it: int, means: dict[str, float]) -> None:
         self.last_loss = means.get("loss")
@@ -430,14 +442,27 @@ class Trial:
             )
         final: dict = {}
         evaluations = lambda y, seed: method.evaluations(state.ema, y, seed)
-        args = (self.ref, self.names, tc.eval, self.device, self.features, self.predict, self.rank, self.diversity)
+        args = (self.ref, self.names, tc.eval, self.device, self.features, self.checks, self.rank, self.diversity)
+        columns = []  # caption data: the first prompts' samples at every point
         for label, steps, x, metrics, nfe, kept in final_points(evaluations, *args):
             # metrics: + "<kid>_se" (the table's se column), + "<metric>_se" of the others with eval.bootstrap
             if self.logger:
                 self.log_point(label, steps, x, metrics, kept)
+                if self.captions and x.ndim == 4:
+                    columns.append((f"{label}, {steps} steps", self.to_images(x[:PROMPT_ROWS])))
             if steps == tc.method.student_steps and label == method.label:
                 final = {**metrics, "nfe": nfe}
+        if columns:
+            self.log_prompt_grid(columns)
         return final
+
+    def log_prompt_grid(self, columns: list) -> None:
+        """samples/prompts.png: the first prompts (rows) at every point of the trial (columns)."""
+        from multistep.sweep.results import save_prompt_grid
+
+        prompts = [([*self.captions, ""])[i] or "(empty prompt)" for i in self.ref.labels[:PROMPT_ROWS].tolist()]
+        with tempfile.TemporaryDirectory() as d:
+            self.logger.artifact(str(save_prompt_grid(columns, prompts, Path(d) / "prompts.png")), "samples")
 
     def log_point(self, label: str, steps: int, x, metrics: dict, kept) -> None:
         """One point in the trial's run: metrics at step = sampling steps, its picture, its kept rows."""
@@ -449,8 +474,8 @@ class Trial:
         logger.metrics(steps, {f"{k}{'' if own else '/' + label}": v for k, v in metrics.items()})
         picture = f"{label}_{steps}steps.png"  # artifact samples/<label>_<steps>steps.png, named as in the table
         with tempfile.TemporaryDirectory() as d:
-            if x.ndim == 4:  # images: an 8x8 grid of the first samples
-                logger.artifact(str(save_grid(x, Path(d) / picture)), "samples")
+            if x.ndim == 4:  # images: an 8x8 grid of the first samples (a latent teacher's: decoded)
+                logger.artifact(str(save_grid(self.to_images(x), Path(d) / picture)), "samples")
             elif x.ndim == 2 and x.shape[1] == 2:  # 2-D data: the samples over the data (modes kept or dropped)
                 scatter = save_scatter(x, self.cfg.get("diversity_ref"), Path(d) / picture, f"{label}, {steps} steps")
                 logger.artifact(str(scatter), "samples")

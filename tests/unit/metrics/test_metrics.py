@@ -264,12 +264,12 @@ def test_classifier_extractor_on_digits(tmp_path):
 def test_cls_err_counts_samples_off_their_conditioning_label():
     import torch
 
-    from multistep.metrics.evaluate import EvalRef, evaluate, metric_names
+    from multistep.metrics.evaluate import EvalRef, LabelChecks, evaluate, metric_names
 
     ref = EvalRef(np.random.default_rng(0).normal(size=(4, 2)), torch.zeros(4, 2), None, {}, torch.tensor([0, 1, 1, 0]))
     names = metric_names(4, "classifier", labelled=True)
     assert names["cls_err"] == "cls_err_4" and "cls_err" not in metric_names(4, "classifier")
-    out = evaluate(np.array([[1.0, 0], [0, 1], [1, 0], [1, 0]]), ref, names, predict=lambda f: f.argmax(1))
+    out = evaluate(np.array([[1.0, 0], [0, 1], [1, 0], [1, 0]]), ref, names, checks=LabelChecks(lambda f: f.argmax(1)))
     assert out["cls_err_4"] == 0.25 and "ode_l2_4" not in out  # predicted 0, 1, 0, 0 against 0, 1, 1, 0
 
 

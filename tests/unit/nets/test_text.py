@@ -82,16 +82,23 @@ def test_a_teacher_file_with_a_text_encoder_has_a_class_per_caption(tmp_path):
 
 
 def test_caption_accuracy_compares_the_digit_with_the_captions_class():
-    """cls_err of caption-conditioned samples: predicted class against label_classes[caption id]."""
-    from multistep.metrics.evaluate import misclassified, share_with_se
-    from multistep.metrics.extractors import CaptionClasses
+    """cls_err of caption-conditioned samples: the predicted class against label_classes[caption id], with its
+    binomial se; clip_score from the alignment, with its se; only the names asked for."""
+    from multistep.metrics.evaluate import LabelChecks, mean_with_se
 
-    predict = CaptionClasses(lambda f: np.asarray(f)[:, 0].astype(int), label_classes=[7, 7, 2])
+    predict = lambda f: np.asarray(f)[:, 0].astype(int)
     feats = np.array([[7], [7], [2], [3]])
     ids = torch.tensor([0, 1, 2, 2])  # "a handwritten seven", "the number 7", "two", "two"
-    hits = misclassified(predict, feats, ids)
-    assert hits.tolist() == [False, False, False, True]
-    out = share_with_se("cls_err", hits)
-    assert out == {"cls_err": 0.25, "cls_err_se": pytest.approx((0.25 * 0.75 / 4) ** 0.5)}
-    plain = lambda f: np.asarray(f)[:, 0].astype(int)  # class labels: compared as they are
-    assert misclassified(plain, feats, torch.tensor([7, 1, 2, 3])).tolist() == [False, True, False, False]
+    align = lambda x, y: np.array([10.0, 20.0, 30.0, 40.0])
+    checks = LabelChecks(predict, label_classes=[7, 7, 2], align=align)
+    names = {"cls_err": "cls_err_4"} | checks.names(4)
+    rows = checks.per_row(None, feats, ids, names)
+    assert rows["cls_err_4"].tolist() == [0, 0, 0, 1] and rows["clip_score_4"].tolist() == [10, 20, 30, 40]
+    assert mean_with_se("cls_err", rows["cls_err_4"]) == {
+        "cls_err": 0.25,
+        "cls_err_se": pytest.approx((0.25 * 0.75 / 4) ** 0.5),
+    }
+    assert mean_with_se("c", rows["clip_score_4"])["c_se"] == pytest.approx(np.std([10, 20, 30, 40]) / 2)
+    plain = LabelChecks(predict)  # class labels: compared as they are; no CLIP: no clip name
+    assert plain.per_row(None, feats, torch.tensor([7, 1, 2, 3]), {"cls_err": "e"})["e"].tolist() == [0, 1, 0, 0]
+    assert plain.names(4) == {} and set(checks.per_row(None, feats, ids, {"cls_err": "e"})) == {"e"}
