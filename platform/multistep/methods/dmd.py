@@ -281,8 +281,8 @@ class Options(BaseModel):
 
 
 def label(m) -> str:
-    """dmd; guided: dmd_cfg<w>."""
-    return f"dmd_cfg{m.guidance:g}" if m.guidance > 0 else "dmd"
+    """dmd; with the GAN head dmd_gan; guided: + _cfg<w>."""
+    return "dmd" + ("_gan" if m.gan else "") + (f"_cfg{m.guidance:g}" if m.guidance > 0 else "")
 
 
 def check(m) -> None:

@@ -76,8 +76,8 @@ def check(m) -> None:
 
 
 def label(m) -> str:
-    """rcm; guided: rcm_cfg<w>."""
-    return f"rcm_cfg{m.guidance:g}" if m.guidance > 0 else "rcm"
+    """rcm; with the GAN head rcm_gan; guided: + _cfg<w>."""
+    return "rcm" + ("_gan" if m.gan else "") + (f"_cfg{m.guidance:g}" if m.guidance > 0 else "")
 
 
 def build(cfg, c) -> RCM:
