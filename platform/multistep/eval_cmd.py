@@ -242,7 +242,7 @@ def eval_student(p: Path, blob: dict, args, steps: list[int] | None, say=print):
     from multistep.metrics.diversity import diversity_rows
     from multistep.metrics.evaluate import make_eval_ref, metric_rows, repeated_teacher_curve, teacher_curve
     from multistep.metrics.streaming import make_stream_ref, stream_teacher_curve
-    from multistep.sweep.assets import first_rows, teacher_diversity
+    from multistep.sweep.assets import first_rows, prompt_ids, teacher_diversity
     from multistep.sweep.results import GRID, trial_cells
     from multistep.sweep.worker import final_points, trial_diversity
     from multistep.train.build import method_label, uses_labels
@@ -260,6 +260,7 @@ def eval_student(p: Path, blob: dict, args, steps: list[int] | None, say=print):
     ev = tc.eval.model_copy(update={"samples": samples, "bootstrap": 0})
     if ev.streaming:
         say("streaming evaluation (eval.stream; memory bounded in the sample count)")
+    labelled = uses_labels(c.teacher, getattr(c.data, "labels", None) is not None)
     ref = (make_stream_ref if ev.streaming else make_eval_ref)(
         c.data,
         c.teacher,
@@ -268,11 +269,12 @@ def eval_student(p: Path, blob: dict, args, steps: list[int] | None, say=print):
         tc.eval.ode_steps,
         seed,
         space,
-        uses_labels(c.teacher, getattr(c.data, "labels", None) is not None),
+        labelled,
         features,
         kid_subsets,
         ev.ode_rows,
         load_for(tc.eval),
+        prompts=prompt_ids(tc) if labelled else None,
     )  # as in sweeps
     n_div = diversity_rows(ev)  # precision / recall (/ mode coverage) against the first rows, as in sweeps
     div_ref = first_rows(c, ref, ev, features, n_div) if n_div else None

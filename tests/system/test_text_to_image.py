@@ -96,7 +96,9 @@ def test_a_sweep_distils_a_pipeline_folder_on_a_caption_set(ray_local, pipeline_
     f = tmp_path / "t2i.yaml"
     lora = {"rank": 2, "alpha": 2, "target_modules": ["to_q", "to_k", "to_v", "to_out.0"]}
     doc = sweep_doc(pipe, data, search={"student.lora": {"grid": [None, lora]}})
-    doc["eval"] |= {"clip_path": str(clip)}  # CLIPScore of the decoded samples against their prompts
+    prompts = tmp_path / "prompts.txt"  # fixed prompts, cycled over the evaluation's noise rows
+    prompts.write_text("two lines\na blue circle\n")
+    doc["eval"] |= {"clip_path": str(clip), "prompts": str(prompts)}  # CLIPScore of the decoded samples
     f.write_text(yaml.safe_dump(doc))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert run_sweep(load_sweep(f), uri, str(tmp_path / "ray"), say=lambda *_: None) == 0
@@ -167,6 +169,19 @@ def test_bad_text_to_image_input_is_one_line_before_anything_starts(pipeline_and
     bad.write_text(yaml.safe_dump(doc))
     with pytest.raises(ConfigError, match="eval.clip_path: text alignment needs caption data; gmm"):
         preflight.inputs(load_sweep(bad))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("two lines\n\na green dot\n")
+    doc = sweep_doc(pipe, data)
+    doc["eval"] |= {"prompts": str(prompts)}
+    bad.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError, match=rf"eval.prompts: {prompts}:3: 'a green dot' is not a caption of parquet"):
+        preflight.inputs(load_sweep(bad))
+    from multistep.sweep.assets import prompt_ids
+
+    prompts.write_text("two lines\na red square\n")
+    assert prompt_ids(load_sweep(bad).trial_cfg(0)).tolist() == [
+        sorted(CAPTIONS).index(w) for w in ("two lines", "a red square")
+    ]
     good = tmp_path / "good.yaml"
     good.write_text(yaml.safe_dump(sweep_doc(pipe, data)))
     preflight.inputs(load_sweep(good))  # passes

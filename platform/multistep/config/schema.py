@@ -312,6 +312,17 @@ class EvalCfg(Strict):
             raise ValueError(f"{v}: not a transformers model folder (no config.json)")
         return v if v is None else str(Path(v).expanduser().resolve())
 
+    # caption data: a text file of prompts (one caption of the data per line) the evaluation cycles through, each
+    # row with its own fixed noise; default: captions drawn from the data with the eval seed
+    prompts: str | None = None
+
+    @field_validator("prompts")
+    @classmethod
+    def _prompt_file(cls, v):
+        if v is not None and not Path(v).expanduser().is_file():
+            raise ValueError(f"file not found: {v}")
+        return v if v is None else str(Path(v).expanduser().resolve())
+
     repeats: PosInt = 1  # evaluations from this many noise seeds: each metric their mean, <metric>_repeat_std their std (EDM's practice)
     # streaming evaluation (memory bounded in samples; metrics/streaming.py): auto = above 10,000 samples
     stream: Literal["auto", "on", "off"] = "auto"

@@ -230,6 +230,11 @@ def data_samples(data_dist, samples: int, seed: int) -> tuple[torch.Generator, t
     return g, data, _flat(data_dist.sample(samples, g, dtype=torch.float64))
 
 
+def cycled(prompts: torch.Tensor, rows: int) -> torch.Tensor:
+    """Row i's label: prompts[i mod len(prompts)] (eval.prompts: every prompt in turn, each row its own noise)."""
+    return prompts.long()[torch.arange(rows) % len(prompts)]
+
+
 def make_eval_ref(
     data_dist,
     teacher,
@@ -243,18 +248,21 @@ def make_eval_ref(
     kid_subsets: int = 0,
     ode_samples: int | None = None,
     reference: Reference | None = None,
+    prompts: torch.Tensor | None = None,
 ) -> EvalRef:
     """Data sample, fixed noise and the teacher's `ode_steps`-step DDIM from it; `extractor` names the metrics
     ("identity" for vectors, "pixel" for images: Frechet distances of the flattened samples; "classifier",
     "inception": of the features that `features(rows) -> (n, D)` computes, kept as ref.feats).
     labelled (class-conditional teacher, labelled data): each noise row also gets a fixed class label, drawn
     (after the noise, same seed) as the label of a random data row, i.e. from the data's label distribution,
-    so conditional samples are compared with the unconditional data; the ODE is the conditional teacher's, solved
-    for the first `ode_samples` rows only (default all; 0: none).
+    so conditional samples are compared with the unconditional data; with `prompts` (caption ids of eval.prompts)
+    row i gets prompts[i mod len] instead. The ODE is the conditional teacher's, solved for the first
+    `ode_samples` rows only (default all; 0: none).
     The floor: the metrics of a second, independent data sample (KID's standard error left out)."""
     g, data, other = data_samples(data_dist, samples, seed)
     noise = torch.randn((samples, *data_dist.shape), generator=g, dtype=torch.float32)
-    labels = data_dist.sample_labelled(samples, g)[1] if labelled else None
+    labels = data_dist.sample_labelled(samples, g)[1] if labelled and prompts is None else None
+    labels = cycled(prompts, samples) if prompts is not None else labels
     k = samples if ode_samples is None else min(ode_samples, samples)
     ode = None
     if k:

@@ -265,15 +265,17 @@ def make_stream_ref(
     reference: Reference | None = None,
     batch: int = CHUNK,
     head: int = 1000,
+    prompts: torch.Tensor | None = None,
 ) -> StreamRef:
     """The streaming counterpart of evaluate.make_eval_ref, in batches of `batch` rows."""
     from multistep.diffusion.samplers import ddim_sample
     from multistep.methods.base import conditioned
-    from multistep.metrics.evaluate import EvalRef, metric_names
+    from multistep.metrics.evaluate import EvalRef, cycled, metric_names
 
     n, shape = samples, tuple(data_dist.shape)
     feats_of = (lambda x: x) if features is None else features
-    labels = label_rows(data_dist, seed, 0, n) if labelled else None
+    labels = label_rows(data_dist, seed, 0, n) if labelled and prompts is None else None
+    labels = cycled(prompts, n) if prompts is not None else labels
     acc = StatsAccumulator()
     stats_only = reference is not None and reference.features is None  # KID is skipped
     n_ref = n if reference is None or stats_only else len(reference.features)

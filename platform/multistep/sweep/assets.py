@@ -84,6 +84,30 @@ def resolve_teachers(trials: list, cache_dir: Path, log=print) -> None:
             trial.cfg.teacher = seen[key].model_copy()
 
 
+def prompt_ids(cfg: TrialCfg):
+    """The caption ids of eval.prompts (one caption of the data per line, blank lines skipped), or None; a prompt
+    that is not among the data's captions is a ConfigError naming the file and line."""
+    if not cfg.eval.prompts:
+        return None
+    kind = data_kind(cfg.data)
+    words = kind.captions(cfg.data) if kind.captions else None
+    if not words:
+        raise ConfigError(f"eval.prompts: fixed prompts need caption data; {cfg.data.label} has no captions")
+    index, ids = {w: i for i, w in enumerate(words)}, []
+    for n, line in enumerate(Path(cfg.eval.prompts).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        if line.strip() not in index:
+            raise ConfigError(
+                f"eval.prompts: {cfg.eval.prompts}:{n}: {line.strip()!r} is not a caption of {cfg.data.label} "
+                "(the teacher's text tables cover the data's captions)"
+            )
+        ids.append(index[line.strip()])
+    if not ids:
+        raise ConfigError(f"eval.prompts: {cfg.eval.prompts}: no prompts")
+    return torch.tensor(ids)
+
+
 def alignment_for(cfg: TrialCfg, device: str = "cpu", decode=None):
     """The CLIP text alignment of a trial's caption-conditioned samples (eval.clip_path; metrics/clip.py), decoding
     a latent teacher's samples first (with `decode`, or its own VAE); None without eval.clip_path."""
@@ -162,6 +186,7 @@ def _reference(cfg: TrialCfg, c, base: dict, ext, features, cache_dir: Path, log
     """(the evaluation reference: fixed noise, labels, teacher-ODE rows and data statistics, its cache key)."""
     ev = cfg.eval
     labelled = uses_labels(c.teacher, getattr(c.data, "labels", None) is not None)  # conditional teacher + labels
+    prompts = prompt_ids(cfg) if labelled else None  # eval.prompts: fixed captions instead of drawn ones
     reference = load_for(ev)
     if reference is not None and reference.features is None and ev.kid_subsets:
         log(f"note: {ev.reference} holds statistics only (no features): KID is skipped")
@@ -173,6 +198,7 @@ def _reference(cfg: TrialCfg, c, base: dict, ext, features, cache_dir: Path, log
         | ({"kid_subsets": ev.kid_subsets} if ev.kid_subsets else {})
         | ({"reference": reference.sha256} if reference else {})
         | ({"stream": True} if ev.streaming else {})
+        | ({"prompts": prompts.tolist()} if prompts is not None else {})
     )
 
     def make_ref():
@@ -183,7 +209,8 @@ def _reference(cfg: TrialCfg, c, base: dict, ext, features, cache_dir: Path, log
         )
         make = make_stream_ref if ev.streaming else make_eval_ref
         args = (c.data, c.teacher, c.schedule, ev.samples, ev.ode_steps, ev.seed, cfg.feature_space, labelled)
-        return make(*args, features, ev.kid_subsets, ev.ode_rows, reference).to_dict() | {"hash": ref_key}
+        ref = make(*args, features, ev.kid_subsets, ev.ode_rows, reference, prompts=prompts)
+        return ref.to_dict() | {"hash": ref_key}
 
     return load_ref(_cached(cache_dir / f"evalref-{ref_key}.pt", make_ref, log)), ref_key
 

@@ -145,6 +145,13 @@ def check_eval(tc: TrialCfg, shape: tuple, where: str = "") -> None:
             raise ConfigError(f"{where}eval.inception_path: {e}") from None
     if ev.clip_path:
         _check_clip(tc, where)
+    if ev.prompts:
+        from multistep.sweep.assets import prompt_ids
+
+        try:
+            prompt_ids(tc)
+        except ConfigError as e:
+            raise ConfigError(f"{where}{e}") from None
     if ev.reference:
         from multistep.metrics.reference import expected_dim, load
 

@@ -288,3 +288,21 @@ def test_extractor_specs_rebuild_the_same_features(tmp_path):
     torch.jit.script(TinyDetector()).save(str(path))
     det = make_extractor("inception", path=path)
     np.testing.assert_array_equal(from_spec(det.spec())(x), det(x))
+
+
+def test_fixed_prompts_cycle_over_the_noise_rows_in_memory_and_streamed():
+    """eval.prompts: row i is conditioned on prompts[i mod len], in both reference builders (no labels drawn)."""
+    import torch
+
+    from multistep.data.kinds import ImageData
+    from multistep.metrics.evaluate import make_eval_ref
+    from multistep.metrics.streaming import make_stream_ref
+
+    data = ImageData(torch.rand(20, 1, 4, 4) * 2 - 1, torch.arange(20) % 5, captions=[str(i) for i in range(5)])
+    teacher = lambda z, t, y=None: 0 * z
+    from multistep.diffusion.schedules import make_schedule
+
+    sched = make_schedule("cosine")
+    for make in (make_eval_ref, make_stream_ref):
+        ref = make(data, teacher, sched, 7, 2, 0, "pixel", True, ode_samples=0, prompts=torch.tensor([4, 1, 3]))
+        assert ref.labels.tolist() == [4, 1, 3, 4, 1, 3, 4], make.__name__
