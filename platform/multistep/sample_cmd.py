@@ -29,6 +29,8 @@ class Source:
     steps: int | None  # a student's trained S (its default steps)
     num_classes: int | None
     scripted: object = None  # a TorchScript export's sampler: sample(noise[, labels]) at its own S
+    captions: list[str] | None = None  # a caption-conditional source's vocabulary (label k: captions[k])
+    decode: object = None  # a latent source's VAE decoder: latents -> images in [-1, 1]
 
 
 def load_source(arg: str) -> Source:
@@ -69,7 +71,8 @@ def load_source(arg: str) -> Source:
         blob = opened.blob
         tc, _, _, c, _, state = load_student(p, blob)
         shape = tuple(c.data.shape) if c.data is not None else tuple(blob.get("shape", ()))
-        return Source(state.ema, c.schedule, shape, "student", tc.method.student_steps, teacher_classes(c.teacher))
+        src = Source(state.ema, c.schedule, shape, "student", tc.method.student_steps, teacher_classes(c.teacher))
+        return _conditioned_on_text(src, tc)
     from multistep.diffusion.schedules import make_schedule
     from multistep.nets.mlp import VDenoiser
     from multistep.train.teacher import load_teacher
@@ -86,6 +89,20 @@ def load_source(arg: str) -> Source:
     return Source(
         VDenoiser(net, sched), sched, tuple(meta["shape"]), "teacher", None, getattr(net, "num_classes", None)
     )
+
+
+def _conditioned_on_text(src: Source, tc) -> Source:
+    """A student of caption data knows its captions (--prompts); of a latent teacher, its VAE decoder."""
+    from multistep.data import data_kind
+    from multistep.teachers import teacher_kind
+
+    kind, root = data_kind(tc.data), teacher_kind(tc.teacher).latent(tc)
+    src.captions = kind.captions(tc.data) if kind.captions else None
+    if root:
+        from multistep.metrics.extractors import DecodedExtractor
+
+        src.decode = DecodedExtractor(root).decode
+    return src
 
 
 def _exported(p: Path) -> Source:
@@ -152,6 +169,10 @@ def _noise_and_labels(args, src: Source):
         noise = torch.randn(
             (args.num, *src.shape), generator=torch.Generator().manual_seed(args.seed), dtype=torch.float64
         )
+    if getattr(args, "prompts", None):
+        if args.labels:
+            raise ConfigError(f"--prompts {args.prompts}: give --prompts or --labels, not both")
+        return noise, _prompt_labels(args.prompts, src, len(noise))
     if not args.labels:
         return noise, None
     labels = torch.from_numpy(_array(args.labels, "--labels", np.integer).astype(np.int64))
@@ -160,6 +181,27 @@ def _noise_and_labels(args, src: Source):
     if labels.shape != (len(noise),) or labels.min() < 0 or labels.max() > src.num_classes:
         raise ConfigError(f"--labels {args.labels}: need {len(noise)} labels in 0 .. {src.num_classes} (= no class)")
     return noise, labels
+
+
+def _prompt_labels(path: str, src: Source, rows: int):
+    """--prompts FILE: one caption of the source's data per line, cycled over the rows, as caption ids."""
+    import torch
+
+    from multistep.metrics.evaluate import cycled
+
+    if not src.captions:
+        raise ConfigError(f"--prompts {path}: the source is not conditioned on captions")
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"--prompts {path}: file not found")
+    index, ids = {w: i for i, w in enumerate(src.captions)}, []
+    for n, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip() and line.strip() not in index:
+            raise ConfigError(f"--prompts {path}:{n}: {line.strip()!r} is not one of the source's captions")
+        ids += [index[line.strip()]] if line.strip() else []
+    if not ids:
+        raise ConfigError(f"--prompts {path}: no prompts")
+    return cycled(torch.tensor(ids), rows)
 
 
 def _draw(f, src: Source, sampler: str, z, y, steps: int, seed: int):
@@ -201,9 +243,13 @@ def run(args, say=print) -> int:
         y = None if labels is None else labels[i : i + args.batch_size].to(device)
         out.append(_draw(f, src, sampler, z, y, steps, args.seed + i).float().cpu())
         say(f"sampled {min(i + args.batch_size, len(noise))}/{len(noise)}")
-    x = torch.cat(out).numpy()
+    x = torch.cat(out)
+    if src.decode is not None and not args.latents:  # a latent student: the images its VAE decodes
+        x = torch.cat([src.decode(x[i : i + args.batch_size]).cpu() for i in range(0, len(x), args.batch_size)])
+    x = x.numpy()
     write_with(Path(args.out), lambda p: np.save(p, x))
-    say(f"{len(x)} samples ({sampler}, {steps} steps) -> {args.out}")
+    what = "latents" if src.decode is not None and args.latents else "decoded images" if src.decode else "samples"
+    say(f"{len(x)} {what} ({sampler}, {steps} steps) -> {args.out}")
     if args.grid:
         from multistep.sweep.results import save_grid
 

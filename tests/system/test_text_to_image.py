@@ -134,6 +134,25 @@ def test_a_sweep_distils_a_pipeline_folder_on_a_caption_set(ray_local, pipeline_
         "multistep.json",
     }
     assert main(["export", str(full), "--format", "diffusers", "--lora-only", "--out", str(tmp_path / "x")]) == 2
+    # `multistep sample` of the student = the exported pipeline's images from the same latents and prompts (1e-4)
+    import numpy as np
+    from diffusers import StableDiffusionPipeline as SD
+
+    latents = np.random.default_rng(3).standard_normal((4, 4, 4, 4)).astype(np.float32)
+    np.save(tmp_path / "noise.npy", latents)
+    asked = ["two lines", "a red square"]
+    (tmp_path / "asked.txt").write_text("\n".join(asked) + "\n")
+    sample = ["sample", str(full), "--noise", str(tmp_path / "noise.npy"), "--prompts", str(tmp_path / "asked.txt")]
+    assert main([*sample, "--out", str(tmp_path / "mine.npy")]) == 0
+    mine = np.load(tmp_path / "mine.npy")
+    exported = SD.from_pretrained(str(tmp_path / "full"), local_files_only=True, safety_checker=None)
+    kw = {"height": 8, "width": 8, "num_inference_steps": 2, "guidance_scale": 1.0, "output_type": "pt"}
+    theirs = exported(asked * 2, latents=torch.from_numpy(latents), **kw).images.numpy()
+    assert mine.shape == (4, 3, 8, 8)
+    np.testing.assert_allclose((mine + 1) / 2, theirs, atol=1e-4)
+    assert main([*sample, "--latents", "--out", str(tmp_path / "z.npy")]) == 0 and np.load(
+        tmp_path / "z.npy"
+    ).shape == (4, 4, 4, 4)
     # not vacuous: the adapters moved the student away from the teacher further than the export's tolerance
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 

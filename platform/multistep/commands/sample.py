@@ -10,7 +10,8 @@ float32 .npy in the teacher's own sample space (e.g. [-1, 1] for a diffusers pip
 same shape as the noise. SOURCE: a teacher YAML (a teacher: section, and data: where the shape is needed), a
 diffusers folder, a teacher.pt of `multistep teacher`, or a trial's state.pt. Default sampler: ddim for a
 teacher, MCM Algorithm 2 at its trained S for a student; a flow-map student (method flowmap) jumps on the uniform
-grid at any --steps (sampler flowmap, its only one). Exit codes: 0 written, 2 bad input."""
+grid at any --steps (sampler flowmap, its only one). A student of a text-to-image pipeline writes the images its
+VAE decodes (--latents: the latents), conditioned on --prompts. Exit codes: 0 written, 2 bad input."""
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -35,6 +36,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--labels",
         default=None,
         help="LABELS.npy: one class label per row (conditional sources); num_classes = no class",
+    )
+    s.add_argument(
+        "--prompts",
+        default=None,
+        help="PROMPTS.txt: a student of caption data: one of its captions per line, cycled over the rows",
+    )
+    s.add_argument(
+        "--latents",
+        action="store_true",
+        help="a student of a text-to-image pipeline: write its latents, not the images its VAE decodes",
     )
     s.add_argument("--out", required=True, help="OUT.npy: the samples (float32)")
     s.add_argument("--grid", default=None, help="GRID.png: an 8x8 grid of the first samples (images)")
