@@ -236,107 +236,94 @@ def load_student(p: Path, blob: dict, config: str | None = None, trial: int | No
     return tc, trial, config, c, method, state
 
 
-def eval_student(p: Path, blob: dict, args, steps: list[int] | None, say=print):
+def _reference(tc, c, ev, seed: int, space: str, features):
+    """The evaluation reference a sweep builds for this trial (noise, labels or fixed prompts, teacher ODE, data)."""
+    from multistep.metrics.evaluate import make_eval_ref
+    from multistep.metrics.streaming import make_stream_ref
+    from multistep.sweep.assets import prompt_ids
+    from multistep.train.build import uses_labels
+
+    labelled = uses_labels(c.teacher, getattr(c.data, "labels", None) is not None)
+    make = make_stream_ref if ev.streaming else make_eval_ref
+    args = (c.data, c.teacher, c.schedule, ev.samples, ev.ode_steps, seed, space, labelled, features)
+    prompts = prompt_ids(tc) if labelled else None
+    return make(*args, ev.kid_subsets, ev.ode_rows, load_for(tc.eval), prompts=prompts)
+
+
+def _student_evaluations(tc, method, ema, schedule, steps, with_teacher: bool, say):
+    """The trial's method.evaluations, plus an MCM student at the other --steps (rows <label>_S<S>); a flow map
+    at every --steps."""
     from multistep.diffusion.samplers import mcm_sample
     from multistep.methods.base import conditioned
-    from multistep.metrics.diversity import diversity_rows
-    from multistep.metrics.evaluate import make_eval_ref, metric_rows, repeated_teacher_curve, teacher_curve
-    from multistep.metrics.streaming import make_stream_ref, stream_teacher_curve
-    from multistep.sweep.assets import first_rows, prompt_ids, teacher_diversity
-    from multistep.sweep.results import GRID, trial_cells
-    from multistep.sweep.worker import final_points, trial_diversity
-    from multistep.train.build import method_label, uses_labels
+    from multistep.train.build import method_label
 
-    tc, trial, args.config, c, method, state = load_student(p, blob, args.config, args.trial, eval_opts(args))
-    from multistep.sweep.preflight import check_eval
-
-    check_eval(tc, tuple(c.data.shape))  # detector and reference statistics, before any sampling
-    ema = state.ema.eval()
-    samples = args.samples or tc.eval.samples
-    seed = tc.eval.seed if args.seed is None else args.seed
-    say(f"evaluation reference: {samples} samples, seed {seed}, {tc.eval.ode_steps}-step teacher ODE")
-    space, features, checks, key = feature_setup(tc, c.data, say)
-    kid_subsets = tc.eval.kid_subsets
-    ev = tc.eval.model_copy(update={"samples": samples, "bootstrap": 0})
-    if ev.streaming:
-        say("streaming evaluation (eval.stream; memory bounded in the sample count)")
-    labelled = uses_labels(c.teacher, getattr(c.data, "labels", None) is not None)
-    ref = (make_stream_ref if ev.streaming else make_eval_ref)(
-        c.data,
-        c.teacher,
-        c.schedule,
-        samples,
-        tc.eval.ode_steps,
-        seed,
-        space,
-        labelled,
-        features,
-        kid_subsets,
-        ev.ode_rows,
-        load_for(tc.eval),
-        prompts=prompt_ids(tc) if labelled else None,
-    )  # as in sweeps
-    n_div = diversity_rows(ev)  # precision / recall (/ mode coverage) against the first rows, as in sweeps
-    div_ref = first_rows(c, ref, ev, features, n_div) if n_div else None
-    as_run = tc.model_copy(update={"eval": ev})  # the trial config with this evaluation's sample count
-    div_names, diversity = trial_diversity(as_run, c.data, div_ref)
-    names = ref.names(space, ref.labels is not None) | div_names  # as the trial's evaluator names them
-    names |= checks.names(ref.rows) if checks and ref.labels is not None else {}
-    label = method_label(tc)
-    common = {
-        "trial_id": f"trial-{trial:03d}" if trial is not None else "",
-        "run_id": "",
-        **trial_cells(tc),
-        "train_iterations": state.iteration,
-        "wall_seconds": state.wall_seconds,
-    }
-    S = tc.method.student_steps
-    extra = []
+    S, label, extra = tc.method.student_steps, method_label(tc), []
     if steps:
         if tc.method.name == "mcm":  # Algorithm 2 is defined at any step count; off its training grid: <label>_S<S>
             extra = [n for n in steps if n != S]
         elif hasattr(method, "eval_steps"):  # a flow map: one student for every step count, its own curve
             method.eval_steps = tuple(steps)
-        elif not args.with_teacher:
+        elif not with_teacher:
             say(
                 f"note: {tc.method.name} samples only at the steps it was trained for; --steps is used by --with-teacher only"
             )
 
     def evaluations(y, seed):
         return method.evaluations(ema, y, seed) + [
-            (f"{label}_S{S}", n, lambda noise, n=n: mcm_sample(conditioned(ema, y), c.schedule, noise, n))
-            for n in extra
+            (f"{label}_S{S}", n, lambda noise, n=n: mcm_sample(conditioned(ema, y), schedule, noise, n)) for n in extra
         ]
 
+    return evaluations
+
+
+def eval_student(p: Path, blob: dict, args, steps: list[int] | None, say=print):
+    from multistep.metrics.diversity import diversity_rows
+    from multistep.metrics.evaluate import metric_rows, repeated_teacher_curve, teacher_curve
+    from multistep.metrics.streaming import stream_teacher_curve
+    from multistep.sweep.assets import first_rows, teacher_diversity
+    from multistep.sweep.preflight import check_eval
+    from multistep.sweep.results import GRID, trial_cells
+    from multistep.sweep.worker import final_points, trial_diversity
+    from multistep.train.build import method_label
+
+    tc, trial, args.config, c, method, state = load_student(p, blob, args.config, args.trial, eval_opts(args))
+    check_eval(tc, tuple(c.data.shape))  # detector and reference statistics, before any sampling
+    samples = args.samples or tc.eval.samples
+    seed = tc.eval.seed if args.seed is None else args.seed
+    say(f"evaluation reference: {samples} samples, seed {seed}, {tc.eval.ode_steps}-step teacher ODE")
+    space, features, checks, key = feature_setup(tc, c.data, say)
+    ev = tc.eval.model_copy(update={"samples": samples, "bootstrap": 0})
+    if ev.streaming:
+        say("streaming evaluation (eval.stream; memory bounded in the sample count)")
+    ref = _reference(tc, c, ev, seed, space, features)  # as in sweeps
+    n_div = diversity_rows(ev)  # precision / recall (/ mode coverage) against the first rows, as in sweeps
+    div_ref = first_rows(c, ref, ev, features, n_div) if n_div else None
+    as_run = tc.model_copy(update={"eval": ev})  # the trial config with this evaluation's sample count
+    div_names, diversity = trial_diversity(as_run, c.data, div_ref)
+    names = ref.names(space, ref.labels is not None) | div_names  # as the trial's evaluator names them
+    names |= checks.names(ref.rows) if checks and ref.labels is not None else {}
+    cells = {"trial_id": f"trial-{trial:03d}" if trial is not None else "", "run_id": "", **trial_cells(tc)}
+    cells |= {"train_iterations": state.iteration, "wall_seconds": state.wall_seconds}
+    evaluations = _student_evaluations(tc, method, state.ema.eval(), c.schedule, steps, args.with_teacher, say)
     rows, kept = [], {}
     no_features = lambda x: None
     points = final_points(evaluations, ref, names, ev, "cpu", features or no_features, checks, 0, diversity)
     for lb, n, x, values, nfe, _ in points:
         kept[(lb, n)] = x[: GRID**2]
-        rows += [{"method": lb, "student_steps": n, "nfe": nfe, **common} | r for r in metric_rows(values, names)]
-    if args.with_teacher:
+        rows += [{"method": lb, "student_steps": n, "nfe": nfe, **cells} | r for r in metric_rows(values, names)]
+    if args.with_teacher:  # the same noise seeds as the student's points
+        curve = partial(stream_teacher_curve, batch_size=ev.batch_size) if ev.streaming else teacher_curve
         t_steps = steps or sorted({n for _, n, *_ in points})
-        t_rows, t_kept = repeated_teacher_curve(  # the same noise seeds as the student's points
-            partial(stream_teacher_curve, batch_size=ev.batch_size) if ev.streaming else teacher_curve,
-            c.teacher,
-            c.schedule,
-            c.data,
-            ref,
-            t_steps,
-            ev.repeats,
-            ev.seed,
-            extractor=space,
-            features=features,
-            kid_subsets=kid_subsets,
-            checks=checks,
-            keep=n_div,
-        )
+        t_rows, t_kept = repeated_teacher_curve(
+            curve, c.teacher, c.schedule, c.data, ref, t_steps, ev.repeats, ev.seed, extractor=space,
+            features=features, kid_subsets=ev.kid_subsets, checks=checks, keep=n_div,
+        )  # fmt: skip
         rows += t_rows + (teacher_diversity(as_run, c.data, div_ref, t_rows, t_kept) if n_div else [])
     info = {
         "kind": "student",
         "data": tc.data.label,
-        "method": label,
-        "student_steps": S,
+        "method": method_label(tc),
+        "student_steps": tc.method.student_steps,
         "iteration": state.iteration,
         "config": str(Path(args.config).resolve()),
         "trial": trial,

@@ -207,36 +207,11 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-12))
 
 
-def export(args, say=print) -> int:
-    from multistep.atomic import check_output_folder, staged_folder
-    from multistep.eval_cmd import load_student
+def student_spec(tc, c, state, blob: dict, f) -> dict:
+    """multistep.json: everything needed to rebuild and sample the student without the trial config."""
     from multistep.train.build import teacher_classes
 
-    p = Path(args.state)
-    from multistep.train.checkpoint import open_checkpoint
-
-    opened = open_checkpoint(p)
-    if opened.kind == "teacher":
-        raise ConfigError(
-            f"{p}: a teacher file from `multistep teacher`: export takes a student (a trial's state.pt); "
-            "sample the teacher with `multistep sample`, or distil it with a sweep (teacher: {kind: checkpoint})"
-        )
-    blob = opened.blob
-    out_dir = check_output_folder(args.out, "--out")
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        raise ConfigError(f"--out {args.out}: not empty (an export is written into a new or empty folder)")
-    tc, _, _, c, _, state = load_student(p, blob)
-    from multistep.nets.lora import has_lora, merged
-
-    text_to_image = teacher_kind(tc.teacher).latent(tc)
-    if text_to_image and args.format != "diffusers":
-        raise ConfigError(f"--format {args.format}: {p} distils a text-to-image pipeline; use --format diffusers")
-    lora_only = getattr(args, "lora_only", False)
-    if lora_only and not (text_to_image and has_lora(state.ema)):
-        raise ConfigError(f"--lora-only: {p} is not a LoRA student of a text-to-image pipeline")
-    ema = state.ema if lora_only or not has_lora(state.ema) else merged(state.ema)  # the teacher's architecture
-    f, S = ema.float().eval().requires_grad_(False), tc.method.student_steps
-    k = teacher_classes(c.teacher)
+    S = tc.method.student_steps
     shape = tuple(c.data.shape) if c.data is not None else tuple(tc.data.shape)
     spec = {
         "format": "multistep-student",
@@ -246,7 +221,7 @@ def export(args, say=print) -> int:
         "student_steps": S,
         "time_grid": [k_ / S for k_ in range(S, -1, -1)],  # t of each step, 1 -> 0: MCM Algorithm 2
         "shape": list(shape),
-        "num_classes": k,
+        "num_classes": teacher_classes(c.teacher),
         "sample_space": "the data's: x_hat of the teacher (images in [-1, 1])",
         "network": network_spec(tc, f),
         "denoiser": denoiser_spec(f),
@@ -254,49 +229,86 @@ def export(args, say=print) -> int:
         "trial_run_id": blob.get("run_id"),
         "iteration": int(blob["state"].get("iteration", 0)),
     }
-    flow_map = getattr(f, "flow_map", False)
-    if flow_map and args.format != "safetensors":
+    if getattr(f, "flow_map", False):  # any step count: `multistep sample DIR --steps K`
+        spec |= {"sampler": "flowmap", "time_grid": "t_k = k / K for any K (jumps t_k -> t_(k-1))"}
+    return spec
+
+
+def _check_format(fmt: str, p: Path, spec: dict, text_to_image, lora_only: bool, lora: bool) -> None:
+    """The formats a student can be written in (a ConfigError naming the flag otherwise)."""
+    net = spec["network"]["kind"]
+    if text_to_image and fmt != "diffusers":
+        raise ConfigError(f"--format {fmt}: {p} distils a text-to-image pipeline; use --format diffusers")
+    if lora_only and not (text_to_image and lora):
+        raise ConfigError(f"--lora-only: {p} is not a LoRA student of a text-to-image pipeline")
+    if spec.get("sampler") == "flowmap" and fmt != "safetensors":
         raise ConfigError(
-            f"--format {args.format}: {p} is a flow-map student ({spec['method']}), whose jumps take a target time "
+            f"--format {fmt}: {p} is a flow-map student ({spec['method']}), whose jumps take a target time "
             "that TorchScript's MCM sampler and diffusers' schedulers do not pass; use --format safetensors"
         )
-    if flow_map:  # any step count: `multistep sample DIR --steps K`
-        spec |= {"sampler": "flowmap", "time_grid": "t_k = k / K for any K (jumps t_k -> t_(k-1))"}
-    if args.format == "safetensors" and spec["network"]["kind"] == "torchscript":
+    if fmt == "safetensors" and net == "torchscript":
         raise ConfigError(
             f"--format safetensors: {p} is a student of a TorchScript teacher, whose architecture lives only in its TorchScript file; use --format torchscript"
         )
-    if args.format == "diffusers" and spec["network"]["kind"] != "diffusers":
-        raise ConfigError(
-            f"--format diffusers: {p} is not a student of a diffusers teacher (its network is {spec['network']['kind']})"
-        )
-    if args.format == "diffusers" and spec["denoiser"]["time"]["kind"] != "ddpm":
+    if fmt == "diffusers" and net != "diffusers":
+        raise ConfigError(f"--format diffusers: {p} is not a student of a diffusers teacher (its network is {net})")
+    if fmt == "diffusers" and spec["denoiser"]["time"]["kind"] != "ddpm":
         raise ConfigError(
             "--format diffusers: the student's teacher was not read on its DDPM schedule (teacher.logsnr_min set)"
         )
-    g = torch.Generator().manual_seed(0)
-    noise = torch.randn((8, *shape), generator=g)
+
+
+def _write(fmt: str, out: Path, f, c, spec: dict, noise, labels, text_to_image, lora_only: bool):
+    """Write the export into `out`; returns the reloaded export's samples from `noise` (and `labels`)."""
+    S, k = spec["student_steps"], spec["num_classes"]
+    if fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        save_file({n: v.contiguous() for n, v in f.state_dict().items()}, str(out / "model.safetensors"))
+        (out / SPEC).write_text(json.dumps(spec, indent=2))
+        g2, _ = load(out)
+        return platform_samples(g2, schedule_from(spec["schedule"]), S, noise, labels)
+    if fmt == "torchscript":
+        torch.jit.save(scripted_sampler(f, S, tuple(spec["shape"]), k), str(out / "sampler.pt"))
+        (out / SPEC).write_text(json.dumps(spec | {"sampler": "sampler.pt"}, indent=2))
+        return torch.jit.load(str(out / "sampler.pt")).sample(noise, labels)
+    if text_to_image:
+        got = _pipeline_export(f, text_to_image, S, out, noise, [c.data.captions[i] for i in labels], lora_only)
+        (out / SPEC).write_text(json.dumps(spec | {"captions": c.data.captions}, indent=2))
+        return got
+    got = _diffusers_export(f, c, S, out, noise, labels)
+    (out / SPEC).write_text(json.dumps(spec, indent=2))
+    return got
+
+
+def export(args, say=print) -> int:
+    from multistep.atomic import check_output_folder, staged_folder
+    from multistep.eval_cmd import load_student
+    from multistep.nets.lora import has_lora, merged
+    from multistep.train.checkpoint import open_checkpoint
+
+    p = Path(args.state)
+    opened = open_checkpoint(p)
+    if opened.kind == "teacher":
+        raise ConfigError(
+            f"{p}: a teacher file from `multistep teacher`: export takes a student (a trial's state.pt); "
+            "sample the teacher with `multistep sample`, or distil it with a sweep (teacher: {kind: checkpoint})"
+        )
+    out_dir = check_output_folder(args.out, "--out")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        raise ConfigError(f"--out {args.out}: not empty (an export is written into a new or empty folder)")
+    tc, _, _, c, _, state = load_student(p, opened.blob)
+    text_to_image, lora_only, lora = teacher_kind(tc.teacher).latent(tc), args.lora_only, has_lora(state.ema)
+    ema = state.ema if lora_only or not lora else merged(state.ema)  # the teacher's architecture
+    f = ema.float().eval().requires_grad_(False)
+    spec = student_spec(tc, c, state, opened.blob, f)
+    _check_format(args.format, p, spec, text_to_image, lora_only, lora)
+    S, k = spec["student_steps"], spec["num_classes"]
+    noise = torch.randn((8, *spec["shape"]), generator=torch.Generator().manual_seed(0))
     labels = torch.arange(8) % k if k else None
     want = platform_samples(f, c.schedule, S, noise, labels)
     with staged_folder(args.out) as out:
-        if args.format == "safetensors":
-            from safetensors.torch import save_file
-
-            save_file({n: v.contiguous() for n, v in f.state_dict().items()}, str(out / "model.safetensors"))
-            (out / SPEC).write_text(json.dumps(spec, indent=2))
-            g2, _ = load(out)
-            got = platform_samples(g2, schedule_from(spec["schedule"]), S, noise, labels)
-        elif args.format == "torchscript":
-            torch.jit.save(scripted_sampler(f, S, shape, k), str(out / "sampler.pt"))
-            (out / SPEC).write_text(json.dumps(spec | {"sampler": "sampler.pt"}, indent=2))
-            got = torch.jit.load(str(out / "sampler.pt")).sample(noise, labels)
-        elif text_to_image:
-            got = _pipeline_export(f, text_to_image, S, out, noise, [c.data.captions[i] for i in labels], lora_only)
-            (out / SPEC).write_text(json.dumps(spec | {"captions": c.data.captions}, indent=2))
-        else:
-            got = _diffusers_export(f, c, S, out, noise, labels)
-            (out / SPEC).write_text(json.dumps(spec, indent=2))
-        err = _rel(got, want)
+        err = _rel(_write(args.format, out, f, c, spec, noise, labels, text_to_image, lora_only), want)
         if not err <= TOLERANCE:
             raise RuntimeError(
                 f"the reloaded {args.format} export's samples differ from the platform's by {err:.2e} (relative max)"
