@@ -113,6 +113,7 @@ def promote(client, run_id: str, reason: str, file_name: str | None, say=cli_say
             f"--promote {run_id}: the sweep is incomplete ({why}); only a complete sweep can be a baseline"
         )
     from multistep.tracking import mlflow_layout as ml
+    from multistep.tracking.runs import set_tags
 
     open_trials = [
         t.info.run_id
@@ -129,8 +130,8 @@ def promote(client, run_id: str, reason: str, file_name: str | None, say=cli_say
     old = [r for r in baselines(client, run.info.experiment_id, name) if r.info.run_id != rid]
     for o in old:
         client.delete_tag(o.info.run_id, BASELINE_TAG)
-        for k, v in {"demoted_by": by, "demoted_at": at, "replaced_by": rid}.items():
-            client.set_tag(o.info.run_id, f"{tag.BASELINE_PREFIX}{k}", v)
+        demoted = {"demoted_by": by, "demoted_at": at, "replaced_by": rid}
+        set_tags(client, o.info.run_id, {f"{tag.BASELINE_PREFIX}{k}": v for k, v in demoted.items()})
     tags = {
         BASELINE_TAG: name,
         tag.BASELINE_PROMOTED_BY: by,
@@ -138,8 +139,7 @@ def promote(client, run_id: str, reason: str, file_name: str | None, say=cli_say
         tag.BASELINE_REASON: reason,
         tag.BASELINE_REPLACES: ",".join(o.info.run_id for o in old),
     }
-    for k, v in tags.items():
-        client.set_tag(rid, k, v)
+    set_tags(client, rid, tags)
     was = ", ".join(o.info.run_id for o in old) or "none"
     say(
         f"sweep run {rid} ({run.data.tags.get(tag.SWEEP_ID, '')}) is now the baseline of regression sweep "
@@ -254,10 +254,24 @@ def cmd_regress(args, say=cli_say) -> int:
     return regress(client, plan, args, uri, say)
 
 
-def regress(client, plan, args, uri: str, say=cli_say) -> int:
+def _write_report(out: Path, cfg, points, facts: dict) -> str:
+    """regression.md / .png / .csv / .txt in `out`; returns the printed table."""
     from multistep.regress import compare as rg
     from multistep.sweep.results import write_csv
-    from multistep.tracking import mlflow_layout as ml
+
+    out.mkdir(parents=True, exist_ok=True)
+    table = rg.format_table(points)
+    png = rg.plot(points, out / "regression.png", f"{cfg.name}: baseline (dashed) vs current (thick)")
+    (out / "regression.md").write_text(rg.markdown(points, facts, png.name))
+    (out / "regression.txt").write_text(table + "\n")
+    blank_nan = lambda v: "" if isinstance(v, float) and math.isnan(v) else v
+    write_csv([{k: blank_nan(v) for k, v in r.items()} for r in rg.to_rows(points)], out / "regression.csv")
+    return table
+
+
+def regress(client, plan, args, uri: str, say=cli_say) -> int:
+    from multistep.regress import compare as rg
+    from multistep.tracking.runs import close_run, log_files, open_run, set_tags
 
     cfg, file = plan.cfg, args.file
     base_rows, facts, base_tags = resolve_baseline(client, args.baseline, cfg, file)  # before any training
@@ -316,41 +330,27 @@ def regress(client, plan, args, uri: str, say=cli_say) -> int:
             "the configuration, not the code"
         )
 
-    exp_id = ml.ensure_experiment(client, cfg.experiment, uri)
     run_name = f"regress-{sweep_id}"
-    run = client.create_run(
-        exp_id,
-        run_name=run_name,
-        tags={
-            tag.KIND: "regression",
-            tag.SWEEP_NAME: cfg.name,
-            tag.REGRESS_CURRENT_RUN: srid,
-            tag.REGRESS_VERDICT: "fail" if bad else "pass",
-            tag.GIT_COMMIT: ml.git_commit(),
-            tag.REGRESS_REGRESSED: "; ".join(rg.describe(p) for p in bad)[:5000],
-            **base_tags,
-        },
-    )
+    tags = {tag.KIND: "regression", tag.SWEEP_NAME: cfg.name, tag.REGRESS_CURRENT_RUN: srid, **base_tags}
+    tags |= {tag.REGRESS_VERDICT: "fail" if bad else "pass", tag.REGRESS_REGRESSED: "; ".join(map(rg.describe, bad))}
+    rid = open_run(client, uri, cfg.experiment, run_name, tags)
     out = Path(args.out).resolve() if args.out else Path(args.storage).resolve() / "regress" / "reports" / run_name
-    out.mkdir(parents=True, exist_ok=True)
-    table = rg.format_table(points)
-    png = rg.plot(points, out / "regression.png", f"{cfg.name}: baseline (dashed) vs current (thick)")
-    (out / "regression.md").write_text(rg.markdown(points, facts | {"regression run": run.info.run_id}, png.name))
-    (out / "regression.txt").write_text(table + "\n")
-    blank_nan = lambda v: "" if isinstance(v, float) and math.isnan(v) else v
-    write_csv([{k: blank_nan(v) for k, v in r.items()} for r in rg.to_rows(points)], out / "regression.csv")
+    table = _write_report(out, cfg, points, facts | {"regression run": rid})
     for name in ("regression.md", "regression.png", "regression.csv", "regression.txt"):
-        client.log_artifact(run.info.run_id, str(out / name))
-    client.log_metric(run.info.run_id, "regressed_points", len(bad))
-    client.log_metric(run.info.run_id, "compared_points", sum(p.verdict != "new" for p in points))
-    client.set_terminated(run.info.run_id, status="FAILED" if bad else "FINISHED")
-    client.set_tag(srid, tag.REGRESS_VERDICT, "fail" if bad else "pass")
-    client.set_tag(srid, tag.REGRESS_RUN, run.info.run_id)
+        log_files(client, rid, str(out / name))
+    compared = sum(p.verdict != "new" for p in points)
+    close_run(
+        client,
+        rid,
+        "FAILED" if bad else "FINISHED",
+        metrics={"regressed_points": len(bad), "compared_points": compared},
+    )
+    set_tags(client, srid, {tag.REGRESS_VERDICT: "fail" if bad else "pass", tag.REGRESS_RUN: rid})
 
     say("")
     say(table)
     say(f"\nbaseline: {facts['baseline']}")
-    say(f"report: {out / 'regression.md'}\nplot: {png}\nMLflow regression run: {run.info.run_id} ({uri})")
+    say(f"report: {out / 'regression.md'}\nplot: {out / 'regression.png'}\nMLflow regression run: {rid} ({uri})")
     if bad:
         say(f"\nREGRESSION: {len(bad)} of {len(points)} points got worse than the baseline allows:")
         for p in bad:

@@ -58,38 +58,25 @@ def cmd_import(args, say=print) -> int:
         return 0
     from multistep.metrics.evaluate import ddim_curve
     from multistep.tracking import mlflow_layout as ml
+    from multistep.tracking.runs import close_run, log_files, open_run
     from multistep.train.build import build
 
     c = build(tc)
     decl = teacher_kind(tc.teacher).declare(tc.teacher)  # c.teacher holds the network: not loaded again
     client = ml.client(uri)
-    exp_id = ml.ensure_experiment(client, experiment, uri)
     t = tc.teacher
-    run = client.create_run(
-        exp_id,
-        run_name=f"import-{args.name}",
-        tags={
-            tag.KIND: "teacher",
-            tag.TEACHER_NAME: args.name,
-            tag.TEACHER_SOURCE: t.kind,
-            tag.DATASET: tc.data.label,
-            tag.GIT_COMMIT: ml.git_commit(),
-        },
-    )
-    rid = run.info.run_id
+    tags = {tag.KIND: "teacher", tag.TEACHER_NAME: args.name, tag.TEACHER_SOURCE: t.kind, tag.DATASET: tc.data.label}
+    rid = open_run(client, uri, experiment, f"import-{args.name}", tags)
     try:
         ml.log_params(
             client, rid, ml.flatten({"teacher": t.model_dump(mode="json"), "data": tc.data.model_dump(mode="json")})
         )
         p = Path(t.path)
-        if p.is_dir():
-            client.log_artifacts(rid, str(p), FILES)
-        else:
-            client.log_artifact(rid, str(p), FILES)
+        log_files(client, rid, str(p), FILES)
         with tempfile.TemporaryDirectory() as d:
             body = {"teacher": t.model_dump(mode="json", exclude={"path", "run_id", "artifact_path"}), "file": p.name}
             (Path(d) / IMPORT_FILE).write_text(json.dumps(body | {"declaration": decl}, indent=2))
-            client.log_artifact(rid, str(Path(d) / IMPORT_FILE))
+            log_files(client, rid, str(Path(d) / IMPORT_FILE))
         ev = tc.eval
         say(f"teacher curve: DDIM at {steps} steps, {ev.samples} samples")
         rows, floor = ddim_curve(c.teacher, c.schedule, c.data, ev.samples, steps, ev.seed, tc.feature_space)
@@ -97,9 +84,9 @@ def cmd_import(args, say=print) -> int:
             ml.log_curve(client, rid, metric, [(r["steps"], r["value"]) for r in rows if r["metric"] == metric])
         ml.log_params(client, rid, {f"noise_floor.{k}": f"{v:.6g}" for k, v in floor.items()})
     except BaseException:
-        client.set_terminated(rid, "FAILED")
+        close_run(client, rid, "FAILED")
         raise
-    client.set_terminated(rid, "FINISHED")
+    close_run(client, rid, "FINISHED")
     fd = [r for r in rows if r["metric"].startswith("fd_")]
     say("teacher DDIM curve: " + ", ".join(f"{r['steps']}: {r['value']:.4g}" for r in fd))
     say(f"MLflow: experiment '{experiment}', teacher run {rid} ({uri})")

@@ -112,7 +112,7 @@ def run_teacher(
     from mlflow.tracking import MlflowClient
 
     from multistep.sweep import ray_runtime
-    from multistep.tracking import mlflow_layout as ml
+    from multistep.tracking.runs import close_run, open_run
 
     ray_runtime.apply_env()  # before Ray Train is imported
     import ray.train
@@ -120,27 +120,11 @@ def run_teacher(
 
     storage = Path(storage).resolve()
     client = MlflowClient(tracking_uri)
-    exp_id = ml.ensure_experiment(client, cfg.experiment, tracking_uri)
     teacher_id = f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    path = (
-        storage / "teachers" / cfg.name / TEACHER_ARTIFACT
-    )  # stable for sweep files; each run's own copy is its artifact
-    run = client.create_run(
-        exp_id,
-        run_name=teacher_id,
-        tags={
-            tag.KIND: "teacher",
-            tag.TEACHER_NAME: cfg.name,
-            tag.DATASET: cfg.data.label,
-            tag.NET: net_cfg["kind"],
-            tag.GIT_COMMIT: ml.git_commit(),
-            tag.STORAGE: str(path),
-            "mlflow.note.content": cfg.description,
-        },
-    )
-    rid = run.info.run_id
-    ml.log_params(client, rid, ml.env_secrets_free(ml.flatten(cfg.model_dump(mode="json"))))
-    client.log_artifact(rid, file)
+    path = storage / "teachers" / cfg.name / TEACHER_ARTIFACT  # stable for sweep files; each run's copy: its artifact
+    tags = {tag.KIND: "teacher", tag.TEACHER_NAME: cfg.name, tag.DATASET: cfg.data.label, tag.NET: net_cfg["kind"]}
+    tags |= {tag.STORAGE: str(path), "mlflow.note.content": cfg.description}
+    rid = open_run(client, tracking_uri, cfg.experiment, teacher_id, tags, cfg.model_dump(mode="json"), [file])
     say(f"MLflow: experiment '{cfg.experiment}', teacher run {rid} ({tracking_uri})")
     r = cfg.resources
     t0 = time.time()
@@ -169,15 +153,13 @@ def run_teacher(
         say(f"training teacher '{cfg.name}' ({cfg.train.iterations} iterations, {r.num_workers} worker(s))")
         out = trainer.fit().return_value or {}
     except Exception as e:  # a failed training is exit 1 with the reason, not a traceback
-        client.set_tag(rid, tag.ERROR, f"{type(e).__name__}: {e}"[:5000])
-        client.set_terminated(rid, status="FAILED")
+        close_run(client, rid, "FAILED", f"{type(e).__name__}: {e}")
         say(f"teacher training FAILED: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
         return {"status": "FAILED", "run_id": rid}
     except BaseException:
-        client.set_terminated(rid, status="KILLED")
+        close_run(client, rid, "KILLED")
         raise
-    client.log_metric(rid, "wall_seconds", time.time() - t0)
-    client.set_terminated(rid, status="FINISHED")
+    close_run(client, rid, "FINISHED", metrics={"wall_seconds": time.time() - t0})
     fd = [row for row in out["curve"] if row["metric"].startswith("fd_")]
     say(
         "teacher DDIM curve: "
