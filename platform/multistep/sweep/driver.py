@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import os
-import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -21,13 +20,14 @@ from multistep.config.plan import get_path, set_path
 from multistep.metrics.diversity import diversity_names, diversity_rows, scores_modes
 from multistep.metrics.evaluate import clip_names, metric_names
 from multistep.metrics.extractors import file_sha256
-from multistep.metrics.paired import EVAL_ROWS, save_rows
 from multistep.sweep import ray_runtime, search
 from multistep.sweep import results as res
 from multistep.sweep.assets import content_hash, prepare, resolve_teachers
 from multistep.sweep.interrupts import Interrupts
 from multistep.tracking import mlflow_layout as ml
+from multistep.tracking import sweep_runs as sr
 from multistep.tracking import tags as tag
+from multistep.tracking.runs import close_run
 from multistep.train.build import guidance_error, method_label
 
 
@@ -142,7 +142,7 @@ class _TrialRuns:
             self.known[trial.trial_id] = i, rid
             return i, cfg, f" ({trial.trial_id}): {shown}"
         i, rid = self.of(trial)
-        _mark_running(self.client, rid, trial.trial_id)
+        sr.mark_running(self.client, rid, trial.trial_id)
         return i, plan.trials[i].cfg, f" ({trial.trial_id})"
 
 
@@ -178,11 +178,11 @@ def _status_callback(client, run_ids: list[str], n: int, say, sweep: dict, plan,
             if last.get("error") or rid is None:
                 self.failed.append(i)
                 if rid is not None:
-                    client.set_terminated(rid, status="FAILED")
+                    close_run(client, rid, "FAILED")
                 progress.ended(i, f"FAILED after {took}: {last.get('error', 'it opened no MLflow run')}")
                 return
             done = bool(last.get("final"))
-            client.set_terminated(rid, status="FINISHED" if done else "KILLED")  # KILLED = stopped early
+            close_run(client, rid, "FINISHED" if done else "KILLED")  # KILLED = stopped early
             progress.ended(i, f"{'finished' if done else 'stopped early by the scheduler'} in {took}")
 
         def on_trial_error(self, iteration, trials, trial, **info):
@@ -191,8 +191,7 @@ def _status_callback(client, run_ids: list[str], n: int, say, sweep: dict, plan,
             where = str(getattr(trial, "error_file", "") or "")
             why = _error_line(where)
             if rid is not None:
-                client.set_tag(rid, tag.ERROR, f"{why} (details: {where or 'the Ray logs'})"[:5000])
-                client.set_terminated(rid, status="FAILED")
+                close_run(client, rid, "FAILED", f"{why} (details: {where or 'the Ray logs'})")
             progress.ended(i, f"FAILED: {why}")
 
     return MlflowStatus()
@@ -211,14 +210,6 @@ def _open_proposed(client, plan, sweep: dict, trial) -> tuple[int, str, object, 
     i, rid = ml.proposed_trial_run(client, sweep, trial.trial_id, method_label(proposal.cfg), proposal.doc(), values)
     shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
     return i, rid, proposal.cfg, shown
-
-
-def _mark_running(client, rid: str, trial_id: str) -> None:
-    """A planned trial's run at its (re)start: RUNNING, known by its Ray trial id, no longer marked interrupted."""
-    client.set_tag(rid, "ray.trial_id", trial_id)
-    if tag.INTERRUPTED in client.get_run(rid).data.tags:  # running again: a later KILLED is ASHA's
-        client.delete_tag(rid, tag.INTERRUPTED)
-    client.update_run(rid, status="RUNNING")
 
 
 def _error_line(error_file: str) -> str:
@@ -267,22 +258,11 @@ def resume_target(client, plan: SweepPlan):
     """The sweep run `--resume` continues: the latest of this name, whose plan the file still expands to, run by the
     same runner. ConfigError (exit 2) otherwise; read-only, so the pre-flight asks it before anything starts."""
     cfg = plan.cfg
-    exp = client.get_experiment_by_name(cfg.experiment)
-    found = (
-        client.search_runs(
-            [exp.experiment_id],
-            f"tags.`{tag.SWEEP_NAME}` = '{cfg.name}' and tags.`{tag.KIND}` = 'sweep'",
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
-        )
-        if exp is not None
-        else []
-    )
-    if not found:
+    exp, sweep = sr.latest_sweep_run(client, cfg.experiment, cfg.name)
+    if sweep is None:
         raise ConfigError(
             f"{plan.path}: --resume: no earlier sweep named '{cfg.name}' in experiment '{cfg.experiment}'"
         )
-    sweep = found[0]
     if sweep.data.tags.get(tag.PLAN_HASH) != plan_hash(plan):
         raise ConfigError(
             f"{plan.path}: --resume: the file no longer expands to the trials of sweep run {sweep.info.run_id}"
@@ -319,50 +299,27 @@ def _open_runs(client, plan: SweepPlan, tracking_uri: str, storage: str, resume:
         if sweep.info.status == "FINISHED" and all(st in ("FINISHED", "KILLED") for st in statuses):
             say(f"sweep run {srid} ({sweep.data.tags[tag.SWEEP_ID]}) already finished: nothing to resume")
             return None, sweep.data.tags[tag.SWEEP_ID], run_ids
-        client.update_run(srid, status="RUNNING")
-        if tag.INCOMPLETE in sweep.data.tags:
-            client.delete_tag(srid, tag.INCOMPLETE)
+        sr.reopen_sweep_run(client, sweep)
         say(f"resuming sweep run {srid} ({sweep.data.tags[tag.SWEEP_ID]})")
         return srid, sweep.data.tags[tag.SWEEP_ID], run_ids
 
     sweep_id = f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    sweep_run = client.create_run(
-        exp_id,
-        run_name=sweep_id,
-        tags={
-            tag.KIND: "sweep",
-            tag.SWEEP_NAME: cfg.name,
-            tag.SWEEP_ID: sweep_id,
-            tag.PLAN_HASH: plan_hash(plan),
-            tag.RUNNER: _runner(cfg),
-            tag.DATASET: cfg.data.label,
-            tag.TEACHER: cfg.teacher.kind,
-            tag.GIT_COMMIT: ml.git_commit(),
-            tag.STORAGE: f"{storage}/{sweep_id}",
-            "mlflow.note.content": cfg.description,
-        }
-        | ({tag.EVAL_REFERENCE: file_sha256(cfg.eval.reference, 64)} if cfg.eval.reference else {})
-        | {tag.EVAL_PROTOCOL: _protocol(cfg)},
-    )
-    srid = sweep_run.info.run_id
-    ml.log_params(client, srid, ml.env_secrets_free(ml.flatten({k: v for k, v in plan.doc.items() if k != "search"})))
-    client.log_artifact(srid, plan.path)
-    run_ids = []
-    for i, trial in enumerate([] if plan.adaptive else plan.trials):  # adaptive: each trial opens its own run
-        tc = trial.cfg
-        label = method_label(tc)
-        r = client.create_run(
-            exp_id,
-            run_name=f"{label}-S{tc.method.student_steps}-{i:03d}",
-            tags={t.key: t.value for t in ml.trial_tags(srid, i, label, cfg.name)},
+    tags = {tag.KIND: "sweep", tag.SWEEP_NAME: cfg.name, tag.SWEEP_ID: sweep_id, tag.PLAN_HASH: plan_hash(plan)}
+    tags |= {tag.RUNNER: _runner(cfg), tag.DATASET: cfg.data.label, tag.TEACHER: cfg.teacher.kind}
+    tags |= {tag.STORAGE: f"{storage}/{sweep_id}", "mlflow.note.content": cfg.description}
+    tags |= {tag.EVAL_REFERENCE: file_sha256(cfg.eval.reference, 64)} if cfg.eval.reference else {}
+    tags |= {tag.EVAL_PROTOCOL: _protocol(cfg)}
+    params = {k: v for k, v in plan.doc.items() if k != "search"}
+    srid = sr.open_sweep_run(client, tracking_uri, cfg.experiment, sweep_id, tags, params, plan.path)
+    trials = [  # adaptive: each trial opens its own run
+        (
+            f"{method_label(t.cfg)}-S{t.cfg.method.student_steps}-{i:03d}",
+            method_label(t.cfg),
+            ml.flatten(t.doc()) | {f"search.{k}": str(v) for k, v in t.overrides.items()},
         )
-        ml.log_params(
-            client,
-            r.info.run_id,
-            ml.env_secrets_free(ml.flatten(trial.doc()) | {f"search.{k}": str(v) for k, v in trial.overrides.items()}),
-        )
-        client.update_run(r.info.run_id, status="SCHEDULED")
-        run_ids.append(r.info.run_id)
+        for i, t in enumerate([] if plan.adaptive else plan.trials)
+    ]
+    run_ids = sr.open_trial_runs(client, exp_id, srid, cfg.name, trials)
     return srid, sweep_id, run_ids
 
 
@@ -395,25 +352,8 @@ def _shared_assets(plan: SweepPlan, client, srid: str, storage_dir: Path, resume
             raise ConfigError(f"{plan.path}: {err}")
     first = assets[asset_keys[0]]
     if not resume:
-        for row in first["teacher_rows"]:
-            ml.log_curve(client, srid, f"{row['metric']}/{row['method']}", [(row["student_steps"], row["value"])])
-        client.set_tag(srid, tag.EVAL_REF_HASH, first["eval_ref_hash"])
-        ml.log_params(client, srid, {f"noise_floor.{k}": f"{v:.6g}" for k, v in first["eval_ref"]["floor"].items()})
-        if eval_rows:  # eval.keep_rows: the reference's and the teacher's rows, for `multistep claims`
-            with tempfile.TemporaryDirectory() as d:
-                for name, rows in eval_rows.items():
-                    client.log_artifact(srid, save_rows(rows, Path(d), name), EVAL_ROWS)
         reports = [a["init_report"] for a in assets.values() if a.get("init_report")]
-        for j, rep in enumerate(reports):  # the warm start's v-space error against the teacher, step = 1000 t
-            suffix = "" if len(reports) == 1 else f"/{j}"
-            ml.log_curve(
-                client, srid, f"warmstart/v_rmse{suffix}", [(round(1000 * t), e) for t, e in rep["v_rmse"].items()]
-            )
-            ml.log_params(
-                client,
-                srid,
-                {f"warmstart{suffix}.iterations": str(rep["iterations"]), f"warmstart{suffix}.stopped": rep["stopped"]},
-            )
+        sr.log_shared_assets(client, srid, first, eval_rows, reports)
     return assets, asset_keys, first
 
 
@@ -456,7 +396,7 @@ def _run_sweep(plan, tracking_uri, storage, say, resume, start_ray, stop: Interr
             if opening.exception() is None:  # waits for it (MLflow calls: seconds); the runs exist, close them
                 srid, _, run_ids = opening.result()
                 if srid is not None:
-                    _close_incomplete(client, srid, run_ids, interrupted=isinstance(e, KeyboardInterrupt), say=say)
+                    sr.close_incomplete(client, srid, run_ids, interrupted=isinstance(e, KeyboardInterrupt), say=say)
             ray_runtime.shutdown(started_ray)
             raise
     if srid is None:  # --resume of a sweep whose every trial had already finished: nothing to do, nothing logged
@@ -492,7 +432,7 @@ def _run_sweep(plan, tracking_uri, storage, say, resume, start_ray, stop: Interr
         if stop.signal is not None:  # Tune stopped gracefully on our SIGUSR1: the sweep is not finished
             raise KeyboardInterrupt
         plan, run_ids, last, orphans = _results(client, plan, run_ids, grid, status, sweep_ref)
-        failed = _settle_trials(client, run_ids, last)
+        failed = sr.settle_trials(client, run_ids, last)
         if orphans:  # trials that failed before they could open an MLflow run
             say(
                 f"{orphans} of {cfg.num_samples} proposed trial(s) did not run or opened no MLflow run (see the Ray logs)"
@@ -512,7 +452,7 @@ def _run_sweep(plan, tracking_uri, storage, say, resume, start_ray, stop: Interr
     except BaseException as e:
         stop.acknowledge()
         try:
-            _close_incomplete(client, srid, run_ids, interrupted=isinstance(e, KeyboardInterrupt), say=say)
+            sr.close_incomplete(client, srid, run_ids, interrupted=isinstance(e, KeyboardInterrupt), say=say)
         finally:
             ray_runtime.shutdown(started_ray)
         raise
@@ -573,7 +513,7 @@ def _tuner(plan, ctx, status, client, run_ids, names, storage, ray_dir, sweep_id
             f"{cfg.search_alg.name}) resumes from it only. Start the sweep anew, without --resume"
         )
     if resume and not restorable:  # (also a resume whose Tune state is elsewhere): MLflow says what is left
-        indices = _unfinished(client, run_ids)
+        indices = sr.unfinished(client, run_ids)
         say(f"{len(indices)} unfinished trial(s) start again from their first iteration")
     if restorable:
         return tune.Tuner.restore(ray_dir, trainable, resume_unfinished=True, resume_errored=True), indices
@@ -639,17 +579,6 @@ def _unreadable_tune_state(ray_dir: str) -> str | None:
         return f"{states[-1].rsplit('/', 1)[-1]}: {type(e).__name__}"
 
 
-def _unfinished(client, run_ids: list[str]) -> list[int]:
-    """Indices of the trials MLflow does not record as done (FINISHED, or KILLED by the scheduler)."""
-    out = []
-    for i, rid in enumerate(run_ids):
-        run = client.get_run(rid)
-        done = run.info.status == "FINISHED" or (run.info.status == "KILLED" and tag.INTERRUPTED not in run.data.tags)
-        if not done:
-            out.append(i)
-    return out
-
-
 def _proposed_plan(client, plan: SweepPlan, sweep: dict) -> tuple[SweepPlan, list[str], dict[str, int]]:
     """The plan of an adaptive sweep once it ran: its trials rebuilt from their runs' proposals, by index; their
     run ids; each Ray trial id's position."""
@@ -664,54 +593,18 @@ def _proposed_plan(client, plan: SweepPlan, sweep: dict) -> tuple[SweepPlan, lis
     return SweepPlan(plan.path, plan.cfg, plan.doc, trials), [r.info.run_id for r in runs], position
 
 
-def _settle_trials(client, run_ids: list[str], last: dict[int, dict]) -> list[int]:
-    """Every trial run's final status, from MLflow (the system of record) and Tune's results: the failed indices.
-
-    FINISHED and KILLED (stopped early by the scheduler) stand; FAILED counts as failed; a run left RUNNING or
-    SCHEDULED (a restored Tuner's callbacks are its original ones) becomes FINISHED when its last result is final,
-    else FAILED. A trial Tune reports no result for at all (its state lost) is failed too. last: each trial's last
-    result by index."""
-    failed = []
-    for i, rid in enumerate(run_ids):
-        run = client.get_run(rid)
-        st = run.info.status
-        if st in ("RUNNING", "SCHEDULED") or (st == "KILLED" and tag.INTERRUPTED in run.data.tags):
-            st = "FINISHED" if last.get(i, {}).get("final") else "FAILED"
-            client.set_terminated(rid, status=st)
-        if st != "KILLED" and tag.INTERRUPTED in run.data.tags:  # settled since the interruption
-            client.delete_tag(rid, tag.INTERRUPTED)
-        if st == "FAILED":
-            failed.append(i)
-    return failed
-
-
 def _storage_full(client, run_ids: list[str], failed: list[int], out_dir: Path) -> OSError:
     """The sweep's storage filled up: one line naming it, from the trials' own errors when a checkpoint did not fit
     (its size and the free space), else about the result files that did not."""
     from multistep.atomic import no_space
     from multistep.sweep.worker import STORAGE_FULL
 
-    errors = [client.get_run(run_ids[i]).data.tags.get(tag.ERROR, "") for i in failed if i >= 0]
+    errors = sr.trial_errors(client, run_ids, failed)
     full = [e for e in errors if STORAGE_FULL in e]
     if not full:
         return no_space(str(out_dir), None, "the sweep's result files")
     line = full[0].split("] ", 1)[-1].split(" (details: ")[0]  # "OSError: [Errno 28] <the worker's line> (details: ..)"
     return OSError(errno.ENOSPC, f"{line}; {len(full)} of {len(run_ids)} trial(s) failed on it")
-
-
-def _close_incomplete(client, srid: str, run_ids: list[str], interrupted: bool, say=print) -> None:
-    """The sweep failed (its run FAILED) or was interrupted (KILLED): tagged incomplete, every open trial run KILLED.
-    A failure here (the store gone too) is reported, never raised over the error that brought us here."""
-    try:
-        client.set_tag(srid, tag.INCOMPLETE, "interrupted" if interrupted else "failed")
-        client.set_terminated(srid, status="KILLED" if interrupted else "FAILED")
-        exp_id = None if run_ids else client.get_run(srid).info.experiment_id
-        for rid in run_ids or [r.info.run_id for r in ml.child_runs(client, exp_id, srid)]:  # adaptive: the runs opened
-            if client.get_run(rid).info.status in ("RUNNING", "SCHEDULED"):
-                client.set_tag(rid, tag.INTERRUPTED, "1")  # not stopped by the scheduler: a resume settles it again
-                client.set_terminated(rid, status="KILLED")
-    except Exception as e:
-        say(f"could not close the MLflow runs of sweep run {srid} ({type(e).__name__}: {e}); they stay open")
 
 
 def _trial_dir(trial) -> str:
@@ -784,7 +677,9 @@ def _finish(
 ) -> int:
     """Results from MLflow (the system of record): table, per-method curves, plot, artifacts, exit code."""
     cfg = plan.cfg
-    rows = collect_rows(client, plan, run_ids, names) + [
+    cells = [plan.trial_cfg(i) for i in range(len(run_ids))]
+    cells = [(method_label(tc), res.trial_cells(tc), tc.train.iterations) for tc in cells]
+    rows = sr.collect_rows(client, run_ids, cells, names) + [
         {
             "se": None,
             **row,
@@ -812,61 +707,18 @@ def _finish(
     if front:
         pareto.append(res.plot_pareto(front, main_metric, out_dir / "pareto.png", f"{cfg.name}: {main_metric}"))
     trials = [  # the flat per-trial summary metrics, one row per method x S on the sweep run
-        {"method": method_label(plan.trial_cfg(i)), "student_steps": plan.trial_cfg(i).method.student_steps}
-        | client.get_run(rid).data.metrics
-        for i, rid in enumerate(run_ids)
+        {"method": method_label(plan.trial_cfg(i)), "student_steps": plan.trial_cfg(i).method.student_steps} | m
+        for i, m in enumerate(sr.trial_metrics(client, run_ids))
     ]
     summary = res.write_csv(res.summary_table(trials, main_metric), out_dir / "summary.csv")
-    for p in [*paths.values(), png, *pareto, summary]:
-        client.log_artifact(srid, str(p))
+    failed = sorted(set(failed))
+    exp_id = sr.finish_sweep_run(client, srid, t_start, failed, [*paths.values(), png, *pareto, summary])
     say("")
     say(res.format_table(rows, list(names.values())))
     say("\nnoise floor (two data sample sets): " + ", ".join(f"{k} {v:.5f}" for k, v in floor.items() if v))
     say(f"results: {paths['parquet']}, {paths['csv']}, {png}")
-    failed = sorted(set(failed))
-    if not client.get_metric_history(srid, "wall_seconds"):  # the first session that finishes the sweep logs it
-        client.log_metric(srid, "wall_seconds", time.time() - t_start)
-    if failed:
-        client.set_tag(srid, tag.INCOMPLETE, f"{len(failed)} trial(s) failed")
-    client.set_terminated(srid, status="FAILED" if failed else "FINISHED")
     if failed:
         say(f"{len(failed)} trial(s) failed: " + ", ".join(f"#{i + 1} (run {run_ids[i]})" for i in failed if i >= 0))
         return 1
-    exp_id = client.get_run(srid).info.experiment_id
     say(f"sweep finished in {time.time() - t_start:.0f} s; {ml.ui_hint(tracking_uri, exp_id)}")
     return 0
-
-
-def collect_rows(client, plan: SweepPlan, run_ids: list[str], names: dict[str, str]) -> list[dict]:
-    """Rows of the results table from each trial run's metric histories (step = sampling steps).
-
-    A metric logged as "<name>" belongs to the trial's method; "<name>/<label>" to an extra sampler.
-    """
-    rows = []
-    for i, rid in enumerate(run_ids):
-        run = client.get_run(rid)
-        tc = plan.trial_cfg(i)
-        cells = res.trial_cells(tc)
-        for key in run.data.metrics:
-            metric, _, label = key.partition("/")
-            if metric not in names.values():
-                continue
-            se_key = f"{metric}_se" + (f"/{label}" if label else "")  # bootstrap standard errors (eval.bootstrap)
-            se = {m.step: m.value for m in client.get_metric_history(rid, se_key)} if se_key in run.data.metrics else {}
-            for m in client.get_metric_history(rid, key):
-                rows.append(
-                    {
-                        "method": label or method_label(tc),
-                        "student_steps": m.step,
-                        "nfe": m.step,
-                        "metric": metric,
-                        "value": m.value,
-                        "trial_id": run.data.tags.get("ray.trial_id", ""),
-                        "run_id": rid,
-                        **cells,
-                        "train_iterations": tc.train.iterations,
-                        "wall_seconds": run.data.metrics.get("wall_seconds"),
-                        "se": se.get(m.step),
-                    }
-                )
-    return rows
