@@ -370,8 +370,7 @@ def run_sweep(
 
 
 def _run_sweep(plan, tracking_uri, storage, say, resume, start_ray, stop: Interrupts) -> int:
-    from concurrent.futures import ThreadPoolExecutor
-
+    """plan -> runs -> assets -> tune -> settle -> report."""
     from mlflow.tracking import MlflowClient
 
     ray_runtime.apply_env()  # before Ray Tune is imported
@@ -381,24 +380,9 @@ def _run_sweep(plan, tracking_uri, storage, say, resume, start_ray, stop: Interr
     resolve_teachers(plan.trials, storage_dir / "cache", log=say)  # -> local paths in the trial configs
     client = MlflowClient(tracking_uri)
     t_start = time.time()
-    started_ray = False
-    with ThreadPoolExecutor(1, thread_name_prefix="sweep-open") as pool:
-        opening = pool.submit(_open_runs, client, plan, tracking_uri, storage, resume, say)
-        try:
-            start = start_ray or ray_runtime.init_ray  # Ray needs the main thread (its signal handlers)
-            started_ray = start(say) is True
-            stop.reclaim()  # Ray's core worker replaced our SIGTERM handler
-            import ray.tune  # noqa: F401 - imported (~2 s) while the runs are still being opened
-
-            srid, sweep_id, run_ids = opening.result()
-        except BaseException as e:
-            stop.acknowledge()
-            if opening.exception() is None:  # waits for it (MLflow calls: seconds); the runs exist, close them
-                srid, _, run_ids = opening.result()
-                if srid is not None:
-                    sr.close_incomplete(client, srid, run_ids, interrupted=isinstance(e, KeyboardInterrupt), say=say)
-            ray_runtime.shutdown(started_ray)
-            raise
+    srid, sweep_id, run_ids, started_ray = _runs_and_ray(
+        client, plan, tracking_uri, storage, resume, start_ray, stop, say
+    )
     if srid is None:  # --resume of a sweep whose every trial had already finished: nothing to do, nothing logged
         ray_runtime.shutdown(started_ray)
         return 0
@@ -407,40 +391,27 @@ def _run_sweep(plan, tracking_uri, storage, say, resume, start_ray, stop: Interr
         say(f"MLflow: experiment '{cfg.experiment}', sweep run {srid} with {len(run_ids)} trial runs ({tracking_uri})")
         out_dir.mkdir(parents=True, exist_ok=True)
         assets, asset_keys, first = _shared_assets(plan, client, srid, storage_dir, resume, say)
-        names, teacher_rows = sweep_metric_names(plan, first), first["teacher_rows"]
-
-        # -- Ray Tune: one trial per planned config --------------------------------------------------
-        r, adaptive = cfg.resources, plan.adaptive
+        names = sweep_metric_names(plan, first)
         sweep_ref = {"run_id": srid, "experiment_id": client.get_run(srid).info.experiment_id, "name": cfg.name}
         ctx = _trial_context(plan, run_ids, tracking_uri, ray_dir, assets, asset_keys, sweep_ref)
-        n_trials = cfg.num_samples if adaptive else len(run_ids)
-        status = _status_callback(client, run_ids, n_trials, say, sweep_ref, plan, adaptive)
-        tuner, indices = _tuner(plan, ctx, status, client, run_ids, names, storage, ray_dir, sweep_id, resume, say)
-        what = f"{n_trials} trials proposed by {cfg.search_alg.name}" if adaptive else f"{n_trials} trials"
-        say(f"running {what}, at most {r.max_concurrent_trials} at a time; Tune state in {ray_dir}")
-        say(f"Ray's own messages (a failed trial's traceback, retries): {ray_runtime.ray_messages_to_file()}")
-        say(f"the trials' own output (Ray worker logs): {ray_runtime.worker_logs()}")
-        stop.in_tune = True
-        try:
-            grid = tuner.fit() if indices else []  # nothing left to run: settle and finish
-        except Exception as e:  # Tune ran but could not collect its results (e.g. a full disk)
-            say(f"Ray Tune could not collect the trials' results ({type(e).__name__}: {e}); statuses from MLflow")
-            grid = []
-        finally:
-            stop.in_tune = False
-            status.progress.close()  # the live lines go; what follows is printed below them
-        if stop.signal is not None:  # Tune stopped gracefully on our SIGUSR1: the sweep is not finished
-            raise KeyboardInterrupt
-        plan, run_ids, last, orphans = _results(client, plan, run_ids, grid, status, sweep_ref)
-        failed = sr.settle_trials(client, run_ids, last)
-        if orphans:  # trials that failed before they could open an MLflow run
-            say(
-                f"{orphans} of {cfg.num_samples} proposed trial(s) did not run or opened no MLflow run (see the Ray logs)"
-            )
-            failed += [-1] * orphans
+        tune_at = (storage, ray_dir, sweep_id)
+        plan, run_ids, failed = _tune_and_settle(
+            plan, ctx, client, run_ids, names, tune_at, sweep_ref, resume, stop, say
+        )
         try:
             rc = _finish(
-                client, plan, srid, run_ids, names, teacher_rows, first, out_dir, failed, t_start, tracking_uri, say
+                client,
+                plan,
+                srid,
+                run_ids,
+                names,
+                first["teacher_rows"],
+                first,
+                out_dir,
+                failed,
+                t_start,
+                tracking_uri,
+                say,
             )
             if ray_dir != str(out_dir):
                 _copy_results(out_dir, ray_dir, say)
@@ -456,6 +427,62 @@ def _run_sweep(plan, tracking_uri, storage, say, resume, start_ray, stop: Interr
         finally:
             ray_runtime.shutdown(started_ray)
         raise
+
+
+def _runs_and_ray(client, plan, tracking_uri, storage, resume, start_ray, stop: Interrupts, say):
+    """(sweep run id, sweep id, trial run ids, whether we started Ray): the MLflow runs opened in a second thread
+    while Ray starts in this one; an interruption meanwhile closes the runs already opened."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    started_ray = False
+    with ThreadPoolExecutor(1, thread_name_prefix="sweep-open") as pool:
+        opening = pool.submit(_open_runs, client, plan, tracking_uri, storage, resume, say)
+        try:
+            start = start_ray or ray_runtime.init_ray  # Ray needs the main thread (its signal handlers)
+            started_ray = start(say) is True
+            stop.reclaim()  # Ray's core worker replaced our SIGTERM handler
+            import ray.tune  # noqa: F401 - imported (~2 s) while the runs are still being opened
+
+            return (*opening.result(), started_ray)
+        except BaseException as e:
+            stop.acknowledge()
+            if opening.exception() is None:  # waits for it (MLflow calls: seconds); the runs exist, close them
+                srid, _, run_ids = opening.result()
+                if srid is not None:
+                    sr.close_incomplete(client, srid, run_ids, interrupted=isinstance(e, KeyboardInterrupt), say=say)
+            ray_runtime.shutdown(started_ray)
+            raise
+
+
+def _tune_and_settle(plan, ctx, client, run_ids, names, tune_at, sweep_ref, resume, stop: Interrupts, say):
+    """Ray Tune runs the trials (one per planned config, or as the search proposes them); then every trial run's
+    final status: (the plan as it ran, its trial run ids, the failed indices). tune_at: (storage, Ray's folder of
+    this sweep, the sweep id)."""
+    cfg, adaptive, (storage, ray_dir, sweep_id) = plan.cfg, plan.adaptive, tune_at
+    n_trials = cfg.num_samples if adaptive else len(run_ids)
+    status = _status_callback(client, run_ids, n_trials, say, sweep_ref, plan, adaptive)
+    tuner, indices = _tuner(plan, ctx, status, client, run_ids, names, storage, ray_dir, sweep_id, resume, say)
+    what = f"{n_trials} trials proposed by {cfg.search_alg.name}" if adaptive else f"{n_trials} trials"
+    say(f"running {what}, at most {cfg.resources.max_concurrent_trials} at a time; Tune state in {ray_dir}")
+    say(f"Ray's own messages (a failed trial's traceback, retries): {ray_runtime.ray_messages_to_file()}")
+    say(f"the trials' own output (Ray worker logs): {ray_runtime.worker_logs()}")
+    stop.in_tune = True
+    try:
+        grid = tuner.fit() if indices else []  # nothing left to run: settle and finish
+    except Exception as e:  # Tune ran but could not collect its results (e.g. a full disk)
+        say(f"Ray Tune could not collect the trials' results ({type(e).__name__}: {e}); statuses from MLflow")
+        grid = []
+    finally:
+        stop.in_tune = False
+        status.progress.close()  # the live lines go; what follows is printed below them
+    if stop.signal is not None:  # Tune stopped gracefully on our SIGUSR1: the sweep is not finished
+        raise KeyboardInterrupt
+    plan, run_ids, last, orphans = _results(client, plan, run_ids, grid, status, sweep_ref)
+    failed = sr.settle_trials(client, run_ids, last)
+    if orphans:  # trials that failed before they could open an MLflow run
+        say(f"{orphans} of {cfg.num_samples} proposed trial(s) did not run or opened no MLflow run (see the Ray logs)")
+        failed += [-1] * orphans
+    return plan, run_ids, failed
 
 
 def sweep_metric_names(plan, first: dict) -> dict[str, str]:

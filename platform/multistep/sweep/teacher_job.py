@@ -160,6 +160,12 @@ def run_teacher(
         close_run(client, rid, "KILLED")
         raise
     close_run(client, rid, "FINISHED", metrics={"wall_seconds": time.time() - t0})
+    _say_how_to_use(cfg, rid, path, out, say)
+    return {"status": "FINISHED", "run_id": rid, "path": str(path), **out}
+
+
+def _say_how_to_use(cfg: TeacherFileCfg, rid: str, path: Path, out: dict, say) -> None:
+    """The teacher's DDIM curve and the two lines that distil it in a sweep file."""
     fd = [row for row in out["curve"] if row["metric"].startswith("fd_")]
     say(
         "teacher DDIM curve: "
@@ -176,10 +182,41 @@ def run_teacher(
         f"  data: {yaml.safe_dump(data_kind(cfg.data).identity(cfg.data), default_flow_style=True, width=1000).strip()}"
     )
     say(f"  teacher: {{kind: checkpoint, path: {path}}}")
-    return {"status": "FINISHED", "run_id": rid, "path": str(path), **out}
 
 
 # -- worker: one Ray Train rank ---------------------------------------------------------------------
+def _save_and_curve(cfg: TeacherFileCfg, config: dict, ema_net, sched, data, history: list, logger, device):
+    """Rank 0 after training: teacher.pt (with its data line, shape and captions) as the run's artifact, then its
+    DDIM curve (step = steps) and noise floor on the run; returns (curve rows, floor)."""
+    from multistep.metrics.evaluate import ddim_curve
+    from multistep.nets.mlp import VDenoiser
+    from multistep.tracking.mlflow_layout import log_curve, log_params
+    from multistep.train.teacher import save_teacher
+
+    meta = {
+        "name": cfg.name,
+        "run_id": config["run_id"],
+        "schedule": cfg.schedule.model_dump(mode="json"),
+        "data": data_kind(cfg.data).identity(cfg.data),
+        "shape": list(data.shape),
+        "iterations": cfg.train.iterations,
+        "final_loss": history[-1]["loss"],
+    }
+    if captions := config.get("captions"):  # ids 0 .. K-1 of the net's conditions are these captions (K: "")
+        meta |= {"captions": captions["captions"], "text_encoder": captions["text_encoder"]}
+    path = save_teacher(config["path"], config["net"], ema_net.state_dict(), meta)
+    logger.artifact(str(path))  # -> artifact "teacher.pt"
+    ev = cfg.eval
+    rows, floor = ddim_curve(
+        VDenoiser(ema_net, sched), sched, data, ev.samples, ev.steps, ev.seed, cfg.data.fd_space, device
+    )
+    for metric in dict.fromkeys(row["metric"] for row in rows):  # step = number of DDIM steps
+        points = [(row["steps"], row["value"]) for row in rows if row["metric"] == metric]
+        log_curve(logger.client, config["run_id"], metric, points)
+    log_params(logger.client, config["run_id"], {f"noise_floor.{k}": f"{v:.6g}" for k, v in floor.items()})
+    return rows, floor
+
+
 def _batches(cfg: TeacherFileCfg, data, rank: int, world: int, device):
     """Endless training batches of this rank's share (x or (x, y)) on `device`, as the data kind draws them."""
     from multistep.sweep.worker import on_device
@@ -194,12 +231,10 @@ def teacher_worker(config: dict) -> dict:
     import torch
 
     from multistep.diffusion.schedules import make_schedule
-    from multistep.metrics.evaluate import ddim_curve
-    from multistep.nets.mlp import VDenoiser
-    from multistep.tracking.mlflow_layout import RunLogger, log_curve, log_params
+    from multistep.tracking.mlflow_layout import RunLogger
     from multistep.train.build import make_data
     from multistep.train.replicas import Replicas
-    from multistep.train.teacher import build_net, save_teacher, train_teacher
+    from multistep.train.teacher import build_net, train_teacher
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -240,30 +275,5 @@ def teacher_worker(config: dict) -> dict:
     )  # gradients averaged over ranks
     if rank != 0:
         return {}
-    shape = list(data.shape)
-    meta = {
-        "name": cfg.name,
-        "run_id": config["run_id"],
-        "schedule": cfg.schedule.model_dump(mode="json"),
-        "data": data_kind(cfg.data).identity(cfg.data),
-        "shape": shape,
-        "iterations": t.iterations,
-        "final_loss": history[-1]["loss"],
-    }
-    if captions:  # ids 0 .. K-1 of the net's conditions are these captions (K: the empty prompt)
-        meta |= {"captions": captions["captions"], "text_encoder": captions["text_encoder"]}
-    path = save_teacher(config["path"], config["net"], ema_net.state_dict(), meta)
-    logger.artifact(str(path))  # -> artifact "teacher.pt"
-    ev = cfg.eval
-    rows, floor = ddim_curve(
-        VDenoiser(ema_net, sched), sched, data, ev.samples, ev.steps, ev.seed, cfg.data.fd_space, device
-    )
-    for metric in dict.fromkeys(row["metric"] for row in rows):  # step = number of DDIM steps
-        log_curve(
-            logger.client,
-            config["run_id"],
-            metric,
-            [(row["steps"], row["value"]) for row in rows if row["metric"] == metric],
-        )
-    log_params(logger.client, config["run_id"], {f"noise_floor.{k}": f"{v:.6g}" for k, v in floor.items()})
+    rows, floor = _save_and_curve(cfg, config, ema_net, sched, data, history, logger, device)
     return {"history": history, "curve": rows, "floor": floor}
