@@ -176,11 +176,10 @@ def trial_timeline(sweep: dict, n: int) -> list[dict]:
     """Per trial: start, loop start/end (worker's clock = this host's), done; from say messages and MLflow."""
     from mlflow.tracking import MlflowClient
 
+    from multistep.tracking import find
+
     client = MlflowClient(sweep["uri"])
-    exp = client.get_experiment_by_name("bench")
-    runs = client.search_runs(
-        [exp.experiment_id], "tags.`multistep.kind` = 'trial'", order_by=["attributes.start_time DESC"], max_results=n
-    )
+    runs = find.trial_runs(client, find.experiment_id(client, "bench"), n)
     by_index = {int(r.data.tags[tag.TRIAL_INDEX]): r.info.run_id for r in runs}
     starts, dones = {}, {}
     for t, m in sweep["log"]:
@@ -188,7 +187,7 @@ def trial_timeline(sweep: dict, n: int) -> list[dict]:
             (starts if g[2] == "started" else dones)[int(g[1]) - 1] = t
     rows = []
     for i in range(n):
-        hist = sorted(client.get_metric_history(by_index[i], "train/wall_seconds"), key=lambda m: m.step)
+        hist = find.metric_history(client, by_index[i], "train/wall_seconds")
         loop_start = hist[0].timestamp / 1000 - hist[0].value
         loop_end = hist[-1].timestamp / 1000
         rows.append(

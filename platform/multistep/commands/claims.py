@@ -140,13 +140,14 @@ def _mixture(client, sweep):
 
     from multistep.config import load_sweep
     from multistep.metrics.diversity import scores_modes
+    from multistep.tracking import find
     from multistep.train.build import make_data
 
     with tempfile.TemporaryDirectory() as d:
-        files = [a.path for a in client.list_artifacts(sweep.info.run_id) if a.path.endswith((".yaml", ".yml"))]
+        files = find.artifact_names(client, sweep.info.run_id, (".yaml", ".yml"))
         if not files:
             return None
-        tc = load_sweep(client.download_artifacts(sweep.info.run_id, files[0], d)).trial_cfg(0)
+        tc = load_sweep(find.artifact_file(client, sweep.info.run_id, files[0], d)).trial_cfg(0)
         return make_data(tc.data) if scores_modes(tc) else None
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from multistep.cli_common import say as cli_say
 from multistep.config import ConfigError, load_sweep
+from multistep.tracking import find
 from multistep.tracking import tags as tag
 
 BASELINE_TAG = tag.REGRESSION_BASELINE  # on a sweep run; value: the name of the sweep it is the baseline of
@@ -62,13 +63,7 @@ def sweep_run_or_latest(client, arg: str):
     FINISHED sweep run in the tracking store. ConfigError (exit 2) when there is none."""
     if re.fullmatch(r"[0-9a-f]{32}", arg):
         return sweep_run(client, arg, "RUN_OR_SWEEP")
-    exps = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(
-        exps,
-        f"tags.`{tag.KIND}` = 'sweep' and tags.`{tag.SWEEP_NAME}` = '{arg}' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
+    runs = find.sweep_runs(client, None, f"tags.`{tag.SWEEP_NAME}` = '{arg}' and attributes.status = 'FINISHED'")
     if not runs:
         raise ConfigError(
             f"RUN_OR_SWEEP {arg}: no finished sweep run of that name (nor a run id) in the tracking store"
@@ -83,7 +78,7 @@ def read_run_table(client, run, flag: str) -> list[dict]:
         raise ConfigError(f"{flag} {run.info.run_id}: the sweep is still {run.info.status}")
     with tempfile.TemporaryDirectory() as d:
         try:
-            path = client.download_artifacts(run.info.run_id, TABLE, d)
+            path = find.artifact_file(client, run.info.run_id, TABLE, d)
         except Exception:  # any failure means there is no table to compare
             raise ConfigError(
                 f"{flag} {run.info.run_id}: the run has no {TABLE} artifact (the sweep did not finish)"
@@ -93,7 +88,7 @@ def read_run_table(client, run, flag: str) -> list[dict]:
 
 def baselines(client, experiment_id: str, name: str) -> list:
     """Sweep runs tagged as the baseline of `name`, newest promotion first (normally exactly one)."""
-    runs = client.search_runs([experiment_id], f"tags.`{BASELINE_TAG}` = '{name}'", max_results=100)
+    runs = find.runs_tagged(client, experiment_id, BASELINE_TAG, name)
     return sorted(runs, key=lambda r: r.data.tags.get(tag.BASELINE_PROMOTED_AT, ""), reverse=True)
 
 
@@ -129,7 +124,7 @@ def promote(client, run_id: str, reason: str, file_name: str | None, say=cli_say
     by, at = who(), _now()
     old = [r for r in baselines(client, run.info.experiment_id, name) if r.info.run_id != rid]
     for o in old:
-        client.delete_tag(o.info.run_id, BASELINE_TAG)
+        find.delete_tag(client, o.info.run_id, BASELINE_TAG)
         demoted = {"demoted_by": by, "demoted_at": at, "replaced_by": rid}
         set_tags(client, o.info.run_id, {f"{tag.BASELINE_PREFIX}{k}": v for k, v in demoted.items()})
     tags = {
@@ -171,8 +166,8 @@ def resolve_baseline(client, arg: str | None, cfg, file: str) -> tuple[list[dict
         run = sweep_run(client, arg, "--baseline")
         how = "given with --baseline"
     else:
-        exp = client.get_experiment_by_name(cfg.experiment)
-        found = baselines(client, exp.experiment_id, cfg.name) if exp else []
+        exp_id = find.experiment_id(client, cfg.experiment)
+        found = baselines(client, exp_id, cfg.name) if exp_id else []
         if not found:
             raise _no_baseline(file, cfg.name, cfg.experiment)
         run = found[0]
@@ -195,17 +190,10 @@ def resolve_baseline(client, arg: str | None, cfg, file: str) -> tuple[list[dict
 def _new_sweep_run(client, cfg, storage: Path):
     """The sweep run run_sweep just made in `storage`, a folder only this regress job writes (name, time and pid):
     found by its storage tag, so a concurrent regress job of the same sweep cannot be taken for it."""
-    exp = client.get_experiment_by_name(cfg.experiment)
+    exp_id = find.experiment_id(client, cfg.experiment)
     pattern = str(storage).replace("'", "_")  # a quote cannot be escaped in the filter; "_" matches any one character
-    runs = (
-        client.search_runs(
-            [exp.experiment_id],
-            f"tags.`{tag.KIND}` = 'sweep' and tags.`{tag.STORAGE}` LIKE '{pattern}/%'",
-            max_results=2,
-        )
-        if exp
-        else []
-    )
+    where = f"tags.`{tag.STORAGE}` LIKE '{pattern}/%'"
+    runs = find.sweep_runs(client, [exp_id], where, limit=2, newest_first=False) if exp_id else []
     if len(runs) != 1:
         raise RuntimeError(f"the sweep '{cfg.name}' ran but its MLflow sweep run (storage {storage}) was not found")
     return runs[0]

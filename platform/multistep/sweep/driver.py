@@ -392,7 +392,7 @@ def _run_sweep(plan, tracking_uri, storage, say, resume, start_ray, stop: Interr
         out_dir.mkdir(parents=True, exist_ok=True)
         assets, asset_keys, first = _shared_assets(plan, client, srid, storage_dir, resume, say)
         names = sweep_metric_names(plan, first)
-        sweep_ref = {"run_id": srid, "experiment_id": client.get_run(srid).info.experiment_id, "name": cfg.name}
+        sweep_ref = {"run_id": srid, "experiment_id": sr.experiment_of(client, srid), "name": cfg.name}
         ctx = _trial_context(plan, run_ids, tracking_uri, ray_dir, assets, asset_keys, sweep_ref)
         tune_at = (storage, ray_dir, sweep_id)
         plan, run_ids, failed = _tune_and_settle(

@@ -128,8 +128,8 @@ def pbt_exploit(state, sd: dict, cfg: dict, logger) -> None:
         return
     parent = {"run_id": sd["run_id"], "iteration": state.iteration, "config": sd["trial"]}
     parent["values"] = {k: get_path(sd["trial"], k) for k in cfg["pbt"]}
-    logger.client.set_tag(cfg["run_id"], tag.PBT_PARENT_RUN, sd["run_id"])  # the latest exploit's
-    logger.client.set_tag(cfg["run_id"], tag.PBT_PARENT_ITERATION, str(state.iteration))
+    logger.tag(tag.PBT_PARENT_RUN, sd["run_id"])  # the latest exploit's
+    logger.tag(tag.PBT_PARENT_ITERATION, str(state.iteration))
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / f"exploit_{state.iteration:07d}.json"
         path.write_text(json.dumps({"parent": parent, "values": cfg["pbt"]}, indent=1, sort_keys=True))
@@ -290,7 +290,7 @@ class Trial:
         if ckpt is not None:
             sd, fallback = load_checkpoint(ckpt)
             if fallback and logger:  # the latest checkpoint was corrupt: say so where the trial's results are
-                logger.client.set_tag(cfg["run_id"], tag.CHECKPOINT_FALLBACK, fallback)
+                logger.tag(tag.CHECKPOINT_FALLBACK, fallback)
             if fallback:
                 print(f"trial {cfg['run_id']}: {fallback}", flush=True)
             if sd.get("version") != CKPT_VERSION:
@@ -301,7 +301,7 @@ class Trial:
                 state.gen.set_state(gen)
                 torch.set_rng_state(cpu_rng)
             if logger:
-                logger.client.set_tag(cfg["run_id"], tag.RESUMED_FROM_ITERATION, str(state.iteration))
+                logger.tag(tag.RESUMED_FROM_ITERATION, str(state.iteration))
             if sd.get("run_id") not in (None, cfg["run_id"]):  # PBT cloned a leader's checkpoint into this trial
                 pbt_exploit(state, sd, cfg, logger)
         if logger:  # a restart (with or without a checkpoint) redoes work: points the run holds are not logged again
@@ -420,7 +420,7 @@ class Trial:
             )
         except NonFiniteLoss as e:
             if self.logger:
-                self.logger.client.set_tag(self.cfg["run_id"], tag.ERROR, str(e))
+                self.logger.tag(tag.ERROR, str(e))
             return str(e)
         finally:
             if self.batches is not None:

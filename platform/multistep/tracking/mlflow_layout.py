@@ -169,6 +169,9 @@ class RunLogger:
     def artifact(self, path: str, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, path, artifact_path)
 
+    def tag(self, key: str, value: str) -> None:
+        self.client.set_tag(self.run_id, key, value)
+
 
 def trial_tags(sweep_run_id: str, index: int, label: str, sweep_name: str) -> list[RunTag]:
     return [

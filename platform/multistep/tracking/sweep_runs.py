@@ -49,6 +49,10 @@ def reopen_sweep_run(client, sweep) -> None:
         client.delete_tag(sweep.info.run_id, tag.INCOMPLETE)
 
 
+def experiment_of(client, rid: str) -> str:
+    return client.get_run(rid).info.experiment_id
+
+
 def mark_running(client, rid: str, trial_id: str) -> None:
     """A planned trial's run at its (re)start: RUNNING, known by its Ray trial id, no longer marked interrupted."""
     client.set_tag(rid, "ray.trial_id", trial_id)
@@ -118,7 +122,7 @@ def finish_sweep_run(client, srid: str, t_start: float, failed: list[int], files
     if failed:
         client.set_tag(srid, tag.INCOMPLETE, f"{len(failed)} trial(s) failed")
     close_run(client, srid, "FAILED" if failed else "FINISHED", metrics=wall)
-    return client.get_run(srid).info.experiment_id
+    return experiment_of(client, srid)
 
 
 def trial_metrics(client, run_ids: list[str]) -> list[dict]:
