@@ -172,6 +172,16 @@ def run_timed_sweep(plan, folder: Path) -> dict:
     return {"code": code, "t0": t0, "t1": time.time(), "log": log, "uri": uri, "ray_init_s": ray_init["s"]}
 
 
+def trial_events(log: list[tuple[float, str]]) -> tuple[dict[int, float], dict[int, float]]:
+    """({trial index: when its "started" line was said}, {index: when it finished, failed or stopped}) from the
+    sweep's progress lines (sweep/progress.py: "[trial 1/4] mcd S=2 started (id)", "... finished in 21 s")."""
+    starts, dones = {}, {}
+    for t, m in log:
+        if g := re.match(r"\[trial (\d+)/\d+\] .*?\b(started|finished|FAILED|stopped)\b", m):
+            (starts if g[2] == "started" else dones)[int(g[1]) - 1] = t
+    return starts, dones
+
+
 def trial_timeline(sweep: dict, n: int) -> list[dict]:
     """Per trial: start, loop start/end (worker's clock = this host's), done; from say messages and MLflow."""
     from mlflow.tracking import MlflowClient
@@ -181,10 +191,7 @@ def trial_timeline(sweep: dict, n: int) -> list[dict]:
     client = MlflowClient(sweep["uri"])
     runs = find.trial_runs(client, find.experiment_id(client, "bench"), n)
     by_index = {int(r.data.tags[tag.TRIAL_INDEX]): r.info.run_id for r in runs}
-    starts, dones = {}, {}
-    for t, m in sweep["log"]:
-        if g := re.match(r"\[trial (\d+)/\d+\] (started|finished|FAILED|stopped)", m):
-            (starts if g[2] == "started" else dones)[int(g[1]) - 1] = t
+    starts, dones = trial_events(sweep["log"])
     rows = []
     for i in range(n):
         hist = find.metric_history(client, by_index[i], "train/wall_seconds")
