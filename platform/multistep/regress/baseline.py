@@ -257,6 +257,49 @@ def _write_report(out: Path, cfg, points, facts: dict) -> str:
     return table
 
 
+def _current_sweep(client, plan, args, uri: str, say):
+    """(the sweep run to check, 1 when some of its trials failed): --run's, or a fresh run of the file."""
+    cfg = plan.cfg
+    if args.run:
+        cur = sweep_run(client, args.run, "--run")
+        if cur.data.tags.get(tag.SWEEP_NAME) != cfg.name:
+            raise ConfigError(
+                f"--run {args.run}: a sweep named '{cur.data.tags.get(tag.SWEEP_NAME)}', "
+                f"the file's sweep is '{cfg.name}'"
+            )
+        return cur, 1 if cur.info.status == "FAILED" else 0
+    from multistep.sweep.driver import run_sweep
+
+    # a fresh storage folder, so a fresh cache: evaluation reference, teacher curve and warm start are
+    # recomputed by today's code (a cache hit would hide a regression in them)
+    stamp = f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    storage = Path(args.storage).resolve() / "regress" / stamp
+    sweep_rc = run_sweep(plan, uri, str(storage), say=say)
+    return _new_sweep_run(client, cfg, storage), sweep_rc
+
+
+def _facts(cfg, file: str, cur, sweep_rc: int, facts: dict) -> dict:
+    """The report's header: the sweep, the current run, the baseline, the tolerances (and a changed plan)."""
+    plan_hash = facts.pop("_plan_hash", None)
+    git = cur.data.tags.get(tag.GIT_COMMIT, "?")[:12]
+    out = {
+        "sweep": f"{cfg.name} ({file})",
+        "current": f"sweep run {cur.info.run_id} ({cur.data.tags.get(tag.SWEEP_ID, cur.info.run_id)}, git {git})"
+        + (", some trials FAILED" if sweep_rc else ""),
+        **facts,
+        "tolerances": "; ".join(
+            f"{k}: " + ", ".join(f"{a} {v:g}" for a, v in t.model_dump(exclude_none=True).items())
+            for k, t in cfg.regression.tolerances.items()
+        ),
+    }
+    if plan_hash and plan_hash != cur.data.tags.get(tag.PLAN_HASH):
+        out["note"] = (
+            "the baseline ran a different plan (sweep file or defaults changed): differences may come from "
+            "the configuration, not the code"
+        )
+    return out
+
+
 def regress(client, plan, args, uri: str, say=cli_say) -> int:
     from multistep.regress import compare as rg
     from multistep.tracking.runs import close_run, log_files, open_run, set_tags
@@ -269,26 +312,7 @@ def regress(client, plan, args, uri: str, say=cli_say) -> int:
             + (f"compare sweep run {args.run}" if args.run else f"run {len(plan.trials)} trial(s) and compare them")
         )
         return 0
-    if args.run:
-        cur = sweep_run(client, args.run, "--run")
-        if cur.data.tags.get(tag.SWEEP_NAME) != cfg.name:
-            raise ConfigError(
-                f"--run {args.run}: a sweep named '{cur.data.tags.get(tag.SWEEP_NAME)}', "
-                f"the file's sweep is '{cfg.name}'"
-            )
-        sweep_rc = 1 if cur.info.status == "FAILED" else 0
-    else:
-        from multistep.sweep.driver import run_sweep
-
-        # a fresh storage folder, so a fresh cache: evaluation reference, teacher curve and warm start are
-        # recomputed by today's code (a cache hit would hide a regression in them)
-        storage = (
-            Path(args.storage).resolve()
-            / "regress"
-            / f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-        )
-        sweep_rc = run_sweep(plan, uri, str(storage), say=say)
-        cur = _new_sweep_run(client, cfg, storage)
+    cur, sweep_rc = _current_sweep(client, plan, args, uri, say)
     cur_rows = read_run_table(client, cur, "--run")
     srid, sweep_id = cur.info.run_id, cur.data.tags.get(tag.SWEEP_ID, cur.info.run_id)
 
@@ -301,22 +325,7 @@ def regress(client, plan, args, uri: str, say=cli_say) -> int:
             "`multistep regress --promote RUN_ID --reason TEXT`"
         )
     bad = rg.failing(points)
-    plan_hash = facts.pop("_plan_hash", None)
-    facts = {
-        "sweep": f"{cfg.name} ({file})",
-        "current": f"sweep run {srid} ({sweep_id}, git {cur.data.tags.get(tag.GIT_COMMIT, '?')[:12]})"
-        + (", some trials FAILED" if sweep_rc else ""),
-        **facts,
-        "tolerances": "; ".join(
-            f"{k}: " + ", ".join(f"{a} {v:g}" for a, v in t.model_dump(exclude_none=True).items())
-            for k, t in cfg.regression.tolerances.items()
-        ),
-    }
-    if plan_hash and plan_hash != cur.data.tags.get(tag.PLAN_HASH):
-        facts["note"] = (
-            "the baseline ran a different plan (sweep file or defaults changed): differences may come from "
-            "the configuration, not the code"
-        )
+    facts = _facts(cfg, file, cur, sweep_rc, facts)
 
     run_name = f"regress-{sweep_id}"
     tags = {tag.KIND: "regression", tag.SWEEP_NAME: cfg.name, tag.REGRESS_CURRENT_RUN: srid, **base_tags}
