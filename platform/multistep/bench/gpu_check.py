@@ -83,6 +83,21 @@ DISTIL_REHEARSAL = {
 }
 
 
+def _student_fd(ema, sched, gmm, student_steps: int, eval_samples: int, device) -> float:
+    """FD (identity features) of the student's S-step samples from fixed noise against a fresh data sample."""
+    import torch
+
+    from multistep.diffusion.samplers import mcm_sample
+    from multistep.metrics.frechet import frechet_distance, gaussian_stats
+
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(1234)
+        noise = torch.randn((eval_samples, gmm.dim), generator=g).to(device)
+        x, _ = mcm_sample(ema, sched, noise, student_steps)
+        data = gmm.sample(eval_samples, g, dtype=torch.float64)
+    return frechet_distance(*gaussian_stats(x.double().cpu().numpy()), *gaussian_stats(data.numpy()))
+
+
 def distil_mixture(
     device,
     student_steps=4,
@@ -104,10 +119,8 @@ def distil_mixture(
     import torch
 
     from multistep.data.gmm import GaussianMixture
-    from multistep.diffusion.samplers import mcm_sample
     from multistep.diffusion.schedules import make_schedule
     from multistep.methods.mcm import MCM
-    from multistep.metrics.frechet import frechet_distance, gaussian_stats
     from multistep.nets.analytic import MixtureDenoiser
     from multistep.nets.mlp import MLP, VDenoiser
     from multistep.train.loop import WarmStart, fit, new_state, warm_start
@@ -143,12 +156,7 @@ def distil_mixture(
         checkpoint_every=iterations,
         hooks=_LossLog(losses),
     )
-    with torch.no_grad():
-        g = torch.Generator().manual_seed(1234)
-        noise = torch.randn((eval_samples, gmm.dim), generator=g).to(device)
-        x, _ = mcm_sample(state.ema.eval(), sched, noise, student_steps)
-        data = gmm.sample(eval_samples, g, dtype=torch.float64)
-    fd = frechet_distance(*gaussian_stats(x.double().cpu().numpy()), *gaussian_stats(data.numpy()))
+    fd = _student_fd(state.ema.eval(), sched, gmm, student_steps, eval_samples, device)
     return {
         "device": str(device),
         "fd": fd,
@@ -326,7 +334,7 @@ def child(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gpu_check",
         description=__doc__.split("\n\n")[0],
@@ -351,7 +359,39 @@ def main(argv=None) -> int:
     p.add_argument("--part", help=argparse.SUPPRESS)  # internal: run one part in this process
     p.add_argument("--result", help=argparse.SUPPRESS)
     p.add_argument("--device", default=None, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    return p
+
+
+def _run_part(name: str, cap: int, args, out: Path, tmp: str, env: dict, device: str, peak) -> dict:
+    """One part in a process (and session) of its own, stopped at its cap; its result dict (+ wall_s)."""
+    result = Path(tmp) / f"{name}.json"
+    cmd = [sys.executable, "-m", "multistep.bench.gpu_check", str(out), "--part", name, "--result", str(result)]
+    cmd += ["--device", device] + (["--cpu-rehearsal"] if args.cpu_rehearsal else [])
+    cmd += ["--peak-tflops", str(peak)] if peak else []
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(  # a session of its own: at the cap the part goes with everything it started
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        _, stderr = proc.communicate(timeout=cap)
+        res = (
+            json.loads(result.read_text())
+            if result.is_file()
+            else {
+                "status": "failed",
+                "error": f"the part's process exited {proc.returncode} without a result",
+                "stderr_tail": stderr[-3000:],
+            }
+        )
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        res = {"status": "timed_out", "error": f"ran over its cap of {cap} s and was stopped"}
+    return res | {"wall_s": time.perf_counter() - t0}
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
     if args.part:
         return child(args)
     parts = [s.strip() for s in args.parts.split(",") if s.strip()]
@@ -411,40 +451,7 @@ def main(argv=None) -> int:
             print(f"[gpu_check] {name}: skipped ({report['parts'][name]['reason']})", flush=True)
             continue
         print(f"[gpu_check] {name}: running (cap {cap} s, {left:.0f} s left)", flush=True)
-        result = Path(tmp) / f"{name}.json"
-        cmd = [
-            sys.executable,
-            "-m",
-            "multistep.bench.gpu_check",
-            str(out),
-            "--part",
-            name,
-            "--result",
-            str(result),
-            "--device",
-            device,
-        ] + (["--cpu-rehearsal"] if args.cpu_rehearsal else [])
-        cmd += ["--peak-tflops", str(peak)] if peak else []
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(  # a session of its own: at the cap the part goes with everything it started
-            cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-        )
-        try:
-            _, stderr = proc.communicate(timeout=cap)
-            res = (
-                json.loads(result.read_text())
-                if result.is_file()
-                else {
-                    "status": "failed",
-                    "error": f"the part's process exited {proc.returncode} without a result",
-                    "stderr_tail": stderr[-3000:],
-                }
-            )
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            res = {"status": "timed_out", "error": f"ran over its cap of {cap} s and was stopped"}
-        res["wall_s"] = time.perf_counter() - t0
+        res = _run_part(name, cap, args, out, tmp, env, device, peak)
         report["parts"][name] = res
         print(
             f"[gpu_check] {name}: {res['status']} in {res['wall_s']:.1f} s"
