@@ -4,8 +4,10 @@
 
 - functions longer than --limit lines in sweep/ and longer than 80 anywhere (argparse builders `add_parser` and
   `add_*_options` aside), longest first;
-- `kind == "..."` / `kind != "..."` / `kind in (...)` comparisons (dispatch on a teacher or data kind), per file;
-- MLflow client calls (`client.<method>(` on an MlflowClient, `mlflow.<function>(`) inside and outside tracking/.
+- `kind == "..."` / `kind != "..."` / `kind in (...)` comparisons, per file, and among them the dispatches on a
+  registered teacher or data kind's name (what the registries own);
+- MLflow client calls (`client.<method>(` on an MlflowClient, `mlflow.<function>(`) inside and outside tracking/,
+  in modules that import MLflow or multistep.tracking (sweep/submit.py's `client` is Ray's JobSubmissionClient).
 """
 
 from __future__ import annotations
@@ -31,13 +33,32 @@ def _is_kind(node: ast.AST) -> bool:
     )
 
 
-def _kind_dispatches(tree: ast.AST) -> int:
+def _kind_dispatches(tree: ast.AST, names: frozenset = frozenset()) -> int:
+    """Comparisons of something named kind with constants (with `names`: only those naming one of them)."""
     n = 0
     for node in ast.walk(tree):
         if isinstance(node, ast.Compare) and _is_kind(node.left):
             consts = [c for c in node.comparators if isinstance(c, ast.Constant | ast.Tuple | ast.List | ast.Set)]
-            n += bool(consts)
+            values = {v.value for c in consts for v in ast.walk(c) if isinstance(v, ast.Constant)}
+            n += bool(consts) and (not names or bool(values & names))
     return n
+
+
+def _registered_kinds() -> frozenset:
+    """The names of the registered teacher and data kinds."""
+    from multistep.data import DATA_KINDS
+    from multistep.teachers import TEACHER_KINDS
+
+    return frozenset(DATA_KINDS) | frozenset(TEACHER_KINDS)
+
+
+def _uses_mlflow(tree: ast.AST) -> bool:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and ("mlflow" in node.module or "tracking" in node.module):
+            return True
+        if isinstance(node, ast.Import) and any("mlflow" in a.name for a in node.names):
+            return True
+    return False
 
 
 def _mlflow_calls(tree: ast.AST) -> int:
@@ -59,7 +80,8 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=60, help="line limit for functions in sweep/ (default 60)")
     args = p.parse_args()
     root = Path(args.root)
-    long, kinds, calls = [], Counter(), Counter()
+    long, kinds, owned, calls = [], Counter(), Counter(), Counter()
+    registered = _registered_kinds()
     for path in sorted(root.rglob("*.py")):
         rel = path.relative_to(root).as_posix()
         tree = ast.parse(path.read_text())
@@ -69,12 +91,18 @@ def main() -> None:
             if lines > limit and not f.name.startswith(ARGPARSE_BUILDERS):
                 long.append((lines, f"{rel}:{f.lineno} {f.name}"))
         kinds[rel] = _kind_dispatches(tree)
-        calls["tracking/" if rel.startswith("tracking/") else rel] += _mlflow_calls(tree)
+        owner = rel.startswith(("teachers/", "data/")) or rel in ("config/schema.py", "registry.py")
+        owned[rel] = 0 if owner else _kind_dispatches(tree, registered)  # a kind's own file and the registries
+        calls["tracking/" if rel.startswith("tracking/") else rel] += _mlflow_calls(tree) if _uses_mlflow(tree) else 0
     print(f"functions over the limit ({args.limit} lines in sweep/, 80 elsewhere): {len(long)}")
     for n, where in sorted(long, reverse=True):
         print(f"  {n:4d}  {where}")
     print(f"kind dispatches: {sum(kinds.values())}")
     for rel, n in kinds.most_common():
+        if n:
+            print(f"  {n:4d}  {rel}")
+    print(f"  of which on a registered teacher or data kind, outside its own file: {sum(owned.values())}")
+    for rel, n in owned.most_common():
         if n:
             print(f"  {n:4d}  {rel}")
     inside = calls.pop("tracking/", 0)

@@ -102,7 +102,7 @@ def inputs(plan: SweepPlan, check_data: bool = False, say=print) -> None:
             continue
         seen.add(key)
         _check_pair(tc, plan.path)
-        if tc.method.gan and tc.teacher.kind == "torchscript" and tc.student.copy_teacher:
+        if tc.method.gan and teacher_kind(tc.teacher).opaque and tc.student.copy_teacher:
             raise ConfigError(
                 f"{plan.path}: method.gan: the fake score copies the TorchScript teacher, which has no middle "
                 "features to read; use student.copy_teacher: false or a state_dict / diffusers teacher"

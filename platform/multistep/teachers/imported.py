@@ -192,6 +192,7 @@ TORCHSCRIPT = kinds.register(
         open=_open_scripted,
         declare=_declare,
         network=lambda cfg, f: {"kind": "torchscript"},  # the architecture lives only in the TorchScript file
+        opaque=True,
         **common,
     )
 )

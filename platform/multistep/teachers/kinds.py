@@ -38,6 +38,7 @@ class TeacherKind:
     # cfg -> the pipeline folder of a latent teacher (its build encodes the data into latents held in memory, so
     # trials do not stream the data's files; FD is measured on decoded images), or None
     latent: Callable = lambda cfg: None
+    opaque: bool = False  # its network is a compiled program (TorchScript): no submodules to read features from
 
 
 TEACHER_KINDS: dict[str, TeacherKind] = {}
