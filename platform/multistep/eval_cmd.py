@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime
-from functools import partial
 from pathlib import Path
 
 from multistep.config import ConfigError
@@ -238,13 +237,12 @@ def load_student(p: Path, blob: dict, config: str | None = None, trial: int | No
 
 def _reference(tc, c, ev, seed: int, space: str, features):
     """The evaluation reference a sweep builds for this trial (noise, labels or fixed prompts, teacher ODE, data)."""
-    from multistep.metrics.evaluate import make_eval_ref
-    from multistep.metrics.streaming import make_stream_ref
+    from multistep.metrics.evaluator import reference_builder
     from multistep.sweep.assets import prompt_ids
     from multistep.train.build import uses_labels
 
     labelled = uses_labels(c.teacher, getattr(c.data, "labels", None) is not None)
-    make = make_stream_ref if ev.streaming else make_eval_ref
+    make = reference_builder(ev)
     args = (c.data, c.teacher, c.schedule, ev.samples, ev.ode_steps, seed, space, labelled, features)
     prompts = prompt_ids(tc) if labelled else None
     return make(*args, ev.kid_subsets, ev.ode_rows, load_for(tc.eval), prompts=prompts)
@@ -278,12 +276,12 @@ def _student_evaluations(tc, method, ema, schedule, steps, with_teacher: bool, s
 
 def eval_student(p: Path, blob: dict, args, steps: list[int] | None, say=print):
     from multistep.metrics.diversity import diversity_rows
-    from multistep.metrics.evaluate import metric_rows, repeated_teacher_curve, teacher_curve
-    from multistep.metrics.streaming import stream_teacher_curve
-    from multistep.sweep.assets import first_rows, teacher_diversity
+    from multistep.metrics.evaluate import metric_rows, repeated_teacher_curve
+    from multistep.metrics.evaluator import final_points, first_rows, teacher_curve_of
+    from multistep.sweep.assets import teacher_diversity
     from multistep.sweep.preflight import check_eval
     from multistep.sweep.results import GRID, trial_cells
-    from multistep.sweep.worker import final_points, trial_diversity
+    from multistep.sweep.worker import trial_diversity
     from multistep.train.build import method_label
 
     tc, trial, args.config, c, method, state = load_student(p, blob, args.config, args.trial, eval_opts(args))
@@ -312,7 +310,7 @@ def eval_student(p: Path, blob: dict, args, steps: list[int] | None, say=print):
         kept[(lb, n)] = x[: GRID**2]
         rows += [{"method": lb, "student_steps": n, "nfe": nfe, **cells} | r for r in metric_rows(values, names)]
     if args.with_teacher:  # the same noise seeds as the student's points
-        curve = partial(stream_teacher_curve, batch_size=ev.batch_size) if ev.streaming else teacher_curve
+        curve = teacher_curve_of(ev)
         t_steps = steps or sorted({n for _, n, *_ in points})
         t_rows, t_kept = repeated_teacher_curve(
             curve, c.teacher, c.schedule, c.data, ref, t_steps, ev.repeats, ev.seed, extractor=space,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,8 @@ import torch
 from multistep.config import ConfigError, TrialCfg
 from multistep.data import as_float, data_kind
 from multistep.metrics.diversity import diversity_rows
-from multistep.metrics.evaluate import make_eval_ref, repeated_teacher_curve, teacher_curve
+from multistep.metrics.evaluate import repeated_teacher_curve
+from multistep.metrics.evaluator import first_rows, reference_builder, teacher_curve_of
 from multistep.metrics.extractors import (
     ClassifierExtractor,
     DecodedExtractor,
@@ -26,7 +26,7 @@ from multistep.metrics.extractors import (
     label_checks,
 )
 from multistep.metrics.reference import load_for
-from multistep.metrics.streaming import load_ref, make_stream_ref, stream_teacher_curve
+from multistep.metrics.streaming import load_ref
 from multistep.teachers import teacher_kind
 from multistep.tracking.teachers import resolve_mlflow_teacher
 from multistep.train import checkpoint
@@ -207,7 +207,7 @@ def _reference(cfg: TrialCfg, c, base: dict, ext, features, cache_dir: Path, log
             + (", labels drawn from the data" if labelled else "")
             + (", streamed)" if ev.streaming else ")")
         )
-        make = make_stream_ref if ev.streaming else make_eval_ref
+        make = reference_builder(ev)
         args = (c.data, c.teacher, c.schedule, ev.samples, ev.ode_steps, ev.seed, cfg.feature_space, labelled)
         ref = make(*args, features, ev.kid_subsets, ev.ode_rows, reference, prompts=prompts)
         return ref.to_dict() | {"hash": ref_key}
@@ -230,7 +230,7 @@ def _teacher_curve(cfg: TrialCfg, c, ref, ref_key: str, ext, features, div_ref, 
     def make_curve():
         log(f"computing the teacher curve (DDIM and aDDIM at {ev.teacher_steps} steps)")
         rows, kept = repeated_teacher_curve(
-            partial(stream_teacher_curve, batch_size=ev.batch_size) if ev.streaming else teacher_curve,
+            teacher_curve_of(ev),
             c.teacher,
             c.schedule,
             c.data,
@@ -306,17 +306,3 @@ def kept_reference_rows(c, ref, ev, features) -> dict:
     sample the floor is measured on} (float32); the teacher's kept rows come with its curve."""
     k = ev.keep_rows
     return {"reference": first_rows(c, ref, ev, features, k), "floor": first_rows(c, ref, ev, features, k, True)}
-
-
-def first_rows(c, ref, ev, features, k: int, floor: bool = False):
-    """The features of the first k rows of the reference's data sample (floor: of the second sample the floor is
-    measured on), float32; only those k rows are featurised."""
-    from multistep.metrics.evaluate import data_samples
-    from multistep.metrics.paired import kept_rows
-    from multistep.metrics.streaming import STREAM_DATA, STREAM_OTHER, StreamRef, data_rows
-
-    if isinstance(ref, StreamRef):
-        rows = data_rows(c.data, ev.seed, STREAM_OTHER if floor else STREAM_DATA, 0, k)
-    else:
-        rows = data_samples(c.data, ev.samples, ev.seed)[2 if floor else 1][:k]
-    return kept_rows(rows if features is None else features(rows), k)

@@ -16,10 +16,10 @@ import os
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from multistep.data import data_kind
+from multistep.metrics import evaluator
 from multistep.teachers import teacher_kind
 from multistep.tracking import tags as tag
 from multistep.train import checkpoint as checkpoint_file
@@ -155,64 +155,6 @@ def summary_metrics(final: dict, names: dict, state, gpus: float) -> dict[str, f
             "params": n_params,
         }
     )
-
-
-def final_points(evaluations, ref, names, ev, device, features, checks, rank: int, diversity=None):
-    """[(label, steps, samples for the grid, metrics, nfe, kept rows)] of every point of the curve on rank 0
-    (conditional students: the reference's fixed labels); streamed in batches with a StreamRef, else held in memory.
-    kept rows: the features of the first eval.keep_rows rows (float32; None when 0). With eval.repeats = K > 1 each
-    point is evaluated from K noise seeds (the reference's, then seed + 1000 r): its metrics are their mean,
-    "<metric>_repeat_std" their standard deviation; the paired ODE error and the kept rows are the first's.
-    diversity: rows -> precision / recall (/ coverage) of the first eval.diversity_rows feature rows, or None."""
-    if rank != 0:
-        return []
-    runs = [
-        _points(evaluations, ref.with_noise_seed(r, ev.seed), names, ev, device, features, checks, r == 0, diversity)
-        for r in range(ev.repeats)
-    ]
-    if ev.repeats == 1:
-        return runs[0]
-    out = []
-    for i, (label, steps, x, metrics, nfe, kept) in enumerate(runs[0]):
-        merged = dict(metrics)
-        for k in names.values():
-            if k == names["ode"] or k not in metrics:
-                continue
-            vals = [run[i][3][k] for run in runs]
-            merged[k], merged[f"{k}_repeat_std"] = float(np.mean(vals)), float(np.std(vals, ddof=1))
-        out.append((label, steps, x, merged, nfe, kept))
-    return out
-
-
-def _points(evaluations, ref, names, ev, device, features, checks, first: bool, diversity=None) -> list:
-    from multistep.metrics.diversity import diversity_rows
-    from multistep.metrics.evaluate import bootstrap_se, evaluate, sample_points
-    from multistep.metrics.paired import kept_rows
-    from multistep.metrics.streaming import StreamRef, stream_points
-
-    keep = ev.keep_rows if first else 0
-    n_div = diversity_rows(ev) if diversity else 0
-    if isinstance(ref, StreamRef):
-        points = stream_points(evaluations, ref, names, ev.batch_size, device, features, checks, keep=max(keep, n_div))
-        out = []
-        for label, steps, p, nfe in points:
-            rows = p.kept_rows()
-            metrics = p.result() | (diversity(rows[:n_div], ev.bootstrap if first else 0) if n_div else {})
-            x = p.samples_for_grid()  # images: the first 64; vectors: the kept rows (a 2-D scatter's points)
-            x = torch.from_numpy(rows) if x.ndim == 2 and rows is not None else x
-            out.append((label, steps, x, metrics, nfe, rows[:keep] if keep else None))
-        return out
-    out = []
-    for label, steps, x, nfe in sample_points(evaluations, ref.noise, ref.labels, ev.batch_size, device):
-        feats = features(x)
-        metrics = evaluate(x, ref, names, feats, ev.kid_subsets, checks)
-        if ev.bootstrap and first:
-            metrics |= bootstrap_se(x, ref, names, ev.bootstrap, ev.seed, feats)
-        if n_div:
-            metrics |= diversity(kept_rows(x if feats is None else feats, n_div), ev.bootstrap if first else 0)
-        kept = kept_rows(x if feats is None else feats, keep)
-        out.append((label, steps, x, metrics, nfe, kept))
-    return out
 
 
 def trial_diversity(tc, data, reference) -> tuple[dict, object]:
@@ -444,7 +386,7 @@ class Trial:
         evaluations = lambda y, seed: method.evaluations(state.ema, y, seed)
         args = (self.ref, self.names, tc.eval, self.device, self.features, self.checks, self.rank, self.diversity)
         columns = []  # caption data: the first prompts' samples at every point
-        for label, steps, x, metrics, nfe, kept in final_points(evaluations, *args):
+        for label, steps, x, metrics, nfe, kept in evaluator.final_points(evaluations, *args):
             # metrics: + "<kid>_se" (the table's se column), + "<metric>_se" of the others with eval.bootstrap
             if self.logger:
                 self.log_point(label, steps, x, metrics, kept)

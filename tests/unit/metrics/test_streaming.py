@@ -83,10 +83,10 @@ def test_labels_are_drawn_by_chunks_too():
 
 def test_a_sweep_trial_evaluates_by_streaming(tmp_path):
     """eval.stream: on through the sweep's own code: the shared assets (reference, teacher curve) and the trial's
-    final evaluation (worker.final_points) stream, and give what the same draws give in memory."""
+    final evaluation (metrics/evaluator.final_points) stream, and give what the same draws give in memory."""
     from multistep.config import TrialCfg
+    from multistep.metrics.evaluator import final_points
     from multistep.sweep.assets import prepare
-    from multistep.sweep.worker import final_points
     from multistep.train.build import build
 
     doc = {

@@ -1,4 +1,4 @@
-"""sweep/worker.py's final evaluation: eval.repeats evaluates every point from K noise seeds (mean, std)."""
+"""metrics/evaluator.py: the final evaluation of a trial with eval.repeats evaluates every point from K noise seeds (mean, std)."""
 
 import numpy as np
 import pytest
@@ -9,8 +9,8 @@ from multistep.data.gmm import GaussianMixture
 from multistep.diffusion.samplers import ddim_sample
 from multistep.diffusion.schedules import make_schedule
 from multistep.metrics.evaluate import evaluate, make_eval_ref
+from multistep.metrics.evaluator import final_points
 from multistep.nets.analytic import MixtureDenoiser
-from multistep.sweep.worker import final_points
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 GMM = GaussianMixture.random((4,), 3, 0.6, 0.2, seed=2)
