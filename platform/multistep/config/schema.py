@@ -40,6 +40,13 @@ def with_registered_options(cls, data, models):
     return out
 
 
+def model_folder(v: str | None) -> str | None:
+    """A local transformers model folder (its config.json there), made absolute; None stays None."""
+    if v is not None and not (Path(v).expanduser() / "config.json").is_file():
+        raise ValueError(f"{v}: not a transformers model folder (no config.json)")
+    return v if v is None else str(Path(v).expanduser().resolve())
+
+
 def registered_kind(name: str, registry: dict, what: str) -> str:
     if name not in registry:
         raise ValueError(f"{name!r}: not a {what} kind (registered: {', '.join(registry)})")
@@ -305,12 +312,7 @@ class EvalCfg(Strict):
     # embeddings, metrics/clip.py) with a local transformers CLIPModel folder (save_pretrained); nothing downloaded
     clip_path: str | None = None
 
-    @field_validator("clip_path")
-    @classmethod
-    def _clip_folder(cls, v):
-        if v is not None and not (Path(v).expanduser() / "config.json").is_file():
-            raise ValueError(f"{v}: not a transformers model folder (no config.json)")
-        return v if v is None else str(Path(v).expanduser().resolve())
+    _clip_folder = field_validator("clip_path")(lambda cls, v: model_folder(v))
 
     # caption data: a text file of prompts (one caption of the data per line) the evaluation cycles through, each
     # row with its own fixed noise; default: captions drawn from the data with the eval seed

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
 from multistep.config.io import validate_file
-from multistep.config.schema import DataCfg, PosFloat, PosInt, RunName, ScheduleCfg, Strict, WorkerResourcesCfg
+from multistep.config.schema import (
+    DataCfg,
+    PosFloat,
+    PosInt,
+    RunName,
+    ScheduleCfg,
+    Strict,
+    WorkerResourcesCfg,
+    model_folder,
+)
 from multistep.data import DATA_KINDS
 
 
@@ -27,12 +35,7 @@ class UNetCfg(Strict):
     # pooled encoding (and the empty prompt's, the null condition) conditions the net (nets/text.py)
     text_encoder: str | None = None
 
-    @field_validator("text_encoder")
-    @classmethod
-    def _encoder_folder(cls, v):
-        if v is not None and not (Path(v).expanduser() / "config.json").is_file():
-            raise ValueError(f"{v}: not a transformers model folder (no config.json)")
-        return v if v is None else str(Path(v).expanduser().resolve())
+    _encoder_folder = field_validator("text_encoder")(lambda cls, v: model_folder(v))
 
 
 class MLPNetCfg(Strict):

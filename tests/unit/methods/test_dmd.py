@@ -75,6 +75,12 @@ def test_the_sign_of_the_dmd_gradient_decides_whether_fd_falls(sign, monkeypatch
         monkeypatch.setattr(dmd, "dmd_gradient", lambda *a: -original(*a))
     sched, gmm, teacher, student = _mixture_student()
     m = DMD(sched, 1, teacher, FakeScore(copy.deepcopy(student), sched, 1e-3))
+    before, after = _fd_before_and_after(m, student, sched, gmm)
+    assert (after < 0.25 * before) if sign > 0 else (after > 4 * before), (before, after)
+
+
+def _fd_before_and_after(m, student, sched, gmm, iterations=300) -> tuple[float, float]:
+    """FD of the one-step student's samples (2,000 fixed noise rows) against the data, before and after training."""
     state = new_state(student, 1e-3, 0, method=m)
     noise = torch.randn(2000, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     data = gaussian_stats(gmm.sample(2000, torch.Generator().manual_seed(2)).double().numpy())
@@ -83,9 +89,8 @@ def test_the_sign_of_the_dmd_gradient_decides_whether_fd_falls(sign, monkeypatch
         return frechet_distance(*gaussian_stats(mcm_sample(state.ema, sched, noise, 1)[0].numpy()), *data)
 
     before = fd()
-    fit(state, m, lambda g: gmm.sample(256, g), 300, 1.0, 0.99, 100, 1000)
-    after = fd()
-    assert (after < 0.25 * before) if sign > 0 else (after > 4 * before), (before, after)
+    fit(state, m, lambda g: gmm.sample(256, g), iterations, 1.0, 0.99, 100, 1000)
+    return before, fd()
 
 
 def test_backward_simulation_runs_the_students_own_steps():
@@ -153,16 +158,8 @@ def test_dmd_with_the_gan_head_lowers_fd_and_resumes_with_the_heads_state():
     head's weights travel in the checkpoint (a reload into a fresh head reproduces its logits)."""
     sched, gmm, teacher, student = _mixture_student()
     m = DMD(sched, 1, teacher, _with_head(student, sched), gan_weight=3e-3)
-    state = new_state(student, 1e-3, 0, method=m)
-    noise = torch.randn(2000, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    data = gaussian_stats(gmm.sample(2000, torch.Generator().manual_seed(2)).double().numpy())
-
-    def fd():
-        return frechet_distance(*gaussian_stats(mcm_sample(state.ema, sched, noise, 1)[0].numpy()), *data)
-
-    before = fd()
-    fit(state, m, lambda g: gmm.sample(256, g), 300, 1.0, 0.99, 100, 1000)
-    assert fd() < 0.25 * before, (before, fd())
+    before, after = _fd_before_and_after(m, student, sched, gmm)
+    assert after < 0.25 * before, (before, after)
     fresh = _with_head(student, sched)
     fresh.load_state_dict(m.fake.state_dict())
     f = torch.randn(16, fresh.head.mlp[0].in_features)
