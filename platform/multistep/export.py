@@ -281,47 +281,56 @@ def _write(fmt: str, out: Path, f, c, spec: dict, noise, labels, text_to_image, 
     return got
 
 
-def export(args, say=print) -> int:
+def export(
+    state: str,
+    out: str,
+    fmt: str = "safetensors",
+    lora_only: bool = False,
+    register_as: str | None = None,
+    tracking_uri: str | None = None,
+    say=print,
+) -> int:
+    """Write the student of a trial checkpoint `state` into the new or empty folder `out` in format `fmt`, reload it
+    and check its samples against the platform's (RuntimeError beyond TOLERANCE); with register_as, register it as
+    an MLflow model version. Bad input: ConfigError naming the flag (--out, --format, --lora-only)."""
     from multistep.atomic import check_output_folder, staged_folder
-    from multistep.eval_cmd import load_student
     from multistep.nets.lora import has_lora, merged
     from multistep.train.checkpoint import open_checkpoint
+    from multistep.train.student import load_student
 
-    p = Path(args.state)
+    p = Path(state)
     opened = open_checkpoint(p)
     if opened.kind == "teacher":
         raise ConfigError(
             f"{p}: a teacher file from `multistep teacher`: export takes a student (a trial's state.pt); "
             "sample the teacher with `multistep sample`, or distil it with a sweep (teacher: {kind: checkpoint})"
         )
-    out_dir = check_output_folder(args.out, "--out")
+    out_dir = check_output_folder(out, "--out")
     if out_dir.is_dir() and any(out_dir.iterdir()):
-        raise ConfigError(f"--out {args.out}: not empty (an export is written into a new or empty folder)")
-    tc, _, _, c, _, state = load_student(p, opened.blob)
-    text_to_image, lora_only, lora = teacher_kind(tc.teacher).latent(tc), args.lora_only, has_lora(state.ema)
-    ema = state.ema if lora_only or not lora else merged(state.ema)  # the teacher's architecture
+        raise ConfigError(f"--out {out}: not empty (an export is written into a new or empty folder)")
+    tc, _, _, c, _, student = load_student(p, opened.blob)
+    text_to_image, lora = teacher_kind(tc.teacher).latent(tc), has_lora(student.ema)
+    ema = student.ema if lora_only or not lora else merged(student.ema)  # the teacher's architecture
     f = ema.float().eval().requires_grad_(False)
-    spec = student_spec(tc, c, state, opened.blob, f)
-    _check_format(args.format, p, spec, text_to_image, lora_only, lora)
+    spec = student_spec(tc, c, student, opened.blob, f)
+    _check_format(fmt, p, spec, text_to_image, lora_only, lora)
     S, k = spec["student_steps"], spec["num_classes"]
     noise = torch.randn((8, *spec["shape"]), generator=torch.Generator().manual_seed(0))
     labels = torch.arange(8) % k if k else None
     want = platform_samples(f, c.schedule, S, noise, labels)
-    with staged_folder(args.out) as out:
-        err = _rel(_write(args.format, out, f, c, spec, noise, labels, text_to_image, lora_only), want)
+    with staged_folder(out) as folder:
+        err = _rel(_write(fmt, folder, f, c, spec, noise, labels, text_to_image, lora_only), want)
         if not err <= TOLERANCE:
             raise RuntimeError(
-                f"the reloaded {args.format} export's samples differ from the platform's by {err:.2e} (relative max)"
+                f"the reloaded {fmt} export's samples differ from the platform's by {err:.2e} (relative max)"
             )
-    say(
-        f"{args.format} export of {p} -> {args.out} (S = {S}; reloaded samples differ from the platform's by {err:.1e})"
-    )
-    if args.register:
-        from multistep.sweep.preflight import tracking_uri
+    say(f"{fmt} export of {p} -> {out} (S = {S}; reloaded samples differ from the platform's by {err:.1e})")
+    if register_as:
+        from multistep.sweep.preflight import tracking_uri as resolved_uri
         from multistep.tracking.registry import register
 
-        version = register(tracking_uri(args.tracking_uri), args.register, args.out, args.format, spec)
-        say(f"registered as model {args.register!r} version {version}")
+        version = register(resolved_uri(tracking_uri), register_as, out, fmt, spec)
+        say(f"registered as model {register_as!r} version {version}")
     return 0
 
 

@@ -171,8 +171,8 @@ def test_a_flow_map_student_samples_and_exports_at_any_step_count(tmp_path, caps
     the safetensors export records the flowmap sampler and reloads to the same samples at any K; the formats that
     cannot pass a target time, and the MCM sampler, are one line, exit 2."""
     from multistep.diffusion.samplers import flowmap_sample, mcm_sample
-    from multistep.eval_cmd import load_student
     from multistep.train.checkpoint import open_checkpoint
+    from multistep.train.student import load_student
 
     doc = GMM | {"method": {"name": "flowmap", "student_steps": 2, "eval_steps": [1, 2, 4], "p_mean": 0.5}}
     state = trial_checkpoint(tmp_path / "trial-000" / "state.pt", doc)

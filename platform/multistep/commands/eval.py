@@ -1,10 +1,10 @@
-"""`multistep eval`: its parser and its run (the work is in eval_cmd)."""
+"""`multistep eval`: its parser and its run (the work is in commands/evaluation.py)."""
 
 from __future__ import annotations
 
 import argparse
 
-from multistep import eval_cmd as impl
+from multistep.commands import evaluation as impl
 
 HELP = """\
 Evaluate a teacher checkpoint (teacher.pt from `multistep teacher`) or a student checkpoint (state.pt, or

@@ -47,4 +47,4 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args) -> int:
     from multistep import export
 
-    return export.export(args)
+    return export.export(args.state, args.out, args.format, args.lora_only, args.register, args.tracking_uri)

@@ -1,4 +1,4 @@
-"""`multistep sample`: its parser and its run (the work is in sample_cmd.py)."""
+"""`multistep sample`: its parser and its run (the work is in commands/sampling.py)."""
 
 from __future__ import annotations
 
@@ -60,6 +60,6 @@ def run(args) -> int:
     for flag, v in (("--steps", args.steps), ("--num", args.num), ("--batch-size", args.batch_size)):
         if v is not None and v < 1:
             raise ConfigError(f"{flag}: must be >= 1, got {v}")
-    from multistep import sample_cmd
+    from multistep.commands import sampling
 
-    return sample_cmd.run(args)
+    return sampling.run(args)

@@ -66,7 +66,7 @@ def load_source(arg: str) -> Source:
 
     opened = open_checkpoint(p)
     if opened.kind == "trial":  # the student's EMA weights
-        from multistep.eval_cmd import load_student
+        from multistep.train.student import load_student
 
         blob = opened.blob
         tc, _, _, c, _, state = load_student(p, blob)
