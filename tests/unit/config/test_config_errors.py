@@ -191,4 +191,7 @@ def test_valid_files_in_repo_load():
         try:
             assert load_sweep(f).trials
         except ConfigError as e:  # a sweep from a trained teacher: valid once `multistep teacher` has written it
-            assert "teacher.path:" in str(e) and "teacher checkpoint not found" in str(e), str(e)
+            made_later = "teacher.path:" in str(e) and "teacher checkpoint not found" in str(e)
+            # or on data a benchmarks/ script writes first (under bench/, named in the file's header)
+            made_by_script = "data.path:" in str(e) and "/bench/" in str(e) and "benchmarks/" in f.read_text()
+            assert made_later or made_by_script, str(e)
