@@ -61,7 +61,7 @@ def test_resume_falls_back_to_the_previous_checkpoint(tmp_path):
 
 
 def test_a_cache_file_that_fails_to_load_is_recomputed(tmp_path):
-    from multistep.sweep.assets import _cached
+    from multistep.train.checkpoint import cached
 
     calls, notes = [], []
 
@@ -70,10 +70,10 @@ def test_a_cache_file_that_fails_to_load_is_recomputed(tmp_path):
         return {"x": torch.ones(3) * len(calls)}
 
     path = tmp_path / "evalref-abc.pt"
-    assert _cached(path, compute, notes.append)["x"].sum() == 3
-    assert _cached(path, compute, notes.append)["x"].sum() == 3 and len(calls) == 1  # served from the cache
+    assert cached(path, compute, notes.append)["x"].sum() == 3
+    assert cached(path, compute, notes.append)["x"].sum() == 3 and len(calls) == 1  # served from the cache
     path.write_bytes(path.read_bytes()[:50])  # truncated, as by a full disk or a kill
-    assert _cached(path, compute, notes.append)["x"].sum() == 6 and len(calls) == 2
+    assert cached(path, compute, notes.append)["x"].sum() == 6 and len(calls) == 2
     assert len(notes) == 1 and "evalref-abc.pt" in notes[0] and "recomputing" in notes[0]
     assert checkpoint.load(path)["x"].sum() == 6  # the healed file is sound again
 

@@ -175,6 +175,7 @@ def test_bad_text_to_image_input_is_one_line_before_anything_starts(pipeline_and
     cases = [
         ({"data": {"kind": "digits"}}, "is a text-to-image pipeline; it needs caption data"),
         ({"data": {"kind": "digits", "size": 16}}, "is a text-to-image pipeline; it needs caption data"),
+        ({"student": {"copy_teacher": False}}, "student.copy_teacher: a text-to-image teacher's student starts as"),
     ]
     for i, (over, msg) in enumerate(cases):
         f = tmp_path / f"b{i}.yaml"

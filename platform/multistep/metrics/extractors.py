@@ -331,12 +331,11 @@ class DecodedExtractor(Extractor):
     name = "pixel"
 
     def __init__(self, path: str, device: str = "cpu"):
-        from multistep.nets.text import folder_sha256
         from multistep.teachers.text_to_image import load_vae
 
         self.path, self.device = str(path), torch.device(device)
         self.vae = load_vae(Path(path)).to(self.device)
-        self.sha256 = folder_sha256(Path(path) / "vae")
+        self.sha256 = tree_sha256(Path(path) / "vae", 64)
 
     @property
     def key(self) -> dict:

@@ -16,7 +16,6 @@ The encoder loads offline from a local folder (`local_files_only`) by the class 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -24,18 +23,6 @@ import torch
 from torch import nn
 
 NULL_PROMPT = ""
-
-
-def folder_sha256(path: str | Path) -> str:
-    """sha256 over a model folder's file names and bytes (cache keys: another encoder, another table)."""
-    h = hashlib.sha256()
-    root = Path(path)
-    for f in sorted(p for p in root.rglob("*") if p.is_file()):
-        h.update(str(f.relative_to(root)).encode())
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
 
 
 class TextEncoder:
@@ -99,26 +86,22 @@ def cached_caption_table(
     encoder_path: str, vocabulary: list[str], how: str, cache_dir: Path | None, tokenizer_path: str | None = None
 ) -> torch.Tensor:
     """caption_table, kept in cache_dir by the content of the encoder folder(s), the vocabulary and `how`."""
-    key = hashlib.sha256(
-        json.dumps(
-            {
-                "encoder": folder_sha256(encoder_path),
-                "tokenizer": tokenizer_path and folder_sha256(tokenizer_path),
-                "captions": vocabulary,
-                "how": how,
-                "format": 2,  # tokens: the attention mask as Stable Diffusion pipelines pass it
-            }
-        ).encode()
-    ).hexdigest()[:16]
-    path = None if cache_dir is None else Path(cache_dir) / f"captions-{key}.pt"
-    if path is not None and path.is_file():
-        return torch.load(path, weights_only=True)
-    table = caption_table(TextEncoder(encoder_path, tokenizer_path), vocabulary, how)
-    if path is not None:
-        from multistep.atomic import write_with
+    from multistep.metrics.extractors import tree_sha256
+    from multistep.train.checkpoint import cached, content_hash
 
-        write_with(path, lambda tmp: torch.save(table, tmp))
-    return table
+    compute = lambda: caption_table(TextEncoder(encoder_path, tokenizer_path), vocabulary, how)
+    if cache_dir is None:
+        return compute()
+    key = content_hash(
+        {
+            "encoder": tree_sha256(encoder_path, 64),
+            "tokenizer": tokenizer_path and tree_sha256(tokenizer_path, 64),
+            "captions": vocabulary,
+            "how": how,
+            "format": 2,  # tokens: the attention mask as Stable Diffusion pipelines pass it
+        }
+    )
+    return cached(Path(cache_dir) / f"captions-{key}.pt", compute)
 
 
 class CaptionEmbedding(nn.Module):

@@ -6,11 +6,8 @@ content, so the cache follows a retrained checkpoint and is shared by path and M
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from multistep.config import ConfigError, TrialCfg
@@ -29,45 +26,9 @@ from multistep.metrics.reference import load_for
 from multistep.metrics.streaming import load_ref
 from multistep.teachers import teacher_kind
 from multistep.tracking.teachers import resolve_mlflow_teacher
-from multistep.train import checkpoint
 from multistep.train.build import build, uses_labels
+from multistep.train.checkpoint import cached, content_hash
 from multistep.train.loop import WarmStart, warm_start
-
-
-def content_hash(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _pack(x):
-    """x with its numpy arrays as tagged tensors and numpy scalars as Python numbers: what torch.load(weights_only)
-    reads back (it refuses numpy objects, so a cache holding them would be recomputed every time)."""
-    if isinstance(x, np.ndarray):
-        return {"__ndarray__": torch.from_numpy(np.ascontiguousarray(x))}
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, dict):
-        return {k: _pack(v) for k, v in x.items()}
-    return type(x)(_pack(v) for v in x) if isinstance(x, (list, tuple)) else x
-
-
-def _unpack(x):
-    if isinstance(x, dict):
-        return x["__ndarray__"].numpy() if set(x) == {"__ndarray__"} else {k: _unpack(v) for k, v in x.items()}
-    return type(x)(_unpack(v) for v in x) if isinstance(x, (list, tuple)) else x
-
-
-def _cached(path: Path, compute, log=print):
-    """The cached value at `path`, else compute() saved there (atomically, with a checksum). A cache file that fails
-    to load (truncated, corrupt, from another version) is recomputed with a notice, never a crash."""
-    if path.is_file():
-        try:
-            return _unpack(checkpoint.load(path))
-        except checkpoint.CorruptCheckpoint as e:
-            log(f"cache {path.name}: {str(e).replace(str(path), 'file')}; recomputing it")
-    value = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    checkpoint.save(path, _pack(value))
-    return value
 
 
 def resolve_teachers(trials: list, cache_dir: Path, log=print) -> None:
@@ -168,7 +129,7 @@ def prepare(cfg: TrialCfg, cache_dir: Path, log=print) -> dict:
     if ev.keep_rows:  # for `multistep claims`: the reference's and the floor's rows, and every teacher point's
         rows_key = content_hash({"ref": ref_key, "keep": ev.keep_rows, "floor": True})
         make_rows = lambda: kept_reference_rows(c, ref, ev, features)
-        rows = _cached(cache_dir / f"evalrows-{rows_key}.pt", make_rows, log) | curve["kept"]
+        rows = cached(cache_dir / f"evalrows-{rows_key}.pt", make_rows, log) | curve["kept"]
     init = _warm_start(cfg, c, base, cache_dir, log)
     return {
         "diversity_ref": div_ref,
@@ -212,7 +173,7 @@ def _reference(cfg: TrialCfg, c, base: dict, ext, features, cache_dir: Path, log
         ref = make(*args, features, ev.kid_subsets, ev.ode_rows, reference, prompts=prompts)
         return ref.to_dict() | {"hash": ref_key}
 
-    return load_ref(_cached(cache_dir / f"evalref-{ref_key}.pt", make_ref, log)), ref_key
+    return load_ref(cached(cache_dir / f"evalref-{ref_key}.pt", make_ref, log)), ref_key
 
 
 def _teacher_curve(cfg: TrialCfg, c, ref, ref_key: str, ext, features, div_ref, cache_dir: Path, log) -> dict:
@@ -249,7 +210,7 @@ def _teacher_curve(cfg: TrialCfg, c, ref, ref_key: str, ext, features, div_ref, 
             rows += teacher_diversity(cfg, c.data, div_ref, rows, kept)
         return {"rows": rows, "kept": {k: v[: ev.keep_rows] for k, v in kept.items()} if ev.keep_rows else {}}
 
-    return _cached(cache_dir / f"teachercurve-{curve_key}.pt", make_curve, log)
+    return cached(cache_dir / f"teachercurve-{curve_key}.pt", make_curve, log)
 
 
 def _warm_start(cfg: TrialCfg, c, base: dict, cache_dir: Path, log) -> dict | None:
@@ -283,7 +244,7 @@ def _warm_start(cfg: TrialCfg, c, base: dict, cache_dir: Path, log) -> dict | No
         )
         return {"state": state, "report": report}
 
-    return _cached(cache_dir / f"init-{init_key}.pt", make_init, log)
+    return cached(cache_dir / f"init-{init_key}.pt", make_init, log)
 
 
 def teacher_diversity(cfg, data, reference, rows: list[dict], kept: dict) -> list[dict]:

@@ -22,13 +22,14 @@ from multistep.metrics.evaluate import clip_names, metric_names
 from multistep.metrics.extractors import file_sha256
 from multistep.sweep import ray_runtime, search
 from multistep.sweep import results as res
-from multistep.sweep.assets import content_hash, prepare, resolve_teachers
+from multistep.sweep.assets import prepare, resolve_teachers
 from multistep.sweep.interrupts import Interrupts
 from multistep.tracking import mlflow_layout as ml
 from multistep.tracking import sweep_runs as sr
 from multistep.tracking import tags as tag
 from multistep.tracking.runs import close_run
 from multistep.train.build import guidance_error, method_label
+from multistep.train.checkpoint import content_hash
 
 
 def trial_driver(config: dict, ctx: dict) -> None:

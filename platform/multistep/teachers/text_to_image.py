@@ -17,7 +17,6 @@ from the scheduler config, null_label, the plausibility check) is as for uncondi
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -111,20 +110,16 @@ def decode_latents(vae, z: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
 def latent_data(root: Path, images, cache_dir: Path | None, data_identity: dict):
     """images (data/kinds.ImageData of caption data) as an ImageData of their latents (same labels, captions and
     classes), the latents cached in cache_dir by the VAE's files and the data's identity."""
-    from multistep.atomic import write_with
     from multistep.data.kinds import ImageData, as_float
-    from multistep.nets.text import folder_sha256
+    from multistep.metrics.extractors import tree_sha256
+    from multistep.train.checkpoint import cached, content_hash
 
-    key = hashlib.sha256(
-        json.dumps({"vae": folder_sha256(root / "vae"), "data": data_identity}, sort_keys=True, default=str).encode()
-    ).hexdigest()[:16]
-    path = None if cache_dir is None else Path(cache_dir) / f"latents-{key}.pt"
-    if path is not None and path.is_file():
-        z = torch.load(path, weights_only=True)
+    compute = lambda: encode_images(load_vae(root), as_float(images.x))
+    if cache_dir is None:
+        z = compute()
     else:
-        z = encode_images(load_vae(root), as_float(images.x))
-        if path is not None:
-            write_with(path, lambda tmp: torch.save(z, tmp))
+        key = content_hash({"vae": tree_sha256(root / "vae", 64), "data": data_identity})
+        z = cached(Path(cache_dir) / f"latents-{key}.pt", compute)
     return ImageData(z, images.labels, images.captions, images.classes)
 
 
@@ -145,6 +140,14 @@ def vocabulary(cfg, where: str = "") -> list[str]:
             f"(data: {{kind: parquet, path: ...}} with a caption column), not {cfg.data.label}"
         )
     return words
+
+
+def _copies(cfg, where: str = "") -> None:
+    """The student of a text-to-image teacher is its copy (or the copy's LoRA), never the platform MLP."""
+    from multistep.config import ConfigError
+
+    if not cfg.student.copy_teacher:
+        raise ConfigError(f"{where}student.copy_teacher: a text-to-image teacher's student starts as its copy (true)")
 
 
 def open_teacher(cfg, words: list[str], cache_dir: Path | None):
@@ -175,6 +178,7 @@ def build(cfg, load_data: bool = True, check: bool = True):
     from multistep.train.build import DEFAULT_CACHE, Components, make_data, plausibility_rows
 
     words = vocabulary(cfg)
+    _copies(cfg)
     try:
         teacher = open_teacher(cfg, words, DEFAULT_CACHE)
         images = make_data(cfg.data)
@@ -183,8 +187,6 @@ def build(cfg, load_data: bool = True, check: bool = True):
         raise ConfigError(first_line(e, 300)) from None
     if check and cfg.teacher.check and (err := imported.plausibility_error(teacher, *plausibility_rows(data))):
         raise ConfigError(f"teacher.parameterization: {cfg.teacher.path}: {err}")
-    if not cfg.student.copy_teacher:
-        raise ConfigError("student.copy_teacher: a text-to-image teacher's student starts as its copy (true)")
     student = copy.deepcopy(teacher).requires_grad_(True).train()
     return Components(teacher.schedule, data, teacher, student)
 
@@ -196,6 +198,7 @@ def preflight(cfg, shape: tuple, where: str) -> None:
     from multistep.config.errors import first_line
 
     vocabulary(cfg, where)
+    _copies(cfg, where)
     root = Path(cfg.teacher.path)
     at = f"{where}teacher.path: {root}"
     try:

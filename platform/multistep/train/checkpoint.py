@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from multistep.atomic import write_with
@@ -95,3 +97,41 @@ def open_checkpoint(path: str | os.PathLike) -> Opened:
     ):
         return Opened("trial", p, blob)
     raise ConfigError(f"{p}: not a multistep teacher checkpoint nor a trial checkpoint (state.pt with EMA weights)")
+
+
+# -- caches: values computed once and kept by what decides them -----------------------------------------
+def content_hash(obj) -> str:
+    """16 hex digits of sha256 over obj as sorted JSON: the key of a cache file."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _pack(x):
+    """x with its numpy arrays as tagged tensors and numpy scalars as Python numbers: what torch.load(weights_only)
+    reads back (it refuses numpy objects, so a cache holding them would be recomputed every time)."""
+    if isinstance(x, np.ndarray):
+        return {"__ndarray__": torch.from_numpy(np.ascontiguousarray(x))}
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, dict):
+        return {k: _pack(v) for k, v in x.items()}
+    return type(x)(_pack(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def _unpack(x):
+    if isinstance(x, dict):
+        return x["__ndarray__"].numpy() if set(x) == {"__ndarray__"} else {k: _unpack(v) for k, v in x.items()}
+    return type(x)(_unpack(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def cached(path: Path, compute, log=print):
+    """The cached value at `path`, else compute() saved there (atomically, with a checksum). A cache file that fails
+    to load (truncated, corrupt, from another version) is recomputed with a notice, never a crash."""
+    if path.is_file():
+        try:
+            return _unpack(load(path))
+        except CorruptCheckpoint as e:
+            log(f"cache {path.name}: {str(e).replace(str(path), 'file')}; recomputing it")
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save(path, _pack(value))
+    return value

@@ -62,8 +62,8 @@ def _write(tmp_path, data: str) -> str:
 def test_a_registered_kind_is_read_checked_and_built(ring, tmp_path, capsys):
     from multistep.cli import main
     from multistep.config import load_sweep
-    from multistep.sweep.assets import content_hash
     from multistep.train.build import build, sample_shape
+    from multistep.train.checkpoint import content_hash
 
     ok = _write(tmp_path, "{kind: ring, modes: 4, radius: 2.0}")
     tc = load_sweep(ok).trial_cfg(0)

@@ -70,8 +70,8 @@ def _sweep(tmp_path, teacher: str, shape: str = "[16]") -> str:
 def test_a_registered_teacher_kind_is_built_checked_and_trained_on(shrunk, tmp_path, capsys):
     from multistep.cli import main
     from multistep.config import load_sweep
-    from multistep.sweep.assets import content_hash
     from multistep.train.build import build, make_method
+    from multistep.train.checkpoint import content_hash
 
     tc = load_sweep(_sweep(tmp_path, "{kind: shrunk}")).trial_cfg(0)
     assert teacher_kind(tc.teacher) is shrunk and not tc.teacher.imported
