@@ -289,7 +289,8 @@ def feature_setup(tc, data, say=print):
 
     ext = make_extractor_for(tc, data, DEFAULT_CACHE, say)
     key = ext.key if ext else {"name": tc.feature_space}  # recorded in eval.json (the detector's / weights' hash)
-    checks = label_checks(ext, alignment_for(tc) if getattr(data, "labels", None) is not None else None)
+    decode = getattr(ext, "decode", None)  # a latent teacher's VAE, loaded once for FD and CLIP
+    checks = label_checks(ext, alignment_for(tc, decode=decode) if getattr(data, "labels", None) is not None else None)
     return tc.feature_space, None if ext is None else features_fn(ext, data.shape), checks, key
 
 

@@ -185,23 +185,18 @@ def _noise_and_labels(args, src: Source):
 
 def _prompt_labels(path: str, src: Source, rows: int):
     """--prompts FILE: one caption of the source's data per line, cycled over the rows, as caption ids."""
-    import torch
-
     from multistep.metrics.evaluate import cycled
+    from multistep.nets.text import prompt_ids
 
     if not src.captions:
         raise ConfigError(f"--prompts {path}: the source is not conditioned on captions")
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"--prompts {path}: file not found")
-    index, ids = {w: i for i, w in enumerate(src.captions)}, []
-    for n, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip() and line.strip() not in index:
-            raise ConfigError(f"--prompts {path}:{n}: {line.strip()!r} is not one of the source's captions")
-        ids += [index[line.strip()]] if line.strip() else []
-    if not ids:
-        raise ConfigError(f"--prompts {path}: no prompts")
-    return cycled(torch.tensor(ids), rows)
+    try:
+        return cycled(prompt_ids(file, src.captions, "--prompts ", "one of the source's captions"), rows)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _draw(f, src: Source, sampler: str, z, y, steps: int, seed: int):

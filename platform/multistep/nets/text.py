@@ -82,6 +82,20 @@ def caption_table(encoder: TextEncoder, vocabulary: list[str], how: str = "poole
     return encoder.pooled(captions) if how == "pooled" else encoder.tokens(captions)
 
 
+def prompt_ids(path: str | Path, vocabulary: list[str], where: str, of: str) -> torch.Tensor:
+    """The caption ids of a prompts file (one caption of `vocabulary` per line, blank lines skipped); ValueError
+    "<where><path>:<line>: '<text>' is not <of>" for another caption, "<where><path>: no prompts" for none."""
+    index, ids = {w: i for i, w in enumerate(vocabulary)}, []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if text := line.strip():
+            if text not in index:
+                raise ValueError(f"{where}{path}:{n}: {text!r} is not {of}")
+            ids.append(index[text])
+    if not ids:
+        raise ValueError(f"{where}{path}: no prompts")
+    return torch.tensor(ids)
+
+
 def cached_caption_table(
     encoder_path: str, vocabulary: list[str], how: str, cache_dir: Path | None, tokenizer_path: str | None = None
 ) -> torch.Tensor:

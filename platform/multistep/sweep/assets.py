@@ -54,19 +54,13 @@ def prompt_ids(cfg: TrialCfg):
     words = kind.captions(cfg.data) if kind.captions else None
     if not words:
         raise ConfigError(f"eval.prompts: fixed prompts need caption data; {cfg.data.label} has no captions")
-    index, ids = {w: i for i, w in enumerate(words)}, []
-    for n, line in enumerate(Path(cfg.eval.prompts).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        if line.strip() not in index:
-            raise ConfigError(
-                f"eval.prompts: {cfg.eval.prompts}:{n}: {line.strip()!r} is not a caption of {cfg.data.label} "
-                "(the teacher's text tables cover the data's captions)"
-            )
-        ids.append(index[line.strip()])
-    if not ids:
-        raise ConfigError(f"eval.prompts: {cfg.eval.prompts}: no prompts")
-    return torch.tensor(ids)
+    from multistep.nets.text import prompt_ids as read_prompts
+
+    of = f"a caption of {cfg.data.label} (the teacher's text tables cover the data's captions)"
+    try:
+        return read_prompts(cfg.eval.prompts, words, "eval.prompts: ", of)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def alignment_for(cfg: TrialCfg, device: str = "cpu", decode=None):
@@ -204,7 +198,7 @@ def _teacher_curve(cfg: TrialCfg, c, ref, ref_key: str, ext, features, div_ref, 
             bootstrap=ev.bootstrap,
             features=features,
             kid_subsets=ev.kid_subsets,
-            checks=label_checks(ext, alignment_for(cfg)),
+            checks=label_checks(ext, alignment_for(cfg, decode=getattr(ext, "decode", None))),  # one VAE
         )
         if n_div:  # the teacher's points get the students' diversity metrics, from the same rows
             rows += teacher_diversity(cfg, c.data, div_ref, rows, kept)

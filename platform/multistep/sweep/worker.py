@@ -281,14 +281,12 @@ class Trial:
         ext = from_spec(spec, self.device) if spec and self.rank == 0 else None
         self.features = features_fn(ext, ref.sample_shape) if ext else (lambda x: None)
         root = teacher_kind(tc.teacher).latent(tc) if self.rank == 0 else None  # a latent teacher's samples
-        self.to_images = DecodedExtractor(root, self.device).decode if root else (lambda x: x)  # for pictures, CLIP
+        # the decoder of pictures and CLIP: the FD extractor's VAE (eval.extractor pixel), else its own
+        decode = getattr(ext, "decode", None) or (DecodedExtractor(root, self.device).decode if root else None)
+        self.to_images = decode or (lambda x: x)
         kind = data_kind(tc.data)
         self.captions = kind.captions(tc.data) if kind.captions and self.labelled else None  # the prompts grid's
-        align = (
-            alignment_for(tc, self.device, self.to_images if root else None)
-            if self.labelled and self.rank == 0
-            else None
-        )
+        align = alignment_for(tc, self.device, decode) if self.labelled and self.rank == 0 else None
         self.checks = label_checks(ext, align)  # cls_err (classifier), clip_score (eval.clip_path)
         self.names |= self.checks.names(ref.rows) if self.checks else {}
         self.proxy_ref = ref.head(min(self.cfg.get("proxy_samples", 1000), ref.rows))
