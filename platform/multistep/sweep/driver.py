@@ -400,20 +400,7 @@ def _run_sweep(plan, tracking_uri, storage, say, resume, start_ray, stop: Interr
             plan, ctx, client, run_ids, names, tune_at, sweep_ref, resume, stop, say
         )
         try:
-            rc = _finish(
-                client,
-                plan,
-                srid,
-                run_ids,
-                names,
-                first["teacher_rows"],
-                first,
-                out_dir,
-                failed,
-                t_start,
-                tracking_uri,
-                say,
-            )
+            rc = _finish(client, plan, srid, run_ids, names, first, out_dir, failed, t_start, tracking_uri, say)
             if ray_dir != str(out_dir):
                 _copy_results(out_dir, ray_dir, say)
         except OSError as e:
@@ -700,14 +687,12 @@ def _scheduler(plan: SweepPlan):
     )
 
 
-def _finish(
-    client, plan, srid, run_ids, names, teacher_rows, first, out_dir, failed, t_start, tracking_uri, say
-) -> int:
+def _finish(client, plan, srid, run_ids, names, first, out_dir, failed, t_start, tracking_uri, say) -> int:
     """Results from MLflow (the system of record): table, per-method curves, plot, artifacts, exit code."""
     cfg = plan.cfg
-    cells = [plan.trial_cfg(i) for i in range(len(run_ids))]
-    cells = [(method_label(tc), res.trial_cells(tc), tc.train.iterations) for tc in cells]
-    rows = sr.collect_rows(client, run_ids, cells, names) + [
+    tcs = [plan.trial_cfg(i) for i in range(len(run_ids))]
+    own = [(method_label(tc), res.trial_cells(tc), tc.train.iterations) for tc in tcs]
+    rows = sr.collect_rows(client, run_ids, own, names) + [
         {
             "se": None,
             **row,
@@ -718,7 +703,7 @@ def _finish(
             "train_iterations": None,
             "wall_seconds": None,
         }
-        for row in teacher_rows
+        for row in first["teacher_rows"]
     ]
     for metric in names.values():
         for method, pts in res.best_by_steps(rows, metric).items():
@@ -735,8 +720,8 @@ def _finish(
     if front:
         pareto.append(res.plot_pareto(front, main_metric, out_dir / "pareto.png", f"{cfg.name}: {main_metric}"))
     trials = [  # the flat per-trial summary metrics, one row per method x S on the sweep run
-        {"method": method_label(plan.trial_cfg(i)), "student_steps": plan.trial_cfg(i).method.student_steps} | m
-        for i, m in enumerate(sr.trial_metrics(client, run_ids))
+        {"method": label, "student_steps": tc.method.student_steps} | m
+        for (label, _, _), tc, m in zip(own, tcs, sr.trial_metrics(client, run_ids))
     ]
     summary = res.write_csv(res.summary_table(trials, main_metric), out_dir / "summary.csv")
     failed = sorted(set(failed))
