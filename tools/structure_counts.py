@@ -4,7 +4,7 @@
 
 - functions longer than --limit lines in sweep/ and longer than 80 anywhere (argparse builders `add_parser` and
   `add_*_options` aside), longest first;
-- `kind == "..."` / `kind != "..."` / `kind in (...)` comparisons, per file, and among them the dispatches on a
+- `kind == "..."` / `kind != "..."` / `kind in (...)` comparisons (of `kind`, `x.kind` or `x["kind"]`), per file, and among them the dispatches on a
   registered teacher or data kind's name (what the registries own);
 - MLflow client calls (`client.<method>(` on an MlflowClient, `mlflow.<function>(`) inside and outside tracking/,
   in modules that import MLflow or multistep.tracking (sweep/submit.py's `client` is Ray's JobSubmissionClient).
@@ -28,8 +28,11 @@ def _functions(tree: ast.AST):
 
 
 def _is_kind(node: ast.AST) -> bool:
-    return (isinstance(node, ast.Attribute) and node.attr == "kind") or (
-        isinstance(node, ast.Name) and node.id == "kind"
+    """`kind`, `x.kind` or `x["kind"]`."""
+    return (
+        (isinstance(node, ast.Attribute) and node.attr == "kind")
+        or (isinstance(node, ast.Name) and node.id == "kind")
+        or (isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) and node.slice.value == "kind")
     )
 
 

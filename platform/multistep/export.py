@@ -78,26 +78,40 @@ def network_spec(tc, f) -> dict:
 
         return {"kind": "platform", "net": student_net_cfg(tc.student, sample_shape(tc.data)) | flow_map}
     spec = kind.network(tc, f)
-    return spec | flow_map if spec["kind"] == "platform" else spec
+    return spec | {"net": spec["net"] | flow_map} if "net" in spec else spec  # a platform network's config
+
+
+def _platform_network(spec: dict) -> nn.Module:
+    from multistep.train.teacher import build_net
+
+    return build_net(spec["net"])
+
+
+def _diffusers_network(spec: dict) -> nn.Module:
+    from diffusers import UNet2DModel
+
+    from multistep.nets.imported import DiffusersUNet
+
+    return DiffusersUNet(UNet2DModel.from_config(spec["config"]))
+
+
+def _builder_network(spec: dict) -> nn.Module:
+    import importlib
+
+    mod, _, fn = spec["builder"].partition(":")
+    return getattr(importlib.import_module(mod), fn)(**spec["builder_args"])
+
+
+# How multistep.json's "network" is rebuilt, by its kind (a TorchScript network has no entry: its program is the export).
+NETWORKS = {"platform": _platform_network, "diffusers": _diffusers_network, "builder": _builder_network}
 
 
 def build_network(spec: dict) -> nn.Module:
-    if spec["kind"] == "platform":
-        from multistep.train.teacher import build_net
-
-        return build_net(spec["net"])
-    if spec["kind"] == "diffusers":
-        from diffusers import UNet2DModel
-
-        from multistep.nets.imported import DiffusersUNet
-
-        return DiffusersUNet(UNet2DModel.from_config(spec["config"]))
-    if spec["kind"] == "builder":
-        import importlib
-
-        mod, _, fn = spec["builder"].partition(":")
-        return getattr(importlib.import_module(mod), fn)(**spec["builder_args"])
-    raise ValueError(f"a {spec['kind']} network cannot be rebuilt from weights; export it with --format torchscript")
+    if spec["kind"] not in NETWORKS:
+        raise ValueError(
+            f"a {spec['kind']} network cannot be rebuilt from weights; export it with --format torchscript"
+        )
+    return NETWORKS[spec["kind"]](spec)
 
 
 def build_denoiser(spec: dict) -> nn.Module:
@@ -111,7 +125,7 @@ def build_denoiser(spec: dict) -> nn.Module:
         return VDenoiser(net, sched)
     t = dict(d["time"])
     lk, ts = t.pop("logsnr_k", None), t.pop("schedule", None)
-    time = Time(
+    time = Time.of(
         **t, logsnr_k=None if lk is None else torch.tensor(lk, dtype=torch.float64), schedule=ts and schedule_from(ts)
     )
     return Adapted(net, sched, time, d["parameterization"], d["num_classes"], d["null_label"], d["clip_sample"])

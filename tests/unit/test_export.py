@@ -200,3 +200,25 @@ def test_a_flow_map_student_samples_and_exports_at_any_step_count(tmp_path, caps
         err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("multistep:")]
         assert len(err) == 1 and msg in err[0], err
     assert not (tmp_path / "ts").exists() and not (tmp_path / "m.npy").exists()
+
+
+def test_a_flow_map_student_of_a_checkpoint_teacher_exports(tmp_path):
+    """A flow-map student copied from a `multistep teacher` network gains the target input (add_target_input): the
+    safetensors export rebuilds it with that input and reloads to the platform's own samples."""
+    from multistep.train.teacher import build_net, save_teacher
+
+    net_cfg = {"kind": "mlp", "dim": 6, "hidden": 16, "depth": 2, "time_dim": 8}
+    meta = {"schedule": {"name": "cosine"}, "shape": [6]}
+    teacher = save_teacher(tmp_path / "teacher.pt", net_cfg, build_net(net_cfg).state_dict(), meta)
+    doc = GMM | {
+        "teacher": {"kind": "checkpoint", "path": str(teacher)},
+        "student": {"init_iterations": 0},
+        "method": {"name": "flowmap", "student_steps": 2, "p_mean": 0.5},
+    }
+    state = trial_checkpoint(tmp_path / "trial-000" / "state.pt", doc)
+    assert main(["export", state, "--out", str(tmp_path / "st")]) == 0
+    spec = json.loads((tmp_path / "st" / "multistep.json").read_text())
+    assert spec["network"]["net"]["target_input"] is True
+    noise = np.random.default_rng(0).standard_normal((16, 6)).astype(np.float32)
+    want = platform_samples(tmp_path, state, noise)
+    assert rel(platform_samples(tmp_path, str(tmp_path / "st"), noise), want) < 1e-6

@@ -183,21 +183,22 @@ class Setup:
         g = torch.Generator().manual_seed(1)
         return (torch.rand((n, *image_shape(self.size)), generator=g) * 2 - 1).to(self.device)
 
-    def step(self, kind: str, x) -> None:
-        """One optimizer step of the training loop (loss, backward, grad clip, Adam, eval EMA); no host sync."""
+    def step(self, part: str, x) -> None:
+        """One optimizer step of the training loop (loss, backward, grad clip, Adam, eval EMA, the method's
+        after_step as fit calls it); no host sync. part: diffusion (the teacher's v-loss), mcd or scd."""
 
         from multistep.diffusion.loss import v_loss
         from multistep.train.loop import ema_update, optimizer_step
 
-        st = self.state
-        if kind == "diffusion":
+        st, method = self.state, {"mcd": self.method, "scd": self.scd}.get(part)
+        if method is None:
             loss = v_loss(self.student.v, self.sched, x, st.gen)  # the network under the same fast paths
         else:
-            loss, _ = (self.scd if kind == "scd" else self.method).loss(self.student, x, 0, 1000, st.gen)
+            loss, _ = method.loss(self.student, x, 0, 1000, st.gen)
         optimizer_step(self.student, st.opt, loss, grad_clip=1.0)
         ema_update(st.ema, self.student, 0.999)
-        if kind == "scd":
-            self.scd.after_step(self.student)  # its u(phi) takes its own Adam step
+        if method is not None:
+            method.after_step(self.student, st.ema)  # sCD's u(phi) takes its own Adam step; MCD's target EMA
 
 
 # -- parts ---------------------------------------------------------------------------------------------
@@ -212,11 +213,11 @@ def bench_training(setup: Setup, batch: int, warmup: int, steps: int, peak_tflop
         "params_millions": sum(p.numel() for p in setup.student.parameters()) / 1e6,
     }
     # forward-equivalents: fwd+bwd = 3; MCD + 2 no-grad forwards; sCD + a teacher forward and a JVP (~2)
-    for kind, passes in (("diffusion", 3), ("mcd", 5), ("scd", 6)):
+    for part, passes in (("diffusion", 3), ("mcd", 5), ("scd", 6)):
         reset_peak_memory(setup.device)
-        warm_s, step_s = timed(lambda kind=kind: setup.step(kind, x), setup.device, warmup, steps)
+        warm_s, step_s = timed(lambda part=part: setup.step(part, x), setup.device, warmup, steps)
         tflops = passes * f_img * batch / step_s / 1e12
-        out[kind] = {
+        out[part] = {
             "step_s": step_s,
             "img_per_s": batch / step_s,
             "warmup_s": warm_s,

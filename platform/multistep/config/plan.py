@@ -113,7 +113,7 @@ def expand(cfg: SweepCfg, doc: dict, path: str) -> list[Trial]:
     if cfg.search_alg.adaptive:
         return _adaptive(cfg, doc, path)
     blocks = cfg.search if isinstance(cfg.search, list) else [cfg.search]
-    n = sum(math.prod(len(a.grid) for a in b.values() if a.kind == "grid") * cfg.num_samples for b in blocks)
+    n = sum(math.prod(len(a.grid) for a in b.values() if a.grid is not None) * cfg.num_samples for b in blocks)
     if n > cfg.max_trials:
         raise ConfigError(f"{path}: search expands to {n} trials, more than max_trials = {cfg.max_trials}")
     rng = np.random.default_rng(cfg.train.seed)  # random axes are reproducible from the sweep file
@@ -122,20 +122,14 @@ def expand(cfg: SweepCfg, doc: dict, path: str) -> list[Trial]:
 
 
 def _expand_block(search: dict, base: dict, num_samples: int, rng, path: str) -> list[Trial]:
-    grid_keys = [k for k, a in search.items() if a.kind == "grid"]
-    rand_keys = [k for k, a in search.items() if a.kind != "grid"]
+    grid_keys = [k for k, a in search.items() if a.grid is not None]
+    rand_keys = [k for k, a in search.items() if a.grid is None]
     trials = []
     for combo in itertools.product(*[search[k].grid for k in grid_keys]):
         for _ in range(num_samples):
             ov: dict[str, Any] = dict(zip(grid_keys, combo))
             for k in rand_keys:
-                a = search[k]
-                if a.kind == "choice":
-                    ov[k] = a.choice[int(rng.integers(len(a.choice)))]
-                elif a.kind == "loguniform":
-                    ov[k] = float(np.exp(rng.uniform(np.log(a.loguniform[0]), np.log(a.loguniform[1]))))
-                else:
-                    ov[k] = float(rng.uniform(*a.uniform))
+                ov[k] = search[k].draw(rng)
             trials.append(_trial(base, ov, path))
     return trials
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from multistep.config.errors import sub_field_error
@@ -436,7 +437,7 @@ class SchedulerCfg(Strict):
         if self.name == "pbt" and not self.mutations:
             raise sub_field_error("mutations", {}, "pbt needs at least one of train.learning_rate, method.anneal.end")
         for k, a in self.mutations.items():
-            if a.kind == "grid":
+            if a.grid is not None:
                 raise sub_field_error(
                     "mutations", k, f"{k}: give choice, uniform or loguniform (grid is for search axes)"
                 )
@@ -501,8 +502,17 @@ class Axis(Strict):
         return self
 
     @property
-    def kind(self) -> str:
-        return next(k for k in ("grid", "choice", "loguniform", "uniform") if getattr(self, k) is not None)
+    def discrete(self) -> list[Any] | None:
+        """The values of a grid or choice axis; None for a range."""
+        return self.grid if self.grid is not None else self.choice
+
+    def draw(self, rng: np.random.Generator) -> Any:
+        """One random value of a choice or range axis."""
+        if self.choice is not None:
+            return self.choice[int(rng.integers(len(self.choice)))]
+        if self.loguniform is not None:
+            return float(np.exp(rng.uniform(np.log(self.loguniform[0]), np.log(self.loguniform[1]))))
+        return float(rng.uniform(*self.uniform))
 
 
 class ToleranceCfg(Strict):

@@ -40,7 +40,6 @@ from pathlib import Path
 
 from multistep.config import ConfigError
 
-KINDS = ("cifar10", "imagenet", "folder", "imagefolder")
 IMAGE_EXT = {".png", ".jpg", ".jpeg"}
 CAPTION_FILES = ("metadata.jsonl", "captions.csv")  # imagefolder: exactly one of them in SRC
 
@@ -392,15 +391,20 @@ def _convert(kind, src: Path, out: Path, shard_size: int, size, grayscale, capti
             raise ConfigError(f"{src}: inputs have mixed image shapes {state['key'][:3]} and {key[:3]}")
         return state["writer"]
 
-    if kind == "cifar10":
-        _cifar10(src, writer_for)
-    elif kind == "imagenet":
-        _imagenet(src, writer_for)
-    elif kind == "imagefolder":
-        _imagefolder(*captions, writer_for, size, grayscale)
-    else:
-        _folder(src, writer_for, size, grayscale)
+    SOURCES[kind](src, writer_for, size, grayscale, captions)
     return state["writer"].close()
+
+
+# How each kind of SRC is read: (src, writer_for, size, grayscale, captions) -> None, rows into writer_for(...).add.
+SOURCES = {
+    "cifar10": lambda src, writer_for, size, grayscale, captions: _cifar10(src, writer_for),
+    "imagenet": lambda src, writer_for, size, grayscale, captions: _imagenet(src, writer_for),
+    "folder": lambda src, writer_for, size, grayscale, captions: _folder(src, writer_for, size, grayscale),
+    "imagefolder": lambda src, writer_for, size, grayscale, captions: _imagefolder(
+        *captions, writer_for, size, grayscale
+    ),
+}
+KINDS = tuple(SOURCES)
 
 
 def cmd_data_convert(args) -> int:

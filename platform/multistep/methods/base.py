@@ -112,33 +112,40 @@ def per_example_mean(a: Tensor) -> Tensor:
     return a.reshape(a.shape[0], -1).mean(1)
 
 
-def weight(kind: str, snr: Tensor) -> Tensor:
-    """Loss weights in x-space (algorithms.md §1.3): snr+1 = v-loss, max(snr,1) = truncated SNR, snr = eps-loss."""
-    if kind == "snr+1":
-        return snr + 1
-    if kind == "max(snr,1)":
-        return snr.clamp_min(1.0)
-    if kind == "snr":
-        return snr
-    raise ValueError(f"unknown weight {kind!r}")
+# Loss weights w(snr) in x-space (algorithms.md §1.3), by name.
+WEIGHTS = {
+    "snr+1": lambda snr: snr + 1,  # the v-loss
+    "max(snr,1)": lambda snr: snr.clamp_min(1.0),  # truncated SNR
+    "snr": lambda snr: snr,  # the eps-loss
+}
 
 
-def distance(kind: str, diff: Tensor, huber_eps: float) -> Tensor:
-    """Per-example distance D(x_diff) (algorithms.md A4).
+def _pseudo_huber_ict(ms: Tensor, d: Tensor, eps: float) -> Tensor:
+    """iCT: sqrt(||diff||^2 + c^2) - c on the full vector, c = 0.00054 sqrt(d) (eps unused)."""
+    c = 0.00054 * d.sqrt()
+    return torch.sqrt(ms * d + c**2) - c
 
-    pseudo_huber:     sqrt(mean_d(diff^2) + eps^2) - eps  (~RMS for small eps, ~mean(diff^2)/2 for eps = 1)
-    pseudo_huber_ict: sqrt(||diff||^2 + c^2) - c, c = 0.00054 sqrt(d)  (iCT)
-    l2sq:             mean_d(diff^2);   l2sq_sum: sum_d(diff^2)  (TRACT)
-    """
+
+# Per-example distances D(x_diff) (algorithms.md A4) from ms = mean_d(diff^2) and d = the dimension, by name.
+DISTANCES = {
+    # sqrt(mean_d(diff^2) + eps^2) - eps  (~RMS for small eps, ~mean(diff^2)/2 for eps = 1)
+    "pseudo_huber": lambda ms, d, eps: torch.sqrt(ms + eps**2) - eps,
+    "pseudo_huber_ict": _pseudo_huber_ict,
+    "l2sq": lambda ms, d, eps: ms,  # mean_d(diff^2)
+    "l2sq_sum": lambda ms, d, eps: ms * d,  # TRACT: squared l2 summed over dimensions
+}
+
+
+def weight(name: str, snr: Tensor) -> Tensor:
+    """The loss weight `name` (one of WEIGHTS) at these SNRs."""
+    if name not in WEIGHTS:
+        raise ValueError(f"unknown weight {name!r}")
+    return WEIGHTS[name](snr)
+
+
+def distance(name: str, diff: Tensor, huber_eps: float) -> Tensor:
+    """The per-example distance `name` (one of DISTANCES) of diff (B, ...)."""
+    if name not in DISTANCES:
+        raise ValueError(f"unknown distance {name!r}")
     ms = per_example_mean(diff.pow(2))
-    d = ms.new_tensor(diff[0].numel())
-    if kind == "pseudo_huber_ict":  # iCT: sqrt(||diff||^2 + c^2) - c on the full vector, c = 0.00054 sqrt(d)
-        c = 0.00054 * d.sqrt()
-        return torch.sqrt(ms * d + c**2) - c
-    if kind == "l2sq_sum":  # TRACT: squared l2 summed over dimensions
-        return ms * d
-    if kind == "pseudo_huber":
-        return torch.sqrt(ms + huber_eps**2) - huber_eps
-    if kind == "l2sq":
-        return ms
-    raise ValueError(f"unknown distance {kind!r}")
+    return DISTANCES[name](ms, ms.new_tensor(diff[0].numel()), huber_eps)

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from multistep.diffusion.ddim import bcast as _b
-from multistep.diffusion.schedules import Schedule
+from multistep.diffusion.schedules import DiscreteVP, Schedule
 from multistep.nets.mlp import VDenoiser
 
 Tensor = torch.Tensor
@@ -44,39 +45,111 @@ def ddpm_betas(beta_schedule: str, beta_start: float, beta_end: float, steps: in
 
 @dataclass(frozen=True)
 class Time:
-    """How the network reads the noise level: kind ddpm (timesteps), vp (continuous t), edm (sigma) or flow (s)."""
+    """How the network reads the noise level: one subclass per kind (ddpm: timesteps, vp: continuous t, edm: sigma,
+    flow: s), registered by its `kind` in TIME_KINDS; `Time.of(kind, **fields)` builds one (export's multistep.json
+    stores the kind and every field)."""
 
-    kind: str
+    kind: ClassVar[str]
     logsnr_k: Tensor | None = None  # ddpm: lambda at each integer timestep k = 0 .. T-1 (decreasing)
     schedule: Schedule | None = None  # vp: the schedule the network was trained with
     sigma_min: float = 0.002  # edm
     sigma_max: float = 80.0  # edm
     time_scale: float = 1.0  # vp, flow: the network receives its time times this
 
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        TIME_KINDS[cls.kind] = cls
+
+    @staticmethod
+    def of(kind: str, **fields) -> Time:
+        if kind not in TIME_KINDS:
+            raise ValueError(f"unknown time kind {kind!r} (one of {', '.join(TIME_KINDS)})")
+        return TIME_KINDS[kind](**fields)
+
     @staticmethod
     def ddpm(betas: Tensor) -> Time:
         abar = torch.cumprod(1 - betas.double(), 0)
-        return Time("ddpm", logsnr_k=torch.log(abar) - torch.log1p(-abar))
+        return DdpmTime(logsnr_k=torch.log(abar) - torch.log1p(-abar))
 
     def logsnr_range(self) -> tuple[float, float]:
         """(lowest, highest) log-SNR the network was trained on: the student's schedule stays inside the lowest."""
-        if self.kind == "ddpm":
-            return float(self.logsnr_k[-1]), float(self.logsnr_k[0])
-        if self.kind == "edm":
-            return -2 * math.log(self.sigma_max), -2 * math.log(self.sigma_min)
-        if self.kind == "vp":
-            one = torch.ones((), dtype=torch.float64)
-            return max(float(self.schedule.logsnr(one)), -20.0), min(float(self.schedule.logsnr(0 * one)), 20.0)
-        return -20.0, 20.0  # flow: s in (0, 1), the ends are the data and pure noise
+        return -20.0, 20.0
+
+    def network_input(self, lam: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor]:
+        """(a_in, time_in) at log-SNR lam: the network is called on (a_in z_t, time_in)."""
+        raise NotImplementedError
+
+    def flow_s(self, lam: Tensor) -> Tensor:
+        """s of a flow network's x_s = (1 - s) x + s eps (1 for the other kinds), for its velocity output."""
+        return torch.ones_like(lam)
+
+    def own_schedule(self) -> Schedule | None:
+        """The network's own discrete schedule, which the student follows unless told otherwise (ddpm)."""
+        return None
+
+
+TIME_KINDS: dict[str, type[Time]] = {}
+
+
+@dataclass(frozen=True)
+class DdpmTime(Time):
+    kind: ClassVar[str] = "ddpm"
+
+    def logsnr_range(self) -> tuple[float, float]:
+        return float(self.logsnr_k[-1]), float(self.logsnr_k[0])
+
+    def network_input(self, lam: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.ones_like(lam), self.timestep(lam)  # VP at equal log-SNR: the same z
+
+    def own_schedule(self) -> Schedule:
+        return DiscreteVP(logsnr_k=tuple(self.logsnr_k.tolist()))
 
     def timestep(self, lam: Tensor) -> Tensor:
-        """ddpm: the fractional timestep tau with lambda(tau) = lam, linear in log-SNR between integer steps (clamped)."""
+        """The fractional timestep tau with lambda(tau) = lam, linear in log-SNR between integer steps (clamped)."""
         lk = self.logsnr_k.to(lam.device)
         asc, k = lk.flip(0), torch.arange(len(lk) - 1, -1, -1, dtype=lam.dtype, device=lam.device)
         lam = lam.clamp(float(asc[0]), float(asc[-1]))
         i = torch.searchsorted(asc, lam.contiguous()).clamp(1, len(asc) - 1)
         w = (lam - asc[i - 1]) / (asc[i] - asc[i - 1])
         return k[i - 1] + w * (k[i] - k[i - 1])
+
+
+@dataclass(frozen=True)
+class VpTime(Time):
+    kind: ClassVar[str] = "vp"
+
+    def logsnr_range(self) -> tuple[float, float]:
+        one = torch.ones((), dtype=torch.float64)
+        return max(float(self.schedule.logsnr(one)), -20.0), min(float(self.schedule.logsnr(0 * one)), 20.0)
+
+    def network_input(self, lam: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor]:
+        # the network's own continuous time of this log-SNR, on the same z
+        return torch.ones_like(lam), self.schedule.t_from_logsnr(lam).clamp(0, 1) * self.time_scale
+
+
+@dataclass(frozen=True)
+class EdmTime(Time):
+    kind: ClassVar[str] = "edm"
+
+    def logsnr_range(self) -> tuple[float, float]:
+        return -2 * math.log(self.sigma_max), -2 * math.log(self.sigma_min)
+
+    def network_input(self, lam: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor]:
+        # x = z / alpha = data + (sigma / alpha) eps
+        return 1 / alpha, torch.exp(-lam / 2).clamp(self.sigma_min, self.sigma_max)
+
+
+@dataclass(frozen=True)
+class FlowTime(Time):
+    kind: ClassVar[str] = "flow"  # s in (0, 1): the log-SNR range is the base's (the ends are data and pure noise)
+
+    def network_input(self, lam: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor]:
+        # x_s = (1 - s) x + s eps at equal SNR ((1 - s) / s)^2 = alpha^2 / sigma^2
+        sf = self.flow_s(lam)
+        return (1 - sf) / alpha, sf * self.time_scale
+
+    def flow_s(self, lam: Tensor) -> Tensor:
+        return torch.sigmoid(-lam / 2)
 
 
 class Adapted(VDenoiser):
@@ -118,20 +191,12 @@ class Adapted(VDenoiser):
         """(a_in, time_in, c_z, c_o) at times t (B,): the network is called on (a_in z, time_in), and
         x_hat = c_z z + c_o out. At a fixed t the whole adapter is this affine map around the network."""
         a, s = self.schedule.alpha_sigma(t)
-        lam, tk, one = self.schedule.logsnr(t), self.time, torch.ones_like(t)
-        if tk.kind == "edm":  # x = z / alpha = data + (sigma / alpha) eps
-            a_in, time_in = 1 / a, torch.exp(-lam / 2).clamp(tk.sigma_min, tk.sigma_max)
-        elif tk.kind == "flow":  # x_s = (1 - s) x + s eps at equal SNR ((1 - s) / s)^2 = alpha^2 / sigma^2
-            sf = torch.sigmoid(-lam / 2)
-            a_in, time_in = (1 - sf) / a, sf * tk.time_scale
-        elif tk.kind == "ddpm":  # VP at equal log-SNR: the same z
-            a_in, time_in = one, tk.timestep(lam)
-        else:  # vp: the network's own continuous time of this log-SNR
-            a_in, time_in = one, tk.schedule.t_from_logsnr(lam).clamp(0, 1) * tk.time_scale
+        lam, one = self.schedule.logsnr(t), torch.ones_like(t)
+        a_in, time_in = self.time.network_input(lam, a)
         c = {  # x_hat = c_z z + c_o out
             "eps": (1 / a, -s / a),  # x = (z - sigma eps) / alpha
             "v": (a, -s),  # x = alpha z - sigma v
-            "flow": (a_in, -sf if tk.kind == "flow" else -one),  # x = x_s - s v with v = eps - x
+            "flow": (a_in, -self.time.flow_s(lam)),  # x = x_s - s v with v = eps - x
         }.get(self.parameterization, (0 * one, one))  # x0, edm: the output is the data estimate
         return a_in, time_in, c[0], c[1]
 

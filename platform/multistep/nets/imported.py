@@ -18,7 +18,7 @@ from torch import nn
 
 from multistep.config.errors import first_line
 from multistep.diffusion.ddim import bcast as _bc
-from multistep.diffusion.schedules import ClippedCosine, DiscreteVP, Schedule, make_schedule
+from multistep.diffusion.schedules import ClippedCosine, Schedule, make_schedule
 from multistep.nets.adapter import Adapted, Time, ddpm_betas
 
 PREDICTION_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}  # diffusers -> parameterization
@@ -205,9 +205,9 @@ def time_of(t, decl: dict) -> Time:
     p = decl["parameterization"]
     if p == "edm":
         e = t.edm
-        return Time("edm", sigma_min=e.sigma_min, sigma_max=e.sigma_max)
+        return Time.of("edm", sigma_min=e.sigma_min, sigma_max=e.sigma_max)
     if p == "flow":
-        return Time("flow", time_scale=t.time_scale)
+        return Time.of("flow", time_scale=t.time_scale)
     if decl["ddpm"] is not None:
         g = decl["ddpm"]
         betas = g.get("betas")
@@ -217,7 +217,7 @@ def time_of(t, decl: dict) -> Time:
             else ddpm_betas(g["beta_schedule"], g["beta_start"], g["beta_end"], g["num_train_timesteps"])
         )
         return Time.ddpm(betas)
-    return Time("vp", schedule=make_schedule(t.schedule.name, **t.schedule.params), time_scale=t.time_scale)
+    return Time.of("vp", schedule=make_schedule(t.schedule.name, **t.schedule.params), time_scale=t.time_scale)
 
 
 def student_schedule(t, time: Time) -> Schedule:
@@ -230,8 +230,8 @@ def student_schedule(t, time: Time) -> Schedule:
         raise ValueError(
             f"teacher.logsnr_min: {t.logsnr_min:g} is below the lowest log-SNR the teacher covers ({lo:.4f})"
         )
-    if time.kind == "ddpm" and t.logsnr_min is None:
-        return DiscreteVP(logsnr_k=tuple(time.logsnr_k.tolist()))
+    if t.logsnr_min is None and (own := time.own_schedule()) is not None:
+        return own
     return ClippedCosine(logsnr_min=t.logsnr_min if t.logsnr_min is not None else lo, logsnr_max=LOGSNR_MAX)
 
 

@@ -37,10 +37,7 @@ def optuna(plan, names: dict) -> tuple[dict, FinalOnly]:
     alg = plan.cfg.search_alg
     space = {}
     for k, a in plan.cfg.search.items():
-        if a.kind in ("grid", "choice"):
-            space[k] = tune.choice(a.grid or a.choice)
-        else:
-            space[k] = domain(a)
+        space[k] = domain(a) if a.discrete is None else tune.choice(a.discrete)
     metrics = [names.get(m, m) for m in alg.metrics]
     seed = plan.cfg.train.seed if alg.seed is None else alg.seed
     sampler = TPESampler(seed=seed) if alg.sampler == "tpe" else PicklableNSGAII(seed=seed)
@@ -52,6 +49,6 @@ def optuna(plan, names: dict) -> tuple[dict, FinalOnly]:
 
 def domain(a):
     """A choice axis as its list (PBT shifts a cloned value one place along it), a range as Tune's distribution."""
-    if a.kind in ("grid", "choice"):
-        return list(a.grid or a.choice)
-    return (tune.loguniform if a.kind == "loguniform" else tune.uniform)(*(a.loguniform or a.uniform))
+    if a.discrete is not None:
+        return list(a.discrete)
+    return tune.loguniform(*a.loguniform) if a.loguniform is not None else tune.uniform(*a.uniform)

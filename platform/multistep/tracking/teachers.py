@@ -49,7 +49,8 @@ def resolve_mlflow_teacher(t: TeacherCfg, cache_dir: str | os.PathLike = DEFAULT
             shutil.rmtree(tmp, ignore_errors=True)
     body = json.loads(body_file.read_text())
     files = dst / FILES
-    path = files if body["teacher"]["kind"] == "diffusers" else files / body["file"]
+    path = files / body["file"]
+    path = path if path.is_file() else files  # a folder teacher (a diffusers pipeline) was logged as FILES/ itself
     return TeacherCfg.model_validate(body["teacher"] | {"path": str(path)})
 
 
