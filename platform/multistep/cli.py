@@ -49,6 +49,9 @@ def _fail(msg: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from multistep.config import ConfigError
+    from multistep.logs import configure
+
+    configure()  # the library's messages and progress (logging) as plain lines on stdout
 
     try:
         return args.handler(args)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 from typing import Optional
 
@@ -24,6 +25,8 @@ from torch import nn
 
 from multistep.config import ConfigError
 from multistep.teachers import teacher_kind
+
+log = logging.getLogger(__name__)
 
 FORMATS = ("safetensors", "torchscript", "diffusers")
 SPEC = "multistep.json"
@@ -302,7 +305,6 @@ def export(
     lora_only: bool = False,
     register_as: str | None = None,
     tracking_uri: str | None = None,
-    say=print,
 ) -> int:
     """Write the student of a trial checkpoint `state` into the new or empty folder `out` in format `fmt`, reload it
     and check its samples against the platform's (RuntimeError beyond TOLERANCE); with register_as, register it as
@@ -338,13 +340,13 @@ def export(
             raise RuntimeError(
                 f"the reloaded {fmt} export's samples differ from the platform's by {err:.2e} (relative max)"
             )
-    say(f"{fmt} export of {p} -> {out} (S = {S}; reloaded samples differ from the platform's by {err:.1e})")
+    log.info(f"{fmt} export of {p} -> {out} (S = {S}; reloaded samples differ from the platform's by {err:.1e})")
     if register_as:
         from multistep.sweep.preflight import tracking_uri as resolved_uri
         from multistep.tracking.registry import register
 
         version = register(resolved_uri(tracking_uri), register_as, out, fmt, spec)
-        say(f"registered as model {register_as!r} version {version}")
+        log.info(f"registered as model {register_as!r} version {version}")
     return 0
 
 

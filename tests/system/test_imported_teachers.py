@@ -105,7 +105,7 @@ def test_a_sweep_distils_diffusers_and_torchscript_teachers(ray_local, tmp_path,
     f = tmp_path / "sweep.yaml"
     f.write_text(yaml.safe_dump(doc, sort_keys=False))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert run_sweep(load_sweep(f), uri, str(tmp_path / "rr"), say=lambda *_: None) == 0
+    assert run_sweep(load_sweep(f), uri, str(tmp_path / "rr")) == 0
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("tests-imported").experiment_id])
     trials = sorted(
@@ -175,7 +175,7 @@ def test_an_imported_teacher_logged_to_mlflow_is_distilled_by_its_run_id(ray_loc
     }
     f = tmp_path / "sweep.yaml"
     f.write_text(yaml.safe_dump(doc))
-    assert run_sweep(load_sweep(f), uri, str(tmp_path / "rr"), say=lambda *_: None) == 0
+    assert run_sweep(load_sweep(f), uri, str(tmp_path / "rr")) == 0
     (trial,) = [r for r in client.search_runs([run.info.experiment_id]) if r.data.tags.get("multistep.kind") == "trial"]
     assert trial.info.status == "FINISHED" and "fd_identity_200" in trial.data.metrics
     assert trial.data.params["teacher.kind"] == "torchscript"  # the trial ran the imported teacher's own files

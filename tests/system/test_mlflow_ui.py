@@ -33,7 +33,7 @@ def test_printed_address_opens_the_runs_table_with_the_sweep_and_its_trials(tiny
     server, uri = start_mlflow_server(tmp_path, free_port())
     try:
         plan = load_sweep(tiny_sweep)
-        srid, sweep_id, run_ids = _open_runs(ml.client(uri), plan, uri, str(tmp_path), False, lambda *a: None)
+        srid, sweep_id, run_ids = _open_runs(ml.client(uri), plan, uri, str(tmp_path), False)
         exp_id = ml.client(uri).get_run(srid).info.experiment_id
         hint = ml.ui_hint(uri, exp_id)
         address = re.search(r"http://\S+", hint).group(0)

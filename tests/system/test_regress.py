@@ -290,7 +290,7 @@ def test_rerun_of_the_same_sweep_passes(ray_local, store, capsys, tmp_path):
 
     client, _, common, f = store
     uri = common[1]
-    assert run_sweep(load_sweep(f), uri, str(tmp_path / "rr"), say=lambda *_: None) == 0
+    assert run_sweep(load_sweep(f), uri, str(tmp_path / "rr")) == 0
     exp = client.get_experiment_by_name("tests").experiment_id
     (first,) = client.search_runs([exp], "tags.`multistep.kind` = 'sweep'")
     table = read_table(client.download_artifacts(first.info.run_id, "results.parquet", str(tmp_path)))

@@ -2,6 +2,7 @@
 `multistep sweep FILE --resume` continues the same sweep: finished trials are not re-run, the same MLflow sweep run
 and trial runs are used."""
 
+import logging
 import os
 import signal
 import subprocess
@@ -148,15 +149,15 @@ def test_resume_refuses_another_runner(tiny_sweep, tmp_path):
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
-    srid, _, _ = _open_runs(client, load_sweep(tiny_sweep), uri, str(tmp_path), False, lambda *_: None)
+    srid, _, _ = _open_runs(client, load_sweep(tiny_sweep), uri, str(tmp_path), False)
     assert client.get_run(srid).data.tags["multistep.runner"] == "tune"  # 1 worker, runner auto
     doc = yaml.safe_load(tiny_sweep.read_text())
     doc["resources"] = {**doc.get("resources", {}), "runner": "train"}
     other = tmp_path / "train.yaml"
     other.write_text(yaml.safe_dump(doc))
     with pytest.raises(ConfigError, match="resources.runner: sweep run .* runner tune, this file gives train"):
-        _open_runs(client, load_sweep(other), uri, str(tmp_path), True, lambda *_: None)
-    assert _open_runs(client, load_sweep(tiny_sweep), uri, str(tmp_path), True, lambda *_: None)[0] == srid
+        _open_runs(client, load_sweep(other), uri, str(tmp_path), True)
+    assert _open_runs(client, load_sweep(tiny_sweep), uri, str(tmp_path), True)[0] == srid
 
 
 @pytest.mark.slow
@@ -200,15 +201,16 @@ def test_interrupt_during_preparation_closes_the_runs_at_once(tiny_sweep, tmp_pa
     assert [s.info.status for s in sweeps] == ["KILLED"] and [t.info.status for t in trials] == ["KILLED", "KILLED"]
 
 
-def test_resume_with_an_unreadable_tune_state_rebuilds_the_plan_from_mlflow(ray_local, tiny_sweep, tmp_path):
+def test_resume_with_an_unreadable_tune_state_rebuilds_the_plan_from_mlflow(ray_local, tiny_sweep, tmp_path, caplog):
     """The driver died while Tune wrote experiment_state-*.json (here: the file cut short). --resume sets it aside,
     runs only the trials MLflow does not record as done, and logs no duplicate point."""
     from multistep.config import load_sweep
     from multistep.sweep.driver import run_sweep
 
-    uri, lines = f"sqlite:///{tmp_path / 'mlflow.db'}", []
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    caplog.set_level(logging.INFO, logger="multistep")  # the driver's messages
     plan = load_sweep(tiny_sweep)
-    assert run_sweep(plan, uri, str(tmp_path / "rr"), say=lines.append) == 0
+    assert run_sweep(plan, uri, str(tmp_path / "rr")) == 0
     client = MlflowClient(uri)
     exp_id = client.get_experiment_by_name("tests").experiment_id
     (sweep,), trials = _trials(client, exp_id)
@@ -219,7 +221,8 @@ def test_resume_with_an_unreadable_tune_state_rebuilds_the_plan_from_mlflow(ray_
     (state,) = (tmp_path / "rr").glob("tiny-*/experiment_state-*.json")
     state.write_bytes(state.read_bytes()[:300])
 
-    assert run_sweep(load_sweep(tiny_sweep), uri, str(tmp_path / "rr"), say=lines.append, resume=True) == 0
+    assert run_sweep(load_sweep(tiny_sweep), uri, str(tmp_path / "rr"), resume=True) == 0
+    lines = caplog.messages
     assert any("unreadable" in line for line in lines) and any("1 unfinished trial(s)" in line for line in lines)
     assert state.with_name(state.name + ".corrupt").is_file()
     (sweep,), trials = _trials(client, exp_id)
@@ -227,9 +230,9 @@ def test_resume_with_an_unreadable_tune_state_rebuilds_the_plan_from_mlflow(ray_
     assert {k: client.get_metric_history(trials[0].info.run_id, k) for k in first} == first  # not re-run
     points = assert_no_duplicate_points(client, [sweep, *trials])
 
-    lines.clear()  # resuming the finished sweep again: nothing to do, nothing logged
-    assert run_sweep(load_sweep(tiny_sweep), uri, str(tmp_path / "rr"), say=lines.append, resume=True) == 0
-    assert any("already finished: nothing to resume" in line for line in lines)
+    caplog.clear()  # resuming the finished sweep again: nothing to do, nothing logged
+    assert run_sweep(load_sweep(tiny_sweep), uri, str(tmp_path / "rr"), resume=True) == 0
+    assert any("already finished: nothing to resume" in line for line in caplog.messages)
     (sweep,), trials = _trials(client, exp_id)
     assert sweep.info.status == "FINISHED"
     assert metric_points(client, [sweep, *trials]) == points  # nothing logged again

@@ -44,7 +44,7 @@ def test_optuna_proposes_trials_logged_as_nested_runs(ray_local, tiny_sweep, tmp
     f = sweep_file(tiny_sweep, tmp_path, name, alg, num_samples=2)
     plan = load_sweep(f)
     assert plan.adaptive and len(plan.trials) == 1  # only the base trial is planned
-    assert run_sweep(plan, uri, str(tmp_path / "rr"), say=lambda *a: None) == 0
+    assert run_sweep(plan, uri, str(tmp_path / "rr")) == 0
     sweeps, trials = children(MlflowClient(uri), name)
     assert len(sweeps) == 1 and sweeps[0].info.status == "FINISHED" and len(trials) == 2
     proposed = [json.loads(t.data.tags["multistep.search_values"]) for t in trials]

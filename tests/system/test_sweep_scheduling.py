@@ -1,6 +1,7 @@
 """Early stopping with ASHA and failing trials, through real Ray Tune + Train and a real MLflow store."""
 
 import json
+import logging
 
 import pytest
 import yaml
@@ -44,7 +45,7 @@ def test_asha_stops_bad_trials_marks_them_killed_and_the_sweep_goes_on(ray_local
         search={"train.learning_rate": {"grid": [1e-3, 0.5, 1e-3]}, "method.student_steps": {"grid": [1]}},
     )
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert run_sweep(load_sweep(p), uri, str(tmp_path / "rr"), say=lambda *_: None) == 0
+    assert run_sweep(load_sweep(p), uri, str(tmp_path / "rr")) == 0
     client, sweep, trials = _runs(uri)
     # The first trial sets the rungs and finishes; the broken one is stopped; the third one then starts and ends
     # (ASHA may stop it too: it only has to be no worse than the median of what the rung has seen).
@@ -61,17 +62,17 @@ def test_asha_stops_bad_trials_marks_them_killed_and_the_sweep_goes_on(ray_local
     assert sweep.info.status == "FINISHED"
 
 
-def test_non_finite_loss_fails_only_that_trial(ray_local, tiny_sweep, tmp_path):
+def test_non_finite_loss_fails_only_that_trial(ray_local, tiny_sweep, tmp_path, caplog):
     p = _write(tmp_path, tiny_sweep, search={"train.learning_rate": {"grid": [1e-3, 1e30]}})
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    lines = []
-    assert run_sweep(load_sweep(p), uri, str(tmp_path / "rr"), say=lines.append) == 1
+    caplog.set_level(logging.INFO, logger="multistep")  # the driver's messages
+    assert run_sweep(load_sweep(p), uri, str(tmp_path / "rr")) == 1
     client, sweep, trials = _runs(uri)
     assert [t.info.status for t in trials] == ["FINISHED", "FAILED"]
     assert "non-finite loss" in trials[1].data.tags["multistep.error"]
     assert "iterations" in trials[1].data.tags["multistep.error"]
     assert sweep.info.status == "FAILED"
-    assert any("1 trial(s) failed: #2" in line for line in lines)
+    assert any("1 trial(s) failed: #2" in line for line in caplog.messages)
 
 
 def test_pbt_clones_a_leaders_checkpoint_and_the_clone_records_its_parent(ray_local, tiny_sweep, tmp_path):
@@ -91,7 +92,7 @@ def test_pbt_clones_a_leaders_checkpoint_and_the_clone_records_its_parent(ray_lo
         search={"student.init_iterations": {"grid": [400, 1]}, "method.student_steps": {"grid": [2]}},
     )
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert run_sweep(load_sweep(p), uri, str(tmp_path / "rr"), say=lambda *_: None) == 0
+    assert run_sweep(load_sweep(p), uri, str(tmp_path / "rr")) == 0
     client, sweep, trials = _runs(uri)
     assert sweep.info.status == "FINISHED" and [t.info.status for t in trials] == ["FINISHED", "FINISHED"]
     good, clone = trials  # the converged warm start and the untrained one (which may later lead in turn)

@@ -101,7 +101,7 @@ def test_a_sweep_distils_a_pipeline_folder_on_a_caption_set(ray_local, pipeline_
     doc["eval"] |= {"clip_path": str(clip), "prompts": str(prompts)}  # CLIPScore of the decoded samples
     f.write_text(yaml.safe_dump(doc))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert run_sweep(load_sweep(f), uri, str(tmp_path / "ray"), say=lambda *_: None) == 0
+    assert run_sweep(load_sweep(f), uri, str(tmp_path / "ray")) == 0
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("tests-t2i").experiment_id])
     trials = [r for r in runs if r.data.tags.get("multistep.kind") == "trial"]
@@ -253,7 +253,7 @@ def test_a_caption_teacher_trained_here_then_distilled_with_text_guidance(ray_lo
         "eval": {"samples": 64, "teacher_steps": [2], "ode_steps": 4, "extractor": "classifier", "diversity_rows": 0},
     }
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(doc))
-    assert run_sweep(load_sweep(tmp_path / "sweep.yaml"), uri, str(tmp_path / "rr"), say=lambda *_: None) == 0
+    assert run_sweep(load_sweep(tmp_path / "sweep.yaml"), uri, str(tmp_path / "rr")) == 0
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("tests-captions").experiment_id])
     [trial] = [r for r in runs if r.data.tags.get("multistep.kind") == "trial"]

@@ -59,7 +59,7 @@ def test_killed_worker_resumes_from_checkpoint(ray_local, tiny_sweep, tmp_path, 
 
     t = threading.Thread(target=killer, daemon=True)
     t.start()
-    rc = run_sweep(load_sweep(f), uri, str(tmp_path / "rr"), say=lambda *_: None)
+    rc = run_sweep(load_sweep(f), uri, str(tmp_path / "rr"))
     t.join(5)
     assert killed, f"no {PROCESS[runner]} process was found to kill"
     assert rc == 0

@@ -23,9 +23,8 @@ One module per part; heavy imports happen inside the functions, so `multistep --
 
 from __future__ import annotations
 
-import json
-import sys
-from pathlib import Path
+import logging
+from dataclasses import dataclass
 
 from multistep.bench.data import bench_data
 from multistep.bench.evaluation import bench_evaluation
@@ -43,6 +42,8 @@ from multistep.bench.training import (
     make_net,
 )
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "SIZES",
     "Setup",
@@ -51,7 +52,8 @@ __all__ = [
     "bench_sampling",
     "bench_teacher",
     "bench_training",
-    "cmd_bench",
+    "BenchOptions",
+    "PARTS",
     "default_peak_tflops",
     "forward_flops_per_image",
     "image_shape",
@@ -62,77 +64,92 @@ __all__ = [
 ]
 
 
-def run(args) -> dict:
+PARTS = ("training", "sampling", "teacher", "evaluation", "memory", "data", "orchestration")
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """What to measure and how (the flags of `multistep bench`, which declares their defaults)."""
+
+    parts: frozenset[str]  # of PARTS
+    size: str  # a SIZES preset: network and batches
+    device: str | None  # None: cuda if available, else cpu
+    precision: str  # fp32 | bf16 (autocast of the network forward)
+    compile: bool
+    channels_last: bool
+    peak_tflops: float | None  # None: the device's known peak (MFU)
+    steps: int  # timed training steps per kind
+    warmup: int  # untimed steps first (compile included)
+    batch: int | None  # training batch; None: the size's
+    sample_batch: int | None  # sampling batch; None: the size's
+    teacher_steps: int  # aDDIM steps of the teacher sampler
+    threads: int | None  # torch threads for the network parts; None: as set
+    fd_dim: int  # feature dimension of the Frechet-distance comparison
+    memory_samples: int  # the memory part's streamed evaluation
+    trial_seconds: float  # the orchestration part's trial length
+    work_dir: str | None  # the orchestration part's folder
+    runner: str  # the orchestration part's resources.runner
+
+
+def run(o: BenchOptions) -> dict:
+    """The chosen parts' figures, with the machine and the settings (the JSON `multistep bench` writes)."""
     from multistep.config import ConfigError
 
     for name in ("steps", "teacher_steps", "fd_dim", "batch", "sample_batch", "threads"):
-        v = getattr(args, name)
+        v = getattr(o, name)
         if v is not None and v < 1:
             raise ConfigError(f"--{name.replace('_', '-')}: must be at least 1, not {v}")
-    if args.warmup < 0 or args.trial_seconds <= 0:
+    if o.warmup < 0 or o.trial_seconds <= 0:
         raise ConfigError("--warmup must be >= 0 and --trial-seconds > 0")
+    if unknown := set(o.parts) - set(PARTS):
+        raise ConfigError(f"--parts: unknown part(s) {', '.join(sorted(unknown))}")
     import torch
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = o.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {device}: CUDA is not available on this machine")
-    parts = {p.strip() for p in args.parts.split(",") if p.strip()} | (
-        {"orchestration"} if args.orchestration else set()
-    )
-    unknown = parts - {"training", "sampling", "teacher", "evaluation", "memory", "data", "orchestration"}
-    if unknown:
-        raise ConfigError(f"--parts: unknown part(s) {', '.join(sorted(unknown))}")
-    preset = SIZES[args.size]
-    peak = args.peak_tflops or default_peak_tflops(device, args.precision)
+    preset, parts = SIZES[o.size], o.parts
+    peak = o.peak_tflops or default_peak_tflops(device, o.precision)
     res = {
         "machine": machine(device),
         "config": {
-            "size": args.size,
+            "size": o.size,
             "device": device,
-            "precision": args.precision,
-            "compile": args.compile,
-            "channels_last": args.channels_last,
+            "precision": o.precision,
+            "compile": o.compile,
+            "channels_last": o.channels_last,
             "peak_tflops": peak,
-            "steps": args.steps,
-            "warmup": args.warmup,
+            "steps": o.steps,
+            "warmup": o.warmup,
         },
     }
     if parts & {"training", "sampling", "teacher"}:
         threads = torch.get_num_threads()
-        torch.set_num_threads(args.threads or threads)  # networks only: the evaluation part uses every core
+        torch.set_num_threads(o.threads or threads)  # networks only: the evaluation part uses every core
         res["config"]["torch_threads"] = torch.get_num_threads()
         try:
-            setup = Setup(args.size, device, args.precision, args.compile, args.channels_last)
+            setup = Setup(o.size, device, o.precision, o.compile, o.channels_last)
             for note in setup.notes:  # e.g. compile disabled for want of a toolchain: figures are eager ones
-                print(note, file=sys.stderr)
+                log.warning(note)
             res["config"]["notes"] = setup.notes
             if "training" in parts:
-                res["training"] = bench_training(setup, args.batch or preset["batch"], args.warmup, args.steps, peak)
+                res["training"] = bench_training(setup, o.batch or preset["batch"], o.warmup, o.steps, peak)
             if "sampling" in parts:
-                res["sampling"] = bench_sampling(setup, args.sample_batch or preset["sample_batch"], args.teacher_steps)
+                res["sampling"] = bench_sampling(setup, o.sample_batch or preset["sample_batch"], o.teacher_steps)
             if "teacher" in parts:
-                res["teacher"] = bench_teacher(setup, args.sample_batch or preset["sample_batch"])
+                res["teacher"] = bench_teacher(setup, o.sample_batch or preset["sample_batch"])
         finally:
             torch.set_num_threads(threads)
     if "evaluation" in parts:
-        res["evaluation"] = bench_evaluation(args.fd_dim)
+        res["evaluation"] = bench_evaluation(o.fd_dim)
     if "memory" in parts:
         from multistep.bench.memory import bench_memory
 
-        res["memory"] = bench_memory(args.memory_samples)
+        res["memory"] = bench_memory(o.memory_samples)
     if "data" in parts:
         res["data"] = bench_data()
     if "orchestration" in parts:
         from multistep.bench.orchestration import bench_orchestration
 
-        res["orchestration"] = bench_orchestration(args.trial_seconds, args.work_dir, args.runner)
+        res["orchestration"] = bench_orchestration(o.trial_seconds, o.work_dir, o.runner)
     return res
-
-
-def cmd_bench(args) -> int:
-    res = run(args)
-    print(table(res), flush=True)
-    if args.out:
-        Path(args.out).write_text(json.dumps(res, indent=2))
-        print(f"\nwrote {args.out}")
-    return 0

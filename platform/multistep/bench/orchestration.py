@@ -4,13 +4,14 @@ Four short trials (MCD on a 16-D mixture, S = 1, 2, 4, 8; iterations tuned so ea
 `trial_seconds`) run twice: as the same four `build` + `make_method` + `fit` loops in this process, and
 as a sweep through `run_sweep` (MLflow runs, shared assets, Ray Tune, each trial training in its own
 process (runner tune) or one Ray Train run per trial (runner train), final evaluation, results table). The ratio of the wall times is the orchestration overhead. The
-breakdown places every second of a trial on the timeline: the driver's `say` messages (trial start /
+breakdown places every second of a trial on the timeline: the driver's logged messages (trial start /
 end, from Tune callbacks) and the worker's MLflow metric timestamps (train/wall_seconds gives the
 start and end of its loop). Import costs of the processes a trial starts are measured apart.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import statistics
@@ -152,6 +153,17 @@ def ray_processes() -> dict:
         return {"error": f"{type(e).__name__}: {e}"[:200]}
 
 
+class _Heard(logging.Handler):
+    """The sweep driver's messages, each with the time it was logged."""
+
+    def __init__(self, log: list):
+        super().__init__(logging.INFO)
+        self.log = log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.log.append((record.created, record.getMessage()))
+
+
 def run_timed_sweep(plan, folder: Path) -> dict:
     """run_sweep (starting Ray as `multistep sweep` does, beside the sweep's preparation) with every driver
     message time-stamped; returns the times, the message log and Ray's start time."""
@@ -161,14 +173,18 @@ def run_timed_sweep(plan, folder: Path) -> dict:
     log: list[tuple[float, str]] = []
     uri = absolute_uri(f"sqlite:///{folder / 'mlflow.db'}")
     ray_init = {}
+    heard, driver = _Heard(log), logging.getLogger("multistep.sweep")
+    level = driver.level
+    driver.addHandler(heard)
+    driver.setLevel(logging.INFO)
     t0 = time.time()
-    code = run_sweep(
-        plan,
-        uri,
-        str(folder / "ray_results"),
-        say=lambda m: log.append((time.time(), str(m))),
-        start_ray=lambda say: ray_init.update(s=start_ray(folder)),
-    )
+    try:
+        code = run_sweep(
+            plan, uri, str(folder / "ray_results"), start_ray=lambda: ray_init.update(s=start_ray(folder))
+        )
+    finally:
+        driver.removeHandler(heard)
+        driver.setLevel(level)
     return {"code": code, "t0": t0, "t1": time.time(), "log": log, "uri": uri, "ray_init_s": ray_init["s"]}
 
 
@@ -183,7 +199,7 @@ def trial_events(log: list[tuple[float, str]]) -> tuple[dict[int, float], dict[i
 
 
 def trial_timeline(sweep: dict, n: int) -> list[dict]:
-    """Per trial: start, loop start/end (worker's clock = this host's), done; from say messages and MLflow."""
+    """Per trial: start, loop start/end (worker's clock = this host's), done; from the driver's messages and MLflow."""
     from mlflow.tracking import MlflowClient
 
     from multistep.tracking import find

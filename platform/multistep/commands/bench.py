@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 from multistep import bench as impl
 
@@ -69,4 +71,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    return impl.cmd_bench(args)
+    from dataclasses import fields
+
+    parts = {p.strip() for p in args.parts.split(",") if p.strip()} | (
+        {"orchestration"} if args.orchestration else set()
+    )
+    given = {f.name: getattr(args, f.name) for f in fields(impl.BenchOptions) if f.name != "parts"}
+    res = impl.run(impl.BenchOptions(parts=frozenset(parts), **given))
+    print(impl.table(res), flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps(res, indent=2))
+        print(f"\nwrote {args.out}")
+    return 0

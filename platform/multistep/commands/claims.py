@@ -74,9 +74,8 @@ def run(args) -> int:
     sections, table, budget = [], [], {}
     for name, sweep, (points, ref, iterations) in loaded:
         print(f"{name}: {len(points)} points, {len(ref)} rows each; {args.n_boot} paired resamples", flush=True)
-        say = lambda text: print(f"  {text}", flush=True)  # progress: minutes at 50k rows
-        rows = claims.point_table(points, ref, args.n_boot, progress=say)
-        verdicts = claims.decide(points, ref, args.n_boot, progress=say)
+        rows = claims.point_table(points, ref, args.n_boot)
+        verdicts = claims.decide(points, ref, args.n_boot)
         text = claims.format_verdicts(verdicts)
         print(text + "\n")
         compared = [c for a, b in pairs for c in claims.compare_methods(points, ref, a, b, args.n_boot)]
@@ -158,8 +157,7 @@ def _diversity(client, sweep, points, ref, pairs, args) -> tuple[list, list]:
     gmm = _mixture(client, sweep)
     n = min(args.diversity_rows, len(ref))
     print(f"diversity on the first {n} rows" + (" (+ mode coverage of the data's mixture)" if gmm else ""), flush=True)
-    say = lambda text: print(f"  {text}", flush=True)
-    table = claims.diversity_table(points, ref, gmm, n, args.n_boot, progress=say)
+    table = claims.diversity_table(points, ref, gmm, n, args.n_boot)
     compared = [c for a, b in pairs for c in claims.compare_diversity(points, ref, a, b, gmm, n, args.n_boot)]
     for by_metric in compared:
         for m, c in by_metric.items():
@@ -202,8 +200,7 @@ def _budget_changes(loaded: list, n_boot: int, claims) -> list:
         )
         return []
     print(f"budget: paired changes between sweeps ({n_boot} resamples)", flush=True)
-    say = lambda text: print(f"  {text}", flush=True)
-    return claims.budget_changes([(p, it) for p, it, _ in loaded], ref, n_boot, progress=say)
+    return claims.budget_changes([(p, it) for p, it, _ in loaded], ref, n_boot)
 
 
 def _write(out_dir: str, table: list[dict], sections: list, budget: dict | None, changes: list) -> None:

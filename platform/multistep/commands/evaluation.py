@@ -14,12 +14,15 @@ reproduce the trial's final metrics. Writes results.parquet/.csv, metric_vs_step
 from __future__ import annotations
 
 import json
+import logging
 from datetime import datetime
 from pathlib import Path
 
 from multistep.config import ConfigError
 from multistep.metrics.reference import load_for
 from multistep.train.student import load_student
+
+log = logging.getLogger(__name__)
 
 
 def parse_steps(text: str | None) -> list[int] | None:
@@ -34,7 +37,7 @@ def parse_steps(text: str | None) -> list[int] | None:
     return sorted(set(steps))
 
 
-def make_reference(args, say=print) -> int:
+def make_reference(args) -> int:
     """`multistep eval --make-reference DATA --out REF.npz`: mu and sigma (float64, and with --features the features)
     of every row of Parquet shards DATA in the --extractor's features (default pixel; inception with --inception),
     accumulated batch by batch."""
@@ -61,9 +64,7 @@ def make_reference(args, say=print) -> int:
     first = read_shard(list_shards(d.path)[0])[0]
     from multistep.data import ImageData
 
-    space, features, _, key = feature_setup(
-        tc, ImageData(torch.from_numpy(first[:1].transpose(0, 3, 1, 2).copy())), say
-    )
+    space, features, _, key = feature_setup(tc, ImageData(torch.from_numpy(first[:1].transpose(0, 3, 1, 2).copy())))
     acc, kept = StatsAccumulator(), []
     for p in list_shards(d.path):
         x = torch.from_numpy(read_shard(p)[0].transpose(0, 3, 1, 2).copy()).double().div_(127.5).sub_(1.0)
@@ -76,10 +77,10 @@ def make_reference(args, say=print) -> int:
             acc.update(f)
             if args.features:
                 kept.append(np.asarray(f, np.float64))
-        say(f"{p.name}: {acc.n} rows")
+        log.info(f"{p.name}: {acc.n} rows")
     mu, sigma = acc.mean_cov()
     reference.write(args.out, mu, sigma, np.concatenate(kept) if kept else None)
-    say(f"reference of {acc.n} rows in {space} features ({key}) -> {args.out}")
+    log.info(f"reference of {acc.n} rows in {space} features ({key}) -> {args.out}")
     return 0
 
 
@@ -105,7 +106,7 @@ def _resolve_file(path: str) -> Path:
     return p
 
 
-def eval_teacher(p: Path, steps: list[int], samples: int, seed: int, say=print, eval_opts: dict | None = None):
+def eval_teacher(p: Path, steps: list[int], samples: int, seed: int, eval_opts: dict | None = None):
     """(rows, floor, metric names, shape, {(method, steps): samples}) of a teacher's DDIM and aDDIM."""
     from pydantic import ValidationError
 
@@ -132,7 +133,7 @@ def eval_teacher(p: Path, steps: list[int], samples: int, seed: int, say=print, 
     except ValidationError as e:
         raise ConfigError(f"{p}: meta.{describe(e)}") from None
     if not meta.get("schedule"):
-        say(f"note: {p} records no schedule; using the default ({sc.name})")
+        log.info(f"note: {p} records no schedule; using the default ({sc.name})")
     data = make_data(dcfg)
     if meta.get("shape") is not None and tuple(meta["shape"]) != tuple(data.shape):
         raise ConfigError(
@@ -150,7 +151,7 @@ def eval_teacher(p: Path, steps: list[int], samples: int, seed: int, say=print, 
 
     check_eval(TrialCfg.model_construct(data=dcfg, eval=ev), tuple(data.shape))  # before any sampling
     space, features, _, key = feature_setup(
-        TrialCfg.model_construct(data=dcfg, eval=ev), data, say
+        TrialCfg.model_construct(data=dcfg, eval=ev), data
     )  # unconditional: no cls_err
     stats = load_for(ev)
     noise, names, dist, floor = fixed_draws(
@@ -185,7 +186,7 @@ def _reference(tc, c, ev, seed: int, space: str, features):
     return make(*args, ev.kid_subsets, ev.ode_rows, load_for(tc.eval), prompts=prompts)
 
 
-def _student_evaluations(tc, method, ema, schedule, steps, with_teacher: bool, say):
+def _student_evaluations(tc, method, ema, schedule, steps, with_teacher: bool):
     """The trial's method.evaluations, plus an MCM student at the other --steps (rows <label>_S<S>); a flow map
     at every --steps."""
     from multistep.diffusion.samplers import mcm_sample
@@ -199,7 +200,7 @@ def _student_evaluations(tc, method, ema, schedule, steps, with_teacher: bool, s
         elif hasattr(method, "eval_steps"):  # a flow map: one student for every step count, its own curve
             method.eval_steps = tuple(steps)
         elif not with_teacher:
-            say(
+            log.info(
                 f"note: {tc.method.name} samples only at the steps it was trained for; --steps is used by --with-teacher only"
             )
 
@@ -211,7 +212,7 @@ def _student_evaluations(tc, method, ema, schedule, steps, with_teacher: bool, s
     return evaluations
 
 
-def eval_student(p: Path, blob: dict, args, steps: list[int] | None, say=print):
+def eval_student(p: Path, blob: dict, args, steps: list[int] | None):
     from multistep.metrics.diversity import diversity_rows
     from multistep.metrics.evaluate import metric_rows, repeated_teacher_curve
     from multistep.metrics.evaluator import final_points, first_rows, teacher_curve_of
@@ -225,11 +226,11 @@ def eval_student(p: Path, blob: dict, args, steps: list[int] | None, say=print):
     check_eval(tc, tuple(c.data.shape))  # detector and reference statistics, before any sampling
     samples = args.samples or tc.eval.samples
     seed = tc.eval.seed if args.seed is None else args.seed
-    say(f"evaluation reference: {samples} samples, seed {seed}, {tc.eval.ode_steps}-step teacher ODE")
-    space, features, checks, key = feature_setup(tc, c.data, say)
+    log.info(f"evaluation reference: {samples} samples, seed {seed}, {tc.eval.ode_steps}-step teacher ODE")
+    space, features, checks, key = feature_setup(tc, c.data)
     ev = tc.eval.model_copy(update={"samples": samples, "bootstrap": 0})
     if ev.streaming:
-        say("streaming evaluation (eval.stream; memory bounded in the sample count)")
+        log.info("streaming evaluation (eval.stream; memory bounded in the sample count)")
     ref = _reference(tc, c, ev, seed, space, features)  # as in sweeps
     n_div = diversity_rows(ev)  # precision / recall (/ mode coverage) against the first rows, as in sweeps
     div_ref = first_rows(c, ref, ev, features, n_div) if n_div else None
@@ -239,7 +240,7 @@ def eval_student(p: Path, blob: dict, args, steps: list[int] | None, say=print):
     names |= checks.names(ref.rows) if checks and ref.labels is not None else {}
     cells = {"trial_id": f"trial-{trial:03d}" if trial is not None else "", "run_id": "", **trial_cells(tc)}
     cells |= {"train_iterations": state.iteration, "wall_seconds": state.wall_seconds}
-    evaluations = _student_evaluations(tc, method, state.ema.eval(), c.schedule, steps, args.with_teacher, say)
+    evaluations = _student_evaluations(tc, method, state.ema.eval(), c.schedule, steps, args.with_teacher)
     rows, kept = [], {}
     no_features = lambda x: None
     points = final_points(evaluations, ref, names, ev, "cpu", features or no_features, checks, 0, diversity)
@@ -280,14 +281,14 @@ def eval_opts(args) -> dict:
     return {k: v for k, v in opts.items() if v is not None}
 
 
-def feature_setup(tc, data, say=print):
+def feature_setup(tc, data):
     """(metric space name, features fn or None, LabelChecks or None, the extractor's key) of tc.eval.extractor;
     the classifier is cached in the user cache."""
     from multistep.metrics.extractors import features_fn, label_checks
     from multistep.sweep.assets import alignment_for, make_extractor_for
     from multistep.train.build import DEFAULT_CACHE
 
-    ext = make_extractor_for(tc, data, DEFAULT_CACHE, say)
+    ext = make_extractor_for(tc, data, DEFAULT_CACHE)
     key = ext.key if ext else {"name": tc.feature_space}  # recorded in eval.json (the detector's / weights' hash)
     decode = getattr(ext, "decode", None)  # a latent teacher's VAE, loaded once for FD and CLIP
     checks = label_checks(ext, alignment_for(tc, decode=decode) if getattr(data, "labels", None) is not None else None)
@@ -295,11 +296,11 @@ def feature_setup(tc, data, say=print):
 
 
 # -- outputs ----------------------------------------------------------------------------------------
-def cmd_eval(args, say=print) -> int:
+def cmd_eval(args) -> int:
     from multistep.atomic import check_output_folder, staged_folder
 
     if args.make_reference:
-        return make_reference(args, say)
+        return make_reference(args)
     if not args.checkpoint:
         raise ConfigError("CHECKPOINT: give a teacher.pt or a trial's state.pt (or --make-reference DATA)")
     steps = parse_steps(args.steps)
@@ -316,12 +317,10 @@ def cmd_eval(args, say=print) -> int:
 
     if opened.kind == "teacher":
         samples, seed = args.samples or 1000, 1234 if args.seed is None else args.seed
-        rows, floor, metrics, shape, kept, info = eval_teacher(
-            p, steps or [1, 2, 4, 8], samples, seed, say, eval_opts(args)
-        )
+        rows, floor, metrics, shape, kept, info = eval_teacher(p, steps or [1, 2, 4, 8], samples, seed, eval_opts(args))
         rows = [{"trial_id": "", "run_id": info.get("teacher_run_id") or "", **r} for r in rows]
     else:
-        rows, floor, metrics, shape, kept, info, samples, seed = eval_student(p, opened.blob, args, steps, say)
+        rows, floor, metrics, shape, kept, info, samples, seed = eval_student(p, opened.blob, args, steps)
     with staged_folder(out, "--out") as tmp:  # the results appear in OUT whole, or not at all
         written = res.write_table(rows, tmp)
         res.plot(rows, metrics, floor, tmp / "metric_vs_steps.png", f"{p.name}: metric versus sampling steps")
@@ -330,7 +329,7 @@ def cmd_eval(args, say=print) -> int:
             if len(shape) == 3:
                 grids = [res.save_grid(x, tmp / f"grid_{m}_{n}steps.png") for (m, n), x in sorted(kept.items())]
             else:
-                say(f"--grid: samples of shape {shape} are not images; no sample grids")
+                log.info(f"--grid: samples of shape {shape} are not images; no sample grids")
         from multistep.metrics.extractors import file_sha256
 
         meta = {
@@ -348,7 +347,9 @@ def cmd_eval(args, say=print) -> int:
         (tmp / "eval.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
     paths = {k: out / v.name for k, v in written.items()}
     png = out / "metric_vs_steps.png"
-    say(res.format_table(rows, metrics))
-    say("\nnoise floor (two data sample sets): " + ", ".join(f"{k} {v:.5f}" for k, v in floor.items() if v))
-    say(f"results: {paths['parquet']}, {paths['csv']}, {png}" + (f", {len(grids)} sample grid(s)" if grids else ""))
+    log.info(res.format_table(rows, metrics))
+    log.info("\nnoise floor (two data sample sets): " + ", ".join(f"{k} {v:.5f}" for k, v in floor.items() if v))
+    log.info(
+        f"results: {paths['parquet']}, {paths['csv']}, {png}" + (f", {len(grids)} sample grid(s)" if grids else "")
+    )
     return 0

@@ -56,4 +56,29 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    return impl.cmd_regress(args)
+    from multistep.config import ConfigError, load_sweep
+    from multistep.sweep.preflight import tracking_uri
+
+    if args.promote:
+        if not args.reason or not args.reason.strip():
+            raise ConfigError("--promote: --reason TEXT is required (recorded on the run with who and when)")
+        if args.run or args.baseline:
+            raise ConfigError("--promote: cannot be combined with --run or --baseline (it only moves the baseline tag)")
+    elif not args.file:
+        raise ConfigError("FILE: a regression sweep file is required (or --promote RUN_ID --reason TEXT)")
+    if "://" in args.storage:  # caches then live in ./ray_results/cache and would be reused, hiding regressions in them
+        raise ConfigError(
+            f"--storage {args.storage}: multistep regress needs a local folder (it runs each check with a fresh cache)"
+        )
+    plan = load_sweep(args.file) if args.file else None
+    if plan is not None and not args.promote:
+        impl.check_file(plan, args.file)
+    uri = tracking_uri(args.tracking_uri)  # one resolution and check for every command
+    from multistep.tracking import mlflow_layout as ml
+
+    client = ml.client(uri)
+    if args.promote:
+        return impl.promote(client, args.promote, args.reason.strip(), plan.cfg.name if plan else None)
+    return impl.regress(
+        client, plan, uri, args.storage, args.baseline, args.run, args.out, getattr(args, "dry_run", False)
+    )

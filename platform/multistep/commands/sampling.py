@@ -8,6 +8,7 @@ the teacher's own sample space (the data space: x_hat), unclipped; the PNG grid 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,8 @@ import numpy as np
 
 from multistep.atomic import write_with
 from multistep.config import ConfigError
+
+log = logging.getLogger(__name__)
 
 SAMPLERS = ("ddim", "addim", "mcm", "cm", "flowmap")  # teacher: ddim / addim; student: mcm (Algorithm 2) / cm (CM
 # sampler); a flow-map student: flowmap (deterministic jumps on the uniform grid)
@@ -219,7 +222,7 @@ def _draw(f, src: Source, sampler: str, z, y, steps: int, seed: int):
     return cm_stochastic_sample(g, src.schedule, z, times, torch.Generator(z.device).manual_seed(seed))[0]
 
 
-def run(args, say=print) -> int:
+def run(args) -> int:
     import torch
 
     src = load_source(args.source)
@@ -237,17 +240,17 @@ def run(args, say=print) -> int:
         z = noise[i : i + args.batch_size].to(device)
         y = None if labels is None else labels[i : i + args.batch_size].to(device)
         out.append(_draw(f, src, sampler, z, y, steps, args.seed + i).float().cpu())
-        say(f"sampled {min(i + args.batch_size, len(noise))}/{len(noise)}")
+        log.info(f"sampled {min(i + args.batch_size, len(noise))}/{len(noise)}")
     x = torch.cat(out)
     if src.decode is not None and not args.latents:  # a latent student: the images its VAE decodes
         x = torch.cat([src.decode(x[i : i + args.batch_size]).cpu() for i in range(0, len(x), args.batch_size)])
     x = x.numpy()
     write_with(Path(args.out), lambda p: np.save(p, x))
     what = "latents" if src.decode is not None and args.latents else "decoded images" if src.decode else "samples"
-    say(f"{len(x)} {what} ({sampler}, {steps} steps) -> {args.out}")
+    log.info(f"{len(x)} {what} ({sampler}, {steps} steps) -> {args.out}")
     if args.grid:
         from multistep.sweep.results import save_grid
 
         save_grid(torch.from_numpy(x), Path(args.grid))
-        say(f"grid -> {args.grid}")
+        log.info(f"grid -> {args.grid}")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from multistep.sweep import submit as impl
 
@@ -48,4 +49,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    return impl.cmd_submit(args)
+    address = impl.default_address(args.address)
+    client, job_id = impl.submit_sweep(args.file, address, args.tracking_uri, args.storage, args.submission_id)
+    print(job_id, flush=True)
+    if not args.tracking_uri:
+        print(
+            "multistep: note: no --tracking-uri; MLflow data stays in the job's working dir on the head",
+            file=sys.stderr,
+        )
+    if not args.follow:
+        print(f"follow it with: ray job logs --address {address} --follow {job_id}", file=sys.stderr)
+        return 0
+    return impl.follow(client, job_id, address)

@@ -1,8 +1,10 @@
-"""`multistep teacher`: its parser and its run (the work is in sweep.teacher_job)."""
+"""`multistep teacher`: its parser and its run (training: sweep/teacher_job.py; import: sweep/teacher_import.py)."""
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 from multistep.commands.common import add_data_check_option, add_run_options
 from multistep.sweep import teacher_job as impl
@@ -47,9 +49,58 @@ def run(args) -> int:
             raise ConfigError(
                 "teacher import: give the teacher YAML to import (multistep teacher import SPEC.yaml --name NAME)"
             )
-        from multistep.sweep import teacher_import
-
-        return teacher_import.cmd_import(args)
+        return _import(args)
     if args.spec or args.name:
         raise ConfigError(f"{args.spec or '--name'}: only `multistep teacher import` takes a second file or --name")
-    return impl.cmd_teacher(args)
+    return _train(args)
+
+
+def _import(args) -> int:
+    from multistep.config import ConfigError
+    from multistep.sweep import teacher_import
+    from multistep.sweep.preflight import tracking_uri
+
+    if not args.name:
+        raise ConfigError("--name: required for `multistep teacher import` (the teacher's name in MLflow)")
+    tc, experiment, steps = teacher_import.check_spec(args.spec)
+    uri = tracking_uri(args.tracking_uri)
+    if args.dry_run:
+        print(f"{args.spec}: teacher {tc.teacher.kind} {tc.teacher.path} checked; nothing logged (--dry-run)")
+        return 0
+    rid = teacher_import.import_teacher(tc, args.name, experiment, steps, uri)
+    print(f"in a sweep file:\n  teacher: {{kind: mlflow, run_id: {rid}}}")
+    return 0
+
+
+def _train(args) -> int:
+    from multistep.config import ConfigError, load_teacher_file
+    from multistep.data import data_kind
+    from multistep.sweep.preflight import Storage, tracking_uri, verify_data
+
+    cfg = load_teacher_file(args.file)
+    net_cfg, n_params, captions = impl.check(cfg, args.file)
+    if data_kind(cfg.data).files and not args.skip_data_check:
+        verify_data(cfg.data, f"{args.file}: ")
+    uri = tracking_uri(args.tracking_uri)  # before Ray or MLflow: a supported, writable or answering store
+    if "://" in args.storage:
+        raise ConfigError(f"--storage {args.storage}: multistep teacher writes its checkpoint to a local folder")
+    store = Storage(args.storage)  # a probe write there
+    storage = Path(store.uri)
+    if args.dry_run:
+        print(
+            json.dumps(
+                {
+                    "file": args.file,
+                    "tracking_uri": uri,
+                    "storage": str(storage),
+                    "net": net_cfg,
+                    "parameters": n_params,
+                    "captions": captions and len(captions["captions"]),
+                    "config": cfg.model_dump(mode="json"),
+                },
+                indent=2,
+            )
+        )
+        return 0
+    out = impl.run_teacher(cfg, args.file, net_cfg, uri, storage, captions=captions)
+    return 0 if out.get("status") == "FINISHED" else 1

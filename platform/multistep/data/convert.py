@@ -405,17 +405,3 @@ SOURCES = {
     ),
 }
 KINDS = tuple(SOURCES)
-
-
-def cmd_data_convert(args) -> int:
-    paths = convert(args.kind, args.src, args.out, args.shard_size, args.size, args.grayscale)
-    from multistep.data.parquet import shard_info
-
-    info = shard_info(paths[0])
-    rows = sum(shard_info(p).rows for p in paths)
-    print(
-        f"wrote {rows} images ({info.height}x{info.width}x{info.channels}"
-        f"{', labels' if info.has_labels else ''}{', captions' if info.has_captions else ''}) in {len(paths)} shard(s) under {Path(args.out)}, with "
-        f"manifest.json (each shard's sha256 and row count, checked before a sweep or teacher starts)"
-    )
-    return 0

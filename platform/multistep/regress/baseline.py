@@ -11,6 +11,7 @@ baseline it used; its status is FAILED when a point regressed, so the MLflow UI 
 from __future__ import annotations
 
 import getpass
+import logging
 import math
 import os
 import re
@@ -19,10 +20,11 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from multistep.cli_common import say as cli_say
-from multistep.config import ConfigError, load_sweep
+from multistep.config import ConfigError
 from multistep.tracking import find
 from multistep.tracking import tags as tag
+
+log = logging.getLogger(__name__)
 
 BASELINE_TAG = tag.REGRESSION_BASELINE  # on a sweep run; value: the name of the sweep it is the baseline of
 TABLE = "results.parquet"  # the sweep run's results table artifact (sweep/driver.py)
@@ -92,7 +94,7 @@ def baselines(client, experiment_id: str, name: str) -> list:
     return sorted(runs, key=lambda r: r.data.tags.get(tag.BASELINE_PROMOTED_AT, ""), reverse=True)
 
 
-def promote(client, run_id: str, reason: str, file_name: str | None, say=cli_say) -> int:
+def promote(client, run_id: str, reason: str, file_name: str | None) -> int:
     """Move the baseline tag of the run's sweep name to `run_id`, recording who/when/why; untag the old one."""
     run = sweep_run(client, run_id, "--promote")
     rid, name = run.info.run_id, run.data.tags[tag.SWEEP_NAME]
@@ -136,7 +138,7 @@ def promote(client, run_id: str, reason: str, file_name: str | None, say=cli_say
     }
     set_tags(client, rid, tags)
     was = ", ".join(o.info.run_id for o in old) or "none"
-    say(
+    log.info(
         f"sweep run {rid} ({run.data.tags.get(tag.SWEEP_ID, '')}) is now the baseline of regression sweep "
         f"'{name}' (previous: {was}); promoted by {by} at {at}: {reason}"
     )
@@ -216,32 +218,6 @@ def check_file(plan, file: str) -> None:
             )
 
 
-def cmd_regress(args, say=cli_say) -> int:
-    from multistep.sweep.preflight import tracking_uri
-
-    if args.promote:
-        if not args.reason or not args.reason.strip():
-            raise ConfigError("--promote: --reason TEXT is required (recorded on the run with who and when)")
-        if args.run or args.baseline:
-            raise ConfigError("--promote: cannot be combined with --run or --baseline (it only moves the baseline tag)")
-    elif not args.file:
-        raise ConfigError("FILE: a regression sweep file is required (or --promote RUN_ID --reason TEXT)")
-    if "://" in args.storage:  # caches then live in ./ray_results/cache and would be reused, hiding regressions in them
-        raise ConfigError(
-            f"--storage {args.storage}: multistep regress needs a local folder (it runs each check with a fresh cache)"
-        )
-    plan = load_sweep(args.file) if args.file else None
-    if plan is not None and not args.promote:
-        check_file(plan, args.file)
-    uri = tracking_uri(args.tracking_uri)  # one resolution and check for every command
-    from multistep.tracking import mlflow_layout as ml
-
-    client = ml.client(uri)
-    if args.promote:
-        return promote(client, args.promote, args.reason.strip(), plan.cfg.name if plan else None, say)
-    return regress(client, plan, args, uri, say)
-
-
 def _write_report(out: Path, cfg, points, facts: dict) -> str:
     """regression.md / .png / .csv / .txt in `out`; returns the printed table."""
     from multistep.regress import compare as rg
@@ -257,15 +233,14 @@ def _write_report(out: Path, cfg, points, facts: dict) -> str:
     return table
 
 
-def _current_sweep(client, plan, args, uri: str, say):
-    """(the sweep run to check, 1 when some of its trials failed): --run's, or a fresh run of the file."""
+def _current_sweep(client, plan, run_id: str | None, storage: str, uri: str):
+    """(the sweep run to check, 1 when some of its trials failed): run_id's (--run), or a fresh run of the file."""
     cfg = plan.cfg
-    if args.run:
-        cur = sweep_run(client, args.run, "--run")
+    if run_id:
+        cur = sweep_run(client, run_id, "--run")
         if cur.data.tags.get(tag.SWEEP_NAME) != cfg.name:
             raise ConfigError(
-                f"--run {args.run}: a sweep named '{cur.data.tags.get(tag.SWEEP_NAME)}', "
-                f"the file's sweep is '{cfg.name}'"
+                f"--run {run_id}: a sweep named '{cur.data.tags.get(tag.SWEEP_NAME)}', the file's sweep is '{cfg.name}'"
             )
         return cur, 1 if cur.info.status == "FAILED" else 0
     from multistep.sweep.driver import run_sweep
@@ -273,9 +248,9 @@ def _current_sweep(client, plan, args, uri: str, say):
     # a fresh storage folder, so a fresh cache: evaluation reference, teacher curve and warm start are
     # recomputed by today's code (a cache hit would hide a regression in them)
     stamp = f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    storage = Path(args.storage).resolve() / "regress" / stamp
-    sweep_rc = run_sweep(plan, uri, str(storage), say=say)
-    return _new_sweep_run(client, cfg, storage), sweep_rc
+    folder = Path(storage).resolve() / "regress" / stamp
+    sweep_rc = run_sweep(plan, uri, str(folder))
+    return _new_sweep_run(client, cfg, folder), sweep_rc
 
 
 def _facts(cfg, file: str, cur, sweep_rc: int, facts: dict) -> dict:
@@ -300,19 +275,31 @@ def _facts(cfg, file: str, cur, sweep_rc: int, facts: dict) -> dict:
     return out
 
 
-def regress(client, plan, args, uri: str, say=cli_say) -> int:
+def regress(
+    client,
+    plan,
+    uri: str,
+    storage: str,
+    baseline: str | None = None,
+    run_id: str | None = None,
+    out: str | None = None,
+    dry_run: bool = False,
+) -> int:
+    """Check the sweep run `run_id` (else a fresh run of the plan, in a fresh storage folder under `storage`)
+    against `baseline` (a run id; else the sweep name's baseline tag); the report goes to `out` (default
+    <storage>/regress/reports/<regression run name>) and onto a regression run. 1 when a point regressed."""
     from multistep.regress import compare as rg
     from multistep.tracking.runs import close_run, log_files, open_run, set_tags
 
-    cfg, file = plan.cfg, args.file
-    base_rows, facts, base_tags = resolve_baseline(client, args.baseline, cfg, file)  # before any training
-    if getattr(args, "dry_run", False):
-        say(
+    cfg, file = plan.cfg, plan.path
+    base_rows, facts, base_tags = resolve_baseline(client, baseline, cfg, file)  # before any training
+    if dry_run:
+        log.info(
             f"{file}: valid; baseline: {facts['baseline']} ({len(base_rows)} rows); would "
-            + (f"compare sweep run {args.run}" if args.run else f"run {len(plan.trials)} trial(s) and compare them")
+            + (f"compare sweep run {run_id}" if run_id else f"run {len(plan.trials)} trial(s) and compare them")
         )
         return 0
-    cur, sweep_rc = _current_sweep(client, plan, args, uri, say)
+    cur, sweep_rc = _current_sweep(client, plan, run_id, storage, uri)
     cur_rows = read_run_table(client, cur, "--run")
     srid, sweep_id = cur.info.run_id, cur.data.tags.get(tag.SWEEP_ID, cur.info.run_id)
 
@@ -331,10 +318,10 @@ def regress(client, plan, args, uri: str, say=cli_say) -> int:
     tags = {tag.KIND: "regression", tag.SWEEP_NAME: cfg.name, tag.REGRESS_CURRENT_RUN: srid, **base_tags}
     tags |= {tag.REGRESS_VERDICT: "fail" if bad else "pass", tag.REGRESS_REGRESSED: "; ".join(map(rg.describe, bad))}
     rid = open_run(client, uri, cfg.experiment, run_name, tags)
-    out = Path(args.out).resolve() if args.out else Path(args.storage).resolve() / "regress" / "reports" / run_name
-    table = _write_report(out, cfg, points, facts | {"regression run": rid})
+    folder = Path(out).resolve() if out else Path(storage).resolve() / "regress" / "reports" / run_name
+    table = _write_report(folder, cfg, points, facts | {"regression run": rid})
     for name in ("regression.md", "regression.png", "regression.csv", "regression.txt"):
-        log_files(client, rid, str(out / name))
+        log_files(client, rid, str(folder / name))
     compared = sum(p.verdict != "new" for p in points)
     close_run(
         client,
@@ -344,14 +331,16 @@ def regress(client, plan, args, uri: str, say=cli_say) -> int:
     )
     set_tags(client, srid, {tag.REGRESS_VERDICT: "fail" if bad else "pass", tag.REGRESS_RUN: rid})
 
-    say("")
-    say(table)
-    say(f"\nbaseline: {facts['baseline']}")
-    say(f"report: {out / 'regression.md'}\nplot: {out / 'regression.png'}\nMLflow regression run: {rid} ({uri})")
+    log.info("")
+    log.info(table)
+    log.info(f"\nbaseline: {facts['baseline']}")
+    log.info(
+        f"report: {folder / 'regression.md'}\nplot: {folder / 'regression.png'}\nMLflow regression run: {rid} ({uri})"
+    )
     if bad:
-        say(f"\nREGRESSION: {len(bad)} of {len(points)} points got worse than the baseline allows:")
+        log.info(f"\nREGRESSION: {len(bad)} of {len(points)} points got worse than the baseline allows:")
         for p in bad:
-            say(f"  - {rg.describe(p)}")
+            log.info(f"  - {rg.describe(p)}")
         return 1
-    say(f"\nno regression: {len(points)} points within tolerance of the baseline")
+    log.info(f"\nno regression: {len(points)} points within tolerance of the baseline")
     return 0

@@ -9,11 +9,14 @@ and is undecided otherwise (docs/results.md)."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from multistep.metrics.paired import Difference, Estimate, fd, interval, paired_difference
+
+log = logging.getLogger(__name__)  # progress: each row and claim as it is decided
 
 Points = dict[tuple[str, int], dict[int, np.ndarray]]  # (label, student steps) -> {train.seed: kept feature rows}
 TEACHER = "teacher_addim"  # the paper's "Diffusion (aDDIM), 512 steps" row: the sweep's largest teacher point
@@ -92,9 +95,9 @@ def _paired(points: Points, a, b) -> tuple[list, list] | None:
     return ([pa[k] for k in seeds], [pb[k] for k in seeds]) if seeds else None
 
 
-def decide(points: Points, ref: np.ndarray, n_boot: int = 200, seed: int = 0, progress=None) -> list[Verdict]:
-    """The six verdicts with every comparison behind them (labels: mcd, mct, tract, pd, mcd_fixed<N>, mcd_ddim);
-    progress(text) hears of each claim as it is decided (the resamples take minutes at 50k rows)."""
+def decide(points: Points, ref: np.ndarray, n_boot: int = 200, seed: int = 0) -> list[Verdict]:
+    """The six verdicts with every comparison behind them (labels: mcd, mct, tract, pd, mcd_fixed<N>, mcd_ddim).
+    Each claim is logged as it is decided (the resamples take minutes at 50k rows)."""
     fixed = sorted({lb for lb, _ in points if lb.startswith("mcd_fixed")}, key=lambda lb: int(lb[9:] or 0))
     teacher = max((k for k in points if k[0] == TEACHER), key=lambda k: k[1], default=(TEACHER, 512))
     out = []
@@ -109,8 +112,7 @@ def decide(points: Points, ref: np.ndarray, n_boot: int = 200, seed: int = 0, pr
             margin = 0.1 * fd(pair[1][0], ref) if want == "within" else 0.0
             v.comparisons.append(Comparison(a, b, want, diff, margin))
         out.append(v)
-        if progress:
-            progress(f"claim ({number}) {v.verdict}")
+        log.info(f"  claim ({number}) {v.verdict}")
     return out
 
 
@@ -124,7 +126,7 @@ def compare_methods(points: Points, ref: np.ndarray, a: str, b: str, n_boot: int
     return out
 
 
-def point_table(points: Points, ref: np.ndarray, n_boot: int = 200, seed: int = 0, progress=None) -> list[dict]:
+def point_table(points: Points, ref: np.ndarray, n_boot: int = 200, seed: int = 0) -> list[dict]:
     """Every point's FD (mean over its training seeds) with its 95% interval (seeds and rows resampled); the
     teacher's points and the floor's ("floor", 0: a second data sample) last, with intervals alike."""
     rows = []
@@ -135,12 +137,11 @@ def point_table(points: Points, ref: np.ndarray, n_boot: int = 200, seed: int = 
             {"method": label, "student_steps": steps, "seeds": len(by_seed), "rows": len(next(iter(by_seed.values())))}
             | {"fd": est.value, "lo": est.lo, "hi": est.hi}
         )
-        if progress:
-            progress(f"{label} S={steps}: FD {est.describe()} ({len(rows)}/{len(points)})")
+        log.info(f"  {label} S={steps}: FD {est.describe()} ({len(rows)}/{len(points)})")
     return rows
 
 
-def diversity_table(points: Points, ref: np.ndarray, gmm=None, rows: int = 5000, n_boot: int = 200, progress=None):
+def diversity_table(points: Points, ref: np.ndarray, gmm=None, rows: int = 5000, n_boot: int = 200):
     """Every point's precision, recall (and, with the data's mixture, modes_missed and mode_tv) on its first `rows`
     kept rows against the reference's, each with its 95% interval (metrics/diversity.py)."""
     from multistep.metrics.diversity import diversity_intervals
@@ -149,8 +150,7 @@ def diversity_table(points: Points, ref: np.ndarray, gmm=None, rows: int = 5000,
     for (label, steps), by_seed in sorted(points.items()):
         est = diversity_intervals([by_seed[k] for k in sorted(by_seed)], ref[:rows], gmm, n_boot=n_boot)
         out.append({"method": label, "student_steps": steps} | {m: e for m, e in est.items()})
-        if progress:
-            progress(f"{label} S={steps}: " + ", ".join(f"{m} {e.describe()}" for m, e in est.items()))
+        log.info(f"  {label} S={steps}: " + ", ".join(f"{m} {e.describe()}" for m, e in est.items()))
     return out
 
 
@@ -179,7 +179,7 @@ class BudgetChange:
 
 
 def budget_changes(
-    budgets: list[tuple[Points, dict]], ref: np.ndarray, n_boot: int = 200, seed: int = 0, progress=None
+    budgets: list[tuple[Points, dict]], ref: np.ndarray, n_boot: int = 200, seed: int = 0
 ) -> list[BudgetChange]:
     """Did a longer budget help? For every student point two sweeps both measured (budgets: (points, {point:
     iterations}) per sweep, evaluated on the same rows and ref), the paired FD difference between each budget and
@@ -198,8 +198,7 @@ def budget_changes(
                 continue
             diff = paired_difference([pl[k] for k in seeds], [ps[k] for k in seeds], ref, fd, n_boot, seed)
             out.append(BudgetChange(key, (short, long), diff))
-            if progress:
-                progress(out[-1].describe())
+            log.info(f"  {out[-1].describe()}")
     return out
 
 

@@ -6,6 +6,7 @@ content, so the cache follows a retrained checkpoint and is shared by path and M
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -30,8 +31,10 @@ from multistep.train.build import build, uses_labels
 from multistep.train.checkpoint import cached, content_hash
 from multistep.train.loop import WarmStart, warm_start
 
+log = logging.getLogger(__name__)
 
-def resolve_teachers(trials: list, cache_dir: Path, log=print) -> None:
+
+def resolve_teachers(trials: list, cache_dir: Path) -> None:
     """Fetch every MLflow teacher (once, from $MLFLOW_TRACKING_URI) and put the local teacher into the trial configs
     (a checkpoint path, or an imported teacher's files and declaration), so Ray workers need no MLflow access."""
     seen: dict[str, object] = {}
@@ -41,7 +44,7 @@ def resolve_teachers(trials: list, cache_dir: Path, log=print) -> None:
             key = f"{t.run_id}/{t.artifact_path}"
             if key not in seen:
                 seen[key] = resolve_mlflow_teacher(t, cache_dir)
-                log(f"teacher of MLflow run {t.run_id}: {seen[key].kind} {seen[key].path}")
+                log.info(f"teacher of MLflow run {t.run_id}: {seen[key].kind} {seen[key].path}")
             trial.cfg.teacher = seen[key].model_copy()
 
 
@@ -78,7 +81,7 @@ def alignment_for(cfg: TrialCfg, device: str = "cpu", decode=None):
     return Alignment(ClipScore(cfg.eval.clip_path, device), captions, decode)
 
 
-def make_extractor_for(cfg: TrialCfg, data, cache_dir: Path, log=print):
+def make_extractor_for(cfg: TrialCfg, data, cache_dir: Path):
     """The feature extractor of cfg.eval.extractor (None for identity / pixel: the samples themselves).
     classifier: a small MLP trained once on the trial's labelled images, cached in cache_dir by data and settings."""
     space = cfg.feature_space
@@ -101,30 +104,30 @@ def make_extractor_for(cfg: TrialCfg, data, cache_dir: Path, log=print):
     ext = ClassifierExtractor(
         dataset=cfg.data.kind, data=(as_float(data.x), y), cache_dir=cache_dir, label_classes=label_classes
     )
-    log(
+    log.info(
         f"feature classifier {'trained' if ext.trained else 'from the cache'}: held-out accuracy {ext.accuracy:.3f} ({ext.path})"
     )
     return ext
 
 
-def prepare(cfg: TrialCfg, cache_dir: Path, log=print) -> dict:
+def prepare(cfg: TrialCfg, cache_dir: Path) -> dict:
     """What every trial of a sweep shares, each piece cached in cache_dir by what decides it: the evaluation
     reference, the teacher's curve, the warm start, and (eval.keep_rows) the rows `multistep claims` pairs."""
     c = build(cfg)
     base = {"data": data_kind(cfg.data).identity(cfg.data), "teacher": teacher_kind(cfg.teacher).identity(cfg.teacher)}
     ev = cfg.eval
-    ext = make_extractor_for(cfg, c.data, cache_dir, log)
+    ext = make_extractor_for(cfg, c.data, cache_dir)
     features = None if ext is None else features_fn(ext, c.data.shape)
-    ref, ref_key = _reference(cfg, c, base, ext, features, cache_dir, log)
+    ref, ref_key = _reference(cfg, c, base, ext, features, cache_dir)
     n_div = diversity_rows(ev)  # the reference rows every point's precision / recall are measured against
     div_ref = first_rows(c, ref, ev, features, n_div) if n_div else None
-    curve = _teacher_curve(cfg, c, ref, ref_key, ext, features, div_ref, cache_dir, log)
+    curve = _teacher_curve(cfg, c, ref, ref_key, ext, features, div_ref, cache_dir)
     rows = None
     if ev.keep_rows:  # for `multistep claims`: the reference's and the floor's rows, and every teacher point's
         rows_key = content_hash({"ref": ref_key, "keep": ev.keep_rows, "floor": True})
         make_rows = lambda: kept_reference_rows(c, ref, ev, features)
-        rows = cached(cache_dir / f"evalrows-{rows_key}.pt", make_rows, log) | curve["kept"]
-    init = _warm_start(cfg, c, base, cache_dir, log)
+        rows = cached(cache_dir / f"evalrows-{rows_key}.pt", make_rows) | curve["kept"]
+    init = _warm_start(cfg, c, base, cache_dir)
     return {
         "diversity_ref": div_ref,
         "eval_ref": ref.to_dict(),
@@ -137,14 +140,14 @@ def prepare(cfg: TrialCfg, cache_dir: Path, log=print) -> dict:
     }
 
 
-def _reference(cfg: TrialCfg, c, base: dict, ext, features, cache_dir: Path, log):
+def _reference(cfg: TrialCfg, c, base: dict, ext, features, cache_dir: Path):
     """(the evaluation reference: fixed noise, labels, teacher-ODE rows and data statistics, its cache key)."""
     ev = cfg.eval
     labelled = uses_labels(c.teacher, getattr(c.data, "labels", None) is not None)  # conditional teacher + labels
     prompts = prompt_ids(cfg) if labelled else None  # eval.prompts: fixed captions instead of drawn ones
     reference = load_for(ev)
     if reference is not None and reference.features is None and ev.kid_subsets:
-        log(f"note: {ev.reference} holds statistics only (no features): KID is skipped")
+        log.info(f"note: {ev.reference} holds statistics only (no features): KID is skipped")
     ref_key = content_hash(
         {**base, "samples": ev.samples, "ode_steps": ev.ode_steps, "seed": ev.seed}
         | ({"ode_rows": ev.ode_rows} if ev.ode_rows != ev.samples else {})  # (the keys of whole-reference ODEs stay)
@@ -157,7 +160,7 @@ def _reference(cfg: TrialCfg, c, base: dict, ext, features, cache_dir: Path, log
     )
 
     def make_ref():
-        log(
+        log.info(
             f"computing evaluation reference ({ev.samples} samples, {ev.ode_steps}-step teacher ODE for {ev.ode_rows}"
             + (", labels drawn from the data" if labelled else "")
             + (", streamed)" if ev.streaming else ")")
@@ -167,10 +170,10 @@ def _reference(cfg: TrialCfg, c, base: dict, ext, features, cache_dir: Path, log
         ref = make(*args, features, ev.kid_subsets, ev.ode_rows, reference, prompts=prompts)
         return ref.to_dict() | {"hash": ref_key}
 
-    return load_ref(cached(cache_dir / f"evalref-{ref_key}.pt", make_ref, log)), ref_key
+    return load_ref(cached(cache_dir / f"evalref-{ref_key}.pt", make_ref)), ref_key
 
 
-def _teacher_curve(cfg: TrialCfg, c, ref, ref_key: str, ext, features, div_ref, cache_dir: Path, log) -> dict:
+def _teacher_curve(cfg: TrialCfg, c, ref, ref_key: str, ext, features, div_ref, cache_dir: Path) -> dict:
     """{"rows": the teacher's DDIM and aDDIM points (with diversity), "kept": their rows for `multistep claims`}."""
     ev = cfg.eval
     n_div = diversity_rows(ev)
@@ -183,7 +186,7 @@ def _teacher_curve(cfg: TrialCfg, c, ref, ref_key: str, ext, features, div_ref, 
     )
 
     def make_curve():
-        log(f"computing the teacher curve (DDIM and aDDIM at {ev.teacher_steps} steps)")
+        log.info(f"computing the teacher curve (DDIM and aDDIM at {ev.teacher_steps} steps)")
         rows, kept = repeated_teacher_curve(
             teacher_curve_of(ev),
             c.teacher,
@@ -204,10 +207,10 @@ def _teacher_curve(cfg: TrialCfg, c, ref, ref_key: str, ext, features, div_ref, 
             rows += teacher_diversity(cfg, c.data, div_ref, rows, kept)
         return {"rows": rows, "kept": {k: v[: ev.keep_rows] for k, v in kept.items()} if ev.keep_rows else {}}
 
-    return cached(cache_dir / f"teachercurve-{curve_key}.pt", make_curve, log)
+    return cached(cache_dir / f"teachercurve-{curve_key}.pt", make_curve)
 
 
-def _warm_start(cfg: TrialCfg, c, base: dict, cache_dir: Path, log) -> dict | None:
+def _warm_start(cfg: TrialCfg, c, base: dict, cache_dir: Path) -> dict | None:
     """{"state", "report"} of the student's warm start by v-regression onto the teacher (per seed), or None where the
     student is a copy of the teacher or student.init_iterations is 0."""
     s = cfg.student
@@ -216,7 +219,7 @@ def _warm_start(cfg: TrialCfg, c, base: dict, cache_dir: Path, log) -> dict | No
     init_key = content_hash({**base, "student": s.model_dump(), "seed": cfg.train.seed})
 
     def make_init():
-        log(
+        log.info(
             f"warm-starting the student: up to {s.init_iterations} iterations of v-loss regression onto the teacher "
             f"({s.init_optimizer}, lr {s.init_learning_rate:g} {s.init_schedule})"
         )
@@ -232,13 +235,13 @@ def _warm_start(cfg: TrialCfg, c, base: dict, cache_dir: Path, log) -> dict | No
             s.init_min_improvement,
         )
         state, report = warm_start(c.student.net, c.schedule, c.teacher, sample, ws)
-        log(
+        log.info(
             f"warm start: {report['iterations']} iterations ({report['stopped']}), v-space error against the teacher "
             + ", ".join(f"t={t:g}: {e:.3g}" for t, e in report["v_rmse"].items())
         )
         return {"state": state, "report": report}
 
-    return cached(cache_dir / f"init-{init_key}.pt", make_init, log)
+    return cached(cache_dir / f"init-{init_key}.pt", make_init)
 
 
 def teacher_diversity(cfg, data, reference, rows: list[dict], kept: dict) -> list[dict]:

@@ -9,12 +9,12 @@ config, each trial training in its own process (1 worker) or a small train drive
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import time
 from datetime import datetime
 from pathlib import Path
 
-from multistep.cli_common import say as cli_say
 from multistep.config import ConfigError, SweepPlan
 from multistep.config.plan import get_path, set_path
 from multistep.metrics.diversity import diversity_names, diversity_rows, scores_modes
@@ -30,6 +30,8 @@ from multistep.tracking import tags as tag
 from multistep.tracking.runs import close_run
 from multistep.train.build import guidance_error, method_label
 from multistep.train.checkpoint import content_hash
+
+log = logging.getLogger(__name__)
 
 
 def trial_driver(config: dict, ctx: dict) -> None:
@@ -147,14 +149,14 @@ class _TrialRuns:
         return i, plan.trials[i].cfg, f" ({trial.trial_id})"
 
 
-def _status_callback(client, run_ids: list[str], n: int, say, sweep: dict, plan, adaptive: bool = False):
+def _status_callback(client, run_ids: list[str], n: int, sweep: dict, plan, adaptive: bool = False):
     """The Tune callback that moves each trial's MLflow run through RUNNING -> FINISHED / FAILED / KILLED (early
     stop) and shows the trials' progress (sweep/progress.py)."""
     from ray import tune
 
     from multistep.sweep.progress import TrialProgress
 
-    runs, progress = _TrialRuns(client, run_ids, sweep, adaptive), TrialProgress(n, say)
+    runs, progress = _TrialRuns(client, run_ids, sweep, adaptive), TrialProgress(n)
 
     class MlflowStatus(tune.Callback):
         def __init__(self):
@@ -286,7 +288,7 @@ def resume_target(client, plan: SweepPlan):
     return sweep
 
 
-def _open_runs(client, plan: SweepPlan, tracking_uri: str, storage: str, resume: bool, say):
+def _open_runs(client, plan: SweepPlan, tracking_uri: str, storage: str, resume: bool):
     """New sweep: create the sweep run and SCHEDULED trial runs. Resume: find them again (never duplicate)."""
     cfg = plan.cfg
     exp_id = ml.ensure_experiment(client, cfg.experiment, tracking_uri)
@@ -298,10 +300,10 @@ def _open_runs(client, plan: SweepPlan, tracking_uri: str, storage: str, resume:
         run_ids = [] if plan.adaptive else [by_index[i] for i in range(len(plan.trials))]  # adaptive: by trial id
         statuses = [r.info.status for r in children]
         if sweep.info.status == "FINISHED" and all(st in ("FINISHED", "KILLED") for st in statuses):
-            say(f"sweep run {srid} ({sweep.data.tags[tag.SWEEP_ID]}) already finished: nothing to resume")
+            log.info(f"sweep run {srid} ({sweep.data.tags[tag.SWEEP_ID]}) already finished: nothing to resume")
             return None, sweep.data.tags[tag.SWEEP_ID], run_ids
         sr.reopen_sweep_run(client, sweep)
-        say(f"resuming sweep run {srid} ({sweep.data.tags[tag.SWEEP_ID]})")
+        log.info(f"resuming sweep run {srid} ({sweep.data.tags[tag.SWEEP_ID]})")
         return srid, sweep.data.tags[tag.SWEEP_ID], run_ids
 
     sweep_id = f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
@@ -336,7 +338,7 @@ def split_storage(storage: str) -> tuple[str, Path]:
     return str(local), local
 
 
-def _shared_assets(plan: SweepPlan, client, srid: str, storage_dir: Path, resume: bool, say):
+def _shared_assets(plan: SweepPlan, client, srid: str, storage_dir: Path, resume: bool):
     """Shared assets, computed once per distinct (data, teacher, student, eval): (assets, key per trial, the first
     trial's). In the main thread, so Ctrl-C stops them at once; the teacher curve goes on the sweep run."""
     assets, asset_keys, eval_rows = {}, [], None
@@ -344,9 +346,7 @@ def _shared_assets(plan: SweepPlan, client, srid: str, storage_dir: Path, resume
         tc, doc = trial.cfg, trial.doc()
         key = content_hash({k: doc[k] for k in ("data", "teacher", "student", "eval")} | {"seed": tc.train.seed})
         if key not in assets:
-            assets[key] = prepare(tc, storage_dir / "cache", log=say) | {
-                "proxy_samples": plan.cfg.scheduler.proxy_samples
-            }
+            assets[key] = prepare(tc, storage_dir / "cache") | {"proxy_samples": plan.cfg.scheduler.proxy_samples}
             eval_rows = assets[key].pop("eval_rows") or eval_rows  # the same for every trial of one evaluation
         asset_keys.append(key)
         if err := guidance_error(tc, assets[key]["eval_ref"]["labels"] is not None):  # CFG needs a conditional teacher
@@ -358,19 +358,17 @@ def _shared_assets(plan: SweepPlan, client, srid: str, storage_dir: Path, resume
     return assets, asset_keys, first
 
 
-def run_sweep(
-    plan: SweepPlan, tracking_uri: str, storage: str, say=cli_say, resume: bool = False, start_ray=None
-) -> int:
+def run_sweep(plan: SweepPlan, tracking_uri: str, storage: str, resume: bool = False, start_ray=None) -> int:
     """Run (or resume) a validated sweep end to end. Returns the exit code: 0 ok, 1 a trial failed; raises
     KeyboardInterrupt (exit 130) after SIGINT / SIGTERM, with the sweep run and its open trial runs KILLED.
 
-    start_ray(say): starts or joins Ray in this (the main) thread; default ray_runtime.init_ray. A second thread opens the
+    start_ray(): starts or joins Ray in this (the main) thread; default ray_runtime.init_ray. A second thread opens the
     sweep's MLflow runs meanwhile: Ray's ~5 s start-up overlaps that work. Only the main thread imports Ray."""
-    with Interrupts(say) as stop:
-        return _run_sweep(plan, tracking_uri, storage, say, resume, start_ray, stop)
+    with Interrupts() as stop:
+        return _run_sweep(plan, tracking_uri, storage, resume, start_ray, stop)
 
 
-def _run_sweep(plan, tracking_uri, storage, say, resume, start_ray, stop: Interrupts) -> int:
+def _run_sweep(plan, tracking_uri, storage, resume, start_ray, stop: Interrupts) -> int:
     """plan -> runs -> assets -> tune -> settle -> report."""
     from mlflow.tracking import MlflowClient
 
@@ -378,31 +376,29 @@ def _run_sweep(plan, tracking_uri, storage, say, resume, start_ray, stop: Interr
     cfg = plan.cfg
     storage, storage_dir = split_storage(storage)
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri  # teachers named by MLflow run come from this store
-    resolve_teachers(plan.trials, storage_dir / "cache", log=say)  # -> local paths in the trial configs
+    resolve_teachers(plan.trials, storage_dir / "cache")  # -> local paths in the trial configs
     client = MlflowClient(tracking_uri)
     t_start = time.time()
-    srid, sweep_id, run_ids, started_ray = _runs_and_ray(
-        client, plan, tracking_uri, storage, resume, start_ray, stop, say
-    )
+    srid, sweep_id, run_ids, started_ray = _runs_and_ray(client, plan, tracking_uri, storage, resume, start_ray, stop)
     if srid is None:  # --resume of a sweep whose every trial had already finished: nothing to do, nothing logged
         ray_runtime.shutdown(started_ray)
         return 0
     out_dir, ray_dir = storage_dir / sweep_id, f"{storage}/{sweep_id}"  # local results; Ray state (path or URI)
     try:
-        say(f"MLflow: experiment '{cfg.experiment}', sweep run {srid} with {len(run_ids)} trial runs ({tracking_uri})")
+        log.info(
+            f"MLflow: experiment '{cfg.experiment}', sweep run {srid} with {len(run_ids)} trial runs ({tracking_uri})"
+        )
         out_dir.mkdir(parents=True, exist_ok=True)
-        assets, asset_keys, first = _shared_assets(plan, client, srid, storage_dir, resume, say)
+        assets, asset_keys, first = _shared_assets(plan, client, srid, storage_dir, resume)
         names = sweep_metric_names(plan, first)
         sweep_ref = {"run_id": srid, "experiment_id": sr.experiment_of(client, srid), "name": cfg.name}
         ctx = _trial_context(plan, run_ids, tracking_uri, ray_dir, assets, asset_keys, sweep_ref)
         tune_at = (storage, ray_dir, sweep_id)
-        plan, run_ids, failed = _tune_and_settle(
-            plan, ctx, client, run_ids, names, tune_at, sweep_ref, resume, stop, say
-        )
+        plan, run_ids, failed = _tune_and_settle(plan, ctx, client, run_ids, names, tune_at, sweep_ref, resume, stop)
         try:
-            rc = _finish(client, plan, srid, run_ids, names, first, out_dir, failed, t_start, tracking_uri, say)
+            rc = _finish(client, plan, srid, run_ids, names, first, out_dir, failed, t_start, tracking_uri)
             if ray_dir != str(out_dir):
-                _copy_results(out_dir, ray_dir, say)
+                _copy_results(out_dir, ray_dir)
         except OSError as e:
             if e.errno != errno.ENOSPC:
                 raise
@@ -411,23 +407,23 @@ def _run_sweep(plan, tracking_uri, storage, say, resume, start_ray, stop: Interr
     except BaseException as e:
         stop.acknowledge()
         try:
-            sr.close_incomplete(client, srid, run_ids, interrupted=isinstance(e, KeyboardInterrupt), say=say)
+            sr.close_incomplete(client, srid, run_ids, interrupted=isinstance(e, KeyboardInterrupt))
         finally:
             ray_runtime.shutdown(started_ray)
         raise
 
 
-def _runs_and_ray(client, plan, tracking_uri, storage, resume, start_ray, stop: Interrupts, say):
+def _runs_and_ray(client, plan, tracking_uri, storage, resume, start_ray, stop: Interrupts):
     """(sweep run id, sweep id, trial run ids, whether we started Ray): the MLflow runs opened in a second thread
     while Ray starts in this one; an interruption meanwhile closes the runs already opened."""
     from concurrent.futures import ThreadPoolExecutor
 
     started_ray = False
     with ThreadPoolExecutor(1, thread_name_prefix="sweep-open") as pool:
-        opening = pool.submit(_open_runs, client, plan, tracking_uri, storage, resume, say)
+        opening = pool.submit(_open_runs, client, plan, tracking_uri, storage, resume)
         try:
             start = start_ray or ray_runtime.init_ray  # Ray needs the main thread (its signal handlers)
-            started_ray = start(say) is True
+            started_ray = start() is True
             stop.reclaim()  # Ray's core worker replaced our SIGTERM handler
             import ray.tune  # noqa: F401 - imported (~2 s) while the runs are still being opened
 
@@ -437,28 +433,28 @@ def _runs_and_ray(client, plan, tracking_uri, storage, resume, start_ray, stop: 
             if opening.exception() is None:  # waits for it (MLflow calls: seconds); the runs exist, close them
                 srid, _, run_ids = opening.result()
                 if srid is not None:
-                    sr.close_incomplete(client, srid, run_ids, interrupted=isinstance(e, KeyboardInterrupt), say=say)
+                    sr.close_incomplete(client, srid, run_ids, interrupted=isinstance(e, KeyboardInterrupt))
             ray_runtime.shutdown(started_ray)
             raise
 
 
-def _tune_and_settle(plan, ctx, client, run_ids, names, tune_at, sweep_ref, resume, stop: Interrupts, say):
+def _tune_and_settle(plan, ctx, client, run_ids, names, tune_at, sweep_ref, resume, stop: Interrupts):
     """Ray Tune runs the trials (one per planned config, or as the search proposes them); then every trial run's
     final status: (the plan as it ran, its trial run ids, the failed indices). tune_at: (storage, Ray's folder of
     this sweep, the sweep id)."""
     cfg, adaptive, (storage, ray_dir, sweep_id) = plan.cfg, plan.adaptive, tune_at
     n_trials = cfg.num_samples if adaptive else len(run_ids)
-    status = _status_callback(client, run_ids, n_trials, say, sweep_ref, plan, adaptive)
-    tuner, indices = _tuner(plan, ctx, status, client, run_ids, names, storage, ray_dir, sweep_id, resume, say)
+    status = _status_callback(client, run_ids, n_trials, sweep_ref, plan, adaptive)
+    tuner, indices = _tuner(plan, ctx, status, client, run_ids, names, storage, ray_dir, sweep_id, resume)
     what = f"{n_trials} trials proposed by {cfg.search_alg.name}" if adaptive else f"{n_trials} trials"
-    say(f"running {what}, at most {cfg.resources.max_concurrent_trials} at a time; Tune state in {ray_dir}")
-    say(f"Ray's own messages (a failed trial's traceback, retries): {ray_runtime.ray_messages_to_file()}")
-    say(f"the trials' own output (Ray worker logs): {ray_runtime.worker_logs()}")
+    log.info(f"running {what}, at most {cfg.resources.max_concurrent_trials} at a time; Tune state in {ray_dir}")
+    log.info(f"Ray's own messages (a failed trial's traceback, retries): {ray_runtime.ray_messages_to_file()}")
+    log.info(f"the trials' own output (Ray worker logs): {ray_runtime.worker_logs()}")
     stop.in_tune = True
     try:
         grid = tuner.fit() if indices else []  # nothing left to run: settle and finish
     except Exception as e:  # Tune ran but could not collect its results (e.g. a full disk)
-        say(f"Ray Tune could not collect the trials' results ({type(e).__name__}: {e}); statuses from MLflow")
+        log.info(f"Ray Tune could not collect the trials' results ({type(e).__name__}: {e}); statuses from MLflow")
         grid = []
     finally:
         stop.in_tune = False
@@ -468,7 +464,9 @@ def _tune_and_settle(plan, ctx, client, run_ids, names, tune_at, sweep_ref, resu
     plan, run_ids, last, orphans = _results(client, plan, run_ids, grid, status, sweep_ref)
     failed = sr.settle_trials(client, run_ids, last)
     if orphans:  # trials that failed before they could open an MLflow run
-        say(f"{orphans} of {cfg.num_samples} proposed trial(s) did not run or opened no MLflow run (see the Ray logs)")
+        log.info(
+            f"{orphans} of {cfg.num_samples} proposed trial(s) did not run or opened no MLflow run (see the Ray logs)"
+        )
         failed += [-1] * orphans
     return plan, run_ids, failed
 
@@ -505,7 +503,7 @@ def _trial_context(plan, run_ids, tracking_uri, ray_dir, assets, asset_keys, swe
     }
 
 
-def _tuner(plan, ctx, status, client, run_ids, names, storage, ray_dir, sweep_id, resume, say):
+def _tuner(plan, ctx, status, client, run_ids, names, storage, ray_dir, sweep_id, resume):
     """(the Tuner: restored from Tune's state on --resume when readable, else new; the planned trial indices it
     runs). A resume without readable Tune state restarts the trials MLflow does not show finished."""
     import ray
@@ -521,7 +519,7 @@ def _tuner(plan, ctx, status, client, run_ids, names, storage, ray_dir, sweep_id
     restorable = resume and tune.Tuner.can_restore(ray_dir)
     if restorable and (why := _unreadable_tune_state(ray_dir)):  # e.g. the driver was killed mid-write
         restorable = False
-        say(f"Tune's state in {ray_dir} is unreadable ({why}); set aside, rebuilding the plan from MLflow")
+        log.info(f"Tune's state in {ray_dir} is unreadable ({why}); set aside, rebuilding the plan from MLflow")
     if resume and not restorable and adaptive:  # its searcher's state is in Tune's, nowhere else
         raise ConfigError(
             f"{plan.path}: --resume: no readable Tune state in {ray_dir}; an adaptive search (search_alg: "
@@ -529,7 +527,7 @@ def _tuner(plan, ctx, status, client, run_ids, names, storage, ray_dir, sweep_id
         )
     if resume and not restorable:  # (also a resume whose Tune state is elsewhere): MLflow says what is left
         indices = sr.unfinished(client, run_ids)
-        say(f"{len(indices)} unfinished trial(s) start again from their first iteration")
+        log.info(f"{len(indices)} unfinished trial(s) start again from their first iteration")
     if restorable:
         return tune.Tuner.restore(ray_dir, trainable, resume_unfinished=True, resume_errored=True), indices
     space, search_alg = search.optuna(plan, names) if adaptive else (_grid_space(plan, indices), None)
@@ -627,7 +625,7 @@ def _trial_dir(trial) -> str:
     return f"trial-{trial.config['trial_index']:03d}" if "trial_index" in trial.config else f"trial-{trial.trial_id}"
 
 
-def _copy_results(out_dir: Path, uri: str, say) -> None:
+def _copy_results(out_dir: Path, uri: str) -> None:
     """The result files next to the sweep's Ray state at a storage URI (each written whole, then complete)."""
     import pyarrow.fs as pafs
 
@@ -637,7 +635,7 @@ def _copy_results(out_dir: Path, uri: str, say) -> None:
         pafs.copy_files(
             str(out_dir / f), f"{root}/{f}", source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs
         )
-    say(f"results copied to {uri}/")
+    log.info(f"results copied to {uri}/")
 
 
 def _grid_space(plan: SweepPlan, indices: list[int]) -> dict:
@@ -687,7 +685,7 @@ def _scheduler(plan: SweepPlan):
     )
 
 
-def _finish(client, plan, srid, run_ids, names, first, out_dir, failed, t_start, tracking_uri, say) -> int:
+def _finish(client, plan, srid, run_ids, names, first, out_dir, failed, t_start, tracking_uri) -> int:
     """Results from MLflow (the system of record): table, per-method curves, plot, artifacts, exit code."""
     cfg = plan.cfg
     tcs = [plan.trial_cfg(i) for i in range(len(run_ids))]
@@ -726,12 +724,14 @@ def _finish(client, plan, srid, run_ids, names, first, out_dir, failed, t_start,
     summary = res.write_csv(res.summary_table(trials, main_metric), out_dir / "summary.csv")
     failed = sorted(set(failed))
     exp_id = sr.finish_sweep_run(client, srid, t_start, failed, [*paths.values(), png, *pareto, summary])
-    say("")
-    say(res.format_table(rows, list(names.values())))
-    say("\nnoise floor (two data sample sets): " + ", ".join(f"{k} {v:.5f}" for k, v in floor.items() if v))
-    say(f"results: {paths['parquet']}, {paths['csv']}, {png}")
+    log.info("")
+    log.info(res.format_table(rows, list(names.values())))
+    log.info("\nnoise floor (two data sample sets): " + ", ".join(f"{k} {v:.5f}" for k, v in floor.items() if v))
+    log.info(f"results: {paths['parquet']}, {paths['csv']}, {png}")
     if failed:
-        say(f"{len(failed)} trial(s) failed: " + ", ".join(f"#{i + 1} (run {run_ids[i]})" for i in failed if i >= 0))
+        log.info(
+            f"{len(failed)} trial(s) failed: " + ", ".join(f"#{i + 1} (run {run_ids[i]})" for i in failed if i >= 0)
+        )
         return 1
-    say(f"sweep finished in {time.time() - t_start:.0f} s; {ml.ui_hint(tracking_uri, exp_id)}")
+    log.info(f"sweep finished in {time.time() - t_start:.0f} s; {ml.ui_hint(tracking_uri, exp_id)}")
     return 0

@@ -15,11 +15,14 @@ every second, and Python's report of the swallowed one ("Exception ignored in ..
 from __future__ import annotations
 
 import _thread
+import logging
 import os
 import signal
 import sys
 import threading
 import time
+
+log = logging.getLogger(__name__)
 
 
 class Interrupts:
@@ -27,10 +30,9 @@ class Interrupts:
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self, say=None):
+    def __init__(self):
         self.signal: int | None = None  # the first signal received
         self.in_tune = False  # inside Tuner.fit: ask Tune to stop instead of raising
-        self.say = say or (lambda *a: None)
         self._old: dict[int, object] = {}
         self.acknowledged = False  # the driver's cleanup has started: no more redeliveries
         self._insisting = False
@@ -89,8 +91,5 @@ class Interrupts:
             if not self.acknowledged:
                 self._insist()
             raise KeyboardInterrupt  # not (yet) in Tune's loop, or a second signal: stop now
-        try:  # (a print interrupted by the signal makes a second one raise "reentrant call")
-            self.say(f"{signal.Signals(sig).name}: stopping the trials and saving Tune's state (again to stop at once)")
-        except RuntimeError:
-            pass
+        log.info(f"{signal.Signals(sig).name}: stopping the trials and saving Tune's state (again to stop at once)")
         os.kill(os.getpid(), signal.SIGUSR1)  # Tune's graceful interrupt (its handler, installed by fit)

@@ -8,6 +8,7 @@ lists the checks and the tests that show them.
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from pathlib import Path
@@ -17,6 +18,8 @@ from multistep.config import ConfigError, SweepPlan, TrialCfg
 from multistep.config.errors import first_line
 from multistep.data import data_kind
 from multistep.teachers import teacher_kind
+
+log = logging.getLogger(__name__)
 
 # Tracking-store schemes MLflow 3.17 opens (its SQLAlchemy dialects, the REST client, Databricks, file stores)
 TRACKING_SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "mssql", "databricks")
@@ -90,7 +93,7 @@ class Storage:
             raise ConfigError(f"--storage {self.arg}: a probe write there failed ({first_line(e)})") from None
 
 
-def inputs(plan: SweepPlan, check_data: bool = False, say=print) -> None:
+def inputs(plan: SweepPlan, check_data: bool = False) -> None:
     """Teacher and data files of every distinct (data, teacher) pair exist, open and agree in shape; eval sizes are
     meaningful. Parquet footers and teacher checkpoints are read; with `check_data`, every byte of the Parquet data
     too (verify_data)."""
@@ -109,10 +112,10 @@ def inputs(plan: SweepPlan, check_data: bool = False, say=print) -> None:
             )
         if check_data and data_kind(tc.data).files and tc.data.path not in checked:
             checked.add(tc.data.path)
-            verify_data(tc.data, f"{plan.path}: ", say)
+            verify_data(tc.data, f"{plan.path}: ")
 
 
-def verify_data(d, where: str = "", say=print) -> None:
+def verify_data(d, where: str = "") -> None:
     """Parquet data read whole before anything starts: against its manifest.json (sha256 and rows per shard), or
     by decoding every row group; a problem is a ConfigError naming the shard and the row group."""
     from multistep.data.manifest import verify
@@ -121,7 +124,7 @@ def verify_data(d, where: str = "", say=print) -> None:
         done = verify(d.path)
     except ValueError as e:
         raise ConfigError(f"{where}data.path: {e}") from None
-    say(done.line(f"data.path {d.path}"))
+    log.info(done.line(f"data.path {d.path}"))
 
 
 def _check_pair(tc: TrialCfg, path: str) -> None:
@@ -214,13 +217,13 @@ def resumable(plan: SweepPlan, uri: str) -> None:
 
 
 def preflight(
-    plan: SweepPlan, tracking: str | None, storage: str, resume: bool, check_data: bool = True, say=print
+    plan: SweepPlan, tracking: str | None, storage: str, resume: bool, check_data: bool = True
 ) -> tuple[str, str]:
     """All checks, cheapest first: (tracking URI, storage path or URI) ready for run_sweep. Nothing is created."""
     resources(plan)
     uri = tracking_uri(tracking)
     store = Storage(storage)
-    inputs(plan, check_data, say)
+    inputs(plan, check_data)
     if resume:
         resumable(plan, uri)
     return uri, store.uri

@@ -4,11 +4,14 @@ a terminal (a log file, CI, Ray Jobs): one plain line per event, the same facts,
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from dataclasses import dataclass, field
 
-from multistep.cli_common import say as cli_say
+from multistep.logs import on_terminal
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -21,9 +24,9 @@ class _Running:
 
 
 class TrialProgress:
-    def __init__(self, n: int, say=print, live: bool | None = None):
-        self.n, self.say = n, say
-        self.live = (say in (print, cli_say) and sys.stdout.isatty()) if live is None else live
+    def __init__(self, n: int, live: bool | None = None):
+        self.n = n
+        self.live = on_terminal() if live is None else live
         self.running: dict[int, _Running] = {}
 
     def line(self, text: str) -> None:
@@ -33,7 +36,7 @@ class TrialProgress:
 
             tqdm.write(text, file=sys.stdout)
         else:
-            self.say(text)
+            log.info(text)
 
     def started(self, i: int, what: str, total: int, note: str = "") -> None:
         r = self.running[i] = _Running(f"[trial {i + 1}/{self.n}] {what}", total)
@@ -61,7 +64,7 @@ class TrialProgress:
             rate = (time.monotonic() - r.t0) / max(iteration - r.first, 1)
             eta = f", ETA {_duration(rate * (r.total - iteration))}" if iteration < r.total else ""
         end = "; final evaluation:" if iteration >= r.total else ""
-        self.say(f"{r.name} iteration {iteration}/{r.total}" + (f", {loss_text}" if loss_text else "") + eta + end)
+        log.info(f"{r.name} iteration {iteration}/{r.total}" + (f", {loss_text}" if loss_text else "") + eta + end)
 
     def ended(self, i: int, text: str) -> None:
         r = self.running.pop(i, None)

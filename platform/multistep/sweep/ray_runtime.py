@@ -4,7 +4,10 @@ teacher`, `multistep submit` (its job's env) and the orchestration benchmark."""
 
 from __future__ import annotations
 
+import logging
 import os
+
+log = logging.getLogger(__name__)
 
 RAY_ENV_DEFAULTS = {
     "RAY_USAGE_STATS_ENABLED": "0",
@@ -26,7 +29,7 @@ def apply_env() -> None:
         os.environ.setdefault(k, v)
 
 
-def init_ray(say) -> bool:
+def init_ray() -> bool:
     """Start a local Ray instance (True) or join $RAY_ADDRESS / the one already running (False)."""
     import ray
 
@@ -37,7 +40,7 @@ def init_ray(say) -> bool:
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        say(f"starting a local Ray instance ({os.cpu_count()} CPUs)")
+        log.info(f"starting a local Ray instance ({os.cpu_count()} CPUs)")
         ray.init(
             num_cpus=os.cpu_count(),
             resources={"train_driver": 1000},

@@ -61,19 +61,28 @@ def _one_line(e: Exception) -> str:
     return f"{e.__class__.__name__}: {text[0] if text else ''}"[:300]
 
 
-def cmd_submit(args) -> int:
+def default_address(address: str | None = None) -> str:
+    """The Jobs API address: the one given, else $RAY_API_SERVER_ADDRESS, $RAY_ADDRESS, the local dashboard."""
+    return (
+        address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS") or "http://127.0.0.1:8265"
+    )
+
+
+def submit_sweep(
+    file: str,
+    address: str,
+    tracking_uri: str | None = None,
+    storage: str | None = None,
+    submission_id: str | None = None,
+):
+    """Validate the sweep file here and submit `python jobs/sweep.py FILE` as a Ray Job at `address` (the
+    repository as its working dir). Returns (the JobSubmissionClient, the job id). Bad input: ConfigError."""
     from multistep.config import load_sweep
 
-    load_sweep(args.file)  # bad input -> ConfigError -> exit 2
-    entry = ["python", ENTRY, _relative_to_repo(args.file)]
-    entry += ["--tracking-uri", args.tracking_uri] if args.tracking_uri else []
-    entry += ["--storage", args.storage] if args.storage else []
-    address = (
-        args.address
-        or os.environ.get("RAY_API_SERVER_ADDRESS")
-        or os.environ.get("RAY_ADDRESS")
-        or "http://127.0.0.1:8265"
-    )
+    load_sweep(file)  # bad input -> ConfigError -> exit 2
+    entry = ["python", ENTRY, _relative_to_repo(file)]
+    entry += ["--tracking-uri", tracking_uri] if tracking_uri else []
+    entry += ["--storage", storage] if storage else []
     from ray.job_submission import JobSubmissionClient
 
     hidden = {v: os.environ.pop(v) for v in ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS") if v in os.environ}
@@ -85,21 +94,10 @@ def cmd_submit(args) -> int:
     finally:
         os.environ.update(hidden)
     try:
-        job_id = client.submit_job(
-            entrypoint=shlex.join(entry), runtime_env=runtime_env(), submission_id=args.submission_id
-        )
+        job_id = client.submit_job(entrypoint=shlex.join(entry), runtime_env=runtime_env(), submission_id=submission_id)
     except Exception as e:  # e.g. duplicate submission id, upload too large
-        raise ConfigError(f"{args.file}: job not submitted ({_one_line(e)})") from None
-    print(job_id, flush=True)
-    if not args.tracking_uri:
-        print(
-            "multistep: note: no --tracking-uri; MLflow data stays in the job's working dir on the head",
-            file=sys.stderr,
-        )
-    if not args.follow:
-        print(f"follow it with: ray job logs --address {address} --follow {job_id}", file=sys.stderr)
-        return 0
-    return follow(client, job_id, address)
+        raise ConfigError(f"{file}: job not submitted ({_one_line(e)})") from None
+    return client, job_id
 
 
 def follow(client, job_id: str, address: str) -> int:

@@ -11,6 +11,7 @@ the data's two-sample floor. Any node of a cluster then distils it with `teacher
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from pydantic import ValidationError
 from multistep.config import ConfigError, TrialCfg, describe, read_yaml
 from multistep.tracking import tags as tag
 from multistep.tracking.teachers import FILES, IMPORT_FILE
+
+log = logging.getLogger(__name__)
 
 CURVE_STEPS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 KEYS = ("experiment", "teacher", "data", "eval")
@@ -41,22 +44,24 @@ def load_spec(file: str) -> tuple[TrialCfg, str, list[int]]:
     return tc, str(doc.get("experiment", "multistep")), list(steps)
 
 
-def cmd_import(args, say=print) -> int:
-    from multistep.sweep.preflight import tracking_uri
+def check_spec(spec: str):
+    """(trial config, experiment, DDIM steps) of an import spec, its teacher loaded and checked against its data as
+    a sweep's pre-flight would (bad input: ConfigError)."""
     from multistep.teachers import teacher_kind
     from multistep.train.build import sample_shape
 
-    if not args.name:
-        raise ConfigError("--name: required for `multistep teacher import` (the teacher's name in MLflow)")
-    tc, experiment, steps = load_spec(args.spec)
+    tc, experiment, steps = load_spec(spec)
     teacher_kind(tc.teacher).preflight(
-        tc, sample_shape(tc.data, where=f"{args.spec}: "), f"{args.spec}: "
+        tc, sample_shape(tc.data, where=f"{spec}: "), f"{spec}: "
     )  # loads, fits the data, plausible
-    uri = tracking_uri(args.tracking_uri)
-    if args.dry_run:
-        say(f"{args.spec}: teacher {tc.teacher.kind} {tc.teacher.path} checked; nothing logged (--dry-run)")
-        return 0
+    return tc, experiment, steps
+
+
+def import_teacher(tc, name: str, experiment: str, steps: list[int], uri: str) -> str:
+    """Log a checked teacher trained elsewhere as an MLflow run of `experiment` (its files, its declaration, its DDIM
+    curve at `steps`); returns the run id, which sweeps name as teacher: {kind: mlflow, run_id: ...}."""
     from multistep.metrics.evaluate import ddim_curve
+    from multistep.teachers import teacher_kind
     from multistep.tracking import mlflow_layout as ml
     from multistep.tracking.runs import close_run, log_files, open_run
     from multistep.train.build import build
@@ -65,8 +70,8 @@ def cmd_import(args, say=print) -> int:
     decl = teacher_kind(tc.teacher).declare(tc.teacher)  # c.teacher holds the network: not loaded again
     client = ml.client(uri)
     t = tc.teacher
-    tags = {tag.KIND: "teacher", tag.TEACHER_NAME: args.name, tag.TEACHER_SOURCE: t.kind, tag.DATASET: tc.data.label}
-    rid = open_run(client, uri, experiment, f"import-{args.name}", tags)
+    tags = {tag.KIND: "teacher", tag.TEACHER_NAME: name, tag.TEACHER_SOURCE: t.kind, tag.DATASET: tc.data.label}
+    rid = open_run(client, uri, experiment, f"import-{name}", tags)
     try:
         ml.log_params(
             client, rid, ml.flatten({"teacher": t.model_dump(mode="json"), "data": tc.data.model_dump(mode="json")})
@@ -78,7 +83,7 @@ def cmd_import(args, say=print) -> int:
             (Path(d) / IMPORT_FILE).write_text(json.dumps(body | {"declaration": decl}, indent=2))
             log_files(client, rid, str(Path(d) / IMPORT_FILE))
         ev = tc.eval
-        say(f"teacher curve: DDIM at {steps} steps, {ev.samples} samples")
+        log.info(f"teacher curve: DDIM at {steps} steps, {ev.samples} samples")
         rows, floor = ddim_curve(c.teacher, c.schedule, c.data, ev.samples, steps, ev.seed, tc.feature_space)
         for metric in dict.fromkeys(r["metric"] for r in rows):  # step = number of DDIM steps
             ml.log_curve(client, rid, metric, [(r["steps"], r["value"]) for r in rows if r["metric"] == metric])
@@ -88,7 +93,6 @@ def cmd_import(args, say=print) -> int:
         raise
     close_run(client, rid, "FINISHED")
     fd = [r for r in rows if r["metric"].startswith("fd_")]
-    say("teacher DDIM curve: " + ", ".join(f"{r['steps']}: {r['value']:.4g}" for r in fd))
-    say(f"MLflow: experiment '{experiment}', teacher run {rid} ({uri})")
-    say(f"in a sweep file:\n  teacher: {{kind: mlflow, run_id: {rid}}}")
-    return 0
+    log.info("teacher DDIM curve: " + ", ".join(f"{r['steps']}: {r['value']:.4g}" for r in fd))
+    log.info(f"MLflow: experiment '{experiment}', teacher run {rid} ({uri})")
+    return rid

@@ -11,6 +11,7 @@ teacher by path (`kind: checkpoint`) or by run (`kind: mlflow`); see the lines t
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from datetime import datetime
@@ -18,10 +19,11 @@ from pathlib import Path
 
 import yaml
 
-from multistep.config import TEACHER_ARTIFACT, ConfigError, TeacherFileCfg, load_teacher_file
+from multistep.config import TEACHER_ARTIFACT, ConfigError, TeacherFileCfg
 from multistep.data import data_kind
-from multistep.sweep.preflight import verify_data
 from multistep.tracking import tags as tag
+
+log = logging.getLogger(__name__)
 
 
 def net_config(cfg: TeacherFileCfg, shape: tuple[int, ...], captions: list[str] | None = None) -> dict:
@@ -72,42 +74,8 @@ def check(cfg: TeacherFileCfg, file: str) -> tuple[dict, int, dict | None]:
     return net_cfg, n_params, captions
 
 
-def cmd_teacher(args) -> int:
-    from multistep.sweep.preflight import Storage, tracking_uri
-
-    cfg = load_teacher_file(args.file)
-    net_cfg, n_params, captions = check(cfg, args.file)
-    if data_kind(cfg.data).files and not args.skip_data_check:
-        verify_data(cfg.data, f"{args.file}: ")
-    uri = tracking_uri(args.tracking_uri)  # before Ray or MLflow: a supported, writable or answering store
-    if "://" in args.storage:
-        raise ConfigError(f"--storage {args.storage}: multistep teacher writes its checkpoint to a local folder")
-    store = Storage(args.storage)  # a probe write there
-    storage = Path(store.uri)
-    if args.dry_run:
-        print(
-            json.dumps(
-                {
-                    "file": args.file,
-                    "tracking_uri": uri,
-                    "storage": str(storage),
-                    "net": net_cfg,
-                    "parameters": n_params,
-                    "captions": captions and len(captions["captions"]),
-                    "config": cfg.model_dump(mode="json"),
-                },
-                indent=2,
-            )
-        )
-        return 0
-    out = run_teacher(cfg, args.file, net_cfg, uri, storage, captions=captions)
-    return 0 if out.get("status") == "FINISHED" else 1
-
-
 # -- driver: MLflow run lifecycle + TorchTrainer ----------------------------------------------------
-def run_teacher(
-    cfg: TeacherFileCfg, file: str, net_cfg: dict, tracking_uri: str, storage: Path, say=print, captions=None
-) -> dict:
+def run_teacher(cfg: TeacherFileCfg, file: str, net_cfg: dict, tracking_uri: str, storage: Path, captions=None) -> dict:
     """Train, log and save one teacher; returns {status, run_id, path, history, curve}."""
     from mlflow.tracking import MlflowClient
 
@@ -125,11 +93,11 @@ def run_teacher(
     tags = {tag.KIND: "teacher", tag.TEACHER_NAME: cfg.name, tag.DATASET: cfg.data.label, tag.NET: net_cfg["kind"]}
     tags |= {tag.STORAGE: str(path), "mlflow.note.content": cfg.description}
     rid = open_run(client, tracking_uri, cfg.experiment, teacher_id, tags, cfg.model_dump(mode="json"), [file])
-    say(f"MLflow: experiment '{cfg.experiment}', teacher run {rid} ({tracking_uri})")
+    log.info(f"MLflow: experiment '{cfg.experiment}', teacher run {rid} ({tracking_uri})")
     r = cfg.resources
     t0 = time.time()
     try:
-        ray_runtime.init_ray(say)
+        ray_runtime.init_ray()
         trainer = TorchTrainer(
             teacher_worker,
             train_loop_config={
@@ -150,38 +118,40 @@ def run_teacher(
                 failure_config=ray.train.FailureConfig(max_failures=r.max_failures),
             ),
         )
-        say(f"training teacher '{cfg.name}' ({cfg.train.iterations} iterations, {r.num_workers} worker(s))")
+        log.info(f"training teacher '{cfg.name}' ({cfg.train.iterations} iterations, {r.num_workers} worker(s))")
         out = trainer.fit().return_value or {}
     except Exception as e:  # a failed training is exit 1 with the reason, not a traceback
         close_run(client, rid, "FAILED", f"{type(e).__name__}: {e}")
-        say(f"teacher training FAILED: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
+        log.info(
+            f"teacher training FAILED: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        )
         return {"status": "FAILED", "run_id": rid}
     except BaseException:
         close_run(client, rid, "KILLED")
         raise
     close_run(client, rid, "FINISHED", metrics={"wall_seconds": time.time() - t0})
-    _say_how_to_use(cfg, rid, path, out, say)
+    _say_how_to_use(cfg, rid, path, out)
     return {"status": "FINISHED", "run_id": rid, "path": str(path), **out}
 
 
-def _say_how_to_use(cfg: TeacherFileCfg, rid: str, path: Path, out: dict, say) -> None:
+def _say_how_to_use(cfg: TeacherFileCfg, rid: str, path: Path, out: dict) -> None:
     """The teacher's DDIM curve and the two lines that distil it in a sweep file."""
     fd = [row for row in out["curve"] if row["metric"].startswith("fd_")]
-    say(
+    log.info(
         "teacher DDIM curve: "
         + ", ".join(f"{row['steps']} steps {row['value']:.4g}" for row in fd)
         + f"  ({fd[0]['metric']}; noise floor {out['floor'][fd[0]['metric']]:.4g})"
     )
-    say(f"teacher checkpoint: {path}")
-    say(f"MLflow run id: {rid}")
-    say(
+    log.info(f"teacher checkpoint: {path}")
+    log.info(f"MLflow run id: {rid}")
+    log.info(
         "to distil it, put these two lines in a sweep file (or name it by run: "
         f"teacher: {{kind: mlflow, run_id: {rid}}}):"
     )
-    say(
+    log.info(
         f"  data: {yaml.safe_dump(data_kind(cfg.data).identity(cfg.data), default_flow_style=True, width=1000).strip()}"
     )
-    say(f"  teacher: {{kind: checkpoint, path: {path}}}")
+    log.info(f"  teacher: {{kind: checkpoint, path: {path}}}")
 
 
 # -- worker: one Ray Train rank ---------------------------------------------------------------------

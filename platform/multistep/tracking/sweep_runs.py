@@ -4,11 +4,14 @@ No Ray here; sweep/driver.py calls these at each step of a sweep."""
 
 from __future__ import annotations
 
+import logging
 import time
 
 from multistep.tracking import mlflow_layout as ml
 from multistep.tracking import tags as tag
 from multistep.tracking.runs import close_run, log_files, open_run
+
+log = logging.getLogger(__name__)
 
 
 def open_sweep_run(client, uri: str, experiment: str, name: str, tags: dict, params: dict, file: str) -> str:
@@ -98,7 +101,7 @@ def trial_errors(client, run_ids: list[str], indices: list[int]) -> list[str]:
     return [client.get_run(run_ids[i]).data.tags.get(tag.ERROR, "") for i in indices if i >= 0]
 
 
-def close_incomplete(client, srid: str, run_ids: list[str], interrupted: bool, say=print) -> None:
+def close_incomplete(client, srid: str, run_ids: list[str], interrupted: bool) -> None:
     """The sweep failed (its run FAILED) or was interrupted (KILLED): tagged incomplete, every open trial run KILLED.
     A failure here (the store gone too) is reported, never raised over the error that brought us here."""
     try:
@@ -110,7 +113,7 @@ def close_incomplete(client, srid: str, run_ids: list[str], interrupted: bool, s
                 client.set_tag(rid, tag.INTERRUPTED, "1")  # not stopped by the scheduler: a resume settles it again
                 client.set_terminated(rid, status="KILLED")
     except Exception as e:
-        say(f"could not close the MLflow runs of sweep run {srid} ({type(e).__name__}: {e}); they stay open")
+        log.info(f"could not close the MLflow runs of sweep run {srid} ({type(e).__name__}: {e}); they stay open")
 
 
 def finish_sweep_run(client, srid: str, t_start: float, failed: list[int], files=()) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,8 @@ import numpy as np
 import torch
 
 from multistep.atomic import write_with
+
+log = logging.getLogger(__name__)
 
 TEACHER_FORMAT = "multistep-teacher"  # a `multistep teacher` file (train/teacher.py)
 TRIAL_FORMAT = "multistep-trial"  # a sweep trial's state.pt (sweep/worker.py)
@@ -123,14 +126,14 @@ def _unpack(x):
     return type(x)(_unpack(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
-def cached(path: Path, compute, log=print):
+def cached(path: Path, compute):
     """The cached value at `path`, else compute() saved there (atomically, with a checksum). A cache file that fails
     to load (truncated, corrupt, from another version) is recomputed with a notice, never a crash."""
     if path.is_file():
         try:
             return _unpack(load(path))
         except CorruptCheckpoint as e:
-            log(f"cache {path.name}: {str(e).replace(str(path), 'file')}; recomputing it")
+            log.info(f"cache {path.name}: {str(e).replace(str(path), 'file')}; recomputing it")
     value = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
     save(path, _pack(value))

@@ -189,11 +189,11 @@ def test_eval_reference_labels_and_cache_key(tmp_path):
     back = EvalRef.from_dict(r1.to_dict())
     assert torch.equal(back.labels, r1.labels) and torch.equal(back.head(10).labels, r1.labels[:10])
 
-    a = prepare(_trial(cond), tmp_path / "cache", log=lambda *_: None)
-    b = prepare(_trial(plain), tmp_path / "cache", log=lambda *_: None)
+    a = prepare(_trial(cond), tmp_path / "cache")
+    b = prepare(_trial(plain), tmp_path / "cache")
     assert a["eval_ref"]["labels"] is not None and b["eval_ref"]["labels"] is None
     assert a["eval_ref_hash"] != b["eval_ref_hash"]
-    again = prepare(_trial(cond), tmp_path / "cache", log=lambda *_: None)  # from the cache: the same labels
+    again = prepare(_trial(cond), tmp_path / "cache")  # from the cache: the same labels
     assert (again["eval_ref"]["labels"] == a["eval_ref"]["labels"]).all()
 
 
@@ -256,7 +256,7 @@ def test_guidance_sweep_axis_end_to_end(ray_local, tmp_path, monkeypatch):
     f = tmp_path / "sweep.yaml"
     f.write_text(yaml.safe_dump(doc, sort_keys=False))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert run_sweep(load_sweep(f), uri, str(tmp_path / "rr"), say=lambda *_: None) == 0
+    assert run_sweep(load_sweep(f), uri, str(tmp_path / "rr")) == 0
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("tests-guidance").experiment_id])
     trials = sorted(

@@ -104,7 +104,7 @@ def test_a_sweep_trial_evaluates_by_streaming(tmp_path):
         },
     }
     tc = TrialCfg.model_validate(doc)
-    a = prepare(tc, tmp_path / "cache", log=lambda *_: None)
+    a = prepare(tc, tmp_path / "cache")
     ref = st.load_ref(a["eval_ref"])
     assert isinstance(ref, st.StreamRef) and {r["method"] for r in a["teacher_rows"]} == {
         "teacher_ddim",

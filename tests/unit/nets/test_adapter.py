@@ -191,7 +191,7 @@ def test_a_platform_student_for_an_imported_teacher_is_warm_started_onto_it(tmp_
     )
     c = build(tc)
     assert isinstance(c.student, VDenoiser) and c.student.net.net[0].in_features == 6 + 16  # 8 octave time features
-    init = prepare(tc, tmp_path / "cache", log=lambda *_: None)["init"]
+    init = prepare(tc, tmp_path / "cache")["init"]
     assert init is not None and set(init) == set(c.student.net.state_dict())
 
 

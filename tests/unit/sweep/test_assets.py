@@ -1,5 +1,7 @@
 """sweep/assets.py: the shared assets' disk cache reads back what it wrote (no silent recomputation)."""
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -11,7 +13,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("stream", ["off", "on"])
-def test_second_prepare_reads_every_cache_file(tmp_path, stream):
+def test_second_prepare_reads_every_cache_file(tmp_path, stream, caplog):
     cfg = TrialCfg.model_validate(
         {
             "data": {"kind": "gmm", "shape": [4], "components": 3, "seed": 1},
@@ -19,11 +21,13 @@ def test_second_prepare_reads_every_cache_file(tmp_path, stream):
             "eval": {"samples": 300, "teacher_steps": [1, 2], "ode_steps": 8, "stream": stream, "keep_rows": 300},
         }
     )
-    first_log, second_log = [], []
-    first = prepare(cfg, tmp_path, log=first_log.append)
-    second = prepare(cfg, tmp_path, log=second_log.append)
+    caplog.set_level(logging.INFO, logger="multistep")
+    first = prepare(cfg, tmp_path)
+    first_log = list(caplog.messages)
+    caplog.clear()
+    second = prepare(cfg, tmp_path)
     assert any("computing evaluation reference" in m for m in first_log)
-    assert second_log == []  # every asset from its cache file, none recomputed
+    assert caplog.messages == []  # every asset from its cache file, none recomputed
     assert first["teacher_rows"] == second["teacher_rows"]
     for k in ("mu", "sigma") if stream == "on" else ("data", "ode"):
         np.testing.assert_array_equal(first["eval_ref"][k], second["eval_ref"][k])
@@ -53,10 +57,10 @@ def test_the_teacher_curve_averages_the_same_noise_seeds_as_the_students(tmp_pat
         "student": {"hidden": 16, "depth": 2, "init_iterations": 20},
         "eval": {"samples": 300, "teacher_steps": [2], "ode_steps": 8, "seed": 5, "kid_subsets": 0},
     }
-    one = prepare(TrialCfg.model_validate(doc), tmp_path / "1", log=lambda m: None)
+    one = prepare(TrialCfg.model_validate(doc), tmp_path / "1")
     doc["eval"]["repeats"] = 2
     cfg = TrialCfg.model_validate(doc)
-    two = prepare(cfg, tmp_path / "2", log=lambda m: None)
+    two = prepare(cfg, tmp_path / "2")
     c = build(cfg)  # repeat 1 by hand: the same reference, the noise drawn with seed 5 + 1000
     ref = load_ref(one["eval_ref"]).with_noise_seed(1, 5)
     second, _ = teacher_curve(c.teacher, c.schedule, c.data, ref, [2], extractor=cfg.feature_space)

@@ -1,19 +1,21 @@
 """sweep/progress.py: what a sweep shows of its running trials, plain (a log file) and live (a terminal)."""
 
+import logging
 import re
 
 from multistep.sweep.progress import TrialProgress
 
 
-def test_plain_lines_name_the_trial_its_progress_loss_and_eta():
-    lines = []
-    p = TrialProgress(3, lines.append, live=False)
+def test_plain_lines_name_the_trial_its_progress_loss_and_eta(caplog):
+    caplog.set_level(logging.INFO, logger="multistep")
+    p = TrialProgress(3, live=False)
     p.started(1, "mcd S=4", 3000, " (abc_00001)")
     p.result(1, 1000, 0.125)
     p.result(1, 2000, 0.0625)
     p.result(1, 3000, 0.05)
     p.result(2, 1000)  # not started here (e.g. reported after it ended): ignored
     p.ended(1, "finished in 12 s")
+    lines = caplog.messages
     assert lines[0] == "[trial 2/3] mcd S=4 started (abc_00001)"
     assert lines[1] == "[trial 2/3] mcd S=4 iteration 1000/3000, loss 0.125"  # no rate yet: no ETA
     assert re.fullmatch(r"\[trial 2/3\] mcd S=4 iteration 2000/3000, loss 0.0625, ETA \d+ s", lines[2])

@@ -97,7 +97,7 @@ def test_two_worker_trial_through_ray_train(ray_local, tiny_sweep, tmp_path, mon
     f.write_text(yaml.safe_dump(doc))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.chdir(tmp_path)  # local caches and results: ./ray_results
-    assert run_sweep(load_sweep(f), uri, f"file://{tmp_path / 'rr'}", say=lambda *_: None) == 0
+    assert run_sweep(load_sweep(f), uri, f"file://{tmp_path / 'rr'}") == 0
     client = MlflowClient(uri)
     trial = next(
         r

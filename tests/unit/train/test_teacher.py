@@ -216,7 +216,7 @@ def test_teacher_job_then_sweep_by_path_and_by_run(ray_local, tmp_path, monkeypa
     )  # NCHW [-1, 1] -> NHWC uint8
     write_shards(pixels, None, tmp_path / "shards", shard_size=500)
     sweep = _write(tmp_path, "sweep.yaml", _sweep_doc(str(ckpt), rid, str(tmp_path / "shards")))
-    rc = run_sweep(load_sweep(sweep), uri, str(tmp_path / "rr"), say=lambda *_: None)
+    rc = run_sweep(load_sweep(sweep), uri, str(tmp_path / "rr"))
     assert rc == 0
     exp = client.get_experiment_by_name("tests-teacher")
     runs = client.search_runs([exp.experiment_id])
