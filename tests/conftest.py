@@ -136,6 +136,16 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture(scope="module")
+def one_thread_module():
+    """one_thread for a whole module, set up before its module-scoped fixtures (a teacher trained once per module):
+    tiny convs on a shared 2-core box, where intra-op threads only add spin-wait (10x slower under load)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 class TinyDetector(torch.nn.Module):
     """Same call signature as the StyleGAN/EDM Inception file: uint8 NCHW in, features out."""
 

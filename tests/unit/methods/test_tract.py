@@ -3,13 +3,13 @@ EMA decay, and the target against a hand-computed case."""
 
 import pytest
 import torch
-from test_progressive import F64, GMM, Constant
 
 from multistep.diffusion.schedules import make_schedule
 from multistep.methods.tract import TRACT
 from multistep.nets.analytic import MixtureDenoiser
 from multistep.nets.mlp import MLP, VDenoiser
 from multistep.train.loop import Hooks, fit, new_state
+from unit.methods.test_progressive import F64, GMM, Constant
 
 COS = make_schedule("cosine")
 

@@ -1,5 +1,7 @@
-"""metrics/evaluate.py: the paired ODE metric on a sub-sample of the fixed noise rows (eval.ode_samples)."""
+"""metrics/evaluate.py: the paired ODE metric on a sub-sample of the fixed noise rows (eval.ode_samples), cls_err of
+conditional samples, and eval.prompts cycled over the noise rows by both reference builders."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -54,3 +56,33 @@ def test_mean_over_repeats_averages_matching_rows_and_keeps_the_first_only_rows(
     first = [row("fd", 1.0, se=0.1), row("ode_l2", 0.5)]
     merged = mean_over_repeats([first, [row("fd", 2.0, se=0.3)], [row("fd", 6.0)]])
     assert merged == [row("fd", 3.0, se=0.1), row("ode_l2", 0.5)]  # (1 + 2 + 6) / 3; the ODE row only in the first
+
+
+def test_cls_err_counts_samples_off_their_conditioning_label():
+    import torch
+
+    from multistep.metrics.evaluate import EvalRef, LabelChecks, evaluate, metric_names
+
+    ref = EvalRef(np.random.default_rng(0).normal(size=(4, 2)), torch.zeros(4, 2), None, {}, torch.tensor([0, 1, 1, 0]))
+    names = metric_names(4, "classifier", labelled=True)
+    assert names["cls_err"] == "cls_err_4" and "cls_err" not in metric_names(4, "classifier")
+    out = evaluate(np.array([[1.0, 0], [0, 1], [1, 0], [1, 0]]), ref, names, checks=LabelChecks(lambda f: f.argmax(1)))
+    assert out["cls_err_4"] == 0.25 and "ode_l2_4" not in out  # predicted 0, 1, 0, 0 against 0, 1, 1, 0
+
+
+def test_fixed_prompts_cycle_over_the_noise_rows_in_memory_and_streamed():
+    """eval.prompts: row i is conditioned on prompts[i mod len], in both reference builders (no labels drawn)."""
+    import torch
+
+    from multistep.data.kinds import ImageData
+    from multistep.metrics.evaluate import make_eval_ref
+    from multistep.metrics.streaming import make_stream_ref
+
+    data = ImageData(torch.rand(20, 1, 4, 4) * 2 - 1, torch.arange(20) % 5, captions=[str(i) for i in range(5)])
+    teacher = lambda z, t, y=None: 0 * z
+    from multistep.diffusion.schedules import make_schedule
+
+    sched = make_schedule("cosine")
+    for make in (make_eval_ref, make_stream_ref):
+        ref = make(data, teacher, sched, 7, 2, 0, "pixel", True, ode_samples=0, prompts=torch.tensor([4, 1, 3]))
+        assert ref.labels.tolist() == [4, 1, 3, 4, 1, 3, 4], make.__name__

@@ -67,20 +67,6 @@ def test_a_far_teacher_fails_claim_two_and_points_carry_intervals():
     assert abs(mcd["fd"] - 0.5) < 0.1  # FD of a shifted copy: |shift|^2 over 2 dims = 0.5, plus sampling noise
 
 
-def test_budget_plot_draws_each_method_over_iterations(tmp_path):
-    from multistep.commands.claims import _plot_budget
-
-    budget = {
-        (m, s): [
-            {"train_iterations": it, "fd": f, "lo": 0.8 * f, "hi": 1.2 * f} for it, f in ((3000, 0.02), (10000, 0.01))
-        ]
-        for m in ("mcd", "tract")
-        for s in (4, 8)
-    }
-    path = _plot_budget(budget, tmp_path / "budget.png")
-    assert path.stat().st_size > 10_000
-
-
 def test_budget_changes_pair_each_point_with_itself_at_the_next_budget():
     short = {("mcd", 4): point(0.4), ("tract", 4): point(0.2), ("teacher_addim", 512): {-1: Z[0]}}
     long = {("mcd", 4): point(0.1), ("tract", 4): point(0.2), ("pd", 4): point(0.1), ("teacher_addim", 512): {-1: Z[0]}}
@@ -93,20 +79,6 @@ def test_budget_changes_pair_each_point_with_itself_at_the_next_budget():
     assert abs(mcd.diff.value + 0.3) < 0.05
     assert tract.diff.value == 0 and not tract.diff.detected  # identical rows: no difference, exactly
     assert mcd.describe().startswith("mcd S=4 at 10000 lower than at 3000 iterations by")
-
-
-def test_the_claims_command_pairs_budgets_only_on_the_same_rows(tmp_path, capsys):
-    from multistep.commands.claims import _budget_changes, _write
-    from multistep.regress import claims
-
-    a, b = {("mcd", 8): point(0.3)}, {("mcd", 8): point(0.1)}
-    loaded = [(a, {("mcd", 8): 3000}, REF), (b, {("mcd", 8): 30000}, REF.copy())]
-    [change] = _budget_changes(loaded, 20, claims)
-    _write(str(tmp_path), [], [], None, [change])
-    assert change.diff.hi < 0 and abs(change.diff.value + 0.16) < 0.05  # 0.3^2*2 -> 0.1^2*2, plus sampling noise
-    assert f"| mcd | 8 | 3000 -> 30000 | {change.diff.value:+.4g} [" in (tmp_path / "claims.md").read_text()
-    assert _budget_changes([loaded[0], (b, {("mcd", 8): 30000}, REF + 1)], 20, claims) == []
-    assert "evaluated on different rows" in capsys.readouterr().out
 
 
 def test_diversity_of_each_point_and_of_a_pair():

@@ -7,7 +7,7 @@ from torch import nn
 from multistep.data.gmm import GaussianMixture
 from multistep.diffusion.schedules import make_schedule
 from multistep.nets.analytic import MixtureDenoiser
-from multistep.nets.mlp import MLP, octave_features
+from multistep.nets.mlp import MLP
 from multistep.train.loop import WARM_START_T, WarmStart, v_error, warm_start
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -53,10 +53,3 @@ def test_warm_start_stops_when_the_error_stops_improving_and_reports_it():
 def _held():
     x = GMM.sample(2048, torch.Generator().manual_seed(5), dtype=torch.float64)
     return x, torch.randn(x.shape, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
-
-
-def test_octave_features():
-    t = torch.tensor([0.0, 0.25, 1.0])
-    f = octave_features(t, 4)  # sin, sin, cos, cos of pi t, 2 pi t
-    assert torch.allclose(f[1], torch.tensor([2**-0.5, 1.0, 2**-0.5, 0.0]), atol=1e-6)
-    assert f.shape == (3, 4)

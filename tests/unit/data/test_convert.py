@@ -1,22 +1,26 @@
-"""`multistep data convert imagefolder`: captioned images (metadata.jsonl / captions.csv) -> Parquet shards with a
-caption column; read_captions and caption_vocabulary; bad folders refused with one `FILE:LINE: why` line, exit 2."""
+"""`multistep data convert` (data/convert.py): CIFAR-10 batches, ImageNet .npz files and class folders -> Parquet shards;
+imagefolder: captioned images (metadata.jsonl / captions.csv) -> Parquet shards with a caption column, read back by
+read_captions and caption_vocabulary; bad input refused with one `FILE:LINE: why` line, exit 2."""
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
+import os
+import pickle
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
 from multistep.cli import main
+from multistep.commands import data as data_command
+from multistep.config import ConfigError
 from multistep.data import manifest
+from multistep.data.convert import convert
 from multistep.data.parquet import (
     ShardStream,
-    ShardWriter,
     caption_vocabulary,
     list_shards,
     read_captions,
@@ -24,6 +28,9 @@ from multistep.data.parquet import (
     shard_info,
     write_shards,
 )
+from unit.data.test_parquet import _images
+
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 PATTERN = np.array(  # a 3x4 RGB image with every byte distinct: PNG keeps it exactly
     [[[3 * (4 * r + c) + k for k in range(3)] for c in range(4)] for r in range(3)], np.uint8
@@ -150,31 +157,6 @@ def test_csv_labels_and_shards_without_captions(tmp_path):
         caption_vocabulary([p, plain[0]])
 
 
-def test_writer_refuses_bad_captions_and_readers_bad_columns(tmp_path):
-    w = ShardWriter(tmp_path / "w", 4, 1, 1, 1, labels=False, captions=True)
-    with pytest.raises(ValueError, match="captions must be 2 strings, got 1 of type str"):
-        w.add(np.zeros((2, 1, 1, 1), np.uint8), captions=["one"])
-    with pytest.raises(ValueError, match="captions must be 1 strings, got 1 of type int"):
-        w.add(np.zeros((1, 1, 1, 1), np.uint8), captions=[3])
-    with pytest.raises(ValueError, match="captions must be 1 strings, got None"):
-        w.add(np.zeros((1, 1, 1, 1), np.uint8))
-    w.add(np.zeros((1, 1, 1, 1), np.uint8), captions=np.array(["kept"]))  # a failed add left nothing behind
-    assert read_captions(w.close()[0]) == ["kept"]
-    plain = ShardWriter(tmp_path / "p", 4, 1, 1, 1, labels=False)
-    with pytest.raises(ValueError, match="captions given to a ShardWriter made without captions=True"):
-        plain.add(np.zeros((1, 1, 1, 1), np.uint8), captions=["x"])
-
-    meta = {b"schema_version": b"1", b"height": b"1", b"width": b"1", b"channels": b"1"}
-    for name, col, match in (
-        ("ints", pa.array([1, 2], pa.int64()), "column 'caption' must be string, got int64"),
-        ("nulls", pa.array(["a", None], pa.string()), "row 1: null caption"),
-    ):
-        table = pa.table({"image": pa.array([b"\0", b"\1"]), "caption": col}).replace_schema_metadata(meta)
-        pq.write_table(table, tmp_path / f"{name}.parquet")
-        with pytest.raises(ValueError, match=match):
-            read_captions(tmp_path / f"{name}.parquet")
-
-
 _OK = {"file_name": "ok.png", "text": "fine"}
 # (name, {file: text or bytes} in SRC beside ok.png (RGB 2x2) and bad.png (not an image), the one line after
 # "multistep: error: ", with {src} and {meta} for the folder and its metadata file)
@@ -247,3 +229,128 @@ def test_src_must_be_a_folder(tmp_path, capsys):
     assert _convert(tmp_path / "nowhere", tmp_path / "out") == 2
     assert capsys.readouterr().err == f"multistep: error: {tmp_path}/nowhere: not found (imagefolder needs a folder)\n"
     assert not (tmp_path / "out").exists()
+
+
+def _planes(x_hwc):
+    return x_hwc.transpose(0, 3, 1, 2).reshape(len(x_hwc), -1)  # CIFAR / ImageNet-npz row layout
+
+
+def _read_all(out):
+    parts = [read_shard(p) for p in list_shards(out)]
+    return np.concatenate([p[0] for p in parts]), (
+        np.concatenate([p[1] for p in parts]) if parts[0][1] is not None else None
+    )
+
+
+def test_convert_cifar10_batches(tmp_path, capsys):
+    src = tmp_path / "cifar-10-batches-py"
+    src.mkdir()
+    xs, ys = [], []
+    for k, n in ((1, 7), (2, 5)):
+        x, y = _images(n, 32, 32, 3, seed=k), list(np.arange(n) % 10)
+        with open(src / f"data_batch_{k}", "wb") as f:  # protocol 2 and bytes keys, as the real files
+            pickle.dump(
+                {
+                    b"batch_label": b"training batch",
+                    b"labels": [int(v) for v in y],
+                    b"data": _planes(x),
+                    b"filenames": [b"f.png"] * n,
+                },
+                f,
+                protocol=2,
+            )
+        xs.append(x), ys.append(y)
+    (src / "test_batch").write_bytes(b"not read")
+    ns = argparse.ArgumentParser()
+    data_command.add_parser(ns.add_subparsers(dest="command"))
+    args = ns.parse_args(["data", "convert", "cifar10", str(src), str(tmp_path / "out"), "--shard-size", "4"])
+    assert data_command.run(args) == 0
+    assert "wrote 12 images (32x32x3, labels) in 3 shard(s)" in capsys.readouterr().out
+    x, y = _read_all(tmp_path / "out")
+    assert np.array_equal(x, np.concatenate(xs)) and np.array_equal(y, np.concatenate(ys))
+    assert shard_info(list_shards(tmp_path / "out")[0]).num_classes == 10
+    from multistep.data.manifest import verify
+
+    done = verify(tmp_path / "out")  # the manifest moved with the shards out of the staging folder
+    assert (done.shards, done.rows, done.against) == (3, 12, "manifest.json")
+
+    class Evil:  # a pickle that would run code on load
+        def __reduce__(self):
+            return (os.system, ("touch pwned",))
+
+    evil = tmp_path / "evil" / "data_batch_1"
+    evil.parent.mkdir()
+    evil.write_bytes(pickle.dumps({b"data": Evil(), b"labels": []}))
+    with pytest.raises(ConfigError, match="refusing to load global") as e:
+        convert("cifar10", evil.parent, tmp_path / "o2")
+    assert str(evil) in str(e.value) and not (tmp_path / "pwned").exists() and not os.path.exists("pwned")
+    bad = tmp_path / "bad" / "data_batch_1"
+    bad.parent.mkdir()
+    bad.write_bytes(pickle.dumps({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}))
+    with pytest.raises(ConfigError, match=r"shape \(2, 100\)") as e:
+        convert("cifar10", bad.parent, tmp_path / "o3")
+    assert str(bad) in str(e.value)
+    with pytest.raises(ConfigError, match="not found"):
+        convert("cifar10", tmp_path / "nowhere", tmp_path / "o4")
+
+
+def test_convert_imagenet_npz(tmp_path):
+    src = tmp_path / "imagenet32"
+    src.mkdir()
+    xs, ys = [], []
+    for k in (1, 2):
+        x, y = _images(6, 32, 32, 3, seed=10 + k), np.array([1, 1000, 5, 7, 2, 3 + k])
+        np.savez(src / f"train_data_batch_{k}.npz", data=_planes(x), labels=y, mean=np.zeros(3072))
+        xs.append(x), ys.append(y - 1)
+    paths = convert("imagenet", src, tmp_path / "out", shard_size=5)
+    assert len(paths) == 3
+    x, y = _read_all(tmp_path / "out")
+    assert np.array_equal(x, np.concatenate(xs)) and np.array_equal(y, np.concatenate(ys))  # labels 1..1000 -> 0..999
+
+    cases = {
+        "float_data": dict(data=np.zeros((2, 3072), np.float32), labels=np.array([1, 2])),
+        "object_array": dict(data=np.array([object(), object()], dtype=object), labels=np.array([1, 2])),
+        "zero_label": dict(data=np.zeros((2, 3072), np.uint8), labels=np.array([0, 2])),
+        "no_labels": dict(data=np.zeros((2, 3072), np.uint8)),
+        "odd_size": dict(data=np.zeros((2, 3 * 16 * 16), np.uint8), labels=np.array([1, 2])),
+    }
+    for name, arrays in cases.items():
+        f = tmp_path / f"{name}.npz"
+        np.savez(f, **arrays)
+        with pytest.raises(ConfigError) as e:
+            convert("imagenet", f, tmp_path / f"out_{name}")
+        assert str(f) in str(e.value) and "\n" not in str(e.value), name
+
+
+def test_convert_image_folder(tmp_path):
+    src = tmp_path / "imgs"
+    pngs = {}
+    for cls, n, ext in (("cat", 3, ".png"), ("dog", 2, ".jpg")):
+        (src / cls).mkdir(parents=True)
+        for i in range(n):
+            a = _images(1, 6, 5, 3, seed=10 * len(cls) * n + i)[0]
+            Image.fromarray(a).save(src / cls / f"{i}{ext}")
+            if ext == ".png":
+                pngs[a.tobytes()] = 0
+    (src / "dog" / "notes.txt").write_text("ignored")
+    paths = convert("folder", src, tmp_path / "out", shard_size=2)
+    assert len(paths) == 3
+    info = shard_info(paths[0])
+    assert (info.height, info.width, info.channels, info.num_classes, info.class_names) == (6, 5, 3, 2, ["cat", "dog"])
+    x, y = _read_all(tmp_path / "out")
+    assert x.shape == (5, 6, 5, 3) and sorted(y.tolist()) == [0, 0, 0, 1, 1]
+    assert {r.tobytes() for r, k in zip(x, y) if k == 0} == set(pngs)  # PNG pixels survive exactly
+    x8, _ = _read_all(convert("folder", src, tmp_path / "out8", shard_size=10, size=8, grayscale=True))
+    assert x8.shape == (5, 8, 8, 1)
+
+    Image.fromarray(_images(1, 7, 7, 3)[0]).save(src / "cat" / "big.png")  # a different size
+    with pytest.raises(ConfigError, match="--size") as e:
+        convert("folder", src, tmp_path / "o2")
+    assert "big.png" in str(e.value)
+    (src / "cat" / "big.png").unlink()
+    (src / "dog" / "broken.png").write_bytes(b"\x89PNG garbage")
+    with pytest.raises(ConfigError, match="cannot decode") as e:
+        convert("folder", src, tmp_path / "o3")
+    assert "broken.png" in str(e.value)
+    with pytest.raises(ConfigError, match="already contains"):
+        convert("folder", src, tmp_path / "out")

@@ -1,4 +1,4 @@
-"""Bad input exits 2 with one line naming the problem, before Ray or MLflow start."""
+"""The `multistep` command (cli.py): bad input exits 2 with one line naming the problem, before Ray or MLflow start."""
 
 import subprocess
 
