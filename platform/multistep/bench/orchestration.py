@@ -179,9 +179,7 @@ def run_timed_sweep(plan, folder: Path) -> dict:
     driver.setLevel(logging.INFO)
     t0 = time.time()
     try:
-        code = run_sweep(
-            plan, uri, str(folder / "ray_results"), start_ray=lambda: ray_init.update(s=start_ray(folder))
-        )
+        code = run_sweep(plan, uri, str(folder / "ray_results"), start_ray=lambda: ray_init.update(s=start_ray(folder)))
     finally:
         driver.removeHandler(heard)
         driver.setLevel(level)

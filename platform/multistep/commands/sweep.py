@@ -15,9 +15,13 @@ def add_parser(sub):
         "Ray Tune trial (one worker: in the trial's own process; several: a Ray Train worker "
         "group), and log every trial as a nested MLflow run. Prints "
         "a metric-versus-steps table at the end and writes results.parquet/.csv and a plot "
-        "under the sweep's output folder.",
+        "under the sweep's output folder. Every key of a sweep file, its default and meaning: "
+        "`multistep sweep --options` (the same as docs/config.md).",
     )
-    s.add_argument("file", help="sweep file, e.g. sweeps/quickstart.yaml")
+    s.add_argument("file", nargs="?", help="sweep file, e.g. sweeps/quickstart.yaml")
+    s.add_argument(
+        "--options", action="store_true", help="print every sweep-file key with its type, default and meaning; exit"
+    )
     add_run_options(
         s,
         "folder for Ray Tune/Train state, checkpoints, caches and results, or a URI pyarrow understands "
@@ -34,9 +38,16 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from multistep.config import load_sweep
+    from multistep.config import ConfigError, load_sweep
     from multistep.sweep.preflight import preflight
 
+    if args.options:
+        from multistep.config.reference import reference
+
+        print(reference(), end="")
+        return 0
+    if not args.file:
+        raise ConfigError("FILE: a sweep file is required, e.g. multistep sweep sweeps/quickstart.yaml")
     plan = load_sweep(args.file)
     # before Ray or MLflow
     uri, storage = preflight(plan, args.tracking_uri, args.storage, args.resume, not args.skip_data_check)

@@ -66,7 +66,7 @@ def kind_rules(cfg, registry: dict):
 # -- components -----------------------------------------------------------------------------------
 class ScheduleCfg(Strict):
     name: Literal["cosine", "clipped_cosine", "shifted_cosine", "interpolated_cosine"] = "cosine"
-    params: dict[str, float] = {}  # e.g. {image_d: 64, noise_low: 32} for interpolated_cosine
+    params: dict[str, float] = Field({}, description="e.g. {image_d: 64, noise_low: 32} for interpolated_cosine")
 
 
 class DataCfg(Strict):
@@ -75,7 +75,9 @@ class DataCfg(Strict):
     the file (a sweep's base shared by axes over data.kind): they are validated and kept, and only the kind's are used."""
 
     model_config = ConfigDict(extra="allow")  # the registered kinds' fields; any other key is refused below
-    kind: str = "gmm"  # gmm: mixture with an exact denoiser; digits: sklearn 8x8 digits; parquet: image shards
+    kind: str = Field(
+        "gmm", description="gmm: mixture with an exact denoiser; digits: sklearn 8x8 digits; parquet: image shards"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -112,7 +114,9 @@ class DdpmCfg(Strict):
     beta_start: PosFloat = 1e-4
     beta_end: PosFloat = 0.02
     num_train_timesteps: PosInt = 1000
-    betas: list[Annotated[float, Field(gt=0, lt=1)]] | None = None  # explicit betas (diffusers' trained_betas)
+    betas: list[Annotated[float, Field(gt=0, lt=1)]] | None = Field(
+        None, description="explicit betas (diffusers' trained_betas)"
+    )
 
 
 class EdmCfg(Strict):
@@ -120,7 +124,7 @@ class EdmCfg(Strict):
 
     sigma_min: PosFloat = 0.002
     sigma_max: PosFloat = 80.0
-    sigma_data: PosFloat = 0.5  # recorded (EDM's preconditioning lives inside the network)
+    sigma_data: PosFloat = Field(0.5, description="recorded (EDM's preconditioning lives inside the network)")
 
 
 STREAM_ABOVE = 10_000  # eval.stream auto: stream evaluations of more samples than this
@@ -131,27 +135,45 @@ class TeacherCfg(Strict):
     diffusers / torchscript / state_dict: a network trained elsewhere (docs/teachers.md). A network teacher brings the
     schedule it was trained with and the student starts as a copy of it (no warm start)."""
 
-    kind: str = "analytic"  # a registered teacher kind (teachers/kinds.py)
-    schedule: ScheduleCfg = ScheduleCfg()  # analytic: noise schedule; imported eps/v/x0 nets without ddpm: theirs
-    # checkpoint, torchscript, state_dict: a local file; diffusers: a save_pretrained folder; mlflow: set by the driver
-    path: str | None = None
-    run_id: str | None = None  # mlflow: run id of a `multistep teacher` run
-    artifact_path: str = TEACHER_ARTIFACT  # mlflow: the checkpoint's artifact path on that run
-    builder: str | None = None  # state_dict: "package.module:callable" that builds the network (importable here)
-    builder_args: dict[str, Any] = {}  # state_dict: keyword arguments of the builder
-    # imported: what the network returns (diffusers: from its scheduler's prediction_type)
-    parameterization: Literal["eps", "v", "x0", "edm", "flow"] | None = None
-    ddpm: DdpmCfg | None = None  # imported eps/v/x0 nets: the discrete schedule (diffusers: its scheduler config)
-    edm: EdmCfg = EdmCfg()  # parameterization edm: the sigma range of net(x, sigma[, labels])
-    time_scale: PosFloat = 1.0  # vp and flow nets: the network receives its continuous time times this (e.g. 1000)
-    # clip the teacher's x_hat to [-c, c] (diffusers: clip_sample_range)
-    clip_sample: Annotated[float, Field(ge=0)] | None = None
-    # imported class-conditional nets: labels 0 .. num_classes - 1 (diffusers: num_class_embeds)
-    num_classes: PosInt | None = None
-    # the label the network was trained with for "no class" (guidance)
-    null_label: Annotated[int, Field(ge=0)] | None = None
-    logsnr_min: float | None = None  # imported: lowest log-SNR of the student's schedule; default: the teacher's lowest
-    check: bool = True  # imported: the plausibility check at load (x_hat at the lowest and highest noise, finite)
+    kind: str = Field("analytic", description="a registered teacher kind (teachers/kinds.py)")
+    schedule: ScheduleCfg = Field(
+        ScheduleCfg(), description="analytic: noise schedule; imported eps/v/x0 nets without ddpm: theirs"
+    )
+    path: str | None = Field(
+        None,
+        description="checkpoint, torchscript, state_dict: a local file; diffusers: a save_pretrained folder; mlflow: set by the driver",
+    )
+    run_id: str | None = Field(None, description="mlflow: run id of a `multistep teacher` run")
+    artifact_path: str = Field(TEACHER_ARTIFACT, description="mlflow: the checkpoint's artifact path on that run")
+    builder: str | None = Field(
+        None, description='state_dict: "package.module:callable" that builds the network (importable here)'
+    )
+    builder_args: dict[str, Any] = Field({}, description="state_dict: keyword arguments of the builder")
+    parameterization: Literal["eps", "v", "x0", "edm", "flow"] | None = Field(
+        None, description="imported: what the network returns (diffusers: from its scheduler's prediction_type)"
+    )
+    ddpm: DdpmCfg | None = Field(
+        None, description="imported eps/v/x0 nets: the discrete schedule (diffusers: its scheduler config)"
+    )
+    edm: EdmCfg = Field(EdmCfg(), description="parameterization edm: the sigma range of net(x, sigma[, labels])")
+    time_scale: PosFloat = Field(
+        1.0, description="vp and flow nets: the network receives its continuous time times this (e.g. 1000)"
+    )
+    clip_sample: Annotated[float, Field(ge=0)] | None = Field(
+        None, description="clip the teacher's x_hat to [-c, c] (diffusers: clip_sample_range)"
+    )
+    num_classes: PosInt | None = Field(
+        None, description="imported class-conditional nets: labels 0 .. num_classes - 1 (diffusers: num_class_embeds)"
+    )
+    null_label: Annotated[int, Field(ge=0)] | None = Field(
+        None, description='the label the network was trained with for "no class" (guidance)'
+    )
+    logsnr_min: float | None = Field(
+        None, description="imported: lowest log-SNR of the student's schedule; default: the teacher's lowest"
+    )
+    check: bool = Field(
+        True, description="imported: the plausibility check at load (x_hat at the lowest and highest noise, finite)"
+    )
 
     @field_validator("kind")
     @classmethod
@@ -172,38 +194,54 @@ class LoraCfg(Strict):
     """Low-rank adapters on the student's copy of the teacher (nets/lora.py): only they train and are saved."""
 
     rank: PosInt = 8
-    alpha: PosFloat = 8.0  # the adapters' scale is alpha / rank
-    target_modules: list[str] = ["to_q", "to_k", "to_v", "to_out.0"]  # module-name suffixes (diffusers attention)
+    alpha: PosFloat = Field(8.0, description="the adapters' scale is alpha / rank")
+    target_modules: list[str] = Field(
+        ["to_q", "to_k", "to_v", "to_out.0"], description="module-name suffixes (diffusers attention)"
+    )
 
 
 class StudentCfg(Strict):
     """The student network for an analytic teacher; with a network teacher the student is a copy of it, unless
     copy_teacher is false (then this MLP, warm-started by v-loss regression onto the teacher)."""
 
-    net: Literal["mlp", "unet"] = "mlp"  # mlp: on flattened samples; unet: images [C, H, W] (nets/unet.py)
-    # imported teachers: start the student as a copy of their network (the paper); false: this MLP
-    copy_teacher: bool = True
-    hidden: PosInt = 256  # MLP width
-    depth: PosInt = 3  # MLP hidden layers
-    base_ch: PosInt = 32  # UNet channels at full resolution
-    ch_mult: list[PosInt] = [1, 2]  # UNet channel multiplier per level (len - 1 downsamplings)
-    num_res_blocks: PosInt = 1  # UNet ResBlocks per level
-    attn_resolutions: list[PosInt] = []  # UNet spatial sizes with self-attention
-    # octave: sin, cos of 2^k pi t; sinusoid: DDPM-style of 1000 t
-    time_features: Literal["octave", "sinusoid"] = "octave"
-    time_dim: PosInt | None = None  # time features (default: 16 octave = 8 octaves, 64 sinusoid)
+    net: Literal["mlp", "unet"] = Field(
+        "mlp", description="mlp: on flattened samples; unet: images [C, H, W] (nets/unet.py)"
+    )
+    copy_teacher: bool = Field(
+        True, description="imported teachers: start the student as a copy of their network (the paper); false: this MLP"
+    )
+    hidden: PosInt = Field(256, description="MLP width")
+    depth: PosInt = Field(3, description="MLP hidden layers")
+    base_ch: PosInt = Field(32, description="UNet channels at full resolution")
+    ch_mult: list[PosInt] = Field([1, 2], description="UNet channel multiplier per level (len - 1 downsamplings)")
+    num_res_blocks: PosInt = Field(1, description="UNet ResBlocks per level")
+    attn_resolutions: list[PosInt] = Field([], description="UNet spatial sizes with self-attention")
+    time_features: Literal["octave", "sinusoid"] = Field(
+        "octave", description="octave: sin, cos of 2^k pi t; sinusoid: DDPM-style of 1000 t"
+    )
+    time_dim: PosInt | None = Field(None, description="time features (default: 16 octave = 8 octaves, 64 sinusoid)")
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    lora: LoraCfg | None = None  # a copied teacher: train LoRA adapters only (peft) instead of every weight
-    # analytic teacher (or copy_teacher: false): warm start by v-loss regression onto it (the paper starts from the
-    # diffusion model), at most this many iterations; a copied teacher needs none. Defaults: train/loop.py WarmStart
-    init_iterations: Annotated[int, Field(ge=0)] = WarmStart.iterations
+    lora: LoraCfg | None = Field(
+        None, description="a copied teacher: train LoRA adapters only (peft) instead of every weight"
+    )
+    init_iterations: Annotated[int, Field(ge=0)] = Field(
+        WarmStart.iterations,
+        description="analytic teacher (or copy_teacher: false): warm start by v-loss regression onto it (the paper starts from the diffusion model), at most this many iterations; a copied teacher needs none. Defaults: train/loop.py WarmStart",
+    )
     init_learning_rate: PosFloat = WarmStart.lr
-    init_optimizer: Literal["adam", "adamw"] = WarmStart.optimizer  # warm start optimiser
-    init_schedule: Literal["constant", "cosine"] = WarmStart.schedule  # cosine: annealed over init_iterations
-    init_check_every: PosInt = WarmStart.check_every  # iterations between measurements of its v-space error
-    init_patience: Annotated[int, Field(ge=0)] = WarmStart.patience  # stop after this many measurements without
-    # init_min_improvement (0: run to the cap)
-    init_min_improvement: Annotated[float, Field(ge=0, lt=1)] = WarmStart.min_improvement  # relative, that counts
+    init_optimizer: Literal["adam", "adamw"] = Field(WarmStart.optimizer, description="warm start optimiser")
+    init_schedule: Literal["constant", "cosine"] = Field(
+        WarmStart.schedule, description="cosine: annealed over init_iterations"
+    )
+    init_check_every: PosInt = Field(
+        WarmStart.check_every, description="iterations between measurements of its v-space error"
+    )
+    init_patience: Annotated[int, Field(ge=0)] = Field(
+        WarmStart.patience, description="stop after this many measurements without"
+    )
+    init_min_improvement: Annotated[float, Field(ge=0, lt=1)] = Field(
+        WarmStart.min_improvement, description="init_min_improvement (0: run to the cap) relative, that counts"
+    )
 
     @model_validator(mode="after")
     def _time_dim(self):
@@ -220,14 +258,19 @@ class MethodCfg(Strict):
     shared by axes over method.name): they are validated and kept, and only the named method's are used."""
 
     model_config = ConfigDict(extra="allow")  # the registered methods' options; any other key is refused below
-    name: str = "mcm"  # a registered method: mcm (S = 1: CD/CT), tract, progressive, scm, flowmap
-    mode: Literal["distill", "train"] = "distill"  # distil the teacher, or train on data (mcm: MCT)
-    student_steps: PosInt = 4  # S: sampling steps of the (final) student
-    loss_weight: Literal["snr+1", "max(snr,1)", "snr"] | None = None  # default: snr+1 (mcm), max(snr,1) (tract, pd)
-    # default: pseudo_huber / l2sq_sum / l2sq
-    distance: Literal["pseudo_huber", "pseudo_huber_ict", "l2sq", "l2sq_sum"] | None = None
-    huber_eps: PosFloat = 1e-4  # epsilon of pseudo_huber
-    clip_x: Annotated[float, Field(ge=0)] = 0.0  # clip x_hat to [-c, c] inside target steps (tract; 0 = off)
+    name: str = Field("mcm", description="a registered method: mcm (S = 1: CD/CT), tract, progressive, scm, flowmap")
+    mode: Literal["distill", "train"] = Field("distill", description="distil the teacher, or train on data (mcm: MCT)")
+    student_steps: PosInt = Field(4, description="S: sampling steps of the (final) student")
+    loss_weight: Literal["snr+1", "max(snr,1)", "snr"] | None = Field(
+        None, description="default: snr+1 (mcm), max(snr,1) (tract, pd)"
+    )
+    distance: Literal["pseudo_huber", "pseudo_huber_ict", "l2sq", "l2sq_sum"] | None = Field(
+        None, description="default: pseudo_huber / l2sq_sum / l2sq"
+    )
+    huber_eps: PosFloat = Field(1e-4, description="epsilon of pseudo_huber")
+    clip_x: Annotated[float, Field(ge=0)] = Field(
+        0.0, description="clip x_hat to [-c, c] inside target steps (tract; 0 = off)"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -255,38 +298,57 @@ class TrainCfg(Strict):
     iterations: PosInt = 3000
     batch_size: PosInt = 512
     learning_rate: PosFloat = 2e-4
-    grad_clip: Annotated[float, Field(ge=0)] = 1.0  # 0 disables clipping
-    eval_ema: Annotated[float, Field(ge=0, lt=1)] = 0.999  # EMA of weights used for evaluation
-    log_every: PosInt = 100  # iterations between MLflow metric batches
-    checkpoint_every: PosInt = 1000  # iterations between checkpoints
+    grad_clip: Annotated[float, Field(ge=0)] = Field(1.0, description="0 disables clipping")
+    eval_ema: Annotated[float, Field(ge=0, lt=1)] = Field(0.999, description="EMA of weights used for evaluation")
+    log_every: PosInt = Field(100, description="iterations between MLflow metric batches")
+    checkpoint_every: PosInt = Field(1000, description="iterations between checkpoints")
     seed: int = 0
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: networks under autocast (GPU); targets stay float32/64
-    channels_last: bool = False  # image networks in channels_last memory format (GPU)
-    compile: bool = False  # torch.compile the networks (paid once per trial; needs a toolchain)
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: networks under autocast (GPU); targets stay float32/64"
+    )
+    channels_last: bool = Field(False, description="image networks in channels_last memory format (GPU)")
+    compile: bool = Field(False, description="torch.compile the networks (paid once per trial; needs a toolchain)")
 
 
 class EvalCfg(Strict):
-    samples: PosInt = 5000  # samples per evaluation (fixed noise per sample index)
-    teacher_steps: list[PosInt] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]  # teacher curve, once per sweep
-    ode_steps: PosInt = 1024  # teacher DDIM steps for the paired-error reference
-    # rows of the paired ODE metric (ode_l2_*): the first of the fixed noise rows; None: min(samples, 2000); 0: off
-    ode_samples: Annotated[int, Field(ge=0)] | None = None
+    samples: PosInt = Field(5000, description="samples per evaluation (fixed noise per sample index)")
+    teacher_steps: list[PosInt] = Field(
+        [1, 2, 4, 8, 16, 32, 64, 128, 256, 512], description="teacher curve, once per sweep"
+    )
+    ode_steps: PosInt = Field(1024, description="teacher DDIM steps for the paired-error reference")
+    ode_samples: Annotated[int, Field(ge=0)] | None = Field(
+        None,
+        description="rows of the paired ODE metric (ode_l2_*): the first of the fixed noise rows; None: min(samples, 2000); 0: off",
+    )
     seed: int = 1234
-    # resamples for each metric's bootstrap standard error (results column se; 0 = off; regression `ci` tolerances need it)
-    bootstrap: Annotated[int, Field(ge=0)] = 0
-    # features of FD and KID: auto = identity (gmm) / pixel (images); classifier = a small MLP trained on the labelled data; inception = the FID detector at inception_path (metrics fid_* / kid_*)
-    extractor: Literal["auto", "identity", "pixel", "classifier", "inception"] = "auto"
-    inception_path: str | None = None  # local TorchScript FID detector (inception-2015-12-05.pt); nothing is downloaded
+    bootstrap: Annotated[int, Field(ge=0)] = Field(
+        0,
+        description="resamples for each metric's bootstrap standard error (results column se; 0 = off; regression `ci` tolerances need it)",
+    )
+    extractor: Literal["auto", "identity", "pixel", "classifier", "inception"] = Field(
+        "auto",
+        description="features of FD and KID: auto = identity (gmm) / pixel (images); classifier = a small MLP trained on the labelled data; inception = the FID detector at inception_path (metrics fid_* / kid_*)",
+    )
+    inception_path: str | None = Field(
+        None, description="local TorchScript FID detector (inception-2015-12-05.pt); nothing is downloaded"
+    )
     reference: str | None = Field(
-        None, validate_default=True
-    )  # a local .npz of reference statistics (mu, sigma[, features]: EDM fid.py, pytorch-fid, clean-fid): FD against them; KID needs its features
-    batch_size: PosInt = 2048  # samples per sampling batch of an evaluation (each batch on the trial's device)
-    # KID (unbiased, cubic kernel): mean over this many disjoint subsets of min(1000, samples / kid_subsets) rows, SE in the se column; 0 = off
-    kid_subsets: Annotated[int, Field(ge=0)] = 10
-    # diversity beside FD (metrics/diversity.py): k-NN precision / recall on the first min(diversity_rows, samples)
-    # rows of each point and of the reference (+ exact mode coverage for mixture data); 0 = off
-    diversity_rows: Annotated[int, Field(ge=0)] = 5000
-    knn_k: PosInt = 3  # the k of the k-NN manifolds (Kynkaanniemi et al.)
+        None,
+        validate_default=True,
+        description="a local .npz of reference statistics (mu, sigma[, features]: EDM fid.py, pytorch-fid, clean-fid): FD against them; KID needs its features",
+    )
+    batch_size: PosInt = Field(
+        2048, description="samples per sampling batch of an evaluation (each batch on the trial's device)"
+    )
+    kid_subsets: Annotated[int, Field(ge=0)] = Field(
+        10,
+        description="KID (unbiased, cubic kernel): mean over this many disjoint subsets of min(1000, samples / kid_subsets) rows, SE in the se column; 0 = off",
+    )
+    diversity_rows: Annotated[int, Field(ge=0)] = Field(
+        5000,
+        description="diversity beside FD (metrics/diversity.py): k-NN precision / recall on the first min(diversity_rows, samples) rows of each point and of the reference (+ exact mode coverage for mixture data); 0 = off",
+    )
+    knn_k: PosInt = Field(3, description="the k of the k-NN manifolds (Kynkaanniemi et al.)")
 
     @field_validator("reference")
     @classmethod
@@ -309,15 +371,17 @@ class EvalCfg(Strict):
                 raise sub_field_error("inception_path", self.inception_path, f"file not found: {self.inception_path}")
         return self
 
-    # text alignment of caption-conditioned samples: clip_score (100 max(cos, 0) of CLIP's image and caption
-    # embeddings, metrics/clip.py) with a local transformers CLIPModel folder (save_pretrained); nothing downloaded
-    clip_path: str | None = None
+    clip_path: str | None = Field(
+        None,
+        description="text alignment of caption-conditioned samples: clip_score (100 max(cos, 0) of CLIP's image and caption embeddings, metrics/clip.py) with a local transformers CLIPModel folder (save_pretrained); nothing downloaded",
+    )
 
     _clip_folder = field_validator("clip_path")(lambda cls, v: model_folder(v))
 
-    # caption data: a text file of prompts (one caption of the data per line) the evaluation cycles through, each
-    # row with its own fixed noise; default: captions drawn from the data with the eval seed
-    prompts: str | None = None
+    prompts: str | None = Field(
+        None,
+        description="caption data: a text file of prompts (one caption of the data per line) the evaluation cycles through, each row with its own fixed noise; default: captions drawn from the data with the eval seed",
+    )
 
     @field_validator("prompts")
     @classmethod
@@ -326,11 +390,18 @@ class EvalCfg(Strict):
             raise ValueError(f"file not found: {v}")
         return v if v is None else str(Path(v).expanduser().resolve())
 
-    repeats: PosInt = 1  # evaluations from this many noise seeds: each metric their mean, <metric>_repeat_std their std (EDM's practice)
-    # streaming evaluation (memory bounded in samples; metrics/streaming.py): auto = above 10,000 samples
-    stream: Literal["auto", "on", "off"] = "auto"
-    # features of the first rows of every final point kept as artifacts eval_rows/<label>_<steps>.npy (+ the reference's, the floor's, every teacher point's) for `multistep claims`; 0 = off
-    keep_rows: Annotated[int, Field(ge=0)] = 0
+    repeats: PosInt = Field(
+        1,
+        description="evaluations from this many noise seeds: each metric their mean, <metric>_repeat_std their std (EDM's practice)",
+    )
+    stream: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="streaming evaluation (memory bounded in samples; metrics/streaming.py): auto = above 10,000 samples",
+    )
+    keep_rows: Annotated[int, Field(ge=0)] = Field(
+        0,
+        description="features of the first rows of every final point kept as artifacts eval_rows/<label>_<steps>.npy (+ the reference's, the floor's, every teacher point's) for `multistep claims`; 0 = off",
+    )
 
     @property
     def streaming(self) -> bool:
@@ -383,10 +454,12 @@ class EvalCfg(Strict):
 class WorkerResourcesCfg(Strict):
     """The workers of one training run (a sweep trial or a teacher) and what each of them holds."""
 
-    num_workers: PosInt = 1  # Ray Train workers per run (data parallel, gradients averaged)
+    num_workers: PosInt = Field(1, description="Ray Train workers per run (data parallel, gradients averaged)")
     use_gpu: bool = False
     cpus_per_worker: PosFloat = 1
-    gpus_per_worker: Annotated[float, Field(ge=0)] = 0  # fractional packs single-worker trials on one GPU
+    gpus_per_worker: Annotated[float, Field(ge=0)] = Field(
+        0, description="fractional packs single-worker trials on one GPU"
+    )
 
     @property
     def per_worker(self) -> dict[str, float]:
@@ -396,8 +469,12 @@ class WorkerResourcesCfg(Strict):
 
 class ResourcesCfg(WorkerResourcesCfg):
     max_concurrent_trials: PosInt = 2
-    max_failures: Annotated[int, Field(ge=0)] = 1  # worker-group (runner tune: trial) restarts per trial
-    runner: Literal["auto", "tune", "train"] = "auto"  # tune: the Tune trial trains itself (1 worker, no worker group
+    max_failures: Annotated[int, Field(ge=0)] = Field(
+        1, description="worker-group (runner tune: trial) restarts per trial"
+    )
+    runner: Literal["auto", "tune", "train"] = Field(
+        "auto", description="tune: the Tune trial trains itself (1 worker, no worker group"
+    )
     #   to start: ~20 s less per trial on 2 cores); train: a TorchTrainer worker group; auto: tune for 1 worker, else train
 
     @model_validator(mode="after")
@@ -420,17 +497,27 @@ PBT_MUTABLE = Literal["train.learning_rate", "method.anneal.end"]  # what PBT ma
 class SchedulerCfg(Strict):
     # asha: stops trials whose proxy metric lags at each rung; pbt: lagging trials continue from a leader's checkpoint with perturbed hyperparameters
     name: Literal["fifo", "asha", "pbt"] = "fifo"
-    proxy_samples: PosInt = 1000  # samples of the cheap in-training proxy (logged as proxy_<metric>)
-    grace_checkpoints: PosInt = 1  # asha: checkpoints every trial runs before it may be stopped
-    reduction_factor: Annotated[float, Field(gt=1)] = 2  # asha: keep 1/reduction_factor of trials per rung
-    perturb_checkpoints: PosInt = 1  # pbt: checkpoints between a trial's exploit / explore decisions
-    # pbt: the bottom fraction (by proxy metric) that clones a trial of the top fraction
-    quantile_fraction: Annotated[float, Field(gt=0, le=0.5)] = 0.25
-    # pbt: chance a cloned value is redrawn from its range instead of scaled by 0.8 / 1.2 (or shifted one choice)
-    resample_probability: Annotated[float, Field(ge=0, le=1)] = 0.25
-    synch: bool = False  # pbt: decide only when the whole population has reached the interval (paused trials wait; async: at once)
-    # pbt: what explore changes, as choice / uniform / loguniform axes (trials start from their own values)
-    mutations: dict[PBT_MUTABLE, Axis] = {}
+    proxy_samples: PosInt = Field(1000, description="samples of the cheap in-training proxy (logged as proxy_<metric>)")
+    grace_checkpoints: PosInt = Field(1, description="asha: checkpoints every trial runs before it may be stopped")
+    reduction_factor: Annotated[float, Field(gt=1)] = Field(
+        2, description="asha: keep 1/reduction_factor of trials per rung"
+    )
+    perturb_checkpoints: PosInt = Field(1, description="pbt: checkpoints between a trial's exploit / explore decisions")
+    quantile_fraction: Annotated[float, Field(gt=0, le=0.5)] = Field(
+        0.25, description="pbt: the bottom fraction (by proxy metric) that clones a trial of the top fraction"
+    )
+    resample_probability: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.25,
+        description="pbt: chance a cloned value is redrawn from its range instead of scaled by 0.8 / 1.2 (or shifted one choice)",
+    )
+    synch: bool = Field(
+        False,
+        description="pbt: decide only when the whole population has reached the interval (paused trials wait; async: at once)",
+    )
+    mutations: dict[PBT_MUTABLE, Axis] = Field(
+        {},
+        description="pbt: what explore changes, as choice / uniform / loguniform axes (trials start from their own values)",
+    )
 
     @model_validator(mode="after")
     def _mutations(self):
@@ -452,12 +539,15 @@ Objective = Literal[
 class SearchAlgCfg(Strict):
     """How trials are chosen: grid (every combination and draw planned up front) or an adaptive Ray Tune search."""
 
-    name: Literal["grid", "optuna"] = "grid"  # optuna: Tune's OptunaSearch proposes num_samples trials in turn
-    sampler: Literal["tpe", "nsga2"] = "tpe"  # tpe: one objective; nsga2: several (a Pareto front)
-    # what it minimises: a final metric family (at the trial's own S) or a cost
-    metric: Objective | list[Objective] = "fd"
-    mode: Literal["min", "max"] | list[Literal["min", "max"]] = "min"  # one per metric
-    seed: int | None = None  # the sampler's seed (default train.seed): the same proposals in a rerun
+    name: Literal["grid", "optuna"] = Field(
+        "grid", description="optuna: Tune's OptunaSearch proposes num_samples trials in turn"
+    )
+    sampler: Literal["tpe", "nsga2"] = Field("tpe", description="tpe: one objective; nsga2: several (a Pareto front)")
+    metric: Objective | list[Objective] = Field(
+        "fd", description="what it minimises: a final metric family (at the trial's own S) or a cost"
+    )
+    mode: Literal["min", "max"] | list[Literal["min", "max"]] = Field("min", description="one per metric")
+    seed: int | None = Field(None, description="the sampler's seed (default train.seed): the same proposals in a rerun")
 
     @model_validator(mode="after")
     def _objectives(self):
@@ -484,10 +574,10 @@ class SearchAlgCfg(Strict):
 class Axis(Strict):
     """One search axis: exactly one of grid / choice / loguniform / uniform."""
 
-    grid: list[Any] | None = None  # every value, crossed with the other grids
-    choice: list[Any] | None = None  # one value drawn per sample
-    loguniform: list[PosFloat] | None = None  # [low, high], drawn per sample
-    uniform: list[float] | None = None  # [low, high], drawn per sample
+    grid: list[Any] | None = Field(None, description="every value, crossed with the other grids")
+    choice: list[Any] | None = Field(None, description="one value drawn per sample")
+    loguniform: list[PosFloat] | None = Field(None, description="[low, high], drawn per sample")
+    uniform: list[float] | None = Field(None, description="[low, high], drawn per sample")
 
     @model_validator(mode="after")
     def _one(self):
@@ -518,25 +608,29 @@ class Axis(Strict):
 class ToleranceCfg(Strict):
     """How much worse (higher) a point may get before it is a regression: the largest of the allowances given."""
 
-    abs: Annotated[float, Field(ge=0)] = 0.0  # in the metric's own units
-    rel: Annotated[float, Field(ge=0)] = 0.0  # as a fraction of the baseline value
-    # e.g. 0.95: also within that two-sided confidence of the difference (se: eval.bootstrap > 0; kid: its own)
-    ci: Annotated[float, Field(gt=0, lt=1)] | None = None
+    abs: Annotated[float, Field(ge=0)] = Field(0.0, description="in the metric's own units")
+    rel: Annotated[float, Field(ge=0)] = Field(0.0, description="as a fraction of the baseline value")
+    ci: Annotated[float, Field(gt=0, lt=1)] | None = Field(
+        None,
+        description="e.g. 0.95: also within that two-sided confidence of the difference (se: eval.bootstrap > 0; kid: its own)",
+    )
 
 
 class RegressionCfg(Strict):
     """`multistep regress`: which metrics are compared with the baseline, and how strictly (docs/regression.md)."""
 
-    tolerances: Annotated[
-        dict[Literal["fd", "kid", "swd", "ode"], ToleranceCfg], Field(min_length=1)
-    ]  # metric family -> tolerance; families left out are not compared
-    teacher: bool = True  # also compare the teacher's own curve (teacher_ddim / teacher_addim points)
+    tolerances: Annotated[dict[Literal["fd", "kid", "swd", "ode"], ToleranceCfg], Field(min_length=1)] = Field(
+        description="metric family -> tolerance; families left out are not compared"
+    )
+    teacher: bool = Field(
+        True, description="also compare the teacher's own curve (teacher_ddim / teacher_addim points)"
+    )
 
 
 class TrialCfg(Strict):
     """Everything one trial needs (a sweep file minus its search section)."""
 
-    label: str = ""  # name in tables/plots; default from the method (mcd, mct, tract, pd)
+    label: str = Field("", description="name in tables/plots; default from the method (mcd, mct, tract, pd)")
     data: DataCfg = DataCfg()
     teacher: TeacherCfg = Field(TeacherCfg(), validate_default=True)
     student: StudentCfg = StudentCfg()
@@ -617,14 +711,18 @@ def extractor_error(d: DataCfg, e: EvalCfg) -> str | None:
 
 class SweepCfg(TrialCfg):
     name: RunName = "sweep"
-    experiment: str = "multistep"  # MLflow experiment
+    experiment: str = Field("multistep", description="MLflow experiment")
     description: str = ""
     resources: ResourcesCfg = ResourcesCfg()
     scheduler: SchedulerCfg = SchedulerCfg()
-    search: (
-        dict[str, Axis] | list[dict[str, Axis]]
-    ) = {}  # dotted config path -> axis; a list of such blocks = their union
-    search_alg: SearchAlgCfg = SearchAlgCfg()  # grid (default) or optuna (docs/search.md)
-    num_samples: PosInt = 1  # grid: draws of the random axes (grids are crossed with them); optuna: trials in all
-    max_trials: PosInt = 256  # refuse sweeps that expand to more trials
-    regression: RegressionCfg | None = None  # tolerances of `multistep regress` (ignored by `multistep sweep`)
+    search: dict[str, Axis] | list[dict[str, Axis]] = Field(
+        {}, description="dotted config path -> axis; a list of such blocks = their union"
+    )
+    search_alg: SearchAlgCfg = Field(SearchAlgCfg(), description="grid (default) or optuna (docs/search.md)")
+    num_samples: PosInt = Field(
+        1, description="grid: draws of the random axes (grids are crossed with them); optuna: trials in all"
+    )
+    max_trials: PosInt = Field(256, description="refuse sweeps that expand to more trials")
+    regression: RegressionCfg | None = Field(
+        None, description="tolerances of `multistep regress` (ignored by `multistep sweep`)"
+    )

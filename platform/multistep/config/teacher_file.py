@@ -23,25 +23,28 @@ from multistep.data import DATA_KINDS
 
 class UNetCfg(Strict):
     kind: Literal["unet"]
-    base_ch: PosInt = 32  # channels at full resolution
-    ch_mult: list[PosInt] = [1, 2]  # channel multiplier per level (len - 1 downsamplings)
-    num_res_blocks: PosInt = 1  # ResBlocks per level
-    attn_resolutions: list[PosInt] = []  # spatial sizes with self-attention
+    base_ch: PosInt = Field(32, description="channels at full resolution")
+    ch_mult: list[PosInt] = Field([1, 2], description="channel multiplier per level (len - 1 downsamplings)")
+    num_res_blocks: PosInt = Field(1, description="ResBlocks per level")
+    attn_resolutions: list[PosInt] = Field([], description="spatial sizes with self-attention")
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    # class-conditional (needs labelled data); sweeps condition students on the labels (method.guidance: CFG)
-    num_classes: PosInt | None = None
-    time_dim: Annotated[int, Field(ge=2, multiple_of=2)] = 64  # sinusoidal time features
-    # caption-conditional (needs caption data): a local transformers text-encoder folder; each distinct caption's
-    # pooled encoding (and the empty prompt's, the null condition) conditions the net (nets/text.py)
-    text_encoder: str | None = None
+    num_classes: PosInt | None = Field(
+        None,
+        description="class-conditional (needs labelled data); sweeps condition students on the labels (method.guidance: CFG)",
+    )
+    time_dim: Annotated[int, Field(ge=2, multiple_of=2)] = Field(64, description="sinusoidal time features")
+    text_encoder: str | None = Field(
+        None,
+        description="caption-conditional (needs caption data): a local transformers text-encoder folder; each distinct caption's pooled encoding (and the empty prompt's, the null condition) conditions the net (nets/text.py)",
+    )
 
     _encoder_folder = field_validator("text_encoder")(lambda cls, v: model_folder(v))
 
 
 class MLPNetCfg(Strict):
     kind: Literal["mlp"]
-    hidden: PosInt = 256  # width
-    depth: PosInt = 3  # hidden layers
+    hidden: PosInt = Field(256, description="width")
+    depth: PosInt = Field(3, description="hidden layers")
     time_dim: Annotated[int, Field(ge=2, multiple_of=2)] = 64
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
 
@@ -51,19 +54,21 @@ NetCfg = Annotated[UNetCfg | MLPNetCfg, Field(discriminator="kind")]
 
 class TeacherTrainCfg(Strict):
     iterations: PosInt = 5000
-    batch_size: PosInt = 128  # global batch, split over the workers
-    learning_rate: PosFloat = 1e-3  # Adam
-    ema: Annotated[float, Field(ge=0, lt=1)] = 0.999  # EMA of weights: the saved teacher
-    grad_clip: Annotated[float, Field(ge=0)] = 1.0  # 0 disables clipping
-    label_dropout: Annotated[float, Field(ge=0, le=1)] = 0.1  # conditional nets: null-class probability
+    batch_size: PosInt = Field(128, description="global batch, split over the workers")
+    learning_rate: PosFloat = Field(1e-3, description="Adam")
+    ema: Annotated[float, Field(ge=0, lt=1)] = Field(0.999, description="EMA of weights: the saved teacher")
+    grad_clip: Annotated[float, Field(ge=0)] = Field(1.0, description="0 disables clipping")
+    label_dropout: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.1, description="conditional nets: null-class probability"
+    )
     seed: int = 0
-    log_every: PosInt = 100  # iterations between loss points on the MLflow run
+    log_every: PosInt = Field(100, description="iterations between loss points on the MLflow run")
 
 
 class TeacherEvalCfg(Strict):
-    samples: PosInt = 1000  # DDIM samples per point of the teacher's FD-versus-steps curve
-    steps: list[PosInt] = [1, 2, 4, 8, 16, 32, 64]  # DDIM step counts of that curve
-    seed: int = 1234  # fixed noise and data sample
+    samples: PosInt = Field(1000, description="DDIM samples per point of the teacher's FD-versus-steps curve")
+    steps: list[PosInt] = Field([1, 2, 4, 8, 16, 32, 64], description="DDIM step counts of that curve")
+    seed: int = Field(1234, description="fixed noise and data sample")
 
 
 class TeacherResourcesCfg(WorkerResourcesCfg):
@@ -72,7 +77,7 @@ class TeacherResourcesCfg(WorkerResourcesCfg):
 
 class TeacherFileCfg(Strict):
     name: RunName = "teacher"
-    experiment: str = "multistep"  # MLflow experiment of the teacher run
+    experiment: str = Field("multistep", description="MLflow experiment of the teacher run")
     description: str = ""
     data: DataCfg = DataCfg(kind="digits")
     net: NetCfg = Field(UNetCfg(kind="unet"), validate_default=True)

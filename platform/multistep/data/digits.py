@@ -12,6 +12,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from multistep.data import kinds
 
@@ -55,7 +56,7 @@ def _epochs(d, data, rank: int, world: int, batch_size: int, seed: int):
 
 
 class DigitsOptions(kinds.Options):
-    size: Literal[8, 16, 32] = 8  # image side (8 = the real data, 16/32 nearest-upsampled)
+    size: Literal[8, 16, 32] = Field(8, description="image side (8 = the real data, 16/32 nearest-upsampled)")
 
 
 DIGITS = kinds.register(

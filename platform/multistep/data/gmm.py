@@ -100,15 +100,23 @@ def _check(d) -> None:
 
 
 class GmmOptions(kinds.Options):
-    shape: list[Annotated[int, Field(ge=1)]] = [16]  # shape of one sample (vectors: [d]; images: [C, H, W])
-    components: Annotated[int, Field(ge=1)] = 10  # number of mixture components
-    mean_std: Annotated[float, Field(gt=0)] = 0.6  # component means ~ N(0, mean_std^2)
-    component_std: Annotated[float, Field(gt=0)] = 0.1  # isotropic std of every component
-    # correlated directions per component, Sigma_k = component_std^2 I + rank_std^2 Q_k Q_k^T (0: isotropic)
-    rank: Annotated[int, Field(ge=0)] = 0
-    rank_std: Annotated[float, Field(gt=0)] = 0.5  # extra std along each of a component's `rank` directions
-    smooth: Annotated[int, Field(ge=1)] = 1  # images: means, directions drawn at H/smooth x W/smooth, upsampled
-    seed: int = 0  # seed of the mixture itself
+    shape: list[Annotated[int, Field(ge=1)]] = Field(
+        [16], description="shape of one sample (vectors: [d]; images: [C, H, W])"
+    )
+    components: Annotated[int, Field(ge=1)] = Field(10, description="number of mixture components")
+    mean_std: Annotated[float, Field(gt=0)] = Field(0.6, description="component means ~ N(0, mean_std^2)")
+    component_std: Annotated[float, Field(gt=0)] = Field(0.1, description="isotropic std of every component")
+    rank: Annotated[int, Field(ge=0)] = Field(
+        0,
+        description="correlated directions per component, Sigma_k = component_std^2 I + rank_std^2 Q_k Q_k^T (0: isotropic)",
+    )
+    rank_std: Annotated[float, Field(gt=0)] = Field(
+        0.5, description="extra std along each of a component's `rank` directions"
+    )
+    smooth: Annotated[int, Field(ge=1)] = Field(
+        1, description="images: means, directions drawn at H/smooth x W/smooth, upsampled"
+    )
+    seed: int = Field(0, description="seed of the mixture itself")
 
 
 GMM = kinds.register(

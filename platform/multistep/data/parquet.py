@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
+from pydantic import Field
 
 from multistep.atomic import write_with
 from multistep.data import kinds, manifest
@@ -568,7 +569,9 @@ def _load(d, first: int | None = None) -> kinds.ImageData:
 
 
 class ParquetOptions(kinds.Options):
-    path: str | None = None  # folder of shard-*.parquet files (`multistep data convert`); relative to the cwd
+    path: str | None = Field(
+        None, description="folder of shard-*.parquet files (`multistep data convert`); relative to the cwd"
+    )
 
 
 PARQUET = kinds.register(

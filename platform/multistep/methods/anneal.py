@@ -19,13 +19,13 @@ class _Anneal(BaseModel):
 
 class ConstantAnneal(_Anneal):
     name: Literal["constant"]
-    n: PosFloat = 256  # teacher steps over [0, 1]
+    n: PosFloat = Field(256, description="teacher steps over [0, 1]")
 
 
 class LogLinearAnneal(_Anneal):
     name: Literal["loglinear"]
-    start: PosFloat = 64  # teacher steps at iteration 0
-    end: PosFloat = 1280  # teacher steps after `fraction` of training
+    start: PosFloat = Field(64, description="teacher steps at iteration 0")
+    end: PosFloat = Field(1280, description="teacher steps after `fraction` of training")
     fraction: Annotated[float, Field(gt=0, le=1)] = 0.5
 
 

@@ -270,14 +270,24 @@ def fake_score(cfg, c) -> FakeScore:
 
 class Options(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    fake_updates: Annotated[int, Field(ge=1)] = 5  # dmd, rcm: fake-score steps per generator step
-    fake_learning_rate: Annotated[float, Field(gt=0)] | None = None  # dmd, rcm: default train.learning_rate
-    critic_p_mean: float = 0.0  # dmd, rcm: critic times phi_D = arctan(e^n), n ~ N(critic_p_mean, critic_p_std)
+    fake_updates: Annotated[int, Field(ge=1)] = Field(5, description="dmd, rcm: fake-score steps per generator step")
+    fake_learning_rate: Annotated[float, Field(gt=0)] | None = Field(
+        None, description="dmd, rcm: default train.learning_rate"
+    )
+    critic_p_mean: float = Field(
+        0.0, description="dmd, rcm: critic times phi_D = arctan(e^n), n ~ N(critic_p_mean, critic_p_std)"
+    )
     critic_p_std: Annotated[float, Field(gt=0)] = 1.6
-    generator_input: Literal["backward", "forward"] = "backward"  # dmd: backward simulation or noised real data
-    gan: bool = False  # dmd, rcm: DMD2's GAN head on the fake score's features (docs/methods.md)
-    gan_weight: Annotated[float, Field(ge=0)] = 3e-3  # dmd, rcm: generator's GAN term (DMD2 ImageNet-64: 3e-3)
-    gan_critic_weight: Annotated[float, Field(gt=0)] = 1e-2  # dmd, rcm: head's loss in the fake update (DMD2: 1e-2)
+    generator_input: Literal["backward", "forward"] = Field(
+        "backward", description="dmd: backward simulation or noised real data"
+    )
+    gan: bool = Field(False, description="dmd, rcm: DMD2's GAN head on the fake score's features (docs/methods.md)")
+    gan_weight: Annotated[float, Field(ge=0)] = Field(
+        3e-3, description="dmd, rcm: generator's GAN term (DMD2 ImageNet-64: 3e-3)"
+    )
+    gan_critic_weight: Annotated[float, Field(gt=0)] = Field(
+        1e-2, description="dmd, rcm: head's loss in the fake update (DMD2: 1e-2)"
+    )
 
 
 def label(m) -> str:

@@ -131,15 +131,27 @@ class FlowMap(SCM):
 
 class Options(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    eval_steps: list[Annotated[int, Field(ge=1)]] = [1, 2, 4, 8]  # flowmap: step counts its one trial evaluates
-    flow_ratio: Annotated[float, Field(ge=0, le=1)] = 0.75  # flowmap: P(s < phi); the rest train flow matching
-    s_zero_prob: Annotated[float, Field(ge=0, le=1)] = 0.1  # flowmap: P(s = 0), the 1-step jump
-    weighting: Literal["scm", "meanflow"] = "scm"  # flowmap: sCM's prior and learned u, or MeanFlow's adaptive
-    meanflow_p: Annotated[float, Field(ge=0)] = 1.0  # flowmap, weighting meanflow: ||e||^2 / sg(||e||^2 + c)^p
+    eval_steps: list[Annotated[int, Field(ge=1)]] = Field(
+        [1, 2, 4, 8], description="flowmap: step counts its one trial evaluates"
+    )
+    flow_ratio: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.75, description="flowmap: P(s < phi); the rest train flow matching"
+    )
+    s_zero_prob: Annotated[float, Field(ge=0, le=1)] = Field(0.1, description="flowmap: P(s = 0), the 1-step jump")
+    weighting: Literal["scm", "meanflow"] = Field(
+        "scm", description="flowmap: sCM's prior and learned u, or MeanFlow's adaptive"
+    )
+    meanflow_p: Annotated[float, Field(ge=0)] = Field(
+        1.0, description="flowmap, weighting meanflow: ||e||^2 / sg(||e||^2 + c)^p"
+    )
     meanflow_c: Annotated[float, Field(gt=0)] = 1e-3
-    r_max: Annotated[float, Field(gt=0, le=1)] = 1.0  # flowmap: the tangent's r after its warm-up (AYF: 0.99)
-    gamma: Annotated[float, Field(ge=0, le=1)] = 0.0  # flowmap: > 0 also evaluates gamma-sampling
-    composition_every: Annotated[int, Field(ge=0)] = 100  # flowmap: composition gap measured every N steps (0: off)
+    r_max: Annotated[float, Field(gt=0, le=1)] = Field(
+        1.0, description="flowmap: the tangent's r after its warm-up (AYF: 0.99)"
+    )
+    gamma: Annotated[float, Field(ge=0, le=1)] = Field(0.0, description="flowmap: > 0 also evaluates gamma-sampling")
+    composition_every: Annotated[int, Field(ge=0)] = Field(
+        100, description="flowmap: composition gap measured every N steps (0: off)"
+    )
 
 
 def check(m) -> None:

@@ -202,16 +202,24 @@ class MCM:
 
 class Options(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    anneal: AnnealCfg = LogLinearAnneal(name="loglinear", start=16, end=256, fraction=0.5)  # teacher steps N(i)
-    xvar_frac: Annotated[float, Field(ge=0)] = 0.75  # eta of the aDDIM teacher step
-    # distill: CFG scale w of the teacher step, x_g = x_c + w (x_c - x_u); 0 = none; needs a class-conditional teacher and labels
-    guidance: Annotated[float, Field(ge=0)] = 0.0
-    teacher_integrator: Literal["addim", "ddim"] = "addim"  # distill: teacher step
-    target_ema: Annotated[float, Field(ge=0, lt=1)] = 0.0  # 0 = stop-gradient of the online net; >0 EMA target
-    t_sampling: Literal["uniform", "lognormal"] = "uniform"  # grid positions uniform or iCT lognormal
-    cm_sampler_steps: list[
-        Annotated[int, Field(ge=1)]
-    ] = []  # S = 1: also evaluate the CM stochastic sampler at these steps
+    anneal: AnnealCfg = Field(
+        LogLinearAnneal(name="loglinear", start=16, end=256, fraction=0.5), description="teacher steps N(i)"
+    )
+    xvar_frac: Annotated[float, Field(ge=0)] = Field(0.75, description="eta of the aDDIM teacher step")
+    guidance: Annotated[float, Field(ge=0)] = Field(
+        0.0,
+        description="distill: CFG scale w of the teacher step, x_g = x_c + w (x_c - x_u); 0 = none; needs a class-conditional teacher and labels",
+    )
+    teacher_integrator: Literal["addim", "ddim"] = Field("addim", description="distill: teacher step")
+    target_ema: Annotated[float, Field(ge=0, lt=1)] = Field(
+        0.0, description="0 = stop-gradient of the online net; >0 EMA target"
+    )
+    t_sampling: Literal["uniform", "lognormal"] = Field(
+        "uniform", description="grid positions uniform or iCT lognormal"
+    )
+    cm_sampler_steps: list[Annotated[int, Field(ge=1)]] = Field(
+        [], description="S = 1: also evaluate the CM stochastic sampler at these steps"
+    )
 
 
 def check(m) -> None:

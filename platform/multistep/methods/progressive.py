@@ -114,7 +114,7 @@ class Progressive:
 
 class Options(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    pd_start_steps: Annotated[int, Field(ge=1)] = 64  # teacher steps of the first phase
+    pd_start_steps: Annotated[int, Field(ge=1)] = Field(64, description="teacher steps of the first phase")
 
 
 def check(m) -> None:

@@ -65,7 +65,9 @@ class RCM(SCM):
 
 class Options(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    dmd_weight: Annotated[float, Field(ge=0)] | None = None  # rcm: weight of L_DMD (default 1 / (100 D), rCM's)
+    dmd_weight: Annotated[float, Field(ge=0)] | None = Field(
+        None, description="rcm: weight of L_DMD (default 1 / (100 D), rCM's)"
+    )
 
 
 def check(m) -> None:

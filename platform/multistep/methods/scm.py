@@ -330,16 +330,26 @@ def _float64(net: nn.Module, y, kw: dict):
 
 class Options(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    p_mean: float = -1.0  # scm: time law n ~ N(p_mean, p_std), phi = arctan(e^n)
+    p_mean: float = Field(-1.0, description="scm: time law n ~ N(p_mean, p_std), phi = arctan(e^n)")
     p_std: Annotated[float, Field(gt=0)] = 1.4
-    tangent_warmup: Annotated[float, Field(ge=0, le=1)] = 0.1  # scm: fraction of the iterations over which r: 0 -> 1
-    tangent_norm: Literal["rms", "raw", "clamp"] = "rms"  # scm: g / (||g||_rms + c), g / (||g||_2 + c), or clip
+    tangent_warmup: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.1, description="scm: fraction of the iterations over which r: 0 -> 1"
+    )
+    tangent_norm: Literal["rms", "raw", "clamp"] = Field(
+        "rms", description="scm: g / (||g||_rms + c), g / (||g||_2 + c), or clip"
+    )
     tangent_norm_c: Annotated[float, Field(gt=0)] = 0.1
-    prior_weighting: bool = True  # scm: w(phi) = 1 / tan(phi)
-    adaptive_weighting: bool = True  # scm: learned log-variance u(phi)
-    jvp: Literal["autograd", "finite_difference"] = "autograd"  # scm: forward-mode JVP (float32) or float64 FD
-    fd_eps: Annotated[float, Field(gt=0)] = 1e-6  # scm: float64 finite-difference step, relative to t
-    time_derivative_every: Annotated[int, Field(ge=0)] = 50  # scm: measure ||dF/dphi|| vs ||grad_z F v|| (0: off)
+    prior_weighting: bool = Field(True, description="scm: w(phi) = 1 / tan(phi)")
+    adaptive_weighting: bool = Field(True, description="scm: learned log-variance u(phi)")
+    jvp: Literal["autograd", "finite_difference"] = Field(
+        "autograd", description="scm: forward-mode JVP (float32) or float64 FD"
+    )
+    fd_eps: Annotated[float, Field(gt=0)] = Field(
+        1e-6, description="scm: float64 finite-difference step, relative to t"
+    )
+    time_derivative_every: Annotated[int, Field(ge=0)] = Field(
+        50, description="scm: measure ||dF/dphi|| vs ||grad_z F v|| (0: off)"
+    )
 
 
 def label(m) -> str:

@@ -123,9 +123,10 @@ class TRACT:
 
 class Options(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    # phases ts[p] -> ts[p+1] steps; default [64, 8S, S] (or [64, S] when 8S >= 64)
-    time_schedule: list[Annotated[int, Field(ge=1)]] | None = None
-    self_teacher_ema: Annotated[float, Field(ge=0, lt=1)] = 0.5  # mu_S (bias-corrected)
+    time_schedule: list[Annotated[int, Field(ge=1)]] | None = Field(
+        None, description="phases ts[p] -> ts[p+1] steps; default [64, 8S, S] (or [64, S] when 8S >= 64)"
+    )
+    self_teacher_ema: Annotated[float, Field(ge=0, lt=1)] = Field(0.5, description="mu_S (bias-corrected)")
 
 
 def check(m) -> None:
