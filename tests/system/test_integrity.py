@@ -1,6 +1,7 @@
 """Files that carry their own integrity and outputs that appear whole (docs/reliability.md): checksummed
 checkpoints (train/checkpoint.py), the fall-back to an earlier checkpoint, caches that heal, staged output folders."""
 
+import logging
 import pickle
 import re
 
@@ -60,20 +61,22 @@ def test_resume_falls_back_to_the_previous_checkpoint(tmp_path):
         load_checkpoint(latest)  # no sound checkpoint left: the trial fails, naming the latest
 
 
-def test_a_cache_file_that_fails_to_load_is_recomputed(tmp_path):
+def test_a_cache_file_that_fails_to_load_is_recomputed(tmp_path, caplog):
     from multistep.train.checkpoint import cached
 
-    calls, notes = [], []
+    calls = []
+    caplog.set_level(logging.INFO, logger="multistep")
 
     def compute():
         calls.append(1)
         return {"x": torch.ones(3) * len(calls)}
 
     path = tmp_path / "evalref-abc.pt"
-    assert cached(path, compute, notes.append)["x"].sum() == 3
-    assert cached(path, compute, notes.append)["x"].sum() == 3 and len(calls) == 1  # served from the cache
+    assert cached(path, compute)["x"].sum() == 3
+    assert cached(path, compute)["x"].sum() == 3 and len(calls) == 1  # served from the cache
     path.write_bytes(path.read_bytes()[:50])  # truncated, as by a full disk or a kill
-    assert cached(path, compute, notes.append)["x"].sum() == 6 and len(calls) == 2
+    assert cached(path, compute)["x"].sum() == 6 and len(calls) == 2
+    notes = caplog.messages
     assert len(notes) == 1 and "evalref-abc.pt" in notes[0] and "recomputing" in notes[0]
     assert checkpoint.load(path)["x"].sum() == 6  # the healed file is sound again
 
