@@ -7,7 +7,10 @@
 - `kind == "..."` / `kind != "..."` / `kind in (...)` comparisons (of `kind`, `x.kind` or `x["kind"]`), per file, and among them the dispatches on a
   registered teacher or data kind's name (what the registries own);
 - MLflow client calls (`client.<method>(` on an MlflowClient, `mlflow.<function>(`) inside and outside tracking/,
-  in modules that import MLflow or multistep.tracking (sweep/submit.py's `client` is Ray's JobSubmissionClient).
+  in modules that import MLflow or multistep.tracking (sweep/submit.py's `client` is Ray's JobSubmissionClient);
+- functions outside commands/ and cli.py that take an argparse namespace (a parameter named `args`; the GPU kit's
+  own command line, bench/gpu_check.py, aside), and functions that take a progress printer (a parameter named `say`
+  or `progress`, or one defaulting to `print`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from collections import Counter
 from pathlib import Path
 
 CLIENT_NAMES = {"client"}  # how the package names its MlflowClient objects
+PRINTERS = {"say", "progress"}  # how the package named the progress printers it passed down
 ARGPARSE_BUILDERS = ("add_parser", "add_run_options", "add_data_check_option")
 
 
@@ -77,6 +81,18 @@ def _mlflow_calls(tree: ast.AST) -> int:
     return n
 
 
+def _params(f) -> set[str]:
+    a = f.args
+    return {x.arg for x in a.posonlyargs + a.args + a.kwonlyargs}
+
+
+def _takes_printer(f) -> bool:
+    a = f.args
+    defaults = a.defaults + [d for d in a.kw_defaults if d is not None]
+    prints = any(isinstance(d, ast.Name) and d.id == "print" for d in defaults)
+    return prints or bool(_params(f) & PRINTERS)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", default=str(Path(__file__).resolve().parents[1] / "platform" / "multistep"))
@@ -84,6 +100,7 @@ def main() -> None:
     args = p.parse_args()
     root = Path(args.root)
     long, kinds, owned, calls = [], Counter(), Counter(), Counter()
+    namespaces, callbacks = [], []
     registered = _registered_kinds()
     for path in sorted(root.rglob("*.py")):
         rel = path.relative_to(root).as_posix()
@@ -93,6 +110,12 @@ def main() -> None:
             limit = args.limit if rel.startswith("sweep/") else 80
             if lines > limit and not f.name.startswith(ARGPARSE_BUILDERS):
                 long.append((lines, f"{rel}:{f.lineno} {f.name}"))
+            where = f"{rel}:{f.lineno} {f.name}"
+            cli = rel.startswith("commands/") or rel in ("cli.py", "bench/gpu_check.py")
+            if "args" in _params(f) and not cli:
+                namespaces.append(where)
+            if _takes_printer(f):
+                callbacks.append(where)
         kinds[rel] = _kind_dispatches(tree)
         owner = rel.startswith(("teachers/", "data/")) or rel in ("config/schema.py", "registry.py")
         owned[rel] = 0 if owner else _kind_dispatches(tree, registered)  # a kind's own file and the registries
@@ -108,6 +131,12 @@ def main() -> None:
     for rel, n in owned.most_common():
         if n:
             print(f"  {n:4d}  {rel}")
+    print(f"functions outside commands/ taking an argparse namespace: {len(namespaces)}")
+    for where in namespaces:
+        print(f"  {where}")
+    print(f"functions taking a progress printer (say, progress, or a parameter defaulting to print): {len(callbacks)}")
+    for where in callbacks:
+        print(f"  {where}")
     inside = calls.pop("tracking/", 0)
     print(f"MLflow client calls: {inside + sum(calls.values())}, outside tracking/: {sum(calls.values())}")
     for rel, n in calls.most_common():

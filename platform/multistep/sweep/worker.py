@@ -12,6 +12,7 @@ Rank 0 logs per-interval training metrics and the evaluation curve into the tria
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -19,10 +20,13 @@ from pathlib import Path
 import torch
 
 from multistep.data import data_kind
+from multistep.logs import configure
 from multistep.metrics import evaluator
 from multistep.teachers import teacher_kind
 from multistep.tracking import tags as tag
 from multistep.train import checkpoint as checkpoint_file
+
+log = logging.getLogger(__name__)
 
 CKPT_FILE = "state.pt"  # written and read by train/checkpoint.py (sha256 trailer)
 CKPT_VERSION = 1
@@ -172,6 +176,7 @@ def trial_diversity(tc, data, reference) -> tuple[dict, object]:
 
 def run_trial(cfg: dict, session: Session) -> dict:
     """One trial on one rank, as named steps (docs/architecture.md, "The trial as steps")."""
+    configure()  # this worker's messages as lines on its stdout (Ray's worker-*.out)
     trial = Trial(cfg, session)
     trial.set_up()
     trial.resume()
@@ -217,7 +222,7 @@ class Trial:
         for note in apply_fast_paths(
             [comps.student, comps.teacher], self.device, t.precision, t.channels_last, t.compile
         ):
-            print(note, flush=True)
+            log.warning(note)
         self.replicas = Replicas() if self.world > 1 else None  # data parallel: averaged gradients, identical replicas
         if self.replicas:
             self.replicas.broadcast(comps.student.net)
@@ -234,7 +239,7 @@ class Trial:
             if fallback and logger:  # the latest checkpoint was corrupt: say so where the trial's results are
                 logger.tag(tag.CHECKPOINT_FALLBACK, fallback)
             if fallback:
-                print(f"trial {cfg['run_id']}: {fallback}", flush=True)
+                log.warning(f"trial {cfg['run_id']}: {fallback}")
             if sd.get("version") != CKPT_VERSION:
                 raise RuntimeError(f"checkpoint version {sd.get('version')} is not {CKPT_VERSION}")
             state.load_state_dict(sd["state"])
@@ -376,10 +381,7 @@ class Trial:
         tc, state, method = self.tc, self.state, self.method
         state.ema.eval()
         if self.rank == 0:
-            print(
-                f"final evaluation: {tc.eval.samples} samples, {method_label(tc)} S={tc.method.student_steps}",
-                flush=True,
-            )
+            log.info(f"final evaluation: {tc.eval.samples} samples, {method_label(tc)} S={tc.method.student_steps}")
         final: dict = {}
         evaluations = lambda y, seed: method.evaluations(state.ema, y, seed)
         args = (self.ref, self.names, tc.eval, self.device, self.features, self.checks, self.rank, self.diversity)

@@ -91,7 +91,8 @@ def test_two_worker_trial_through_ray_train(ray_local, tiny_sweep, tmp_path, mon
 
     doc = yaml.safe_load(tiny_sweep.read_text())
     doc["search"] = {"method.student_steps": {"grid": [2]}}
-    doc["resources"] = {"num_workers": 2, "cpus_per_worker": 1, "max_concurrent_trials": 1}
+    # half a CPU each: the group fits the suite's 2-CPU Ray beside anything an earlier test left holding a CPU
+    doc["resources"] = {"num_workers": 2, "cpus_per_worker": 0.5, "max_concurrent_trials": 1}
     doc["train"].update(precision="bf16", channels_last=True)  # the GPU switches' logic, on CPU
     f = tmp_path / "s.yaml"
     f.write_text(yaml.safe_dump(doc))
