@@ -133,7 +133,7 @@ def eval_teacher(p: Path, steps: list[int], samples: int, seed: int, eval_opts: 
     except ValidationError as e:
         raise ConfigError(f"{p}: meta.{describe(e)}") from None
     if not meta.get("schedule"):
-        log.info(f"note: {p} records no schedule; using the default ({sc.name})")
+        log.warning(f"note: {p} records no schedule; using the default ({sc.name})")
     data = make_data(dcfg)
     if meta.get("shape") is not None and tuple(meta["shape"]) != tuple(data.shape):
         raise ConfigError(

@@ -147,7 +147,7 @@ def _reference(cfg: TrialCfg, c, base: dict, ext, features, cache_dir: Path):
     prompts = prompt_ids(cfg) if labelled else None  # eval.prompts: fixed captions instead of drawn ones
     reference = load_for(ev)
     if reference is not None and reference.features is None and ev.kid_subsets:
-        log.info(f"note: {ev.reference} holds statistics only (no features): KID is skipped")
+        log.warning(f"note: {ev.reference} holds statistics only (no features): KID is skipped")
     ref_key = content_hash(
         {**base, "samples": ev.samples, "ode_steps": ev.ode_steps, "seed": ev.seed}
         | ({"ode_rows": ev.ode_rows} if ev.ode_rows != ev.samples else {})  # (the keys of whole-reference ODEs stay)

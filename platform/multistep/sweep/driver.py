@@ -454,7 +454,7 @@ def _tune_and_settle(plan, ctx, client, run_ids, names, tune_at, sweep_ref, resu
     try:
         grid = tuner.fit() if indices else []  # nothing left to run: settle and finish
     except Exception as e:  # Tune ran but could not collect its results (e.g. a full disk)
-        log.info(f"Ray Tune could not collect the trials' results ({type(e).__name__}: {e}); statuses from MLflow")
+        log.warning(f"Ray Tune could not collect the trials' results ({type(e).__name__}: {e}); statuses from MLflow")
         grid = []
     finally:
         stop.in_tune = False
@@ -464,7 +464,7 @@ def _tune_and_settle(plan, ctx, client, run_ids, names, tune_at, sweep_ref, resu
     plan, run_ids, last, orphans = _results(client, plan, run_ids, grid, status, sweep_ref)
     failed = sr.settle_trials(client, run_ids, last)
     if orphans:  # trials that failed before they could open an MLflow run
-        log.info(
+        log.warning(
             f"{orphans} of {cfg.num_samples} proposed trial(s) did not run or opened no MLflow run (see the Ray logs)"
         )
         failed += [-1] * orphans
@@ -519,7 +519,7 @@ def _tuner(plan, ctx, status, client, run_ids, names, storage, ray_dir, sweep_id
     restorable = resume and tune.Tuner.can_restore(ray_dir)
     if restorable and (why := _unreadable_tune_state(ray_dir)):  # e.g. the driver was killed mid-write
         restorable = False
-        log.info(f"Tune's state in {ray_dir} is unreadable ({why}); set aside, rebuilding the plan from MLflow")
+        log.warning(f"Tune's state in {ray_dir} is unreadable ({why}); set aside, rebuilding the plan from MLflow")
     if resume and not restorable and adaptive:  # its searcher's state is in Tune's, nowhere else
         raise ConfigError(
             f"{plan.path}: --resume: no readable Tune state in {ray_dir}; an adaptive search (search_alg: "
@@ -729,7 +729,7 @@ def _finish(client, plan, srid, run_ids, names, first, out_dir, failed, t_start,
     log.info("\nnoise floor (two data sample sets): " + ", ".join(f"{k} {v:.5f}" for k, v in floor.items() if v))
     log.info(f"results: {paths['parquet']}, {paths['csv']}, {png}")
     if failed:
-        log.info(
+        log.error(
             f"{len(failed)} trial(s) failed: " + ", ".join(f"#{i + 1} (run {run_ids[i]})" for i in failed if i >= 0)
         )
         return 1

@@ -122,7 +122,7 @@ def run_teacher(cfg: TeacherFileCfg, file: str, net_cfg: dict, tracking_uri: str
         out = trainer.fit().return_value or {}
     except Exception as e:  # a failed training is exit 1 with the reason, not a traceback
         close_run(client, rid, "FAILED", f"{type(e).__name__}: {e}")
-        log.info(
+        log.error(
             f"teacher training FAILED: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
         )
         return {"status": "FAILED", "run_id": rid}

@@ -113,7 +113,7 @@ def close_incomplete(client, srid: str, run_ids: list[str], interrupted: bool) -
                 client.set_tag(rid, tag.INTERRUPTED, "1")  # not stopped by the scheduler: a resume settles it again
                 client.set_terminated(rid, status="KILLED")
     except Exception as e:
-        log.info(f"could not close the MLflow runs of sweep run {srid} ({type(e).__name__}: {e}); they stay open")
+        log.warning(f"could not close the MLflow runs of sweep run {srid} ({type(e).__name__}: {e}); they stay open")
 
 
 def finish_sweep_run(client, srid: str, t_start: float, failed: list[int], files=()) -> str:
