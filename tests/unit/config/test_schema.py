@@ -2,6 +2,7 @@
 naming the file and the field; every sweep file in the repository loads."""
 
 import pytest
+import yaml
 
 from multistep.config import ConfigError, load_sweep
 
@@ -182,3 +183,37 @@ def test_valid_files_in_repo_load():
             # or on data a benchmarks/ script writes first (under bench/, named in the file's header)
             made_by_script = "data.path:" in str(e) and "/bench/" in str(e) and "benchmarks/" in f.read_text()
             assert made_later or made_by_script, str(e)
+
+
+@pytest.mark.parametrize(
+    "doc, expect",
+    [
+        ({"teacher": {"kind": "checkpoint"}}, "teacher.path: required for kind: checkpoint"),
+        (
+            {"teacher": {"kind": "checkpoint", "path": "nope/teacher.pt"}},
+            "nope/teacher.pt: teacher checkpoint not found",
+        ),
+        (
+            {"teacher": {"kind": "hub"}},
+            "teacher.kind: 'hub': not a teacher kind (registered: analytic, checkpoint, mlflow, diffusers, torchscript, state_dict)",
+        ),
+        ({"teacher": {"kind": "mlflow"}}, "teacher.run_id: required for kind: mlflow"),
+        (
+            {"data": {"kind": "parquet"}, "teacher": {"kind": "mlflow", "run_id": "x"}},
+            "data.path: required for kind: parquet",
+        ),
+        (
+            {"data": {"kind": "parquet", "path": "no/such/dir"}, "teacher": {"kind": "mlflow", "run_id": "x"}},
+            "data.path: /",
+        ),
+        ({"data": {"kind": "digits", "size": 12}}, "data.size"),
+        ({"data": {"kind": "digits"}}, "teacher: the analytic teacher is the exact denoiser of a gmm"),
+    ],
+)
+def test_sweep_teacher_and_data_errors(tmp_path, doc, expect):
+    f = tmp_path / "bad.yaml"
+    f.write_text(yaml.safe_dump(doc, sort_keys=False))
+    with pytest.raises(ConfigError) as e:
+        load_sweep(f)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"{f}: ") and expect in msg

@@ -127,3 +127,15 @@ def test_a_kind_cannot_take_another_kinds_field_or_name(ring):
     with pytest.raises(ValueError, match="data kind 'ring' registered twice"):
         register(ring)
     assert "clash" not in DATA_KINDS
+
+
+def test_a_teacher_file_records_its_whole_data_config():
+    """A correlated mixture keeps rank, rank_std and smooth in the teacher file's data line (`multistep eval
+    teacher.pt` rebuilds the data from it; the printed sweep line is pasted by users)."""
+    from multistep.config import DataCfg
+    from multistep.data import data_kind
+
+    d = DataCfg(kind="gmm", shape=[1, 8, 8], components=3, rank=2, rank_std=0.3, smooth=2, seed=5)
+    assert DataCfg.model_validate(data_kind(d).identity(d)) == d
+    digits = DataCfg(kind="digits", size=16)
+    assert data_kind(digits).identity(digits) == {"kind": "digits", "size": 16}
