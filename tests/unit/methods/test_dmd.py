@@ -249,21 +249,3 @@ def test_a_resumed_trial_continues_with_the_same_fake_score(cls):
     assert ma.fake.steps == mb.fake.steps == (20 if cls is DMD else 18)  # rCM: from the end of its warm-up (it 1)
     opt_a, opt_b = ma.fake.optimizer().state_dict()["state"], mb.fake.optimizer().state_dict()["state"]
     assert all(torch.equal(opt_a[k]["exp_avg"], opt_b[k]["exp_avg"]) for k in opt_a)
-
-
-def test_rcm_adds_the_dmd_term_only_after_the_warm_up():
-    """Before the tangent warm-up ends rCM's loss is sCM's (same RNG, same value); after it the DMD term enters with
-    its weight 1 / (100 D)."""
-    from multistep.methods.scm import SCM
-
-    sched, gmm, teacher, student = _mixture_student()
-    x = gmm.sample(64, torch.Generator().manual_seed(5))
-    r = RCM(sched, 2, teacher=teacher, fake=FakeScore(copy.deepcopy(student), sched, 1e-3), tangent_warmup=0.5)
-    s = SCM(sched, 2, teacher=teacher, tangent_warmup=0.5)
-    early_r, logs = r.loss(student, x, 10, 100, torch.Generator().manual_seed(6))
-    early_s, _ = s.loss(student, x, 10, 100, torch.Generator().manual_seed(6))
-    assert torch.equal(early_r, early_s) and logs["dmd_loss"] == 0 and r.fake.steps == 0
-    late_r, logs = r.loss(student, x, 60, 100, torch.Generator().manual_seed(7))
-    late_s, _ = s.loss(student, x, 60, 100, torch.Generator().manual_seed(7))
-    assert r.fake.steps == 5 and logs["dmd_loss"] > 0
-    torch.testing.assert_close(late_r, late_s + logs["dmd_loss"] / (100 * 2), rtol=1e-12, atol=0)
