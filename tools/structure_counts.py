@@ -8,6 +8,7 @@
   registered teacher or data kind's name (what the registries own);
 - MLflow client calls (`client.<method>(` on an MlflowClient, `mlflow.<function>(`) inside and outside tracking/,
   in modules that import MLflow or multistep.tracking (sweep/submit.py's `client` is Ray's JobSubmissionClient);
+- package modules with functions or classes that have no mirror test file tests/unit/<package>/test_<module>.py;
 - functions outside commands/ and cli.py that take an argparse namespace (a parameter named `args`; the GPU kit's
   own command line, bench/gpu_check.py, aside), and functions that take a progress printer (a parameter named `say`
   or `progress`, or one defaulting to `print`).
@@ -93,50 +94,71 @@ def _takes_printer(f) -> bool:
     return prints or bool(_params(f) & PRINTERS)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--root", default=str(Path(__file__).resolve().parents[1] / "platform" / "multistep"))
-    p.add_argument("--limit", type=int, default=60, help="line limit for functions in sweep/ (default 60)")
-    args = p.parse_args()
-    root = Path(args.root)
-    long, kinds, owned, calls = [], Counter(), Counter(), Counter()
-    namespaces, callbacks = [], []
+def _scan_functions(tree: ast.AST, rel: str, limit: int, found: dict) -> None:
+    """Long functions, argparse namespaces outside the CLI and progress printers of one module, into `found`."""
+    cli = rel.startswith("commands/") or rel in ("cli.py", "bench/gpu_check.py")
+    for f in _functions(tree):
+        lines, where = f.end_lineno - f.lineno + 1, f"{rel}:{f.lineno} {f.name}"
+        if lines > (limit if rel.startswith("sweep/") else 80) and not f.name.startswith(ARGPARSE_BUILDERS):
+            found["long"].append((lines, where))
+        if "args" in _params(f) and not cli:
+            found["namespaces"].append(where)
+        if _takes_printer(f):
+            found["printers"].append(where)
+
+
+def scan(root: Path, tests: Path, limit: int) -> dict:
+    """Every count of the module docstring, per file."""
+    found = {"long": [], "namespaces": [], "printers": [], "unmirrored": [], "modules": 0}
+    kinds, owned, calls = Counter(), Counter(), Counter()
     registered = _registered_kinds()
     for path in sorted(root.rglob("*.py")):
         rel = path.relative_to(root).as_posix()
         tree = ast.parse(path.read_text())
-        for f in _functions(tree):
-            lines = f.end_lineno - f.lineno + 1
-            limit = args.limit if rel.startswith("sweep/") else 80
-            if lines > limit and not f.name.startswith(ARGPARSE_BUILDERS):
-                long.append((lines, f"{rel}:{f.lineno} {f.name}"))
-            where = f"{rel}:{f.lineno} {f.name}"
-            cli = rel.startswith("commands/") or rel in ("cli.py", "bench/gpu_check.py")
-            if "args" in _params(f) and not cli:
-                namespaces.append(where)
-            if _takes_printer(f):
-                callbacks.append(where)
+        if path.name != "__init__.py" and any(isinstance(n, ast.FunctionDef | ast.ClassDef) for n in tree.body):
+            found["modules"] += 1
+            if not (tests / path.relative_to(root).parent / f"test_{path.stem}.py").is_file():
+                found["unmirrored"].append(rel)
+        _scan_functions(tree, rel, limit, found)
         kinds[rel] = _kind_dispatches(tree)
         owner = rel.startswith(("teachers/", "data/")) or rel in ("config/schema.py", "registry.py")
         owned[rel] = 0 if owner else _kind_dispatches(tree, registered)  # a kind's own file and the registries
         calls["tracking/" if rel.startswith("tracking/") else rel] += _mlflow_calls(tree) if _uses_mlflow(tree) else 0
-    print(f"functions over the limit ({args.limit} lines in sweep/, 80 elsewhere): {len(long)}")
-    for n, where in sorted(long, reverse=True):
-        print(f"  {n:4d}  {where}")
-    print(f"kind dispatches: {sum(kinds.values())}")
-    for rel, n in kinds.most_common():
+    return found | {"kinds": kinds, "owned": owned, "calls": calls}
+
+
+def _listed(title: str, rows) -> None:
+    rows = list(rows)
+    print(f"{title}: {len(rows)}")
+    for row in rows:
+        print(f"  {row}")
+
+
+def _counted(title: str, counter: Counter) -> None:
+    print(f"{title}: {sum(counter.values())}")
+    for rel, n in counter.most_common():
         if n:
             print(f"  {n:4d}  {rel}")
-    print(f"  of which on a registered teacher or data kind, outside its own file: {sum(owned.values())}")
-    for rel, n in owned.most_common():
-        if n:
-            print(f"  {n:4d}  {rel}")
-    print(f"functions outside commands/ taking an argparse namespace: {len(namespaces)}")
-    for where in namespaces:
-        print(f"  {where}")
-    print(f"functions taking a progress printer (say, progress, or a parameter defaulting to print): {len(callbacks)}")
-    for where in callbacks:
-        print(f"  {where}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    repo = Path(__file__).resolve().parents[1]
+    p.add_argument("--root", default=str(repo / "platform" / "multistep"))
+    p.add_argument("--tests", default=str(repo / "tests" / "unit"), help="the unit tests that mirror the package")
+    p.add_argument("--limit", type=int, default=60, help="line limit for functions in sweep/ (default 60)")
+    args = p.parse_args()
+    c = scan(Path(args.root), Path(args.tests), args.limit)
+    long = [f"{n:4d}  {where}" for n, where in sorted(c["long"], reverse=True)]
+    _listed(f"functions over the limit ({args.limit} lines in sweep/, 80 elsewhere)", long)
+    _counted("kind dispatches", c["kinds"])
+    _counted("  of which on a registered teacher or data kind, outside its own file", c["owned"])
+    print(f"modules with logic and no mirror test file: {len(c['unmirrored'])} of {c['modules']}")
+    for rel in c["unmirrored"]:
+        print(f"  {rel}")
+    _listed("functions outside commands/ taking an argparse namespace", c["namespaces"])
+    _listed("functions taking a progress printer (say, progress, or a parameter defaulting to print)", c["printers"])
+    calls = c["calls"]
     inside = calls.pop("tracking/", 0)
     print(f"MLflow client calls: {inside + sum(calls.values())}, outside tracking/: {sum(calls.values())}")
     for rel, n in calls.most_common():
