@@ -86,3 +86,27 @@ def test_fixed_prompts_cycle_over_the_noise_rows_in_memory_and_streamed():
     for make in (make_eval_ref, make_stream_ref):
         ref = make(data, teacher, sched, 7, 2, 0, "pixel", True, ode_samples=0, prompts=torch.tensor([4, 1, 3]))
         assert ref.labels.tolist() == [4, 1, 3, 4, 1, 3, 4], make.__name__
+
+
+def test_bootstrap_standard_error_is_seeded_and_shrinks_with_samples():
+    import torch
+
+    from multistep.metrics.evaluate import EvalRef, bootstrap_se, metric_names
+
+    rng = np.random.default_rng(0)
+
+    def se(n, seed=0):
+        data, gen = rng.standard_normal((n, 4)), rng.standard_normal((n, 4)) * 1.1 + 0.1
+        ref = EvalRef(data, torch.zeros(n, 4), gen + 0.05 * rng.standard_normal((n, 4)), {})
+        return bootstrap_se(gen, ref, metric_names(n), 40, seed)
+
+    small, large = se(300), se(2400)
+    assert set(small) == {"fd_identity_300_se", "swd_300_se", "ode_l2_300_se"}
+    assert all(v > 0 for v in small.values())
+    for k in ("fd_identity", "swd", "ode_l2"):  # 8x the samples: about sqrt(8) = 2.8x smaller
+        ratio = small[f"{k}_300_se"] / large[f"{k}_2400_se"]
+        assert 1.5 < ratio < 5.0, (k, ratio)
+    rng = np.random.default_rng(1)
+    a = se(300, seed=3)
+    rng = np.random.default_rng(1)
+    assert se(300, seed=3) == a  # same data, same seed: the same numbers

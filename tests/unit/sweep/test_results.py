@@ -54,3 +54,13 @@ def test_a_2d_scatter_draws_samples_over_the_data(tmp_path):
     ]
     assert best_by_steps(rows, "precision_5k") == {"dmd": {1: 0.7}}
     assert best_by_steps(rows, "fd_identity_5k") == {"dmd": {1: 0.1}}
+
+
+def test_sweep_plot_draws_standard_errors(tmp_path):
+    """The metric-versus-steps plot draws the rows' bootstrap standard errors as error bars."""
+    from multistep.sweep.results import plot
+
+    rows = [{"method": "mcd", "student_steps": s, "metric": "fd", "value": 1 / s, "se": 0.2 / s} for s in (1, 2, 4)]
+    bare = [{**r, "se": None} for r in rows]
+    a, b = plot(rows, ["fd"], {}, tmp_path / "se.png", "t"), plot(bare, ["fd"], {}, tmp_path / "bare.png", "t")
+    assert a.read_bytes() != b.read_bytes()
