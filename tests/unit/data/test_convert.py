@@ -354,3 +354,28 @@ def test_convert_image_folder(tmp_path):
     assert "broken.png" in str(e.value)
     with pytest.raises(ConfigError, match="already contains"):
         convert("folder", src, tmp_path / "out")
+
+
+def test_convert_whose_second_batch_is_corrupt_writes_nothing(tmp_path):
+    src = tmp_path / "cifar"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    with open(src / "data_batch_1", "wb") as f:
+        data = rng.integers(0, 256, (6, 3 * 32 * 32), dtype=np.uint8)
+        pickle.dump({b"data": data, b"labels": [0] * 6}, f, protocol=2)
+    (src / "data_batch_2").write_bytes(b"\x80\x02garbage")
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match="data_batch_2"):
+        convert("cifar10", src, out, shard_size=2)
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["cifar"]
+    out.mkdir()  # an existing empty folder stays empty
+    with pytest.raises(ConfigError, match="data_batch_2"):
+        convert("cifar10", src, out, shard_size=2)
+    assert list(out.iterdir()) == []
+    with pytest.raises(ConfigError, match="--size must be >= 1, got -3"):
+        convert("folder", src, tmp_path / "o2", size=-3)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ConfigError, match="OUT .*afile: exists and is not a folder"):
+        convert("cifar10", src, tmp_path / "afile")
+    with pytest.raises(ConfigError, match="OUT /proc/x: cannot write in /proc"):
+        convert("cifar10", src, "/proc/x")
