@@ -26,7 +26,7 @@ _BOUNDS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
 
 
 def _bounds(metadata) -> str:
-    """' >= 1', ' in (0, 1)' ... of a constrained type's metadata (annotated_types Ge, Gt, Le, Lt)."""
+    """' (>= 1)', ' (> 0, <= 1)' of a constrained type's metadata (annotated_types Ge, Gt, Le, Lt)."""
     parts = [f"{op} {getattr(m, k):g}" for m in metadata for k, op in _BOUNDS.items() if hasattr(m, k)]
     return f" ({', '.join(parts)})" if parts else ""
 
