@@ -43,28 +43,23 @@ def _sampling(sa: dict) -> list[str]:
 
 
 def _teacher(te: dict) -> list[str]:
-    lines = []
-    lines.append(
+    return [
         f"\nteacher  batch {te['batch']}: bare network {te['bare_s'] * 1e3:.2f} ms, through the adapter "
         f"{te['adapter_s'] * 1e3:.2f} ms, ratio {te['ratio']:.3f} (goal <= {te['goal_ratio']})"
-    )
-    return lines
+    ]
 
 
 def _evaluation(ev: dict) -> list[str]:
-    lines = []
-    lines.append(
+    return [
         f"\nevaluation  d = {ev['d']}: frechet_distance {ev['frechet_s']:.3f} s (median of {len(ev['frechet_s_all'])}), sqrtm formula {ev['sqrtm_s']:.3f} s, "
         f"speedup {ev['speedup']:.1f}x (goal {ev['goal_speedup']:.0f}x), relative difference {ev['relative_difference']:.2e}"
-    )
-    return lines
+    ]
 
 
 def _memory(me: dict) -> list[str]:
-    lines = []
-    lines.append(
+    lines = [
         f"\nmemory  {'x'.join(map(str, me['shape']))} images, {me['dim']}-d features (goal < {me['goal_bytes'] / 2**30:.0f} GiB at 50k, streamed)"
-    )
+    ]
     for r in me["runs"]:
         lines.append(
             f"  {r['mode']:<7} N = {r['n']:>6}: "
@@ -78,22 +73,19 @@ def _memory(me: dict) -> list[str]:
 
 
 def _data(da: dict) -> list[str]:
-    lines = []
     w = da["wait_ms_per_batch"]
-    lines.append(
+    return [
         f"\ndata  Parquet, batch {da['batch']} x {da['image']}, beside a {da['step_ms']:g} ms step: the step waits "
         + ", ".join(f"{v:.2f} ms/batch with prefetch {k}" for k, v in w.items())
-    )
-    return lines
+    ]
 
 
 def _orchestration(orc: dict) -> list[str]:
-    lines = []
-    lines.append(
+    lines = [
         f"\norchestration (runner {orc['runner']})  4 trials of {orc['iterations']} iterations: sweep {orc['sweep_s']:.1f} s, plain "
         f"{orc['plain_s']:.1f} s, ratio {orc['ratio']:.2f}; per trial overhead {orc['overhead_per_trial_s']:.1f} s "
         f"(load average {', '.join(f'{k} {v:.1f}' for k, v in orc['load_average_1min'].items())})"
-    )
+    ]
     lines.append(
         f"  fixed cost per trial (median, all but the loop): {orc['fixed_per_trial_median_s']:.1f} s; "
         f"implied ratio for 30 s loops {orc['estimated_ratio_30s_trials']:.2f} (goal <= {orc['goal_ratio']})"
