@@ -22,15 +22,17 @@ class StdoutLines(logging.Handler):
             self.handleError(record)
 
 
+def _shown() -> bool:
+    return any(isinstance(h, StdoutLines) for h in logging.getLogger(ROOT).handlers)
+
+
 def configure(level: int = logging.INFO) -> None:
     """Messages of `level` and above from the library to standard output (idempotent)."""
-    logger = logging.getLogger(ROOT)
-    logger.setLevel(level)
-    if not any(isinstance(h, StdoutLines) for h in logger.handlers):
-        logger.addHandler(StdoutLines())
+    logging.getLogger(ROOT).setLevel(level)
+    if not _shown():
+        logging.getLogger(ROOT).addHandler(StdoutLines())
 
 
 def on_terminal() -> bool:
     """The library's messages reach a terminal (configured, stdout a tty): where live progress lines belong."""
-    shown = any(isinstance(h, StdoutLines) for h in logging.getLogger(ROOT).handlers)
-    return shown and sys.stdout.isatty()
+    return _shown() and sys.stdout.isatty()
